@@ -1,0 +1,93 @@
+"""Helpers on the canonical format (OpenAI chat completions and chunks)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from .types import Chunk
+
+
+def completion_to_chunk(completion: dict[str, Any]) -> Chunk:
+    """Turn a non-streaming ``chat.completion`` into one equivalent chunk.
+
+    Every consumer reads chunks only, so a JSON answer (asked for, or sent by a
+    provider that ignores ``stream: true``) takes the same path as a stream.
+    """
+    choices = completion.get("choices") or []
+    out_choices = []
+    for choice in choices[:1]:
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": "assistant"}
+        for key in ("content", "reasoning_content", "reasoning", "refusal"):
+            if message.get(key):
+                delta[key] = message[key]
+        calls = message.get("tool_calls")
+        if calls:
+            delta["tool_calls"] = [
+                {**call, "index": call.get("index", i)} for i, call in enumerate(calls)
+            ]
+        elif message.get("function_call"):
+            delta["function_call"] = message["function_call"]
+        out_choices.append(
+            {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}
+        )
+    chunk: Chunk = {
+        "id": completion.get("id", ""),
+        "object": "chat.completion.chunk",
+        "model": completion.get("model", ""),
+        "choices": out_choices,
+    }
+    if completion.get("usage"):
+        chunk["usage"] = completion["usage"]
+    return chunk
+
+
+def chunks_to_completion(chunks: Iterable[Chunk], model: str) -> dict[str, Any]:
+    """Aggregate canonical chunks into a ``chat.completion`` (for OpenAI clients)."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish: str | None = None
+    usage: dict[str, Any] | None = None
+    ident = ""
+    for chunk in chunks:
+        ident = ident or chunk.get("id") or ""
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                text.append(delta["content"])
+            if delta.get("reasoning_content"):
+                reasoning.append(delta["reasoning_content"])
+            for call in delta.get("tool_calls") or ():
+                slot = calls.setdefault(
+                    int(call.get("index", len(calls))),
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                fn = call.get("function") or {}
+                if fn.get("name"):
+                    slot["function"]["name"] += fn["name"]
+                if fn.get("arguments"):
+                    slot["function"]["arguments"] += fn["arguments"]
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        if finish == "stop":
+            finish = "tool_calls"
+    return {
+        "id": ident or "chatcmpl-clasp",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish or "stop"}],
+        "usage": usage
+        or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }

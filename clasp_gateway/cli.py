@@ -1,0 +1,144 @@
+"""The ``clasp`` command: ``serve``, ``check``, ``plugins`` and plugin commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .redact import RedactingFilter
+
+log = logging.getLogger("clasp")
+
+
+def setup_logging(level: str = "info") -> None:
+    """Log to stderr with secrets redacted from every record."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"clasp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def app_from_env() -> Any:
+    """Uvicorn factory (used with several workers): config from ``CLASP_CONFIG``."""
+    from .app import create_app
+
+    config = _load(os.environ.get("CLASP_CONFIG"))
+    setup_logging(config.server.log_level)
+    return create_app(config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = _load(args.config)
+    setup_logging(config.server.log_level)
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    workers = args.workers or config.server.workers
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_config": None, "access_log": False,
+        "timeout_keep_alive": 75, "lifespan": "on",
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    if workers > 1:
+        os.environ["CLASP_CONFIG"] = os.path.abspath(config.source)
+        uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
+        return 0
+    from .app import create_app
+
+    app = create_app(config)
+    log.info("listening on http://%s:%d", host, port)
+    uvicorn.run(app, **options)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import PluginManager
+
+    config = _load(args.config)
+    pm = PluginManager()
+    pm.load(config.plugin_paths)
+    for info in pm.describe():
+        print(f"{info.name} {info.version or ''}  [{info.source}]")
+        print(f"    hooks: {', '.join(info.hooks) or '-'}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .probe import probe_all
+
+    config = _load(args.config)
+    print(f"{config.source}: valid ({len(config.models)} model route(s), {len(config.deployments())} deployment(s))")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
+    if args.no_probe:
+        return 0
+    results = asyncio.run(probe_all(config, timeout=args.timeout))
+    failed = 0
+    for line in results:
+        print(f"  {line.deployment}: {line.verdict}")
+        if not line.ok:
+            failed += 1
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clasp", description="clasp LLM gateway")
+    parser.add_argument("--config", "-c", help="path to clasp.yaml (default: $CLASP_CONFIG or ./clasp.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate clasp.yaml and probe every deployment")
+    check.add_argument("--no-probe", action="store_true", help="only validate the file")
+    check.add_argument("--timeout", type=float, default=10.0)
+    check.set_defaults(func=cmd_check)
+    plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks")
+    plugins.set_defaults(func=cmd_plugins)
+
+    # Plugin commands: only loaded when the name is not a built-in one.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    builtin = {"serve", "check", "plugins", "-h", "--help"}
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command and command not in builtin:
+        from .plugins import PluginManager
+
+        pm = PluginManager()
+        pm.load()
+        for reg_args, _ in pm.collect("register_commands"):
+            name, function = reg_args[0], reg_args[1]
+            if name == command:
+                rest = argv[argv.index(command) + 1:]
+                return int(function(rest, os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The hooks plugins implement, grouped by phase.
+
+Hooks are synchronous pluggy hooks; a hook that needs to do async work returns an
+awaitable (or a callable returning one) and the core awaits it
+(see :func:`clasp_gateway.plugins.await_me_maybe`). Every hook here is documented in
+``docs/plugin_hooks.md`` and exercised by a test (``tests/test_hookspecs.py`` checks both).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from .config import Config
+    from .types import Attempt, CanonicalRequest, Chunk, Deployment, Principal, RequestContext
+
+hookspec = pluggy.HookspecMarker("clasp")
+hookimpl = pluggy.HookimplMarker("clasp")
+
+
+# --- registration: called once per app, each gets a ``register`` callback ------------------
+
+
+@hookspec
+def register_routes(register: Callable[..., None]) -> None:
+    """Add HTTP routes: ``register(path, endpoint, methods=["POST"], name=None)``.
+
+    ``endpoint`` is a Starlette endpoint ``async def endpoint(request) -> Response``;
+    ``request.app.state.gateway`` is the :class:`~clasp_gateway.pipeline.Gateway`.
+    Routes ignore the query string (Claude Code adds ``?beta=true``).
+    """
+
+
+@hookspec
+def register_providers(register: Callable[..., None]) -> None:
+    """Add provider adapters: ``register(name, adapter)``.
+
+    ``adapter`` implements :class:`clasp_gateway.providers.ProviderAdapter`; a
+    deployment whose ``provider`` equals ``name`` is served by it instead of the
+    built-in OpenAI-compatible or LiteLLM paths.
+    """
+
+
+@hookspec
+def register_routing_strategies(register: Callable[..., None]) -> None:
+    """Add routing strategies: ``register(name, strategy)`` where ``strategy`` is
+    ``(ctx, deployments) -> ordered deployments`` (may return an awaitable)."""
+
+
+@hookspec
+def register_commands(register: Callable[..., None]) -> None:
+    """Add ``clasp`` CLI sub-commands: ``register(name, function, help)`` where
+    ``function(argv: list[str], config_path: str) -> int``."""
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+@hookspec
+def startup(app: "Starlette", config: "Config") -> Any:
+    """Called once before the app serves; may return an awaitable (open pools, load
+    state). Raise to refuse to start, with a message for a person."""
+
+
+@hookspec
+def shutdown(app: "Starlette") -> Any:
+    """Called once when the app stops; may return an awaitable (flush, close)."""
+
+
+@hookspec
+def asgi_wrapper(config: "Config") -> Any:
+    """Return a function ``app -> app`` wrapping the whole ASGI app (tracing, custom
+    auth), or ``None``."""
+
+
+# --- per request ----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def authenticate(api_key: str | None, headers: dict[str, str], config: "Config") -> Any:
+    """Decide who the caller is.
+
+    Return a :class:`~clasp_gateway.types.Principal` (or an awaitable of one) to
+    accept, raise :class:`~clasp_gateway.errors.AuthenticationError` to refuse,
+    return ``None`` to let the next plugin decide. The core's default accepts the
+    keys listed under ``keys:`` in clasp.yaml.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_route(
+    ctx: "RequestContext", request: "CanonicalRequest", candidates: "list[Deployment]"
+) -> Any:
+    """Order (or filter) the deployments that may serve this request.
+
+    ``candidates`` is the chain configured for the public model name, in file order.
+    Return a new list (or an awaitable of one), or ``None`` to keep the order.
+    """
+
+
+@hookspec
+def before_call(ctx: "RequestContext", request: "CanonicalRequest") -> Any:
+    """Called once before any upstream attempt. Return a list of canonical chunks
+    (or an awaitable of one) to answer without calling upstream (a cache hit), or
+    ``None``. Raise a GatewayError to refuse (a budget exceeded)."""
+
+
+@hookspec
+def before_attempt(ctx: "RequestContext", deployment: "Deployment", attempt_number: int) -> Any:
+    """Called before each upstream attempt. Return ``False`` (or an awaitable of it)
+    to skip this deployment (an open circuit breaker)."""
+
+
+@hookspec(firstresult=True)
+def on_error(
+    ctx: "RequestContext", deployment: "Deployment", error: Exception, attempt_number: int
+) -> Any:
+    """An attempt failed before its first chunk reached the client.
+
+    Return a float (seconds) to retry the same deployment after that delay, a list
+    of canonical chunks to answer with instead (graceful degradation), or ``None``
+    to move on to the next candidate. May return an awaitable.
+    """
+
+
+@hookspec
+def after_attempt(ctx: "RequestContext", attempt: "Attempt") -> Any:
+    """An attempt ended (success or failure; for streams, when the stream ended).
+    Use it for circuit breakers and latency statistics."""
+
+
+@hookspec
+def on_stream_chunk(ctx: "RequestContext", chunk: "Chunk") -> None:
+    """Called for every canonical chunk sent to the client. Keep it cheap; it is
+    only called when at least one plugin implements it."""
+
+
+@hookspec
+def record(ctx: "RequestContext", event: dict[str, Any]) -> Any:
+    """Receive the request's final event: one per request, after the answer ended
+    (complete, failed or cut), with usage, cost inputs, latency and attempts."""
+

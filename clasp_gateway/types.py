@@ -1,0 +1,226 @@
+"""Types shared by the core and every plugin.
+
+The canonical request between steps is an OpenAI chat-completions body (a plain
+``dict``: what providers and LiteLLM speak); the canonical stream is a sequence of
+OpenAI ``chat.completion.chunk`` dicts. Everything else a step needs to know
+travels in these slotted dataclasses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+CanonicalRequest = dict[str, Any]
+"""An OpenAI chat-completions request body (``model``, ``messages``, ``tools``...)."""
+
+Chunk = dict[str, Any]
+"""One OpenAI ``chat.completion.chunk`` (``choices[0].delta``, ``finish_reason``, ``usage``)."""
+
+CallMode = Literal["direct", "transform", "litellm"]
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    """What the gateway knows about an upstream model (from LiteLLM's catalogue,
+    overridable per deployment in clasp.yaml)."""
+
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    supports_tools: bool = True
+    supports_parallel_tool_calls: bool = True
+    supports_reasoning: bool = False
+    supports_vision: bool = True
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    cache_read_input_token_cost: float | None = None
+    cache_creation_input_token_cost: float | None = None
+
+
+@dataclass(slots=True)
+class Secret:
+    """A credential given by reference (``${ENV}``, ``file:/path``) or literally.
+
+    ``value`` is ``None`` when the reference does not resolve; ``hint`` then says,
+    for a person, what to set. ``repr`` never shows the value.
+    """
+
+    ref: str
+    value: str | None
+    hint: str = ""
+
+    def __repr__(self) -> str:
+        state = "set" if self.value else "missing"
+        return f"Secret({self.describe()}, {state})"
+
+    def describe(self) -> str:
+        """A safe description: the reference, never the value."""
+        if self.ref.startswith("${") or self.ref.startswith("file:"):
+            return self.ref
+        return "<literal>"
+
+
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    """Per-deployment time limits in seconds (``None`` = no limit)."""
+
+    connect: float | None = 10.0
+    first_byte: float | None = 120.0
+    idle: float | None = 120.0
+    total: float | None = 900.0
+
+
+@dataclass(slots=True)
+class Deployment:
+    """One concrete upstream: a provider model reachable with some credentials."""
+
+    id: str
+    provider: str
+    model: str
+    api_base: str
+    keys: list[Secret] = field(default_factory=list)
+    api_version: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    mode: CallMode = "direct"
+    info: ModelInfo = field(default_factory=ModelInfo)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Plugin-specific settings from clasp.yaml (keys the core does not know)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({self.provider}/{self.model})"
+
+
+@dataclass(slots=True)
+class Principal:
+    """Who is calling: the gateway key that authenticated the request."""
+
+    key_id: str
+    name: str = ""
+    team: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestHints:
+    """Intent that the OpenAI body cannot carry; providers map it to their params."""
+
+    reasoning_effort: str | None = None
+    """"low" | "medium" | "high" (from Anthropic ``thinking``/``output_config``)."""
+    thinking_budget: int | None = None
+    top_k: int | None = None
+    task: str | None = None
+    """A task class for routing (e.g. "background" for tiny helper calls)."""
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage of one call, in Anthropic's terms (input excludes cached reads)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any] | None) -> "Usage":
+        """Convert an OpenAI ``usage`` object (prompt tokens include cached ones)."""
+        if not usage:
+            return cls()
+        prompt = int(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        out_details = usage.get("completion_tokens_details") or {}
+        reasoning = (
+            int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0
+        )
+        return cls(
+            input_tokens=max(0, prompt - cached),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            cache_read_input_tokens=cached,
+            reasoning_tokens=reasoning,
+        )
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one deployment within a request."""
+
+    deployment: Deployment
+    started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+    first_byte: float | None = None
+    error: Exception | None = None
+    usage: Usage | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything known about one client request while it is served."""
+
+    request_id: str
+    api: str
+    """Inbound API: "anthropic" or "openai"."""
+    public_model: str
+    client_stream: bool
+    principal: Principal | None = None
+    hints: RequestHints = field(default_factory=RequestHints)
+    headers: dict[str, str] = field(default_factory=dict)
+    """The client's request headers (lower-case names)."""
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Headers the gateway adds to the answer (x-clasp-*)."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Scratch space for plugins, keyed by plugin name."""
+
+
+class UpstreamStream:
+    """The canonical chunks of one successful attempt.
+
+    The first chunk has already arrived when the pipeline hands this out, so the
+    choice of deployment is final: after this point a failure becomes an in-stream
+    error, never a silent switch.
+    """
+
+    __slots__ = ("deployment", "attempt", "_first", "_rest", "_closer")
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        attempt: Attempt,
+        first: list[Chunk],
+        rest: AsyncIterator[Chunk],
+        closer: Any = None,
+    ) -> None:
+        self.deployment = deployment
+        self.attempt = attempt
+        self._first = first
+        self._rest = rest
+        self._closer = closer
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Chunk]:
+        for chunk in self._first:
+            yield chunk
+        self._first = []
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Stop reading and release the upstream connection."""
+        aclose = getattr(self._rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if self._closer is not None:
+            await self._closer()

@@ -1,0 +1,29 @@
+"""clasp-claude: the Anthropic Messages API on top of the gateway's canonical format.
+
+Routes: ``POST /v1/messages`` (streaming and not), ``POST /v1/messages/count_tokens``
+and an Anthropic-shaped ``GET /v1/models``. Translation lives in :mod:`.request`
+(Anthropic → OpenAI), :mod:`.stream` (OpenAI chunks → Anthropic events) and
+:mod:`.message` (events → a whole message), so streaming and non-streaming answers
+go through exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from clasp_gateway.hookspecs import hookimpl
+
+from .routes import count_tokens_endpoint, list_models_endpoint, messages_endpoint
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    """Serve the Anthropic Messages API."""
+    register("/v1/messages", messages_endpoint, methods=["POST"])
+    register("/v1/messages/count_tokens", count_tokens_endpoint, methods=["POST"])
+    register("/v1/models", list_models_endpoint, methods=["GET"])
+
+
+__all__: list[Any] = ["register_routes"]

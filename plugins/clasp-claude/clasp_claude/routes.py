@@ -1,0 +1,148 @@
+"""The Anthropic endpoints: authenticate, translate, call the pipeline, translate back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from clasp_gateway.errors import GatewayError, InvalidRequestError
+from clasp_gateway.http import EventStreamResponse, error_response, json_response, read_json, request_headers
+from clasp_gateway.openai_api import list_models as list_openai_models
+from clasp_gateway.pipeline import Gateway
+from clasp_gateway.types import RequestContext, UpstreamStream
+
+from .message import MessageBuilder
+from .request import estimate_input_tokens, to_canonical
+from .sse import encode_event
+from .stream import StreamTranslator, error_event, ping_event
+from .tokens import count_tokens, encoding_for_model
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+async def messages_endpoint(request: Request) -> Response:
+    """``POST /v1/messages``."""
+    gateway = _gateway(request)
+    request_id = request.scope["state"]["request_id"]
+    try:
+        headers = request_headers(request)
+        principal = await gateway.authenticate(headers)
+        raw = await read_json(request, gateway.config.server.max_request_bytes)
+        translated = to_canonical(raw)
+        ctx = RequestContext(
+            request_id=request_id, api="anthropic", public_model=raw["model"],
+            client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
+            hints=translated.hints,
+        )
+        # Stop sequences are matched by the gateway, so it reads a stream to stop early.
+        upstream = await gateway.open(
+            ctx, translated.body, stream=ctx.client_stream or bool(translated.stop_sequences)
+        )
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request_id)
+    translator = StreamTranslator(
+        ctx.public_model,
+        message_id="msg_" + request_id[4:],
+        input_tokens=estimate_input_tokens(raw),
+        stop_sequences=translated.stop_sequences,
+        tool_names=translated.tool_names,
+    )
+    if ctx.client_stream:
+        return EventStreamResponse(_stream(gateway, ctx, upstream, translator), headers=ctx.response_headers)
+    return await _complete(gateway, ctx, upstream, translator)
+
+
+async def _stream(
+    gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
+) -> AsyncIterator[bytes]:
+    status, error, cut = 200, None, True
+    chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    try:
+        yield b"".join(encode_event(n, p) for n, p in translator.start()) + encode_event(*ping_event())
+        async for chunk in upstream:
+            if chunk_hook is not None:
+                chunk_hook(ctx=ctx, chunk=chunk)
+            events = translator.feed(chunk)
+            if events:
+                yield b"".join([encode_event(n, p) for n, p in events])
+            if translator.done:
+                break
+        yield b"".join([encode_event(n, p) for n, p in translator.finish()])
+        cut = False
+    except GatewayError as exc:
+        # The answer already started: say so in-stream; never a clean message_stop.
+        status, error = exc.status, exc
+        yield encode_event(*error_event(exc.error_type, exc.message))
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499  # the client went away
+        raise
+    finally:
+        await upstream.aclose()
+        await gateway.finish(ctx, upstream, usage=translator.usage, status=status, error=error, cut=cut)
+
+
+async def _complete(
+    gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
+) -> Response:
+    builder = MessageBuilder()
+    try:
+        builder.add(translator.start())
+        async for chunk in upstream:
+            builder.add(translator.feed(chunk))
+            if translator.done:
+                break
+        builder.add(translator.finish())
+    except GatewayError as exc:
+        await upstream.aclose()
+        await gateway.finish(ctx, upstream, usage=translator.usage, status=exc.status, error=exc, cut=True)
+        return error_response(exc, "anthropic", ctx.request_id)
+    await upstream.aclose()
+    await gateway.finish(ctx, upstream, usage=translator.usage, status=200)
+    return json_response(builder.result(), headers=ctx.response_headers)
+
+
+async def count_tokens_endpoint(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens`` with the target model's tokenizer."""
+    gateway = _gateway(request)
+    request_id = request.scope["state"]["request_id"]
+    try:
+        await gateway.authenticate(request_headers(request))
+        raw = await read_json(request, gateway.config.server.max_request_bytes)
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
+            raise InvalidRequestError("model: required, a non-empty string")
+        route = gateway.resolve_model(raw["model"])
+        target = route.deployments[0].model if route.deployments else raw["model"]
+        # Tokenizing a long conversation takes milliseconds: keep it off the event loop.
+        tokens = await asyncio.to_thread(count_tokens, raw, encoding_for_model(target))
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request_id)
+    return json_response({"input_tokens": tokens})
+
+
+async def list_models_endpoint(request: Request) -> Response:
+    """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise."""
+    if "anthropic-version" not in request.headers:
+        return await list_openai_models(request)
+    gateway = _gateway(request)
+    try:
+        await gateway.authenticate(request_headers(request))
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request.scope["state"]["request_id"])
+    created = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data: list[dict[str, Any]] = [
+        {"type": "model", "id": name, "display_name": name, "created_at": created}
+        for name in gateway.public_models()
+    ]
+    return json_response({
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    })

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the gateway and its bundled plugins into ./.venv (idempotent).
+#   bash scripts/install.sh          runtime only
+#   bash scripts/install.sh --test   plus test tools and the Claude Code CLI
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LITELLM_LOCAL_MODEL_COST_MAP=True
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PLUGINS=()
+for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && PLUGINS+=(-e "$p"); done
+EXTRA=""
+[ "${1:-}" = "--test" ] && EXTRA="[test]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".${EXTRA}" "${PLUGINS[@]}"
+# PYTHONDONTWRITEBYTECODE=1 is set on these machines: compile once here, or every
+# process pays `import litellm` from source (over a minute of CPU).
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages clasp_gateway plugins >/dev/null || true
+if [ "${1:-}" = "--test" ]; then
+  bash scripts/install-claude-code.sh
+fi
