@@ -122,8 +122,10 @@ def on_error(
     """An attempt failed before its first chunk reached the client.
 
     Return a float (seconds) to retry the same deployment after that delay, a list
-    of canonical chunks to answer with instead (graceful degradation), or ``None``
-    to move on to the next candidate. May return an awaitable.
+    of canonical chunks to answer with instead (graceful degradation), ``"next"``
+    to try the next candidate, ``"fail"`` to give up now, or ``None`` for the
+    default (next candidate if the error is retryable, else fail). May return an
+    awaitable.
     """
 
 
@@ -141,6 +143,7 @@ def on_stream_chunk(ctx: "RequestContext", chunk: "Chunk") -> None:
 
 @hookspec
 def record(ctx: "RequestContext", event: dict[str, Any]) -> Any:
-    """Receive the request's final event: one per request, after the answer ended
-    (complete, failed or cut), with usage, cost inputs, latency and attempts."""
+    """Receive events: ``kind: "attempt"`` after every upstream attempt, and one
+    ``kind: "request"`` per request after the answer ended (complete, failed or
+    cut), with usage, cost, latency and attempts. May return an awaitable."""
 

@@ -172,7 +172,7 @@ class Gateway:
                 if isinstance(decision, (int, float)) and not isinstance(decision, bool):
                     await asyncio.sleep(float(decision))
                     continue
-                if not error.retryable:
+                if decision == "fail" or (decision != "next" and not error.retryable):
                     raise error
                 break
         if last_error is not None:
@@ -187,6 +187,29 @@ class Gateway:
     async def _after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         for result in self.pm.hook.after_attempt(ctx=ctx, attempt=attempt):
             await await_me_maybe(result)
+        dep = attempt.deployment
+        event = {
+            "kind": "attempt",
+            "request_id": ctx.request_id,
+            "public_model": ctx.public_model,
+            "deployment": dep.id,
+            "provider": dep.provider,
+            "model": dep.model,
+            "ok": attempt.ok,
+            "error": getattr(attempt.error, "message", None) if attempt.error else None,
+            "upstream_status": getattr(attempt.error, "upstream_status", None) if attempt.error else 200,
+            "ms": ((attempt.ended or time.perf_counter()) - attempt.started) * 1000,
+            "ttfb_ms": (attempt.first_byte - attempt.started) * 1000 if attempt.first_byte else None,
+            "time": time.time(),
+        }
+        await self._record(ctx, event)
+
+    async def _record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        for result in self.pm.hook.record(ctx=ctx, event=event):
+            try:
+                await await_me_maybe(result)
+            except Exception:  # a broken recorder must not break the answer
+                log.exception("record hook failed for %s", ctx.request_id)
 
     async def finish(
         self,
@@ -209,11 +232,7 @@ class Gateway:
             if attempt in ctx.attempts:
                 await self._after_attempt(ctx, attempt)
         event = self.build_event(ctx, stream.deployment if stream else None, usage, status, error, cut, ended)
-        for result in self.pm.hook.record(ctx=ctx, event=event):
-            try:
-                await await_me_maybe(result)
-            except Exception:  # a broken recorder must not break the answer
-                log.exception("record hook failed for %s", ctx.request_id)
+        await self._record(ctx, event)
         access_log.info(
             "%s %s model=%s deployment=%s status=%s in=%s out=%s ms=%.1f%s",
             ctx.request_id, ctx.api, ctx.public_model, event["deployment"], status,
@@ -243,6 +262,7 @@ class Gateway:
             )
         first_byte = next((a.first_byte for a in reversed(ctx.attempts) if a.first_byte), None)
         return {
+            "kind": "request",
             "request_id": ctx.request_id,
             "api": ctx.api,
             "public_model": ctx.public_model,
