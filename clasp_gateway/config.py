@@ -192,7 +192,7 @@ _DEPLOYMENT_KEYS = {
     "mode", "timeouts", "extra_body", "max_input_tokens", "max_output_tokens",
     "supports_tools", "supports_parallel_tool_calls", "supports_reasoning", "supports_vision",
     "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
-    "base_model",
+    "base_model", "streaming",
 }
 _INFO_OVERRIDES = (
     "max_input_tokens", "max_output_tokens", "supports_tools", "supports_parallel_tool_calls",
@@ -278,6 +278,10 @@ def _deployment(chk: _Checker, raw: Any, path: str, pattern: str, index: int) ->
         info = ModelInfo(**{**{f: getattr(info, f) for f in ModelInfo.__slots__}, **overrides})  # type: ignore[attr-defined]
 
     settings = {k: v for k, v in item.items() if k not in _DEPLOYMENT_KEYS}
+    streaming = chk.string(item.get("streaming"), f"{path}.streaming", "auto")
+    if streaming not in ("auto", "always", "never"):
+        chk.fail(f"{path}.streaming", f"expected auto, always (stream-only provider) or never (cannot stream), got {streaming!r}")
+    settings["streaming"] = streaming
     if problems:
         settings["_problems"] = problems
     dep_id = chk.string(item.get("id"), f"{path}.id") or f"{provider}/{model_name}"

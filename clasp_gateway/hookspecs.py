@@ -129,6 +129,18 @@ def on_error(
     """
 
 
+@hookspec(firstresult=True)
+def on_exhausted(ctx: "RequestContext", request: "CanonicalRequest", error: Exception) -> Any:
+    """Every candidate failed or was skipped (open breakers); nothing reached the client.
+
+    ``error`` is the last attempt's error, or a 529 ``OverloadedError`` when no
+    deployment was even tried. Return a list of canonical chunks to answer with
+    (graceful degradation: a stale cached answer, a canned reply; set
+    ``ctx.response_headers["x-clasp-degraded"]`` to say which), a ``GatewayError``
+    to fail with instead, or ``None`` to fail with ``error``. May return an awaitable.
+    """
+
+
 @hookspec
 def after_attempt(ctx: "RequestContext", attempt: "Attempt") -> Any:
     """An attempt ended (success or failure; for streams, when the stream ended).

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from .canonical import chunks_to_completion
 from .errors import GatewayError, InvalidRequestError
 from .http import EventStreamResponse, error_response, json_response, read_json, request_headers
-from .types import RequestContext, RequestHints, UpstreamStream, Usage
+from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -69,7 +69,8 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream)
     chunks = []
     try:
         async for chunk in upstream:
-            chunks.append(chunk)
+            if chunk is not KEEPALIVE:
+                chunks.append(chunk)
     except GatewayError as exc:
         await gateway.finish(ctx, upstream, usage=None, status=exc.status, error=exc)
         return error_response(exc, "openai", ctx.request_id)
@@ -88,6 +89,9 @@ async def _stream(
     chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
     try:
         async for chunk in upstream:
+            if chunk is KEEPALIVE:
+                yield b": keep-alive\n\n"
+                continue
             if chunk.get("usage"):
                 usage = Usage.from_openai(chunk["usage"])
                 if not wants_usage:

@@ -25,6 +25,7 @@ from .plugins import PluginManager, await_me_maybe
 from .providers import Providers
 from .quirks import prepare_body
 from .types import (
+    KEEPALIVE,
     Attempt,
     CanonicalRequest,
     Chunk,
@@ -136,11 +137,17 @@ class Gateway:
                 attempt = Attempt(deployment)
                 ctx.attempts.append(attempt)
                 try:
-                    body = prepare_body(request, deployment, ctx.hints, stream=stream)
-                    chunks = self.providers.open(deployment, body, stream=stream)
+                    # Some deployments cannot stream (the answer is then replayed as one
+                    # chunk) or can only stream (the route aggregates): honour both.
+                    streaming = deployment.settings.get("streaming", "auto")
+                    upstream_stream = stream if streaming == "auto" else streaming == "always"
+                    body = prepare_body(request, deployment, ctx.hints, stream=upstream_stream)
+                    chunks = self.providers.open(deployment, body, stream=upstream_stream)
                     try:
                         async with asyncio.timeout(deployment.timeouts.first_byte):
                             first = await anext(chunks)
+                            while first is KEEPALIVE:
+                                first = await anext(chunks)
                     except StopAsyncIteration:
                         raise UpstreamError(
                             f"{deployment.id}: the provider answered nothing",
@@ -167,7 +174,7 @@ class Gateway:
                     self.pm.hook.on_error(ctx=ctx, deployment=deployment, error=error, attempt_number=number)
                 )
                 if isinstance(decision, list):
-                    ctx.response_headers["x-clasp-degraded"] = "fallback-response"
+                    ctx.response_headers.setdefault("x-clasp-degraded", "fallback-response")
                     return self._canned(deployment, decision)
                 if isinstance(decision, (int, float)) and not isinstance(decision, bool):
                     await asyncio.sleep(float(decision))
@@ -175,9 +182,16 @@ class Gateway:
                 if decision == "fail" or (decision != "next" and not error.retryable):
                     raise error
                 break
-        if last_error is not None:
-            raise last_error
-        raise OverloadedError(f"no deployment of {ctx.public_model!r} is available right now")
+        error = last_error or OverloadedError(f"no deployment of {ctx.public_model!r} is available right now")
+        # Every candidate failed or was skipped: a plugin may still answer (stale
+        # cache, canned reply) or replace the error with a clearer one.
+        answer = await await_me_maybe(self.pm.hook.on_exhausted(ctx=ctx, request=request, error=error))
+        if isinstance(answer, GatewayError):
+            raise answer
+        if answer:
+            ctx.response_headers.setdefault("x-clasp-degraded", "fallback-response")
+            return self._canned(None, answer)
+        raise error
 
     def _canned(self, deployment: Deployment | None, chunks: list[Chunk]) -> UpstreamStream:
         dep = deployment or Deployment(id="gateway", provider="gateway", model="gateway", api_base="")

@@ -25,7 +25,7 @@ from .catalog import provider_profile
 from .errors import ConfigurationError, UpstreamError
 from .redact import redact
 from .sse import SSEDecoder
-from .types import CanonicalRequest, Chunk, Deployment
+from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment
 
 log = logging.getLogger("clasp.providers")
 
@@ -236,19 +236,25 @@ class OpenAICompatible:
         finished = False
         done = False
         loads = orjson.loads
+        loop = asyncio.get_running_loop()
+        last_data = loop.time()
         while not done:
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(PING_INTERVAL if idle is None else min(idle, PING_INTERVAL)):
                     raw = await content.readany()
             except asyncio.TimeoutError:
-                raise UpstreamError(
-                    f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"
-                ) from None
+                if idle is not None and loop.time() - last_data >= idle:
+                    raise UpstreamError(
+                        f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"
+                    ) from None
+                yield KEEPALIVE
+                continue
             except aiohttp.ClientError as exc:
                 raise UpstreamError(
                     f"{label}: stream cut by the provider ({type(exc).__name__})",
                     upstream_status=0, deployment=label, kind="protocol",
                 ) from None
+            last_data = loop.time()
             events = decoder.feed(raw) if raw else decoder.flush()
             for data in events:
                 if data == "[DONE]":

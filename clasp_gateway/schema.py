@@ -10,8 +10,9 @@ rewrites one schema for one *dialect*:
     The schema as given (same object).
 ``"openai"``
     Drops the top-level ``$schema`` and makes sure the top level is an object schema
-    with ``properties``. Cheap: a shallow copy, nested values are shared with the
-    input (never mutated).
+    with ``properties``. Cheap (it runs for every tool of every request): a shallow
+    copy whose nested values are shared with the input, so callers must not edit
+    nested parts of the result in place (the other dialects return fresh copies).
 ``"gemini"`` / ``"strict"``
     Keeps only the keywords of Gemini's subset (a whitelist, so unknown future keywords
     never leak), inlines ``$ref`` from ``$defs``/``definitions`` (a recursive reference
@@ -23,7 +24,9 @@ rewrites one schema for one *dialect*:
     these keywords. Results are memoised by content, and a fresh copy is returned
     each time.
 
-The input is never mutated.
+The input is never mutated. ``"openai"`` adds ``"properties": {}`` to a top-level
+object schema lacking it (some OpenAI models reject one without); the Gemini
+dialects do not, since Gemini rejects an *empty* ``properties``.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def clean_schema(schema: dict[str, Any], dialect: str) -> dict[str, Any]:
         return _clean_openai(schema)
     if dialect in ("gemini", "strict"):
         try:
-            key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+            # Key order is kept (not sorted): property order matters to models.
+            key = orjson.dumps(schema)
         except TypeError:
             # Not JSON-serialisable (never the case for parsed JSON): no memo.
             return _clean_strict_top(schema)

@@ -20,6 +20,13 @@ Chunk = dict[str, Any]
 
 CallMode = Literal["direct", "transform", "litellm"]
 
+KEEPALIVE: Chunk = {"keepalive": True}
+"""Yielded (this very object, compare with ``is``) by a provider while the upstream is
+silent but alive, so routes can send keep-alive pings (long reasoning, slow models)."""
+
+PING_INTERVAL = 10.0
+"""Seconds of upstream silence before a :data:`KEEPALIVE` is yielded."""
+
 
 @dataclass(slots=True, frozen=True)
 class ModelInfo:

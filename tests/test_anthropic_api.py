@@ -217,3 +217,28 @@ def test_provider_flavors_stream_tools_exactly(flavor: str) -> None:
         if flavor == "azure":
             assert up.last.path == "/openai/deployments/gpt4o-prod/chat/completions"
             assert up.last.headers["api-key"] == "az-key-1234567"
+
+
+def test_silent_upstream_gets_keepalive_pings(monkeypatch: pytest.MonkeyPatch, gateway: GatewayServer, upstream: FakeUpstream) -> None:
+    import clasp_gateway.providers as providers
+
+    monkeypatch.setattr(providers, "PING_INTERVAL", 0.05)
+    upstream.queue(Text("slow but alive", chunk_size=5, chunk_delay=0.2))
+    events = [name for name, _ in raw_events(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 50,
+                                                       "messages": USER, "stream": True})]
+    assert events.count("ping") > 1 and events[-1] == "message_stop"
+
+
+@pytest.mark.parametrize("streaming", ["never", "always"])
+def test_deployments_that_cannot_or_must_stream(streaming: str) -> None:
+    with FakeUpstream("openai") as up:
+        deployment = {**openai_models(up.base_url)["*"][0], "streaming": streaming}
+        with GatewayServer(config_from({"models": {"*": [deployment]}})) as server:
+            client = sdk(server)
+            up.queue(ToolCalls([("get_weather", {"city": "Oslo"})]), ToolCalls([("get_weather", {"city": "Oslo"})]))
+            with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=USER, tools=TOOLS) as stream:  # type: ignore[arg-type]
+                streamed = stream.get_final_message()
+            whole = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=USER, tools=TOOLS)  # type: ignore[arg-type]
+        for message in (streamed, whole):
+            assert message.content[0].input == {"city": "Oslo"}  # type: ignore[union-attr]
+        assert [bool(r.body.get("stream")) for r in up.requests] == [streaming == "always"] * 2

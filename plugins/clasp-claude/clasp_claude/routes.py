@@ -14,13 +14,16 @@ from clasp_gateway.errors import GatewayError, InvalidRequestError
 from clasp_gateway.http import EventStreamResponse, error_response, json_response, read_json, request_headers
 from clasp_gateway.openai_api import list_models as list_openai_models
 from clasp_gateway.pipeline import Gateway
-from clasp_gateway.types import RequestContext, UpstreamStream
+from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
 from .message import MessageBuilder
 from .request import estimate_input_tokens, to_canonical
 from .sse import encode_event
 from .stream import StreamTranslator, error_event, ping_event
 from .tokens import count_tokens, encoding_for_model
+
+
+PING = encode_event(*ping_event())
 
 
 def _gateway(request: Request) -> Gateway:
@@ -65,8 +68,11 @@ async def _stream(
     status, error, cut = 200, None, True
     chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
     try:
-        yield b"".join(encode_event(n, p) for n, p in translator.start()) + encode_event(*ping_event())
+        yield b"".join(encode_event(n, p) for n, p in translator.start()) + PING
         async for chunk in upstream:
+            if chunk is KEEPALIVE:
+                yield PING
+                continue
             if chunk_hook is not None:
                 chunk_hook(ctx=ctx, chunk=chunk)
             events = translator.feed(chunk)
@@ -95,6 +101,8 @@ async def _complete(
     try:
         builder.add(translator.start())
         async for chunk in upstream:
+            if chunk is KEEPALIVE:
+                continue
             builder.add(translator.feed(chunk))
             if translator.done:
                 break
