@@ -107,19 +107,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clasp", description="clasp LLM gateway")
-    parser.add_argument("--config", "-c", help="path to clasp.yaml (default: $CLASP_CONFIG or ./clasp.yaml)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                        help="path to clasp.yaml (default: $CLASP_CONFIG or ./clasp.yaml)")
+    parser = argparse.ArgumentParser(prog="clasp", description="clasp LLM gateway", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser("serve", help="run the gateway", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=cmd_serve)
-    check = sub.add_parser("check", help="validate clasp.yaml and probe every deployment")
+    check = sub.add_parser("check", help="validate clasp.yaml and probe every deployment", parents=[common])
     check.add_argument("--no-probe", action="store_true", help="only validate the file")
     check.add_argument("--timeout", type=float, default=10.0)
     check.set_defaults(func=cmd_check)
-    plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks")
+    plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks", parents=[common])
     plugins.set_defaults(func=cmd_plugins)
 
     # Plugin commands: only loaded when the name is not a built-in one.
@@ -137,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                 rest = argv[argv.index(command) + 1:]
                 return int(function(rest, os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    if not hasattr(args, "config"):
+        args.config = None
+    try:
+        return int(args.func(args))
+    except RuntimeError as exc:  # e.g. a plugin that fails to load: say which, no traceback
+        print(f"clasp: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
