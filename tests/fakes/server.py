@@ -1,0 +1,596 @@
+"""The fake upstream HTTP server: routing, auth, recording and delivery.
+
+:class:`FakeUpstream` runs an ``aiohttp`` low-level server on 127.0.0.1 in a
+daemon thread with its own event loop, so plain synchronous tests (and the
+gateway under test, in any thread or loop) can talk to it.  Everything it
+receives is recorded; what it answers comes from :meth:`FakeUpstream.queue`,
+then :attr:`FakeUpstream.script`, then ``Text("ok")``.  The byte formats live
+in :mod:`tests.fakes.wire`; this module only decides *when* bytes are written
+(delays, stalls, cuts, fragmentation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from .fragment import fragment_event
+from .record import Recorded
+from .replies import Cut, Error, Hang, Html, Malformed, Reasoning, Reply, Script, Text, ToolCalls
+from .wire import AzureWire, Ctx, OllamaNativeWire, OllamaWire, OpenAIWire, Wire, html_page
+
+__all__ = ["FLAVORS", "FakeUpstream", "free_port"]
+
+FLAVORS = ("openai", "azure", "ollama", "json_stream", "fragmented")
+"""Supported provider flavors."""
+
+_OPENAI_LIKE = ("openai", "json_stream", "fragmented")
+_AZURE_CHAT = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_FRAGMENT_PAUSE = 0.001  # seconds between fragmented writes, so reads really split
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (racy by nature; prefer port=0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Payload:
+    """A fully rendered response: a body, or stream events plus terminator."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    events: list[bytes] | None = None
+    terminator: bytes | None = None
+
+
+class FakeUpstream:
+    """A fake LLM provider speaking one provider's wire format.
+
+    Args:
+        flavor: ``"openai"``, ``"azure"``, ``"ollama"``, ``"json_stream"`` or
+            ``"fragmented"``.
+        require_key: ``None`` – the provider's default (OpenAI-like flavors
+            require an ``Authorization: Bearer`` header, Azure an ``api-key``
+            or bearer header, Ollama nothing); ``True`` – require a key, any
+            value; ``False`` – never check; a string – require exactly this
+            key (bearer token, or Azure ``api-key``), else a provider-shaped 401.
+        model: force the response ``model`` field (default: echo the request's
+            model; Azure: ``"gpt-4o-2024-08-06"``).
+        models: ids listed by ``GET /v1/models`` (and Ollama's ``/api/tags``).
+        deployments: Azure only – if given, other deployment names get
+            Azure's ``DeploymentNotFound`` 404.
+        chunk_delay: default seconds between stream events.
+        seed: seed for ids and fragmentation (runs are reproducible).
+        host, port: where to listen (port 0 = any free port).
+    """
+
+    def __init__(
+        self,
+        flavor: str = "openai",
+        *,
+        require_key: str | bool | None = None,
+        model: str | None = None,
+        models: list[str] | None = None,
+        deployments: list[str] | None = None,
+        chunk_delay: float = 0.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
+        self.flavor = flavor
+        self.require_key = require_key
+        self.model = model
+        self.models = (
+            list(models) if models else (["llama3.2:latest"] if flavor == "ollama" else ["gpt-4o", "gpt-4o-mini"])
+        )
+        self.deployments = deployments
+        self.chunk_delay = chunk_delay
+        self.seed = seed
+        self.host = host
+        self.port = port
+        self.requests: list[Recorded] = []
+        self.errors: list[BaseException] = []
+        self.script: Script | None = None
+        self._queue: deque[Reply] = deque()
+        self._cond = threading.Condition()
+        self._count = 0
+        self._wire: Wire = {
+            "openai": OpenAIWire,
+            "json_stream": OpenAIWire,
+            "fragmented": OpenAIWire,
+            "azure": AzureWire,
+            "ollama": OllamaWire,
+        }[flavor](model)
+        self._native = OllamaNativeWire(model)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.ServerRunner | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The base URL a client is configured with (``…/v1`` for OpenAI-likes)."""
+        return self.origin + "/v1" if self.flavor in _OPENAI_LIKE else self.origin
+
+    @property
+    def last(self) -> Recorded:
+        """The most recent request."""
+        return self.requests[-1]
+
+    @property
+    def queued(self) -> int:
+        """How many queued replies are still unused."""
+        with self._cond:
+            return len(self._queue)
+
+    def queue(self, *replies: Reply) -> FakeUpstream:
+        """Append replies used, first in first out, by the next chat requests."""
+        with self._cond:
+            self._queue.extend(replies)
+        return self
+
+    def reset(self) -> None:
+        """Forget recorded requests and errors; drop the queue and the script."""
+        with self._cond:
+            self.requests.clear()
+            self.errors.clear()
+            self._queue.clear()
+            self.script = None
+
+    def wait_for(self, n: int = 1, timeout: float = 5.0) -> Recorded:
+        """Block until at least ``n`` requests were received; return the n-th."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.requests) >= n, timeout):
+                raise TimeoutError(f"{self.flavor}: {len(self.requests)} request(s) after {timeout}s, wanted {n}")
+            return self.requests[n - 1]
+
+    def start(self) -> FakeUpstream:
+        """Bind the port and serve from a daemon thread; returns once listening."""
+        if self._thread is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start_async(sock))
+            except BaseException as exc:  # surfaced by start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"FakeUpstream-{self.flavor}-{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: hung requests end, open connections are closed."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop_async(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            self._thread = None
+            self._loop = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"FakeUpstream({self.flavor!r}, base_url={self.base_url!r}, requests={len(self.requests)})"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _start_async(self, sock: socket.socket) -> None:
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> BaseRequest:
+            return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=1 << 30)
+
+        server = web.Server(self._handle, request_factory=make_request, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, backlog=512).start()
+
+    async def _stop_async(self) -> None:
+        assert self._stopping is not None
+        self._stopping.set()
+        await asyncio.sleep(0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the server stops first; True if it is stopping."""
+        assert self._stopping is not None
+        if seconds <= 0:
+            return self._stopping.is_set()
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # -------------------------------------------------------------- routing
+
+    def _route(self, method: str, path: str) -> str | None:
+        if self.flavor == "azure":
+            return "chat" if method == "POST" and _AZURE_CHAT.match(path) else None
+        routes = {("POST", "/v1/chat/completions"): "chat", ("GET", "/v1/models"): "models"}
+        if self.flavor == "ollama":
+            routes.update(
+                {
+                    ("POST", "/api/chat"): "native_chat",
+                    ("GET", "/api/tags"): "tags",
+                    ("POST", "/api/show"): "show",
+                    ("GET", "/api/version"): "version",
+                    ("GET", "/"): "root",
+                    ("HEAD", "/"): "root",
+                }
+            )
+        return routes.get((method, path))
+
+    def _ctx(self, rec: Recorded, route: str, n: int) -> Ctx:
+        body = rec.json
+        opts = body.get("stream_options")
+        if route == "native_chat":
+            stream = body.get("stream", True) is not False  # Ollama streams unless told not to
+        else:
+            stream = body.get("stream") is True and self.flavor != "json_stream"
+        model = body.get("model")
+        messages = body.get("messages")
+        return Ctx(
+            model=model if isinstance(model, str) else "",
+            messages=messages if isinstance(messages, list) else [],
+            stream=stream,
+            include_usage=isinstance(opts, dict) and bool(opts.get("include_usage")),
+            rng=random.Random(self.seed * 1_000_003 + n),
+            fragmented=self.flavor == "fragmented",
+            api_version=rec.query.get("api-version", ""),
+        )
+
+    def _json(self, status: int, obj: Any, wire: Wire, extra: dict[str, str] | None = None) -> web.Response:
+        headers = {"Content-Type": wire.json_content_type, **(extra or {})}
+        return web.Response(status=status, body=wire.encode(obj), headers=headers)
+
+    def _not_found(self, rec: Recorded) -> web.Response:
+        if self.flavor == "azure":
+            return self._json(404, {"error": {"code": "404", "message": "Resource not found"}}, self._wire)
+        if self.flavor == "ollama" and not rec.path.startswith("/v1/"):
+            return web.Response(status=404, text="404 page not found")
+        message = f"Invalid URL ({rec.method} {rec.path})"
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        return self._json(404, body, self._wire)
+
+    def _check_auth(self, rec: Recorded, route: str, ctx: Ctx) -> web.Response | None:
+        """A provider-shaped 401 if the credentials do not satisfy ``require_key``."""
+        policy = self.require_key
+        if policy is None:
+            policy = self.flavor != "ollama"
+        if policy is False:
+            return None
+        bearer = rec.bearer
+        api_key = rec.headers.get("api-key") if self.flavor == "azure" else None
+        given = [k for k in (api_key, bearer) if k]
+        ok = bool(given) if policy is True else policy in given
+        if ok:
+            return None
+        if self.flavor == "azure":
+            return self._json(401, self._wire.error(401, ctx), self._wire)
+        if route == "native_chat" or self.flavor == "ollama" and not rec.path.startswith("/v1/"):
+            return self._json(401, {"error": "unauthorized"}, self._native)
+        if not given and isinstance(self._wire, OpenAIWire):
+            return self._json(401, self._wire.missing_key_error(), self._wire)
+        body = self._wire.error(401, ctx)
+        if isinstance(body, dict) and given and isinstance(self._wire, OpenAIWire):
+            token = given[0]
+            masked = token[:3] + "*" * max(0, len(token) - 7) + token[-4:] if len(token) > 7 else "*" * len(token)
+            body["error"]["message"] = (
+                f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+        return self._json(401, body, self._wire)
+
+    def _info(self, route: str) -> web.Response:
+        """Answers for the non-chat endpoints (model lists, Ollama metadata)."""
+        owner = "library" if self.flavor == "ollama" else "system"
+        if route == "models":
+            data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": owner} for m in self.models]
+            return self._json(200, {"object": "list", "data": data}, self._wire)
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        }
+        if route == "tags":
+            models = [
+                {
+                    "name": m,
+                    "model": m,
+                    "modified_at": "2024-10-01T12:00:00.000000000Z",
+                    "size": 2019393189,
+                    "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+                    "details": details,
+                }
+                for m in self.models
+            ]
+            return self._json(200, {"models": models}, self._native)
+        if route == "show":
+            show = {
+                "modelfile": "FROM llama3.2\n",
+                "parameters": 'stop                           "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": details,
+                "model_info": {
+                    "general.architecture": "llama",
+                    "general.parameter_count": 3212749888,
+                    "llama.context_length": 131072,
+                },
+                "capabilities": ["completion", "tools"],
+                "modified_at": "2024-10-01T12:00:00.000000000Z",
+            }
+            return self._json(200, show, self._native)
+        if route == "version":
+            return self._json(200, {"version": "0.5.7"}, self._native)
+        return web.Response(text="Ollama is running")
+
+    # -------------------------------------------------------------- handler
+
+    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
+        raw = await request.read()
+        rec = Recorded.build(request.method, request.path, dict(request.query), request.headers, raw)
+        with self._cond:
+            n = self._count
+            self._count += 1
+            self.requests.append(rec)
+            self._cond.notify_all()
+        try:
+            return await self._dispatch(request, rec, n)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug in a script or in the fakes: make it visible
+            self.errors.append(exc)
+            return web.Response(status=500, text="FakeUpstream internal error\n" + traceback.format_exc())
+
+    async def _dispatch(self, request: BaseRequest, rec: Recorded, n: int) -> web.StreamResponse:
+        route = self._route(rec.method, rec.path)
+        if route is None:
+            return self._not_found(rec)
+        ctx = self._ctx(rec, route, n)
+        wire = self._native if route == "native_chat" else self._wire
+        if self.flavor == "azure" and not ctx.api_version:
+            return self._json(404, {"error": {"code": "404", "message": "Resource not found"}}, wire)
+        denied = self._check_auth(rec, route, ctx)
+        if denied is not None:
+            return denied
+        if self.flavor == "azure" and self.deployments is not None:
+            match = _AZURE_CHAT.match(rec.path)
+            if match and match.group(1) not in self.deployments:
+                return self._json(404, AzureWire().deployment_not_found(), wire)
+        if route not in ("chat", "native_chat"):
+            return self._info(route)
+        return await self._serve(request, self._next_reply(rec), wire, ctx)
+
+    def _next_reply(self, rec: Recorded) -> Reply:
+        with self._cond:
+            if self._queue:
+                return self._queue.popleft()
+            script = self.script
+        if script is not None:
+            reply = script(rec.json, rec)
+            if reply is not None:
+                return reply
+        return Text("ok")
+
+    # ------------------------------------------------------------- delivery
+
+    async def _serve(
+        self,
+        request: BaseRequest,
+        reply: Reply,
+        wire: Wire,
+        ctx: Ctx,
+        *,
+        cut: int | None = None,
+        stall: tuple[int, float] | None = None,
+        chunk_delay: float | None = None,
+    ) -> web.StreamResponse:
+        """Answer ``reply``, unwrapping :class:`Cut` / :class:`Hang`."""
+        if reply.delay and await self._sleep(reply.delay):
+            return self._abort(request)
+        own_delay = getattr(reply, "chunk_delay", None)
+        if own_delay is not None:
+            chunk_delay = own_delay
+        if isinstance(reply, Cut):
+            if reply.before_headers:
+                return self._abort(request)
+            return await self._serve(
+                request, reply.reply, wire, ctx, cut=reply.after_chunks, stall=stall, chunk_delay=chunk_delay
+            )
+        if isinstance(reply, Hang):
+            if reply.reply is None:
+                await self._sleep(reply.seconds)
+                return self._abort(request)
+            if reply.after_chunks is None:
+                if await self._sleep(reply.seconds):
+                    return self._abort(request)
+                return await self._serve(request, reply.reply, wire, ctx, cut=cut, chunk_delay=chunk_delay)
+            return await self._serve(
+                request,
+                reply.reply,
+                wire,
+                ctx,
+                cut=cut,
+                stall=(reply.after_chunks, reply.seconds),
+                chunk_delay=chunk_delay,
+            )
+        payload = self._render(reply, wire, ctx)
+        delay = self.chunk_delay if chunk_delay is None else chunk_delay
+        return await self._deliver(request, payload, ctx, cut=cut, stall=stall, chunk_delay=delay)
+
+    def _render(self, reply: Reply, wire: Wire, ctx: Ctx) -> _Payload:
+        """Turn a terminal reply into bytes for this wire."""
+        headers = wire.headers(ctx)
+        if isinstance(reply, Error):
+            body = wire.error(reply.status, ctx) if reply.body is None else reply.body
+            if isinstance(body, str):
+                try:
+                    json.loads(body)
+                    ctype = "application/json"
+                except ValueError:
+                    ctype = "text/plain; charset=utf-8"
+                data = body.encode()
+            else:
+                ctype, data = wire.json_content_type, wire.encode(body)
+            return _Payload(reply.status, {**headers, "Content-Type": ctype, **(reply.headers or {})}, body=data)
+        if isinstance(reply, Html):
+            page = html_page(reply.status).encode()
+            return _Payload(reply.status, {"Content-Type": "text/html; charset=utf-8"}, body=page)
+        if isinstance(reply, Malformed):
+            turn = wire.turn(Text("This reply is broken."), ctx)
+            if ctx.stream:
+                events = [wire.events(turn, ctx)[0], wire.malformed_event(turn, ctx)]
+                headers["Content-Type"] = wire.stream_content_type
+                return _Payload(200, headers, events=events, terminator=wire.terminator)
+            whole = wire.encode(wire.completion(turn, ctx))
+            return _Payload(200, {**headers, "Content-Type": wire.json_content_type}, body=whole[: len(whole) // 2])
+        if isinstance(reply, (Text, ToolCalls, Reasoning)):
+            turn = wire.turn(reply, ctx)
+            if ctx.stream:
+                headers["Content-Type"] = wire.stream_content_type
+                return _Payload(200, headers, events=wire.events(turn, ctx), terminator=wire.terminator)
+            headers["Content-Type"] = wire.json_content_type
+            return _Payload(200, headers, body=wire.encode(wire.completion(turn, ctx)))
+        raise TypeError(f"FakeUpstream cannot serve {reply!r}")
+
+    async def _deliver(
+        self,
+        request: BaseRequest,
+        payload: _Payload,
+        ctx: Ctx,
+        *,
+        cut: int | None,
+        stall: tuple[int, float] | None,
+        chunk_delay: float,
+    ) -> web.StreamResponse:
+        """Write a rendered payload, applying stalls, cuts and fragmentation."""
+        if payload.events is None:
+            body = payload.body or b""
+            if cut is None and stall is None:
+                return web.Response(status=payload.status, body=body, headers=payload.headers)
+            resp = web.StreamResponse(status=payload.status, headers=payload.headers)
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            if stall is not None and await self._sleep(stall[1]):
+                return await self._abort_flushed(request, resp)
+            if cut is None:
+                await resp.write(body)
+                await resp.write_eof()
+                return resp
+            if cut > 0:
+                await resp.write(body[: len(body) // 2])
+            return await self._abort_flushed(request, resp)
+
+        resp = web.StreamResponse(status=payload.status, headers=payload.headers)
+        await resp.prepare(request)
+        events = payload.events
+        for i, event in enumerate(events):
+            if cut is not None and i >= cut:
+                return await self._abort_flushed(request, resp)
+            if stall is not None and i == stall[0] and await self._sleep(stall[1]):
+                return await self._abort_flushed(request, resp)
+            if i and chunk_delay > 0 and await self._sleep(chunk_delay):
+                return await self._abort_flushed(request, resp)
+            await self._write(resp, event, ctx)
+        if cut is not None:
+            return await self._abort_flushed(request, resp)
+        if stall is not None and stall[0] >= len(events) and await self._sleep(stall[1]):
+            return await self._abort_flushed(request, resp)
+        if payload.terminator:
+            await self._write(resp, payload.terminator, ctx)
+        await resp.write_eof()
+        return resp
+
+    async def _write(self, resp: web.StreamResponse, event: bytes, ctx: Ctx) -> None:
+        if not ctx.fragmented:
+            await resp.write(event)
+            return
+        for piece in fragment_event(event, ctx.rng):
+            await resp.write(piece)
+            await asyncio.sleep(_FRAGMENT_PAUSE)
+
+    @staticmethod
+    def _abort(request: BaseRequest, resp: web.StreamResponse | None = None) -> web.StreamResponse:
+        """Reset the connection (RST): no terminating chunk, no clean close."""
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return resp if resp is not None else web.Response()
+
+    async def _abort_flushed(self, request: BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
+        """Abort once the bytes already written have left the process."""
+        transport = request.transport
+        for _ in range(200):
+            if transport is None or transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.002)  # let the kernel hand the last segment over before the RST
+        return self._abort(request, resp)
