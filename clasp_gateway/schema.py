@@ -95,7 +95,8 @@ def clean_schema(schema: dict[str, Any], dialect: str) -> dict[str, Any]:
         except TypeError:
             # Not JSON-serialisable (never the case for parsed JSON): no memo.
             return _clean_strict_top(schema)
-        return orjson.loads(_cached_strict(key))
+        fresh: dict[str, Any] = orjson.loads(_cached_strict(key))
+        return fresh
     raise ValueError(f"unknown schema dialect {dialect!r} (expected one of {', '.join(DIALECTS)})")
 
 
@@ -143,9 +144,7 @@ def _resolve_ref(ref: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
     return target
 
 
-def _clean_strict(
-    schema: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int
-) -> dict[str, Any]:
+def _clean_strict(schema: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int) -> dict[str, Any]:
     if not isinstance(schema, dict) or depth > _MAX_DEPTH:
         # true / false / junk schemas: the widest thing Gemini understands.
         return {"type": "object"} if schema is not True else {}
@@ -229,10 +228,7 @@ def _clean_strict(
             continue
         if key == "properties":
             if isinstance(value, dict):
-                props = {
-                    str(name): _clean_strict(sub, defs, seen, depth + 1)
-                    for name, sub in value.items()
-                }
+                props = {str(name): _clean_strict(sub, defs, seen, depth + 1) for name, sub in value.items()}
                 if props:
                     out["properties"] = props
             continue
