@@ -64,9 +64,17 @@ MISSING_TOOL_RESULT = "(no result was recorded for this tool call)"
 """Content of the tool message synthesised for a tool call the history never answered."""
 
 USER_ID_MAX = 64
-"""OpenAI rejects a ``user`` longer than 64 characters (``string_above_max_length``);
-Claude Code's ``metadata.user_id`` is ~150. The prefix identifies the user, so the id
-is truncated rather than hashed."""
+"""OpenAI rejects a ``user`` longer than 64 characters (``string_above_max_length``)."""
+
+
+def upstream_user(user_id: str) -> str:
+    """A stable pseudonym for ``metadata.user_id``, safe to hand to a third party.
+
+    Claude Code sends a JSON string with its device and session ids; truncating it
+    would leak part of the device id to every provider. A hash keeps per-user abuse
+    tracking working (same user, same value) without revealing anything.
+    """
+    return "clasp-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
 
 BACKGROUND_MAX_TOKENS = 512
 """Requests at or under this ``max_tokens`` with no tools are tagged ``task="background"``
@@ -828,7 +836,7 @@ def to_canonical(body: Any, *, require_max_tokens: bool = True) -> Translated:
         if user_id is not None:
             user_id = _need_str(user_id, "metadata.user_id")
             if user_id:
-                out["user"] = user_id[:USER_ID_MAX]
+                out["user"] = upstream_user(user_id)
 
     _thinking_hints(body, hints)
     if max_tokens is not None and max_tokens <= BACKGROUND_MAX_TOKENS and not tools_out:

@@ -16,6 +16,7 @@ from clasp_claude.request import (
     estimate_input_tokens,
     to_canonical,
     upstream_tool_name,
+    upstream_user,
 )
 
 from clasp_gateway.errors import InvalidRequestError
@@ -244,7 +245,9 @@ def test_claude_code_conversation_exact() -> None:
     ]
     assert t.tool_names == {MCP_UPSTREAM: "mcp__github__get_file.contents"}
     assert t.body["stream"] is True and t.body["stream_options"] == {"include_usage": True}
-    assert t.body["user"] == CLAUDE_CODE_REQUEST["metadata"]["user_id"][:64]
+    user = t.body["user"]
+    assert user.startswith("clasp-") and len(user) <= 64
+    assert "session" not in user and user == to_canonical(CLAUDE_CODE_REQUEST).body["user"]
     assert t.body["max_tokens"] == 32000 and t.body["temperature"] == 1
     assert t.hints.thinking_budget == 31999
     assert t.hints.reasoning_effort == "medium"  # output_config overrides the budget's "high"
@@ -1033,7 +1036,7 @@ def test_sampling_stop_user_stream() -> None:
     t = to_canonical(
         body(temperature=0, top_p=0.9, top_k=5, stop_sequences=["END", "STOP", "END"], metadata={"user_id": "u1"})
     )
-    assert t.body["temperature"] == 0 and t.body["top_p"] == 0.9 and t.body["user"] == "u1"
+    assert t.body["temperature"] == 0 and t.body["top_p"] == 0.9 and t.body["user"] == upstream_user("u1")
     assert "stop" not in t.body and "top_k" not in t.body
     assert t.stop_sequences == ["END", "STOP"]
     assert t.hints.top_k == 5
