@@ -41,7 +41,10 @@ def register_providers(register: Callable[..., None]) -> None:
 
     ``adapter`` implements :class:`clasp_gateway.providers.ProviderAdapter`; a
     deployment whose ``provider`` equals ``name`` is served by it instead of the
-    built-in OpenAI-compatible or LiteLLM paths.
+    built-in paths. An ``open`` that declares ``ctx`` receives the request's
+    context; an adapter with ``bind(providers)`` is handed the gateway's
+    :class:`~clasp_gateway.providers.Providers` (to reach the pooled session or
+    delegate to ``providers.builtin_for(deployment)``).
     """
 
 
@@ -55,6 +58,22 @@ def register_routing_strategies(register: Callable[..., None]) -> None:
 def register_commands(register: Callable[..., None]) -> None:
     """Add ``clasp`` CLI sub-commands: ``register(name, function, help)`` where
     ``function(argv: list[str], config_path: str) -> int``."""
+
+
+@hookspec
+def register_tools(register: Callable[..., None]) -> None:
+    """Add server-side tools the gateway runs itself:
+    ``register(name, description, input_schema, handler)``.
+
+    ``name`` matches ``^[a-zA-Z0-9_-]{1,64}$``; ``input_schema`` is a JSON Schema with
+    ``"type": "object"``; ``handler(arguments: dict, ctx: ToolContext) -> str`` (or an
+    awaitable of one) returns the text the model reads (``ctx``:
+    :class:`clasp_gateway.server_tools.ToolContext`, with the request context and the
+    config). A plain function runs in a worker thread, so it may block; a coroutine
+    function runs on the event loop. An exception or a timeout becomes an error result
+    the model sees. Registering offers nothing yet: ``server_tools:`` in clasp.yaml says
+    which requests get which tools.
+    """
 
 
 # --- lifecycle ------------------------------------------------------------------------------
@@ -155,7 +174,10 @@ def on_stream_chunk(ctx: "RequestContext", chunk: "Chunk") -> None:
 
 @hookspec
 def record(ctx: "RequestContext", event: dict[str, Any]) -> Any:
-    """Receive events: ``kind: "attempt"`` after every upstream attempt, and one
-    ``kind: "request"`` per request after the answer ended (complete, failed or
-    cut), with usage, cost, latency and attempts. May return an awaitable."""
+    """Receive events: ``kind: "attempt"`` after every upstream attempt, ``kind:
+    "tool_call"`` after every server tool call (name, duration_ms, ok), ``kind:
+    "context_summary"`` after the gateway summarised a conversation that did not fit
+    (usage, cost), and one ``kind: "request"`` per request after the answer ended
+    (complete, failed or cut), with usage, cost, latency and attempts. May return an
+    awaitable."""
 

@@ -52,10 +52,9 @@ def error_response(error: GatewayError, shape: str = "anthropic", request_id: st
     """``error`` as an Anthropic- or OpenAI-shaped JSON response with its headers."""
     body = error.openai_body() if shape == "openai" else error.anthropic_body()
     headers = dict(error.headers)
-    if request_id:
-        headers["request-id"] = request_id
-        if shape == "anthropic":
-            body["request_id"] = request_id
+    # The request-id header itself is added to every response by the ErrorBoundary.
+    if request_id and shape == "anthropic":
+        body["request_id"] = request_id
     if error.error_type == "overloaded_error" or error.status == 429:
         headers.setdefault("retry-after", "1")
     return Response(orjson.dumps(body), status_code=error.status, headers=headers, media_type="application/json")

@@ -57,6 +57,19 @@ def redis_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _without_the_fallback_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Core tests assert the core's own error mapping and fallback; the clasp-fallback
+    plugin, when installed, retries and rewrites exhausted errors by design (its own
+    tests cover that). Every other installed plugin loads as usual."""
+    if "CLASP_LOAD_PLUGINS" in os.environ:
+        return
+    import importlib.metadata
+
+    names = sorted({ep.name for ep in importlib.metadata.entry_points(group="clasp")} - {"fallback"})
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", ",".join(names))
+
+
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     """A fake OpenAI upstream."""

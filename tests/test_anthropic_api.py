@@ -242,3 +242,10 @@ def test_deployments_that_cannot_or_must_stream(streaming: str) -> None:
         for message in (streamed, whole):
             assert message.content[0].input == {"city": "Oslo"}  # type: ignore[union-attr]
         assert [bool(r.body.get("stream")) for r in up.requests] == [streaming == "always"] * 2
+
+
+def test_every_answer_carries_one_request_id(gateway: GatewayServer) -> None:
+    response = httpx.post(gateway.base_url + "/v1/messages", json={"model": "m"}, headers={"x-api-key": GATEWAY_KEY})
+    assert response.status_code == 400
+    ids = response.headers.get_list("request-id")
+    assert len(ids) == 1 and ids[0] == response.json()["request_id"]

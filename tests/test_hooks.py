@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse
 
 from clasp_gateway import hookimpl
 from clasp_gateway.app import create_app
-from clasp_gateway.errors import AuthenticationError
+from clasp_gateway.errors import AuthenticationError, RateLimitError
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.types import Principal
 from tests.fakes import Error, FakeUpstream, Text
@@ -37,6 +37,7 @@ class Recorder:
         self.chunks = 0
         self.skip: set[str] = set()
         self.retry_once = False
+        self.exhausted_answer: Any = None
 
     @hookimpl
     def register_routes(self, register: Callable[..., None]) -> None:
@@ -115,6 +116,15 @@ class Recorder:
         if self.retry_once and attempt_number == 1:
             return 0.0
         return None
+
+    @hookimpl
+    def on_exhausted(self, ctx: Any, request: Any, error: Exception) -> Any:
+        self.calls.append(f"on_exhausted:{type(error).__name__}")
+        if self.exhausted_answer == "canned":
+            ctx.response_headers["x-clasp-degraded"] = "canned-by-test"
+            return [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "canned"},
+                                  "finish_reason": "stop"}]}]
+        return self.exhausted_answer
 
     @hookimpl
     def after_attempt(self, ctx: Any, attempt: Any) -> None:
@@ -199,3 +209,31 @@ def test_route_cache_and_attempt_hooks(setup: Any) -> None:
     last = [e for e in recorder.events if e["kind"] == "request"][-1]
     assert [a["ok"] for a in last["attempts"]] == [False, True]
     assert "after_attempt:False" in recorder.calls and "after_attempt:True" in recorder.calls
+
+
+def test_on_exhausted_hook_degrades_or_replaces_the_error(setup: Any) -> None:
+    server, recorder, first, second = setup
+    client = httpx.Client(base_url=server.base_url, headers={"x-api-key": GATEWAY_KEY})
+    body = {"model": "chain", "messages": [{"role": "user", "content": "hi"}]}
+
+    first.queue(Error(503))
+    second.queue(Error(503))
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 529 and "on_exhausted:UpstreamError" in recorder.calls
+
+    recorder.exhausted_answer = "canned"
+    first.queue(Error(500))
+    second.queue(Error(500))
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "canned"
+    assert response.headers["x-clasp-degraded"] == "canned-by-test"
+
+    # Nothing tried at all (every deployment skipped): the hook sees a 529.
+    recorder.skip = {d.id for d in server.gateway.config.models[0].deployments}
+    recorder.exhausted_answer = RateLimitError("replaced by a plugin")
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 429 and "replaced by a plugin" in response.text
+    assert "on_exhausted:OverloadedError" in recorder.calls
+    recorder.skip = set()
+    client.close()

@@ -1,0 +1,309 @@
+"""One app's reliability state, and the per-request hooks that use it.
+
+A :class:`FallbackRuntime` is created in ``startup`` and registered in *that app's*
+plugin manager (as pytest registers its per-session plugin objects), so two gateways
+in one process never share breakers, budgets or statistics. Per request it:
+
+* ``resolve_route`` (a wrapper around any routing plugin): swaps in the task class's
+  chain and applies the strategy (the core then fits context windows);
+* ``before_attempt``: skips deployments whose breaker is open, claims half-open probes;
+* ``on_error``: retry the same deployment (backoff with full jitter, ``retry-after``,
+  within the retry budget), go to the next candidate, or fail;
+* ``after_attempt``: feeds the breaker and the statistics;
+* ``on_exhausted``: stale answer, default response, or a clear 529 (see degrade.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from clasp_gateway.hookspecs import hookimpl
+from clasp_gateway.pipeline import Gateway
+from clasp_gateway.plugins import await_me_maybe
+from clasp_gateway.types import Attempt, CanonicalRequest, Deployment, RequestContext
+
+from .breaker import BreakerStore, BreakerView, MemoryBreakers, RedisBreakers
+from .classify import Failure, classify
+from .degrade import Skip, exhausted_answer
+from .health import HealthChecker
+from .retry import RetryBudget, backoff_delay, retry_after_delay
+from .settings import BUILTIN_STRATEGIES, FallbackSettings
+from .shared import SharedRedis
+from .stats import CheckResult, Stats
+from .strategy import chain_for, custom_order, order
+
+log = logging.getLogger("clasp.fallback")
+
+STATE_KEY = "fallback"
+"""``ctx.state`` key of the request's :class:`RequestState`."""
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the fallback plugin knows about one request while it is routed."""
+
+    chain: list[Deployment]
+    probes: set[str] = field(default_factory=set)
+    skipped: list[Skip] = field(default_factory=list)
+
+    def untried(self, ctx: RequestContext, deployment: Deployment) -> list[Deployment]:
+        """Candidates neither tried nor skipped yet (whatever order the core settled on:
+        its context fitting may have moved a larger window first)."""
+        done = {a.deployment.id for a in ctx.attempts} | {s.deployment for s in self.skipped} | {deployment.id}
+        return [d for d in self.chain if d.id not in done]
+
+
+class FallbackRuntime:
+    """Retries, fallback, circuit breakers and health for one gateway app."""
+
+    def __init__(self, gateway: Gateway, settings: FallbackSettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.stats = Stats()
+        r = settings.retry
+        self.budget = RetryBudget(ratio=r.budget_ratio, window=r.budget_window, min_retries=r.budget_min_retries)
+        self.redis: SharedRedis | None = None
+        self.breakers: BreakerStore = MemoryBreakers(settings.breaker)
+        self.health = HealthChecker(self)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the Redis pool (if configured) and start the health checks."""
+        b = self.settings.breaker
+        if b.redis_url is not None and b.redis_url.value:
+            self.redis = SharedRedis(b.redis_url.value, timeout=b.redis_timeout)
+            self.breakers = RedisBreakers(b, self.redis)
+            await self.redis.ping()  # logs (once) if Redis is down; serving goes on regardless
+        self.health.start()
+        h = self.settings.health
+        log.info(
+            "fallback: strategy %s, %d retr%s per deployment, breakers in %s, health checks %s",
+            self.settings.strategy, self.settings.retry.attempts, "y" if self.settings.retry.attempts == 1 else "ies",
+            self.breakers.describe, f"every {h.interval:g}s ({h.method})" if h.interval else "off",
+        )
+
+    async def close(self) -> None:
+        """Stop the health checks and close the Redis pool."""
+        await self.health.stop()
+        await self.breakers.close()
+
+    # --- per request --------------------------------------------------------------------------
+
+    def request_state(self, ctx: RequestContext) -> RequestState:
+        """The request's state (created from the model's chain if routing skipped us)."""
+        state = ctx.state.get(STATE_KEY)
+        if not isinstance(state, RequestState):
+            chain = list(self.gateway.resolve_model(ctx.public_model).deployments)
+            state = ctx.state[STATE_KEY] = RequestState(chain)
+        return state
+
+    @hookimpl(wrapper=True)
+    def resolve_route(
+        self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]
+    ) -> Generator[None, Any, Any]:
+        """Wrap any routing plugin: the task chain before it, the strategy after it."""
+        # The core hands every request a fresh list, so routers below see the task chain.
+        candidates[:] = chain_for(ctx, candidates, self.settings)
+        inner = yield
+        return self._finish_route(ctx, request, candidates, inner)
+
+    async def _finish_route(
+        self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment], inner: Any
+    ) -> list[Deployment]:
+        routed = await await_me_maybe(inner) if inner is not None else None
+        ordered = list(routed) if routed is not None else list(candidates)
+        if self.settings.strategy not in BUILTIN_STRATEGIES:
+            ordered = await custom_order(self.gateway.strategies[self.settings.strategy], ctx, ordered)
+        ordered = order(request, ordered, self.settings, self.breakers.peek, self.stats)
+        ctx.state[STATE_KEY] = RequestState(ordered)
+        return ordered
+
+    @hookimpl
+    async def before_attempt(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> bool:
+        """Skip deployments whose breaker is open; claim half-open probes."""
+        state = self.request_state(ctx)
+        ticket = await self.breakers.acquire(deployment.id)
+        if not ticket.allowed:
+            view = self.breakers.peek(deployment.id)
+            self.stats.of(deployment.id).skipped += 1
+            wait = view.reopens_in if view.state == "open" else None
+            if view.state == "open":
+                reason = "circuit breaker open" + (f", next probe in {wait:.1f}s" if wait else ", a probe is due")
+            else:
+                reason = "circuit breaker half-open, its one probe is in flight"
+            await self._skip(ctx, state, deployment, reason, wait)
+            return False
+        if ticket.probe:
+            state.probes.add(deployment.id)
+            self.stats.of(deployment.id).probes += 1
+            log.info("%s probes %s (circuit breaker half-open)", ctx.request_id, deployment.id)
+        if attempt_number == 1:
+            self.budget.note_request(deployment.id)
+        return True
+
+    async def _skip(
+        self, ctx: RequestContext, state: RequestState, deployment: Deployment, reason: str, retry_in: float | None = None
+    ) -> None:
+        state.skipped.append(Skip(deployment.id, reason, retry_in))
+        event = {
+            "kind": "skip",
+            "request_id": ctx.request_id,
+            "public_model": ctx.public_model,
+            "deployment": deployment.id,
+            "provider": deployment.provider,
+            "model": deployment.model,
+            "reason": reason,
+            "time": time.time(),
+        }
+        for result in self.gateway.pm.hook.record(ctx=ctx, event=event):
+            try:
+                await await_me_maybe(result)
+            except Exception:  # a broken recorder must not break routing
+                log.exception("record hook failed for %s", ctx.request_id)
+
+    @hookimpl
+    async def on_error(
+        self, ctx: RequestContext, deployment: Deployment, error: Exception, attempt_number: int
+    ) -> float | str | None:
+        """Retry the same deployment, try the next candidate, or fail."""
+        failure = classify(error)
+        if failure is None:
+            return None
+        state = self.request_state(ctx)
+        if failure.kind in ("overflow", "refusal"):
+            # The core already gave an overflow its one extra go (a larger window, or
+            # trimmed harder); another candidate may still take it. None left: the
+            # client's 400 ("prompt is too long", a refusal), never a degraded answer.
+            return "next" if state.untried(ctx, deployment) else "fail"
+        if failure.kind == "invalid":
+            return "fail"
+        if failure.kind in ("misconfigured", "protocol"):
+            return "next"
+        delay = self._retry_delay(deployment, failure, attempt_number)
+        return "next" if delay is None else delay
+
+    def _retry_delay(self, deployment: Deployment, failure: Failure, attempt_number: int) -> float | None:
+        """Seconds before retrying ``deployment``, or ``None`` to move on."""
+        r = self.settings.retry
+        if failure.retry_after is not None and failure.retry_after > r.max_retry_after:
+            return None  # waiting that long is worse than another deployment (or a fast error)
+        if attempt_number > r.attempts or not failure.matches(r.on):
+            return None
+        if not self.breakers.peek(deployment.id).healthy:
+            return None  # this failure opened the breaker: stop hammering it
+        if not self.budget.try_spend(deployment.id):
+            log.info("retry budget of %s is spent: moving on instead of retrying", deployment.id)
+            return None
+        self.stats.of(deployment.id).retries += 1
+        if failure.retry_after is not None:
+            return retry_after_delay(failure.retry_after, r.base_delay)
+        return backoff_delay(attempt_number, r.base_delay, r.max_delay)
+
+    @hookimpl
+    async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
+        """Feed the breaker and the statistics (streams report when they end or break)."""
+        dep = attempt.deployment
+        failure = classify(attempt.error)
+        state = ctx.state.get(STATE_KEY)
+        probe = False
+        if isinstance(state, RequestState) and dep.id in state.probes:
+            probe = True
+            state.probes.discard(dep.id)
+        healthy = failure is None or not failure.counts_against_deployment
+        rest_for = 0.0
+        r = self.settings.retry
+        if (
+            failure is not None and failure.kind == "rate_limited" and failure.retry_after
+            and failure.retry_after > r.max_retry_after and self.settings.breaker.rest_on_retry_after
+        ):
+            rest_for = failure.retry_after
+        before = self.breakers.peek(dep.id)
+        view = await self.breakers.report(dep.id, healthy, probe=probe, rest_for=rest_for)
+        self._log_transition(dep, before, view)
+        ttfb = attempt.first_byte - attempt.started if attempt.first_byte else None
+        self.stats.attempt_ended(
+            dep.id, ok=attempt.ok, counts=failure is None or failure.counts_against_deployment, ttfb=ttfb,
+            error=getattr(attempt.error, "message", str(attempt.error)) if attempt.error else None,
+        )
+
+    @staticmethod
+    def _log_transition(dep: Deployment, before: BreakerView, after: BreakerView) -> None:
+        if before.state == after.state and before.trips == after.trips:
+            return
+        if after.state == "open":
+            log.warning(
+                "circuit breaker for %s opened (%s): requests skip it for %.1fs, then one probe goes through",
+                dep.id, after.reason or "failures", after.reopens_in,
+            )
+        elif after.state == "closed" and before.state != "closed":
+            log.warning("circuit breaker for %s closed: the probe succeeded, traffic resumes", dep.id)
+
+    @hookimpl(trylast=True)
+    def on_exhausted(self, ctx: RequestContext, request: CanonicalRequest, error: Exception) -> Any:
+        """Every candidate failed: stale answer, default response or a clear 529."""
+        state = self.request_state(ctx)
+        answer = exhausted_answer(ctx, error, state.chain, state.skipped, self.settings.default_response)
+        if isinstance(answer, list):
+            log.warning("%s answered degraded (%s): every deployment of %r failed",
+                        ctx.request_id, ctx.response_headers.get("x-clasp-degraded"), ctx.public_model)
+        return answer
+
+    # --- health checks ---------------------------------------------------------------------
+
+    async def claim_check(self, key: str, interval: float) -> bool:
+        """Whether this replica checks ``key`` this interval (always, without Redis)."""
+        if self.redis is None:
+            return True
+        lease = self.settings.breaker.key_prefix + "health-lease:" + key
+        ms = max(1, int(interval * 900))  # 90%: the next round's claim must succeed
+
+        async def claim(r: Any) -> bool:
+            # SET NX answers None when another replica holds the lease.
+            return bool(await r.set(lease, "1", nx=True, px=ms))
+
+        claimed = await self.redis.call(claim, "claiming a health check")
+        return True if claimed is None else claimed  # None: Redis is down, check locally
+
+    async def check_ended(self, deployment: Deployment, check: CheckResult) -> None:
+        """Record a health check and feed it to the breaker (not for config problems:
+        those are static, and the request path explains them better)."""
+        self.stats.of(deployment.id).check = check
+        if self.redis is not None:
+            key = self.settings.breaker.key_prefix + "health:" + deployment.id
+            mapping = {"ok": "1" if check.ok else "0", "verdict": check.verdict, "ms": repr(check.ms),
+                       "at": repr(check.at), "method": check.method}
+            ttl = max(1, int(max(self.settings.health.interval * 3, 60) * 1000))
+
+            async def store(r: Any) -> None:
+                async with r.pipeline(transaction=True) as pipe:
+                    await pipe.hset(key, mapping=mapping).pexpire(key, ttl).execute()
+
+            await self.redis.call(store, "sharing a health check")
+        if check.method == "config":
+            return
+        before = self.breakers.peek(deployment.id)
+        view = await self.breakers.report_check(deployment.id, check.ok, conclusive=check.method == "call")
+        self._log_transition(deployment, before, view)
+        if not check.ok:
+            log.info("health check of %s failed: %s", deployment.id, check.verdict)
+
+    async def last_check(self, deployment: Deployment) -> CheckResult | None:
+        """The latest check of ``deployment`` by any replica (Redis) or by this one."""
+        local = self.stats.of(deployment.id).check
+        if self.redis is None:
+            return local
+        key = self.settings.breaker.key_prefix + "health:" + deployment.id
+        raw = await self.redis.call(lambda r: r.hgetall(key), "reading a health check")
+        if not raw:
+            return local
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        try:
+            shared = CheckResult(f["ok"] == "1", f["verdict"], float(f["ms"]), float(f["at"]), f["method"])
+        except (KeyError, ValueError):
+            return local
+        return shared if local is None or shared.at >= local.at else local
