@@ -101,6 +101,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = 0
     for line in results:
         print(f"  {line.deployment}: {line.verdict}")
+        for key in line.keys:
+            print(f"    {key.ref}: {key.verdict}")
         if not line.ok:
             failed += 1
     return 1 if failed else 0

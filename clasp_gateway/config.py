@@ -8,6 +8,7 @@ which variable to set, and requests routed to it get the same message.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import catalog
+from .credentials import parse_credentials
 from .redact import register_secret
 from .types import Deployment, ModelInfo, Secret, Timeouts
 
@@ -192,7 +194,7 @@ _DEPLOYMENT_KEYS = {
     "mode", "timeouts", "extra_body", "max_input_tokens", "max_output_tokens",
     "supports_tools", "supports_parallel_tool_calls", "supports_reasoning", "supports_vision",
     "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
-    "base_model", "streaming",
+    "base_model", "streaming", "key_pool", "azure_ad", "secret_headers",
 }
 _INFO_OVERRIDES = (
     "max_input_tokens", "max_output_tokens", "supports_tools", "supports_parallel_tool_calls",
@@ -236,8 +238,14 @@ def _deployment(chk: _Checker, raw: Any, path: str, pattern: str, index: int) ->
         hint = f"set {profile.default_base_env}" if profile.default_base_env else "add api_base"
         problems.append(f"{hint} (the {provider} endpoint URL)")
 
+    creds = parse_credentials(chk, item, path, resolve_secret, expand_env)
+    problems += creds.problems
     keys: list[Secret] = []
-    if item.get("api_keys") is not None:
+    if creds.azure_ad is not None:
+        # Azure AD tokens replace API keys (and the AZURE_API_KEY default).
+        if item.get("api_keys") is not None or "api_key" in item:
+            chk.fail(f"{path}.azure_ad", "use either api_key/api_keys or azure_ad, not both")
+    elif item.get("api_keys") is not None:
         raw_keys = item["api_keys"]
         if not isinstance(raw_keys, list) or not raw_keys:
             chk.fail(f"{path}.api_keys", "expected a non-empty list of key references")
@@ -282,6 +290,7 @@ def _deployment(chk: _Checker, raw: Any, path: str, pattern: str, index: int) ->
     if streaming not in ("auto", "always", "never"):
         chk.fail(f"{path}.streaming", f"expected auto, always (stream-only provider) or never (cannot stream), got {streaming!r}")
     settings["streaming"] = streaming
+    settings["credentials"] = creds
     if problems:
         settings["_problems"] = problems
     dep_id = chk.string(item.get("id"), f"{path}.id") or f"{provider}/{model_name}"
@@ -369,14 +378,15 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
         if not isinstance(deps, list) or not deps:
             chk.fail(path, "expected a list of deployments (each with `model: provider/name`)")
             continue
-        built = [_deployment(chk, d, f"{path}.{i}", str(pattern), i) for i, d in enumerate(deps)]
         chain: list[Deployment] = []
-        for dep in built:
+        for i, raw_dep in enumerate(deps):
+            dep = _deployment(chk, raw_dep, f"{path}.{i}", str(pattern), i)
             if dep is None:
                 continue
-            # One upstream named in several routes is one deployment (shared health
-            # and limits); a different upstream that happens to share the name gets a suffix.
-            fingerprint = (dep.provider, dep.model, dep.api_base, tuple(k.ref for k in dep.keys), dep.mode)
+            # The same deployment entry named in several routes is one deployment
+            # (shared health and limits); any difference in its settings makes it
+            # another deployment, whose id gets a suffix.
+            fingerprint = json.dumps(raw_dep, sort_keys=True, default=str)
             n = 1
             base_id = dep.id
             while dep.id in by_id and by_id[dep.id][0] != fingerprint:

@@ -3,29 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 
 from .config import Config
+from .credentials import credential_settings
 from .errors import GatewayError
 from .providers import Providers
-from .types import Deployment
+from .types import Deployment, Secret
+
+
+@dataclass(slots=True)
+class KeyProbe:
+    """One credential's verdict: ``ref`` is its reference (``${OPENAI_KEY_2}``), never its value."""
+
+    ref: str
+    ok: bool
+    verdict: str
 
 
 @dataclass(slots=True)
 class ProbeResult:
+    """One deployment's verdict, written for a person and free of secrets."""
+
     deployment: str
     ok: bool
     verdict: str
+    method: str = "call"
+    """How it was proven: "models" (``GET /models``), "call" (a 1-token completion)
+    or "config" (not tried: the deployment is not configured)."""
+    keys: list[KeyProbe] = field(default_factory=list)
+    """One verdict per credential (API key reference, or the Azure AD client secret)."""
 
 
 async def _probe_models(session: aiohttp.ClientSession, providers: Providers, dep: Deployment, timeout: float) -> ProbeResult | None:
     """The cheapest proof for OpenAI-compatible upstreams: ``GET /models``."""
     url, headers = providers.direct.url_and_headers(dep)
-    if dep.provider == "azure":
-        return None  # Azure lists models per resource, not deployments: use a 1-token call
+    if dep.provider == "azure" or credential_settings(dep).azure_ad is not None:
+        # Azure lists models per resource, not deployments, and an Azure AD token is
+        # fetched by the call path: use a 1-token call.
+        return None
     models_url = url.rsplit("/chat/completions", 1)[0] + "/models"
     try:
         async with session.get(models_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
@@ -55,6 +75,47 @@ async def _probe_call(providers: Providers, dep: Deployment, timeout: float) -> 
     return ProbeResult(dep.label, True, "reachable, authorised, model answered")
 
 
+async def probe_deployment(
+    providers: Providers,
+    dep: Deployment,
+    session: aiohttp.ClientSession,
+    timeout: float,
+    *,
+    method: str = "auto",
+) -> ProbeResult:
+    """Probe one deployment: ``GET /models`` when it can prove enough ("auto", direct
+    deployments), else a 1-token completion. ``method`` "models" never sends a
+    completion (an inconclusive listing counts as reachable); "call" always does.
+    Health checkers reuse this with a long-lived ``providers`` and ``session``."""
+    problems = dep.settings.get("_problems")
+    if problems:
+        return ProbeResult(dep.label, False, "not configured: " + "; ".join(problems), "config")
+    if dep.mode == "direct" and method in ("auto", "models"):
+        found = await _probe_models(session, providers, dep, timeout)
+        if found is not None:
+            found.method = "models"
+            return found
+        if method == "models":
+            return await _probe_reachable(session, providers, dep, timeout)
+    return await _probe_call(providers, dep, timeout)
+
+
+async def _probe_reachable(session: aiohttp.ClientSession, providers: Providers, dep: Deployment, timeout: float) -> ProbeResult:
+    """The listing was inconclusive: at least prove the server answers HTTP."""
+    url, headers = providers.direct.url_and_headers(dep)
+    models_url = url.rsplit("/chat/completions", 1)[0] + "/models"
+    try:
+        async with session.get(models_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            status = resp.status
+    except asyncio.TimeoutError:
+        return ProbeResult(dep.label, False, f"no answer within {timeout:.0f}s", "models")
+    except aiohttp.ClientError as exc:
+        return ProbeResult(dep.label, False, f"cannot reach the provider ({type(exc).__name__})", "models")
+    if status >= 500:
+        return ProbeResult(dep.label, False, f"the provider answered {status}", "models")
+    return ProbeResult(dep.label, True, f"reachable (GET /models answered {status})", "models")
+
+
 async def probe_all(config: Config, timeout: float = 10.0) -> list[ProbeResult]:
     """Probe every deployment concurrently; secrets never appear in the verdicts."""
     providers = Providers()
@@ -63,16 +124,50 @@ async def probe_all(config: Config, timeout: float = 10.0) -> list[ProbeResult]:
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def one(dep: Deployment) -> ProbeResult:
-                problems = dep.settings.get("_problems")
-                if problems:
-                    return ProbeResult(dep.label, False, "not configured: " + "; ".join(problems))
-                if dep.mode == "direct":
-                    found = await _probe_models(session, providers, dep, timeout)
-                    if found is not None:
-                        return found
-                return await _probe_call(providers, dep, timeout)
-
-            return list(await asyncio.gather(*(one(d) for d in deployments)))
+            return list(await asyncio.gather(
+                *(probe_with_keys(providers, d, session, timeout) for d in deployments)
+            ))
     finally:
         await providers.close()
+
+
+async def probe_with_keys(
+    providers: Providers, dep: Deployment, session: aiohttp.ClientSession, timeout: float
+) -> ProbeResult:
+    """Probe a deployment once per credential: each API key of ``api_keys`` on its
+    own (a bad key hides behind good ones at run time), or the Azure AD client."""
+    ad = credential_settings(dep).azure_ad
+    if len(dep.keys) <= 1:
+        result = await probe_deployment(providers, dep, session, timeout)
+        if dep.keys:
+            result.keys = [KeyProbe(_ref(dep.keys[0]), result.ok, result.verdict)]
+        elif ad is not None:
+            result.keys = [KeyProbe(f"azure_ad client_secret {ad.client_secret.describe()}", result.ok, result.verdict)]
+        return result
+
+    async def one(index: int) -> KeyProbe:
+        secret = dep.keys[index]
+        if not secret.value:
+            return KeyProbe(_ref(secret), False, f"not set: {secret.hint or 'the reference does not resolve'}")
+        # The same deployment restricted to this key (its own one-key pool).
+        single = dataclasses.replace(dep, keys=[secret])
+        single.settings = {k: v for k, v in dep.settings.items() if k != "_problems"}
+        found = await probe_deployment(providers, single, session, timeout)
+        return KeyProbe(_ref(secret), found.ok, found.verdict)
+
+    keys = list(await asyncio.gather(*(one(i) for i in range(len(dep.keys)))))
+    good = [k for k in keys if k.ok]
+    if not good:
+        first = keys[0]
+        return ProbeResult(dep.label, False, f"no API key works ({first.ref}: {first.verdict})", "call", keys)
+    verdict = good[0].verdict
+    if len(good) < len(keys):
+        verdict = f"{verdict}, but only {len(good)} of {len(keys)} API keys work"
+    else:
+        verdict = f"{verdict} (all {len(keys)} API keys)"
+    return ProbeResult(dep.label, len(good) == len(keys), verdict, "call", keys)
+
+
+def _ref(secret: Secret) -> str:
+    described = secret.describe()
+    return f"key {described}"

@@ -78,3 +78,13 @@ def test_model_info_comes_from_litellm_catalogue_and_can_be_overridden() -> None
 def test_unknown_provider_goes_through_litellm() -> None:
     config = parse_config({"models": {"a": [{"model": "bedrock/anthropic.claude-3", "api_key": "k-123456"}]}})
     assert config.models[0].deployments[0].mode == "litellm"
+
+
+def test_same_upstream_with_different_settings_is_two_deployments() -> None:
+    config = parse_config({"models": {
+        "x": [{"model": "ollama/qwen", "api_base": "http://gpu/v1", "text_tool_calls": True}],
+        "y": [{"model": "ollama/qwen", "api_base": "http://gpu/v1", "text_tool_calls": False}],
+    }})
+    x, y = (route.deployments[0] for route in config.models)
+    assert x is not y and x.id != y.id
+    assert x.settings["text_tool_calls"] is True and y.settings["text_tool_calls"] is False
