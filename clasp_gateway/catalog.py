@@ -33,7 +33,7 @@ class ProviderProfile:
     default_api_version: str | None = None
     needs_api_base: bool = False
     auth: str = "bearer"
-    """"bearer" (Authorization), "api-key" (Azure) or "none"."""
+    """"bearer" (Authorization), "api-key" (Azure), "x-api-key" (Anthropic) or "none"."""
     path_style: str = "openai"
     """"openai" (``{base}/chat/completions``) or "azure" (``/openai/deployments/{model}/...``)."""
     schema_dialect: str = "openai"
@@ -42,6 +42,27 @@ class ProviderProfile:
     accepts_top_k: bool = False
     reasoning_param: str | None = None
     """How reasoning intent is sent: "reasoning_effort" or None (dropped)."""
+    litellm_provider: str | None = None
+    """LiteLLM's name for the provider when it differs (``cohere`` -> ``cohere_chat``)."""
+    api_route: str | None = None
+    """Path appended to ``api_base`` unless already there (``transform`` mode):
+    ``v2/chat`` (Cohere), ``v1/messages`` (Anthropic)."""
+    tool_call_ids: str = "any"
+    """Tool-call ids the provider accepts in history: "any", or "alnum9" (Mistral:
+    exactly 9 of ``[a-zA-Z0-9]``; other ids are mapped, deterministically)."""
+    accepts_reasoning_history: bool = True
+    """False when a ``reasoning_content`` echoed in an assistant message is a 400
+    (DeepSeek): it is stripped before sending."""
+    unsupported_params: frozenset[str] = frozenset()
+    """Top-level body keys the provider rejects (Mistral answers 422 to ``user``)."""
+    usage_field: str | None = None
+    """Where a stream's usage arrives besides ``usage`` (Groq: ``x_groq.usage``)."""
+    thought_signatures_in_ids: bool = False
+    """LiteLLM carries Gemini thought signatures inside tool-call ids (base64, which
+    Anthropic clients reject): they travel URL-safe and are restored upstream."""
+    tool_names_start_with_letter: bool = False
+    """Tool names must start with a letter or ``_`` (Gemini); others travel as
+    ``t.<name>`` (a dot never occurs in a client's tool name) and come back as sent."""
 
 
 _OPENAI_COMPATIBLE: dict[str, ProviderProfile] = {
@@ -60,11 +81,15 @@ _OPENAI_COMPATIBLE: dict[str, ProviderProfile] = {
         ProviderProfile("custom_openai", needs_api_base=True),
         ProviderProfile("lm_studio", default_api_base="http://localhost:1234/v1", default_base_env="LM_STUDIO_API_BASE",
                         auth="none"),
-        ProviderProfile("deepseek", default_api_base="https://api.deepseek.com/v1", default_key_env="DEEPSEEK_API_KEY"),
+        ProviderProfile("deepseek", default_api_base="https://api.deepseek.com/v1", default_key_env="DEEPSEEK_API_KEY",
+                        accepts_reasoning_history=False),
+        # Groq takes stream_options now; older deployments only report x_groq.usage.
         ProviderProfile("groq", default_api_base="https://api.groq.com/openai/v1", default_key_env="GROQ_API_KEY",
-                        supports_stream_usage=False),
+                        usage_field="x_groq"),
+        # Mistral always reports usage on the last chunk and answers 422 to unknown keys.
         ProviderProfile("mistral", default_api_base="https://api.mistral.ai/v1", default_key_env="MISTRAL_API_KEY",
-                        supports_stream_usage=False),
+                        supports_stream_usage=False, tool_call_ids="alnum9",
+                        unsupported_params=frozenset({"user", "stream_options", "top_k", "seed"})),
         ProviderProfile("openrouter", default_api_base="https://openrouter.ai/api/v1", default_key_env="OPENROUTER_API_KEY",
                         accepts_top_k=True, reasoning_param="reasoning_effort"),
         ProviderProfile("together_ai", default_api_base="https://api.together.xyz/v1", default_key_env="TOGETHERAI_API_KEY",
@@ -78,9 +103,39 @@ _OPENAI_COMPATIBLE: dict[str, ProviderProfile] = {
 }
 
 
+# Not OpenAI-compatible: LiteLLM's provider config builds and parses each call, the
+# gateway's own session sends it (``mode: transform``, see transform.py).
+_TRANSFORM: dict[str, ProviderProfile] = {
+    p.name: p
+    for p in (
+        # Google AI Studio. No default api_base: LiteLLM picks v1beta or v1alpha by
+        # model; a custom api_base includes the version (``https://host/v1beta``).
+        ProviderProfile("gemini", mode="transform", default_base_env="GEMINI_API_BASE",
+                        default_key_env="GEMINI_API_KEY", schema_dialect="gemini", supports_stream_usage=False,
+                        reasoning_param="reasoning_effort", thought_signatures_in_ids=True,
+                        tool_names_start_with_letter=True),
+        ProviderProfile("cohere", mode="transform", litellm_provider="cohere_chat",
+                        default_api_base="https://api.cohere.com", default_base_env="COHERE_API_BASE",
+                        default_key_env="COHERE_API_KEY", api_route="v2/chat", supports_stream_usage=False),
+        ProviderProfile("cohere_chat", mode="transform", default_api_base="https://api.cohere.com",
+                        default_base_env="COHERE_API_BASE", default_key_env="COHERE_API_KEY", api_route="v2/chat",
+                        supports_stream_usage=False),
+        ProviderProfile("ollama_chat", mode="transform", default_api_base="http://localhost:11434",
+                        default_base_env="OLLAMA_API_BASE", auth="none", supports_stream_usage=False,
+                        reasoning_param="reasoning_effort"),
+        # Anthropic clients are passed through verbatim by clasp-claude; this profile
+        # serves OpenAI-format clients through LiteLLM's Anthropic transform.
+        ProviderProfile("anthropic", mode="transform", default_api_base="https://api.anthropic.com",
+                        default_base_env="ANTHROPIC_API_BASE", default_key_env="ANTHROPIC_API_KEY",
+                        auth="x-api-key", api_route="v1/messages", supports_stream_usage=False,
+                        accepts_top_k=True, reasoning_param="reasoning_effort"),
+    )
+}
+
+
 def provider_profile(provider: str) -> ProviderProfile:
     """The profile of ``provider``; unknown providers are served through LiteLLM."""
-    profile = _OPENAI_COMPATIBLE.get(provider)
+    profile = _OPENAI_COMPATIBLE.get(provider) or _TRANSFORM.get(provider)
     if profile is not None:
         return profile
     return ProviderProfile(provider, mode="litellm", schema_dialect="openai")

@@ -20,10 +20,14 @@ import uuid
 from typing import Any, AsyncIterator
 
 from .config import Config, ModelRoute
+from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, await_me_maybe
 from .providers import Providers
 from .quirks import prepare_body
+from .server_tools import ServerTools
+from .textcalls import check_config as check_text_calls
+from .textcalls import filter_text_calls, text_call_names
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -67,6 +71,12 @@ class Gateway:
                 self._exact.setdefault(route.pattern, route)
         self._resolved: dict[str, ModelRoute | None] = {}
         self.chunk_hook = pm.has_impls("on_stream_chunk")
+        # Context windows (context.py) and text-written tool calls (textcalls.py):
+        # settings validated here, at start-up.
+        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self._record)
+        check_text_calls(config)
+        # None unless some key, team or default enables a server tool: then no cost.
+        self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -112,7 +122,19 @@ class Gateway:
         return [r.pattern for r in self.config.models]
 
     async def open(self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool) -> UpstreamStream:
-        """Find a deployment that answers and return its stream, first chunk in hand."""
+        """Find a deployment that answers and return its stream, first chunk in hand
+        (with server tools: the stream of the tool loop, see ``server_tools.py``)."""
+        if self.server_tools is not None:
+            tools = self.server_tools.for_request(ctx, request)
+            if tools:
+                return await self.server_tools.open(self, ctx, request, tools, stream=stream)
+        return await self._open(ctx, request, stream=stream)
+
+    async def _open(
+        self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool, continuation: bool = False
+    ) -> UpstreamStream:
+        """One upstream round. ``continuation``: a later round of a server-tool loop,
+        for which ``before_call`` (called once per request) is not called again."""
         route = self.resolve_model(ctx.public_model)
         candidates = list(route.deployments)
         ordered = await await_me_maybe(
@@ -120,16 +142,21 @@ class Gateway:
         )
         if ordered is not None:
             candidates = list(ordered)
-        for result in self.pm.hook.before_call(ctx=ctx, request=request):
+        for result in () if continuation else self.pm.hook.before_call(ctx=ctx, request=request):
             chunks = await await_me_maybe(result)
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
 
+        # Fit the context window: maybe reorder for a larger window; bodies per candidate.
+        plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
+        candidates = plan.candidates
+        overflow_retried = False
         last_error: GatewayError | None = None
-        for deployment in candidates:
+        for position, deployment in enumerate(candidates):
             number = 0
             while True:
                 number += 1
+                fitted = await plan.fit(deployment)
                 verdicts = [await await_me_maybe(v) for v in self.pm.hook.before_attempt(
                     ctx=ctx, deployment=deployment, attempt_number=number)]
                 if False in verdicts:
@@ -141,8 +168,8 @@ class Gateway:
                     # chunk) or can only stream (the route aggregates): honour both.
                     streaming = deployment.settings.get("streaming", "auto")
                     upstream_stream = stream if streaming == "auto" else streaming == "always"
-                    body = prepare_body(request, deployment, ctx.hints, stream=upstream_stream)
-                    chunks = self.providers.open(deployment, body, stream=upstream_stream)
+                    body = prepare_body(fitted, deployment, ctx.hints, stream=upstream_stream)
+                    chunks = self.providers.open(deployment, body, stream=upstream_stream, ctx=ctx)
                     try:
                         async with asyncio.timeout(deployment.timeouts.first_byte):
                             first = await anext(chunks)
@@ -164,12 +191,25 @@ class Gateway:
                 else:
                     attempt.first_byte = time.perf_counter()
                     ctx.response_headers["x-clasp-deployment"] = deployment.id
+                    names = text_call_names(deployment, request)
+                    if names is not None:  # a local model may write its tool calls as text
+                        return UpstreamStream(
+                            deployment, attempt, [], filter_text_calls(first, chunks, names),
+                            closer=getattr(chunks, "aclose", None),
+                        )
                     return UpstreamStream(deployment, attempt, [first], chunks)
                 attempt.error = error
                 attempt.ended = time.perf_counter()
                 last_error = error
                 log.warning("%s attempt %d on %s failed: %s", ctx.request_id, number, deployment.id, error.message)
                 await self._after_attempt(ctx, attempt)
+                if isinstance(error, UpstreamError) and is_context_overflow(error):
+                    error = last_error = overflow_error(error)
+                    if not overflow_retried:  # one more go: a larger window, or trimmed harder
+                        overflow_retried = True
+                        if await plan.after_overflow(deployment, error, candidates[position + 1 :]) == "retry":
+                            continue
+                        break
                 decision = await await_me_maybe(
                     self.pm.hook.on_error(ctx=ctx, deployment=deployment, error=error, attempt_number=number)
                 )
@@ -237,7 +277,8 @@ class Gateway:
     ) -> None:
         """Close the request: end the attempt, then the ``record`` event (always)."""
         ended = time.perf_counter()
-        if stream is not None:
+        if stream is not None and stream.attempt.ended is None:
+            # (A server-tool loop closes each round's attempt itself when the round ends.)
             attempt = stream.attempt
             attempt.ended = ended
             attempt.usage = usage

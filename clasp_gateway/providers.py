@@ -1,19 +1,23 @@
 """Calling providers: the gateway's own wire for OpenAI-compatible upstreams, and
-LiteLLM for the rest. This is the only module that imports LiteLLM.
+LiteLLM's knowledge for the rest. This module and :mod:`.transform` are the only
+ones that import LiteLLM (once, before serving, and only if a deployment needs it).
 
 Measured (``../shared/LITELLM.md`` and ``bench/``): ``litellm.acompletion`` costs
 about 7x a raw HTTP call and 20x on long streams, so OpenAI-compatible deployments
-(``mode: direct``) go over one pooled aiohttp session with our own SSE parsing, and
-LiteLLM stays the source of provider knowledge (catalogue, prices) and the
-catch-all (``mode: litellm``) for providers that are not OpenAI-compatible.
+(``mode: direct``) go over one pooled aiohttp session with our own SSE parsing;
+other providers go ``mode: transform`` (LiteLLM's provider config builds and parses,
+the same session sends); ``litellm.acompletion`` stays the catch-all
+(``mode: litellm``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import logging
 import os
+import re
 import time
 from typing import Any, AsyncIterator, Protocol
 
@@ -22,10 +26,13 @@ import orjson
 
 from .canonical import completion_to_chunk
 from .catalog import provider_profile
+from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
 from .errors import ConfigurationError, UpstreamError
+from .quirks import response_fixer
+from .ratelimits import parse_rate_limits
 from .redact import redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment
+from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment, RequestContext
 
 log = logging.getLogger("clasp.providers")
 
@@ -38,13 +45,50 @@ class ProviderAdapter(Protocol):
     ``open`` returns an async iterator of canonical chunks; nothing is sent before
     the first ``__anext__``. Failures raise :class:`~clasp_gateway.errors.UpstreamError`
     (or another GatewayError); a stream that ends early must raise, never just stop.
+    An adapter whose ``open`` also declares ``ctx`` gets the request's
+    :class:`~clasp_gateway.types.RequestContext` (``None`` outside a request, e.g.
+    ``clasp check``); one with ``bind(providers)`` is handed the
+    :class:`Providers` that owns it.
     """
 
     def open(self, deployment: Deployment, body: CanonicalRequest, *, stream: bool) -> AsyncIterator[Chunk]: ...
 
 
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date)."""
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"59.339s"``, ``"20ms"``."""
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _rate_limit_reset(headers: Any) -> float | None:
+    """Seconds until an exhausted rate limit resets, from ``x-ratelimit-reset-*``
+    (OpenAI, Groq...), for a 429 that came without ``retry-after``."""
+    waits: list[float] = []
+    for kind in ("requests", "tokens"):
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        if not reset or headers.get(f"x-ratelimit-remaining-{kind}") not in ("0", None):
+            continue
+        seconds = _parse_duration(reset)
+        if seconds is None:
+            try:
+                seconds = float(reset)
+            except ValueError:
+                continue
+        waits.append(seconds)
+    return max(waits) if waits else None
+
+
+def parse_retry_after(headers: Any, status: int = 0) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date);
+    for a 429 without them, from the rate-limit reset headers."""
+    if status == 429 and not headers.get("retry-after-ms") and not headers.get("retry-after"):
+        return _rate_limit_reset(headers)
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
@@ -79,7 +123,7 @@ def _error_message(body: bytes, content_type: str) -> str:
             if isinstance(err, dict):
                 msg = err.get("message") or err.get("msg") or err.get("detail")
                 if msg:
-                    return str(msg)
+                    return _readable(msg)
             elif isinstance(err, str):
                 return err
             if data.get("message"):
@@ -89,6 +133,23 @@ def _error_message(body: bytes, content_type: str) -> str:
     return " ".join(text.split())[:300] or "(empty body)"
 
 
+def _readable(msg: Any) -> str:
+    """An error message for a person, also from validation details: Mistral and
+    FastAPI-based servers answer ``{"message": {"detail": [{"loc": [...], "msg": ...}]}}``."""
+    if isinstance(msg, dict) and "detail" in msg:
+        msg = msg["detail"]
+    if isinstance(msg, list):
+        parts = []
+        for item in msg[:5]:
+            if isinstance(item, dict) and item.get("msg"):
+                loc = ".".join(str(x) for x in item.get("loc") or () if x != "body")
+                parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(msg)
+
+
 def _api_key(deployment: Deployment) -> str | None:
     for key in deployment.keys:
         if key.value:
@@ -96,11 +157,28 @@ def _api_key(deployment: Deployment) -> str | None:
     return None
 
 
+def _error_code(body: bytes) -> str | None:
+    """The ``error.code`` of an OpenAI-style error body (``insufficient_quota``...)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    code = err.get("code") or err.get("type") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
+
+
 class OpenAICompatible:
     """The direct path: OpenAI-compatible chat completions over a pooled session."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: Credentials | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.credentials = credentials or Credentials()
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The pooled session (``None`` before :meth:`start`)."""
+        return self._session
 
     async def start(self) -> None:
         if self._session is None:
@@ -122,16 +200,22 @@ class OpenAICompatible:
             await self._session.close()
             self._session = None
 
-    def url_and_headers(self, deployment: Deployment) -> tuple[str, dict[str, str]]:
+    def url_and_headers(self, deployment: Deployment, key: str | None = None) -> tuple[str, dict[str, str]]:
+        """The URL and headers of a chat call with ``key`` (default: the first set key).
+        An Azure AD bearer token is added by :meth:`open`, which may have to fetch it."""
         profile = provider_profile(deployment.provider)
         headers = {"content-type": "application/json", "user-agent": "clasp-gateway"}
-        key = _api_key(deployment)
+        if key is None:
+            key = _api_key(deployment)
         if profile.auth == "api-key":
             if key:
                 headers["api-key"] = key
         elif key:
             headers["authorization"] = f"Bearer {key}"
         headers.update(deployment.headers)
+        for name, secret in credential_settings(deployment).secret_headers.items():
+            if secret.value:
+                headers[name] = secret.value
         if profile.path_style == "azure":
             url = (
                 f"{deployment.api_base}/openai/deployments/{deployment.model}/chat/completions"
@@ -147,23 +231,57 @@ class OpenAICompatible:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        url, headers = self.url_and_headers(deployment)
         t = deployment.timeouts
         timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, connect=t.connect)
         label = deployment.id
-        try:
-            response = await self._session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
-            )
-        except asyncio.TimeoutError:
-            raise UpstreamError(f"{label}: timed out connecting", upstream_status=0, deployment=label, kind="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"{label}: cannot reach the provider ({redact(str(exc)) or type(exc).__name__})",
-                upstream_status=0,
-                deployment=label,
-                kind="connect",
-            ) from None
+        data = orjson.dumps(body)
+        pool = self.credentials.pool(deployment)
+        tokens = self.credentials.token_source(deployment)
+        bearer = None if tokens is None else await tokens.token()
+        # A key the provider refuses (429/401/403) is benched and the same request goes
+        # at once to the next usable key of this deployment; only when none is left
+        # does the pipeline see the error (and fall back to another deployment).
+        tried: list[KeySlot] = []
+        while True:
+            slot = pool.pick(len(data) // 4, tried)  # ~4 bytes of JSON per token
+            url, headers = self.url_and_headers(deployment, slot.value if slot else None)
+            if bearer is not None:
+                headers.pop("api-key", None)
+                headers["authorization"] = f"Bearer {bearer}"
+            try:
+                response = await self._session.post(url, data=data, headers=headers, timeout=timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamError(f"{label}: timed out connecting", upstream_status=0, deployment=label, kind="timeout") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(
+                    f"{label}: cannot reach the provider ({redact(str(exc)) or type(exc).__name__})",
+                    upstream_status=0,
+                    deployment=label,
+                    kind="connect",
+                ) from None
+            if slot is None:
+                break
+            if response.status in KEY_FAILURES:
+                try:
+                    error_body = await self._read_limited(response, t.idle, label)
+                finally:
+                    response.release()
+                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=_error_code(error_body))
+                tried.append(slot)
+                if pool.has_alternative(tried):
+                    log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
+                    continue
+                error = self._status_error(response, error_body, label)
+                if len(pool.slots) > 1:
+                    error = UpstreamError(
+                        f"{error.message} (all {len(pool.slots)} API keys of this deployment are benched)",
+                        upstream_status=error.upstream_status, deployment=label,
+                        retry_after=pool.soonest_available() if response.status == 429 else error.retry_after,
+                    )
+                raise error
+            if pool.tracks_limits and response.status < 400:
+                pool.observe(slot, parse_rate_limits(response.headers))
+            break
         try:
             async for chunk in self._read(response, deployment, stream):
                 yield chunk
@@ -178,12 +296,7 @@ class OpenAICompatible:
         idle = deployment.timeouts.idle
         if response.status >= 400:
             body = await self._read_limited(response, idle, label)
-            raise UpstreamError(
-                f"{label}: provider answered {response.status}: {redact(_error_message(body, ctype))}",
-                upstream_status=response.status,
-                deployment=label,
-                retry_after=parse_retry_after(response.headers),
-            )
+            raise self._status_error(response, body, label)
         if "text/event-stream" in ctype:
             async for chunk in self._read_sse(response, label, idle):
                 yield chunk
@@ -211,6 +324,17 @@ class OpenAICompatible:
                 f"{label}: provider answered without choices", upstream_status=502, deployment=label, kind="protocol"
             )
         yield completion_to_chunk(data)
+
+    @staticmethod
+    def _status_error(response: aiohttp.ClientResponse, body: bytes, label: str) -> UpstreamError:
+        """The error for an HTTP error status (the provider's message, redacted)."""
+        ctype = response.headers.get("content-type", "").lower()
+        return UpstreamError(
+            f"{label}: provider answered {response.status}: {redact(_error_message(body, ctype))}",
+            upstream_status=response.status,
+            deployment=label,
+            retry_after=parse_retry_after(response.headers, response.status),
+        )
 
     @staticmethod
     async def _read_limited(
@@ -297,8 +421,9 @@ class LiteLLMAdapter:
     it (``import litellm`` costs ~5 s of CPU here).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: Credentials | None = None) -> None:
         self._litellm: Any = None
+        self.credentials = credentials or Credentials()
 
     def ensure_loaded(self) -> Any:
         if self._litellm is None:
@@ -317,19 +442,43 @@ class LiteLLMAdapter:
         params = dict(body)
         params["model"] = f"{deployment.provider}/{deployment.model}"
         params.pop("stream_options", None)
-        key = _api_key(deployment)
-        if key:
-            params["api_key"] = key
         if deployment.api_base:
             params["api_base"] = deployment.api_base
         if deployment.api_version:
             params["api_version"] = deployment.api_version
-        if deployment.headers:
-            params["extra_headers"] = dict(deployment.headers)
+        extra_headers = dict(deployment.headers)
+        for name, secret in credential_settings(deployment).secret_headers.items():
+            if secret.value:
+                extra_headers[name] = secret.value
+        if extra_headers:
+            params["extra_headers"] = extra_headers
         params["timeout"] = deployment.timeouts.total
         params["stream"] = stream
+        pool = self.credentials.pool(deployment)
+        tried: list[KeySlot] = []
         try:
-            result = await litellm.acompletion(**params)
+            bearer = await self.credentials.bearer_token(deployment)
+            if bearer is not None:
+                params["azure_ad_token"] = bearer
+            while True:  # a refused key: the same request on the next key (see OpenAICompatible)
+                slot = pool.pick(exclude=tried)
+                if slot is not None:
+                    params["api_key"] = slot.value
+                try:
+                    result = await litellm.acompletion(**params)
+                except Exception as exc:
+                    status = getattr(exc, "status_code", None)
+                    if slot is None or status not in KEY_FAILURES:
+                        raise
+                    headers = getattr(exc, "litellm_response_headers", None) or getattr(
+                        getattr(exc, "response", None), "headers", None)
+                    pool.reject(slot, int(status), parse_rate_limits(headers or {}))
+                    tried.append(slot)
+                    if not pool.has_alternative(tried):
+                        raise
+                    log.info("%s: API key %s refused (%s); retrying with the next key", deployment.id, slot.label, status)
+                    continue
+                break
             if not stream:
                 yield completion_to_chunk(result.model_dump())
                 return
@@ -358,25 +507,61 @@ class LiteLLMAdapter:
 
 
 class Providers:
-    """Picks the adapter for each deployment and owns their lifecycles."""
+    """Picks the adapter for each deployment and owns their lifecycles.
+
+    Built-in paths by ``deployment.mode``: ``direct`` (OpenAI-compatible wire),
+    ``transform`` (LiteLLM's provider config, our wire: :mod:`.transform`) and
+    ``litellm`` (``litellm.acompletion``). A plugin adapter registered under the
+    provider's name takes precedence; if it has ``bind(providers)`` it is handed
+    this object (to reach the pooled session and delegate to :meth:`builtin_for`),
+    and if its ``open`` declares a ``ctx`` parameter it receives the request's
+    :class:`~clasp_gateway.types.RequestContext`.
+    """
 
     def __init__(self, extra: dict[str, ProviderAdapter] | None = None) -> None:
-        self.direct = OpenAICompatible()
-        self.litellm = LiteLLMAdapter()
+        from .transform import TransformAdapter  # transform.py builds on this module
+
+        self.credentials = Credentials()
+        self.direct = OpenAICompatible(self.credentials)
+        self.litellm = LiteLLMAdapter(self.credentials)
+        self.transform = TransformAdapter(self.pooled_session, self.litellm.ensure_loaded, self.credentials)
         self.extra: dict[str, ProviderAdapter] = dict(extra or {})
+        self._wants_ctx = {name: _accepts_ctx(adapter) for name, adapter in self.extra.items()}
+        for adapter in self.extra.values():
+            bind = getattr(adapter, "bind", None)
+            if bind is not None:
+                bind(self)
+
+    async def pooled_session(self) -> aiohttp.ClientSession:
+        """The worker's pooled upstream session (started on first use)."""
+        if self.direct.session is None:
+            await self.direct.start()
+        assert self.direct.session is not None
+        return self.direct.session
+
+    def builtin_for(self, deployment: Deployment) -> ProviderAdapter:
+        """The built-in adapter for ``deployment.mode`` (ignoring plugin adapters)."""
+        if deployment.mode == "direct":
+            return self.direct
+        if deployment.mode == "transform":
+            return self.transform
+        return self.litellm
 
     def adapter_for(self, deployment: Deployment) -> ProviderAdapter:
         if deployment.provider in self.extra:
             return self.extra[deployment.provider]
-        if deployment.mode == "direct":
-            return self.direct
-        return self.litellm
+        return self.builtin_for(deployment)
 
     async def start(self, deployments: list[Deployment]) -> None:
         await self.direct.start()
-        if any(self.adapter_for(d) is self.litellm for d in deployments):
+        await self.credentials.start(deployments, self.direct.session)
+        # A plugin adapter may delegate to the built-in path, so that path decides.
+        if any(self.builtin_for(d) is not self.direct for d in deployments):
             # Pay the import before serving, off the event loop's critical path.
             await asyncio.to_thread(self.litellm.ensure_loaded)
+        transform = [d for d in deployments if self.builtin_for(d) is self.transform and not d.settings.get("_problems")]
+        if transform:
+            await asyncio.to_thread(self._check_transform, transform)
         for adapter in self.extra.values():
             start = getattr(adapter, "start", None)
             if start is not None:
@@ -384,7 +569,15 @@ class Providers:
                 if asyncio.iscoroutine(result):
                     await result
 
+    def _check_transform(self, deployments: list[Deployment]) -> None:
+        for dep in deployments:
+            try:
+                self.transform.check(dep)
+            except ConfigurationError as exc:
+                log.warning("deployment %s cannot be served: %s", dep.label, exc.message)
+
     async def close(self) -> None:
+        await self.credentials.close()
         await self.direct.close()
         for adapter in self.extra.values():
             close = getattr(adapter, "close", None)
@@ -393,11 +586,41 @@ class Providers:
                 if asyncio.iscoroutine(result):
                     await result
 
-    def open(self, deployment: Deployment, body: CanonicalRequest, *, stream: bool) -> AsyncIterator[Chunk]:
+    def open(
+        self, deployment: Deployment, body: CanonicalRequest, *, stream: bool, ctx: RequestContext | None = None
+    ) -> AsyncIterator[Chunk]:
         problems = deployment.settings.get("_problems")
         if problems:
             raise ConfigurationError(
                 f"deployment {deployment.label} is not configured: {'; '.join(problems)} "
                 "in the gateway's environment, then restart it"
             )
-        return self.adapter_for(deployment).open(deployment, body, stream=stream)
+        name = deployment.provider
+        if name in self.extra:
+            adapter = self.extra[name]
+            if self._wants_ctx.get(name):
+                chunks = adapter.open(deployment, body, stream=stream, ctx=ctx)  # type: ignore[call-arg]
+            else:
+                chunks = adapter.open(deployment, body, stream=stream)
+        else:
+            chunks = self.builtin_for(deployment).open(deployment, body, stream=stream)
+        fix = response_fixer(deployment)
+        return chunks if fix is None else _fixed(chunks, fix)
+
+
+def _accepts_ctx(adapter: Any) -> bool:
+    try:
+        return "ctx" in inspect.signature(adapter.open).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+async def _fixed(chunks: AsyncIterator[Chunk], fix: Any) -> AsyncIterator[Chunk]:
+    """``chunks`` with a provider's response quirk applied (see ``quirks.response_fixer``)."""
+    try:
+        async for chunk in chunks:
+            yield chunk if chunk is KEEPALIVE else fix(chunk)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

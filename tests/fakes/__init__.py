@@ -11,9 +11,16 @@ Usage::
 
 Modules: :mod:`.replies` (what to answer), :mod:`.wire` (how each provider
 spells it), :mod:`.fragment` (awkward TCP writes), :mod:`.record` (what was
-received), :mod:`.server` (the server itself).
+received), :mod:`.server` (the server itself), :mod:`.keys` (answers and
+rate-limit headers per API key), :mod:`.azure_ad` (an Entra ID token endpoint).
+More providers register themselves as flavors (:mod:`.flavors`): :mod:`.gemini`,
+:mod:`.cohere`, :mod:`.anthropic` and :mod:`.openai_compat` (``deepseek``,
+``mistral``, ``groq``, ``vllm``).
 """
 
+from . import anthropic, cohere, gemini, openai_compat  # noqa: F401  (they register their flavors)
+from .azure_ad import FakeTokenEndpoint
+from .keys import by_key, limits_by_key, openai_limits
 from .record import Recorded
 from .replies import Cut, Error, Hang, Html, Malformed, Reasoning, Reply, Script, Text, ToolCalls
 from .server import FLAVORS, FakeUpstream, free_port
@@ -22,6 +29,7 @@ __all__ = [
     "FLAVORS",
     "Cut",
     "Error",
+    "FakeTokenEndpoint",
     "FakeUpstream",
     "Hang",
     "Html",
@@ -32,5 +40,8 @@ __all__ = [
     "Script",
     "Text",
     "ToolCalls",
+    "by_key",
     "free_port",
+    "limits_by_key",
+    "openai_limits",
 ]

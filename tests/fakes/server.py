@@ -19,12 +19,14 @@ import socket
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from .flavors import EXTRA_FLAVORS, FlavorSpec
 from .fragment import fragment_event
 from .record import Recorded
 from .replies import Cut, Error, Hang, Html, Malformed, Reasoning, Reply, Script, Text, ToolCalls
@@ -75,6 +77,9 @@ class FakeUpstream:
         deployments: Azure only – if given, other deployment names get
             Azure's ``DeploymentNotFound`` 404.
         chunk_delay: default seconds between stream events.
+        response_headers: ``fn(recorded) -> headers`` added to every chat answer
+            (success or error; an :class:`Error`'s own ``headers`` win), e.g. the
+            rate-limit headers a provider sends for the key the request used.
         seed: seed for ids and fragmentation (runs are reproducible).
         host, port: where to listen (port 0 = any free port).
     """
@@ -91,17 +96,23 @@ class FakeUpstream:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        response_headers: Callable[[Recorded], dict[str, str] | None] | None = None,
     ) -> None:
-        if flavor not in FLAVORS:
-            raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
+        spec: FlavorSpec | None = EXTRA_FLAVORS.get(flavor)
+        if flavor not in FLAVORS and spec is None:
+            known = (*FLAVORS, *EXTRA_FLAVORS)
+            raise ValueError(f"unknown flavor {flavor!r}; expected one of {known}")
+        self._spec = spec
         self.flavor = flavor
         self.require_key = require_key
         self.model = model
         self.models = (
-            list(models) if models else (["llama3.2:latest"] if flavor == "ollama" else ["gpt-4o", "gpt-4o-mini"])
+            list(models) if models else list(spec.models) if spec is not None and spec.models
+            else (["llama3.2:latest"] if flavor == "ollama" else ["gpt-4o", "gpt-4o-mini"])
         )
         self.deployments = deployments
         self.chunk_delay = chunk_delay
+        self.response_headers = response_headers
         self.seed = seed
         self.host = host
         self.port = port
@@ -111,7 +122,7 @@ class FakeUpstream:
         self._queue: deque[Reply] = deque()
         self._cond = threading.Condition()
         self._count = 0
-        self._wire: Wire = {
+        self._wire: Wire = spec.wire(model) if spec is not None else {
             "openai": OpenAIWire,
             "json_stream": OpenAIWire,
             "fragmented": OpenAIWire,
@@ -134,6 +145,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """The base URL a client is configured with (``…/v1`` for OpenAI-likes)."""
+        if self._spec is not None:
+            return self.origin + self._spec.base_path
         return self.origin + "/v1" if self.flavor in _OPENAI_LIKE else self.origin
 
     @property
@@ -302,6 +315,7 @@ class FakeUpstream:
             rng=random.Random(self.seed * 1_000_003 + n),
             fragmented=self.flavor == "fragmented",
             api_version=rec.query.get("api-version", ""),
+            extra_headers=dict((self.response_headers(rec) or {}) if self.response_headers else {}),
         )
 
     def _json(self, status: int, obj: Any, wire: Wire, extra: dict[str, str] | None = None) -> web.Response:
@@ -411,6 +425,8 @@ class FakeUpstream:
             return web.Response(status=500, text="FakeUpstream internal error\n" + traceback.format_exc())
 
     async def _dispatch(self, request: BaseRequest, rec: Recorded, n: int) -> web.StreamResponse:
+        if self._spec is not None:
+            return await self._dispatch_spec(self._spec, request, rec, n)
         route = self._route(rec.method, rec.path)
         if route is None:
             return self._not_found(rec)
@@ -428,6 +444,31 @@ class FakeUpstream:
         if route not in ("chat", "native_chat"):
             return self._info(route)
         return await self._serve(request, self._next_reply(rec), wire, ctx)
+
+    async def _dispatch_spec(self, spec: FlavorSpec, request: BaseRequest, rec: Recorded, n: int) -> web.StreamResponse:
+        """Serve a registered flavor (see :mod:`tests.fakes.flavors`)."""
+        wire = self._wire
+        route = spec.route(rec.method, rec.path)
+        if route is None:
+            if spec.not_found is not None:
+                status, body = spec.not_found(rec)
+                return self._json(status, body, wire)
+            return web.Response(status=404, text="Not Found")
+        ctx = self._ctx(rec, route, n)
+        if spec.adjust is not None:
+            ctx = spec.adjust(rec, ctx)
+        policy = spec.requires_key if self.require_key is None else self.require_key
+        if policy is not False:
+            given = spec.credential(rec)
+            if not (given if policy is True else given == policy):
+                status, body = spec.unauthorized(rec, given)
+                return self._json(status, body, wire, wire.headers(ctx))
+        if route != "chat":
+            status, body = spec.info(route, self.models) if spec.info is not None else (404, {})
+            return self._json(status, body, wire)
+        refusal = spec.check(rec, ctx) if spec.check is not None else None
+        reply = refusal if refusal is not None else self._next_reply(rec)
+        return await self._serve(request, reply, wire, ctx)
 
     def _next_reply(self, rec: Recorded) -> Reply:
         with self._cond:
@@ -488,8 +529,12 @@ class FakeUpstream:
 
     def _render(self, reply: Reply, wire: Wire, ctx: Ctx) -> _Payload:
         """Turn a terminal reply into bytes for this wire."""
-        headers = wire.headers(ctx)
+        headers = {**wire.headers(ctx), **ctx.extra_headers}
         if isinstance(reply, Error):
+            # Flavors may add status-specific headers (retry-after on a 429).
+            error_headers = getattr(wire, "error_headers", None)
+            if error_headers is not None:
+                headers.update(error_headers(reply.status, ctx))
             body = wire.error(reply.status, ctx) if reply.body is None else reply.body
             if isinstance(body, str):
                 try:

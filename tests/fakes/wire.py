@@ -75,6 +75,8 @@ class Ctx:
     rng: random.Random
     fragmented: bool = False
     api_version: str = ""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    """Added to the response headers (``FakeUpstream(response_headers=...)``)."""
 
 
 @dataclass

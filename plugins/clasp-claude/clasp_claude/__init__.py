@@ -4,7 +4,8 @@ Routes: ``POST /v1/messages`` (streaming and not), ``POST /v1/messages/count_tok
 and an Anthropic-shaped ``GET /v1/models``. Translation lives in :mod:`.request`
 (Anthropic → OpenAI), :mod:`.stream` (OpenAI chunks → Anthropic events) and
 :mod:`.message` (events → a whole message), so streaming and non-streaming answers
-go through exactly the same code.
+go through exactly the same code. Deployments of Anthropic itself get the client's
+request untouched (:mod:`.passthrough`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from clasp_gateway.hookspecs import hookimpl
 
+from .passthrough import AnthropicPassthrough
 from .routes import count_tokens_endpoint, list_models_endpoint, messages_endpoint
 
 __version__ = "0.1.0"
@@ -26,4 +28,10 @@ def register_routes(register: Callable[..., None]) -> None:
     register("/v1/models", list_models_endpoint, methods=["GET"])
 
 
-__all__: list[Any] = ["register_routes"]
+@hookimpl
+def register_providers(register: Callable[..., None]) -> None:
+    """Serve ``provider: anthropic`` deployments by pass-through for Anthropic clients."""
+    register("anthropic", AnthropicPassthrough())
+
+
+__all__: list[Any] = ["register_providers", "register_routes"]

@@ -16,12 +16,12 @@ from clasp_gateway.openai_api import list_models as list_openai_models
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
+from . import passthrough
 from .message import MessageBuilder
 from .request import estimate_input_tokens, to_canonical
 from .sse import encode_event
 from .stream import StreamTranslator, error_event, ping_event
 from .tokens import count_tokens, encoding_for_model
-
 
 PING = encode_event(*ping_event())
 
@@ -44,12 +44,17 @@ async def messages_endpoint(request: Request) -> Response:
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
             hints=translated.hints,
         )
+        # An Anthropic deployment gets the client's own request (passthrough.py).
+        passthrough.remember(ctx, raw, headers)
         # Stop sequences are matched by the gateway, so it reads a stream to stop early.
         upstream = await gateway.open(
             ctx, translated.body, stream=ctx.client_stream or bool(translated.stop_sequences)
         )
     except GatewayError as exc:
         return error_response(exc, "anthropic", request_id)
+    if passthrough.active(ctx, upstream):
+        # Anthropic answered: its events go to the client as they came.
+        return await passthrough.respond(gateway, ctx, upstream)
     translator = StreamTranslator(
         ctx.public_model,
         message_id="msg_" + request_id[4:],

@@ -1,0 +1,230 @@
+"""Anthropic as an upstream: an Anthropic client's request and Anthropic's events pass
+through the gateway untouched (clasp-claude's pass-through), signatures, cache
+breakpoints and betas included; OpenAI clients still reach Anthropic through
+LiteLLM's transform; a failing Anthropic deployment still falls back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import clasp_claude
+import httpx
+import openai
+import pytest
+from clasp_claude.stream import THINKING_SIGNATURE
+
+from clasp_gateway import hookimpl
+from clasp_gateway.app import create_app
+from clasp_gateway.plugins import PluginManager
+from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
+from tests.fakes.anthropic import issued_signatures
+from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+
+UPSTREAM_KEY = "sk-ant-upstream-0123456789"
+BETAS = "interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14"
+TOOLS: list[Any] = [{
+    "name": "get_weather", "description": "Weather for a city",
+    "input_schema": {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                     "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False},
+    "cache_control": {"type": "ephemeral"},
+}]
+SYSTEM = [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}]
+
+
+class Recorder:
+    """Collects ``record`` events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    @hookimpl
+    def record(self, ctx: Any, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def last_request(self) -> dict[str, Any]:
+        return [e for e in self.events if e["kind"] == "request"][-1]
+
+
+def gateway_for(models: dict[str, Any], recorder: Recorder) -> GatewayServer:
+    pm = PluginManager()
+    pm.load(entry_points=False)
+    pm.register(clasp_claude, name="claude")
+    pm.register(recorder, name="recorder")
+    config = config_from({"models": models})
+    return GatewayServer(config, create_app(config, pm))
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[FakeUpstream, GatewayServer, Recorder]]:
+    recorder = Recorder()
+    with FakeUpstream("anthropic", require_key=UPSTREAM_KEY) as up:
+        models = {"*": [{"model": "anthropic/claude-sonnet-4-5-20250929", "api_base": up.base_url,
+                         "api_key": UPSTREAM_KEY}]}
+        with gateway_for(models, recorder) as gateway:
+            yield up, gateway, recorder
+
+
+@pytest.fixture
+def fresh(stack: tuple[FakeUpstream, GatewayServer, Recorder]) -> tuple[FakeUpstream, GatewayServer, Recorder]:
+    stack[0].reset()
+    return stack
+
+
+def post_stream(gateway: GatewayServer, body: dict[str, Any], beta: str = BETAS) -> list[tuple[str, bytes]]:
+    """The raw (event, data bytes) frames the gateway sent."""
+    frames = []
+    headers = {"x-api-key": GATEWAY_KEY, "anthropic-version": "2023-06-01", "anthropic-beta": beta}
+    with httpx.stream("POST", gateway.base_url + "/v1/messages?beta=true", json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        raw = r.read()
+    for block in raw.split(b"\n\n"):
+        lines = block.split(b"\n")
+        name = next((ln[7:].decode() for ln in lines if ln.startswith(b"event: ")), "")
+        data = b"\n".join(ln[6:] for ln in lines if ln.startswith(b"data: "))
+        if data:
+            frames.append((name, data))
+    return frames
+
+
+def test_stream_goes_both_ways_untouched(fresh: Any) -> None:
+    up, gateway, recorder = fresh
+    up.queue(Reasoning("Let me think about Zürich.", "It is sunny."))
+    body = {
+        "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": True, "system": SYSTEM, "tools": TOOLS,
+        "thinking": {"type": "enabled", "budget_tokens": 10000}, "metadata": {"user_id": "user_abc_account_x"},
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Weather in Zürich?", "cache_control": {"type": "ephemeral"}}]}],
+    }
+    frames = post_stream(gateway, body)
+    sent = up.last
+    # Upstream: the client's body, only the model changed; its betas and version; our key.
+    assert sent.json == {**body, "model": "claude-sonnet-4-5-20250929"}
+    assert sent.headers["anthropic-beta"] == BETAS and sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.headers["x-api-key"] == UPSTREAM_KEY and GATEWAY_KEY not in str(dict(sent.headers))
+    assert sent.path == "/v1/messages"
+    # Downstream: Anthropic's own events, in order, bytes unchanged.
+    names = [n for n, _ in frames]
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
+    payloads = [json.loads(d) for _, d in frames]
+    assert all(p["type"] == n for n, p in zip(names, payloads, strict=True))
+    start = payloads[0]["message"]
+    assert start["id"].startswith("msg_01") and start["model"] == "claude-sonnet-4-5-20250929"
+    signature = next(p["delta"]["signature"] for p in payloads if p.get("delta", {}).get("type") == "signature_delta")
+    assert signature in issued_signatures()  # Anthropic's signature, not the gateway's marker
+    thinking = "".join(p["delta"]["thinking"] for p in payloads if p.get("delta", {}).get("type") == "thinking_delta")
+    assert thinking == "Let me think about Zürich."
+    event = recorder.last_request()
+    assert event["status"] == 200 and event["provider"] == "anthropic" and not event["cut"]
+    assert event["usage"]["input_tokens"] > 0 and event["usage"]["output_tokens"] > 0
+
+
+def test_signed_thinking_history_is_accepted_next_turn(fresh: Any) -> None:
+    """The fake refuses a thinking block whose signature it did not issue: the
+    pass-through replays Claude's own history exactly."""
+    up, gateway, _ = fresh
+    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    up.queue(Reasoning("Think first.", "Calling."), Text("Done."))
+    first = client.messages.create(model="claude-sonnet-4-5", max_tokens=20000, tools=TOOLS,  # type: ignore[arg-type]
+                                   thinking={"type": "enabled", "budget_tokens": 5000},
+                                   messages=[{"role": "user", "content": "go"}])
+    assert first.content[0].type == "thinking" and first.content[0].signature in issued_signatures()  # type: ignore[union-attr]
+    assert first.id.startswith("msg_01")  # Anthropic's message, verbatim
+    second = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=20000, tools=TOOLS, thinking={"type": "enabled", "budget_tokens": 5000},
+        messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                  {"role": "user", "content": "continue"}],
+    )  # type: ignore[arg-type]
+    assert second.content[-1].text == "Done."  # type: ignore[union-attr]
+    replayed = up.last.json["messages"][1]["content"][0]
+    assert replayed["signature"] == first.content[0].signature  # type: ignore[union-attr]
+
+
+def test_thinking_signed_by_the_gateway_is_not_sent_to_anthropic(fresh: Any) -> None:
+    """History from another provider carries the gateway's marker signature, which
+    Anthropic would reject: those blocks (only those) are dropped."""
+    up, gateway, _ = fresh
+    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    up.queue(Text("Fine."))
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "from deepseek", "signature": THINKING_SIGNATURE},
+                                          {"type": "text", "text": "Hello!"}]},
+        {"role": "user", "content": "and now?"},
+    ])  # type: ignore[arg-type]
+    assert message.content[0].text == "Fine."  # type: ignore[union-attr]
+    assert up.last.json["messages"][1]["content"] == [{"type": "text", "text": "Hello!"}]
+
+
+def test_streamed_tool_use_with_the_sdk(fresh: Any) -> None:
+    up, gateway, recorder = fresh
+    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    up.queue(ToolCalls([("get_weather", {"city": "Zürich \U0001F600"})], text="Checking."))
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=1000, tools=TOOLS,  # type: ignore[arg-type]
+                                messages=[{"role": "user", "content": "weather?"}]) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    assert message.content[1].input == {"city": "Zürich \U0001F600"} and message.content[1].id.startswith("toolu_01")  # type: ignore[union-attr]
+    assert message.stop_reason == "tool_use"
+    assert recorder.last_request()["usage"]["output_tokens"] > 1
+
+
+def test_anthropic_errors_reach_the_client_shaped(fresh: Any) -> None:
+    up, gateway, _ = fresh
+    client = anthropic.Anthropic(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    up.queue(Error(429))
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}])  # type: ignore[arg-type]
+    assert info.value.response.headers["retry-after"] == "9"
+    up.queue(Error(529))
+    with pytest.raises(anthropic.APIStatusError) as overloaded:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}])  # type: ignore[arg-type]
+    assert overloaded.value.status_code == 529 and overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
+def test_cut_stream_ends_with_an_error_event_not_message_stop(fresh: Any) -> None:
+    up, gateway, recorder = fresh
+    up.queue(Cut(Text("this will be cut " * 20), after_chunks=5))
+    frames = post_stream(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                                   "messages": [{"role": "user", "content": "x"}]})
+    names = [n for n, _ in frames]
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    assert recorder.last_request()["cut"] is True
+
+
+def test_openai_clients_use_the_litellm_transform(fresh: Any) -> None:
+    up, gateway, _ = fresh
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=GATEWAY_KEY, max_retries=0)
+    up.queue(ToolCalls([("get_weather", {"city": "Oslo"})]), Text("Cold."))
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    chunks = list(client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],  # type: ignore[arg-type]
+                                                 tools=tools, stream=True))
+    args = "".join(c.function.arguments or "" for ch in chunks if ch.choices for c in ch.choices[0].delta.tool_calls or [])
+    assert json.loads(args) == {"city": "Oslo"}
+    assert up.last.json["tools"][0]["input_schema"]["properties"] == {"city": {"type": "string"}}
+    done = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])  # type: ignore[arg-type]
+    assert done.choices[0].message.content == "Cold."
+    client.close()
+
+
+def test_a_failing_anthropic_deployment_falls_back_to_another_provider() -> None:
+    recorder = Recorder()
+    with FakeUpstream("anthropic") as claude, FakeUpstream("openai") as gpt:
+        models = {"*": [
+            {"model": "anthropic/claude-sonnet-4-5-20250929", "api_base": claude.base_url, "api_key": UPSTREAM_KEY},
+            *openai_models(gpt.base_url)["*"],
+        ]}
+        claude.queue(Error(529))
+        gpt.queue(Text("From the fallback."))
+        with gateway_for(models, recorder) as gateway:
+            client = anthropic.Anthropic(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+            with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,  # type: ignore[arg-type]
+                                        messages=[{"role": "user", "content": "x"}]) as stream:
+                message = stream.get_final_message()
+        assert message.content[0].text == "From the fallback."  # type: ignore[union-attr]
+        assert message.id.startswith("msg_") and not message.id.startswith("msg_01")  # translated by the gateway
+        assert [a["ok"] for a in recorder.last_request()["attempts"]] == [False, True]
