@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 _tables: dict[int, dict[bytes, Principal]] = {}
 
 
-def _key_table(config: "Config") -> dict[bytes, Principal]:
+def _key_table(config: Config) -> dict[bytes, Principal]:
     # Keys are compared by SHA-256 digest so lookup time says nothing about the key.
     table = _tables.get(id(config))
     if table is None:
@@ -33,7 +33,7 @@ def _key_table(config: "Config") -> dict[bytes, Principal]:
 
 
 @hookimpl(trylast=True)
-def authenticate(api_key: str | None, headers: dict[str, str], config: "Config") -> Principal:
+def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Principal:
     """Accept the keys listed under ``keys:``; with none configured, accept anyone."""
     if not config.keys and not config.raw.get("keys"):
         return Principal(key_id="anonymous", name="anonymous")

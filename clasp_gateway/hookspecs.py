@@ -8,7 +8,8 @@ awaitable (or a callable returning one) and the core awaits it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from .config import Config
-    from .types import Attempt, CanonicalRequest, Chunk, Deployment, Principal, RequestContext
+    from .types import Attempt, CanonicalRequest, Chunk, Deployment, RequestContext
 
 hookspec = pluggy.HookspecMarker("clasp")
 hookimpl = pluggy.HookimplMarker("clasp")
@@ -80,18 +81,18 @@ def register_tools(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def startup(app: "Starlette", config: "Config") -> Any:
+def startup(app: Starlette, config: Config) -> Any:
     """Called once before the app serves; may return an awaitable (open pools, load
     state). Raise to refuse to start, with a message for a person."""
 
 
 @hookspec
-def shutdown(app: "Starlette") -> Any:
+def shutdown(app: Starlette) -> Any:
     """Called once when the app stops; may return an awaitable (flush, close)."""
 
 
 @hookspec
-def asgi_wrapper(config: "Config") -> Any:
+def asgi_wrapper(config: Config) -> Any:
     """Return a function ``app -> app`` wrapping the whole ASGI app (tracing, custom
     auth), or ``None``."""
 
@@ -100,7 +101,7 @@ def asgi_wrapper(config: "Config") -> Any:
 
 
 @hookspec(firstresult=True)
-def authenticate(api_key: str | None, headers: dict[str, str], config: "Config") -> Any:
+def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Any:
     """Decide who the caller is.
 
     Return a :class:`~clasp_gateway.types.Principal` (or an awaitable of one) to
@@ -112,7 +113,7 @@ def authenticate(api_key: str | None, headers: dict[str, str], config: "Config")
 
 @hookspec(firstresult=True)
 def resolve_route(
-    ctx: "RequestContext", request: "CanonicalRequest", candidates: "list[Deployment]"
+    ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]
 ) -> Any:
     """Order (or filter) the deployments that may serve this request.
 
@@ -122,21 +123,21 @@ def resolve_route(
 
 
 @hookspec
-def before_call(ctx: "RequestContext", request: "CanonicalRequest") -> Any:
+def before_call(ctx: RequestContext, request: CanonicalRequest) -> Any:
     """Called once before any upstream attempt. Return a list of canonical chunks
     (or an awaitable of one) to answer without calling upstream (a cache hit), or
     ``None``. Raise a GatewayError to refuse (a budget exceeded)."""
 
 
 @hookspec
-def before_attempt(ctx: "RequestContext", deployment: "Deployment", attempt_number: int) -> Any:
+def before_attempt(ctx: RequestContext, deployment: Deployment, attempt_number: int) -> Any:
     """Called before each upstream attempt. Return ``False`` (or an awaitable of it)
     to skip this deployment (an open circuit breaker)."""
 
 
 @hookspec(firstresult=True)
 def on_error(
-    ctx: "RequestContext", deployment: "Deployment", error: Exception, attempt_number: int
+    ctx: RequestContext, deployment: Deployment, error: Exception, attempt_number: int
 ) -> Any:
     """An attempt failed before its first chunk reached the client.
 
@@ -149,7 +150,7 @@ def on_error(
 
 
 @hookspec(firstresult=True)
-def on_exhausted(ctx: "RequestContext", request: "CanonicalRequest", error: Exception) -> Any:
+def on_exhausted(ctx: RequestContext, request: CanonicalRequest, error: Exception) -> Any:
     """Every candidate failed or was skipped (open breakers); nothing reached the client.
 
     ``error`` is the last attempt's error, or a 529 ``OverloadedError`` when no
@@ -161,19 +162,19 @@ def on_exhausted(ctx: "RequestContext", request: "CanonicalRequest", error: Exce
 
 
 @hookspec
-def after_attempt(ctx: "RequestContext", attempt: "Attempt") -> Any:
+def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
     """An attempt ended (success or failure; for streams, when the stream ended).
     Use it for circuit breakers and latency statistics."""
 
 
 @hookspec
-def on_stream_chunk(ctx: "RequestContext", chunk: "Chunk") -> None:
+def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     """Called for every canonical chunk sent to the client. Keep it cheap; it is
     only called when at least one plugin implements it."""
 
 
 @hookspec
-def record(ctx: "RequestContext", event: dict[str, Any]) -> Any:
+def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     """Receive events: ``kind: "attempt"`` after every upstream attempt, ``kind:
     "tool_call"`` after every server tool call (name, duration_ms, ok), ``kind:
     "context_summary"`` after the gateway summarised a conversation that did not fit

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -43,7 +44,7 @@ def _validate(body: Any) -> dict[str, Any]:
     return body
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | EventStreamResponse:
     gateway = request.app.state.gateway
     request_id = request.scope["state"]["request_id"]
     try:

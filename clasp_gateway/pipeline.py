@@ -17,7 +17,8 @@ import fnmatch
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from .config import Config, ModelRoute
 from .context import ContextManager, is_context_overflow, overflow_error
@@ -181,7 +182,9 @@ class Gateway:
                             upstream_status=502, deployment=deployment.id, kind="protocol",
                         ) from None
                     except TimeoutError:
-                        await chunks.aclose()
+                        aclose = getattr(chunks, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
                         raise UpstreamError(
                             f"{deployment.id}: no answer within {deployment.timeouts.first_byte:.0f}s",
                             upstream_status=0, deployment=deployment.id, kind="timeout",

@@ -54,7 +54,7 @@ async def _probe_models(session: aiohttp.ClientSession, providers: Providers, de
             if resp.status != 200:
                 return None
             data = orjson.loads(await resp.read())
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError):
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         return None
     ids = {m.get("id") for m in data.get("data", []) if isinstance(m, dict)} if isinstance(data, dict) else set()
     if ids and dep.model not in ids:
@@ -107,7 +107,7 @@ async def _probe_reachable(session: aiohttp.ClientSession, providers: Providers,
     try:
         async with session.get(models_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             status = resp.status
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return ProbeResult(dep.label, False, f"no answer within {timeout:.0f}s", "models")
     except aiohttp.ClientError as exc:
         return ProbeResult(dep.label, False, f"cannot reach the provider ({type(exc).__name__})", "models")

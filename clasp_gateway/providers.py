@@ -19,7 +19,8 @@ import logging
 import os
 import re
 import time
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -250,7 +251,7 @@ class OpenAICompatible:
                 headers["authorization"] = f"Bearer {bearer}"
             try:
                 response = await self._session.post(url, data=data, headers=headers, timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise UpstreamError(f"{label}: timed out connecting", upstream_status=0, deployment=label, kind="timeout") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamError(
@@ -345,7 +346,7 @@ class OpenAICompatible:
                 if limit is None:
                     return await response.read()
                 return await response.content.read(limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError(f"{label}: provider stopped sending", upstream_status=0, deployment=label, kind="timeout") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
@@ -366,7 +367,7 @@ class OpenAICompatible:
             try:
                 async with asyncio.timeout(PING_INTERVAL if idle is None else min(idle, PING_INTERVAL)):
                     raw = await content.readany()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if idle is not None and loop.time() - last_data >= idle:
                     raise UpstreamError(
                         f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"

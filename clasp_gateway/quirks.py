@@ -30,7 +30,7 @@ def _clean_tools(tools: list[dict[str, Any]], dialect: str) -> list[dict[str, An
         for tool in tools:
             fn = tool.get("function")
             params = fn.get("parameters") if isinstance(fn, dict) else None
-            if isinstance(params, dict) and "$schema" in params:
+            if isinstance(fn, dict) and isinstance(params, dict) and "$schema" in params:
                 params = {k: v for k, v in params.items() if k != "$schema"}
                 tool = {**tool, "function": {**fn, "parameters": params}}
             out.append(tool)

@@ -9,8 +9,9 @@ travels in these slotted dataclasses.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 CanonicalRequest = dict[str, Any]
 """An OpenAI chat-completions request body (``model``, ``messages``, ``tools``...)."""
@@ -134,7 +135,7 @@ class Usage:
     reasoning_tokens: int = 0
 
     @classmethod
-    def from_openai(cls, usage: dict[str, Any] | None) -> "Usage":
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
         """Convert an OpenAI ``usage`` object (prompt tokens include cached ones)."""
         if not usage:
             return cls()

@@ -7,7 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -62,7 +62,7 @@ class GatewayServer:
     def gateway(self) -> Any:
         return self.app.starlette_app.state.gateway
 
-    def start(self) -> "GatewayServer":
+    def start(self) -> GatewayServer:
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -79,7 +79,7 @@ class GatewayServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "GatewayServer":
+    def __enter__(self) -> GatewayServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

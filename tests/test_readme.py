@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from clasp_fallback.settings import parse_settings
+
 from clasp_gateway.config import parse_config
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

@@ -36,7 +36,7 @@ def test_random_splits_including_inside_utf8_and_crlf() -> None:
     rng = random.Random(7)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 20)))
-        pieces = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)])]
+        pieces = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)], strict=True)]
         assert decode(pieces) == EXPECTED
 
 

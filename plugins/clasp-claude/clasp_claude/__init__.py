@@ -10,7 +10,8 @@ request untouched (:mod:`.passthrough`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from clasp_gateway.hookspecs import hookimpl
 

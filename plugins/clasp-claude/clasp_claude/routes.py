@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +31,7 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-async def messages_endpoint(request: Request) -> Response:
+async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     """``POST /v1/messages``."""
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
@@ -148,7 +149,7 @@ async def list_models_endpoint(request: Request) -> Response:
         await gateway.authenticate(request_headers(request))
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
-    created = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     data: list[dict[str, Any]] = [
         {"type": "model", "id": name, "display_name": name, "created_at": created}
         for name in gateway.public_models()
