@@ -88,26 +88,32 @@ async def _stream(
     status, error, cut = 200, None, True
     model = ctx.public_model
     chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    read_ahead = ctx.read_ahead
+    out: list[bytes] = []
     try:
         async for chunk in upstream:
             if chunk is KEEPALIVE:
-                yield b": keep-alive\n\n"
-                continue
-            if chunk.get("usage"):
-                usage = Usage.from_openai(chunk["usage"])
-                if not wants_usage:
-                    if not chunk.get("choices"):
-                        continue
-                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
-            chunk["model"] = model
-            if chunk_hook is not None:
-                chunk_hook(ctx=ctx, chunk=chunk)
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-        yield b"data: [DONE]\n\n"
+                out.append(b": keep-alive\n\n")
+            else:
+                if chunk.get("usage"):
+                    usage = Usage.from_openai(chunk["usage"])
+                    if not wants_usage:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                if chunk.get("choices") or "usage" in chunk:
+                    chunk["model"] = model
+                    if chunk_hook is not None:
+                        chunk_hook(ctx=ctx, chunk=chunk)
+                    out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            # One write per upstream read: hold output while more decoded chunks wait.
+            if out and not read_ahead.pending:
+                yield b"".join(out)
+                out = []
+        out.append(b"data: [DONE]\n\n")
         cut = False
+        yield b"".join(out)
     except GatewayError as exc:
         status, error = exc.status, exc
-        yield b"data: " + orjson.dumps(exc.openai_body()) + b"\n\n"
+        yield b"".join(out) + b"data: " + orjson.dumps(exc.openai_body()) + b"\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
         raise

@@ -33,7 +33,7 @@ from .quirks import response_fixer
 from .ratelimits import parse_rate_limits
 from .redact import redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment, RequestContext
+from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
 
 log = logging.getLogger("clasp.providers")
 
@@ -227,7 +227,7 @@ class OpenAICompatible:
         return url, headers
 
     async def open(
-        self, deployment: Deployment, body: CanonicalRequest, *, stream: bool
+        self, deployment: Deployment, body: CanonicalRequest, *, stream: bool, read_ahead: ReadAhead | None = None
     ) -> AsyncIterator[Chunk]:
         if self._session is None:
             await self.start()
@@ -284,13 +284,14 @@ class OpenAICompatible:
                 pool.observe(slot, parse_rate_limits(response.headers))
             break
         try:
-            async for chunk in self._read(response, deployment, stream):
+            async for chunk in self._read(response, deployment, stream, read_ahead):
                 yield chunk
         finally:
             response.release()
 
     async def _read(
-        self, response: aiohttp.ClientResponse, deployment: Deployment, stream: bool
+        self, response: aiohttp.ClientResponse, deployment: Deployment, stream: bool,
+        read_ahead: ReadAhead | None = None,
     ) -> AsyncIterator[Chunk]:
         label = deployment.id
         ctype = response.headers.get("content-type", "").lower()
@@ -299,7 +300,7 @@ class OpenAICompatible:
             body = await self._read_limited(response, idle, label)
             raise self._status_error(response, body, label)
         if "text/event-stream" in ctype:
-            async for chunk in self._read_sse(response, label, idle):
+            async for chunk in self._read_sse(response, label, idle, read_ahead or ReadAhead()):
                 yield chunk
             return
         body = await self._read_limited(response, idle, label, limit=None)
@@ -355,7 +356,9 @@ class OpenAICompatible:
             ) from None
 
     @staticmethod
-    async def _read_sse(response: aiohttp.ClientResponse, label: str, idle: float | None) -> AsyncIterator[Chunk]:
+    async def _read_sse(
+        response: aiohttp.ClientResponse, label: str, idle: float | None, read_ahead: ReadAhead
+    ) -> AsyncIterator[Chunk]:
         decoder = SSEDecoder()
         content = response.content
         finished = False
@@ -372,6 +375,7 @@ class OpenAICompatible:
                     raise UpstreamError(
                         f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"
                     ) from None
+                read_ahead.pending = 0
                 yield KEEPALIVE
                 continue
             except aiohttp.ClientError as exc:
@@ -381,31 +385,45 @@ class OpenAICompatible:
                 ) from None
             last_data = loop.time()
             events = decoder.feed(raw) if raw else decoder.flush()
+            if "[DONE]" in events:
+                events = events[: events.index("[DONE]")]
+                done = True
+            # Parse the whole read first, so ``read_ahead.pending`` is exact: a route
+            # holding output for a chunk still to come must never wait on the network.
+            batch: list[Chunk] = []
+            failure: UpstreamError | None = None
             for data in events:
-                if data == "[DONE]":
-                    done = True
-                    break
                 try:
                     chunk = loads(data)
                 except orjson.JSONDecodeError:
-                    raise UpstreamError(
+                    failure = UpstreamError(
                         f"{label}: malformed event in the stream", upstream_status=502, deployment=label, kind="protocol"
-                    ) from None
+                    )
+                    break
                 if not isinstance(chunk, dict):
                     continue
                 if "error" in chunk and not chunk.get("choices"):
                     err = chunk["error"]
                     message = err.get("message") if isinstance(err, dict) else str(err)
-                    raise UpstreamError(
+                    code = err.get("code") if isinstance(err, dict) else None
+                    failure = UpstreamError(
                         f"{label}: provider error mid-stream: {redact(str(message))}",
-                        upstream_status=int((err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else 0) or 502),
+                        upstream_status=code if isinstance(code, int) and code >= 400 else 502,
                         deployment=label,
                         kind="protocol",
                     )
+                    break
                 for choice in chunk.get("choices") or ():
                     if choice.get("finish_reason"):
                         finished = True
+                batch.append(chunk)
+            remaining = len(batch)
+            for chunk in batch:
+                remaining -= 1
+                read_ahead.pending = remaining
                 yield chunk
+            if failure is not None:
+                raise failure
             if not raw:
                 break
         if not done and not finished:
@@ -604,7 +622,11 @@ class Providers:
             else:
                 chunks = adapter.open(deployment, body, stream=stream)
         else:
-            chunks = self.builtin_for(deployment).open(deployment, body, stream=stream)
+            adapter = self.builtin_for(deployment)
+            if adapter is self.direct and ctx is not None:
+                chunks = self.direct.open(deployment, body, stream=stream, read_ahead=ctx.read_ahead)
+            else:
+                chunks = adapter.open(deployment, body, stream=stream)
         fix = response_fixer(deployment)
         return chunks if fix is None else _fixed(chunks, fix)
 

@@ -170,6 +170,21 @@ class Attempt:
         return self.error is None
 
 
+class ReadAhead:
+    """How many chunks the provider has already decoded and not yet handed out.
+
+    Providers set ``pending`` before each chunk they yield from one network read; a
+    route keeps its output while ``pending`` is non-zero and writes it in one piece
+    when it reaches zero, so a burst of upstream events costs one client write, not
+    one each, and nothing is ever held while the gateway waits for the network.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything known about one client request while it is served."""
@@ -189,6 +204,8 @@ class RequestContext:
     """Headers the gateway adds to the answer (x-clasp-*)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Scratch space for plugins, keyed by plugin name."""
+    read_ahead: ReadAhead = field(default_factory=ReadAhead)
+    """Decoded upstream chunks not yet consumed (see :class:`ReadAhead`)."""
 
 
 class UpstreamStream:

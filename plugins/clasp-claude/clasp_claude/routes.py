@@ -73,25 +73,31 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     status, error, cut = 200, None, True
     chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    read_ahead = ctx.read_ahead
+    out: list[bytes] = []
     try:
         yield b"".join(encode_event(n, p) for n, p in translator.start()) + PING
         async for chunk in upstream:
             if chunk is KEEPALIVE:
-                yield PING
-                continue
-            if chunk_hook is not None:
-                chunk_hook(ctx=ctx, chunk=chunk)
-            events = translator.feed(chunk)
-            if events:
-                yield b"".join([encode_event(n, p) for n, p in events])
-            if translator.done:
-                break
-        yield b"".join([encode_event(n, p) for n, p in translator.finish()])
+                out.append(PING)
+            else:
+                if chunk_hook is not None:
+                    chunk_hook(ctx=ctx, chunk=chunk)
+                for name, payload in translator.feed(chunk):
+                    out.append(encode_event(name, payload))
+                if translator.done:
+                    break
+            # One write per upstream read: hold output while more decoded chunks wait.
+            if out and not read_ahead.pending:
+                yield b"".join(out)
+                out = []
+        out += [encode_event(n, p) for n, p in translator.finish()]
         cut = False
+        yield b"".join(out)
     except GatewayError as exc:
         # The answer already started: say so in-stream; never a clean message_stop.
         status, error = exc.status, exc
-        yield encode_event(*error_event(exc.error_type, exc.message))
+        yield b"".join(out) + encode_event(*error_event(exc.error_type, exc.message))
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
         raise
