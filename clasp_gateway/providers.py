@@ -13,12 +13,9 @@ the same session sends); ``litellm.acompletion`` stays the catch-all
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import inspect
 import logging
 import os
-import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -31,9 +28,10 @@ from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
 from .errors import ConfigurationError, UpstreamError
 from .quirks import response_fixer
 from .ratelimits import parse_rate_limits
+from .reads import network_reads
 from .redact import redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
+from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
 
 log = logging.getLogger("clasp.providers")
 
@@ -55,59 +53,14 @@ class ProviderAdapter(Protocol):
     def open(self, deployment: Deployment, body: CanonicalRequest, *, stream: bool) -> AsyncIterator[Chunk]: ...
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"59.339s"``, ``"20ms"``."""
-    parts = _DURATION_PART.findall(text.strip())
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        return None
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-def _rate_limit_reset(headers: Any) -> float | None:
-    """Seconds until an exhausted rate limit resets, from ``x-ratelimit-reset-*``
-    (OpenAI, Groq...), for a 429 that came without ``retry-after``."""
-    waits: list[float] = []
-    for kind in ("requests", "tokens"):
-        reset = headers.get(f"x-ratelimit-reset-{kind}")
-        if not reset or headers.get(f"x-ratelimit-remaining-{kind}") not in ("0", None):
-            continue
-        seconds = _parse_duration(reset)
-        if seconds is None:
-            try:
-                seconds = float(reset)
-            except ValueError:
-                continue
-        waits.append(seconds)
-    return max(waits) if waits else None
-
-
 def parse_retry_after(headers: Any, status: int = 0) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date);
-    for a 429 without them, from the rate-limit reset headers."""
-    if status == 429 and not headers.get("retry-after-ms") and not headers.get("retry-after"):
-        return _rate_limit_reset(headers)
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    """Seconds to wait before retrying: ``retry-after`` / ``retry-after-ms`` (seconds or
+    a date) when given; for a 429 without it, the reset of the exhausted rate-limit
+    window (``x-ratelimit-reset-*`` and the other providers' spellings)."""
+    state = parse_rate_limits(headers)
+    if state.retry_after is not None or status != 429:
+        return state.retry_after
+    return state.wait(state.observed_at)
 
 
 def _error_message(body: bytes, content_type: str) -> str:
@@ -360,30 +313,14 @@ class OpenAICompatible:
         response: aiohttp.ClientResponse, label: str, idle: float | None, read_ahead: ReadAhead
     ) -> AsyncIterator[Chunk]:
         decoder = SSEDecoder()
-        content = response.content
         finished = False
         done = False
         loads = orjson.loads
-        loop = asyncio.get_running_loop()
-        last_data = loop.time()
-        while not done:
-            try:
-                async with asyncio.timeout(PING_INTERVAL if idle is None else min(idle, PING_INTERVAL)):
-                    raw = await content.readany()
-            except TimeoutError:
-                if idle is not None and loop.time() - last_data >= idle:
-                    raise UpstreamError(
-                        f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"
-                    ) from None
+        async for raw in network_reads(response, label, idle):
+            if raw is None:
                 read_ahead.pending = 0
                 yield KEEPALIVE
                 continue
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    f"{label}: stream cut by the provider ({type(exc).__name__})",
-                    upstream_status=0, deployment=label, kind="protocol",
-                ) from None
-            last_data = loop.time()
             events = decoder.feed(raw) if raw else decoder.flush()
             if "[DONE]" in events:
                 events = events[: events.index("[DONE]")]
@@ -424,7 +361,7 @@ class OpenAICompatible:
                 yield chunk
             if failure is not None:
                 raise failure
-            if not raw:
+            if done:
                 break
         if not done and not finished:
             raise UpstreamError(

@@ -34,7 +34,6 @@ this module imports it at module level.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
@@ -51,9 +50,10 @@ from .credentials import KEY_FAILURES, Credentials, KeySlot
 from .errors import ConfigurationError, UpstreamError
 from .providers import OpenAICompatible, _error_code, _error_message, parse_retry_after
 from .ratelimits import parse_rate_limits
+from .reads import network_reads
 from .redact import redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment
+from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
 
 log = logging.getLogger("clasp.transform")
 
@@ -825,26 +825,10 @@ class TransformAdapter:
         reader = EventReader(prepared, label, fast=self.fast_paths)
         read_event = reader.read
         loads = orjson.loads
-        content = response.content
-        loop = asyncio.get_running_loop()
-        last_data = loop.time()
-        while True:
-            try:
-                async with asyncio.timeout(PING_INTERVAL if idle is None else min(idle, PING_INTERVAL)):
-                    raw = await content.readany()
-            except TimeoutError:
-                if idle is not None and loop.time() - last_data >= idle:
-                    raise UpstreamError(
-                        f"{label}: stream stalled for {idle:.0f}s", upstream_status=0, deployment=label, kind="timeout"
-                    ) from None
+        async for raw in network_reads(response, label, idle):
+            if raw is None:
                 yield KEEPALIVE
                 continue
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    f"{label}: stream cut by the provider ({type(exc).__name__})",
-                    upstream_status=0, deployment=label, kind="protocol",
-                ) from None
-            last_data = loop.time()
             for data in decoder.feed(raw) if raw else decoder.flush():
                 if data == "[DONE]":
                     continue
@@ -856,8 +840,6 @@ class TransformAdapter:
                     ) from None
                 for chunk in read_event(event):
                     yield chunk
-            if not raw:
-                break
         if not reader.finished:
             raise UpstreamError(
                 f"{label}: stream ended before the answer was complete",

@@ -221,9 +221,9 @@ def test_provider_flavors_stream_tools_exactly(flavor: str) -> None:
 
 
 def test_silent_upstream_gets_keepalive_pings(monkeypatch: pytest.MonkeyPatch, gateway: GatewayServer, upstream: FakeUpstream) -> None:
-    import clasp_gateway.providers as providers
+    import clasp_gateway.reads as reads
 
-    monkeypatch.setattr(providers, "PING_INTERVAL", 0.05)
+    monkeypatch.setattr(reads, "PING_INTERVAL", 0.05)
     upstream.queue(Text("slow but alive", chunk_size=5, chunk_delay=0.2))
     events = [name for name, _ in raw_events(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 50,
                                                        "messages": USER, "stream": True})]

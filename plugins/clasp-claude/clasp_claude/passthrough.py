@@ -40,8 +40,9 @@ from clasp_gateway.errors import GatewayError, UpstreamError
 from clasp_gateway.http import EventStreamResponse
 from clasp_gateway.providers import OpenAICompatible, _error_code, _error_message, parse_retry_after
 from clasp_gateway.ratelimits import parse_rate_limits
+from clasp_gateway.reads import network_reads
 from clasp_gateway.redact import redact
-from clasp_gateway.types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
+from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
 
 from .sse import encode_event
 from .stream import THINKING_SIGNATURE, error_event, ping_event
@@ -251,26 +252,13 @@ class AnthropicPassthrough:
         label = deployment.id
         idle = deployment.timeouts.idle
         frames = _Frames()
-        content = response.content
-        loop = asyncio.get_running_loop()
-        last_data = loop.time()
         started = False
         ended = False
-        while not ended:
-            try:
-                async with asyncio.timeout(PING_INTERVAL if idle is None else min(idle, PING_INTERVAL)):
-                    raw = await content.readany()
-            except TimeoutError:
-                if idle is not None and loop.time() - last_data >= idle:
-                    raise UpstreamError(f"{label}: stream stalled for {idle:.0f}s", upstream_status=0,
-                                        deployment=label, kind="timeout") from None
+        async for raw in network_reads(response, label, idle):
+            if raw is None:
                 if started:
                     yield KEEPALIVE
                 continue
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: stream cut by the provider ({type(exc).__name__})",
-                                    upstream_status=0, deployment=label, kind="protocol") from None
-            last_data = loop.time()
             for name, data in frames.feed(raw) if raw else frames.flush():
                 if not started:
                     if name == "error":
@@ -285,7 +273,7 @@ class AnthropicPassthrough:
                 if name in ("message_stop", "error"):
                     ended = True
                     break
-            if not raw:
+            if ended:
                 break
         if not ended:
             raise UpstreamError(f"{label}: stream ended before the answer was complete", upstream_status=0,
