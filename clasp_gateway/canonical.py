@@ -13,29 +13,32 @@ def completion_to_chunk(completion: dict[str, Any]) -> Chunk:
     """Turn a non-streaming ``chat.completion`` into one equivalent chunk.
 
     Every consumer reads chunks only, so a JSON answer (asked for, or sent by a
-    provider that ignores ``stream: true``) takes the same path as a stream.
+    provider that ignores ``stream: true``) takes the same path as a stream, with the
+    same fidelity. A choice without ``finish_reason`` ended anyway: it gets "stop".
     """
-    choices = completion.get("choices") or []
     out_choices = []
-    for choice in choices[:1]:
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    for choice in choices or ():
+        if not isinstance(choice, dict):
+            continue
         message = choice.get("message") or {}
         delta: dict[str, Any] = {"role": "assistant"}
-        for key in ("content", "reasoning_content", "reasoning", "refusal"):
-            if message.get(key):
-                delta[key] = message[key]
-        calls = message.get("tool_calls")
-        if calls:
-            delta["tool_calls"] = [
-                {**call, "index": call.get("index", i)} for i, call in enumerate(calls)
-            ]
-        elif message.get("function_call"):
-            delta["function_call"] = message["function_call"]
+        if isinstance(message, dict):
+            for key in ("content", "reasoning_content", "reasoning", "reasoning_details", "refusal", "function_call"):
+                if message.get(key) is not None:
+                    delta[key] = message[key]
+            calls = message.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                delta["tool_calls"] = [
+                    {**call, "index": call.get("index", i)} for i, call in enumerate(calls) if isinstance(call, dict)
+                ]
         out_choices.append(
-            {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}
+            {"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}
         )
     chunk: Chunk = {
         "id": completion.get("id", ""),
         "object": "chat.completion.chunk",
+        "created": completion.get("created", 0),
         "model": completion.get("model", ""),
         "choices": out_choices,
     }

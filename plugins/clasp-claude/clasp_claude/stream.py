@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from clasp_gateway.canonical import completion_to_chunk
 from clasp_gateway.types import Usage
 
 __all__ = [
@@ -786,37 +787,3 @@ class StreamTranslator:
                 )
             )
 
-
-def completion_to_chunk(completion: dict[str, Any]) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` equivalent to a whole ``chat.completion``.
-
-    Lets non-streaming answers (and JSON answers to streaming requests) go through
-    :class:`StreamTranslator`, so both paths have the same fidelity.
-    """
-    choices_out = []
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    for choice in choices or []:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message") or {}
-        delta: dict[str, Any] = {"role": "assistant"}
-        if isinstance(message, dict):
-            for key in ("content", "reasoning_content", "reasoning", "reasoning_details", "refusal", "function_call"):
-                if message.get(key) is not None:
-                    delta[key] = message[key]
-            calls = message.get("tool_calls")
-            if isinstance(calls, list) and calls:
-                delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls) if isinstance(call, dict)]
-        choices_out.append(
-            {"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}
-        )
-    chunk: dict[str, Any] = {
-        "id": completion.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": completion.get("created", 0),
-        "model": completion.get("model", ""),
-        "choices": choices_out,
-    }
-    if completion.get("usage"):
-        chunk["usage"] = completion["usage"]
-    return chunk
