@@ -99,7 +99,9 @@ class Deployment:
 
     @property
     def label(self) -> str:
-        return f"{self.id} ({self.provider}/{self.model})"
+        """The id, plus the upstream model when the id does not already say it."""
+        upstream = f"{self.provider}/{self.model}"
+        return self.id if self.id == upstream else f"{self.id} ({upstream})"
 
 
 @dataclass(slots=True)

@@ -355,12 +355,12 @@ def test_clasp_check_reports_every_key(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     lines = out.splitlines()
-    pool_line = next(line for line in lines if line.startswith("  openai/gpt-4o (openai/gpt-4o)"))
+    pool_line = next(line for line in lines if line.startswith("  openai/gpt-4o:"))
     assert "only 1 of 3 API keys work" in pool_line
     assert "    key ${CHECK_K1}: reachable, authorised, model present" in lines
     assert any(line.startswith("    key ${CHECK_K2}: reachable, NOT authorised (401)") for line in lines)
     assert f"    key file:{tmp_path / 'missing-key'}: not set: create {tmp_path / 'missing-key'} with the key" in lines
-    assert "  openai/gpt-4o-mini (openai/gpt-4o-mini): reachable, authorised, model present" in lines
+    assert "  openai/gpt-4o-mini: reachable, authorised, model present" in lines
     assert good not in out and bad not in out
 
 
