@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clasp_gateway.hookspecs import hookimpl
 from clasp_gateway.pipeline import Gateway
@@ -32,9 +32,11 @@ from .degrade import Skip, exhausted_answer
 from .health import HealthChecker
 from .retry import RetryBudget, backoff_delay, retry_after_delay
 from .settings import BUILTIN_STRATEGIES, FallbackSettings
-from .shared import SharedRedis
 from .stats import CheckResult, Stats
 from .strategy import chain_for, custom_order, order
+
+if TYPE_CHECKING:  # redis.asyncio costs ~90 ms to import: only when Redis is configured
+    from .shared import SharedRedis
 
 log = logging.getLogger("clasp.fallback")
 
@@ -76,6 +78,8 @@ class FallbackRuntime:
         """Open the Redis pool (if configured) and start the health checks."""
         b = self.settings.breaker
         if b.redis_url is not None and b.redis_url.value:
+            from .shared import SharedRedis
+
             self.redis = SharedRedis(b.redis_url.value, timeout=b.redis_timeout)
             self.breakers = RedisBreakers(b, self.redis)
             await self.redis.ping()  # logs (once) if Redis is down; serving goes on regardless
