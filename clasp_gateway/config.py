@@ -58,12 +58,48 @@ class ModelRoute:
 
 
 @dataclass(slots=True)
+class ServerTimeouts:
+    """Client-side timeouts in seconds (``server.timeouts``): each bounds how long one
+    client may hold a connection without making progress."""
+
+    header: float = 10.0
+    """From the connection's first byte to the end of the request headers."""
+    body: float = 60.0
+    """Longest gap while the request body is arriving."""
+    keep_alive: float = 75.0
+    """Idle time between requests on a kept-alive connection (above a load balancer's 60 s)."""
+    send: float = 60.0
+    """Longest a client may leave the response unread (a slow or stalled reader)."""
+
+
+@dataclass(slots=True)
 class ServerConfig:
+    """``server:``. Every size, time and concurrency limit has a finite default."""
+
     host: str = "127.0.0.1"
     port: int = 4000
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
     workers: int = 1
+    allow_unauthenticated: bool = False
+    """Serve without ``keys:`` on a non-loopback address (refused unless set)."""
+    trusted_proxies: list[str] = field(default_factory=list)
+    """Peers (IPs or CIDRs) whose ``X-Forwarded-For`` names the client address."""
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_connections: int = 1000
+    """Open client connections per worker; more are refused (and logged)."""
+    max_concurrent_requests: int = 512
+    """Requests in progress per worker; more get a 529 (and a log line)."""
+    max_messages: int = 10_000
+    """Messages per request (bounds the work one request can cause)."""
+    max_upstream_response_bytes: int = 64 * 1024 * 1024
+    """Largest non-streamed upstream answer read into memory."""
+    max_line_bytes: int = 8 * 1024 * 1024
+    """Longest SSE or NDJSON line from an upstream."""
+    auth_failures_per_minute: int = 30
+    """Failed key attempts per client address per minute before it is slowed down (429)."""
+    timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
 
 
 @dataclass(slots=True)
@@ -325,6 +361,24 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
         max_request_bytes=chk.integer(s.get("max_request_bytes"), "server.max_request_bytes", 32 * 1024 * 1024, 1024),
         log_level=(chk.string(s.get("log_level"), "server.log_level", "info") or "info").lower(),
         workers=chk.integer(s.get("workers"), "server.workers", 1, 1),
+        allow_unauthenticated=bool(s.get("allow_unauthenticated", False)),
+        trusted_proxies=[str(x) for x in (s.get("trusted_proxies") or [])],
+        max_header_bytes=chk.integer(s.get("max_header_bytes"), "server.max_header_bytes", 64 * 1024, 1024),
+        max_headers=chk.integer(s.get("max_headers"), "server.max_headers", 100, 8),
+        max_connections=chk.integer(s.get("max_connections"), "server.max_connections", 1000, 1),
+        max_concurrent_requests=chk.integer(
+            s.get("max_concurrent_requests"), "server.max_concurrent_requests", 512, 1),
+        max_messages=chk.integer(s.get("max_messages"), "server.max_messages", 10_000, 1),
+        max_upstream_response_bytes=chk.integer(
+            s.get("max_upstream_response_bytes"), "server.max_upstream_response_bytes", 64 * 1024 * 1024, 1024),
+        max_line_bytes=chk.integer(s.get("max_line_bytes"), "server.max_line_bytes", 8 * 1024 * 1024, 1024),
+        auth_failures_per_minute=chk.integer(
+            s.get("auth_failures_per_minute"), "server.auth_failures_per_minute", 30, 1),
+        timeouts=ServerTimeouts(**{
+            name: chk.number(value, f"server.timeouts.{name}") or getattr(ServerTimeouts(), name)
+            for name, value in chk.mapping(s.get("timeouts"), "server.timeouts").items()
+            if name in ServerTimeouts.__dataclass_fields__
+        }),
     )
     if server.log_level not in ("debug", "info", "warning", "error"):
         chk.fail("server.log_level", f"expected debug, info, warning or error, got {server.log_level!r}")
