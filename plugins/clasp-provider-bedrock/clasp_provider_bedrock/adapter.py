@@ -63,6 +63,13 @@ class Target:
     credentials: AwsCredentials
 
 
+def _quiet_merge_warning(record: logging.LogRecord) -> bool:
+    """Drops LiteLLM's warning that it merged a tool result and the user's next text
+    into one user message: that is what Converse requires, and it happens on every
+    turn after a tool call (a warning per request would bury real ones)."""
+    return not str(record.msg).startswith("Potential consecutive user/tool blocks")
+
+
 def _setting(deployment: Deployment, *names: str) -> str | None:
     for name in names:
         value = deployment.settings.get(name)
@@ -89,6 +96,10 @@ class BedrockProvider:
     # --- lifecycle (called by the gateway) ---------------------------------------------------
 
     async def start(self) -> None:
+        """Nothing before serving: the session opens on the first Bedrock call, so a
+        gateway without Bedrock deployments pays nothing for this plugin."""
+
+    async def _open_session(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=60),
@@ -153,6 +164,7 @@ class BedrockProvider:
         if self._config is None:
             litellm = sys.modules.get("litellm") or importlib.import_module("litellm")
             self._config = litellm.AmazonConverseConfig()
+            logging.getLogger("LiteLLM").addFilter(_quiet_merge_warning)
         return self._config
 
     def request_for(self, deployment: Deployment, body: CanonicalRequest, *, stream: bool,
@@ -180,7 +192,7 @@ class BedrockProvider:
         self, deployment: Deployment, body: CanonicalRequest, *, stream: bool, ctx: RequestContext | None = None
     ) -> AsyncIterator[Chunk]:
         if self._session is None:
-            await self.start()
+            await self._open_session()
         assert self._session is not None
         label = deployment.id
         if "litellm" not in sys.modules:  # the adapter used outside a gateway: import off the loop

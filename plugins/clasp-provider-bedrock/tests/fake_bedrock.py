@@ -97,6 +97,8 @@ class Answer:
     error: tuple[str, str] | None = None
     piece: int = 7
     """Bytes per network write of the first message (later ones go whole)."""
+    corrupt: bool = False
+    """Flip one payload byte of the second message (its CRC no longer matches)."""
 
 
 @dataclass
@@ -256,6 +258,8 @@ class FakeBedrock:
         response = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
         await response.prepare(request)
         for i, message in enumerate(self._stream(reply)):
+            if i == 1 and reply.corrupt:
+                message = message[:-6] + bytes([message[-6] ^ 0x20]) + message[-5:]
             if i == 0:
                 for start in range(0, len(message), reply.piece):
                     await response.write(message[start:start + reply.piece])

@@ -361,6 +361,11 @@ async def test_stream_exceptions_and_cuts(aws: Any) -> None:
         aws.queue(fake.Answer("half", end=False))
         with pytest.raises(UpstreamError, match="ended before messageStop"):
             await collect(adapter, dep)
+
+        aws.queue(fake.Answer("damaged in transit", corrupt=True))
+        with pytest.raises(UpstreamError, match="corrupt Bedrock event stream") as corrupt:
+            await collect(adapter, dep)
+        assert corrupt.value.kind == "protocol"
     finally:
         await adapter.close()
 

@@ -241,7 +241,10 @@ async def test_errors_are_mapped(gcp: Any, key_file: Path) -> None:
 @pytest.fixture
 def gateway(gcp: Any, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayServer]:
     monkeypatch.setenv("CLASP_LOAD_PLUGINS", "claude,provider_vertex")
-    models = {"claude-*": [vertex(gcp, key_file, CLAUDE)], "*": [vertex(gcp, key_file, GEMINI)]}
+    # ``vertex_ai/`` (LiteLLM's name) finds the model's limits in LiteLLM's catalogue.
+    claude_on_vertex = {**vertex(gcp, key_file, CLAUDE), "model": f"vertex_ai/{CLAUDE}"}
+    claude_on_vertex.pop("max_output_tokens")
+    models = {"claude-*": [claude_on_vertex], "*": [vertex(gcp, key_file, GEMINI)]}
     with GatewayServer(config_from({"models": models})) as server:
         yield server
 
@@ -253,9 +256,12 @@ def claude(server: GatewayServer) -> anthropic.Anthropic:
 @pytest.mark.parametrize("public,publisher", [("gemini-pro", "google"), ("claude-sonnet-4-5", "anthropic")])
 def test_anthropic_sdk_tool_loop_through_vertex(gateway: GatewayServer, gcp: Any, public: str, publisher: str) -> None:
     gcp.queue(fake.Answer("Let me look.", calls=[("Bash", {"command": "ls -la"})], usage=(20, 9)))
-    with claude(gateway).messages.stream(model=public, max_tokens=32000, messages=ASK, tools=[BASH],  # type: ignore[arg-type]
+    with claude(gateway).messages.stream(model=public, max_tokens=100_000, messages=ASK, tools=[BASH],  # type: ignore[arg-type]
                                          system="You are Claude Code.") as stream:
         message = stream.get_final_message()
+    sent = gcp.requests[-1].body
+    limit = sent["max_tokens"] if publisher == "anthropic" else sent["generationConfig"]["max_output_tokens"]
+    assert limit == (64000 if publisher == "anthropic" else 4096)  # clamped to the model's output limit
     text, tool = message.content
     assert text.text == "Let me look."  # type: ignore[union-attr]
     assert tool.type == "tool_use" and tool.name == "Bash" and tool.input == {"command": "ls -la"}  # type: ignore[union-attr]
