@@ -185,15 +185,16 @@ class ConverseStream:
             return self._chunk({"tool_calls": [{
                 "index": index, "id": str(tool.get("toolUseId") or f"tooluse_{index}"), "type": "function",
                 "function": {"name": str(tool.get("name") or ""), "arguments": ""}}]})
-        if kind == "messageStart":
-            return self._chunk({"role": "assistant", "content": ""})
         if kind == "messageStop":
             self._stop = str(data.get("stopReason") or "end_turn")
             return self._final() if self._usage is not None else None
         if kind == "metadata":
             self._usage = _usage(data.get("usage")) or {}
             return self._final() if self._stop is not None and not self._done else None
-        return None  # contentBlockStop, and event types added later
+        # messageStart makes no chunk: the first chunk commits the gateway to this
+        # deployment, and an exception right after it (throttling) must still let the
+        # request fall back. contentBlockStop, and event types added later: nothing.
+        return None
 
     def end(self) -> Chunk | None:
         """The stream ended: the last chunk still owed (finish without usage), or an

@@ -145,8 +145,8 @@ def test_stream_events_become_canonical_chunks() -> None:
     ]
     chunks = [c for c in (answer.event(k, d) for k, d in events) if c is not None]
     deltas = [c["choices"][0]["delta"] for c in chunks]
-    assert deltas[:6] == [
-        {"role": "assistant", "content": ""}, {"reasoning_content": "hmm"}, {"content": "Looking."},
+    assert deltas[:5] == [
+        {"reasoning_content": "hmm"}, {"content": "Looking."},
         {"tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "Bash", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"comm'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": 'and":"ls"}'}}]},
@@ -456,8 +456,14 @@ def test_a_throttled_deployment_falls_back_to_the_next(aws: Any, monkeypatch: py
         adapter._resolver = static()  # type: ignore[attr-defined]
         aws.queue(fake.Failure(429, "ThrottlingException", "Too many requests"), fake.Answer("from nova"))
         answer = claude(server).messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK)  # type: ignore[arg-type]
-    assert answer.content[0].text == "from nova"  # type: ignore[union-attr]
-    assert [r.model for r in aws.requests] == [fake.MODEL, "amazon.nova-pro-v1:0"]
+        assert answer.content[0].text == "from nova"  # type: ignore[union-attr]
+        assert [r.model for r in aws.requests] == [fake.MODEL, "amazon.nova-pro-v1:0"]
+
+        # Throttled inside the stream, before any content: still before the first byte.
+        aws.queue(fake.Answer("", error=("throttlingException", "Too many tokens")), fake.Answer("nova again"))
+        events = events_of(server, {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": ASK})
+    assert "nova again" in "".join(e.get("delta", {}).get("text", "") for _, e in events)
+    assert [n for n, _ in events][-1] == "message_stop"
 
 
 def test_clasp_check_reports_a_credential_without_model_access(
