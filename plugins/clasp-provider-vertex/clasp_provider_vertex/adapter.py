@@ -313,6 +313,10 @@ class VertexProvider:
         decoder = SSEDecoder()
         reader = EventReader(prepared, label)
         fix = response_fixer(shaped)
+        # Chunks with nothing to show (Claude's message_start: usage only) wait for the
+        # first visible one: the first chunk commits the gateway to this deployment, and
+        # an error right after message_start (overloaded) must still allow a fallback.
+        held: list[Chunk] | None = []
         async for raw in network_reads(response, label, idle):
             if raw is None:
                 yield KEEPALIVE
@@ -324,7 +328,19 @@ class VertexProvider:
                     raise UpstreamError(f"{label}: malformed event in the Vertex stream", upstream_status=502,
                                         deployment=label, kind="protocol") from None
                 for chunk in reader.read(event):
-                    yield chunk if fix is None else fix(chunk)
+                    if fix is not None:
+                        chunk = fix(chunk)
+                    if held is not None:
+                        choice = (chunk.get("choices") or [{}])[0]
+                        if not choice.get("delta") and not choice.get("finish_reason"):
+                            held.append(chunk)
+                            continue
+                        for early in held:
+                            yield early
+                        held = None
+                    yield chunk
+        for early in held or ():
+            yield early
         if not reader.finished:
             raise UpstreamError(f"{label}: the Vertex stream ended before the answer was complete",
                                 upstream_status=0, deployment=label, kind="protocol")

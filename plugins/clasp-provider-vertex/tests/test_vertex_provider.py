@@ -291,6 +291,20 @@ def test_rate_limits_reach_the_client_as_429(gateway: GatewayServer, gcp: Any) -
         claude(gateway).messages.create(model="gemini-pro", max_tokens=100, messages=ASK)  # type: ignore[arg-type]
 
 
+def test_an_overloaded_claude_falls_back_before_the_first_byte(
+    gcp: Any, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude on Vertex reports overload as an error event right after message_start:
+    nothing visible has been sent, so the fallback plugin still moves to Gemini."""
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", "claude,fallback,provider_vertex")
+    models = {"*": [vertex(gcp, key_file, CLAUDE), vertex(gcp, key_file, GEMINI)]}
+    with GatewayServer(config_from({"models": models, "fallback": {"retry": {"attempts": 0}}})) as server:
+        gcp.queue(fake.Answer("", error=(529, "overloaded_error", "Overloaded")), fake.Answer("from gemini"))
+        answer = claude(server).messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK)  # type: ignore[arg-type]
+    assert answer.content[0].text == "from gemini"  # type: ignore[union-attr]
+    assert [r.publisher for r in gcp.requests] == ["anthropic", "google"]
+
+
 def test_clasp_check_reports_a_service_account_without_access(
     gcp: Any, key_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
