@@ -89,6 +89,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .plugins import PluginManager
     from .probe import probe_all
 
     config = _load(args.config)
@@ -97,7 +98,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}")
     if args.no_probe:
         return 0
-    results = asyncio.run(probe_all(config, timeout=args.timeout))
+    pm = PluginManager()
+    pm.load(config.plugin_paths)
+    extra = {a[0]: a[1] for a, _ in pm.collect("register_providers")}  # plugin providers probe themselves
+    results = asyncio.run(probe_all(config, timeout=args.timeout, extra=extra))
     failed = 0
     for line in results:
         print(f"  {line.deployment}: {line.verdict}")

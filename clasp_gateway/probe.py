@@ -12,7 +12,7 @@ import orjson
 from .config import Config
 from .credentials import credential_settings
 from .errors import GatewayError
-from .providers import Providers
+from .providers import ProviderAdapter, Providers
 from .types import Deployment, Secret
 
 
@@ -116,9 +116,13 @@ async def _probe_reachable(session: aiohttp.ClientSession, providers: Providers,
     return ProbeResult(dep.label, True, f"reachable (GET /models answered {status})", "models")
 
 
-async def probe_all(config: Config, timeout: float = 10.0) -> list[ProbeResult]:
-    """Probe every deployment concurrently; secrets never appear in the verdicts."""
-    providers = Providers()
+async def probe_all(
+    config: Config, timeout: float = 10.0, extra: dict[str, ProviderAdapter] | None = None
+) -> list[ProbeResult]:
+    """Probe every deployment concurrently; secrets never appear in the verdicts.
+    ``extra``: the provider adapters plugins registered (``register_providers``), so a
+    plugin's provider is probed by its own adapter, as requests would be served."""
+    providers = Providers(extra)
     deployments = config.deployments()
     await providers.start(deployments)
     try:
