@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import openai_api
 from .config import Config
 from .errors import ApiError, GatewayError, NotFoundError
-from .http import error_response, json_response, request_headers
+from .http import error_response, json_response, peer_address, request_headers
 from .pipeline import Gateway, new_request_id
 from .plugins import PluginManager, await_me_maybe
 
@@ -84,7 +84,7 @@ async def ready(request: Request) -> Response:
 
 async def list_plugins(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    await gateway.authenticate(request_headers(request))
+    await gateway.authenticate(request_headers(request), client=peer_address(request))
     return json_response([info.as_dict() for info in gateway.pm.describe()])
 
 

@@ -54,9 +54,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
+    from .server import uvicorn_options
+
     options: dict[str, Any] = {
-        "host": host, "port": port, "log_config": None, "access_log": False,
-        "timeout_keep_alive": 75, "lifespan": "on",
+        "host": host, "port": port, "log_config": None, "access_log": False, "lifespan": "on",
+        **uvicorn_options(config.server),  # header/body/send timeouts, connection and request caps
     }
     try:
         import uvloop  # noqa: F401

@@ -18,7 +18,10 @@ Cost. A request far below every window costs one walk over its messages (a
 character count, no tokenizer). Only when that estimate reaches :data:`EXACT_FROM`
 of a window are tokens counted exactly, with the deployment's tiktoken encoding, off
 the event loop, and cached per message, so a growing conversation only tokenizes
-its new messages.
+its new messages. A request with more than :data:`THREAD_FROM` messages also has
+its estimate and its trim computed off the event loop, and nothing of a request is
+kept after it ends but token counts (bounded) and, per trimmed conversation, the
+ranges of messages dropped (a few integers).
 
 Window. ``info.max_input_tokens`` (LiteLLM's catalogue, or ``max_input_tokens:`` on
 the deployment) is the window; the answer's room, ``max_tokens`` clamped to the
@@ -102,6 +105,10 @@ OVERFLOW_SHRINK = 0.75
 SUMMARY_MAX_TOKENS = 1024
 SUMMARIZER_WINDOW = 16_000
 """Input assumed for a summariser whose window is unknown."""
+
+THREAD_FROM = 1_000
+"""Messages from which the estimate and the trim run in a worker thread (a few ms of
+CPU each, growing with the count), so other requests are not stalled meanwhile."""
 
 _EXACT_PROVIDERS = frozenset({"openai", "azure"})
 _TOKEN_CACHE_SIZE = 200_000
@@ -471,11 +478,65 @@ def choose_drops(groups: list[list[int]], counts: Sequence[int], total: int, tar
 
 @dataclass(slots=True)
 class _Boundary:
-    """A trim chosen for a conversation prefix, kept so the next turn can reuse it."""
+    """A trim chosen for a conversation prefix, kept so the next turn can reuse it.
 
-    dropped: tuple[int, ...]
+    The dropped messages are kept as ``(start, stop)`` runs: a trim drops whole turns
+    from the oldest, so a few runs describe it, where a tuple of indexes could hold
+    thousands of integers per remembered conversation."""
+
+    runs: tuple[tuple[int, int], ...]
     summary: str | None
     summarizer: str | None
+
+    @classmethod
+    def of(cls, dropped: Sequence[int], summary: str | None, summarizer: str | None) -> _Boundary:
+        """The boundary for sorted indexes ``dropped``."""
+        runs: list[tuple[int, int]] = []
+        for i in dropped:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        return cls(tuple(runs), summary, summarizer)
+
+    @property
+    def dropped(self) -> list[int]:
+        """The dropped indexes, sorted."""
+        return [i for start, stop in self.runs for i in range(start, stop)]
+
+
+_MAX_RUNS = 64
+"""A trim with more runs than this (never seen: trims drop whole turns) is not remembered."""
+
+
+def plan_trim(
+    messages: Sequence[dict[str, Any]], counts: Sequence[int], total: int, target: int, floor: int
+) -> tuple[list[int], int]:
+    """The messages to drop (sorted) to bring ``total`` to ``target``, or, when that
+    is out of reach, to ``floor``; and the total after. The CPU part of a trim (run
+    in a worker thread for long requests)."""
+    groups = drop_groups(messages)
+    dropped, after = choose_drops(groups, counts, total, target)
+    if after > target:
+        # The target is out of reach: keep as much as the budget allows.
+        dropped, after = choose_drops(groups, counts, total, floor)
+    return dropped, after
+
+
+def keep_messages(
+    messages: Sequence[dict[str, Any]], dropped: Sequence[int], counts: Sequence[int], total: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The messages left after dropping ``dropped``, and their tokens."""
+    drop = set(dropped)
+    kept = [msg for i, msg in enumerate(messages) if i not in drop]
+    return kept, total - sum(counts[i] for i in drop)
+
+
+async def _work(size: int, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, in a worker thread when ``size`` (messages) is large."""
+    if size > THREAD_FROM:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
 
 
 # --- overflow errors -------------------------------------------------------------------------------
@@ -578,6 +639,8 @@ class ContextManager:
         return None
 
     def remember(self, key: bytes, boundary: _Boundary) -> None:
+        if len(boundary.runs) > _MAX_RUNS:
+            return
         self._boundaries[key] = boundary
         self._boundaries.move_to_end(key)
         while len(self._boundaries) > _BOUNDARY_CACHE_SIZE:
@@ -789,7 +852,11 @@ class ContextPlan:
             return None
         if deployment.id not in self._overrides:
             cheap_enough = EXACT_FROM * budget[0]
-            if (self._bound is not None and self._bound <= cheap_enough) or self.estimate <= cheap_enough:
+            if self._bound is not None and self._bound <= cheap_enough:
+                return True
+            if self._estimate is None:
+                self._estimate = await _work(len(self.request.get("messages") or ()), estimate_tokens, self.request)
+            if self._estimate <= cheap_enough:
                 return True
         return (await self._measure(deployment)).total <= budget[0]
 
@@ -870,7 +937,6 @@ class ContextPlan:
         settings = self.settings
         summarizing = bool(settings.summarizers)
         summary_room = settings.summary_max_tokens + 60 if summarizing else 0
-        groups = drop_groups(messages)
         manager = self.manager
 
         dropped: list[int] | None = None
@@ -880,16 +946,16 @@ class ContextPlan:
         previous: tuple[int, _Boundary] | None = manager.remembered(m.chain)
         if previous is not None:
             _, old = previous
-            kept_total = m.total - sum(m.counts[i] for i in old.dropped)
+            old_dropped = old.dropped
+            kept_total = m.total - sum(m.counts[i] for i in old_dropped)
             if kept_total + summary_room <= budget and (old.summary or not summarizing):
-                dropped = list(old.dropped)
+                dropped = old_dropped
                 summary, summarizer = (old.summary, old.summarizer) if summarizing else (None, None)
         if dropped is None:
             target = int(budget * settings.trim_to) - summary_room
-            dropped, total = choose_drops(groups, m.counts, m.total, target)
-            if total > target:
-                # The target is out of reach: keep as much as the budget allows.
-                dropped, total = choose_drops(groups, m.counts, m.total, budget - summary_room)
+            dropped, total = await _work(
+                len(messages), plan_trim, messages, m.counts, m.total, target, budget - summary_room
+            )
             if total + summary_room > budget:
                 summarizing = False  # no room left for a summary: plain trim
             if total > budget:
@@ -909,18 +975,16 @@ class ContextPlan:
                 if made is not None:
                     summary, summarizer = made[0], made[1].id
         if dropped:
-            manager.remember(m.chain[dropped[-1]], _Boundary(tuple(dropped), summary, summarizer))
+            manager.remember(m.chain[dropped[-1]], _Boundary.of(dropped, summary, summarizer))
 
-        drop = set(dropped)
-        kept = [msg for i, msg in enumerate(messages) if i not in drop]
-        after = m.total - sum(m.counts[i] for i in drop)
+        kept, after = await _work(len(messages), keep_messages, messages, dropped, m.counts, m.total)
         if summary:
             position = next((i for i, msg in enumerate(kept) if _role(msg) not in _INSTRUCTION_ROLES), len(kept))
-            note = {"role": "user", "content": SUMMARY_HEADER.format(n=len(drop)) + summary}
+            note = {"role": "user", "content": SUMMARY_HEADER.format(n=len(dropped)) + summary}
             kept.insert(position, note)
             after += message_tokens(note, _encoding(encoding_for_model(deployment.model)))
         body = self._limit_answer({**self.request, "messages": kept}, deployment, after)
-        detail = f"dropped={len(drop)} messages; tokens={m.total}->{after}"
+        detail = f"dropped={len(dropped)} messages; tokens={m.total}->{after}"
         if self._rerouted is deployment and deployment is not self._first:
             detail += f"; to={deployment.id}"
         if over is not None:

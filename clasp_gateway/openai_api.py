@@ -17,11 +17,16 @@ from starlette.responses import Response
 
 from .canonical import chunks_to_completion
 from .errors import GatewayError, InvalidRequestError
-from .http import EventStreamResponse, error_response, json_response, read_json, request_headers
+from .http import EventStreamResponse, error_response, json_response, peer_address, read_json, request_headers
+from .limits import MAX_OUTPUT_TOKENS, check_message_count
 from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
 
-def _validate(body: Any) -> dict[str, Any]:
+def _validate(body: Any, *, max_messages: int | None = None) -> dict[str, Any]:
+    """Check an OpenAI chat body at the edge (a 400 naming the field), bounding the
+    work it can cause: at most ``max_messages`` messages, ``max_tokens`` and
+    ``max_completion_tokens`` up to :data:`~.limits.MAX_OUTPUT_TOKENS` (below that the
+    core clamps them to the deployment's output limit)."""
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object")
     model = body.get("model")
@@ -30,6 +35,8 @@ def _validate(body: Any) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages: required, a non-empty list")
+    if max_messages is not None:
+        check_message_count(body, max_messages)
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequestError(f"messages.{i}: expected an object with a role")
@@ -39,6 +46,8 @@ def _validate(body: Any) -> dict[str, Any]:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InvalidRequestError(f"{key}: expected a positive integer")
+        if key != "n" and value is not None and value > MAX_OUTPUT_TOKENS:
+            raise InvalidRequestError(f"{key}: must be at most {MAX_OUTPUT_TOKENS}, got {value}")
     if body.get("n", 1) != 1:
         raise InvalidRequestError("n: only 1 is supported")
     return body
@@ -49,8 +58,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     request_id = request.scope["state"]["request_id"]
     try:
         headers = request_headers(request)
-        principal = await gateway.authenticate(headers)
-        body = _validate(await read_json(request, gateway.config.server.max_request_bytes))
+        principal = await gateway.authenticate(headers, client=peer_address(request))
+        server = gateway.config.server
+        body = _validate(await read_json(request, server.max_request_bytes), max_messages=server.max_messages)
         stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         ctx = RequestContext(
@@ -125,7 +135,7 @@ async def _stream(
 async def list_models(request: Request) -> Response:
     gateway = request.app.state.gateway
     try:
-        await gateway.authenticate(request_headers(request))
+        await gateway.authenticate(request_headers(request), client=peer_address(request))
     except GatewayError as exc:
         return error_response(exc, "openai", request.scope["state"]["request_id"])
     now = int(time.time())

@@ -22,7 +22,8 @@ from typing import Any
 
 from .config import Config, ModelRoute
 from .context import ContextManager, is_context_overflow, overflow_error
-from .errors import GatewayError, NotFoundError, OverloadedError, UpstreamError
+from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
+from .guard import AuthThrottle
 from .plugins import PluginManager, await_me_maybe
 from .providers import Providers
 from .quirks import prepare_body
@@ -78,6 +79,8 @@ class Gateway:
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
+        # Failed key attempts per client address (guard.py).
+        self.guard = AuthThrottle(config.server, source=config.source)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -92,8 +95,21 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def authenticate(self, headers: dict[str, str]) -> Principal:
-        """Who is calling, from ``x-api-key`` or ``Authorization: Bearer``."""
+    async def authenticate(self, headers: dict[str, str], *, client: str | None = None) -> Principal:
+        """Who is calling. ``client``: the connection's peer address; with it, an
+        address that keeps failing is slowed down (429) before its key is looked at
+        (``guard.py``). Routes pass it; without it nothing is throttled."""
+        address = self.guard.address(client, headers)
+        self.guard.admit(address)
+        try:
+            return await self._identify(headers)
+        except AuthenticationError:
+            self.guard.failed(address)
+            raise
+
+    async def _identify(self, headers: dict[str, str]) -> Principal:
+        """The principal for ``x-api-key`` or ``Authorization: Bearer`` (the
+        ``authenticate`` hook decides)."""
         key = headers.get("x-api-key")
         if not key:
             auth = headers.get("authorization", "")
@@ -111,7 +127,7 @@ class Gateway:
             route = self._exact.get(name)
             if route is None:
                 route = next((r for r in self._globs if fnmatch.fnmatchcase(name, r.pattern)), None)
-            if len(self._resolved) < 10_000:
+            if len(self._resolved) < 10_000 and len(name) <= 256:  # bounded: names come from clients
                 self._resolved[name] = route
         if route is None:
             known = ", ".join(sorted(r.pattern for r in self.config.models)) or "none configured"

@@ -95,6 +95,8 @@ def clean_schema(schema: dict[str, Any], dialect: str) -> dict[str, Any]:
         except TypeError:
             # Not JSON-serialisable (never the case for parsed JSON): no memo.
             return _clean_strict_top(schema)
+        if len(key) > _MEMO_MAX_BYTES:  # the memo holds its keys: only schemas of a sane size
+            return _clean_strict_top(schema)
         fresh: dict[str, Any] = orjson.loads(_cached_strict(key))
         return fresh
     raise ValueError(f"unknown schema dialect {dialect!r} (expected one of {', '.join(DIALECTS)})")
@@ -112,6 +114,11 @@ def _clean_openai(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _is_combinator(schema: dict[str, Any]) -> bool:
     return "anyOf" in schema or "oneOf" in schema or "allOf" in schema or "$ref" in schema
+
+
+_MEMO_MAX_BYTES = 64 * 1024
+"""Largest tool schema memoised: schemas come from clients, and 2,048 of them at any
+size would let requests keep gigabytes alive after they end."""
 
 
 @lru_cache(maxsize=2048)

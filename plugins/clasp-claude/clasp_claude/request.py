@@ -11,10 +11,16 @@ any OpenAI-compatible upstream:
   assistant message that made the calls (OpenAI's rule). A failed tool's output is
   prefixed with :data:`TOOL_ERROR_PREFIX`; an empty output becomes
   :data:`EMPTY_TOOL_OUTPUT`. Images a tool returned follow in a user message.
+- A ``tool_result`` must answer a ``tool_use`` of the assistant message before it,
+  as Anthropic requires (a 400 with Anthropic's wording otherwise); consecutive user
+  messages count as one turn, as Anthropic merges them.
 - The history is repaired where OpenAI is stricter than Anthropic: a tool call with
-  no result gets a :data:`MISSING_TOOL_RESULT` tool message, a result with no call
-  becomes user text, and a system message between a tool call and its result moves
-  after the result.
+  no result gets a :data:`MISSING_TOOL_RESULT` tool message (replaced if a later user
+  message of the same turn answers it), and a system message between a tool call and
+  its result moves after the result.
+- ``max_tokens`` (and ``thinking.budget_tokens``) above
+  :data:`~clasp_gateway.limits.MAX_OUTPUT_TOKENS` is refused; below it the core clamps
+  it to the deployment's output limit.
 - ``thinking``/``redacted_thinking`` history is dropped (providers reject or
   mis-handle echoed reasoning), as are server-tool blocks (web search results...).
 - Tool names that OpenAI rejects (``^[a-zA-Z0-9_-]{1,64}$``) get a deterministic
@@ -37,6 +43,7 @@ from typing import Any, NoReturn
 import orjson
 
 from clasp_gateway.errors import InvalidRequestError
+from clasp_gateway.limits import MAX_OUTPUT_TOKENS
 from clasp_gateway.schema import clean_schema
 from clasp_gateway.types import RequestHints
 
@@ -287,7 +294,7 @@ def upstream_tool_name(name: str) -> str:
 class _Converter:
     """Conversion state for one request (the tool-name map, pending tool calls)."""
 
-    __slots__ = ("tool_names", "_forward", "out", "pending", "deferred")
+    __slots__ = ("tool_names", "_forward", "out", "pending", "deferred", "placeholders")
 
     def __init__(self) -> None:
         self.tool_names: dict[str, str] = {}  # upstream -> client
@@ -297,6 +304,9 @@ class _Converter:
         self.pending: list[str] = []
         # System messages met while tool results were pending (emitted after them).
         self.deferred: list[dict[str, Any]] = []
+        # Placeholder tool messages of the last assistant message's calls, by id: a
+        # later user message of the same turn may still answer them.
+        self.placeholders: dict[str, dict[str, Any]] = {}
 
     def name(self, client_name: str) -> str:
         up = self._forward.get(client_name)
@@ -312,7 +322,9 @@ class _Converter:
     def close_pending(self) -> None:
         """Answer unanswered tool calls, then emit the system messages held back."""
         for call_id in self.pending:
-            self.out.append({"role": "tool", "tool_call_id": call_id, "content": MISSING_TOOL_RESULT})
+            placeholder = {"role": "tool", "tool_call_id": call_id, "content": MISSING_TOOL_RESULT}
+            self.placeholders[call_id] = placeholder
+            self.out.append(placeholder)
         self.pending = []
         if self.deferred:
             self.out.extend(self.deferred)
@@ -350,15 +362,20 @@ class _Converter:
                 text, media = _tool_result_content(block, bpath)
                 if call_id in waiting:
                     waiting.discard(call_id)
-                    if media:
-                        tool_parts.append({"type": "text", "text": f"Attachments of tool result {call_id}:"})
-                        tool_parts.extend(media)
                     tool_msgs.append({"role": "tool", "tool_call_id": call_id, "content": text})
+                elif call_id in self.placeholders:
+                    # An earlier user message of this turn left the call unanswered:
+                    # its placeholder (already right after the call) takes the result.
+                    self.placeholders.pop(call_id)["content"] = text
                 else:
-                    # No matching call right before: OpenAI would reject a tool
-                    # message here, so the result travels as user text.
-                    parts.append({"type": "text", "text": f"[result of tool call {call_id}]\n{text}"})
-                    parts.extend(media)
+                    _fail(
+                        bpath,
+                        f"unexpected `tool_use_id` found in `tool_result` blocks: {call_id}. Each `tool_result` "
+                        "block must have a corresponding `tool_use` block in the previous message.",
+                    )
+                if media:
+                    tool_parts.append({"type": "text", "text": f"Attachments of tool result {call_id}:"})
+                    tool_parts.extend(media)
                 continue
             if btype in ("tool_use", "thinking", "redacted_thinking"):
                 if btype == "tool_use":
@@ -382,6 +399,7 @@ class _Converter:
 
     def assistant_message(self, content: Any, path: str) -> None:
         self.close_pending()
+        self.placeholders = {}  # a new turn: earlier calls can no longer be answered
         if isinstance(content, str):
             if content:
                 self.out.append({"role": "assistant", "content": content})
@@ -715,6 +733,8 @@ def _thinking_hints(body: dict[str, Any], hints: RequestHints) -> None:
         ttype = thinking.get("type")
         if ttype == "enabled":
             budget = _need_int(thinking.get("budget_tokens"), "thinking.budget_tokens", 1)
+            if budget > MAX_OUTPUT_TOKENS:
+                _fail("thinking.budget_tokens", f"must be at most {MAX_OUTPUT_TOKENS}, got {budget}")
             hints.thinking_budget = budget
             hints.reasoning_effort = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
         elif ttype == "adaptive":
@@ -750,6 +770,8 @@ def to_canonical(body: Any, *, require_max_tokens: bool = True) -> Translated:
             _fail("max_tokens", "field required (a positive integer)")
     else:
         max_tokens = _need_int(max_tokens, "max_tokens", 1)
+        if max_tokens > MAX_OUTPUT_TOKENS:
+            _fail("max_tokens", f"must be at most {MAX_OUTPUT_TOKENS}, got {max_tokens}")
 
     messages = body.get("messages")
     if not isinstance(messages, list):

@@ -12,7 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clasp_gateway.errors import GatewayError, InvalidRequestError
-from clasp_gateway.http import EventStreamResponse, error_response, json_response, read_json, request_headers
+from clasp_gateway.http import (
+    EventStreamResponse,
+    error_response,
+    json_response,
+    peer_address,
+    read_json,
+    request_headers,
+)
+from clasp_gateway.limits import check_message_count
 from clasp_gateway.openai_api import list_models as list_openai_models
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
@@ -37,8 +45,9 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     request_id = request.scope["state"]["request_id"]
     try:
         headers = request_headers(request)
-        principal = await gateway.authenticate(headers)
+        principal = await gateway.authenticate(headers, client=peer_address(request))
         raw = await read_json(request, gateway.config.server.max_request_bytes)
+        check_message_count(raw, gateway.config.server.max_messages)
         translated = to_canonical(raw)
         ctx = RequestContext(
             request_id=request_id, api="anthropic", public_model=raw["model"],
@@ -133,8 +142,9 @@ async def count_tokens_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        await gateway.authenticate(request_headers(request))
+        await gateway.authenticate(request_headers(request), client=peer_address(request))
         raw = await read_json(request, gateway.config.server.max_request_bytes)
+        check_message_count(raw, gateway.config.server.max_messages)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
             raise InvalidRequestError("model: required, a non-empty string")
         route = gateway.resolve_model(raw["model"])
@@ -152,7 +162,7 @@ async def list_models_endpoint(request: Request) -> Response:
         return await list_openai_models(request)
     gateway = _gateway(request)
     try:
-        await gateway.authenticate(request_headers(request))
+        await gateway.authenticate(request_headers(request), client=peer_address(request))
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
     created = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

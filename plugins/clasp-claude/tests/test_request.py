@@ -823,19 +823,27 @@ def test_unanswered_tool_call_gets_a_placeholder_result() -> None:
     ]
 
 
-def test_orphan_tool_result_becomes_user_text() -> None:
-    out = msgs(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": "zz", "content": "late"},
-                    {"type": "text", "text": "hi"},
-                ],
-            }
-        ]
+def test_orphan_tool_result_is_refused_as_anthropic_does() -> None:
+    # Anthropic answers 400 for a result that answers no call of the message before;
+    # it used to travel upstream as user text.
+    with pytest.raises(InvalidRequestError) as caught:
+        msgs(
+            messages=[
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [_call("t1")]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "one"},
+                        {"type": "tool_result", "tool_use_id": "zz", "content": "late"},
+                    ],
+                },
+            ]
+        )
+    assert caught.value.status == 400 and caught.value.message == (
+        "messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: zz. Each `tool_result` "
+        "block must have a corresponding `tool_use` block in the previous message."
     )
-    assert out == [{"role": "user", "content": "[result of tool call zz]\nlate\n\nhi"}]
 
 
 def test_system_message_between_call_and_result_moves_after_the_results() -> None:
