@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,9 +12,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from clasp_gateway.access import note
 from clasp_gateway.errors import GatewayError, InvalidRequestError
 from clasp_gateway.http import EventStreamResponse, error_response, json_response, read_json, request_headers
 from clasp_gateway.openai_api import list_models as list_openai_models
+from clasp_gateway.openai_api import status_of
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
@@ -26,6 +29,8 @@ from .tokens import count_tokens, encoding_for_model
 
 PING = encode_event(*ping_event())
 
+log = logging.getLogger("clasp.claude")
+
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
@@ -35,9 +40,11 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     """``POST /v1/messages``."""
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
+    ctx: RequestContext | None = None
     try:
         headers = request_headers(request)
         principal = await gateway.authenticate(headers)
+        note(request, principal=principal)
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         translated = to_canonical(raw)
         ctx = RequestContext(
@@ -45,14 +52,19 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
             hints=translated.hints,
         )
+        note(request, ctx=ctx)
         # An Anthropic deployment gets the client's own request (passthrough.py).
         passthrough.remember(ctx, raw, headers)
         # Stop sequences are matched by the gateway, so it reads a stream to stop early.
         upstream = await gateway.open(
             ctx, translated.body, stream=ctx.client_stream or bool(translated.stop_sequences)
         )
-    except GatewayError as exc:
-        return error_response(exc, "anthropic", request_id)
+    except Exception as exc:
+        if ctx is not None:  # it reached the pipeline: its request event is recorded
+            await gateway.finish(ctx, None, usage=None, status=status_of(exc), error=exc)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "anthropic", request_id)
+        raise  # the app's error boundary answers a shaped 500 and logs the traceback
     if passthrough.active(ctx, upstream):
         # Anthropic answered: its events go to the client as they came.
         return await passthrough.respond(gateway, ctx, upstream)
@@ -71,8 +83,9 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
 async def _stream(
     gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
 ) -> AsyncIterator[bytes]:
-    status, error, cut = 200, None, True
-    chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    status, cut = 200, True
+    error: Exception | None = None
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     read_ahead = ctx.read_ahead
     out: list[bytes] = []
     try:
@@ -82,7 +95,7 @@ async def _stream(
                 out.append(PING)
             else:
                 if chunk_hook is not None:
-                    chunk_hook(ctx=ctx, chunk=chunk)
+                    chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
                 for name, payload in translator.feed(chunk):
                     out.append(encode_event(name, payload))
                 if translator.done:
@@ -101,6 +114,11 @@ async def _stream(
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
         raise
+    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
+        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
+        status, error = 500, exc
+        yield b"".join(out) + encode_event(*error_event(
+            "api_error", "internal gateway error; see the gateway log for request " + ctx.request_id))
     finally:
         await upstream.aclose()
         await gateway.finish(ctx, upstream, usage=translator.usage, status=status, error=error, cut=cut)
@@ -119,13 +137,16 @@ async def _complete(
             if translator.done:
                 break
         builder.add(translator.finish())
-    except GatewayError as exc:
+        message = builder.result()
+    except Exception as exc:
         await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=translator.usage, status=exc.status, error=exc, cut=True)
-        return error_response(exc, "anthropic", ctx.request_id)
+        await gateway.finish(ctx, upstream, usage=translator.usage, status=status_of(exc), error=exc, cut=True)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "anthropic", ctx.request_id)
+        raise  # the app's error boundary answers a shaped 500 and logs the traceback
     await upstream.aclose()
-    await gateway.finish(ctx, upstream, usage=translator.usage, status=200)
-    return json_response(builder.result(), headers=ctx.response_headers)
+    await gateway.finish(ctx, upstream, usage=translator.usage, status=200)  # never raises
+    return json_response(message, headers=ctx.response_headers)
 
 
 async def count_tokens_endpoint(request: Request) -> Response:
@@ -133,7 +154,7 @@ async def count_tokens_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        await gateway.authenticate(request_headers(request))
+        note(request, principal=await gateway.authenticate(request_headers(request)))
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
             raise InvalidRequestError("model: required, a non-empty string")
