@@ -93,6 +93,9 @@ class _Wrappers:
     def __init__(self) -> None:
         self._teardowns: list[tuple[bool, Generator[Any, Any, Any]]] = []
 
+    def __bool__(self) -> bool:
+        return bool(self._teardowns)
+
     def enter(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> None:
         gen = _call(impl, kwargs)
         try:
@@ -167,6 +170,11 @@ async def call_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
                 break
     except BaseException as exc:  # wrappers see it (and may replace it), as in pluggy
         answer, error = None, exc
+    if not wrappers:
+        if error is not None:
+            raise error
+        return answer
+    # A wrapper may return an awaitable (it cannot await inside its generator).
     return await await_me_maybe(wrappers.leave(answer, error))
 
 
@@ -178,7 +186,13 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
     reported to it and the others still run: how the core calls bookkeeping hooks
     (``after_attempt``, ``record``) that must never fail an answer. Without it, the
     first exception propagates."""
-    wrappers, plain = _in_call_order(hook, kwargs)
+    try:
+        wrappers, plain = _in_call_order(hook, kwargs)
+    except Exception as exc:
+        if on_failure is None:
+            raise
+        on_failure(_WRAPPER, exc)  # a wrapper failed before the call: nobody is told
+        return []
     results: list[Any] = []
     error: BaseException | None = None
     try:
@@ -194,6 +208,10 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
                 results.append(result)
     except BaseException as exc:
         results, error = [], exc
+    if not wrappers:
+        if error is not None:
+            raise error
+        return results
     if on_failure is None:
         out: list[Any] = await await_me_maybe(wrappers.leave(results, error))
         return out

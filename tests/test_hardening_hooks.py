@@ -325,6 +325,60 @@ async def test_call_each_isolates_failures_and_propagates_without_a_handler() ->
         await call_each(pm.hook.record, ctx=_ctx(), event={"kind": "y"})
 
 
+async def test_the_call_order_is_pluggys_own() -> None:
+    order: list[str] = []
+
+    def plugin(label: str, **marks: Any) -> Any:
+        class P:
+            @hookimpl(**marks)
+            def record(self, ctx: Any, event: Any) -> None:
+                order.append(label)
+
+        return P()
+
+    pm = PluginManager()
+    for label, marks in [("a", {}), ("first", {"tryfirst": True}), ("b", {}), ("last", {"trylast": True}), ("c", {})]:
+        pm.register(plugin(label, **marks))
+    pm.hook.record(ctx=_ctx(), event={})
+    by_pluggy, order[:] = list(order), []
+    await call_each(pm.hook.record, ctx=_ctx(), event={})
+    assert order == by_pluggy == ["first", "c", "b", "a", "last"]
+
+
+async def test_call_each_runs_wrappers_of_both_styles_and_reports_a_broken_one() -> None:
+    seen: list[Any] = []
+
+    class OldStyle:
+        @hookimpl(hookwrapper=True)
+        def record(self, ctx: Any, event: Any) -> Any:
+            outcome = yield
+            seen.append(("old", outcome.get_result()))
+
+    class NewStyle:
+        @hookimpl(wrapper=True)
+        def record(self, ctx: Any, event: Any) -> Any:
+            results = yield
+            seen.append(("new", results))
+            if event.get("kind") == "break-the-wrapper":
+                raise RuntimeError("wrapper is broken")
+            return results
+
+    class Answers_:
+        @hookimpl
+        async def record(self, ctx: Any, event: Any) -> str:
+            return "seen"
+
+    pm = PluginManager()
+    for plugin in (Answers_(), OldStyle(), NewStyle()):
+        pm.register(plugin)
+    assert await call_each(pm.hook.record, ctx=_ctx(), event={"kind": "x"}) == ["seen"]
+    assert seen == [("old", ["seen"]), ("new", ["seen"])]  # the inner (older) wrapper leaves first
+    failures: list[str] = []
+    await call_each(pm.hook.record, on_failure=lambda plugin, exc: failures.append(str(exc)),
+                    ctx=_ctx(), event={"kind": "break-the-wrapper"})
+    assert failures == ["wrapper is broken"]
+
+
 # --- defect 5: bookkeeping never breaks a served answer ----------------------------------------
 
 

@@ -67,7 +67,13 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
         raise  # the app's error boundary answers a shaped 500 and logs the traceback
     if passthrough.active(ctx, upstream):
         # Anthropic answered: its events go to the client as they came.
-        return await passthrough.respond(gateway, ctx, upstream)
+        try:
+            return await passthrough.respond(gateway, ctx, upstream)
+        except Exception as exc:  # (finish records the request once, whoever calls it first)
+            await gateway.finish(ctx, upstream, usage=None, status=status_of(exc), error=exc)
+            if isinstance(exc, GatewayError):
+                return error_response(exc, "anthropic", request_id)
+            raise
     translator = StreamTranslator(
         ctx.public_model,
         message_id="msg_" + request_id[4:],
