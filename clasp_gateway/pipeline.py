@@ -8,8 +8,9 @@ streams the rest → :meth:`Gateway.finish` → ``after_attempt`` and ``record``
 
 A failure can switch deployments only until the stream commits: at the first chunk
 that carries something (text, reasoning, a tool call, a finish or usage, see
-:func:`commits`). Chunks before it (a role-only preamble) are held and replayed;
-after it the choice is final and a failure becomes an in-stream error.
+:func:`commits`), or at a keep-alive after such a preamble (see
+:meth:`Gateway._until_commit`). Chunks before it (a role-only preamble) are held and
+replayed; after it the choice is final and a failure becomes an in-stream error.
 
 "First answer wins" hooks are called with :func:`~clasp_gateway.plugins.call_first`
 (each implementation awaited in turn). Bookkeeping after an answer (pricing,
@@ -322,10 +323,16 @@ class Gateway:
         raise error
 
     async def _until_commit(self, deployment: Deployment, chunks: AsyncIterator[Chunk]) -> list[Chunk]:
-        """Read ``chunks`` up to the one that commits the stream (:func:`commits`);
-        return it with the preamble before it, keep-alives left out (nothing has
-        reached the client yet, so there is no one to keep alive). A stream that
-        ends or breaks before that has said nothing: the caller may fail over."""
+        """Read ``chunks`` up to the one that commits the stream (:func:`commits`) and
+        return it with the preamble before it. A stream that ends or breaks before
+        that has said nothing: the caller may fail over.
+
+        A keep-alive commits too once a preamble is held: the upstream started its
+        answer and is silent but alive (a model thinking), and the client must hear
+        from the gateway (pings) rather than nothing for minutes, which proxies and
+        load balancers cut. Garbage, a cut or an error right after a role chunk
+        comes long before the first keep-alive. Keep-alives with nothing held are
+        skipped, as before any answer."""
         held: list[Chunk] = []
         while True:
             try:
@@ -337,6 +344,9 @@ class Gateway:
                     upstream_status=502, deployment=deployment.id, kind="protocol",
                 ) from None
             if chunk is KEEPALIVE:
+                if held:
+                    held.append(chunk)
+                    return held
                 continue
             held.append(chunk)
             if commits(chunk):

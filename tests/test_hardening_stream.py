@@ -125,15 +125,31 @@ def test_the_first_byte_limit_covers_reaching_the_commit_point(api: str, seconda
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_keep_alives_before_the_commit_point_are_not_an_answer(
+def test_a_model_thinking_after_its_role_chunk_keeps_the_client_posted(
     api: str, secondary: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow model: a role chunk, then silence long enough for keep-alives, then the
-    answer. The keep-alives neither commit nor fail the stream; the answer is whole."""
+    answer. The upstream is alive and working: the stream commits at the keep-alive,
+    the client gets pings while it waits, and the answer is whole."""
     monkeypatch.setattr("clasp_gateway.reads.PING_INTERVAL", 0.05)
     with FakeUpstream("openai") as primary:
         primary.script = lambda body, rec: Hang(0.4, Text("slow but sure"), after_chunks=1)
-        with serving(chain(primary.base_url, secondary.base_url)) as server:
+        with serving(chain(primary.base_url, secondary.base_url, timeouts={"first_byte": 5})) as server:
             response = call(server, api, stream=True)
             assert answer_text(api, True, response) == "slow but sure" and ended_cleanly(api, response)
+            if api == "anthropic":
+                assert response.text.count("event: ping") >= 3  # one after message_start, more while it thinks
+            else:
+                assert response.text.count(": keep-alive") >= 2
             assert chat_requests(secondary) == 0
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_keep_alives_alone_never_commit(api: str, secondary: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers, then silence (keep-alives, no chunk at all) past ``first_byte``: nothing
+    was said, so the next candidate answers."""
+    monkeypatch.setattr("clasp_gateway.reads.PING_INTERVAL", 0.05)
+    with FakeUpstream("openai") as primary:
+        primary.script = lambda body, rec: Hang(30, Text("too late"), after_chunks=0)
+        with serving(chain(primary.base_url, secondary.base_url, timeouts={"first_byte": 0.4})) as server:
+            assert answer_text(api, True, call(server, api, stream=True)) == "from secondary"
