@@ -1,4 +1,4 @@
-"""The Starlette shell: routes, one ASGI middleware, start-up and shutdown."""
+"""The Starlette shell: routes, the error boundary, start-up and shutdown."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import openai_api
+from . import access, openai_api
 from .config import Config
 from .errors import ApiError, GatewayError, NotFoundError
 from .http import error_response, json_response, peer_address, request_headers
 from .pipeline import Gateway, new_request_id
-from .plugins import PluginManager, await_me_maybe
+from .plugins import PluginManager, call_each
 
 log = logging.getLogger("clasp.app")
 
@@ -31,11 +32,28 @@ def error_shape(path: str) -> str:
     return "openai" if path.startswith(_OPENAI_PATHS) else "anthropic"
 
 
-class ErrorBoundary:
-    """Give every request an id, and turn any unexpected exception into a shaped 500.
+async def _answer_exception(exc: Exception, scope: Scope, receive: Receive, send: Send, *, started: bool) -> None:
+    """Answer an exception that escaped a route: a :class:`GatewayError` as itself,
+    anything else as a shaped 500 naming the request id. The traceback goes to the log
+    only (it may hold request data); an answer already started cannot be replaced."""
+    request_id = scope.get("state", {}).get("request_id") or "-"
+    if isinstance(exc, GatewayError):
+        error: GatewayError = exc
+    else:
+        log.error("%s unexpected error on %s %s", request_id, scope.get("method"), scope.get("path"), exc_info=exc)
+        error = ApiError("internal gateway error; see the gateway log for request " + request_id)
+    if started:
+        if isinstance(exc, GatewayError):
+            log.warning("%s failed after the answer started: %s", request_id, exc.message)
+        return
+    response = error_response(error, error_shape(scope.get("path", "")), request_id)
+    await response(scope, receive, send)
 
-    Nothing from the exception (it may hold request data) reaches the client; the
-    traceback goes to the log under the request id.
+
+class ErrorBoundary:
+    """The outermost layer: give every request an id (``request-id`` header), write its
+    access line when it ends (:mod:`clasp_gateway.access`), and answer anything that
+    escaped everything inside (plugins' ASGI wrappers included) with a shaped error.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -46,29 +64,51 @@ class ErrorBoundary:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = False
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        path = scope.get("path", "")
+        record = access.AccessRecord(
+            request_id, scope.get("method", "-"), path, api=error_shape(path) if path.startswith("/v1/") else "-"
+        )
+        state[access.STATE_KEY] = record
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
+                record.status = message["status"]
                 message.setdefault("headers", []).append((b"request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            if started:
-                log.exception("%s failed after the answer started", request_id)
-                return
-            if isinstance(exc, GatewayError):
-                error = exc
-            else:
-                log.exception("%s unexpected error", request_id)
-                error = ApiError("internal gateway error; see the gateway log for request " + request_id)
-            response = error_response(error, error_shape(scope.get("path", "")), request_id)
-            await response(scope, receive, send)
+            await _answer_exception(exc, scope, receive, send_wrapper, started=record.status is not None)
+        finally:
+            access.write(record)
+
+
+class ShapedErrors:
+    """Inside Starlette's own ``ServerErrorMiddleware`` (which would answer a plain-text
+    500 and re-raise): turn any exception a route raised into a shaped answer first."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            await _answer_exception(exc, scope, receive, send, started=started)
 
 
 async def health(request: Request) -> Response:
@@ -84,7 +124,11 @@ async def ready(request: Request) -> Response:
 
 async def list_plugins(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    await gateway.authenticate(request_headers(request), client=peer_address(request))
+    try:
+        principal = await gateway.authenticate(request_headers(request), client=peer_address(request))
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request.scope["state"]["request_id"])
+    access.note(request, principal=principal)
     return json_response([info.as_dict() for info in gateway.pm.describe()])
 
 
@@ -125,8 +169,7 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warning in config.warnings:
             log.warning("%s", warning)
-        for result in pm.hook.startup(app=app, config=config):
-            await await_me_maybe(result)
+        await call_each(pm.hook.startup, app=app, config=config)
         await gateway.start()
         log.info(
             "clasp gateway ready: %d model route(s), %d deployment(s), plugins: %s",
@@ -137,21 +180,23 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
             yield
         finally:
             await gateway.close()
-            for result in pm.hook.shutdown(app=app):
-                await await_me_maybe(result)
+            await call_each(pm.hook.shutdown, app=app)
 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(ShapedErrors)],
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.gateway = gateway
     app.state.config = config
     app.state.pm = pm
-    asgi: Any = ErrorBoundary(app)
+    asgi: Any = app
     for wrapper in pm.hook.asgi_wrapper(config=config):
         if wrapper is not None:
             asgi = wrapper(asgi)
-    # Keep the Starlette app reachable (tests, lifespan) from the outermost wrapper.
-    asgi.starlette_app = app  # type: ignore[attr-defined]
-    return asgi  # type: ignore[no-any-return]
+    # Outermost, so plugins' wrappers see the request id and their answers are logged.
+    boundary: Any = ErrorBoundary(asgi)
+    # Keep the Starlette app reachable (tests, lifespan) from the outermost layer.
+    boundary.starlette_app = app
+    return boundary  # type: ignore[no-any-return]

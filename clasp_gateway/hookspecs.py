@@ -1,8 +1,14 @@
 """The hooks plugins implement, grouped by phase.
 
 Hooks are synchronous pluggy hooks; a hook that needs to do async work returns an
-awaitable (or a callable returning one) and the core awaits it
-(see :func:`clasp_gateway.plugins.await_me_maybe`). Every hook here is documented in
+awaitable (or a callable returning one), or is an ``async def``, and the core awaits it
+(see :func:`clasp_gateway.plugins.await_me_maybe`). ``firstresult`` hooks are called
+with :func:`clasp_gateway.plugins.call_first`: each implementation in pluggy's order
+(last registered first; ``tryfirst``/``trylast`` respected), each answer awaited, the
+first that is not ``None`` wins and later implementations are not called. Bookkeeping
+hooks (``after_attempt``, ``on_stream_chunk``, ``record``) are isolated: an exception
+is logged once per request and counted (``Gateway.hook_failures``), never fails the
+answer, and the other plugins still run. Every hook here is documented in
 ``docs/plugin_hooks.md`` and exercised by a test (``tests/test_hookspecs.py`` checks both).
 """
 
@@ -102,12 +108,13 @@ def asgi_wrapper(config: Config) -> Any:
 
 @hookspec(firstresult=True)
 def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Any:
-    """Decide who the caller is.
+    """Decide who the caller is (first answer wins).
 
     Return a :class:`~clasp_gateway.types.Principal` (or an awaitable of one) to
     accept, raise :class:`~clasp_gateway.errors.AuthenticationError` to refuse,
-    return ``None`` to let the next plugin decide. The core's default accepts the
-    keys listed under ``keys:`` in clasp.yaml.
+    return ``None`` (an ``async def`` may too) to let the next plugin decide. The
+    core's default (``trylast``) accepts the keys listed under ``keys:`` in
+    clasp.yaml. An answer that is not a ``Principal``, or none at all, is a 401.
     """
 
 
@@ -118,15 +125,18 @@ def resolve_route(
     """Order (or filter) the deployments that may serve this request.
 
     ``candidates`` is the chain configured for the public model name, in file order.
-    Return a new list (or an awaitable of one), or ``None`` to keep the order.
+    Return a new list (or an awaitable of one), or ``None`` to keep the order and let
+    the next plugin decide (first answer wins). A ``wrapper=True`` implementation
+    receives the awaited answer.
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def before_call(ctx: RequestContext, request: CanonicalRequest) -> Any:
     """Called once before any upstream attempt. Return a list of canonical chunks
     (or an awaitable of one) to answer without calling upstream (a cache hit), or
-    ``None``. Raise a GatewayError to refuse (a budget exceeded)."""
+    ``None``. Raise a GatewayError to refuse (a budget exceeded). The first plugin
+    that answers wins; the ones after it are not called."""
 
 
 @hookspec
@@ -144,8 +154,8 @@ def on_error(
     Return a float (seconds) to retry the same deployment after that delay, a list
     of canonical chunks to answer with instead (graceful degradation), ``"next"``
     to try the next candidate, ``"fail"`` to give up now, or ``None`` for the
-    default (next candidate if the error is retryable, else fail). May return an
-    awaitable.
+    default (next candidate if the error is retryable, else fail) and let the next
+    plugin decide (first answer wins). May return an awaitable.
     """
 
 
@@ -157,20 +167,23 @@ def on_exhausted(ctx: RequestContext, request: CanonicalRequest, error: Exceptio
     deployment was even tried. Return a list of canonical chunks to answer with
     (graceful degradation: a stale cached answer, a canned reply; set
     ``ctx.response_headers["x-clasp-degraded"]`` to say which), a ``GatewayError``
-    to fail with instead, or ``None`` to fail with ``error``. May return an awaitable.
+    to fail with instead, or ``None`` to fail with ``error`` (or let the next plugin
+    decide: first answer wins). May return an awaitable.
     """
 
 
 @hookspec
 def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
     """An attempt ended (success or failure; for streams, when the stream ended).
-    Use it for circuit breakers and latency statistics."""
+    Use it for circuit breakers and latency statistics. An exception is logged and
+    counted, never fails the answer."""
 
 
 @hookspec
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     """Called for every canonical chunk sent to the client. Keep it cheap; it is
-    only called when at least one plugin implements it."""
+    only called when at least one plugin implements it. An exception is logged (once
+    per request) and counted; the stream goes on."""
 
 
 @hookspec
@@ -178,7 +191,9 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     """Receive events: ``kind: "attempt"`` after every upstream attempt, ``kind:
     "tool_call"`` after every server tool call (name, duration_ms, ok), ``kind:
     "context_summary"`` after the gateway summarised a conversation that did not fit
-    (usage, cost), and one ``kind: "request"`` per request after the answer ended
-    (complete, failed or cut), with usage, cost, latency and attempts. May return an
-    awaitable."""
+    (usage, cost), and one ``kind: "request"`` per request that reached the pipeline,
+    after the answer ended (complete, failed before any upstream answered, or cut),
+    with key, team, usage, cost (``None`` when the deployment's prices could not be
+    applied), status, latency and attempts. May return an awaitable. An exception is
+    logged and counted, never fails the answer, and other plugins still get the event."""
 

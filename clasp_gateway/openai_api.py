@@ -7,6 +7,7 @@ Anthropic requests (routing, fallback, plugins) with only validation added.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,8 +16,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .access import note
 from .canonical import chunks_to_completion
-from .errors import GatewayError, InvalidRequestError
+from .errors import ApiError, GatewayError, InvalidRequestError
 from .http import EventStreamResponse, error_response, json_response, peer_address, read_json, request_headers
 from .limits import MAX_OUTPUT_TOKENS, check_message_count
 from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
@@ -53,12 +55,22 @@ def _validate(body: Any, *, max_messages: int | None = None) -> dict[str, Any]:
     return body
 
 
+log = logging.getLogger("clasp.openai")
+
+
+def status_of(error: BaseException) -> int:
+    """The status a failed request is recorded with (500 for an unexpected error)."""
+    return error.status if isinstance(error, GatewayError) else 500
+
+
 async def chat_completions(request: Request) -> Response | EventStreamResponse:
     gateway = request.app.state.gateway
     request_id = request.scope["state"]["request_id"]
+    ctx: RequestContext | None = None
     try:
         headers = request_headers(request)
         principal = await gateway.authenticate(headers, client=peer_address(request))
+        note(request, principal=principal)
         server = gateway.config.server
         body = _validate(await read_json(request, server.max_request_bytes), max_messages=server.max_messages)
         stream = bool(body.get("stream"))
@@ -68,9 +80,14 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
             principal=principal, headers=headers,
             hints=RequestHints(reasoning_effort=body.get("reasoning_effort")),
         )
+        note(request, ctx=ctx)
         upstream = await gateway.open(ctx, body, stream=stream)
-    except GatewayError as exc:
-        return error_response(exc, "openai", request_id)
+    except Exception as exc:
+        if ctx is not None:  # it reached the pipeline: its request event is recorded
+            await gateway.finish(ctx, None, usage=None, status=status_of(exc), error=exc)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "openai", request_id)
+        raise  # the app's error boundary answers a shaped 500 and logs the traceback
     if not stream:
         return await _complete(gateway, ctx, upstream)
     return EventStreamResponse(_stream(gateway, ctx, upstream, wants_usage), headers=ctx.response_headers)
@@ -82,12 +99,16 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream)
         async for chunk in upstream:
             if chunk is not KEEPALIVE:
                 chunks.append(chunk)
-    except GatewayError as exc:
-        await gateway.finish(ctx, upstream, usage=None, status=exc.status, error=exc)
-        return error_response(exc, "openai", ctx.request_id)
-    completion = chunks_to_completion(chunks, ctx.public_model)
-    usage = Usage.from_openai(completion.get("usage"))
-    await gateway.finish(ctx, upstream, usage=usage, status=200)
+        completion = chunks_to_completion(chunks, ctx.public_model)
+        usage = Usage.from_openai(completion.get("usage"))
+    except Exception as exc:
+        await upstream.aclose()
+        await gateway.finish(ctx, upstream, usage=None, status=status_of(exc), error=exc)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "openai", ctx.request_id)
+        raise
+    await upstream.aclose()
+    await gateway.finish(ctx, upstream, usage=usage, status=200)  # never raises
     return json_response(completion, headers=ctx.response_headers)
 
 
@@ -95,9 +116,10 @@ async def _stream(
     gateway: Any, ctx: RequestContext, upstream: UpstreamStream, wants_usage: bool
 ) -> AsyncIterator[bytes]:
     usage: Usage | None = None
-    status, error, cut = 200, None, True
+    status, cut = 200, True
+    error: Exception | None = None
     model = ctx.public_model
-    chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     read_ahead = ctx.read_ahead
     out: list[bytes] = []
     try:
@@ -112,7 +134,7 @@ async def _stream(
                 if chunk.get("choices") or "usage" in chunk:
                     chunk["model"] = model
                     if chunk_hook is not None:
-                        chunk_hook(ctx=ctx, chunk=chunk)
+                        chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
                     out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
             # One write per upstream read: hold output while more decoded chunks wait.
             if out and not read_ahead.pending:
@@ -127,6 +149,11 @@ async def _stream(
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
         raise
+    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
+        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
+        status, error = 500, exc
+        shaped = ApiError("internal gateway error; see the gateway log for request " + ctx.request_id)
+        yield b"".join(out) + b"data: " + orjson.dumps(shaped.openai_body()) + b"\n\n"
     finally:
         await upstream.aclose()
         await gateway.finish(ctx, upstream, usage=usage, status=status, error=error, cut=cut)

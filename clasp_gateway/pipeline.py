@@ -6,8 +6,17 @@ candidates) → ``before_call`` (cache hit or refusal) → per candidate:
 (on failure ``on_error`` decides: retry, degrade or next candidate) → the caller
 streams the rest → :meth:`Gateway.finish` → ``after_attempt`` and ``record``.
 
-A failure can switch deployments only until the first chunk is in hand; after
-that the choice is final and a failure becomes an in-stream error.
+A failure can switch deployments only until the stream commits: at the first chunk
+that carries something (text, reasoning, a tool call, a finish or usage, see
+:func:`commits`), or at a keep-alive after such a preamble (see
+:meth:`Gateway._until_commit`). Chunks before it (a role-only preamble) are held and
+replayed; after it the choice is final and a failure becomes an in-stream error.
+
+"First answer wins" hooks are called with :func:`~clasp_gateway.plugins.call_first`
+(each implementation awaited in turn). Bookkeeping after an answer (pricing,
+``after_attempt``, ``record``, ``on_stream_chunk``) can never fail that answer: a
+failure is logged once per request with its id and counted in
+:attr:`Gateway.hook_failures`.
 """
 
 from __future__ import annotations
@@ -15,16 +24,19 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .access import REQUEST_EVENT
 from .config import Config, ModelRoute
 from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .guard import AuthThrottle
-from .plugins import PluginManager, await_me_maybe
+from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .providers import Providers
 from .quirks import prepare_body
 from .server_tools import ServerTools
@@ -43,12 +55,80 @@ from .types import (
 )
 
 log = logging.getLogger("clasp.pipeline")
-access_log = logging.getLogger("clasp.access")
+
+_FAILED_HOOKS = "clasp.failed_hooks"
+"""``ctx.state`` key: the (hook, plugin) failures already logged for this request."""
+
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 async def _iterate(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks:
         yield chunk
+
+
+async def _replay(held: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """``held`` chunks, then the rest of the upstream stream (closed with this one)."""
+    try:
+        for chunk in held:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def commits(chunk: Chunk) -> bool:
+    """Whether ``chunk`` commits the stream to its deployment.
+
+    It does when it carries anything a client would see or keep: text, reasoning, a
+    tool call (any non-empty delta field but ``role``), a ``finish_reason``, or usage.
+    A role-only (or empty) preamble does not: a provider that sends one and then
+    breaks has said nothing yet, so the request may still go to the next candidate.
+    A chunk without ``choices`` that is not canonical (a provider adapter's own
+    events, e.g. an Anthropic pass-through) commits at once."""
+    if chunk.get("usage"):
+        return True
+    choices = chunk.get("choices")
+    if choices is None:
+        return "usage" not in chunk  # ``{"usage": null}`` alone is an empty canonical chunk
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return True
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if delta is None:
+            delta = choice.get("message")
+        if not isinstance(delta, dict):
+            if delta is not None:
+                return True
+            continue
+        for key, value in delta.items():
+            if key != "role" and value not in _EMPTY:
+                return True
+    return False
+
+
+def request_cost(deployment: Deployment, usage: Usage) -> float:
+    """What ``usage`` cost on ``deployment``, in USD, from its prices.
+
+    Raises (``TypeError``, ``ValueError``) when a price is not a finite number: the
+    caller records the request without a cost rather than a wrong one."""
+    info = deployment.info
+    cached_rate = info.cache_read_input_token_cost
+    cost = (
+        usage.input_tokens * info.input_cost_per_token
+        + usage.output_tokens * info.output_cost_per_token
+        + usage.cache_read_input_tokens * (cached_rate if cached_rate is not None else info.input_cost_per_token)
+    )
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+        raise TypeError(f"prices of {deployment.id} give a {type(cost).__name__}, not a number")
+    if not math.isfinite(cost):
+        raise ValueError(f"prices of {deployment.id} give {cost}")
+    return float(cost)
 
 
 def new_request_id() -> str:
@@ -73,9 +153,13 @@ class Gateway:
                 self._exact.setdefault(route.pattern, route)
         self._resolved: dict[str, ModelRoute | None] = {}
         self.chunk_hook = pm.has_impls("on_stream_chunk")
+        self.hook_failures: Counter[str] = Counter()
+        """Failures of bookkeeping steps that were isolated from the answer, by hook
+        name (``after_attempt``, ``record``, ``on_stream_chunk``, ``pricing``,
+        ``build_event``, ``finish``): for a metrics plugin to export."""
         # Context windows (context.py) and text-written tool calls (textcalls.py):
         # settings validated here, at start-up.
-        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self._record)
+        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record)
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
@@ -115,9 +199,15 @@ class Gateway:
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer ":
                 key = auth[7:].strip()
-        result = self.pm.hook.authenticate(api_key=key or None, headers=headers, config=self.config)
-        principal: Principal = await await_me_maybe(result)
-        return principal
+        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config)
+        if isinstance(principal, Principal):
+            return principal
+        if principal is not None:
+            log.warning("an authenticate hook answered a %s, not a Principal: request refused", type(principal).__name__)
+        raise AuthenticationError(
+            "invalid API key for this gateway" if key
+            else "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>"
+        )
 
     def resolve_model(self, name: str) -> ModelRoute:
         """The configured route for a public model name (exact match, then globs)."""
@@ -154,13 +244,11 @@ class Gateway:
         for which ``before_call`` (called once per request) is not called again."""
         route = self.resolve_model(ctx.public_model)
         candidates = list(route.deployments)
-        ordered = await await_me_maybe(
-            self.pm.hook.resolve_route(ctx=ctx, request=request, candidates=candidates)
-        )
+        ordered = await call_first(self.pm.hook.resolve_route, ctx=ctx, request=request, candidates=candidates)
         if ordered is not None:
             candidates = list(ordered)
-        for result in () if continuation else self.pm.hook.before_call(ctx=ctx, request=request):
-            chunks = await await_me_maybe(result)
+        if not continuation:
+            chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
 
@@ -174,8 +262,8 @@ class Gateway:
             while True:
                 number += 1
                 fitted = await plan.fit(deployment)
-                verdicts = [await await_me_maybe(v) for v in self.pm.hook.before_attempt(
-                    ctx=ctx, deployment=deployment, attempt_number=number)]
+                verdicts = await call_each(
+                    self.pm.hook.before_attempt, ctx=ctx, deployment=deployment, attempt_number=number)
                 if False in verdicts:
                     break
                 attempt = Attempt(deployment)
@@ -188,15 +276,9 @@ class Gateway:
                     body = prepare_body(fitted, deployment, ctx.hints, stream=upstream_stream)
                     chunks = self.providers.open(deployment, body, stream=upstream_stream, ctx=ctx)
                     try:
+                        # The first-byte limit covers reaching the commit point.
                         async with asyncio.timeout(deployment.timeouts.first_byte):
-                            first = await anext(chunks)
-                            while first is KEEPALIVE:
-                                first = await anext(chunks)
-                    except StopAsyncIteration:
-                        raise UpstreamError(
-                            f"{deployment.id}: the provider answered nothing",
-                            upstream_status=502, deployment=deployment.id, kind="protocol",
-                        ) from None
+                            held = await self._until_commit(deployment, chunks)
                     except TimeoutError:
                         aclose = getattr(chunks, "aclose", None)
                         if aclose is not None:
@@ -213,15 +295,15 @@ class Gateway:
                     names = text_call_names(deployment, request)
                     if names is not None:  # a local model may write its tool calls as text
                         return UpstreamStream(
-                            deployment, attempt, [], filter_text_calls(first, chunks, names),
+                            deployment, attempt, [], filter_text_calls(held[0], _replay(held[1:], chunks), names),
                             closer=getattr(chunks, "aclose", None),
                         )
-                    return UpstreamStream(deployment, attempt, [first], chunks)
+                    return UpstreamStream(deployment, attempt, held, chunks)
                 attempt.error = error
                 attempt.ended = time.perf_counter()
                 last_error = error
                 log.warning("%s attempt %d on %s failed: %s", ctx.request_id, number, deployment.id, error.message)
-                await self._after_attempt(ctx, attempt)
+                await self.after_attempt(ctx, attempt)
                 if isinstance(error, UpstreamError) and is_context_overflow(error):
                     error = last_error = overflow_error(error)
                     if not overflow_retried:  # one more go: a larger window, or trimmed harder
@@ -229,8 +311,8 @@ class Gateway:
                         if await plan.after_overflow(deployment, error, candidates[position + 1 :]) == "retry":
                             continue
                         break
-                decision = await await_me_maybe(
-                    self.pm.hook.on_error(ctx=ctx, deployment=deployment, error=error, attempt_number=number)
+                decision = await call_first(
+                    self.pm.hook.on_error, ctx=ctx, deployment=deployment, error=error, attempt_number=number
                 )
                 if isinstance(decision, list):
                     ctx.response_headers.setdefault("x-clasp-degraded", "fallback-response")
@@ -244,7 +326,7 @@ class Gateway:
         error = last_error or OverloadedError(f"no deployment of {ctx.public_model!r} is available right now")
         # Every candidate failed or was skipped: a plugin may still answer (stale
         # cache, canned reply) or replace the error with a clearer one.
-        answer = await await_me_maybe(self.pm.hook.on_exhausted(ctx=ctx, request=request, error=error))
+        answer = await call_first(self.pm.hook.on_exhausted, ctx=ctx, request=request, error=error)
         if isinstance(answer, GatewayError):
             raise answer
         if answer:
@@ -252,37 +334,101 @@ class Gateway:
             return self._canned(None, answer)
         raise error
 
+    async def _until_commit(self, deployment: Deployment, chunks: AsyncIterator[Chunk]) -> list[Chunk]:
+        """Read ``chunks`` up to the one that commits the stream (:func:`commits`) and
+        return it with the preamble before it. A stream that ends or breaks before
+        that has said nothing: the caller may fail over.
+
+        A keep-alive commits too once a preamble is held: the upstream started its
+        answer and is silent but alive (a model thinking), and the client must hear
+        from the gateway (pings) rather than nothing for minutes, which proxies and
+        load balancers cut. Garbage, a cut or an error right after a role chunk
+        comes long before the first keep-alive. Keep-alives with nothing held are
+        skipped, as before any answer."""
+        held: list[Chunk] = []
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                raise UpstreamError(
+                    f"{deployment.id}: the provider answered nothing"
+                    + (f" (the stream ended after {len(held)} empty chunk(s))" if held else ""),
+                    upstream_status=502, deployment=deployment.id, kind="protocol",
+                ) from None
+            if chunk is KEEPALIVE:
+                if held:
+                    held.append(chunk)
+                    return held
+                continue
+            held.append(chunk)
+            if commits(chunk):
+                return held
+
     def _canned(self, deployment: Deployment | None, chunks: list[Chunk]) -> UpstreamStream:
         dep = deployment or Deployment(id="gateway", provider="gateway", model="gateway", api_base="")
         attempt = Attempt(dep, first_byte=time.perf_counter())
         return UpstreamStream(dep, attempt, list(chunks[:1]), _iterate(list(chunks[1:])))
 
-    async def _after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
-        for result in self.pm.hook.after_attempt(ctx=ctx, attempt=attempt):
-            await await_me_maybe(result)
-        dep = attempt.deployment
-        event = {
-            "kind": "attempt",
-            "request_id": ctx.request_id,
-            "public_model": ctx.public_model,
-            "deployment": dep.id,
-            "provider": dep.provider,
-            "model": dep.model,
-            "ok": attempt.ok,
-            "error": getattr(attempt.error, "message", None) if attempt.error else None,
-            "upstream_status": getattr(attempt.error, "upstream_status", None) if attempt.error else 200,
-            "ms": ((attempt.ended or time.perf_counter()) - attempt.started) * 1000,
-            "ttfb_ms": (attempt.first_byte - attempt.started) * 1000 if attempt.first_byte else None,
-            "time": time.time(),
-        }
-        await self._record(ctx, event)
+    # --- bookkeeping: never fails an answer --------------------------------------------------
 
-    async def _record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
-        for result in self.pm.hook.record(ctx=ctx, event=event):
-            try:
-                await await_me_maybe(result)
-            except Exception:  # a broken recorder must not break the answer
-                log.exception("record hook failed for %s", ctx.request_id)
+    def hook_failed(self, hook: str, ctx: RequestContext | None, plugin: str, error: Exception) -> None:
+        """Count a bookkeeping failure under ``hook`` and log it, once per request and
+        plugin, with the request id and the traceback (the log only: never the client)."""
+        self.hook_failures[hook] += 1
+        request_id = ctx.request_id if ctx is not None else "-"
+        if ctx is not None:
+            seen: set[tuple[str, str]] = ctx.state.setdefault(_FAILED_HOOKS, set())
+            if (hook, plugin) in seen:
+                return
+            seen.add((hook, plugin))
+        log.error(
+            "%s: %s failed in %s (the answer goes on; counted in hook_failures): %s: %s",
+            request_id, hook, plugin, type(error).__name__, error, exc_info=error,
+        )
+
+    def _reporter(self, hook: str, ctx: RequestContext) -> Any:
+        def report(plugin: str, error: Exception) -> None:
+            self.hook_failed(hook, ctx, plugin, error)
+
+        return report
+
+    def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
+        """Hand ``chunk`` to every ``on_stream_chunk`` implementation; one that raises is
+        counted and logged, and the stream goes on. Call it only when
+        :attr:`chunk_hook` is true (no cost per chunk otherwise)."""
+        call_each_sync(self.pm.hook.on_stream_chunk, on_failure=self._reporter("on_stream_chunk", ctx),
+                       ctx=ctx, chunk=chunk)
+
+    async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
+        """An attempt ended: the ``after_attempt`` hook, then its ``kind: "attempt"``
+        event. Never raises (failures are counted in :attr:`hook_failures`)."""
+        await call_each(self.pm.hook.after_attempt, on_failure=self._reporter("after_attempt", ctx),
+                        ctx=ctx, attempt=attempt)
+        try:
+            dep = attempt.deployment
+            event = {
+                "kind": "attempt",
+                "request_id": ctx.request_id,
+                "public_model": ctx.public_model,
+                "deployment": dep.id,
+                "provider": dep.provider,
+                "model": dep.model,
+                "ok": attempt.ok,
+                "error": getattr(attempt.error, "message", None) if attempt.error else None,
+                "upstream_status": getattr(attempt.error, "upstream_status", None) if attempt.error else 200,
+                "ms": ((attempt.ended or time.perf_counter()) - attempt.started) * 1000,
+                "ttfb_ms": (attempt.first_byte - attempt.started) * 1000 if attempt.first_byte else None,
+                "time": time.time(),
+            }
+        except Exception as exc:
+            self.hook_failed("build_event", ctx, "clasp_gateway", exc)
+            return
+        await self.record(ctx, event)
+
+    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        """Send ``event`` to every ``record`` implementation; one that raises is counted
+        and logged, the others still get it. Never raises."""
+        await call_each(self.pm.hook.record, on_failure=self._reporter("record", ctx), ctx=ctx, event=event)
 
     async def finish(
         self,
@@ -294,25 +440,43 @@ class Gateway:
         error: Exception | None = None,
         cut: bool = False,
     ) -> None:
-        """Close the request: end the attempt, then the ``record`` event (always)."""
-        ended = time.perf_counter()
-        if stream is not None and stream.attempt.ended is None:
-            # (A server-tool loop closes each round's attempt itself when the round ends.)
-            attempt = stream.attempt
-            attempt.ended = ended
-            attempt.usage = usage
-            if error is not None:
-                attempt.error = error
-            if attempt in ctx.attempts:
-                await self._after_attempt(ctx, attempt)
-        event = self.build_event(ctx, stream.deployment if stream else None, usage, status, error, cut, ended)
-        await self._record(ctx, event)
-        access_log.info(
-            "%s %s model=%s deployment=%s status=%s in=%s out=%s ms=%.1f%s",
-            ctx.request_id, ctx.api, ctx.public_model, event["deployment"], status,
-            event["usage"]["input_tokens"], event["usage"]["output_tokens"], event["latency_ms"],
-            " cut" if cut else "",
-        )
+        """Close the request: end the attempt (``after_attempt``), then the request's
+        ``record`` event, once. Routes call it for every request that reached the
+        pipeline (``stream`` is ``None`` when no deployment answered).
+
+        Never raises: it runs after the answer was served (or while its last bytes
+        go out), and bookkeeping must not turn a served answer into an error."""
+        if REQUEST_EVENT in ctx.state:
+            return  # already closed (one request event per request)
+        try:
+            ended = time.perf_counter()
+            if stream is not None and stream.attempt.ended is None:
+                # (A server-tool loop closes each round's attempt itself when the round ends.)
+                attempt = stream.attempt
+                attempt.ended = ended
+                attempt.usage = usage
+                if error is not None:
+                    attempt.error = error
+                if attempt in ctx.attempts:
+                    await self.after_attempt(ctx, attempt)
+            deployment = stream.deployment if stream is not None else None
+            cost: float | None = 0.0
+            if deployment is not None and usage is not None:
+                try:
+                    cost = request_cost(deployment, usage)
+                except Exception as exc:
+                    self.hook_failed("pricing", ctx, "clasp_gateway", exc)
+                    cost = None
+            try:
+                event = self.build_event(ctx, deployment, usage, status, error, cut, ended, cost=cost)
+            except Exception as exc:
+                self.hook_failed("build_event", ctx, "clasp_gateway", exc)
+                event = {"kind": "request", "request_id": ctx.request_id, "api": ctx.api,
+                         "public_model": ctx.public_model, "status": status, "cut": cut, "cost_usd": None}
+            ctx.state[REQUEST_EVENT] = event
+            await self.record(ctx, event)
+        except Exception as exc:  # a bug here must not fail a served answer either
+            self.hook_failed("finish", ctx, "clasp_gateway", exc)
 
     @staticmethod
     def build_event(
@@ -323,17 +487,12 @@ class Gateway:
         error: Exception | None,
         cut: bool,
         ended: float,
+        *,
+        cost: float | None,
     ) -> dict[str, Any]:
+        """The ``kind: "request"`` event. ``cost``: from :func:`request_cost`, ``None``
+        when the deployment's prices could not be applied."""
         usage = usage or Usage()
-        cost = 0.0
-        if deployment is not None:
-            info = deployment.info
-            cached_rate = info.cache_read_input_token_cost
-            cost = (
-                usage.input_tokens * info.input_cost_per_token
-                + usage.output_tokens * info.output_cost_per_token
-                + usage.cache_read_input_tokens * (cached_rate if cached_rate is not None else info.input_cost_per_token)
-            )
         first_byte = next((a.first_byte for a in reversed(ctx.attempts) if a.first_byte), None)
         return {
             "kind": "request",
@@ -344,6 +503,7 @@ class Gateway:
             "provider": deployment.provider if deployment else None,
             "model": deployment.model if deployment else None,
             "key_id": ctx.principal.key_id if ctx.principal else None,
+            "key_name": ctx.principal.name if ctx.principal else None,
             "team": ctx.principal.team if ctx.principal else None,
             "stream": ctx.client_stream,
             "status": status,

@@ -5,6 +5,12 @@ in ``plugins.paths`` of clasp.yaml (module names or ``.py`` files). The environm
 variable ``CLASP_LOAD_PLUGINS`` (comma-separated entry-point or module names; empty
 means none) restricts what loads, which keeps tests and debugging exact. Each app
 builds its own manager, so two apps in one process never share plugins.
+
+Hooks are synchronous pluggy hooks whose implementations may return awaitables, so the
+core never lets pluggy pick an answer: pluggy's ``firstresult`` would take an
+un-awaited coroutine (which may resolve to ``None``, "I defer") as the answer.
+:func:`call_first` and :func:`call_each` walk the implementations themselves, in
+pluggy's call order, awaiting each result.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +65,182 @@ async def await_me_maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+HookFailure = Callable[[str, Exception], None]
+"""``(plugin name, exception)``: told about an implementation (or a hook wrapper) that
+raised, by :func:`call_each` and :func:`call_each_sync`."""
+
+_WRAPPER = "(a hook wrapper)"
+
+
+def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+    """Call one implementation with the arguments it declares (as pluggy does)."""
+    args = [kwargs[name] for name in impl.argnames]
+    kwargnames = getattr(impl, "kwargnames", ())
+    if kwargnames:
+        return impl.function(*args, **{name: kwargs[name] for name in kwargnames if name in kwargs})
+    return impl.function(*args)
+
+
+class _Wrappers:
+    """The ``wrapper=True`` (and old-style ``hookwrapper=True``) implementations of one
+    call: entered before the plain implementations run, left after, outermost last,
+    exactly as pluggy's own call loop does."""
+
+    __slots__ = ("_teardowns",)
+
+    def __init__(self) -> None:
+        self._teardowns: list[tuple[bool, Generator[Any, Any, Any]]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._teardowns)
+
+    def enter(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> None:
+        gen = _call(impl, kwargs)
+        try:
+            next(gen)
+        except StopIteration:
+            raise RuntimeError(f"hook wrapper {impl.plugin_name}.{impl.function.__name__} did not yield") from None
+        self._teardowns.append((bool(impl.hookwrapper), gen))
+
+    def leave(self, result: Any, error: BaseException | None) -> Any:
+        """The result after every wrapper has seen (and maybe replaced) it."""
+        for old_style, gen in reversed(self._teardowns):
+            if old_style:
+                outcome = pluggy.Result(result, error)
+                try:
+                    gen.send(outcome)
+                except StopIteration:
+                    pass
+                else:
+                    raise RuntimeError("an old-style hook wrapper yielded twice")
+                try:
+                    result, error = outcome.get_result(), None
+                except BaseException as exc:  # the wrapper kept (or forced) an exception
+                    result, error = None, exc
+                continue
+            try:
+                if error is not None:
+                    gen.throw(error)
+                else:
+                    gen.send(result)
+            except StopIteration as stop:
+                result, error = stop.value, None
+                continue
+            except BaseException as exc:
+                error = exc
+                continue
+            raise RuntimeError("a hook wrapper yielded twice")
+        if error is not None:
+            raise error
+        return result
+
+
+def _in_call_order(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> tuple[_Wrappers, list[pluggy.HookImpl]]:
+    """Enter the wrappers; the plain implementations in pluggy's call order (last
+    registered first, ``tryfirst``/``trylast`` respected)."""
+    wrappers = _Wrappers()
+    plain: list[pluggy.HookImpl] = []
+    for impl in reversed(hook.get_hookimpls()):
+        if impl.wrapper or impl.hookwrapper:
+            wrappers.enter(impl, kwargs)
+        else:
+            plain.append(impl)
+    return wrappers, plain
+
+
+async def call_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
+    """Call a "first answer wins" hook: the first implementation whose result, once
+    awaited, is not ``None`` is the answer; later implementations are not called.
+
+    Used by the core for ``authenticate``, ``resolve_route``, ``before_call``,
+    ``on_error`` and ``on_exhausted``. Each result may be a value, a coroutine or a
+    callable (:func:`await_me_maybe`); ``async def`` implementations returning ``None``
+    to defer therefore defer for real, instead of their coroutine winning as it would
+    under pluggy's ``firstresult``. An exception from an implementation propagates
+    (through any hook wrappers, as in pluggy). Wrappers see the awaited answer."""
+    wrappers, plain = _in_call_order(hook, kwargs)
+    answer: Any = None
+    error: BaseException | None = None
+    try:
+        for impl in plain:
+            answer = await await_me_maybe(_call(impl, kwargs))
+            if answer is not None:
+                break
+    except BaseException as exc:  # wrappers see it (and may replace it), as in pluggy
+        answer, error = None, exc
+    if not wrappers:
+        if error is not None:
+            raise error
+        return answer
+    # A wrapper may return an awaitable (it cannot await inside its generator).
+    return await await_me_maybe(wrappers.leave(answer, error))
+
+
+async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None = None, **kwargs: Any) -> list[Any]:
+    """Call every implementation in pluggy's call order, awaiting each result in turn;
+    return the results that are not ``None``.
+
+    With ``on_failure``, an implementation that raises (or whose awaitable raises) is
+    reported to it and the others still run: how the core calls bookkeeping hooks
+    (``after_attempt``, ``record``) that must never fail an answer. Without it, the
+    first exception propagates."""
+    try:
+        wrappers, plain = _in_call_order(hook, kwargs)
+    except Exception as exc:
+        if on_failure is None:
+            raise
+        on_failure(_WRAPPER, exc)  # a wrapper failed before the call: nobody is told
+        return []
+    results: list[Any] = []
+    error: BaseException | None = None
+    try:
+        for impl in plain:
+            try:
+                result = await await_me_maybe(_call(impl, kwargs))
+            except Exception as exc:
+                if on_failure is None:
+                    raise
+                on_failure(impl.plugin_name, exc)
+                continue
+            if result is not None:
+                results.append(result)
+    except BaseException as exc:
+        results, error = [], exc
+    if not wrappers:
+        if error is not None:
+            raise error
+        return results
+    if on_failure is None:
+        out: list[Any] = await await_me_maybe(wrappers.leave(results, error))
+        return out
+    try:
+        out = await await_me_maybe(wrappers.leave(results, error))
+    except Exception as exc:  # a failing wrapper is reported like any implementation
+        on_failure(_WRAPPER, exc)
+        return results
+    return out
+
+
+def call_each_sync(hook: pluggy.HookCaller, *, on_failure: HookFailure, **kwargs: Any) -> None:
+    """Call every implementation of a notification hook (results ignored, nothing
+    awaited), reporting each failure to ``on_failure`` while the others still run.
+    For ``on_stream_chunk``, which runs for every chunk and must stay cheap."""
+    try:
+        wrappers, plain = _in_call_order(hook, kwargs)
+    except Exception as exc:
+        on_failure(_WRAPPER, exc)
+        return
+    for impl in plain:
+        try:
+            _call(impl, kwargs)
+        except Exception as exc:
+            on_failure(impl.plugin_name, exc)
+    try:
+        wrappers.leave([], None)
+    except Exception as exc:
+        on_failure(_WRAPPER, exc)
 
 
 def _allowed() -> set[str] | None:

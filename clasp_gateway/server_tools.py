@@ -432,7 +432,7 @@ class ToolLoop:
             attempt.ended = time.perf_counter()
             attempt.usage = Usage.from_openai(usage)
             if attempt in self.ctx.attempts:
-                await self.gateway._after_attempt(self.ctx, attempt)
+                await self.gateway.after_attempt(self.ctx, attempt)
         await self.upstream.aclose()
 
     async def _pings(self, task: asyncio.Future[Any]) -> AsyncIterator[Chunk]:
@@ -630,7 +630,7 @@ class ToolLoop:
         if error is not None:
             self.stats["failed"] += 1
         principal = self.ctx.principal
-        await self.gateway._record(self.ctx, {
+        await self.gateway.record(self.ctx, {
             "kind": "tool_call",
             "request_id": self.ctx.request_id,
             "public_model": self.ctx.public_model,

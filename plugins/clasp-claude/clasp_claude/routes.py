@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from clasp_gateway.access import note
 from clasp_gateway.errors import GatewayError, InvalidRequestError
 from clasp_gateway.http import (
     EventStreamResponse,
@@ -22,6 +24,7 @@ from clasp_gateway.http import (
 )
 from clasp_gateway.limits import check_message_count
 from clasp_gateway.openai_api import list_models as list_openai_models
+from clasp_gateway.openai_api import status_of
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
@@ -34,6 +37,8 @@ from .tokens import count_tokens, encoding_for_model
 
 PING = encode_event(*ping_event())
 
+log = logging.getLogger("clasp.claude")
+
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
@@ -43,9 +48,11 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     """``POST /v1/messages``."""
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
+    ctx: RequestContext | None = None
     try:
         headers = request_headers(request)
         principal = await gateway.authenticate(headers, client=peer_address(request))
+        note(request, principal=principal)
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         check_message_count(raw, gateway.config.server.max_messages)
         translated = to_canonical(raw)
@@ -54,17 +61,28 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
             hints=translated.hints,
         )
+        note(request, ctx=ctx)
         # An Anthropic deployment gets the client's own request (passthrough.py).
         passthrough.remember(ctx, raw, headers)
         # Stop sequences are matched by the gateway, so it reads a stream to stop early.
         upstream = await gateway.open(
             ctx, translated.body, stream=ctx.client_stream or bool(translated.stop_sequences)
         )
-    except GatewayError as exc:
-        return error_response(exc, "anthropic", request_id)
+    except Exception as exc:
+        if ctx is not None:  # it reached the pipeline: its request event is recorded
+            await gateway.finish(ctx, None, usage=None, status=status_of(exc), error=exc)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "anthropic", request_id)
+        raise  # the app's error boundary answers a shaped 500 and logs the traceback
     if passthrough.active(ctx, upstream):
         # Anthropic answered: its events go to the client as they came.
-        return await passthrough.respond(gateway, ctx, upstream)
+        try:
+            return await passthrough.respond(gateway, ctx, upstream)
+        except Exception as exc:  # (finish records the request once, whoever calls it first)
+            await gateway.finish(ctx, upstream, usage=None, status=status_of(exc), error=exc)
+            if isinstance(exc, GatewayError):
+                return error_response(exc, "anthropic", request_id)
+            raise
     translator = StreamTranslator(
         ctx.public_model,
         message_id="msg_" + request_id[4:],
@@ -80,8 +98,9 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
 async def _stream(
     gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
 ) -> AsyncIterator[bytes]:
-    status, error, cut = 200, None, True
-    chunk_hook = gateway.pm.hook.on_stream_chunk if gateway.chunk_hook else None
+    status, cut = 200, True
+    error: Exception | None = None
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     read_ahead = ctx.read_ahead
     out: list[bytes] = []
     try:
@@ -91,7 +110,7 @@ async def _stream(
                 out.append(PING)
             else:
                 if chunk_hook is not None:
-                    chunk_hook(ctx=ctx, chunk=chunk)
+                    chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
                 for name, payload in translator.feed(chunk):
                     out.append(encode_event(name, payload))
                 if translator.done:
@@ -110,6 +129,11 @@ async def _stream(
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
         raise
+    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
+        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
+        status, error = 500, exc
+        yield b"".join(out) + encode_event(*error_event(
+            "api_error", "internal gateway error; see the gateway log for request " + ctx.request_id))
     finally:
         await upstream.aclose()
         await gateway.finish(ctx, upstream, usage=translator.usage, status=status, error=error, cut=cut)
@@ -128,13 +152,16 @@ async def _complete(
             if translator.done:
                 break
         builder.add(translator.finish())
-    except GatewayError as exc:
+        message = builder.result()
+    except Exception as exc:
         await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=translator.usage, status=exc.status, error=exc, cut=True)
-        return error_response(exc, "anthropic", ctx.request_id)
+        await gateway.finish(ctx, upstream, usage=translator.usage, status=status_of(exc), error=exc, cut=True)
+        if isinstance(exc, GatewayError):
+            return error_response(exc, "anthropic", ctx.request_id)
+        raise  # the app's error boundary answers a shaped 500 and logs the traceback
     await upstream.aclose()
-    await gateway.finish(ctx, upstream, usage=translator.usage, status=200)
-    return json_response(builder.result(), headers=ctx.response_headers)
+    await gateway.finish(ctx, upstream, usage=translator.usage, status=200)  # never raises
+    return json_response(message, headers=ctx.response_headers)
 
 
 async def count_tokens_endpoint(request: Request) -> Response:
@@ -142,7 +169,7 @@ async def count_tokens_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        await gateway.authenticate(request_headers(request), client=peer_address(request))
+        note(request, principal=await gateway.authenticate(request_headers(request), client=peer_address(request)))
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         check_message_count(raw, gateway.config.server.max_messages)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):

@@ -164,11 +164,7 @@ class FallbackRuntime:
             "reason": reason,
             "time": time.time(),
         }
-        for result in self.gateway.pm.hook.record(ctx=ctx, event=event):
-            try:
-                await await_me_maybe(result)
-            except Exception:  # a broken recorder must not break routing
-                log.exception("record hook failed for %s", ctx.request_id)
+        await self.gateway.record(ctx, event)  # isolated: a broken recorder never breaks routing
 
     @hookimpl
     async def on_error(

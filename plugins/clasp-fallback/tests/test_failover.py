@@ -114,14 +114,18 @@ def test_a_cut_mid_stream_is_an_error_never_a_clean_end(
     assert request["cut"] and request["attempts"][-1]["ok"] is False
 
 
-def test_a_malformed_event_mid_stream_is_an_error(serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream]) -> None:
+def test_a_malformed_event_after_a_role_only_chunk_falls_back(
+    serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    # The primary sends a valid role-only chunk, then garbage: nothing was said yet,
+    # so the stream is not committed to it and the request moves on.
     primary, secondary = up
     primary.queue(Malformed())
     gw = serve(kit.pair(primary, secondary), fallback=FAST)
     response = gw.chat(stream=True)
-    assert response.status_code == 200 and "malformed event" in response.text
-    assert not response.text.rstrip().endswith("[DONE]")
-    assert kit.chat_requests(secondary) == 0
+    assert gw.text(response) == "from secondary" and response.text.rstrip().endswith("[DONE]")
+    assert kit.chat_requests(primary) == 1 and kit.chat_requests(secondary) == 1
+    assert "malformed event" in gw.events.kind("attempt")[0]["error"]
 
 
 def test_every_candidate_failing_is_a_clear_529(serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream]) -> None:
