@@ -1,13 +1,32 @@
 """clasp-gateway: serve Claude Code and OpenAI clients from any LLM provider."""
 
-from .config import Config, ConfigError, load_config, parse_config
+from .config import Config, ConfigError, load_config, parse_config, resolve_secret
 from .errors import GatewayError
 from .hookspecs import hookimpl
 from .types import CanonicalRequest, Chunk, Deployment, Principal, RequestContext, RequestHints, Usage
+from .validation import (
+    Anything,
+    Boolean,
+    Choice,
+    Custom,
+    Duration,
+    Field,
+    Integer,
+    Invalid,
+    ListOf,
+    MapOf,
+    Number,
+    Reference,
+    Section,
+    String,
+    did_you_mean,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CanonicalRequest", "Chunk", "Config", "ConfigError", "Deployment", "GatewayError", "Principal",
-    "RequestContext", "RequestHints", "Usage", "__version__", "hookimpl", "load_config", "parse_config",
+    "Anything", "Boolean", "CanonicalRequest", "Choice", "Chunk", "Config", "ConfigError", "Custom", "Deployment",
+    "Duration", "Field", "GatewayError", "Integer", "Invalid", "ListOf", "MapOf", "Number", "Principal", "Reference",
+    "RequestContext", "RequestHints", "Section", "String", "Usage", "__version__", "did_you_mean", "hookimpl",
+    "load_config", "parse_config", "resolve_secret",
 ]

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import access, openai_api
-from .config import Config
+from .config import Config, ConfigError, plugin_problems, section_problems
 from .errors import ApiError, GatewayError, NotFoundError
 from .http import error_response, json_response, peer_address, request_headers
 from .pipeline import Gateway, new_request_id
@@ -145,12 +145,32 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return error_response(error, shape, request.scope.get("state", {}).get("request_id"))
 
 
+def build_gateway(config: Config, pm: PluginManager) -> Gateway:
+    """Check everything that can be checked without serving, and build the Gateway
+    (not started): top-level sections nobody reads, the core's own section checks
+    (context, text tool calls, server tools: run while the Gateway is built) and every
+    plugin's ``validate_config``. ``clasp check`` and ``clasp serve`` both come here
+    (through :func:`create_app`), so a file one accepts, the other serves."""
+    problems = section_problems(config, pm)
+    try:
+        gateway = Gateway(config, pm)
+    except ConfigError as exc:
+        if problems:
+            raise ConfigError(config.source, problems + exc.problems) from None
+        raise
+    problems += plugin_problems(config, pm, gateway)
+    if problems:
+        raise ConfigError(config.source, problems)
+    return gateway
+
+
 def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins: bool = True) -> Starlette:
-    """Build the ASGI app for ``config``. Plugins load here, once per app."""
+    """Build the ASGI app for ``config`` (validated: :func:`build_gateway`). Plugins
+    load here, once per app."""
     if pm is None:
         pm = PluginManager()
         pm.load(config.plugin_paths, entry_points=load_plugins)
-    gateway = Gateway(config, pm)
+    gateway = build_gateway(config, pm)
 
     routes: list[Route] = []
     for args, kwargs in pm.collect("register_routes"):

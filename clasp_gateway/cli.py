@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, open_gateway
 from .redact import RedactingFilter
 
 log = logging.getLogger("clasp")
@@ -37,6 +37,31 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
+def _validated_app(config: Config) -> Any:
+    """The app for ``config``, built (plugins loaded, every section checked, the
+    gateway constructed) but not started. ``clasp check`` and ``clasp serve`` both
+    call this, so they accept the same files; a problem is a message and exit code 2."""
+    from .app import create_app
+
+    try:
+        return create_app(config)
+    except ConfigError as exc:
+        print(f"clasp: {exc}", file=sys.stderr)
+    except RuntimeError:
+        raise  # a plugin that fails to load: main() says which
+    except Exception as exc:  # a plugin's or the core's bug while building: no traceback for a person
+        print(f"clasp: {config.source}: the gateway could not be built: {type(exc).__name__}: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _open_gateway(config: Config, app: Any, host: str) -> tuple[bool, str] | None:
+    """Whether clients need no key (``refuse`` on a non-loopback address): see
+    :func:`clasp_gateway.config.open_gateway`. A plugin's ``authenticate`` counts as auth."""
+    pm = app.starlette_app.state.pm
+    other_auth = any(impl.plugin_name != "clasp_gateway.defaults" for impl in pm.hook.authenticate.get_hookimpls())
+    return open_gateway(config, host, other_auth=other_auth)
+
+
 def app_from_env() -> Any:
     """Uvicorn factory (used with several workers): config from ``CLASP_CONFIG``."""
     from .app import create_app
@@ -56,6 +81,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     from .server import uvicorn_options
 
+    app = _validated_app(config)  # before binding: a bad file never logs "listening"
+    opened = _open_gateway(config, app, host)
+    if opened is not None:
+        refuse, message = opened
+        if refuse:
+            print(f"clasp: {message}", file=sys.stderr)
+            return 2
+        log.warning("%s", message)
     options: dict[str, Any] = {
         "host": host, "port": port, "log_config": None, "access_log": False, "lifespan": "on",
         **uvicorn_options(config.server),  # header/body/send timeouts, connection and request caps
@@ -70,9 +103,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CLASP_CONFIG"] = os.path.abspath(config.source)
         uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
         return 0
-    from .app import create_app
-
-    app = create_app(config)
     log.info("listening on http://%s:%d", host, port)
     uvicorn.run(app, **options)
     return 0
@@ -91,17 +121,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .plugins import PluginManager
     from .probe import probe_all
 
     config = _load(args.config)
+    app = _validated_app(config)
     print(f"{config.source}: valid ({len(config.models)} model route(s), {len(config.deployments())} deployment(s))")
     for warning in config.warnings:
         print(f"  warning: {warning}")
+    status = 0
+    opened = _open_gateway(config, app, args.host or config.server.host)
+    if opened is not None:
+        refuse, message = opened
+        print(f"  {'error' if refuse else 'warning'}: {message}")
+        status = 1 if refuse else 0  # `clasp serve` would refuse this file on this address
     if args.no_probe:
-        return 0
-    pm = PluginManager()
-    pm.load(config.plugin_paths)
+        return status
+    pm = app.starlette_app.state.pm
     extra = {a[0]: a[1] for a, _ in pm.collect("register_providers")}  # plugin providers probe themselves
     results = asyncio.run(probe_all(config, timeout=args.timeout, extra=extra))
     failed = 0
@@ -111,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"    {key.ref}: {key.verdict}")
         if not line.ok:
             failed += 1
-    return 1 if failed else 0
+    return 1 if failed or status else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate clasp.yaml and probe every deployment", parents=[common])
     check.add_argument("--no-probe", action="store_true", help="only validate the file")
     check.add_argument("--timeout", type=float, default=10.0)
+    check.add_argument("--host", help="the address `clasp serve` will listen on (default: server.host)")
     check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks", parents=[common])
     plugins.set_defaults(func=cmd_plugins)

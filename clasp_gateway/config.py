@@ -1,5 +1,14 @@
 """clasp.yaml: loading, secret references and validation with precise errors.
 
+Every field is declared with its type, range or choices (the schemas below, built
+from :mod:`clasp_gateway.validation`), every mistake is reported at once as
+``file: key.path: what was expected, got what``, and unknown keys are errors with a
+"did you mean" (a misspelt ``api_base`` would otherwise send the key to the
+provider's public default host). Top-level sections other than the core's belong
+to plugins, which declare and check them (``register_config_sections``,
+``validate_config``); :func:`section_problems` and :func:`plugin_problems` run
+those checks when the gateway is built, by ``clasp check`` and ``clasp serve`` alike.
+
 Secrets are references: ``${ENV_VAR}`` (``${ENV_VAR:-default}`` for non-secrets) or
 ``file:/run/secrets/name``. A reference that does not resolve does not stop the
 gateway: the deployment that needs it is marked unusable, the start-up log says
@@ -8,20 +17,45 @@ which variable to set, and requests routed to it get the same message.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import functools
+import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import catalog
-from .credentials import parse_credentials
+from .credentials import AZURE_AD, KEY_POOL, credentials_from
 from .redact import register_secret
-from .types import Deployment, ModelInfo, Secret, Timeouts
+from .types import Deployment, Secret, Timeouts
+from .validation import (
+    Anything,
+    Boolean,
+    Choice,
+    Custom,
+    Field,
+    Integer,
+    Invalid,
+    ListOf,
+    MapOf,
+    Number,
+    Reference,
+    Section,
+    String,
+    unknown_key,
+)
+
+if TYPE_CHECKING:
+    from .pipeline import Gateway
+    from .plugins import PluginManager
 
 log = logging.getLogger("clasp.config")
 
@@ -181,260 +215,402 @@ def expand_env(value: str) -> tuple[str, list[str]]:
     return _ENV_REF.sub(sub, value), missing
 
 
-# --- validation helpers ----------------------------------------------------------------------
+# --- the core's schema -----------------------------------------------------------------------
+
+CORE_SECTIONS = ("server", "plugins", "keys", "models", "context", "server_tools")
+"""Top-level sections the core reads: ``server``, ``plugins``, ``keys`` and ``models``
+here; ``context`` in :mod:`.context` and ``server_tools`` in :mod:`.server_tools`, when
+the gateway is built. Any other top-level key must be declared by a loaded plugin
+(``register_config_sections``), see :func:`section_problems`."""
 
 
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        return value
-
-    def integer(self, value: Any, path: str, default: int, minimum: int = 0) -> int:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(path, f"expected an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def number(self, value: Any, path: str) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            self.fail(path, f"expected a non-negative number, got {value!r}")
-            return None
-        return float(value)
-
-    def string(self, value: Any, path: str, default: str | None = None) -> str | None:
-        if value is None:
-            return default
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            self.fail(path, f"expected a string, got {type(value).__name__}")
-            return default
-        return str(value)
+def _ip_or_network(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid()
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise Invalid() from None
+    return value.strip()
 
 
-_DEPLOYMENT_KEYS = {
-    "id", "model", "provider", "api_base", "api_key", "api_keys", "api_version", "headers",
-    "mode", "timeouts", "extra_body", "max_input_tokens", "max_output_tokens",
-    "supports_tools", "supports_parallel_tool_calls", "supports_reasoning", "supports_vision",
-    "input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
-    "base_model", "streaming", "key_pool", "azure_ad", "secret_headers",
-}
+SERVER = Section({
+    "host": String(non_empty=True),
+    "port": Integer(1, 65535),
+    "max_request_bytes": Integer(1024),
+    "log_level": Choice("debug", "info", "warning", "error", fold_case=True),
+    "workers": Integer(1),
+    "allow_unauthenticated": Boolean(),
+    "trusted_proxies": ListOf(Custom(_ip_or_network, "an IP address or network such as 10.0.0.0/8")),
+    "max_header_bytes": Integer(1024),
+    "max_headers": Integer(8),
+    "max_connections": Integer(1),
+    "max_concurrent_requests": Integer(1),
+    "max_messages": Integer(1),
+    "max_upstream_response_bytes": Integer(1024),
+    "max_line_bytes": Integer(1024),
+    "auth_failures_per_minute": Integer(1),
+    "timeouts": Section({name: Number(above=0) for name in ("header", "body", "keep_alive", "send")},
+                        into=ServerTimeouts),
+}, into=ServerConfig)
+"""``server:`` (defaults: :class:`ServerConfig`)."""
+
+PLUGINS = Section({
+    "paths": Field(ListOf(String(non_empty=True), expected="a list of module names or .py file paths"), factory=list),
+})
+
+KEY = Section({
+    "key": Field(Reference(), required="e.g. `${CLASP_API_KEY}`"),
+    "name": String(non_empty=True),
+    "team": String(non_empty=True),
+    "metadata": Field(MapOf(Anything()), factory=dict),
+})
+"""One entry of ``keys:``."""
+
+ROUTE = Section({
+    "deployments": Field(Anything("a list of deployments"), required="a list of deployments, each with `model:`"),
+    "context": Anything("a mapping"),            # checked by context.py when the gateway is built
+    "context_fallback": Anything("a list"),      # idem
+})
+"""A route written as a mapping (``deployments:`` plus per-route settings)."""
+
 _INFO_OVERRIDES = (
     "max_input_tokens", "max_output_tokens", "supports_tools", "supports_parallel_tool_calls",
     "supports_reasoning", "supports_vision", "input_cost_per_token", "output_cost_per_token",
-    "cache_read_input_token_cost",
+    "cache_read_input_token_cost", "cache_creation_input_token_cost",
 )
+_PROVIDER_KEYS = {
+    # Where a deployment runs (residency and routing read it; Bedrock signs for it).
+    "region": String(non_empty=True),
+    # AWS (Bedrock): LiteLLM's names, so a LiteLLM deployment list carries over.
+    "aws_region_name": String(non_empty=True),
+    "aws_profile": String(non_empty=True),
+    "aws_profile_name": String(non_empty=True),
+    "aws_access_key_id": Reference(),
+    "aws_secret_access_key": Reference(),
+    "aws_session_token": Reference(),
+    # Google Vertex AI.
+    "vertex_project": String(non_empty=True),
+    "vertex_location": String(non_empty=True),
+    "vertex_credentials": Reference(),
+}
+"""Provider-specific deployment keys, read by the provider that needs them (kept raw
+in ``Deployment.settings``: secrets stay references until the provider resolves them)."""
+
+_SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", *_PROVIDER_KEYS)
+"""Deployment keys kept in ``Deployment.settings`` for the modules that read them."""
+
+DEPLOYMENT = Section({
+    "model": Field(String(non_empty=True), required="e.g. `openai/gpt-4o` or `ollama/qwen2.5-coder`"),
+    "id": String(non_empty=True),
+    "provider": String(non_empty=True),
+    "base_model": String(non_empty=True),
+    "api_base": String(non_empty=True, expected="an http:// or https:// URL"),
+    "api_key": Reference(),
+    "api_keys": ListOf(Reference(), non_empty=True, expected="a non-empty list of key references"),
+    "api_version": String(non_empty=True),
+    "headers": MapOf(String(), expected="a mapping of header name to value"),
+    "secret_headers": MapOf(Reference(), expected="a mapping of header name to secret reference"),
+    "key_pool": KEY_POOL,
+    "azure_ad": Field(AZURE_AD, None),
+    "mode": Field(Choice("auto", "direct", "transform", "litellm"), "auto"),
+    "streaming": Field(Choice("auto", "always", "never", expected=(
+        "auto, always (a stream-only provider) or never (one that cannot stream)")), "auto"),
+    "timeouts": Section({name: Number(above=0) for name in ("connect", "first_byte", "idle", "total")},
+                        into=Timeouts),
+    "extra_body": Field(MapOf(Anything()), factory=dict),
+    "max_input_tokens": Integer(1, example=131072),
+    "max_output_tokens": Integer(1, example=8192),
+    "supports_tools": Boolean(),
+    "supports_parallel_tool_calls": Boolean(),
+    "supports_reasoning": Boolean(),
+    "supports_vision": Boolean(),
+    "input_cost_per_token": Number(0),
+    "output_cost_per_token": Number(0),
+    "cache_read_input_token_cost": Number(0),
+    "cache_creation_input_token_cost": Number(0),
+    "text_tool_calls": Anything("true, false or auto"),  # checked by textcalls.py when the gateway is built
+    "schema_dialect": Choice("none", "openai", "gemini", "strict"),
+    **_PROVIDER_KEYS,
+})
+"""One deployment of a route. Everything LiteLLM's catalogue says about a model
+(``max_input_tokens``, prices, ``supports_*``) can be overridden here."""
 
 
-def _deployment(chk: _Checker, raw: Any, path: str, pattern: str, index: int) -> Deployment | None:
-    item = chk.mapping(raw, path)
-    if not item:
-        if raw is not None and not isinstance(raw, dict):
-            return None
-        chk.fail(path, "a deployment needs at least `model: provider/model-name`")
+# --- deployments and routes ------------------------------------------------------------------
+
+
+def _deployment(raw: Any, path: str, problems: list[str]) -> Deployment | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: expected a deployment (a mapping with at least `model: provider/model-name`), "
+                        f"got {type(raw).__name__}")
         return None
-    model_ref = chk.string(item.get("model"), f"{path}.model")
+    v = DEPLOYMENT.parse(raw, path, problems)
+    model_ref: str | None = v["model"]
     if not model_ref:
-        chk.fail(f"{path}.model", "required, e.g. `openai/gpt-4o` or `ollama/qwen2.5-coder`")
         return None
-    provider = chk.string(item.get("provider"), f"{path}.provider")
+    provider: str | None = v["provider"]
     if provider is None:
         if "/" not in model_ref:
-            chk.fail(f"{path}.model", f"{model_ref!r} has no provider prefix; write e.g. `openai/{model_ref}`")
+            problems.append(f"{path}.model: {model_ref!r} has no provider prefix; write e.g. `openai/{model_ref}`")
             return None
         provider, model_name = model_ref.split("/", 1)
     else:
         model_name = model_ref.split("/", 1)[1] if model_ref.startswith(provider + "/") else model_ref
     profile = catalog.provider_profile(provider)
-    problems: list[str] = []
+    unusable: list[str] = []  # what a person must set before this deployment can serve
 
-    api_base_raw = chk.string(item.get("api_base"), f"{path}.api_base")
     api_base = ""
-    if api_base_raw:
-        api_base, missing = expand_env(api_base_raw)
-        problems += [f"set {m} (used by api_base)" for m in missing]
+    if v["api_base"]:
+        api_base, missing = expand_env(v["api_base"])
+        unusable += [f"set {m} (used by api_base)" for m in missing]
+        if api_base and not re.match(r"https?://[^/\s]", api_base):
+            problems.append(f"{path}.api_base: expected an http:// or https:// URL, got {api_base!r}")
     elif profile.default_base_env and os.environ.get(profile.default_base_env):
         api_base = os.environ[profile.default_base_env]
     elif profile.default_api_base:
         api_base = profile.default_api_base
     elif profile.needs_api_base:
         hint = f"set {profile.default_base_env}" if profile.default_base_env else "add api_base"
-        problems.append(f"{hint} (the {provider} endpoint URL)")
+        unusable.append(f"{hint} (the {provider} endpoint URL)")
 
-    creds = parse_credentials(chk, item, path, resolve_secret, expand_env)
-    problems += creds.problems
+    creds = credentials_from(v, path, resolve_secret, expand_env)
+    unusable += creds.problems
     keys: list[Secret] = []
     if creds.azure_ad is not None:
         # Azure AD tokens replace API keys (and the AZURE_API_KEY default).
-        if item.get("api_keys") is not None or "api_key" in item:
-            chk.fail(f"{path}.azure_ad", "use either api_key/api_keys or azure_ad, not both")
-    elif item.get("api_keys") is not None:
-        raw_keys = item["api_keys"]
-        if not isinstance(raw_keys, list) or not raw_keys:
-            chk.fail(f"{path}.api_keys", "expected a non-empty list of key references")
-        else:
-            keys = [resolve_secret(k) for k in raw_keys]
-    elif "api_key" in item:
-        keys = [resolve_secret(item["api_key"])]
+        if "api_keys" in raw or "api_key" in raw:
+            problems.append(f"{path}.azure_ad: use either api_key/api_keys or azure_ad, not both")
+    elif v["api_keys"]:
+        keys = [resolve_secret(k) for k in v["api_keys"]]
+    elif "api_key" in raw:
+        keys = [resolve_secret(v["api_key"])]
     elif profile.default_key_env:
         keys = [resolve_secret(None, default_env=profile.default_key_env)]
     if keys and not any(k.value for k in keys):
-        problems.append(" or ".join(sorted({k.hint for k in keys if k.hint})) or "set an API key")
+        unusable.append(" or ".join(sorted({k.hint for k in keys if k.hint})) or "set an API key")
 
     headers: dict[str, str] = {}
-    for name, value in chk.mapping(item.get("headers"), f"{path}.headers").items():
-        text, missing = expand_env(str(value))
-        problems += [f"set {m} (used by header {name})" for m in missing]
+    for name, value in (v["headers"] or {}).items():
+        text, missing = expand_env(value)
+        unusable += [f"set {m} (used by header {name})" for m in missing]
         headers[str(name).lower()] = text
 
-    mode = chk.string(item.get("mode"), f"{path}.mode", "auto")
-    if mode not in ("auto", "direct", "transform", "litellm"):
-        chk.fail(f"{path}.mode", f"expected auto, direct, transform or litellm, got {mode!r}")
-        mode = "auto"
-    if mode == "auto":
-        mode = profile.mode
-
-    t = chk.mapping(item.get("timeouts"), f"{path}.timeouts")
-    base = Timeouts()
-    timeouts = Timeouts(
-        connect=chk.number(t.get("connect"), f"{path}.timeouts.connect") or base.connect,
-        first_byte=chk.number(t.get("first_byte"), f"{path}.timeouts.first_byte") or base.first_byte,
-        idle=chk.number(t.get("idle"), f"{path}.timeouts.idle") or base.idle,
-        total=chk.number(t.get("total"), f"{path}.timeouts.total") or base.total,
-    )
-
-    info = catalog.model_info(provider, str(item.get("base_model") or model_name))
-    overrides = {k: item[k] for k in _INFO_OVERRIDES if item.get(k) is not None}
+    info = catalog.model_info(provider, v["base_model"] or model_name)
+    overrides = {k: v[k] for k in _INFO_OVERRIDES if v[k] is not None}
     if overrides:
-        info = ModelInfo(**{**{f: getattr(info, f) for f in ModelInfo.__slots__}, **overrides})  # type: ignore[attr-defined]
+        info = dataclasses.replace(info, **overrides)
 
-    settings = {k: v for k, v in item.items() if k not in _DEPLOYMENT_KEYS}
-    streaming = chk.string(item.get("streaming"), f"{path}.streaming", "auto")
-    if streaming not in ("auto", "always", "never"):
-        chk.fail(f"{path}.streaming", f"expected auto, always (stream-only provider) or never (cannot stream), got {streaming!r}")
-    settings["streaming"] = streaming
+    settings: dict[str, Any] = {k: v[k] for k in _SETTINGS_KEYS if v[k] is not None}
+    settings["streaming"] = v["streaming"]
     settings["credentials"] = creds
-    if problems:
-        settings["_problems"] = problems
-    dep_id = chk.string(item.get("id"), f"{path}.id") or f"{provider}/{model_name}"
+    if unusable:
+        settings["_problems"] = unusable
     return Deployment(
-        id=dep_id,
+        id=v["id"] or f"{provider}/{model_name}",
         provider=provider,
         model=model_name,
         api_base=api_base.rstrip("/"),
         keys=keys,
-        api_version=chk.string(item.get("api_version"), f"{path}.api_version", profile.default_api_version),
+        api_version=v["api_version"] or profile.default_api_version,
         headers=headers,
-        mode=mode,  # type: ignore[arg-type]
+        mode=profile.mode if v["mode"] == "auto" else v["mode"],
         info=info,
-        timeouts=timeouts,
-        extra_body=chk.mapping(item.get("extra_body"), f"{path}.extra_body"),
+        timeouts=v["timeouts"],
+        extra_body=v["extra_body"],
         settings=settings,
     )
 
 
-def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
-    """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem."""
-    chk = _Checker(source)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"top level: expected a mapping, got {type(data).__name__}"])
+def _glob_tokens(pattern: str) -> list[str]:
+    """A glob as tokens: ``*``, ``?``, ``[...]`` classes and single characters."""
+    tokens: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            if end != -1:
+                tokens.append(pattern[i:end + 1])
+                i = end + 1
+                continue
+        tokens.append(pattern[i])
+        i += 1
+    return tokens
 
-    s = chk.mapping(data.get("server"), "server")
-    server = ServerConfig(
-        host=chk.string(s.get("host"), "server.host", "127.0.0.1") or "127.0.0.1",
-        port=chk.integer(s.get("port"), "server.port", 4000, 1),
-        max_request_bytes=chk.integer(s.get("max_request_bytes"), "server.max_request_bytes", 32 * 1024 * 1024, 1024),
-        log_level=(chk.string(s.get("log_level"), "server.log_level", "info") or "info").lower(),
-        workers=chk.integer(s.get("workers"), "server.workers", 1, 1),
-        allow_unauthenticated=bool(s.get("allow_unauthenticated", False)),
-        trusted_proxies=[str(x) for x in (s.get("trusted_proxies") or [])],
-        max_header_bytes=chk.integer(s.get("max_header_bytes"), "server.max_header_bytes", 64 * 1024, 1024),
-        max_headers=chk.integer(s.get("max_headers"), "server.max_headers", 100, 8),
-        max_connections=chk.integer(s.get("max_connections"), "server.max_connections", 1000, 1),
-        max_concurrent_requests=chk.integer(
-            s.get("max_concurrent_requests"), "server.max_concurrent_requests", 512, 1),
-        max_messages=chk.integer(s.get("max_messages"), "server.max_messages", 10_000, 1),
-        max_upstream_response_bytes=chk.integer(
-            s.get("max_upstream_response_bytes"), "server.max_upstream_response_bytes", 64 * 1024 * 1024, 1024),
-        max_line_bytes=chk.integer(s.get("max_line_bytes"), "server.max_line_bytes", 8 * 1024 * 1024, 1024),
-        auth_failures_per_minute=chk.integer(
-            s.get("auth_failures_per_minute"), "server.auth_failures_per_minute", 30, 1),
-        timeouts=ServerTimeouts(**{
-            name: chk.number(value, f"server.timeouts.{name}") or getattr(ServerTimeouts(), name)
-            for name, value in chk.mapping(s.get("timeouts"), "server.timeouts").items()
-            if name in ServerTimeouts.__dataclass_fields__
-        }),
-    )
-    if server.log_level not in ("debug", "info", "warning", "error"):
-        chk.fail("server.log_level", f"expected debug, info, warning or error, got {server.log_level!r}")
 
-    p = chk.mapping(data.get("plugins"), "plugins")
-    paths = p.get("paths") or []
-    if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
-        chk.fail("plugins.paths", "expected a list of module names or .py file paths")
-        paths = []
+def glob_covers(wide: str, narrow: str) -> bool:
+    """Whether every name ``narrow`` matches is matched by ``wide`` too (``claude-*``
+    covers ``claude-*sonnet*``). Sound, not complete: a ``False`` may be a miss for
+    exotic classes, a ``True`` is always right, so a warning is never wrong."""
+    a, b = _glob_tokens(wide), _glob_tokens(narrow)
 
-    keys: list[ApiKey] = []
-    raw_keys = data.get("keys") or []
-    if not isinstance(raw_keys, list):
-        chk.fail("keys", "expected a list of {key, name, team}")
-        raw_keys = []
+    @functools.cache
+    def covers(i: int, j: int) -> bool:
+        if i == len(a):
+            return j == len(b)
+        if a[i] == "*":
+            return covers(i + 1, j) or (j < len(b) and covers(i, j + 1))
+        if j == len(b) or b[j] == "*":
+            return False
+        x, y = a[i], b[j]
+        if x == "?":
+            ok = True
+        elif len(x) > 1:  # a class: covers a literal it matches, or the same class
+            ok = x == y or (len(y) == 1 and y not in "?" and fnmatch.fnmatchcase(y, x))
+        else:
+            ok = x == y and y != "?"
+        return ok and covers(i + 1, j + 1)
+
+    return covers(0, 0)
+
+
+def _shadowed_routes(routes: list[ModelRoute]) -> list[str]:
+    """Warnings for glob routes no name can reach: exact names are looked up first,
+    then globs in file order, so a glob is dead when an earlier glob covers it."""
     warnings: list[str] = []
+    globs = [r.pattern for r in routes if any(ch in r.pattern for ch in "*?[")]
+    for n, narrow in enumerate(globs):
+        wide = next((w for w in globs[:n] if glob_covers(w, narrow)), None)
+        if wide is not None:
+            warnings.append(
+                f"models.{narrow}: never used: the earlier route {wide!r} matches every name {narrow!r} matches "
+                f"(routes are tried in file order; move {narrow!r} above {wide!r})"
+            )
+    return warnings
+
+
+# --- gateway keys ------------------------------------------------------------------------------
+
+MIN_KEY_LENGTH = 20
+_PLACEHOLDERS = ("changeme", "changeit", "replaceme", "yourkey", "yourapikey", "yoursecret", "keyhere", "insertkey",
+                 "placeholder", "password", "choosealongrandomkey")
+
+
+def weak_key_reason(value: str) -> str | None:
+    """Why a gateway key is easy to guess, or ``None``: shorter than
+    :data:`MIN_KEY_LENGTH`, mostly one character (``xxxxxxxx``), or a well-known
+    placeholder (``change-me...``, the README's ``choose-a-long-random-key``)."""
+    if len(value) < MIN_KEY_LENGTH:
+        return f"shorter than {MIN_KEY_LENGTH} characters"
+    letters = re.sub(r"[^a-z0-9]", "", value.lower())
+    if len(set(letters)) <= 3 or re.search(r"(.)\1{7}", letters):
+        return "a repeated character"
+    word = next((w for w in _PLACEHOLDERS if w in letters), None)
+    if word is not None:
+        return f"a placeholder ({word!r})"
+    return None
+
+
+def _keys(raw_keys: Any, problems: list[str], warnings: list[str]) -> tuple[list[ApiKey], list[str]]:
+    keys: list[ApiKey] = []
     key_problems: list[str] = []
+    if raw_keys is None:
+        return keys, key_problems
+    if not isinstance(raw_keys, list):
+        problems.append(f"keys: expected a list of {{key, name, team}}, got {type(raw_keys).__name__}")
+        return keys, key_problems
     for i, entry in enumerate(raw_keys):
-        item = chk.mapping(entry, f"keys.{i}")
-        if "key" not in item:
-            chk.fail(f"keys.{i}.key", "required (e.g. `${CLASP_API_KEY}`)")
+        v = KEY.parse(entry, f"keys.{i}", problems)
+        if v["key"] is None:
             continue
-        secret = resolve_secret(item["key"])
+        name = v["name"] or f"key-{i}"
+        secret = resolve_secret(v["key"])
         if not secret.value:
             key_problems.append(secret.hint)
-            warnings.append(f"keys.{i} ({item.get('name') or 'unnamed'}) is disabled: {secret.hint}")
+            warnings.append(f"keys.{i} ({v['name'] or 'unnamed'}) is disabled: {secret.hint}")
             continue
-        keys.append(
-            ApiKey(
-                secret=secret,
-                name=chk.string(item.get("name"), f"keys.{i}.name", f"key-{i}") or f"key-{i}",
-                team=chk.string(item.get("team"), f"keys.{i}.team"),
-                metadata=chk.mapping(item.get("metadata"), f"keys.{i}.metadata"),
-            )
-        )
+        weak = weak_key_reason(secret.value)
+        if weak:  # name the key, never show it
+            warnings.append(f"keys.{i} ({name}): weak key ({weak}): anyone who guesses it can spend your provider "
+                            "budget; use a long random value, e.g. `openssl rand -hex 32`")
+        keys.append(ApiKey(secret=secret, name=name, team=v["team"], metadata=v["metadata"]))
     if raw_keys and not keys:
         warnings.append("no gateway key resolved: every request will be refused (401) until you "
                         + " or ".join(key_problems))
+    return keys, key_problems
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``: addresses only this machine can reach."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_gateway(config: Config, host: str, *, other_auth: bool = False) -> tuple[bool, str] | None:
+    """``(refuse, message)`` when clients need no key to use the gateway, else ``None``.
+
+    Open means no ``keys:`` (absent, empty, or misspelt: then the file is refused
+    anyway) and no plugin implementing ``authenticate`` (``other_auth``). Refused on
+    an address other machines can reach, unless ``server.allow_unauthenticated: true``
+    says it is on purpose; on loopback it is served with a warning.
+    """
+    if config.raw.get("keys") or other_auth:
+        return None
+    if is_loopback(host):
+        return False, (f"the gateway on {host} is OPEN: no `keys:` are configured, so any program on this machine "
+                       "can use it (and its provider keys) without a key; add `keys:` to require one")
+    if config.server.allow_unauthenticated:
+        return False, (f"the gateway on {host} is OPEN to the network without authentication "
+                       "(server.allow_unauthenticated: true)")
+    return True, (f"refusing to serve {host} without authentication: no `keys:` are configured, so anyone who can "
+                  "reach this address could use the gateway and spend its provider keys. Add `keys:` (see README.md), "
+                  "or set `server.allow_unauthenticated: true` to serve it open on purpose")
+
+
+# --- the whole file ----------------------------------------------------------------------------
+
+
+def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
+    """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem.
+
+    Checks the core's sections (``server``, ``plugins``, ``keys``, ``models``). The
+    sections read elsewhere are checked when the gateway is built (:func:`section_problems`,
+    ``context``, ``server_tools``, plugins' ``validate_config``): ``clasp check`` and
+    ``clasp serve`` both build it before serving, see ``app.build_gateway``.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"top level: expected a mapping of sections (models:, keys:...), "
+                                   f"got {type(data).__name__}"])
+    problems: list[str] = []
+    warnings: list[str] = []
+    server = SERVER.parse(data.get("server"), "server", problems)
+    paths = PLUGINS.parse(data.get("plugins"), "plugins", problems)["paths"]
+    keys, key_problems = _keys(data.get("keys"), problems, warnings)
 
     models: list[ModelRoute] = []
     by_id: dict[str, tuple[Any, Deployment]] = {}
-    m = chk.mapping(data.get("models"), "models")
-    for pattern, deps in m.items():
+    raw_models = data.get("models")
+    if raw_models is not None and not isinstance(raw_models, dict):
+        problems.append(f"models: expected a mapping of public model name -> deployments, got {type(raw_models).__name__}")
+        raw_models = {}
+    for pattern, deps in (raw_models or {}).items():
         path = f"models.{pattern}"
         settings: dict[str, Any] = {}
+        if isinstance(deps, dict) and "deployments" not in deps and "model" in deps:
+            problems.append(f"{path}: expected a list of deployments; this looks like one deployment: "
+                            "write it as a list item (`- model: ...`)")
+            continue
         if isinstance(deps, dict):
-            settings = {k: v for k, v in deps.items() if k != "deployments"}
+            ROUTE.parse(deps, path, problems)
+            settings = {k: deps[k] for k in ("context", "context_fallback") if k in deps}
             deps = deps.get("deployments")
+            path = f"{path}.deployments" if isinstance(deps, list) else path
+            if deps is None:
+                continue  # reported by ROUTE
         if isinstance(deps, dict):
             deps = [deps]
         if not isinstance(deps, list) or not deps:
-            chk.fail(path, "expected a list of deployments (each with `model: provider/name`)")
+            problems.append(f"{path}: expected a list of deployments (each with `model: provider/name`)")
             continue
         chain: list[Deployment] = []
         for i, raw_dep in enumerate(deps):
-            dep = _deployment(chk, raw_dep, f"{path}.{i}", str(pattern), i)
+            dep = _deployment(raw_dep, f"models.{pattern}.{i}", problems)
             if dep is None:
                 continue
             # The same deployment entry named in several routes is one deployment
@@ -453,8 +629,9 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
             chain.append(dep)
         models.append(ModelRoute(str(pattern), chain, settings))
 
-    if chk.problems:
-        raise ConfigError(source, chk.problems)
+    if problems:
+        raise ConfigError(source, problems)
+    warnings += _shadowed_routes(models)
     for _, dep in by_id.values():
         for problem in dep.settings.get("_problems", []):
             warnings.append(f"deployment {dep.id} is unusable until you {problem}")
@@ -470,6 +647,112 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
     )
 
 
+# --- what plugins own --------------------------------------------------------------------------
+
+
+def declared_sections(pm: PluginManager) -> dict[str, str]:
+    """Top-level sections declared by loaded plugins (``register_config_sections``):
+    section name -> the plugin that declared it."""
+    owners: dict[str, str] = {}
+    for impl in pm.hook.register_config_sections.get_hookimpls():
+        def register(name: str, *args: Any, _plugin: str = impl.plugin_name, **kwargs: Any) -> None:
+            owners.setdefault(str(name), _plugin)
+        impl.function(register=register)
+    return owners
+
+
+def _sections_of_plugins_not_loaded(pm: PluginManager) -> dict[str, str]:
+    """Sections declared by installed plugins that ``CLASP_LOAD_PLUGINS`` left out,
+    to say "load it" rather than "unknown" (looked up only when a section is unknown)."""
+    owners: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group="clasp"):
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception:  # a broken plugin cannot own anything; its own load says why
+            continue
+        function = getattr(plugin, "register_config_sections", None)
+        if callable(function):
+            function(register=lambda name, *a, _ep=ep.name, **k: owners.setdefault(str(name), _ep))
+    return owners
+
+
+def section_problems(config: Config, pm: PluginManager) -> list[str]:
+    """Every top-level key that neither the core nor a loaded plugin reads.
+
+    An unknown section is never ignored: a typo (``model:``, ``Keys:``) would drop
+    what the user meant, and a section whose plugin is not loaded (``fallback:``
+    without clasp-fallback) would silently run without the retries, breakers or
+    limits it asks for. Both are errors, the second one naming the plugin.
+    """
+    declared = declared_sections(pm)
+    known = [*CORE_SECTIONS, *declared]
+    unknown = [key for key in config.raw if key not in known]
+    if not unknown:
+        return []
+    not_loaded = _sections_of_plugins_not_loaded(pm)
+    problems: list[str] = []
+    for key in unknown:
+        owner = not_loaded.get(str(key))
+        if owner is not None:
+            allowed = os.environ.get("CLASP_LOAD_PLUGINS")
+            why = f" (CLASP_LOAD_PLUGINS={allowed!r})" if allowed is not None else ""
+            problems.append(f"{key}: this section belongs to the plugin {owner!r}, which is not loaded{why}; "
+                            "load the plugin or remove the section")
+        else:
+            problems.append(f"{key}: {unknown_key(key, known, 'section')}")
+    return problems
+
+
+def plugin_problems(config: Config, pm: PluginManager, gateway: Gateway) -> list[str]:
+    """What plugins' ``validate_config`` hooks find, each plugin on its own (one that
+    raises is reported, and does not hide the others' findings)."""
+    problems: list[str] = []
+    offered = {"config": config, "gateway": gateway}
+    for impl in pm.hook.validate_config.get_hookimpls():
+        found: Any
+        try:
+            found = impl.function(**{name: offered[name] for name in impl.argnames})
+        except ConfigError as exc:
+            found = exc.problems
+        except Exception as exc:  # a plugin's bug: say whose, without a traceback
+            found = [f"the plugin {impl.plugin_name!r} failed to check the configuration: "
+                     f"{type(exc).__name__}: {exc}"]
+        if isinstance(found, str):
+            found = [found]
+        problems += [str(p) for p in found or ()]
+    return problems
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML itself
+    keeps the last one silently: a second route of the same name would vanish)."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first written on line {first})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load clasp.yaml from ``path``, ``$CLASP_CONFIG`` or ``./clasp.yaml``."""
     chosen = Path(path or os.environ.get("CLASP_CONFIG") or "clasp.yaml")
@@ -478,7 +761,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(str(chosen), ["file not found (pass --config or set CLASP_CONFIG)"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

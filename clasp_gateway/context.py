@@ -70,6 +70,7 @@ from .errors import GatewayError, UpstreamError
 from .quirks import prepare_body
 from .tokens import PER_REPLY, encoding_for_model, get_encoding, media_tokens_estimate, message_tokens, tools_tokens
 from .types import KEEPALIVE, CanonicalRequest, Deployment, RequestContext, RequestHints, Usage
+from .validation import Boolean, Integer, ListOf, Number, Section, String
 
 __all__ = [
     "ContextManager",
@@ -192,7 +193,17 @@ class ContextSettings:
     summary_max_tokens: int = SUMMARY_MAX_TOKENS
 
 
-_SETTING_KEYS = {"enabled", "trim_to", "summarize_with", "summary_max_tokens"}
+CONTEXT = Section({
+    "enabled": Boolean(),
+    "trim_to": Number(0.1, 1, expected="a fraction of the budget between 0.1 and 1"),
+    "summarize_with": String(non_empty=True, expected="a public model name or a deployment id"),
+    "summary_max_tokens": Integer(16),
+})
+"""``context:`` at the top level, and a route's own ``context:`` (its keys override)."""
+
+CONTEXT_FALLBACK = ListOf(String(non_empty=True, expected="a deployment id or a public model name"), single=True,
+                          expected="a list of deployment ids or public model names")
+"""A route's ``context_fallback:``."""
 
 
 def load_settings(config: Config, resolve: Callable[[str], ModelRoute]) -> dict[str, ContextSettings]:
@@ -200,10 +211,7 @@ def load_settings(config: Config, resolve: Callable[[str], ModelRoute]) -> dict[
     problems: list[str] = []
     by_id = {d.id: d for d in config.deployments()}
 
-    def deployments(name: Any, path: str) -> tuple[Deployment, ...]:
-        if not isinstance(name, str) or not name:
-            problems.append(f"{path}: expected a deployment id or a public model name, got {name!r}")
-            return ()
+    def deployments(name: str, path: str) -> tuple[Deployment, ...]:
         if name in by_id:
             return (by_id[name],)
         try:
@@ -214,25 +222,7 @@ def load_settings(config: Config, resolve: Callable[[str], ModelRoute]) -> dict[
             return ()
 
     def merge(base: dict[str, Any], raw: Any, path: str) -> dict[str, Any]:
-        if raw is None:
-            return base
-        if not isinstance(raw, dict):
-            problems.append(f"{path}: expected a mapping ({', '.join(sorted(_SETTING_KEYS))})")
-            return base
-        out = dict(base)
-        for key, value in raw.items():
-            where = f"{path}.{key}"
-            if key not in _SETTING_KEYS:
-                problems.append(f"{where}: unknown key (expected one of {', '.join(sorted(_SETTING_KEYS))})")
-            elif key == "enabled" and not isinstance(value, bool):
-                problems.append(f"{where}: expected true or false, got {value!r}")
-            elif key == "trim_to" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= 1):
-                problems.append(f"{where}: expected a fraction of the budget between 0.1 and 1, got {value!r}")
-            elif key == "summary_max_tokens" and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
-                problems.append(f"{where}: expected an integer >= 16, got {value!r}")
-            else:
-                out[key] = value
-        return out
+        return {**base, **CONTEXT.parse(raw, path, problems, defaults=False)}
 
     base = merge({}, config.raw.get("context"), "context")
     result: dict[str, ContextSettings] = {}
@@ -242,13 +232,8 @@ def load_settings(config: Config, resolve: Callable[[str], ModelRoute]) -> dict[
         fallback: list[Deployment] = []
         raw_fallback = route.settings.get("context_fallback")
         if raw_fallback is not None:
-            if isinstance(raw_fallback, str):
-                raw_fallback = [raw_fallback]
-            if not isinstance(raw_fallback, list):
-                problems.append(f"{path}.context_fallback: expected a list of deployment ids or model names")
-            else:
-                for i, name in enumerate(raw_fallback):
-                    fallback += [d for d in deployments(name, f"{path}.context_fallback.{i}") if d not in fallback]
+            for i, name in enumerate(CONTEXT_FALLBACK.parse(raw_fallback, f"{path}.context_fallback", problems)):
+                fallback += [d for d in deployments(name, f"{path}.context_fallback.{i}") if d not in fallback]
         summarize_with = values.get("summarize_with")
         own = route.settings.get("context")
         where = f"{path}.context" if isinstance(own, dict) and "summarize_with" in own else "context"

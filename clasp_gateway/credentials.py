@@ -21,13 +21,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
@@ -36,6 +37,7 @@ from .errors import UpstreamError
 from .ratelimits import RateLimitState
 from .redact import redact, register_secret
 from .types import Deployment, Secret
+from .validation import Field, Integer, Number, Reference, Section, String
 
 log = logging.getLogger("clasp.credentials")
 
@@ -95,7 +97,7 @@ class AzureADConfig:
 
 @dataclass(slots=True)
 class CredentialSettings:
-    """The credential keys of one deployment, validated (see :func:`parse_credentials`)."""
+    """The credential keys of one deployment, validated (see :func:`credentials_from`)."""
 
     key_pool: KeyPoolSettings = field(default_factory=KeyPoolSettings)
     azure_ad: AzureADConfig | None = None
@@ -104,88 +106,74 @@ class CredentialSettings:
     """What is missing for a person to set (``set AZURE_CLIENT_SECRET``)."""
 
 
-class _Checks(Protocol):
-    """The validation helpers of :mod:`clasp_gateway.config` used here."""
-
-    def fail(self, path: str, message: str) -> None: ...
-    def mapping(self, value: Any, path: str) -> dict[str, Any]: ...
-    def number(self, value: Any, path: str) -> float | None: ...
-    def integer(self, value: Any, path: str, default: int, minimum: int = 0) -> int: ...
-    def string(self, value: Any, path: str, default: str | None = None) -> str | None: ...
+def _valid_key_pool(pool: KeyPoolSettings) -> KeyPoolSettings:
+    # Checking files more often than every 50 ms would only cost CPU.
+    return dataclasses.replace(pool, reread_interval=max(0.05, pool.reread_interval))
 
 
-def parse_credentials(
-    chk: _Checks,
-    item: dict[str, Any],
+KEY_POOL = Section({
+    "min_remaining_requests": Integer(0),
+    "min_remaining_tokens": Integer(0),
+    "rate_limit_cooldown": Number(0),
+    "auth_cooldown": Number(0),
+    "reread_interval": Number(0),
+}, into=lambda **values: _valid_key_pool(KeyPoolSettings(**values)))
+"""``key_pool:`` of a deployment (defaults: :class:`KeyPoolSettings`)."""
+
+AZURE_AD = Section({
+    "tenant_id": Field(String(non_empty=True), required="for Azure AD (Entra ID) client credentials"),
+    "client_id": Field(String(non_empty=True), required="for Azure AD (Entra ID) client credentials"),
+    "client_secret": Field(Reference(), required="as a reference such as `${AZURE_CLIENT_SECRET}`"),
+    "scope": String(non_empty=True),
+    "token_url": String(non_empty=True),
+    "authority": String(non_empty=True),
+})
+"""``azure_ad:`` of a deployment (see :class:`AzureADConfig`)."""
+
+
+def credentials_from(
+    values: dict[str, Any],
     path: str,
     resolve: Callable[[Any], Secret],
     expand: Callable[[str], tuple[str, list[str]]],
 ) -> CredentialSettings:
-    """Validate a deployment's ``key_pool``, ``azure_ad`` and ``secret_headers``.
+    """The credential settings of a deployment whose keys were checked by the
+    deployment schema (``key_pool`` parsed by :data:`KEY_POOL`, ``azure_ad`` by
+    :data:`AZURE_AD`, ``secret_headers`` as references).
 
     ``resolve`` turns a reference into a :class:`Secret` (and registers it for
-    redaction); ``expand`` expands ``${VAR}`` in non-secret strings. Problems
-    with the file go to ``chk``; unresolved references become ``problems``.
+    redaction); ``expand`` expands ``${VAR}`` in non-secret strings. References
+    that do not resolve become ``problems`` (what a person must set).
     """
     out = CredentialSettings()
-    raw_pool = chk.mapping(item.get("key_pool"), f"{path}.key_pool")
-    known = set(KeyPoolSettings.__dataclass_fields__)
-    for name in raw_pool:
-        if name not in known:
-            chk.fail(f"{path}.key_pool.{name}", f"unknown setting; expected one of {', '.join(sorted(known))}")
-    defaults = KeyPoolSettings()
-
-    def seconds(name: str) -> float:
-        value = chk.number(raw_pool.get(name), f"{path}.key_pool.{name}")
-        return float(getattr(defaults, name)) if value is None else value
-
-    out.key_pool = KeyPoolSettings(
-        min_remaining_requests=chk.integer(raw_pool.get("min_remaining_requests"),
-                                           f"{path}.key_pool.min_remaining_requests", defaults.min_remaining_requests),
-        min_remaining_tokens=chk.integer(raw_pool.get("min_remaining_tokens"),
-                                         f"{path}.key_pool.min_remaining_tokens", defaults.min_remaining_tokens),
-        rate_limit_cooldown=seconds("rate_limit_cooldown"),
-        auth_cooldown=seconds("auth_cooldown"),
-        reread_interval=max(0.05, seconds("reread_interval")),
-    )
-
-    for name, ref in chk.mapping(item.get("secret_headers"), f"{path}.secret_headers").items():
+    if isinstance(values.get("key_pool"), KeyPoolSettings):
+        out.key_pool = values["key_pool"]
+    for name, ref in (values.get("secret_headers") or {}).items():
         secret = resolve(ref)
         out.secret_headers[str(name).lower()] = secret
         if not secret.value:
             out.problems.append(f"{secret.hint or 'set it'} (used by secret header {name})")
-
-    if item.get("azure_ad") is not None:
+    ad = values.get("azure_ad")
+    if ad is not None:
         ad_path = f"{path}.azure_ad"
-        ad = chk.mapping(item["azure_ad"], ad_path)
-        for name in ad:
-            if name not in ("tenant_id", "client_id", "client_secret", "scope", "token_url", "authority"):
-                chk.fail(f"{ad_path}.{name}", "unknown setting; expected tenant_id, client_id, client_secret, "
-                                              "scope, token_url or authority")
-        values: dict[str, str] = {}
+        texts: dict[str, str] = {}
         for name in ("tenant_id", "client_id", "scope", "token_url", "authority"):
-            text = chk.string(ad.get(name), f"{ad_path}.{name}")
-            if text is None:
+            if ad.get(name) is None:
                 continue
-            expanded, missing = expand(text)
+            expanded, missing = expand(ad[name])
             out.problems += [f"set {m} (used by {ad_path}.{name})" for m in missing]
-            values[name] = expanded
-        for name in ("tenant_id", "client_id"):
-            if name not in ad:
-                chk.fail(f"{ad_path}.{name}", "required for Azure AD (Entra ID) client credentials")
-        if "client_secret" not in ad:
-            chk.fail(f"{ad_path}.client_secret", "required, as a reference such as `${AZURE_CLIENT_SECRET}`")
+            texts[name] = expanded
         secret = resolve(ad.get("client_secret"))
-        if "client_secret" in ad and not secret.value:
+        if ad.get("client_secret") is not None and not secret.value:
             out.problems.append(f"{secret.hint or 'set it'} (used by {ad_path}.client_secret)")
-        authority = values.get("authority", DEFAULT_AUTHORITY).rstrip("/")
-        tenant = values.get("tenant_id", "")
+        authority = texts.get("authority", DEFAULT_AUTHORITY).rstrip("/")
+        tenant = texts.get("tenant_id", "")
         out.azure_ad = AzureADConfig(
             tenant_id=tenant,
-            client_id=values.get("client_id", ""),
+            client_id=texts.get("client_id", ""),
             client_secret=secret,
-            scope=values.get("scope") or DEFAULT_AZURE_SCOPE,
-            token_url=values.get("token_url") or f"{authority}/{tenant}/oauth2/v2.0/token",
+            scope=texts.get("scope") or DEFAULT_AZURE_SCOPE,
+            token_url=texts.get("token_url") or f"{authority}/{tenant}/oauth2/v2.0/token",
             path=ad_path,
         )
     return out

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from .config import Config
+    from .pipeline import Gateway
     from .types import Attempt, CanonicalRequest, Chunk, Deployment, RequestContext
 
 hookspec = pluggy.HookspecMarker("clasp")
@@ -80,6 +81,37 @@ def register_tools(register: Callable[..., None]) -> None:
     function runs on the event loop. An exception or a timeout becomes an error result
     the model sees. Registering offers nothing yet: ``server_tools:`` in clasp.yaml says
     which requests get which tools.
+    """
+
+
+@hookspec
+def register_config_sections(register: Callable[..., None]) -> None:
+    """Declare the top-level clasp.yaml sections this plugin reads: ``register(name)``.
+
+    A top-level key that neither the core nor a loaded plugin declares is an error
+    (a typo such as ``model:``, or the section of a plugin that is not loaded), so a
+    plugin with a section of its own must declare it. Check its content in
+    :func:`validate_config`.
+    """
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@hookspec
+def validate_config(config: Config, gateway: Gateway) -> Any:
+    """Check this plugin's part of the configuration; return its problems as a list
+    of ``"key.path: what was expected, got what"`` strings (or ``None``).
+
+    Called by ``clasp check`` and by ``clasp serve`` before it binds (and by every
+    ``create_app``), after the core's sections were checked and the
+    :class:`~clasp_gateway.pipeline.Gateway` was built, not started (``gateway.strategies``,
+    ``gateway.resolve_model``, ``config.deployments()`` are there). Both commands then
+    agree: a file ``check`` accepts, ``serve`` serves. The
+    :class:`~clasp_gateway.validation.Section` schema helpers check a section in a
+    few lines. Raising :class:`~clasp_gateway.config.ConfigError` works too; any other
+    exception is reported as the plugin's failure. Keep it free of I/O beyond the
+    filesystem: probing upstreams is ``clasp check``'s job, not this hook's.
     """
 
 

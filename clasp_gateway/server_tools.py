@@ -48,6 +48,7 @@ import orjson
 from .config import Config, ConfigError
 from .redact import redact
 from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
+from .validation import Field, Integer, ListOf, MapOf, Number, Section, String
 
 if TYPE_CHECKING:
     from .pipeline import Gateway
@@ -133,53 +134,35 @@ class ServerToolsSettings:
     """Seconds one tool call may take before the model gets a timeout error instead."""
 
 
-def _names(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.append(f"{path}: expected a list of tool names, got {value!r}")
-        return ()
-    return tuple(value)
+_TOOL_NAMES = ListOf(String(non_empty=True), expected="a list of tool names")
+
+SERVER_TOOLS = Section({
+    "enabled": Field(_TOOL_NAMES, factory=list),
+    "models": Field(ListOf(String(non_empty=True), expected="a list of model names or globs"), factory=list),
+    "teams": Field(MapOf(_TOOL_NAMES, expected="a mapping of team name to tool names"), factory=dict),
+    "max_iterations": Field(Integer(1), 5),
+    "timeout": Field(Number(above=0, expected="a number of seconds > 0"), 30.0),
+})
+"""``server_tools:`` of clasp.yaml (see :class:`ServerToolsSettings`)."""
 
 
 def parse_settings(config: Config) -> ServerToolsSettings:
     """Validate ``server_tools:`` (and ``metadata.server_tools`` of keys) or raise
     :class:`ServerToolsError` listing every problem."""
-    raw = config.raw.get("server_tools")
     problems: list[str] = []
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    raw = config.raw.get("server_tools")
+    if raw is not None and not isinstance(raw, dict):
         raise ServerToolsError(config.source, [f"server_tools: expected a mapping, got {type(raw).__name__}"])
-    known = {"enabled", "models", "teams", "max_iterations", "timeout"}
-    for key in raw:
-        if key not in known:
-            problems.append(f"server_tools.{key}: unknown key (expected {', '.join(sorted(known))})")
-    enabled = _names(raw.get("enabled"), "server_tools.enabled", problems)
-    models = raw.get("models")
-    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
-        problems.append(f"server_tools.models: expected a list of model names or globs, got {models!r}")
-        models = None
-    teams: dict[str, tuple[str, ...]] = {}
-    raw_teams = raw.get("teams")
-    if raw_teams is not None and not isinstance(raw_teams, dict):
-        problems.append(f"server_tools.teams: expected a mapping of team name to tool names, got {raw_teams!r}")
-    for team, names in (raw_teams or {}).items() if isinstance(raw_teams, dict) else ():
-        teams[str(team)] = _names(names if names is not None else [], f"server_tools.teams.{team}", problems)
-    iterations = raw.get("max_iterations", 5)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        problems.append(f"server_tools.max_iterations: expected an integer >= 1, got {iterations!r}")
-        iterations = 5
-    timeout = raw.get("timeout", 30.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        problems.append(f"server_tools.timeout: expected a number of seconds > 0, got {timeout!r}")
-        timeout = 30.0
+    if raw is not None and isinstance(raw.get("teams"), dict):  # `contractors:` (null) is an empty list
+        raw = {**raw, "teams": {team: [] if names is None else names for team, names in raw["teams"].items()}}
+    v = SERVER_TOOLS.parse(raw, "server_tools", problems)
     for i, key in enumerate(config.keys):
         if "server_tools" in key.metadata:
-            _names(key.metadata["server_tools"], f"keys.{i}.metadata.server_tools", problems)
+            _TOOL_NAMES.parse(key.metadata["server_tools"], f"keys.{i}.metadata.server_tools", problems)
     if problems:
         raise ServerToolsError(config.source, problems)
-    return ServerToolsSettings(enabled, tuple(models or ()), teams, iterations, float(timeout))
+    teams = {str(team): tuple(names) for team, names in v["teams"].items()}
+    return ServerToolsSettings(tuple(v["enabled"]), tuple(v["models"]), teams, v["max_iterations"], v["timeout"])
 
 
 def _make_tool(args: tuple[Any, ...], kwargs: dict[str, Any], origin: str) -> ServerTool:

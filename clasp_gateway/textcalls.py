@@ -45,6 +45,7 @@ import orjson
 
 from .config import Config, ConfigError
 from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
+from .validation import Choice
 
 __all__ = [
     "LOCAL_PROVIDERS",
@@ -74,16 +75,18 @@ _MAX_HOLD = 256 * 1024
 _TEXT, _HERMES, _MISTRAL_ARGS, _BARE, _FENCE = range(5)
 
 
+TEXT_TOOL_CALLS = Choice(True, False, "auto", expected="true, false or auto")
+"""``text_tool_calls:`` of a deployment."""
+
+
 def check_config(config: Config) -> None:
-    """Reject bad ``text_tool_calls`` values at start-up (not per request)."""
-    problems = []
+    """Reject bad ``text_tool_calls`` values when the gateway is built (not per request)."""
+    problems: list[str] = []
     for route in config.models:
         for i, deployment in enumerate(route.deployments):
-            value = deployment.settings.get("text_tool_calls", "auto")
-            if value not in (True, False, "auto"):
-                problems.append(
-                    f"models.{route.pattern}.{i}.text_tool_calls: expected true, false or auto, got {value!r}"
-                )
+            if "text_tool_calls" in deployment.settings:
+                TEXT_TOOL_CALLS.parse(deployment.settings["text_tool_calls"],
+                                      f"models.{route.pattern}.{i}.text_tool_calls", problems)
     if problems:
         raise ConfigError(config.source, sorted(set(problems)))
 

@@ -80,9 +80,9 @@ def test_credential_settings_are_validated_with_key_paths(monkeypatch: pytest.Mo
         }})
     text = str(info.value)
     for fragment in (
-        "models.a.0.key_pool.cooldown: unknown setting", "models.a.0.key_pool.auth_cooldown: expected a non-negative",
+        "models.a.0.key_pool.cooldown: unknown key; did you mean 'auth_cooldown'?", "models.a.0.key_pool.auth_cooldown: expected a non-negative",
         "models.b.0.azure_ad.tenant_id: required", "models.b.0.azure_ad.client_secret: required",
-        "models.c.0.azure_ad: use either api_key/api_keys or azure_ad", "models.c.0.azure_ad.tenant: unknown setting",
+        "models.c.0.azure_ad: use either api_key/api_keys or azure_ad", "models.c.0.azure_ad.tenant: unknown key; did you mean 'tenant_id'?",
     ):
         assert fragment in text, fragment
 

@@ -15,8 +15,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from clasp_gateway.config import Config
-from clasp_gateway.hookspecs import hookimpl
+from clasp_gateway import Config, ConfigError, hookimpl
 
 from .degrade import STALE_KEY
 from .health import providers_health
@@ -36,6 +35,23 @@ def register_routes(register: Callable[..., None]) -> None:
 
 
 @hookimpl
+def register_config_sections(register: Callable[..., None]) -> None:
+    """``fallback:`` is this plugin's section."""
+    register("fallback")
+
+
+@hookimpl
+def validate_config(config: Config, gateway: Any) -> list[str] | None:
+    """Check ``fallback:`` (with the strategies other plugins registered) for
+    ``clasp check`` and before ``clasp serve`` binds."""
+    try:
+        parse_settings(config, gateway.strategies)
+    except ConfigError as exc:
+        return exc.problems
+    return None
+
+
+@hookimpl
 def startup(app: Starlette, config: Config) -> Any:
     """Validate ``fallback:``, open the Redis pool, start health checks, and register
     this app's runtime (its per-request hooks) in this app's plugin manager."""
@@ -45,7 +61,7 @@ def startup(app: Starlette, config: Config) -> Any:
 async def _start(app: Starlette, config: Config) -> None:
     gateway = app.state.gateway
     pm = app.state.pm
-    settings = parse_settings(config, gateway.strategies)  # raises ConfigError: refuse to start
+    settings = parse_settings(config, gateway.strategies)  # checked by validate_config already
     previous = pm.get_plugin(RUNTIME_PLUGIN)
     if previous is not None:  # a restarted lifespan: replace the old runtime
         pm.unregister(previous)
@@ -73,4 +89,7 @@ async def _stop(app: Starlette) -> None:
     await runtime.close()
 
 
-__all__ = ["STALE_KEY", "FallbackRuntime", "FallbackSettings", "parse_settings", "register_routes", "shutdown", "startup"]
+__all__ = [
+    "STALE_KEY", "FallbackRuntime", "FallbackSettings", "parse_settings", "register_config_sections", "register_routes",
+    "shutdown", "startup", "validate_config",
+]

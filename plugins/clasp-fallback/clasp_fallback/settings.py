@@ -1,8 +1,10 @@
 """The ``fallback:`` section of clasp.yaml: defaults, and validation with precise messages.
 
-Every problem is reported at once, as ``fallback.key.path: what was expected``, through
-the core's :class:`~clasp_gateway.config.ConfigError`, so a bad file fails at start-up
-with the same kind of message as the rest of clasp.yaml.
+Declared with the core's schema fields (:class:`clasp_gateway.Section` and friends), so
+every problem is reported at once, as ``fallback.key.path: what was expected``, with the
+same messages and "did you mean" as the rest of clasp.yaml. The plugin's
+``validate_config`` hook runs :func:`parse_settings` for ``clasp check`` and before
+``clasp serve`` binds; ``startup`` runs it again to get the settings.
 """
 
 from __future__ import annotations
@@ -12,16 +14,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clasp_gateway.config import Config, ConfigError, resolve_secret
-from clasp_gateway.types import Deployment, Secret
+from clasp_gateway import (
+    Anything,
+    Boolean,
+    Choice,
+    Config,
+    ConfigError,
+    Custom,
+    Deployment,
+    Duration,
+    Field,
+    Integer,
+    Invalid,
+    ListOf,
+    MapOf,
+    Number,
+    Section,
+    String,
+    resolve_secret,
+)
+from clasp_gateway.types import Secret
 
 BUILTIN_STRATEGIES = ("strict", "cost", "balanced")
 HEALTH_METHODS = ("auto", "models", "call")
 ERROR_CLASSES = ("connect", "timeout", "protocol")
 DEFAULT_RETRY_ON = ("429", "500", "502", "503", "504", "529", "connect")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _STATUS_PATTERN = re.compile(r"^[1-5](\d\d|xx)$")
 
 
@@ -119,86 +137,85 @@ class FallbackSettings:
     """When every candidate failed: answer with this text instead of a 529."""
 
 
-class _Checker:
-    """Collects problems as ``key.path: message`` while reading a mapping."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str, allowed: Iterable[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        known = set(allowed)
-        for key in value:
-            if key not in known:
-                self.fail(f"{path}.{key}", f"unknown key (expected one of: {', '.join(sorted(known))})")
-        return value
-
-    def duration(self, value: Any, path: str, default: float, *, minimum: float = 0.0) -> float:
-        """Seconds, written as a number or ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``."""
-        if value is None:
-            return default
-        seconds: float | None = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str):
-            match = _DURATION.match(value)
-            if match:
-                seconds = float(match.group(1)) * _UNITS[match.group(2)]
-        if seconds is None or seconds < minimum:
-            self.fail(path, f"expected a duration >= {minimum:g}s (a number of seconds, or e.g. '500ms', '30s', '5m'), got {value!r}")
-            return default
-        return seconds
-
-    def integer(self, value: Any, path: str, default: int, *, minimum: int = 0) -> int:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(path, f"expected an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def fraction(self, value: Any, path: str, default: float | None, *, allow_null: bool = False) -> float | None:
-        if value is None:
-            return None if allow_null else default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            self.fail(path, f"expected a number in (0, 1], e.g. 0.2, got {value!r}")
-            return default
-        return float(value)
-
-    def number(self, value: Any, path: str, default: float) -> float:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            self.fail(path, f"expected a non-negative number, got {value!r}")
-            return default
-        return float(value)
-
-    def boolean(self, value: Any, path: str, default: bool) -> bool:
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(path, f"expected true or false, got {value!r}")
-            return default
-        return value
-
-    def choice(self, value: Any, path: str, default: str, choices: Iterable[str]) -> str:
-        options = list(choices)
-        if value is None:
-            return default
-        if not isinstance(value, str) or value not in options:
-            self.fail(path, f"expected one of {', '.join(options)}, got {value!r}")
-            return default
-        return value
+# --- the schema (clasp_gateway's declarative fields) ------------------------------------------
 
 
-_TOP_KEYS = ("strategy", "weights", "retry", "breaker", "health", "tasks", "default_response")
+def _retry_condition(item: Any) -> str:
+    text = str(item).strip().lower()
+    if isinstance(item, bool) or not (_STATUS_PATTERN.match(text) or text in ERROR_CLASSES):
+        raise Invalid()
+    return text
+
+
+def _redis_url(value: Any) -> Secret:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a URL such as redis://host:6379/0 or ${{REDIS_URL}}, got {type(value).__name__}")
+    secret = resolve_secret(value)
+    if not secret.value:
+        raise Invalid(f"{secret.describe()} is not set: {secret.hint}, or remove redis_url to keep breaker state in memory")
+    if not secret.value.startswith(("redis://", "rediss://", "unix://")):
+        raise Invalid("expected a redis://, rediss:// or unix:// URL")
+    return secret
+
+
+_R, _B, _H = RetrySettings(), BreakerSettings(), HealthSettings()
+
+WEIGHTS = Section({"latency": Number(0), "errors": Number(0), "cost": Number(0)}, into=BalanceWeights)
+
+RETRY = Section({
+    "attempts": Field(Integer(0), _R.attempts),
+    "base_delay": Field(Duration(), _R.base_delay),
+    "max_delay": Field(Duration(), _R.max_delay),
+    "max_retry_after": Field(Duration(), _R.max_retry_after),
+    "on": Field(ListOf(Custom(_retry_condition, f"an HTTP status (503), a class (5xx) or one of {', '.join(ERROR_CLASSES)}"),
+                       expected="a list such as [429, 503, 5xx, connect, timeout]"), _R.on),
+    "budget": Section({
+        "ratio": Field(Number(0), _R.budget_ratio),
+        "window": Field(Duration(minimum=0.1), _R.budget_window),
+        "min_retries": Field(Integer(0), _R.budget_min_retries),
+    }),
+})
+
+BREAKER = Section({
+    "failures": Integer(1),
+    "error_rate": Field(Number(above=0, maximum=1), nullable=True),
+    "min_requests": Integer(1),
+    "window": Duration(minimum=0.1),
+    "cooldown": Duration(minimum=0.01),
+    "max_cooldown": Duration(minimum=0.01),
+    "probe_timeout": Duration(minimum=0.01),
+    "rest_on_retry_after": Boolean(),
+    "redis_url": Custom(_redis_url, "a URL such as redis://host:6379/0 or ${REDIS_URL}"),
+    "key_prefix": String(non_empty=True),
+    "key_ttl": Duration(minimum=1),
+    "redis_timeout": Duration(minimum=0.001),
+}, into=BreakerSettings)
+
+HEALTH = Section({
+    "interval": Duration(),
+    "timeout": Duration(minimum=0.01),
+    "method": Choice(*HEALTH_METHODS),
+    "public": Boolean(),
+}, into=HealthSettings)
+
+TASK = Section({
+    "chain": Field(ListOf(String(non_empty=True), non_empty=True,
+                          expected="a non-empty list of deployment ids or provider/model names from models:"),
+                   required="a list of deployment ids or provider/model names from models:"),
+    "then_model_chain": Field(Boolean(), True),
+})
+
+
+def _section(strategies: Iterable[str]) -> Section:
+    return Section({
+        "strategy": Field(Choice(*BUILTIN_STRATEGIES, *strategies), "strict"),
+        "weights": WEIGHTS,
+        "retry": RETRY,
+        "breaker": BREAKER,
+        "health": HEALTH,
+        "tasks": Field(MapOf(Anything(), expected="a mapping of task name -> list of deployments"), factory=dict),
+        "default_response": Field(String(non_empty=True, expected="the text to answer with"), None),
+    })
 
 
 def parse_settings(config: Config, strategies: Iterable[str] = ()) -> FallbackSettings:
@@ -207,137 +224,36 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> FallbackSe
     ``strategies`` are the names registered by ``register_routing_strategies``; they are
     valid values of ``fallback.strategy`` beside the built-in ones.
     """
-    chk = _Checker()
-    raw = config.raw.get("fallback")
-    top = chk.mapping(raw, "fallback", _TOP_KEYS)
+    problems: list[str] = []
+    top = _section(strategies).parse(config.raw.get("fallback"), "fallback", problems)
+    r, b = top["retry"], top["breaker"]
+    retry = RetrySettings(
+        attempts=r["attempts"], base_delay=r["base_delay"], max_delay=r["max_delay"],
+        max_retry_after=r["max_retry_after"], on=frozenset(r["on"]), budget_ratio=r["budget"]["ratio"],
+        budget_window=r["budget"]["window"], budget_min_retries=r["budget"]["min_retries"],
+    )
+    if retry.max_delay < retry.base_delay:
+        problems.append(f"fallback.retry.max_delay: must be >= base_delay ({retry.base_delay:g}s), got {retry.max_delay:g}s")
+    if b.max_cooldown < b.cooldown:
+        problems.append(f"fallback.breaker.max_cooldown: must be >= cooldown ({b.cooldown:g}s), got {b.max_cooldown:g}s")
+    if b.key_ttl < b.max_cooldown + b.window:
+        problems.append(f"fallback.breaker.key_ttl: must outlive max_cooldown + window ({b.max_cooldown + b.window:g}s), "
+                        f"got {b.key_ttl:g}s")
     settings = FallbackSettings(
-        strategy=chk.choice(top.get("strategy"), "fallback.strategy", "strict", (*BUILTIN_STRATEGIES, *strategies)),
-        weights=_weights(chk, top.get("weights")),
-        retry=_retry(chk, top.get("retry")),
-        breaker=_breaker(chk, top.get("breaker")),
-        health=_health(chk, top.get("health")),
-        tasks=_tasks(chk, top.get("tasks"), config),
-        default_response=_default_response(chk, top.get("default_response")),
+        strategy=top["strategy"],
+        weights=top["weights"],
+        retry=retry,
+        breaker=b,
+        health=top["health"],
+        tasks=_tasks(top["tasks"], config, problems),
+        default_response=top["default_response"],
     )
-    if chk.problems:
-        raise ConfigError(config.source, chk.problems)
+    if problems:
+        raise ConfigError(config.source, problems)
     return settings
 
 
-def _weights(chk: _Checker, raw: Any) -> BalanceWeights:
-    w = chk.mapping(raw, "fallback.weights", ("latency", "errors", "cost"))
-    base = BalanceWeights()
-    return BalanceWeights(
-        latency=chk.number(w.get("latency"), "fallback.weights.latency", base.latency),
-        errors=chk.number(w.get("errors"), "fallback.weights.errors", base.errors),
-        cost=chk.number(w.get("cost"), "fallback.weights.cost", base.cost),
-    )
-
-
-def _retry(chk: _Checker, raw: Any) -> RetrySettings:
-    p = "fallback.retry"
-    r = chk.mapping(raw, p, ("attempts", "base_delay", "max_delay", "max_retry_after", "on", "budget"))
-    base = RetrySettings()
-    b = chk.mapping(r.get("budget"), f"{p}.budget", ("ratio", "window", "min_retries"))
-    on = base.on
-    if r.get("on") is not None:
-        items = r["on"]
-        if not isinstance(items, list):
-            chk.fail(f"{p}.on", "expected a list such as [429, 503, 5xx, connect, timeout]")
-        else:
-            parsed: set[str] = set()
-            for i, item in enumerate(items):
-                text = str(item).strip().lower()
-                if isinstance(item, bool) or not (_STATUS_PATTERN.match(text) or text in ERROR_CLASSES):
-                    chk.fail(f"{p}.on.{i}", f"expected an HTTP status (503), a class (5xx) or one of {', '.join(ERROR_CLASSES)}, got {item!r}")
-                    continue
-                parsed.add(text)
-            on = frozenset(parsed)
-    settings = RetrySettings(
-        attempts=chk.integer(r.get("attempts"), f"{p}.attempts", base.attempts),
-        base_delay=chk.duration(r.get("base_delay"), f"{p}.base_delay", base.base_delay),
-        max_delay=chk.duration(r.get("max_delay"), f"{p}.max_delay", base.max_delay),
-        max_retry_after=chk.duration(r.get("max_retry_after"), f"{p}.max_retry_after", base.max_retry_after),
-        on=on,
-        budget_ratio=chk.number(b.get("ratio"), f"{p}.budget.ratio", base.budget_ratio),
-        budget_window=chk.duration(b.get("window"), f"{p}.budget.window", base.budget_window, minimum=0.1),
-        budget_min_retries=chk.integer(b.get("min_retries"), f"{p}.budget.min_retries", base.budget_min_retries),
-    )
-    if settings.max_delay < settings.base_delay:
-        chk.fail(f"{p}.max_delay", f"must be >= base_delay ({settings.base_delay:g}s), got {settings.max_delay:g}s")
-    return settings
-
-
-def _breaker(chk: _Checker, raw: Any) -> BreakerSettings:
-    p = "fallback.breaker"
-    b = chk.mapping(raw, p, (
-        "failures", "error_rate", "min_requests", "window", "cooldown", "max_cooldown", "probe_timeout",
-        "rest_on_retry_after", "redis_url", "key_prefix", "key_ttl", "redis_timeout",
-    ))
-    base = BreakerSettings()
-    redis_url: Secret | None = None
-    if b.get("redis_url") is not None:
-        if not isinstance(b["redis_url"], str):
-            chk.fail(f"{p}.redis_url", f"expected a URL such as redis://host:6379/0 or ${{REDIS_URL}}, got {type(b['redis_url']).__name__}")
-        else:
-            redis_url = resolve_secret(b["redis_url"])
-            if redis_url.value and not redis_url.value.startswith(("redis://", "rediss://", "unix://")):
-                chk.fail(f"{p}.redis_url", "expected a redis://, rediss:// or unix:// URL")
-            elif not redis_url.value:
-                chk.fail(f"{p}.redis_url", f"{redis_url.describe()} is not set: {redis_url.hint}, or remove redis_url to keep breaker state in memory")
-    prefix = b.get("key_prefix", base.key_prefix)
-    if not isinstance(prefix, str) or not prefix:
-        chk.fail(f"{p}.key_prefix", f"expected a non-empty string, got {prefix!r}")
-        prefix = base.key_prefix
-    settings = BreakerSettings(
-        failures=chk.integer(b.get("failures"), f"{p}.failures", base.failures, minimum=1),
-        error_rate=chk.fraction(b.get("error_rate"), f"{p}.error_rate", base.error_rate, allow_null="error_rate" in b),
-        min_requests=chk.integer(b.get("min_requests"), f"{p}.min_requests", base.min_requests, minimum=1),
-        window=chk.duration(b.get("window"), f"{p}.window", base.window, minimum=0.1),
-        cooldown=chk.duration(b.get("cooldown"), f"{p}.cooldown", base.cooldown, minimum=0.01),
-        max_cooldown=chk.duration(b.get("max_cooldown"), f"{p}.max_cooldown", base.max_cooldown, minimum=0.01),
-        probe_timeout=chk.duration(b.get("probe_timeout"), f"{p}.probe_timeout", base.probe_timeout, minimum=0.01),
-        rest_on_retry_after=chk.boolean(b.get("rest_on_retry_after"), f"{p}.rest_on_retry_after", base.rest_on_retry_after),
-        redis_url=redis_url,
-        key_prefix=prefix,
-        key_ttl=chk.duration(b.get("key_ttl"), f"{p}.key_ttl", base.key_ttl, minimum=1),
-        redis_timeout=chk.duration(b.get("redis_timeout"), f"{p}.redis_timeout", base.redis_timeout, minimum=0.001),
-    )
-    if settings.max_cooldown < settings.cooldown:
-        chk.fail(f"{p}.max_cooldown", f"must be >= cooldown ({settings.cooldown:g}s), got {settings.max_cooldown:g}s")
-    if settings.key_ttl < settings.max_cooldown + settings.window:
-        chk.fail(f"{p}.key_ttl", f"must outlive max_cooldown + window ({settings.max_cooldown + settings.window:g}s), got {settings.key_ttl:g}s")
-    return settings
-
-
-def _health(chk: _Checker, raw: Any) -> HealthSettings:
-    p = "fallback.health"
-    h = chk.mapping(raw, p, ("interval", "timeout", "method", "public"))
-    base = HealthSettings()
-    return HealthSettings(
-        interval=chk.duration(h.get("interval"), f"{p}.interval", base.interval),
-        timeout=chk.duration(h.get("timeout"), f"{p}.timeout", base.timeout, minimum=0.01),
-        method=chk.choice(h.get("method"), f"{p}.method", base.method, HEALTH_METHODS),
-        public=chk.boolean(h.get("public"), f"{p}.public", base.public),
-    )
-
-
-def _default_response(chk: _Checker, raw: Any) -> str | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw.strip():
-        chk.fail("fallback.default_response", f"expected the text to answer with, got {raw!r}")
-        return None
-    return raw
-
-
-def _tasks(chk: _Checker, raw: Any, config: Config) -> dict[str, TaskChain]:
-    p = "fallback.tasks"
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        chk.fail(p, f"expected a mapping of task name -> list of deployments, got {type(raw).__name__}")
-        return {}
+def _tasks(raw: dict[str, Any], config: Config, problems: list[str]) -> dict[str, TaskChain]:
     known = config.deployments()
     by_id = {d.id: d for d in known}
     by_ref: dict[str, Deployment] = {}
@@ -345,23 +261,23 @@ def _tasks(chk: _Checker, raw: Any, config: Config) -> dict[str, TaskChain]:
         by_ref.setdefault(f"{dep.provider}/{dep.model}", dep)
     out: dict[str, TaskChain] = {}
     for task, spec in raw.items():
-        path = f"{p}.{task}"
-        then_model_chain = True
-        refs = spec
+        path = f"fallback.tasks.{task}"
         if isinstance(spec, dict):
-            chk.mapping(spec, path, ("chain", "then_model_chain"))
-            refs = spec.get("chain")
-            then_model_chain = chk.boolean(spec.get("then_model_chain"), f"{path}.then_model_chain", True)
-            path = f"{path}.chain"
-        if not isinstance(refs, list) or not refs:
-            chk.fail(path, "expected a non-empty list of deployment ids or provider/model names from models:")
+            parsed = TASK.parse(spec, path, problems)
+            refs, then_model_chain, path = parsed["chain"], parsed["then_model_chain"], f"{path}.chain"
+            if refs is None:
+                continue
+        elif isinstance(spec, list) and spec:
+            refs, then_model_chain = spec, True
+        else:
+            problems.append(f"{path}: expected a non-empty list of deployment ids or provider/model names from models:")
             continue
         chain: list[Deployment] = []
         for i, ref in enumerate(refs):
             found = by_id.get(str(ref)) or by_ref.get(str(ref))
             if found is None:
                 names = ", ".join(sorted(by_id)) or "none configured"
-                chk.fail(f"{path}.{i}", f"{ref!r} is not a deployment under models: (known: {names})")
+                problems.append(f"{path}.{i}: {ref!r} is not a deployment under models: (known: {names})")
             elif all(d.id != found.id for d in chain):
                 chain.append(found)
         out[str(task)] = TaskChain(tuple(chain), then_model_chain)

@@ -32,7 +32,10 @@ from clasp_gateway.server_tools import ToolContext
 from .search import DocsIndex, format_hits
 
 __version__ = "0.1.0"
-__all__ = ["DESCRIPTION", "INPUT_SCHEMA", "TOOL_NAME", "DocsSettings", "docs_lookup", "settings_from"]
+__all__ = [
+    "DESCRIPTION", "INPUT_SCHEMA", "TOOL_NAME", "DocsSettings", "docs_lookup", "register_config_sections",
+    "settings_from", "validate_config",
+]
 
 TOOL_NAME = "docs_lookup"
 DESCRIPTION = (
@@ -125,6 +128,24 @@ def docs_lookup(arguments: dict[str, Any], ctx: ToolContext) -> str:
 @hookimpl
 def register_tools(register: Callable[..., None]) -> None:
     register(TOOL_NAME, DESCRIPTION, INPUT_SCHEMA, docs_lookup)
+
+
+@hookimpl
+def register_config_sections(register: Callable[..., None]) -> None:
+    """``docs_lookup:`` is this plugin's section."""
+    register("docs_lookup")
+
+
+@hookimpl
+def validate_config(config: Config) -> list[str] | None:
+    """The section and its folder, checked by ``clasp check`` and before ``clasp serve`` binds."""
+    try:
+        settings = settings_from(config)
+    except ValueError as exc:
+        return [str(exc).removeprefix(f"{config.source}: ")]
+    if settings is not None and not settings.path.is_dir():
+        return [f"docs_lookup.path: {settings.path} is not a folder (create it or fix the path)"]
+    return None
 
 
 @hookimpl
