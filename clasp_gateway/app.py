@@ -20,6 +20,7 @@ from .errors import ApiError, GatewayError, NotFoundError
 from .http import error_response, json_response, request_headers
 from .pipeline import Gateway, new_request_id
 from .plugins import PluginManager, await_me_maybe
+from .served import claude_code_endpoint
 
 log = logging.getLogger("clasp.app")
 
@@ -119,6 +120,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         Route("/-/plugins", list_plugins, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", openai_api.retrieve_model, methods=["GET"]),
+        Route("/-/claude-code", claude_code_endpoint, methods=["GET"]),
     ]
 
     @asynccontextmanager

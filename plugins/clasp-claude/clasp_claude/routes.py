@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.errors import GatewayError, InvalidRequestError
+from clasp_gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from clasp_gateway.http import EventStreamResponse, error_response, json_response, read_json, request_headers
 from clasp_gateway.openai_api import list_models as list_openai_models
+from clasp_gateway.openai_api import retrieve_model as retrieve_openai_model
 from clasp_gateway.pipeline import Gateway
+from clasp_gateway.served import created_timestamps, describe_model, served_models
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
 from . import passthrough
@@ -147,7 +146,11 @@ async def count_tokens_endpoint(request: Request) -> Response:
 
 
 async def list_models_endpoint(request: Request) -> Response:
-    """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise."""
+    """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise.
+
+    Concrete names only (``clasp_gateway.served``): Claude Code's model discovery
+    keeps ids containing "claude" and shows ``display_name`` and ``description``.
+    """
     if "anthropic-version" not in request.headers:
         return await list_openai_models(request)
     gateway = _gateway(request)
@@ -155,14 +158,30 @@ async def list_models_endpoint(request: Request) -> Response:
         await gateway.authenticate(request_headers(request))
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
-    created = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data: list[dict[str, Any]] = [
-        {"type": "model", "id": name, "display_name": name, "created_at": created}
-        for name in gateway.public_models()
-    ]
+    _, created_at = created_timestamps()
+    data = [m.anthropic(created_at) for m in served_models(gateway.config)]
     return json_response({
         "data": data,
         "has_more": False,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     })
+
+
+async def model_endpoint(request: Request) -> Response:
+    """``GET /v1/models/{id}``: Anthropic's shape for Anthropic clients, OpenAI's
+    otherwise; any name the gateway serves, a shaped 404 for others."""
+    if "anthropic-version" not in request.headers:
+        return await retrieve_openai_model(request)
+    gateway = _gateway(request)
+    request_id = request.scope["state"]["request_id"]
+    try:
+        await gateway.authenticate(request_headers(request))
+        name = request.path_params["model_id"]
+        model = describe_model(gateway.config, name)
+        if model is None:
+            raise NotFoundError(f"model {name!r} is not served by this gateway")
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request_id)
+    _, created_at = created_timestamps()
+    return json_response(model.anthropic(created_at))
