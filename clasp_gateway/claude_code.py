@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
+from .served import claude_code_profile
 
 __all__ = [
     "MIN_COMPACT_WINDOW",
@@ -442,23 +443,26 @@ def start_gateway(config: Config, url: str, timeout: float = 120.0) -> LocalGate
             [sys.executable, "-m", "clasp_gateway.cli", "serve", "--config", config.source],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    gateway = LocalGateway(proc, log)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            log.unlink(missing_ok=True)
-            raise GatewayUnreachable(f"`clasp serve` exited with {proc.returncode}:\n{tail}")
-        try:
-            status, _ = _get(url.rstrip("/") + "/ready", None, 2.0)
-            if status == 200:
-                return gateway
-        except GatewayUnreachable:
-            pass
-        time.sleep(0.2)
-    gateway.proc.kill()
-    gateway.proc.wait()
-    raise GatewayUnreachable(f"`clasp serve` was not ready within {timeout:.0f}s (log: {log})")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                log.unlink(missing_ok=True)
+                raise GatewayUnreachable(f"`clasp serve` exited with {proc.returncode}:\n{tail}")
+            try:
+                status, _ = _get(url.rstrip("/") + "/ready", None, 2.0)
+                if status == 200:
+                    return LocalGateway(proc, log)
+            except GatewayUnreachable:
+                pass
+            time.sleep(0.2)
+        raise GatewayUnreachable(f"`clasp serve` was not ready within {timeout:.0f}s (log: {log})")
+    except BaseException:  # not ready, or Ctrl-C while waiting: it must not outlive us
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -527,7 +531,7 @@ def main(argv: Sequence[str], config_path: str | None = None) -> int:
     key = find_key(args.key, env)
     model = claude_model_arg(claude_args, env)
     printing = args.print_env or args.settings_json
-    if printing and key.origin == "--key" and args.print_env:
+    if args.print_env and key.origin == "--key":
         _say("--print-env never prints a key: save it with `clasp code --save-key` or export CLASP_API_KEY")
         return 2
     claude: str | None = None
@@ -548,7 +552,7 @@ def main(argv: Sequence[str], config_path: str | None = None) -> int:
         if is_up(url):
             profile = _fetch(url, key, model)
         elif printing and config is not None:
-            profile = _profile_from_config(config, model)
+            profile = claude_code_profile(config, model)
             if key.value is None and (config.keys or config.raw.get("keys")):
                 raise KeyRefused("this gateway requires a key")
         elif args.serve and config is not None:
@@ -596,12 +600,6 @@ def _fetch(url: str, key: Key, model: str | None) -> dict[str, Any]:
              "model names and windows")
         return {}
     return profile
-
-
-def _profile_from_config(config: Config, model: str | None) -> dict[str, Any]:
-    from .served import claude_code_profile
-
-    return claude_code_profile(config, model)
 
 
 def _explain_unreachable(url: str, remote: bool, config: Config | None) -> None:
