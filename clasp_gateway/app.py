@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import access, openai_api
 from .config import Config, ConfigError, plugin_problems, section_problems
 from .errors import ApiError, GatewayError, NotFoundError
-from .http import error_response, json_response, peer_address, request_headers
+from .http import authenticate, error_response, json_response
 from .pipeline import Gateway, new_request_id
 from .plugins import PluginManager, call_each
+from .served import claude_code_endpoint
 
 log = logging.getLogger("clasp.app")
 
@@ -125,10 +126,9 @@ async def ready(request: Request) -> Response:
 async def list_plugins(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
-        principal = await gateway.authenticate(request_headers(request), client=peer_address(request))
+        await authenticate(request)
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
-    access.note(request, principal=principal)
     return json_response([info.as_dict() for info in gateway.pm.describe()])
 
 
@@ -183,6 +183,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         Route("/-/plugins", list_plugins, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", openai_api.retrieve_model, methods=["GET"]),
+        Route("/-/claude-code", claude_code_endpoint, methods=["GET"]),
     ]
 
     @asynccontextmanager

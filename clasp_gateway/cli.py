@@ -1,4 +1,4 @@
-"""The ``clasp`` command: ``serve``, ``check``, ``plugins`` and plugin commands."""
+"""The ``clasp`` command: ``serve``, ``check``, ``plugins``, ``code`` and plugin commands."""
 
 from __future__ import annotations
 
@@ -167,11 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks", parents=[common])
     plugins.set_defaults(func=cmd_plugins)
+    sub.add_parser("code", help="start Claude Code on this gateway (see `clasp code --help`)", add_help=False)
 
     # Plugin commands: only loaded when the name is not a built-in one.
     argv = list(sys.argv[1:] if argv is None else argv)
-    builtin = {"serve", "check", "plugins", "-h", "--help"}
+    builtin = {"serve", "check", "plugins", "code", "-h", "--help"}
     command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "code":  # its own options; the rest goes to claude (claude_code.py)
+        from .claude_code import main as code_main
+
+        at = argv.index("code")
+        top = argparse.ArgumentParser(add_help=False, parents=[common])
+        config = getattr(top.parse_known_args(argv[:at])[0], "config", None)
+        return code_main(argv[at + 1:], config)
     if command and command not in builtin:
         from .plugins import PluginManager
 

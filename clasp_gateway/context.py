@@ -76,8 +76,10 @@ __all__ = [
     "ContextManager",
     "ContextPlan",
     "ContextSettings",
+    "answer_reserve",
     "drop_groups",
     "estimate_tokens",
+    "input_budget",
     "is_context_overflow",
 ]
 
@@ -736,6 +738,31 @@ def render_transcript(messages: list[dict[str, Any]], limit_chars: int, previous
     return head + "\n\n".join(lines)
 
 
+def answer_reserve(deployment: Deployment, max_tokens: int | None) -> int:
+    """The room kept for the answer: ``max_tokens`` (:data:`DEFAULT_RESERVE` when
+    unset) clamped to the model's output limit."""
+    reserve = max_tokens if max_tokens is not None else DEFAULT_RESERVE
+    limit = deployment.info.max_output_tokens
+    return min(reserve, limit) if limit else reserve
+
+
+def input_budget(deployment: Deployment, max_tokens: int | None) -> tuple[int, int, int] | None:
+    """(input budget, answer reserve, window) of a request asking ``max_tokens``, or
+    None when the deployment's window is unknown.
+
+    The budget is the most input the gateway sends without trimming: the window minus
+    the answer's room (:func:`answer_reserve`, at most half the window), less a margin
+    for models tiktoken only approximates. ``clasp code`` sizes Claude Code's own
+    compaction window with it, so Claude Code compacts before the gateway would trim.
+    """
+    window = deployment.info.max_input_tokens
+    if not window:
+        return None
+    reserve = min(answer_reserve(deployment, max_tokens), window // 2)
+    factor = 1.0 if deployment.provider in _EXACT_PROVIDERS else APPROXIMATE_MARGIN
+    return int((window - reserve) * factor), reserve, window
+
+
 class ContextPlan:
     """Fitting one request: the order of candidates and the body for each."""
 
@@ -795,20 +822,15 @@ class ContextPlan:
             return found
 
     def _compute_budget(self, deployment: Deployment) -> tuple[int, int, int] | None:
-        window = deployment.info.max_input_tokens
         override = self._overrides.get(deployment.id)
         requested = self._requested()
-        limit = deployment.info.max_output_tokens
-        reserve = requested if requested is not None else DEFAULT_RESERVE
-        if limit:
-            reserve = min(reserve, limit)
-        if not window:
+        found = input_budget(deployment, requested)
+        if found is None:
             if override is None:
                 return None
+            reserve = answer_reserve(deployment, requested)
             return override, reserve, override + reserve  # learnt from an overflow error
-        reserve = min(reserve, window // 2)
-        factor = 1.0 if deployment.provider in _EXACT_PROVIDERS else APPROXIMATE_MARGIN
-        budget = int((window - reserve) * factor)
+        budget, reserve, window = found
         if override is not None:
             budget = min(budget, override)
         return budget, reserve, window

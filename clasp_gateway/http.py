@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .errors import GatewayError, InvalidRequestError, RequestTooLargeError
+from .types import Principal
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -34,6 +35,18 @@ def peer_address(request: Request) -> str | None:
     """The address of the connection's other end (a client or a proxy), or None."""
     client = request.scope.get("client")
     return str(client[0]) if client else None
+
+
+async def authenticate(request: Request) -> Principal:
+    """Authenticate an HTTP request: the gateway's ``authenticate`` with the client's
+    address (failed-key throttling), and the caller noted for the access log. Every
+    route that needs a key calls this, so none can forget either part."""
+    from .access import note
+
+    principal: Principal = await request.app.state.gateway.authenticate(
+        request_headers(request), client=peer_address(request))
+    note(request, principal=principal)
+    return principal
 
 
 async def read_json(request: Request, limit: int) -> Any:

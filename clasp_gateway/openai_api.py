@@ -1,4 +1,4 @@
-"""``POST /v1/chat/completions`` and ``GET /v1/models`` for OpenAI-format clients.
+"""``POST /v1/chat/completions`` and ``GET /v1/models[/{id}]`` for OpenAI-format clients.
 
 The body is already canonical, so it passes through the same pipeline as
 Anthropic requests (routing, fallback, plugins) with only validation added.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +17,10 @@ from starlette.responses import Response
 
 from .access import note
 from .canonical import chunks_to_completion
-from .errors import ApiError, GatewayError, InvalidRequestError
-from .http import EventStreamResponse, error_response, json_response, peer_address, read_json, request_headers
+from .errors import ApiError, GatewayError, InvalidRequestError, NotFoundError
+from .http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .limits import MAX_OUTPUT_TOKENS, check_message_count
+from .served import created_timestamps, describe_model, served_models
 from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
 
@@ -69,8 +69,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     ctx: RequestContext | None = None
     try:
         headers = request_headers(request)
-        principal = await gateway.authenticate(headers, client=peer_address(request))
-        note(request, principal=principal)
+        principal = await authenticate(request)
         server = gateway.config.server
         body = _validate(await read_json(request, server.max_request_bytes), max_messages=server.max_messages)
         stream = bool(body.get("stream"))
@@ -160,13 +159,28 @@ async def _stream(
 
 
 async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the concrete names the gateway serves (never a glob), each
+    with a display name and a description naming the real model (``served.py``)."""
     gateway = request.app.state.gateway
     try:
-        await gateway.authenticate(request_headers(request), client=peer_address(request))
+        await authenticate(request)
     except GatewayError as exc:
         return error_response(exc, "openai", request.scope["state"]["request_id"])
-    now = int(time.time())
-    return json_response({
-        "object": "list",
-        "data": [{"id": name, "object": "model", "created": now, "owned_by": "clasp"} for name in gateway.public_models()],
-    })
+    created, _ = created_timestamps()
+    return json_response({"object": "list", "data": [m.openai(created) for m in served_models(gateway.config)]})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{id}``: any name the gateway serves (a name a glob matches
+    too); 404 otherwise."""
+    gateway = request.app.state.gateway
+    request_id = request.scope["state"]["request_id"]
+    try:
+        await authenticate(request)
+        model = describe_model(gateway.config, request.path_params["model_id"])
+        if model is None:
+            raise NotFoundError(f"model {request.path_params['model_id']!r} is not served by this gateway")
+    except GatewayError as exc:
+        return error_response(exc, "openai", request_id)
+    created, _ = created_timestamps()
+    return json_response(model.openai(created))

@@ -39,6 +39,7 @@ from .guard import AuthThrottle
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .providers import Providers
 from .quirks import prepare_body
+from .served import served_models
 from .server_tools import ServerTools
 from .textcalls import check_config as check_text_calls
 from .textcalls import filter_text_calls, text_call_names
@@ -225,8 +226,9 @@ class Gateway:
         return route
 
     def public_models(self) -> list[str]:
-        """Public model names for ``/v1/models`` (exact names, then patterns)."""
-        return [r.pattern for r in self.config.models]
+        """The concrete names ``/v1/models`` lists: exact route names and, for glob
+        routes, the Claude Code names they serve (``served.py``); never a glob."""
+        return [m.id for m in served_models(self.config)]
 
     async def open(self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool) -> UpstreamStream:
         """Find a deployment that answers and return its stream, first chunk in hand

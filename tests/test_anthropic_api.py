@@ -109,7 +109,10 @@ def test_reasoning_becomes_a_thinking_block(client: anthropic.Anthropic, upstrea
 def test_count_tokens_and_models(client: anthropic.Anthropic) -> None:
     counted = client.messages.count_tokens(model="claude-sonnet-4-5", messages=USER, tools=TOOLS)  # type: ignore[arg-type]
     assert 20 < counted.input_tokens < 400
-    assert [m.id for m in client.models.list()] == ["*"]
+    # The route is "*": the names Claude Code sends for its tiers, never the glob.
+    models = list(client.models.list())
+    assert [m.id for m in models] == ["claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-fable-5-2"]
+    assert models[0].display_name == "gpt-4o (openai)"
 
 
 @pytest.mark.parametrize(

@@ -131,4 +131,7 @@ def test_unknown_model_and_bad_key(gateway: GatewayServer) -> None:
 
 
 def test_models_list(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["*"]
+    # The route is "*": the names Claude Code sends for its tiers, never the glob.
+    assert [m.id for m in client.models.list()] == ["claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5",
+                                                    "claude-fable-5-2"]
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"  # any name the route serves

@@ -201,11 +201,13 @@ def run_claude(
     files: dict[str, str | bytes] | None = None,
     extra_args: Iterable[str] = (),
     env: dict[str, str] | None = None,
+    launch: Callable[[list[str]], list[str]] | None = None,
 ) -> ClaudeRun:
     """Run ``claude -p prompt`` in ``root/work`` with its home in ``root/home``.
 
     ``files`` are written into the work directory first. ``env`` adds Claude Code
-    settings (e.g. ``CLAUDE_CODE_MAX_RETRIES``) to the isolated environment. The CLI gets its own process
+    settings (e.g. ``CLAUDE_CODE_MAX_RETRIES``) to the isolated environment. ``launch``
+    turns the CLI's argv into the command that starts it (e.g. ``clasp code``). The CLI gets its own process
     group; after ``timeout`` seconds the whole group is killed and the test fails with
     what the CLI printed. Whatever it left running is killed when it exits.
     """
@@ -231,6 +233,8 @@ def run_claude(
         "--dangerously-skip-permissions",
         *extra_args,
     ]
+    if launch is not None:
+        argv = launch(argv)
     out_path, err_path = root / "claude.stdout", root / "claude.stderr"
     started = time.monotonic()
     # Files, not pipes: a grandchild holding a pipe open cannot stall the harness.

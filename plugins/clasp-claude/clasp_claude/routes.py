@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from clasp_gateway.access import note
-from clasp_gateway.errors import GatewayError, InvalidRequestError
+from clasp_gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from clasp_gateway.http import (
     EventStreamResponse,
+    authenticate,
     error_response,
     json_response,
-    peer_address,
     read_json,
     request_headers,
 )
 from clasp_gateway.limits import check_message_count
 from clasp_gateway.openai_api import list_models as list_openai_models
+from clasp_gateway.openai_api import retrieve_model as retrieve_openai_model
 from clasp_gateway.openai_api import status_of
 from clasp_gateway.pipeline import Gateway
+from clasp_gateway.served import created_timestamps, describe_model, served_models
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
 from . import passthrough
@@ -51,8 +50,7 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     ctx: RequestContext | None = None
     try:
         headers = request_headers(request)
-        principal = await gateway.authenticate(headers, client=peer_address(request))
-        note(request, principal=principal)
+        principal = await authenticate(request)
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         check_message_count(raw, gateway.config.server.max_messages)
         translated = to_canonical(raw)
@@ -169,7 +167,7 @@ async def count_tokens_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        note(request, principal=await gateway.authenticate(request_headers(request), client=peer_address(request)))
+        await authenticate(request)
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         check_message_count(raw, gateway.config.server.max_messages)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
@@ -184,22 +182,42 @@ async def count_tokens_endpoint(request: Request) -> Response:
 
 
 async def list_models_endpoint(request: Request) -> Response:
-    """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise."""
+    """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise.
+
+    Concrete names only (``clasp_gateway.served``): Claude Code's model discovery
+    keeps ids containing "claude" and shows ``display_name`` and ``description``.
+    """
     if "anthropic-version" not in request.headers:
         return await list_openai_models(request)
     gateway = _gateway(request)
     try:
-        await gateway.authenticate(request_headers(request), client=peer_address(request))
+        await authenticate(request)
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
-    created = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data: list[dict[str, Any]] = [
-        {"type": "model", "id": name, "display_name": name, "created_at": created}
-        for name in gateway.public_models()
-    ]
+    _, created_at = created_timestamps()
+    data = [m.anthropic(created_at) for m in served_models(gateway.config)]
     return json_response({
         "data": data,
         "has_more": False,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     })
+
+
+async def model_endpoint(request: Request) -> Response:
+    """``GET /v1/models/{id}``: Anthropic's shape for Anthropic clients, OpenAI's
+    otherwise; any name the gateway serves, a shaped 404 for others."""
+    if "anthropic-version" not in request.headers:
+        return await retrieve_openai_model(request)
+    gateway = _gateway(request)
+    request_id = request.scope["state"]["request_id"]
+    try:
+        await authenticate(request)
+        name = request.path_params["model_id"]
+        model = describe_model(gateway.config, name)
+        if model is None:
+            raise NotFoundError(f"model {name!r} is not served by this gateway")
+    except GatewayError as exc:
+        return error_response(exc, "anthropic", request_id)
+    _, created_at = created_timestamps()
+    return json_response(model.anthropic(created_at))

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clasp_gateway.errors import GatewayError
-from clasp_gateway.http import error_response, json_response, peer_address, request_headers
+from clasp_gateway.http import authenticate, error_response, json_response
 from clasp_gateway.probe import probe_deployment
 from clasp_gateway.types import Deployment
 
@@ -175,7 +175,7 @@ async def providers_health(request: Request) -> Response:
     gateway = runtime.gateway
     if not runtime.settings.health.public:
         try:
-            await gateway.authenticate(request_headers(request), client=peer_address(request))
+            await authenticate(request)
         except GatewayError as exc:
             return error_response(exc, "anthropic", request_id)
     deployments = gateway.config.deployments()
