@@ -18,6 +18,7 @@ from starlette.responses import Response
 from .canonical import chunks_to_completion
 from .errors import GatewayError, InvalidRequestError
 from .http import EventStreamResponse, error_response, json_response, read_json, request_headers
+from .params import check_params
 from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
 
@@ -41,6 +42,7 @@ def _validate(body: Any) -> dict[str, Any]:
             raise InvalidRequestError(f"{key}: expected a positive integer")
     if body.get("n", 1) != 1:
         raise InvalidRequestError("n: only 1 is supported")
+    check_params(body)  # the parameters forwarded upstream (others are dropped: params.py)
     return body
 
 

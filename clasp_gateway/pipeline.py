@@ -26,6 +26,7 @@ from .errors import GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, await_me_maybe
 from .providers import Providers
 from .quirks import prepare_body
+from .reads import ReadLimits
 from .server_tools import ServerTools
 from .textcalls import check_config as check_text_calls
 from .textcalls import filter_text_calls, text_call_names
@@ -61,7 +62,7 @@ class Gateway:
         self.config = config
         self.pm = pm
         extra = {args[0]: args[1] for args, _ in pm.collect("register_providers")}
-        self.providers = Providers(extra)
+        self.providers = Providers(extra, limits=ReadLimits.of(config.server))
         self.strategies = {args[0]: args[1] for args, _ in pm.collect("register_routing_strategies")}
         self._exact: dict[str, ModelRoute] = {}
         self._globs: list[ModelRoute] = []

@@ -6,9 +6,9 @@ process:
 
 - every known secret;
 - any fragment of one: a word that is the last 4+ characters of a known secret
-  (``…ME42``), its first 4+ characters (from the first digit or capital on: a plain
-  leading word such as ``sk-proj`` is a format, not a secret), or 8+ characters
-  from inside it;
+  (``…ME42``), its first 4+ characters, or 8+ characters from inside it (these two
+  only with a digit or a capital: a plain word such as ``sk-proj`` or ``upstream``
+  is a format or a name, not a secret);
 - masked keys as providers echo them (``sk-proj-****…ME42``, ``****1234``): the
   visible ends are fragments too;
 - anything shaped like a provider key (``sk-…``, ``AIza…``, ``Bearer …``).
@@ -64,10 +64,18 @@ def register_secret(value: str | None) -> None:
         # A leading plain word ("clasp" of "clasp-test-..."; "sk-proj" of an OpenAI key) is
         # a format or a name, not a secret, and hiding it would mangle every log line that
         # says it; from the first digit or capital on, a prefix is the key's own.
-        if any(c.isdigit() or c.isupper() for c in head):
+        if _own(head):
             fragments.add(head)
     _fragments = frozenset(fragments)
     _grams = _grams | {value[i : i + _MIN_INNER] for i in range(len(value) - _MIN_INNER + 1)}
+
+
+def _own(piece: str) -> bool:
+    """Whether a piece of a secret is its own and not a plain word ("upstream" inside
+    "sk-upstream-test-1234", "clasp" leading "clasp-key-..."): it has a digit or a
+    capital. Plain words are formats and names, and hiding them would mangle every
+    log line that says them; a key's last characters are hidden whatever they are."""
+    return any(c.isdigit() or c.isupper() for c in piece)
 
 
 def key_id(value: str | None) -> str:
@@ -82,7 +90,7 @@ def _fragment(match: re.Match[str]) -> str:
     word = match.group(0)
     if word in _fragments:
         return "***"
-    if len(word) >= _MIN_INNER and word[:_MIN_INNER] in _grams:
+    if len(word) >= _MIN_INNER and word[:_MIN_INNER] in _grams and _own(word):
         for secret in _known:
             if word in secret:
                 return "***"
