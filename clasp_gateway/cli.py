@@ -10,15 +10,23 @@ import sys
 from typing import Any
 
 from .config import Config, ConfigError, load_config, open_gateway
-from .redact import RedactingFilter
+from .redact import RedactingFilter, RedactingFormatter, install_redaction
 
 log = logging.getLogger("clasp")
 
 
 def setup_logging(level: str = "info") -> None:
-    """Log to stderr with secrets redacted from every record."""
+    """Log to stderr with secrets redacted from every record, whoever logs it.
+
+    Records are redacted when created (:func:`~clasp_gateway.redact.install_redaction`:
+    message, traceback and stack), so a handler a library adds to its own logger
+    prints only clean text too; the one handler here redacts its whole output
+    again. Libraries' own handlers are removed where known (uvicorn here; LiteLLM's,
+    added when it is imported, by ``providers.adopt_litellm_logging``) so their
+    records come out once, in this format."""
+    install_redaction()
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -27,6 +35,10 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    if "litellm" in sys.modules:  # imported already (by a plugin): its handlers go now
+        from .providers import adopt_litellm_logging
+
+        adopt_litellm_logging()
 
 
 def _load(path: str | None) -> Config:

@@ -35,7 +35,7 @@ import orjson
 
 from .errors import UpstreamError
 from .ratelimits import RateLimitState
-from .redact import redact, register_secret
+from .redact import key_id, redact, register_secret
 from .types import Deployment, Secret
 from .validation import Field, Integer, Number, Reference, Section, String
 
@@ -205,9 +205,14 @@ class KeySlot:
 
     @property
     def label(self) -> str:
-        """How logs and ``clasp check`` name the key: its reference, never its value."""
+        """How logs and status pages name the key: its reference (``${OPENAI_API_KEY}``,
+        ``file:...``), or for a key written in the file its position in the pool and a
+        short non-reversible id (:func:`~clasp_gateway.redact.key_id`); never any
+        part of its value."""
         described = self.secret.describe()
-        return f"#{self.index + 1} ({described})" if described == "<literal>" else described
+        if described == "<literal>":
+            return f"#{self.index + 1} (literal, id {key_id(self.secret.value)})"
+        return described
 
     @property
     def value(self) -> str | None:

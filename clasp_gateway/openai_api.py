@@ -20,6 +20,7 @@ from .canonical import chunks_to_completion
 from .errors import ApiError, GatewayError, InvalidRequestError, NotFoundError
 from .http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .limits import MAX_OUTPUT_TOKENS, check_message_count
+from .params import check_params
 from .served import created_timestamps, describe_model, served_models
 from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
@@ -52,6 +53,7 @@ def _validate(body: Any, *, max_messages: int | None = None) -> dict[str, Any]:
             raise InvalidRequestError(f"{key}: must be at most {MAX_OUTPUT_TOKENS}, got {value}")
     if body.get("n", 1) != 1:
         raise InvalidRequestError("n: only 1 is supported")
+    check_params(body)  # the parameters forwarded upstream (others are dropped: params.py)
     return body
 
 

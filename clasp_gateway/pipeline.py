@@ -39,6 +39,7 @@ from .guard import AuthThrottle
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .providers import Providers
 from .quirks import prepare_body
+from .reads import ReadLimits
 from .served import served_models
 from .server_tools import ServerTools
 from .textcalls import check_config as check_text_calls
@@ -143,7 +144,7 @@ class Gateway:
         self.config = config
         self.pm = pm
         extra = {args[0]: args[1] for args, _ in pm.collect("register_providers")}
-        self.providers = Providers(extra)
+        self.providers = Providers(extra, limits=ReadLimits.of(config.server))
         self.strategies = {args[0]: args[1] for args, _ in pm.collect("register_routing_strategies")}
         self._exact: dict[str, ModelRoute] = {}
         self._globs: list[ModelRoute] = []

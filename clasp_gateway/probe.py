@@ -13,6 +13,8 @@ from .config import Config
 from .credentials import credential_settings
 from .errors import GatewayError
 from .providers import ProviderAdapter, Providers
+from .reads import ReadLimits
+from .redact import key_id, redact
 from .types import Deployment, Secret
 
 
@@ -71,7 +73,7 @@ async def _probe_call(providers: Providers, dep: Deployment, timeout: float) -> 
     except TimeoutError:
         return ProbeResult(dep.label, False, f"no answer within {timeout:.0f}s")
     except GatewayError as exc:
-        return ProbeResult(dep.label, False, exc.message)
+        return ProbeResult(dep.label, False, redact(exc.message))
     return ProbeResult(dep.label, True, "reachable, authorised, model answered")
 
 
@@ -122,7 +124,7 @@ async def probe_all(
     """Probe every deployment concurrently; secrets never appear in the verdicts.
     ``extra``: the provider adapters plugins registered (``register_providers``), so a
     plugin's provider is probed by its own adapter, as requests would be served."""
-    providers = Providers(extra)
+    providers = Providers(extra, limits=ReadLimits.of(config.server))
     deployments = config.deployments()
     await providers.start(deployments)
     try:
@@ -144,7 +146,7 @@ async def probe_with_keys(
     if len(dep.keys) <= 1:
         result = await probe_deployment(providers, dep, session, timeout)
         if dep.keys:
-            result.keys = [KeyProbe(_ref(dep.keys[0]), result.ok, result.verdict)]
+            result.keys = [KeyProbe(_ref(dep.keys[0], 0), result.ok, result.verdict)]
         elif ad is not None:
             result.keys = [KeyProbe(f"azure_ad client_secret {ad.client_secret.describe()}", result.ok, result.verdict)]
         return result
@@ -152,12 +154,12 @@ async def probe_with_keys(
     async def one(index: int) -> KeyProbe:
         secret = dep.keys[index]
         if not secret.value:
-            return KeyProbe(_ref(secret), False, f"not set: {secret.hint or 'the reference does not resolve'}")
+            return KeyProbe(_ref(secret, index), False, f"not set: {secret.hint or 'the reference does not resolve'}")
         # The same deployment restricted to this key (its own one-key pool).
         single = dataclasses.replace(dep, keys=[secret])
         single.settings = {k: v for k, v in dep.settings.items() if k != "_problems"}
         found = await probe_deployment(providers, single, session, timeout)
-        return KeyProbe(_ref(secret), found.ok, found.verdict)
+        return KeyProbe(_ref(secret, index), found.ok, found.verdict)
 
     keys = list(await asyncio.gather(*(one(i) for i in range(len(dep.keys)))))
     good = [k for k in keys if k.ok]
@@ -172,6 +174,10 @@ async def probe_with_keys(
     return ProbeResult(dep.label, len(good) == len(keys), verdict, "call", keys)
 
 
-def _ref(secret: Secret) -> str:
+def _ref(secret: Secret, index: int) -> str:
+    """How ``clasp check`` names a key: its reference, or for a key written in the
+    file its position and a short non-reversible id; never any part of it."""
     described = secret.describe()
+    if described == "<literal>":
+        return f"key #{index + 1} (literal, id {key_id(secret.value)})"
     return f"key {described}"

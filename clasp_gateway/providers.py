@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -26,16 +27,15 @@ from .canonical import completion_to_chunk
 from .catalog import provider_profile
 from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
 from .errors import ConfigurationError, UpstreamError
+from .params import MODEL_PARAMS, upstream_params
 from .quirks import response_fixer
 from .ratelimits import parse_rate_limits
-from .reads import network_reads
-from .redact import redact
+from .reads import ERROR_BODY_BYTES, FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
+from .redact import install_redaction, redact
 from .sse import SSEDecoder
 from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
 
 log = logging.getLogger("clasp.providers")
-
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class ProviderAdapter(Protocol):
@@ -63,8 +63,10 @@ def parse_retry_after(headers: Any, status: int = 0) -> float | None:
     return state.wait(state.observed_at)
 
 
-def _error_message(body: bytes, content_type: str) -> str:
-    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace")
+def error_message(body: bytes, content_type: str) -> str:
+    """The provider's message in an error answer (JSON error shapes of the common
+    providers, or the text), for a person; callers redact it."""
+    text = body[:ERROR_BODY_BYTES].decode("utf-8", "replace")
     if "json" in content_type or text.lstrip().startswith(("{", "[")):
         try:
             data = orjson.loads(body)
@@ -111,7 +113,7 @@ def _api_key(deployment: Deployment) -> str | None:
     return None
 
 
-def _error_code(body: bytes) -> str | None:
+def error_code(body: bytes) -> str | None:
     """The ``error.code`` of an OpenAI-style error body (``insufficient_quota``...)."""
     try:
         data = orjson.loads(body)
@@ -122,12 +124,17 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
+_error_message = error_message  # the names the transform path and plugins used before
+_error_code = error_code
+
+
 class OpenAICompatible:
     """The direct path: OpenAI-compatible chat completions over a pooled session."""
 
-    def __init__(self, credentials: Credentials | None = None) -> None:
+    def __init__(self, credentials: Credentials | None = None, limits: ReadLimits | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self.credentials = credentials or Credentials()
+        self.limits = limits or ReadLimits()
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -217,10 +224,10 @@ class OpenAICompatible:
                 break
             if response.status in KEY_FAILURES:
                 try:
-                    error_body = await self._read_limited(response, t.idle, label)
+                    error_body = await read_error_body(response, label, t.idle)
                 finally:
                     response.release()
-                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=_error_code(error_body))
+                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=error_code(error_body))
                 tried.append(slot)
                 if pool.has_alternative(tried):
                     log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
@@ -250,13 +257,13 @@ class OpenAICompatible:
         ctype = response.headers.get("content-type", "").lower()
         idle = deployment.timeouts.idle
         if response.status >= 400:
-            body = await self._read_limited(response, idle, label)
+            body = await read_error_body(response, label, idle)
             raise self._status_error(response, body, label)
         if "text/event-stream" in ctype:
-            async for chunk in self._read_sse(response, label, idle, read_ahead or ReadAhead()):
+            async for chunk in self._read_sse(response, label, idle, read_ahead or ReadAhead(), self.limits.max_line_bytes):
                 yield chunk
             return
-        body = await self._read_limited(response, idle, label, limit=None)
+        body = await read_body(response, label, idle, self.limits.max_body_bytes)
         if "html" in ctype or body.lstrip()[:1] == b"<":
             raise UpstreamError(
                 f"{label}: provider answered HTML, not a chat completion (is api_base right?)",
@@ -271,7 +278,7 @@ class OpenAICompatible:
             ) from None
         if isinstance(data, dict) and data.get("error") and not data.get("choices"):
             raise UpstreamError(
-                f"{label}: provider error: {redact(_error_message(body, 'json'))}",
+                f"{label}: provider error: {redact(error_message(body, 'json'))}",
                 upstream_status=502, deployment=label,
             )
         if not isinstance(data, dict) or not data.get("choices"):
@@ -285,34 +292,17 @@ class OpenAICompatible:
         """The error for an HTTP error status (the provider's message, redacted)."""
         ctype = response.headers.get("content-type", "").lower()
         return UpstreamError(
-            f"{label}: provider answered {response.status}: {redact(_error_message(body, ctype))}",
+            f"{label}: provider answered {response.status}: {redact(error_message(body, ctype))}",
             upstream_status=response.status,
             deployment=label,
             retry_after=parse_retry_after(response.headers, response.status),
         )
 
     @staticmethod
-    async def _read_limited(
-        response: aiohttp.ClientResponse, idle: float | None, label: str, limit: int | None = _MAX_ERROR_BODY
-    ) -> bytes:
-        try:
-            async with asyncio.timeout(idle):
-                if limit is None:
-                    return await response.read()
-                return await response.content.read(limit)
-        except TimeoutError:
-            raise UpstreamError(f"{label}: provider stopped sending", upstream_status=0, deployment=label, kind="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"{label}: connection broke while reading the answer ({type(exc).__name__})",
-                upstream_status=0, deployment=label, kind="protocol",
-            ) from None
-
-    @staticmethod
     async def _read_sse(
-        response: aiohttp.ClientResponse, label: str, idle: float | None, read_ahead: ReadAhead
+        response: aiohttp.ClientResponse, label: str, idle: float | None, read_ahead: ReadAhead, max_line: int
     ) -> AsyncIterator[Chunk]:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(max_line)
         finished = False
         done = False
         loads = orjson.loads
@@ -321,7 +311,10 @@ class OpenAICompatible:
                 read_ahead.pending = 0
                 yield KEEPALIVE
                 continue
-            events = decoder.feed(raw) if raw else decoder.flush()
+            try:
+                events = decoder.feed(raw) if raw else decoder.flush()
+            except FrameTooLarge:
+                raise too_large(label, max_line, line=True) from None
             if "[DONE]" in events:
                 events = events[: events.index("[DONE]")]
                 done = True
@@ -370,11 +363,86 @@ class OpenAICompatible:
             )
 
 
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+"""LiteLLM's loggers: each gets its own stream handler at import (see :func:`adopt_litellm_logging`)."""
+
+_LITELLM_PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z]*(?:Error|Exception)\s*(?:[:-]\s*|\s+-\s+))+")
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|\n\s+File \"|Received Model Group|LiteLLM Retried", re.S)
+_STATUS_PREFIX = re.compile(r"^Error code: \d+\s*-?\s*")
+_QUOTED_MESSAGE = re.compile(r"""['"]message['"]\s*:\s*(['"])(.+?)(?<!\\)\1""", re.S)
+
+
+def adopt_litellm_logging() -> None:
+    """Route LiteLLM's log records through the gateway's own handlers.
+
+    ``import litellm`` adds its own stream handler to its loggers, which would
+    print every record (provider error texts included) without the gateway's
+    redaction and in another format; the records go to the root logger's handlers
+    instead, where :func:`~clasp_gateway.redact.install_redaction` and the handler
+    set up by ``clasp serve`` apply."""
+    for name in _LITELLM_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+
+
+def clean_error_text(exc: BaseException) -> str:
+    """The provider's own message from a LiteLLM exception, for a client: without
+    LiteLLM's class-name prefixes, tracebacks, retry notes and echoed bodies,
+    redacted, bounded (``""`` when nothing of the provider's is left)."""
+    text = str(getattr(exc, "message", None) or exc)
+    cut = _TRACEBACK.search(text)
+    if cut is not None:
+        text = text[: cut.start()]
+    quoted = _QUOTED_MESSAGE.search(text)  # "... - {'error': {'message': '...'}}"
+    if quoted is not None:
+        text = quoted.group(2)
+    text = _LITELLM_PREFIX.sub("", " ".join(text.split()))
+    text = _STATUS_PREFIX.sub("", text)
+    if text.startswith("<") or "<html" in text[:200].lower():
+        return "the upstream answered with an HTML page (is api_base right?)"
+    if "Original Response:" in text:  # a parser quoting what it could not read
+        text = text.split("Original Response:", 1)[0].rstrip(" ,-")
+    return redact(text)[:300].strip()
+
+
+def _litellm_error(exc: BaseException, deployment: Deployment) -> UpstreamError:
+    """A LiteLLM exception as the gateway's error: the provider's status and a clean
+    message; LiteLLM's internals (class names, tracebacks) only go to the log."""
+    label = deployment.id
+    status = getattr(exc, "status_code", None)
+    log.info("%s: LiteLLM call failed: %s: %s", label, type(exc).__name__, exc)
+    name = type(exc).__name__
+    if name in ("Timeout", "APITimeoutError") or status == 408:
+        return UpstreamError(f"{label}: the provider did not answer in time", upstream_status=0, deployment=label,
+                             kind="timeout")
+    message = clean_error_text(exc)
+    if name == "APIConnectionError" or not isinstance(status, int) or status < 400 or message.startswith(
+            "Connection error"):
+        return UpstreamError(f"{label}: cannot reach the provider, or the call failed before an answer "
+                             "(details in the gateway log)", upstream_status=0, deployment=label, kind="connect")
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    if not message:
+        ctype = str((headers or {}).get("content-type", ""))
+        message = "the upstream answered with an HTML page (is api_base right?)" if "html" in ctype else "(no message)"
+    return UpstreamError(
+        f"{label}: provider answered {status}: {message}", upstream_status=status, deployment=label,
+        retry_after=parse_retry_after(headers or {}, status),
+    )
+
+
 class LiteLLMAdapter:
     """The catch-all: ``litellm.acompletion`` for providers without a direct path.
 
     LiteLLM is imported once, before the app serves, and only if a deployment needs
     it (``import litellm`` costs ~5 s of CPU here).
+
+    ``acompletion`` takes a great many keyword arguments that decide where a call
+    goes and what it carries; it gets only the canonical OpenAI parameters of the
+    request (:mod:`clasp_gateway.params`), the deployment's ``extra_body``, and
+    then the gateway's own settings, which nothing before them can replace. LiteLLM
+    retries nothing itself (``num_retries=0``, ``max_retries=0``): the fallback
+    policy (``on_error``) is the only one, so one attempt is one upstream call.
     """
 
     def __init__(self, credentials: Credentials | None = None) -> None:
@@ -384,20 +452,26 @@ class LiteLLMAdapter:
     def ensure_loaded(self) -> Any:
         if self._litellm is None:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            # LiteLLM's own handler (removed just after, see adopt_litellm_logging) would
+            # print what LiteLLM logs while it imports a second time, in its format.
+            os.environ.setdefault("LITELLM_LOG", "CRITICAL")
             import litellm
 
             litellm.suppress_debug_info = True
             litellm.drop_params = True
+            adopt_litellm_logging()
             self._litellm = litellm
         return self._litellm
 
-    async def open(
-        self, deployment: Deployment, body: CanonicalRequest, *, stream: bool
-    ) -> AsyncIterator[Chunk]:
-        litellm = self.ensure_loaded()
-        params = dict(body)
+    @staticmethod
+    def call_params(deployment: Deployment, body: CanonicalRequest, *, stream: bool) -> dict[str, Any]:
+        """The keyword arguments of ``litellm.acompletion`` for ``body`` (without the
+        key and Azure AD token, added per attempt)."""
+        params: dict[str, Any] = {k: body[k] for k in MODEL_PARAMS if body.get(k) is not None}
+        if deployment.extra_body:
+            params.update(deployment.extra_body)  # the operator's, as before
+        params["messages"] = body.get("messages") or []
         params["model"] = f"{deployment.provider}/{deployment.model}"
-        params.pop("stream_options", None)
         if deployment.api_base:
             params["api_base"] = deployment.api_base
         if deployment.api_version:
@@ -406,10 +480,18 @@ class LiteLLMAdapter:
         for name, secret in credential_settings(deployment).secret_headers.items():
             if secret.value:
                 extra_headers[name] = secret.value
-        if extra_headers:
-            params["extra_headers"] = extra_headers
+        params["extra_headers"] = extra_headers
         params["timeout"] = deployment.timeouts.total
         params["stream"] = stream
+        params["num_retries"] = 0  # LiteLLM's own retry loop
+        params["max_retries"] = 0  # the provider SDK's (the openai client retries twice by default)
+        return params
+
+    async def open(
+        self, deployment: Deployment, body: CanonicalRequest, *, stream: bool
+    ) -> AsyncIterator[Chunk]:
+        litellm = self.ensure_loaded()
+        params = self.call_params(deployment, body, stream=stream)
         pool = self.credentials.pool(deployment)
         tried: list[KeySlot] = []
         try:
@@ -453,13 +535,7 @@ class LiteLLMAdapter:
         except UpstreamError:
             raise
         except Exception as exc:  # LiteLLM maps provider errors to its own classes
-            status = getattr(exc, "status_code", None)
-            raise UpstreamError(
-                f"{deployment.id}: {redact(str(getattr(exc, 'message', exc)))[:500]}",
-                upstream_status=int(status) if isinstance(status, int) else 0,
-                deployment=deployment.id,
-                kind="http" if isinstance(status, int) else "connect",
-            ) from None
+            raise _litellm_error(exc, deployment) from None
 
 
 class Providers:
@@ -471,16 +547,22 @@ class Providers:
     provider's name takes precedence; if it has ``bind(providers)`` it is handed
     this object (to reach the pooled session and delegate to :meth:`builtin_for`),
     and if its ``open`` declares a ``ctx`` parameter it receives the request's
-    :class:`~clasp_gateway.types.RequestContext`.
+    :class:`~clasp_gateway.types.RequestContext`. Every adapter gets the request
+    reduced to its canonical parameters (:func:`~clasp_gateway.params.upstream_params`),
+    so no client field can steer a call (its URL, key, headers or retries).
     """
 
-    def __init__(self, extra: dict[str, ProviderAdapter] | None = None) -> None:
+    def __init__(self, extra: dict[str, ProviderAdapter] | None = None, *, limits: ReadLimits | None = None) -> None:
         from .transform import TransformAdapter  # transform.py builds on this module
 
+        install_redaction()  # no log record, whoever writes it, may carry a key held here
+        self.limits = limits or ReadLimits()
+        """How much of an answer an adapter may hold in memory (``server:`` limits)."""
         self.credentials = Credentials()
-        self.direct = OpenAICompatible(self.credentials)
+        self.direct = OpenAICompatible(self.credentials, self.limits)
         self.litellm = LiteLLMAdapter(self.credentials)
-        self.transform = TransformAdapter(self.pooled_session, self.litellm.ensure_loaded, self.credentials)
+        self.transform = TransformAdapter(self.pooled_session, self.litellm.ensure_loaded, self.credentials,
+                                          limits=self.limits)
         self.extra: dict[str, ProviderAdapter] = dict(extra or {})
         self._wants_ctx = {name: _accepts_ctx(adapter) for name, adapter in self.extra.items()}
         for adapter in self.extra.values():
@@ -551,6 +633,8 @@ class Providers:
                 f"deployment {deployment.label} is not configured: {'; '.join(problems)} "
                 "in the gateway's environment, then restart it"
             )
+        # Only canonical parameters go upstream, whatever the client sent (params.py).
+        body = upstream_params(body, deployment)
         name = deployment.provider
         if name in self.extra:
             adapter = self.extra[name]

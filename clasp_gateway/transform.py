@@ -48,28 +48,23 @@ import orjson
 from .catalog import provider_profile
 from .credentials import KEY_FAILURES, Credentials, KeySlot
 from .errors import ConfigurationError, UpstreamError
-from .providers import OpenAICompatible, _error_code, _error_message, parse_retry_after
+from .params import EXTRA_PARAMS, OPENAI_PARAMS
+from .providers import clean_error_text, error_code, error_message, parse_retry_after
 from .ratelimits import parse_rate_limits
-from .reads import network_reads
+from .reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
 from .redact import redact
 from .sse import SSEDecoder
 from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
 
 log = logging.getLogger("clasp.transform")
 
-_read_limited = OpenAICompatible._read_limited
-
 __all__ = ["EventReader", "NDJSONDecoder", "Prepared", "Recipe", "TransformAdapter", "litellm_provider"]
 
 # OpenAI chat parameters handed to ``litellm.get_optional_params``, which maps them to
 # the provider's names (max_tokens -> maxOutputTokens, stop -> stop_sequences...).
-_OPENAI_PARAMS = (
-    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
-    "frequency_penalty", "logit_bias", "user", "response_format", "seed", "tools", "tool_choice",
-    "parallel_tool_calls", "reasoning_effort", "logprobs", "top_logprobs",
-)
-# Body keys that are never provider parameters.
-_NOT_PARAMS = frozenset({"model", "messages", "stream", "stream_options", *_OPENAI_PARAMS})
+_OPENAI_PARAMS = OPENAI_PARAMS
+# Canonical keys that are provider parameters but not OpenAI ones (top_k).
+_EXTRA_PARAMS = EXTRA_PARAMS
 
 
 def litellm_provider(provider: str) -> str:
@@ -86,26 +81,44 @@ class NDJSONDecoder:
     """Feed bytes, get complete lines (newline-delimited JSON, Ollama's stream).
 
     Works on bytes and decodes only complete lines, so a read that splits a
-    multi-byte UTF-8 character cannot corrupt it. Blank lines are skipped.
+    multi-byte UTF-8 character cannot corrupt it. Blank lines are skipped. Linear
+    and bounded like :class:`~clasp_gateway.sse.SSEDecoder`: an unfinished line is
+    appended to, never re-scanned, and a line over ``max_line`` bytes (finished or
+    not) raises :class:`~clasp_gateway.reads.FrameTooLarge`.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "max_line")
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_line: int = ReadLimits().max_line_bytes) -> None:
+        self._buf = bytearray()
+        self.max_line = max_line
 
     def feed(self, raw: bytes) -> list[str]:
-        buf = self._buf + raw if self._buf else raw
-        end = buf.rfind(b"\n")
+        end = raw.rfind(b"\n")
+        pending = self._buf
         if end < 0:
-            self._buf = buf
+            pending += raw
+            if len(pending) > self.max_line:
+                raise FrameTooLarge(self.max_line)
             return []
-        self._buf = buf[end + 1 :]
-        return [line.decode("utf-8", "replace") for line in buf[:end].split(b"\n") if line.strip()]
+        if pending:
+            pending += raw[:end]
+            block = bytes(pending)
+            pending.clear()
+        else:
+            block = raw[:end]
+        if len(raw) - end - 1 > self.max_line:
+            raise FrameTooLarge(self.max_line)
+        pending += raw[end + 1 :]
+        lines = block.split(b"\n")
+        if len(block) > self.max_line and any(len(line) > self.max_line for line in lines):
+            raise FrameTooLarge(self.max_line)
+        return [line.decode("utf-8", "replace") for line in lines if line.strip()]
 
     def flush(self) -> list[str]:
         """End of input: a last line without a newline still counts."""
-        tail, self._buf = self._buf, b""
+        tail = bytes(self._buf)
+        self._buf.clear()
         return [tail.decode("utf-8", "replace")] if tail.strip() else []
 
 
@@ -453,13 +466,21 @@ _MEMO_SIZE = 256
 """Distinct (model, settings, tool set) combinations remembered per provider."""
 
 
-def _split_body(body: CanonicalRequest) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """(a private copy of the messages, OpenAI params, provider-specific extras)."""
+def _split_body(body: CanonicalRequest, deployment: Deployment) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(a private copy of the messages, OpenAI params, provider-specific extras).
+
+    Extras are the canonical ones (``top_k``) and the deployment's ``extra_body``:
+    every other key is dropped (they become keyword arguments of LiteLLM's
+    ``get_optional_params``, which must never see a client's ``api_base`` or
+    ``extra_headers``; see :mod:`clasp_gateway.params`)."""
     # LiteLLM transforms edit messages in place; the canonical request may be reused
     # for a fallback attempt, so they get their own copy.
     messages = orjson.loads(orjson.dumps(body.get("messages") or []))
     params = {k: body[k] for k in _OPENAI_PARAMS if body.get(k) is not None}
-    extras = {k: v for k, v in body.items() if k not in _NOT_PARAMS and v is not None}
+    extras = {k: body[k] for k in _EXTRA_PARAMS if body.get(k) is not None}
+    for key, value in deployment.extra_body.items():
+        if value is not None:
+            extras[key] = value
     return messages, params, extras
 
 
@@ -516,7 +537,7 @@ class Recipe:
 
     def prepare(self, deployment: Deployment, body: CanonicalRequest, stream: bool, key: str | None) -> Prepared:
         model = deployment.model
-        messages, params, extras = _split_body(body)
+        messages, params, extras = _split_body(body, deployment)
         cfg = self.config(model)
         op = self.optional_params(model, params, extras, stream)
         lp: dict[str, Any] = {}
@@ -606,7 +627,7 @@ class GeminiRecipe(Recipe):
 
     def prepare(self, deployment: Deployment, body: CanonicalRequest, stream: bool, key: str | None) -> Prepared:
         model = deployment.model
-        messages, params, extras = _split_body(body)
+        messages, params, extras = _split_body(body, deployment)
         cfg = self.config(model)
         op = self.optional_params(model, params, extras, stream)
         op.pop("stream", None)
@@ -660,7 +681,7 @@ def _status_error(response: aiohttp.ClientResponse, body: bytes, label: str) -> 
     to retry."""
     ctype = response.headers.get("content-type", "").lower()
     return UpstreamError(
-        f"{label}: provider answered {response.status}: {redact(_error_message(body, ctype))}",
+        f"{label}: provider answered {response.status}: {redact(error_message(body, ctype))}",
         upstream_status=response.status, deployment=label,
         retry_after=_retry_after(response.headers, response.status, body),
     )
@@ -696,9 +717,10 @@ class TransformAdapter:
 
     def __init__(
         self, session: Callable[[], Any], load_litellm: Callable[[], Any], credentials: Credentials | None = None,
-        *, fast_paths: bool = True,
+        *, fast_paths: bool = True, limits: ReadLimits | None = None,
     ) -> None:
         self._session = session
+        self.limits = limits or ReadLimits()
         self._load = load_litellm
         self._credentials = credentials or Credentials()
         self.fast_paths = fast_paths
@@ -750,8 +772,10 @@ class TransformAdapter:
             except (ConfigurationError, UpstreamError):
                 raise
             except Exception as exc:  # LiteLLM refused the request (unsupported content...)
+                log.info("%s: LiteLLM cannot build the request: %s: %s", label, type(exc).__name__, exc)
                 raise UpstreamError(
-                    f"{label}: cannot build the {deployment.provider} request: {redact(str(exc))[:300]}",
+                    f"{label}: cannot build the {deployment.provider} request: "
+                    f"{clean_error_text(exc) or 'the request is not supported'}",
                     upstream_status=400, deployment=label, kind="http",
                 ) from None
             try:
@@ -765,10 +789,10 @@ class TransformAdapter:
                 ) from None
             if slot is not None and response.status in KEY_FAILURES:
                 try:
-                    error_body = await _read_limited(response, t.idle, label)
+                    error_body = await read_error_body(response, label, t.idle)
                 finally:
                     response.release()
-                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=_error_code(error_body))
+                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=error_code(error_body))
                 tried.append(slot)
                 if pool.has_alternative(tried):
                     log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
@@ -788,15 +812,15 @@ class TransformAdapter:
         idle = deployment.timeouts.idle
         ctype = response.headers.get("content-type", "").lower()
         if response.status >= 400:
-            raise _status_error(response, await _read_limited(response, idle, label), label)
+            raise _status_error(response, await read_error_body(response, label, idle), label)
         streamed = "event-stream" in ctype or "ndjson" in ctype or (
             prepared.stream and prepared.spec.framing == "ndjson" and "json" in ctype
         )
-        if prepared.stream and streamed:
+        if streamed:  # (also when it streams a whole answer it was asked for: read the events)
             async for chunk in self._read_stream(response, label, idle, prepared):
                 yield chunk
             return
-        raw = await _read_limited(response, idle, label, limit=None)
+        raw = await read_body(response, label, idle, self.limits.max_body_bytes)
         if "html" in ctype or raw.lstrip()[:1] == b"<":
             raise UpstreamError(
                 f"{label}: provider answered HTML, not a chat answer (is api_base right?)",
@@ -806,8 +830,13 @@ class TransformAdapter:
             completion = prepared.recipe.parse_response(prepared, response.status, response.headers, raw)
         except Exception as exc:  # the body is not what the provider's format promises
             status = getattr(exc, "status_code", None)
+            log.info("%s: cannot read the provider's answer: %s: %s", label, type(exc).__name__, exc)
+            # An error report with a success status: the provider's own message;
+            # anything else: no parser internals, no echo of the body.
+            reported = error_message(raw, ctype) if b'"error"' in raw[:200] else ""
             raise UpstreamError(
-                f"{label}: cannot read the provider's answer: {redact(str(getattr(exc, 'message', exc)))[:300]}",
+                f"{label}: provider error: {redact(reported)[:300]}" if reported else
+                f"{label}: the provider's answer is not a valid {prepared.recipe.provider} answer",
                 upstream_status=status if isinstance(status, int) and status >= 400 else 502,
                 deployment=label, kind="protocol",
             ) from None
@@ -821,7 +850,9 @@ class TransformAdapter:
     async def _read_stream(
         self, response: aiohttp.ClientResponse, label: str, idle: float | None, prepared: Prepared
     ) -> AsyncIterator[Chunk]:
-        decoder: SSEDecoder | NDJSONDecoder = NDJSONDecoder() if prepared.spec.framing == "ndjson" else SSEDecoder()
+        max_line = self.limits.max_line_bytes
+        decoder: SSEDecoder | NDJSONDecoder = (
+            NDJSONDecoder(max_line) if prepared.spec.framing == "ndjson" else SSEDecoder(max_line))
         reader = EventReader(prepared, label, fast=self.fast_paths)
         read_event = reader.read
         loads = orjson.loads
@@ -829,7 +860,11 @@ class TransformAdapter:
             if raw is None:
                 yield KEEPALIVE
                 continue
-            for data in decoder.feed(raw) if raw else decoder.flush():
+            try:
+                events = decoder.feed(raw) if raw else decoder.flush()
+            except FrameTooLarge:
+                raise too_large(label, max_line, line=True) from None
+            for data in events:
                 if data == "[DONE]":
                     continue
                 try:
@@ -898,8 +933,9 @@ class EventReader:
             obj = self._parse(parsed_event)
         except Exception as exc:  # LiteLLM parsers raise their own exception types
             code = getattr(exc, "status_code", None)
+            log.info("%s: cannot read a stream event: %s: %s", label, type(exc).__name__, exc)
             raise UpstreamError(
-                f"{label}: cannot read a stream event: {redact(str(getattr(exc, 'message', exc)))[:300]}",
+                f"{label}: cannot read a stream event: {clean_error_text(exc) or 'not a valid event'}",
                 upstream_status=code if isinstance(code, int) and code >= 400 else 502,
                 deployment=label, kind="protocol",
             ) from None

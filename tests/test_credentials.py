@@ -5,6 +5,7 @@ an error, ``/-/plugins`` or ``clasp check`` output."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -26,7 +27,7 @@ from clasp_gateway.errors import UpstreamError
 from clasp_gateway.ratelimits import parse_rate_limits
 from clasp_gateway.redact import redact
 from clasp_gateway.types import Secret
-from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Text
+from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Raw, Text
 from tests.fakes.keys import key_of, openai_key_error
 from tests.fakes.record import Recorded
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port
@@ -163,7 +164,10 @@ def test_a_rotated_key_starts_with_a_clean_record() -> None:
 def test_key_labels_are_references_or_positions_never_values() -> None:
     pool = KeyPool("dep", [Secret("${A}", "va-123456"), Secret("file:/run/secrets/b", "vb-123456"),
                            Secret("literal-value-123456", "literal-value-123456")])
-    assert [s.label for s in pool.slots] == ["${A}", "file:/run/secrets/b", "#3 (<literal>)"]
+    import hashlib
+
+    digest = hashlib.sha256(b"literal-value-123456").hexdigest()[:8]
+    assert [s.label for s in pool.slots] == ["${A}", "file:/run/secrets/b", f"#3 (literal, id {digest})"]
 
 
 # --- rotated secret files -------------------------------------------------------------------------
@@ -380,39 +384,86 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
+def secret_fragments(secret: str) -> list[str]:
+    """A secret, its last 4 characters, and its shortest own prefix (from its first
+    digit or capital on: a leading plain word is a format, not a secret). Any leak of
+    a 4+-character end of it contains one of these."""
+    first = next((i for i, c in enumerate(secret) if c.isdigit() or c.isupper()), len(secret) - 1)
+    return [secret, secret[-4:], secret[: max(4, first + 1)]]
+
+
+def masked(key: str) -> str:
+    """How OpenAI echoes a key it refuses (first 5 and last 4 characters)."""
+    return key[:5] + "*" * (len(key) - 9) + key[-4:]
+
+
 def test_secrets_never_reach_logs_errors_plugins_or_check_output(tmp_path: Path) -> None:
+    """Upstreams that echo the key (in full, masked, in a JSON error, an HTML page, a
+    mid-stream error event) on every path: direct, transform, ``litellm.acompletion``
+    and the Anthropic pass-through. No secret and no 4+-character end of one reaches
+    a client answer, the log (every logger, LiteLLM's at debug level included),
+    ``/-/plugins``, ``/health/providers`` or ``clasp check``."""
     secrets_by_name = {
-        "LEAK_K_ECHO": "leak-echo-key-8c2f7a61",          # the upstream quotes it back in full
-        "LEAK_K_SK": "sk-proj-leaktest0123456789abcdef",  # rate-limited; quoted back too
-        "LEAK_K_GOOD": "leak-good-key-4b1d9e03",
-        "LEAK_SESSION": "leak-session-token-9a8b7c6d",   # a secret header, quoted back
-        "LEAK_AAD_GOOD": "leak-aad-secret-good-5e6f7a",
-        "LEAK_AAD_BAD": "leak-aad-secret-bad-1c2d3e",    # wrong: the token endpoint quotes it back
+        "LEAK_K_ECHO": "leak-echo-key-8c2f7A6Q",           # the upstream quotes it back in full
+        "LEAK_K_SK": "sk-proj-leaktest0123456789abcdEF",   # rate-limited; quoted back too
+        "LEAK_K_GOOD": "leak-good-key-4b1d9E0X",
+        "LEAK_SESSION": "leak-session-token-9a8b7C6D",     # a secret header, quoted back
+        "LEAK_AAD_GOOD": "leak-aad-secret-good-5e6F7A",
+        "LEAK_AAD_BAD": "leak-aad-secret-bad-1c2D3E",      # wrong: the token endpoint quotes it back
+        "LEAK_K_MASKED": "sk-proj-Mk3Qz8Rt5Lw2Vy7Nh4PQ",   # refused: echoed masked, as OpenAI does
+        "LEAK_K_LITE": "sk-proj-Lt6Hb2Nc9Xq4Zr1Ws8GU",    # mode: litellm, quoted back
+        "LEAK_K_GEMINI": "AIzaLeakGemini5Tq8Wn2Rv7Xk3Pm",  # transform, quoted back
+        "LEAK_K_ANT": "sk-ant-api03-Jd4Kf9Lg2Mh7Nv5Bc",    # pass-through, quoted back mid-stream
     }
     key_file = tmp_path / "file-key"
-    key_file.write_text("leak-file-key-0d1e2f3a\n")
-    values = [*secrets_by_name.values(), "leak-file-key-0d1e2f3a", "leak-gateway-key-77aa88"]
+    key_file.write_text("leak-file-key-0d1e2F3Z\n")
+    values = [*secrets_by_name.values(), "leak-file-key-0d1e2F3Z", "leak-gateway-key-77aA88Q"]
 
     def openai_script(body: dict, rec: Recorded) -> Any:
         key = key_of(rec) or ""
         if body.get("model") == "gpt-echo-session":
             return Error(400, body={"error": {"message": f"bad session {rec.headers.get('x-session-token')}",
                                               "type": "invalid_request_error", "param": None, "code": None}})
-        if key in (secrets_by_name["LEAK_K_ECHO"], "leak-file-key-0d1e2f3a"):
+        if key in (secrets_by_name["LEAK_K_ECHO"], "leak-file-key-0d1e2F3Z", secrets_by_name["LEAK_K_LITE"]):
             return openai_key_error(key)
+        if key == secrets_by_name["LEAK_K_MASKED"]:
+            return Error(401, body={"error": {"message": f"Incorrect API key provided: {masked(key)}.",
+                                              "type": "invalid_request_error", "param": None,
+                                              "code": "invalid_api_key"}})
         if key == secrets_by_name["LEAK_K_SK"]:
             return Error(429, body={"error": {"message": f"Rate limit reached for key {key}", "type": "requests",
                                               "param": None, "code": "rate_limit_exceeded"}},
                          headers={"retry-after-ms": "50", "x-ratelimit-remaining-requests": "0"})
         return Text("fine")
 
+    def gemini_script(body: dict, rec: Recorded) -> Any:
+        key = rec.headers.get("x-goog-api-key") or ""
+        return Error(400, body={"error": {"code": 400, "message": f"API key not valid: {key} ({masked(key)})",
+                                          "status": "INVALID_ARGUMENT"}})
+
+    def anthropic_script(body: dict, rec: Recorded) -> Any:
+        key = rec.headers.get("x-api-key") or ""
+        if not body.get("stream"):
+            return Raw(body=f"<html><body>Bad gateway for {key}</body></html>".encode(), status=502,
+                       content_type="text/html")
+        start = {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 1}}}
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": f"Overloaded for {key}"}}
+        return Raw(events=[f"event: message_start\ndata: {json.dumps(start)}\n\n".encode(),
+                           f"event: error\ndata: {json.dumps(error)}\n\n".encode()])
+
     with FakeUpstream("openai", require_key=True) as up, FakeUpstream("azure", require_key=True) as az, \
+            FakeUpstream("gemini", require_key=True) as gem, FakeUpstream("anthropic", require_key=True) as ant, \
             FakeTokenEndpoint(client_secret=secrets_by_name["LEAK_AAD_GOOD"]) as aad, \
             FakeTokenEndpoint(client_secret="unused", tenant="bad-tenant", fail=(401, {
                 "error": "invalid_client",
                 "error_description": f"AADSTS7000215: Invalid client secret provided: {secrets_by_name['LEAK_AAD_BAD']}",
             })) as bad_aad:
         up.script = openai_script
+        gem.script = gemini_script
+        ant.script = anthropic_script
         # Azure quotes the token it refused (not as "Bearer ...": only registration can hide it).
         az.script = lambda body, rec: Error(401, body={"error": {"code": "401", "message": f"Invalid token {rec.bearer}"}})
         ad = {"client_id": aad.client_id, "client_secret": "${LEAK_AAD_GOOD}", "tenant_id": aad.tenant,
@@ -420,21 +471,30 @@ def test_secrets_never_reach_logs_errors_plugins_or_check_output(tmp_path: Path)
         config = {
             "server": {"log_level": "debug"},
             "keys": [{"key": "${LEAK_GATEWAY_KEY}", "name": "leak"}],
+            # For /health/providers: no retries, and no breaker opening mid-test (statuses below).
+            "fallback": {"retry": {"attempts": 0}, "breaker": {"failures": 1000, "error_rate": None}},
             "models": {
                 "pool": [{"model": "openai/gpt-4o", "api_base": up.base_url,
                           "api_keys": ["${LEAK_K_ECHO}", "${LEAK_K_SK}", "${LEAK_K_GOOD}"]}],
                 "echo": [{"model": "openai/gpt-4o-mini", "api_base": up.base_url, "api_key": "${LEAK_K_ECHO}"}],
+                "masked": [{"model": "openai/gpt-4o-masked", "api_base": up.base_url, "api_key": "${LEAK_K_MASKED}"}],
                 "file": [{"model": "openai/gpt-4.1", "api_base": up.base_url, "api_keys": [f"file:{key_file}"]}],
                 "session": [{"model": "openai/gpt-echo-session", "api_base": up.base_url, "api_key": "${LEAK_K_GOOD}",
                              "secret_headers": {"x-session-token": "${LEAK_SESSION}"}}],
                 "ad-good": [{"model": "azure/gpt-4o", "api_base": az.base_url, "azure_ad": ad}],
                 "ad-bad": [{"model": "azure/gpt-4o-mini", "api_base": az.base_url, "azure_ad": {
                     **ad, "tenant_id": "bad-tenant", "client_secret": "${LEAK_AAD_BAD}", "token_url": bad_aad.token_url}}],
+                "lite": [{"model": "openai/gpt-4o-lite", "api_base": up.base_url, "api_key": "${LEAK_K_LITE}",
+                          "mode": "litellm"}],
+                "gem": [{"model": "gemini/gemini-2.5-flash", "api_base": gem.base_url, "api_key": "${LEAK_K_GEMINI}"}],
+                "ant": [{"model": "anthropic/claude-sonnet-4-5-20250929", "api_base": ant.base_url,
+                         "api_key": "${LEAK_K_ANT}"}],
             },
         }
         path = tmp_path / "clasp.yaml"
         path.write_text(yaml.safe_dump(config))
-        env = clean_env(LEAK_GATEWAY_KEY="leak-gateway-key-77aa88", **secrets_by_name)
+        env = clean_env(LEAK_GATEWAY_KEY="leak-gateway-key-77aA88Q", **secrets_by_name)
+        env["CLASP_LOAD_PLUGINS"] = "claude,fallback"
         port = free_port()
         log = tmp_path / "gateway.log"
         with log.open("w") as out:
@@ -445,17 +505,19 @@ def test_secrets_never_reach_logs_errors_plugins_or_check_output(tmp_path: Path)
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, proc, log)
-            auth = {"authorization": "Bearer leak-gateway-key-77aa88"}
-            for model in ("pool", "echo", "file", "session", "ad-good", "ad-bad", "pool"):
+            auth = {"authorization": "Bearer leak-gateway-key-77aA88Q"}
+            for model in ("pool", "echo", "masked", "file", "session", "ad-good", "ad-bad", "lite", "gem", "ant",
+                          "pool"):
                 for stream in (False, True):
                     r = httpx.post(base + "/v1/chat/completions", headers=auth, timeout=30,
                                    json={"model": model, "messages": USER, "stream": stream})
                     seen.append(r.text)
                     statuses[f"{model}/{stream}"] = r.status_code
-                    r = httpx.post(base + "/v1/messages", headers={"x-api-key": "leak-gateway-key-77aa88"}, timeout=30,
+                    r = httpx.post(base + "/v1/messages", headers={"x-api-key": "leak-gateway-key-77aA88Q"}, timeout=30,
                                    json={"model": model, "max_tokens": 5, "messages": USER, "stream": stream})
                     seen.append(r.text)
-            for url in ("/-/plugins", "/v1/models", "/health", "/ready"):
+                    statuses[f"{model}/{stream}/anthropic"] = r.status_code
+            for url in ("/-/plugins", "/v1/models", "/health", "/ready", "/health/providers"):
                 seen.append(httpx.get(base + url, headers=auth, timeout=10).text)
             r = httpx.post(base + "/v1/chat/completions", headers={"authorization": "Bearer wrong-key"},
                            json={"model": "pool", "messages": USER})
@@ -464,7 +526,7 @@ def test_secrets_never_reach_logs_errors_plugins_or_check_output(tmp_path: Path)
             proc.terminate()
             proc.wait(timeout=20)
         check = subprocess.run([*CLI, "check", "--config", str(path), "--timeout", "5"], env=env,
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=120)
         tokens = list(aad.issued)
 
     logged = log.read_text()
@@ -472,9 +534,14 @@ def test_secrets_never_reach_logs_errors_plugins_or_check_output(tmp_path: Path)
     assert statuses["pool/False"] == 200 and statuses["pool/True"] == 200
     assert statuses["echo/False"] == 500 and statuses["ad-bad/False"] == 500 and statuses["ad-good/False"] == 500
     assert statuses["session/False"] == 400
+    assert statuses["ant/True/anthropic"] == 200 and statuses["ant/False/anthropic"] >= 500
+    assert "/health/providers" not in seen[-2] and '"deployments"' in seen[-2], seen[-2]
     assert tokens, "the good Azure AD deployment never got a token"
     for value in [*values, *tokens]:
-        assert value not in everything, f"a secret leaked: {value[:6]}..."
+        for piece in secret_fragments(value):
+            assert piece not in everything, f"a secret leaked: {piece[:6]}... (from {value[:6]}...)"
+    assert "Traceback" not in "\n".join(seen), "a traceback reached a client"
+    assert "litellm." not in "\n".join(seen), "LiteLLM's internals reached a client"
     # ...and the output stays useful: references and reasons are there.
     assert "${LEAK_K_ECHO}" in logged and "was rejected (401)" in logged
     assert "Incorrect API key provided: ***" in everything

@@ -22,7 +22,7 @@ from . import anthropic, cohere, gemini, openai_compat  # noqa: F401  (they regi
 from .azure_ad import FakeTokenEndpoint
 from .keys import by_key, limits_by_key, openai_limits
 from .record import Recorded
-from .replies import Cut, Error, Hang, Html, Malformed, Reasoning, Reply, Script, Text, ToolCalls
+from .replies import Cut, Error, Hang, Html, Malformed, Raw, Reasoning, Reply, Script, Text, ToolCalls
 from .server import FLAVORS, FakeUpstream, free_port
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Hang",
     "Html",
     "Malformed",
+    "Raw",
     "Reasoning",
     "Recorded",
     "Reply",

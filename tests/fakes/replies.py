@@ -27,6 +27,7 @@ __all__ = [
     "Hang",
     "Html",
     "Malformed",
+    "Raw",
     "Reasoning",
     "Reply",
     "Script",
@@ -175,7 +176,27 @@ class Malformed:
     delay: float = 0.0
 
 
-Reply = Text | ToolCalls | Reasoning | Error | Cut | Hang | Html | Malformed
+@dataclass
+class Raw:
+    """Exactly these bytes, whatever the flavor: a whole ``body``, or ``events``
+    written one write each (a stream), with ``content_type`` and ``headers``.
+
+    For what no real provider sends on purpose but a broken or hostile one may:
+    an endless line, an answer larger than any limit, an error event that quotes
+    the key it was sent, an error body in HTML.
+    """
+
+    body: bytes | None = None
+    events: list[bytes] | None = None
+    status: int = 200
+    content_type: str = "text/event-stream"
+    headers: dict[str, str] | None = None
+    _: KW_ONLY
+    delay: float = 0.0
+    chunk_delay: float | None = None
+
+
+Reply = Text | ToolCalls | Reasoning | Error | Cut | Hang | Html | Malformed | Raw
 """Anything a fake upstream can be told to answer."""
 
 Script = Callable[[dict, "Recorded"], "Reply | None"]

@@ -29,7 +29,7 @@ from aiohttp.web_request import BaseRequest
 from .flavors import EXTRA_FLAVORS, FlavorSpec
 from .fragment import fragment_event
 from .record import Recorded
-from .replies import Cut, Error, Hang, Html, Malformed, Reasoning, Reply, Script, Text, ToolCalls
+from .replies import Cut, Error, Hang, Html, Malformed, Raw, Reasoning, Reply, Script, Text, ToolCalls
 from .wire import AzureWire, Ctx, OllamaNativeWire, OllamaWire, OpenAIWire, Wire, html_page
 
 __all__ = ["FLAVORS", "FakeUpstream", "free_port"]
@@ -546,6 +546,11 @@ class FakeUpstream:
             else:
                 ctype, data = wire.json_content_type, wire.encode(body)
             return _Payload(reply.status, {**headers, "Content-Type": ctype, **(reply.headers or {})}, body=data)
+        if isinstance(reply, Raw):
+            raw_headers = {"Content-Type": reply.content_type, **(reply.headers or {})}
+            if reply.events is not None:
+                return _Payload(reply.status, raw_headers, events=list(reply.events))
+            return _Payload(reply.status, raw_headers, body=reply.body or b"")
         if isinstance(reply, Html):
             page = html_page(reply.status).encode()
             return _Payload(reply.status, {"Content-Type": "text/html; charset=utf-8"}, body=page)

@@ -7,11 +7,15 @@ betas, server tools. So for deployments with ``provider: anthropic``:
 - :func:`remember` (called by the ``/v1/messages`` route) keeps the client's parsed
   body and headers in ``ctx.state``;
 - :class:`AnthropicPassthrough`, registered for provider ``anthropic``, sends that
-  body with only ``model`` replaced (and thinking blocks this gateway signed
-  itself removed: Anthropic would reject their signature), with the client's
+  body reduced to the Messages API's own parameters (:data:`ANTHROPIC_PARAMS`),
+  with only ``model`` replaced (and thinking blocks this gateway signed itself
+  removed: Anthropic would reject their signature), with the client's
   ``anthropic-version`` and ``anthropic-beta`` headers and the deployment's key,
-  and yields each upstream SSE event untouched as ``{"anthropic_event": (name,
-  data_bytes)}`` (a whole JSON answer as ``{"anthropic_message": bytes}``);
+  and yields each upstream SSE event as ``{"anthropic_event": (name,
+  data_bytes)}`` (a whole JSON answer as ``{"anthropic_message": bytes}``), bytes
+  untouched unless they quote one of the gateway's secrets (then redacted). An
+  upstream ``error`` event is never relayed as is: it ends the stream with the
+  provider's status and a clean, redacted message, like any upstream error;
 - :func:`respond` (called by the route when :func:`active`) forwards those bytes to
   the client as they came, reading only ``message_start``/``message_delta`` for
   the usage it records.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,17 +42,18 @@ from starlette.responses import Response
 from clasp_gateway.catalog import provider_profile
 from clasp_gateway.credentials import KEY_FAILURES, KeySlot
 from clasp_gateway.errors import GatewayError, UpstreamError
-from clasp_gateway.http import EventStreamResponse
-from clasp_gateway.providers import OpenAICompatible, _error_code, _error_message, parse_retry_after
+from clasp_gateway.http import EventStreamResponse, error_response
+from clasp_gateway.providers import error_code, error_message, parse_retry_after
 from clasp_gateway.ratelimits import parse_rate_limits
-from clasp_gateway.reads import network_reads
-from clasp_gateway.redact import redact
+from clasp_gateway.reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
+from clasp_gateway.redact import redact, redact_bytes
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
 
+from .message import MessageBuilder
 from .sse import encode_event
 from .stream import THINKING_SIGNATURE, error_event, ping_event
 
-__all__ = ["AnthropicPassthrough", "RawRequest", "active", "remember", "respond"]
+__all__ = ["ANTHROPIC_PARAMS", "AnthropicPassthrough", "RawRequest", "active", "remember", "respond"]
 
 log = logging.getLogger("clasp.claude.passthrough")
 
@@ -56,8 +62,17 @@ ACTIVE_KEY = "clasp_claude.passthrough"
 DEFAULT_VERSION = "2023-06-01"
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 """Client headers that travel upstream (the client's own key never does)."""
+ANTHROPIC_PARAMS = frozenset({
+    "model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream", "temperature", "top_p",
+    "top_k", "tools", "tool_choice", "thinking", "context_management", "output_config", "output_format",
+})
+"""Top-level keys of a Messages request that travel upstream (what Claude Code and the
+SDKs send). Anything else a client adds is dropped: the body is data, and a key the
+gateway does not know may carry a cost or a behaviour the team did not choose
+(``service_tier``, ``container``, ``mcp_servers``...)."""
 
 _PING = encode_event(*ping_event())
+_ERROR_BODY = re.compile(rb'\s*\{\s*"type"\s*:\s*"error"')
 _SIGNATURE_MARK = THINKING_SIGNATURE.encode()
 
 
@@ -102,8 +117,13 @@ def _without_foreign_thinking(messages: Any) -> Any:
 
 
 def upstream_body(raw: RawRequest, deployment: Deployment) -> bytes:
-    """The client's body with the deployment's model (and foreign thinking removed)."""
-    body = {**raw.body, "model": deployment.model}
+    """The client's body reduced to :data:`ANTHROPIC_PARAMS`, with the deployment's
+    model (and foreign thinking removed)."""
+    body = {k: v for k, v in raw.body.items() if k in ANTHROPIC_PARAMS}
+    body["model"] = deployment.model
+    metadata = body.pop("metadata", None)
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        body["metadata"] = {"user_id": metadata["user_id"]}  # the only field Anthropic defines
     messages = body.get("messages")
     if isinstance(messages, list) and _SIGNATURE_MARK in orjson.dumps(messages):
         body["messages"] = _without_foreign_thinking(messages)
@@ -118,32 +138,52 @@ def _url(deployment: Deployment) -> str:
 
 class _Frames:
     """Splits an SSE byte stream into ``(event name, data bytes)`` frames, bytes
-    untouched (a read may end anywhere, even inside a UTF-8 character)."""
+    untouched (a read may end anywhere, even inside a UTF-8 character).
 
-    __slots__ = ("_buf",)
+    Linear in the bytes fed (each read is scanned once; an unfinished frame is
+    appended to, never re-copied) and bounded: an unfinished frame longer than
+    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.reads.FrameTooLarge`."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "_cr", "max_frame")
+
+    def __init__(self, max_frame: int = ReadLimits().max_line_bytes) -> None:
+        self._buf = bytearray()
+        self._cr = False
+        """The last read ended with ``\\r`` (held back: it may start a ``\\r\\n``)."""
+        self.max_frame = max_frame
 
     def feed(self, raw: bytes) -> list[tuple[str, bytes]]:
-        buf = self._buf + raw if self._buf else raw
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
+        if self._cr:
+            raw = b"\r" + raw
+        self._cr = raw.endswith(b"\r")
+        if self._cr:
+            raw = raw[:-1]
+        if b"\r" in raw:
+            raw = raw.replace(b"\r\n", b"\n")
+        buf = self._buf
+        scan = max(0, len(buf) - 1)  # a "\n\n" may straddle the previous read and this one
+        buf += raw
         out = []
         start = 0
         while True:
-            end = buf.find(b"\n\n", start)
+            end = buf.find(b"\n\n", max(start, scan))
             if end < 0:
                 break
-            frame = self._parse(buf[start:end])
+            if end - start > self.max_frame:
+                raise FrameTooLarge(self.max_frame)
+            frame = self._parse(bytes(buf[start:end]))
             if frame is not None:
                 out.append(frame)
             start = end + 2
-        self._buf = buf[start:]
+        if start:
+            del buf[:start]
+        if len(buf) > self.max_frame:
+            raise FrameTooLarge(self.max_frame)
         return out
 
     def flush(self) -> list[tuple[str, bytes]]:
-        tail, self._buf = self._buf, b""
+        tail = bytes(self._buf)
+        self._buf.clear()
         frame = self._parse(tail.strip(b"\n")) if tail.strip() else None
         return [frame] if frame is not None else []
 
@@ -183,18 +223,23 @@ class AnthropicPassthrough:
                 yield chunk
             return
         response = await self._send(deployment, raw)
+        limits: ReadLimits = getattr(providers, "limits", None) or ReadLimits()
         try:
             ctype = response.headers.get("content-type", "").lower()
             if "event-stream" in ctype:
-                async for chunk in self._events(response, deployment, ctx):
+                async for chunk in self._events(response, deployment, ctx, limits.max_line_bytes):
                     yield chunk
                 return
-            data = await OpenAICompatible._read_limited(response, deployment.timeouts.idle, deployment.id, limit=None)
+            data = await read_body(response, deployment.id, deployment.timeouts.idle, limits.max_body_bytes)
             if not data.lstrip().startswith(b"{"):
                 raise UpstreamError(f"{deployment.id}: provider answered something that is not a message",
                                     upstream_status=502, deployment=deployment.id, kind="protocol")
+            if _ERROR_BODY.match(data):  # {"type": "error", "error": {...}} with a success status
+                message, status = _error_of(data)
+                raise UpstreamError(f"{deployment.id}: provider error: {redact(message)}", upstream_status=status,
+                                    deployment=deployment.id, kind="http")
             ctx.state[ACTIVE_KEY] = deployment.id  # type: ignore[union-attr]
-            yield {"anthropic_message": data}
+            yield {"anthropic_message": redact_bytes(data)}
         finally:
             response.release()
 
@@ -231,27 +276,29 @@ class AnthropicPassthrough:
                     pool.observe(slot, parse_rate_limits(response.headers))
                 return response
             try:
-                body = await OpenAICompatible._read_limited(response, t.idle, label)
+                body = await read_error_body(response, label, t.idle)
             finally:
                 response.release()
             if slot is not None and response.status in KEY_FAILURES:
-                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=_error_code(body))
+                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=error_code(body))
                 tried.append(slot)
                 if pool.has_alternative(tried):
                     log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
                     continue
             ctype = response.headers.get("content-type", "").lower()
             raise UpstreamError(
-                f"{label}: provider answered {response.status}: {redact(_error_message(body, ctype))}",
+                f"{label}: provider answered {response.status}: {redact(error_message(body, ctype))}",
                 upstream_status=response.status, deployment=label,
                 retry_after=parse_retry_after(response.headers, response.status),
             )
 
     @staticmethod
-    async def _events(response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any) -> AsyncIterator[Chunk]:
+    async def _events(
+        response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any, max_frame: int
+    ) -> AsyncIterator[Chunk]:
         label = deployment.id
         idle = deployment.timeouts.idle
-        frames = _Frames()
+        frames = _Frames(max_frame)
         started = False
         ended = False
         async for raw in network_reads(response, label, idle):
@@ -259,18 +306,26 @@ class AnthropicPassthrough:
                 if started:
                     yield KEEPALIVE
                 continue
-            for name, data in frames.feed(raw) if raw else frames.flush():
+            try:
+                batch = frames.feed(raw) if raw else frames.flush()
+            except FrameTooLarge:
+                raise too_large(label, max_frame, line=True) from None
+            for name, data in batch:
+                if name == "error":
+                    # Never relayed as it came (it may quote a key): the provider's status
+                    # and a clean message. Before anything was said it is an ordinary
+                    # upstream error (the pipeline may fall back to another deployment);
+                    # after, the route ends the stream with an error event.
+                    message, status = _error_of(data)
+                    raise UpstreamError(
+                        f"{label}: provider error{' mid-stream' if started else ''}: {redact(message)}",
+                        upstream_status=status, deployment=label, kind="protocol" if started else "http",
+                    )
                 if not started:
-                    if name == "error":
-                        # Failed before anything was said: an ordinary upstream error
-                        # (the pipeline may still fall back to another deployment).
-                        message, status = _error_of(data)
-                        raise UpstreamError(f"{label}: provider error: {redact(message)}", upstream_status=status,
-                                            deployment=label, kind="http")
                     started = True
                     ctx.state[ACTIVE_KEY] = deployment.id
-                yield {"anthropic_event": (name, data)}
-                if name in ("message_stop", "error"):
+                yield {"anthropic_event": (name, redact_bytes(data))}
+                if name == "message_stop":
                     ended = True
                     break
             if ended:
@@ -284,14 +339,14 @@ def _error_of(data: bytes) -> tuple[str, int]:
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return data[:300].decode("utf-8", "replace"), 502
+        return " ".join(data[:300].decode("utf-8", "replace").split()), 502
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict):
-        return str(payload)[:300], 502
+        return "the provider reported an error", 502
     status = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "invalid_request_error": 400,
               "authentication_error": 401, "permission_error": 403, "not_found_error": 404,
               "request_too_large": 413, "timeout_error": 504}.get(str(err.get("type")), 502)
-    return str(err.get("message") or err.get("type")), status
+    return str(err.get("message") or err.get("type"))[:300], status
 
 
 # --------------------------------------------------------------------------------------
@@ -302,11 +357,10 @@ def _error_of(data: bytes) -> tuple[str, int]:
 class PassthroughUsage:
     """Usage read from the two events that carry it, for the ``record`` hook."""
 
-    __slots__ = ("usage", "error")
+    __slots__ = ("usage",)
 
     def __init__(self) -> None:
         self.usage = Usage()
-        self.error: tuple[str, int] | None = None
 
     def observe(self, name: str, data: bytes) -> None:
         if name == "message_start":
@@ -321,8 +375,6 @@ class PassthroughUsage:
             except (orjson.JSONDecodeError, AttributeError):
                 return
             self._take(usage)
-        elif name == "error":
-            self.error = _error_of(data)
 
     def take_message(self, data: bytes) -> None:
         try:
@@ -360,12 +412,7 @@ async def _stream(gateway: Any, ctx: RequestContext, upstream: Any) -> AsyncIter
             name, data = event
             seen.observe(name, data)
             yield b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-        if seen.error is not None:
-            message, status = seen.error
-            error = UpstreamError(f"{upstream.deployment.id}: provider error mid-stream: {message}",
-                                  upstream_status=status, deployment=upstream.deployment.id, kind="protocol")
-        else:
-            cut = False
+        cut = False
     except GatewayError as exc:
         # The answer already started: say so in-stream; never a clean message_stop.
         status, error = exc.status, exc
@@ -379,14 +426,35 @@ async def _stream(gateway: Any, ctx: RequestContext, upstream: Any) -> AsyncIter
 
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Response:
+    """A whole answer: the provider's message as it came, or, if it streamed anyway,
+    the message its events make; a failure on the way is a clean error answer."""
     seen = PassthroughUsage()
     body = b""
+    builder: MessageBuilder | None = None
     try:
         async for chunk in upstream:
-            if chunk is not KEEPALIVE and chunk.get("anthropic_message") is not None:
+            if chunk is KEEPALIVE:
+                continue
+            if chunk.get("anthropic_message") is not None:
                 body = chunk["anthropic_message"]
                 seen.take_message(body)
-    finally:
+            elif chunk.get("anthropic_event") is not None:
+                name, data = chunk["anthropic_event"]
+                seen.observe(name, data)
+                builder = builder or MessageBuilder()
+                builder.add([(name, orjson.loads(data))])
+        if builder is not None:
+            body = orjson.dumps(builder.result())
+    except GatewayError as exc:
         await upstream.aclose()
+        await gateway.finish(ctx, upstream, usage=seen.usage, status=exc.status, error=exc, cut=True)
+        return error_response(exc, "anthropic", ctx.request_id)
+    except (ValueError, KeyError, IndexError, TypeError, RuntimeError):  # events that make no message
+        await upstream.aclose()
+        error = UpstreamError(f"{upstream.deployment.id}: provider streamed events that make no message",
+                              upstream_status=502, deployment=upstream.deployment.id, kind="protocol")
+        await gateway.finish(ctx, upstream, usage=seen.usage, status=error.status, error=error, cut=True)
+        return error_response(error, "anthropic", ctx.request_id)
+    await upstream.aclose()
     await gateway.finish(ctx, upstream, usage=seen.usage, status=200)
     return Response(body, status_code=200, headers=ctx.response_headers, media_type="application/json")
