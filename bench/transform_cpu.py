@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from workload import openai_request  # noqa: E402
 
-from clasp_gateway import catalog  # noqa: E402
-from clasp_gateway.credentials import Credentials  # noqa: E402
 from clasp_gateway.errors import UpstreamError  # noqa: E402
-from clasp_gateway.providers import LiteLLMAdapter, OpenAICompatible  # noqa: E402
-from clasp_gateway.quirks import prepare_body  # noqa: E402
-from clasp_gateway.transform import TransformAdapter  # noqa: E402
 from clasp_gateway.types import Deployment, RequestHints, Secret, Timeouts  # noqa: E402
+from clasp_gateway.wire import catalog  # noqa: E402
+from clasp_gateway.wire.credentials import Credentials  # noqa: E402
+from clasp_gateway.wire.providers import LiteLLMAdapter, OpenAICompatible  # noqa: E402
+from clasp_gateway.wire.quirks import prepare_body  # noqa: E402
+from clasp_gateway.wire.transform import TransformAdapter  # noqa: E402
 from tests.fakes import FakeUpstream, Text  # noqa: E402
 
 PROVIDERS = {

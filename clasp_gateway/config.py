@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import catalog
-from .credentials import AZURE_AD, KEY_POOL, credentials_from
 from .redact import register_secret
 from .types import Deployment, Secret, Timeouts
 from .validation import (
@@ -52,6 +50,8 @@ from .validation import (
     String,
     unknown_key,
 )
+from .wire import catalog
+from .wire.credentials import AZURE_AD, KEY_POOL, credentials_from
 
 if TYPE_CHECKING:
     from .pipeline import Gateway

@@ -31,19 +31,16 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .access import REQUEST_EVENT
 from .config import Config, ModelRoute
-from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
-from .guard import AuthThrottle
 from .plugins import PluginManager, call_each, call_each_sync, call_first
-from .providers import Providers
-from .quirks import prepare_body
-from .reads import ReadLimits
-from .served import served_models
-from .server_tools import ServerTools
-from .textcalls import check_config as check_text_calls
-from .textcalls import filter_text_calls, text_call_names
+from .shaping.context import ContextManager, is_context_overflow, overflow_error
+from .shaping.server_tools import ServerTools
+from .shaping.textcalls import check_config as check_text_calls
+from .shaping.textcalls import filter_text_calls, text_call_names
+from .shell.access import REQUEST_EVENT
+from .shell.guard import AuthThrottle
+from .shell.served import served_models
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -55,6 +52,9 @@ from .types import (
     UpstreamStream,
     Usage,
 )
+from .wire.providers import Providers
+from .wire.quirks import prepare_body
+from .wire.reads import ReadLimits
 
 log = logging.getLogger("clasp.pipeline")
 

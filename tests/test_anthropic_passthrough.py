@@ -17,8 +17,8 @@ import pytest
 from clasp_claude.stream import THINKING_SIGNATURE
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
 from tests.fakes.anthropic import issued_signatures
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models

@@ -39,15 +39,15 @@ import aiohttp
 import orjson
 from starlette.responses import Response
 
-from clasp_gateway.catalog import provider_profile
-from clasp_gateway.credentials import KEY_FAILURES, KeySlot
 from clasp_gateway.errors import GatewayError, UpstreamError
-from clasp_gateway.http import EventStreamResponse, error_response
-from clasp_gateway.providers import error_code, error_message, parse_retry_after
-from clasp_gateway.ratelimits import parse_rate_limits
-from clasp_gateway.reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
 from clasp_gateway.redact import redact, redact_bytes
+from clasp_gateway.shell.http import EventStreamResponse, error_response
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
+from clasp_gateway.wire.catalog import provider_profile
+from clasp_gateway.wire.credentials import KEY_FAILURES, KeySlot
+from clasp_gateway.wire.providers import error_code, error_message, parse_retry_after
+from clasp_gateway.wire.ratelimits import parse_rate_limits
+from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
 
 from .message import MessageBuilder
 from .sse import encode_event
@@ -142,7 +142,7 @@ class _Frames:
 
     Linear in the bytes fed (each read is scanned once; an unfinished frame is
     appended to, never re-copied) and bounded: an unfinished frame longer than
-    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.reads.FrameTooLarge`."""
+    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.wire.reads.FrameTooLarge`."""
 
     __slots__ = ("_buf", "_cr", "max_frame")
 

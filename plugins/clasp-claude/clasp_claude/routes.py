@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.access import note
 from clasp_gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from clasp_gateway.http import (
+from clasp_gateway.pipeline import Gateway
+from clasp_gateway.shell.access import note
+from clasp_gateway.shell.http import (
     EventStreamResponse,
     authenticate,
     error_response,
@@ -19,12 +20,11 @@ from clasp_gateway.http import (
     read_json,
     request_headers,
 )
-from clasp_gateway.limits import check_message_count
-from clasp_gateway.openai_api import list_models as list_openai_models
-from clasp_gateway.openai_api import retrieve_model as retrieve_openai_model
-from clasp_gateway.openai_api import status_of
-from clasp_gateway.pipeline import Gateway
-from clasp_gateway.served import created_timestamps, describe_model, served_models
+from clasp_gateway.shell.limits import check_message_count
+from clasp_gateway.shell.openai_api import list_models as list_openai_models
+from clasp_gateway.shell.openai_api import retrieve_model as retrieve_openai_model
+from clasp_gateway.shell.openai_api import status_of
+from clasp_gateway.shell.served import created_timestamps, describe_model, served_models
 from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
 from . import passthrough
@@ -184,7 +184,7 @@ async def count_tokens_endpoint(request: Request) -> Response:
 async def list_models_endpoint(request: Request) -> Response:
     """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise.
 
-    Concrete names only (``clasp_gateway.served``): Claude Code's model discovery
+    Concrete names only (``clasp_gateway.shell.served``): Claude Code's model discovery
     keeps ids containing "claude" and shows ``display_name`` and ``description``.
     """
     if "anthropic-version" not in request.headers:

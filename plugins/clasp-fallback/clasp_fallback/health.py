@@ -2,7 +2,7 @@
 
 A background task (started in ``startup``, cancelled in ``shutdown``) checks every
 deployment each ``fallback.health.interval`` seconds with the core's probe
-(:func:`clasp_gateway.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
+(:func:`clasp_gateway.wire.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
 upstreams, or a 1-token completion with ``method: call``) and feeds the result to the
 deployment's circuit breaker. With Redis, one replica checks each deployment per
 interval (a ``SET NX`` lease) and the result is shared, so N replicas do not multiply
@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clasp_gateway.errors import GatewayError
-from clasp_gateway.http import authenticate, error_response, json_response
-from clasp_gateway.probe import probe_deployment
+from clasp_gateway.shell.http import authenticate, error_response, json_response
 from clasp_gateway.types import Deployment
+from clasp_gateway.wire.probe import probe_deployment
 
 from .stats import CheckResult, safe_error_text
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clasp_gateway.context import estimate_tokens
 from clasp_gateway.plugins import await_me_maybe
+from clasp_gateway.shaping.context import estimate_tokens
 from clasp_gateway.types import CanonicalRequest, Deployment, RequestContext
 
 from .breaker import BreakerView

@@ -35,10 +35,10 @@ from yarl import URL
 from clasp_gateway.canonical import completion_to_chunk
 from clasp_gateway.config import resolve_secret
 from clasp_gateway.errors import ConfigurationError, UpstreamError
-from clasp_gateway.providers import parse_retry_after
-from clasp_gateway.reads import network_reads
 from clasp_gateway.redact import redact
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext
+from clasp_gateway.wire.providers import parse_retry_after
+from clasp_gateway.wire.reads import network_reads
 
 from .converse import EXPIRED, ConverseStream, converse_body, error_for, stream_error, whole_answer
 from .credentials import AwsCredentials, Resolver, botocore_resolver, default_region

@@ -4,10 +4,10 @@ Both are built from what the gateway already knows, so nothing about Gemini's or
 Anthropic's formats is written twice:
 
 - the request is first shaped as for the gateway's own ``gemini`` (or
-  ``anthropic``) provider (:func:`clasp_gateway.quirks.prepare_body`: Gemini's
+  ``anthropic``) provider (:func:`clasp_gateway.wire.quirks.prepare_body`: Gemini's
   schema subset, letter-led tool names, thought signatures; Anthropic's reasoning),
   then built by the transform path's recipe for that provider (LiteLLM's provider
-  config, :class:`clasp_gateway.transform.TransformAdapter`);
+  config, :class:`clasp_gateway.wire.transform.TransformAdapter`);
 - only the address and the authentication are Vertex's: ``POST {base}/v1/projects/
   {project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse``
   for Gemini, ``.../publishers/anthropic/models/{model}:streamRawPredict`` for Claude
@@ -15,8 +15,8 @@ Anthropic's formats is written twice:
   vertex-2023-10-16``), with ``Authorization: Bearer`` and a service account's OAuth
   token (:mod:`.tokens`);
 - the SSE answer is read by the transform path's
-  :class:`~clasp_gateway.transform.EventReader` and corrected as the gateway's own
-  provider's answers are (:func:`clasp_gateway.quirks.response_fixer`).
+  :class:`~clasp_gateway.wire.transform.EventReader` and corrected as the gateway's own
+  provider's answers are (:func:`clasp_gateway.wire.quirks.response_fixer`).
 
 Vertex is always asked to stream; for a client that wants a whole answer the gateway
 assembles one from the stream (as it does for every stream-only provider).
@@ -48,13 +48,13 @@ import orjson
 
 from clasp_gateway.config import resolve_secret
 from clasp_gateway.errors import ConfigurationError, GatewayError, UpstreamError
-from clasp_gateway.providers import parse_retry_after
-from clasp_gateway.quirks import prepare_body, response_fixer
-from clasp_gateway.reads import network_reads
 from clasp_gateway.redact import redact
-from clasp_gateway.sse import SSEDecoder
-from clasp_gateway.transform import EventReader, TransformAdapter
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, RequestHints
+from clasp_gateway.wire.providers import parse_retry_after
+from clasp_gateway.wire.quirks import prepare_body, response_fixer
+from clasp_gateway.wire.reads import network_reads
+from clasp_gateway.wire.sse import SSEDecoder
+from clasp_gateway.wire.transform import EventReader, TransformAdapter
 
 from .tokens import ServiceAccountTokens
 

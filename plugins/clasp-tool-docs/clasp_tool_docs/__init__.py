@@ -27,7 +27,7 @@ from typing import Any
 
 from clasp_gateway import hookimpl
 from clasp_gateway.config import Config
-from clasp_gateway.server_tools import ToolContext
+from clasp_gateway.shaping.server_tools import ToolContext
 
 from .search import DocsIndex, format_hits
 

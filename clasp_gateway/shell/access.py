@@ -1,6 +1,6 @@
 """The access log: exactly one line per HTTP request, whatever its outcome.
 
-The app's :class:`~clasp_gateway.app.ErrorBoundary` opens an :class:`AccessRecord`
+The app's :class:`~clasp_gateway.shell.app.ErrorBoundary` opens an :class:`AccessRecord`
 for every request and writes its line (logger ``clasp.access``) when the answer has
 ended, so refused keys, invalid bodies, unknown models, upstream failures, cut
 streams and unexpected errors leave a trace as successes do. Routes say who called
@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from .types import Principal, RequestContext
+from ..types import Principal, RequestContext
 
 access_log = logging.getLogger("clasp.access")
 

@@ -6,7 +6,7 @@ one deployment accepts (model name, output limit, schema dialect, reasoning and
 sampling parameters, usage reporting in streams, history the provider would refuse).
 :func:`response_fixer` is the other direction: what a provider's chunks need before
 the rest of the gateway reads them. Which quirk applies is decided by the fields of
-:class:`~clasp_gateway.catalog.ProviderProfile`, never by provider name here.
+:class:`~clasp_gateway.wire.catalog.ProviderProfile`, never by provider name here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..types import CanonicalRequest, Chunk, Deployment, RequestHints
 from .catalog import ProviderProfile, provider_profile
-from .types import CanonicalRequest, Chunk, Deployment, RequestHints
 
 # OpenAI reasoning models take max_completion_tokens and refuse temperature/top_p.
 _OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
@@ -35,7 +35,7 @@ def _clean_tools(tools: list[dict[str, Any]], dialect: str) -> list[dict[str, An
                 tool = {**tool, "function": {**fn, "parameters": params}}
             out.append(tool)
         return out
-    from .schema import clean_schema
+    from ..shaping.schema import clean_schema
 
     cleaned = []
     for tool in tools:

@@ -43,9 +43,9 @@ from typing import Any
 
 import orjson
 
-from .config import Config, ConfigError
-from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
-from .validation import Choice
+from ..config import Config, ConfigError
+from ..types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
+from ..validation import Choice
 
 __all__ = [
     "LOCAL_PROVIDERS",

@@ -64,13 +64,13 @@ from typing import Any
 
 import orjson
 
-from .canonical import chunks_to_completion
-from .config import Config, ConfigError, ModelRoute
-from .errors import GatewayError, UpstreamError
-from .quirks import prepare_body
+from ..canonical import chunks_to_completion
+from ..config import Config, ConfigError, ModelRoute
+from ..errors import GatewayError, UpstreamError
+from ..types import KEEPALIVE, CanonicalRequest, Deployment, RequestContext, RequestHints, Usage
+from ..validation import Boolean, Integer, ListOf, Number, Section, String
+from ..wire.quirks import prepare_body
 from .tokens import PER_REPLY, encoding_for_model, get_encoding, media_tokens_estimate, message_tokens, tools_tokens
-from .types import KEEPALIVE, CanonicalRequest, Deployment, RequestContext, RequestHints, Usage
-from .validation import Boolean, Integer, ListOf, Number, Section, String
 
 __all__ = [
     "ContextManager",

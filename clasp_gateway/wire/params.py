@@ -7,7 +7,7 @@ deployment's key is sent; ``api_key``, ``extra_headers``, ``headers``,
 ``mock_response``, ``deployment_id``, ``model_list``...), and LiteLLM adds more in
 every release, so removing the dangerous ones can never be complete. Only the
 OpenAI chat parameters the canonical format defines go upstream, on every path
-(:meth:`clasp_gateway.providers.Providers.open` applies :func:`upstream_params` to
+(:meth:`clasp_gateway.wire.providers.Providers.open` applies :func:`upstream_params` to
 every attempt); the deployment's own ``extra_body`` (written by the operator in
 clasp.yaml) is added after, and the gateway's own settings (URL, key, headers,
 timeouts, retries) are set by each adapter after that, so nothing a client sends
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import InvalidRequestError
-from .types import CanonicalRequest, Deployment
+from ..errors import InvalidRequestError
+from ..types import CanonicalRequest, Deployment
 
 __all__ = ["EXTRA_PARAMS", "MODEL_PARAMS", "OPENAI_PARAMS", "UPSTREAM_PARAMS", "check_params", "upstream_params"]
 

@@ -15,12 +15,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..config import Config, ConfigError, plugin_problems, section_problems
+from ..errors import ApiError, GatewayError, NotFoundError
+from ..pipeline import Gateway, new_request_id
+from ..plugins import PluginManager, call_each
 from . import access, openai_api
-from .config import Config, ConfigError, plugin_problems, section_problems
-from .errors import ApiError, GatewayError, NotFoundError
 from .http import authenticate, error_response, json_response
-from .pipeline import Gateway, new_request_id
-from .plugins import PluginManager, call_each
 from .served import claude_code_endpoint
 
 log = logging.getLogger("clasp.app")
@@ -53,7 +53,7 @@ async def _answer_exception(exc: Exception, scope: Scope, receive: Receive, send
 
 class ErrorBoundary:
     """The outermost layer: give every request an id (``request-id`` header), write its
-    access line when it ends (:mod:`clasp_gateway.access`), and answer anything that
+    access line when it ends (:mod:`clasp_gateway.shell.access`), and answer anything that
     escaped everything inside (plugins' ASGI wrappers included) with a shaped error.
     """
 

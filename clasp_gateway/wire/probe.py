@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from .config import Config
+from ..config import Config
+from ..errors import GatewayError
+from ..redact import key_id, redact
+from ..types import Deployment, Secret
 from .credentials import credential_settings
-from .errors import GatewayError
 from .providers import ProviderAdapter, Providers
 from .reads import ReadLimits
-from .redact import key_id, redact
-from .types import Deployment, Secret
 
 
 @dataclass(slots=True)

@@ -9,8 +9,8 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .errors import GatewayError, InvalidRequestError, RequestTooLargeError
-from .types import Principal
+from ..errors import GatewayError, InvalidRequestError, RequestTooLargeError
+from ..types import Principal
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 

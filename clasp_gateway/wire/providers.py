@@ -23,17 +23,17 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from .canonical import completion_to_chunk
+from ..canonical import completion_to_chunk
+from ..errors import ConfigurationError, UpstreamError
+from ..redact import install_redaction, redact
+from ..types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
 from .catalog import provider_profile
 from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
-from .errors import ConfigurationError, UpstreamError
 from .params import MODEL_PARAMS, upstream_params
 from .quirks import response_fixer
 from .ratelimits import parse_rate_limits
 from .reads import ERROR_BODY_BYTES, FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
-from .redact import install_redaction, redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext
 
 log = logging.getLogger("clasp.providers")
 
@@ -439,7 +439,7 @@ class LiteLLMAdapter:
 
     ``acompletion`` takes a great many keyword arguments that decide where a call
     goes and what it carries; it gets only the canonical OpenAI parameters of the
-    request (:mod:`clasp_gateway.params`), the deployment's ``extra_body``, and
+    request (:mod:`clasp_gateway.wire.params`), the deployment's ``extra_body``, and
     then the gateway's own settings, which nothing before them can replace. LiteLLM
     retries nothing itself (``num_retries=0``, ``max_retries=0``): the fallback
     policy (``on_error``) is the only one, so one attempt is one upstream call.
@@ -548,7 +548,7 @@ class Providers:
     this object (to reach the pooled session and delegate to :meth:`builtin_for`),
     and if its ``open`` declares a ``ctx`` parameter it receives the request's
     :class:`~clasp_gateway.types.RequestContext`. Every adapter gets the request
-    reduced to its canonical parameters (:func:`~clasp_gateway.params.upstream_params`),
+    reduced to its canonical parameters (:func:`~clasp_gateway.wire.params.upstream_params`),
     so no client field can steer a call (its URL, key, headers or retries).
     """
 

@@ -28,8 +28,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from .config import ConfigError, ServerConfig
-from .errors import RateLimitError
+from ..config import ConfigError, ServerConfig
+from ..errors import RateLimitError
 from .limits import LimitLog
 
 __all__ = ["MAX_ADDRESSES", "AuthThrottle", "client_address", "parse_trusted_proxies"]

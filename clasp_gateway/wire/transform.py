@@ -45,16 +45,16 @@ from typing import Any
 import aiohttp
 import orjson
 
+from ..errors import ConfigurationError, UpstreamError
+from ..redact import redact
+from ..types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
 from .catalog import provider_profile
 from .credentials import KEY_FAILURES, Credentials, KeySlot
-from .errors import ConfigurationError, UpstreamError
 from .params import EXTRA_PARAMS, OPENAI_PARAMS
 from .providers import clean_error_text, error_code, error_message, parse_retry_after
 from .ratelimits import parse_rate_limits
 from .reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
-from .redact import redact
 from .sse import SSEDecoder
-from .types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
 
 log = logging.getLogger("clasp.transform")
 
@@ -82,9 +82,9 @@ class NDJSONDecoder:
 
     Works on bytes and decodes only complete lines, so a read that splits a
     multi-byte UTF-8 character cannot corrupt it. Blank lines are skipped. Linear
-    and bounded like :class:`~clasp_gateway.sse.SSEDecoder`: an unfinished line is
+    and bounded like :class:`~clasp_gateway.wire.sse.SSEDecoder`: an unfinished line is
     appended to, never re-scanned, and a line over ``max_line`` bytes (finished or
-    not) raises :class:`~clasp_gateway.reads.FrameTooLarge`.
+    not) raises :class:`~clasp_gateway.wire.reads.FrameTooLarge`.
     """
 
     __slots__ = ("_buf", "max_line")
@@ -472,7 +472,7 @@ def _split_body(body: CanonicalRequest, deployment: Deployment) -> tuple[list[An
     Extras are the canonical ones (``top_k``) and the deployment's ``extra_body``:
     every other key is dropped (they become keyword arguments of LiteLLM's
     ``get_optional_params``, which must never see a client's ``api_base`` or
-    ``extra_headers``; see :mod:`clasp_gateway.params`)."""
+    ``extra_headers``; see :mod:`clasp_gateway.wire.params`)."""
     # LiteLLM transforms edit messages in place; the canonical request may be reused
     # for a fallback attempt, so they get their own copy.
     messages = orjson.loads(orjson.dumps(body.get("messages") or []))
@@ -843,7 +843,7 @@ class TransformAdapter:
         if not completion.get("choices"):
             raise UpstreamError(f"{label}: provider answered without a message", upstream_status=502,
                                 deployment=label, kind="protocol")
-        from .canonical import completion_to_chunk
+        from ..canonical import completion_to_chunk
 
         yield completion_to_chunk(completion)
 

@@ -15,14 +15,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..canonical import chunks_to_completion
+from ..errors import ApiError, GatewayError, InvalidRequestError, NotFoundError
+from ..types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
+from ..wire.params import check_params
 from .access import note
-from .canonical import chunks_to_completion
-from .errors import ApiError, GatewayError, InvalidRequestError, NotFoundError
 from .http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .limits import MAX_OUTPUT_TOKENS, check_message_count
-from .params import check_params
 from .served import created_timestamps, describe_model, served_models
-from .types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
 
 
 def _validate(body: Any, *, max_messages: int | None = None) -> dict[str, Any]:

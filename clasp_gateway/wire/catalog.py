@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .types import CallMode, ModelInfo
+from ..types import CallMode, ModelInfo
 
 log = logging.getLogger("clasp.catalog")
 

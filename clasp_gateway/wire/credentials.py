@@ -3,7 +3,7 @@
 - :class:`KeyPool`: a deployment with several API keys (``api_keys: [${K1}, ${K2},
   file:/run/secrets/k3]``) spreads requests over them round-robin, skips keys
   close to their rate limit (from the provider's headers, see
-  :mod:`clasp_gateway.ratelimits`), and benches a key that got a 429 (until the
+  :mod:`clasp_gateway.wire.ratelimits`), and benches a key that got a 429 (until the
   provider's reset) or a 401/403 (for ``key_pool.auth_cooldown`` seconds, with a
   log line naming the key's *reference*, never its value). The direct adapter
   retries a request on the next key at once when a key is refused (see
@@ -33,11 +33,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .errors import UpstreamError
+from ..errors import UpstreamError
+from ..redact import key_id, redact, register_secret
+from ..types import Deployment, Secret
+from ..validation import Field, Integer, Number, Reference, Section, String
 from .ratelimits import RateLimitState
-from .redact import key_id, redact, register_secret
-from .types import Deployment, Secret
-from .validation import Field, Integer, Number, Reference, Section, String
 
 log = logging.getLogger("clasp.credentials")
 

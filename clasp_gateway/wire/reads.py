@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from .errors import UpstreamError
-from .types import PING_INTERVAL
+from ..errors import UpstreamError
+from ..types import PING_INTERVAL
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
+    from ..config import ServerConfig
 
 ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer is read (for its message); the rest is ignored."""

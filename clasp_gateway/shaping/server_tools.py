@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .config import Config, ConfigError
-from .redact import redact
-from .types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
-from .validation import Field, Integer, ListOf, MapOf, Number, Section, String
+from ..config import Config, ConfigError
+from ..redact import redact
+from ..types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
+from ..validation import Field, Integer, ListOf, MapOf, Number, Section, String
 
 if TYPE_CHECKING:
-    from .pipeline import Gateway
+    from ..pipeline import Gateway
 
 log = logging.getLogger("clasp.server_tools")
 

@@ -1,7 +1,7 @@
 """Provider rate-limit headers, parsed into one structure.
 
 Every provider reports its limits differently; the key pool
-(:mod:`clasp_gateway.credentials`) only needs to know, per API key, how many
+(:mod:`clasp_gateway.wire.credentials`) only needs to know, per API key, how many
 requests and tokens are left and when they come back. :func:`parse_rate_limits`
 reads every known header family into one :class:`RateLimitState`:
 

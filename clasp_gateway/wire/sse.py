@@ -7,7 +7,7 @@ complete line, so none of those splits can corrupt a character.
 It is linear in the bytes it is fed, and bounded: each read is scanned once (a line
 that spans many reads is appended to a buffer, never re-copied or re-scanned), and
 an unfinished line, or an event's accumulated ``data``, longer than ``max_line``
-bytes raises :class:`~clasp_gateway.reads.FrameTooLarge` instead of growing.
+bytes raises :class:`~clasp_gateway.wire.reads.FrameTooLarge` instead of growing.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .config import Config, ModelRoute
-from .context import input_budget
-from .errors import GatewayError
+from ..config import Config, ModelRoute
+from ..errors import GatewayError
+from ..shaping.context import input_budget
+from ..types import Deployment
 from .http import authenticate, error_response, json_response
-from .types import Deployment
 
 __all__ = [
     "CLAUDE_CODE_MAX_TOKENS",

@@ -43,15 +43,15 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .config import ServerConfig
-from .errors import GatewayError, OverloadedError
+from ..config import ServerConfig
+from ..errors import GatewayError, OverloadedError
 from .limits import LimitLog
 
 __all__ = ["PROTOCOL", "GatewayHttpProtocol", "connection_cap", "uvicorn_options"]
 
 log = logging.getLogger("clasp.server")
 
-PROTOCOL = "clasp_gateway.server:GatewayHttpProtocol"
+PROTOCOL = "clasp_gateway.shell.server:GatewayHttpProtocol"
 """uvicorn's ``http`` option: an import string, so worker processes can load it."""
 
 EXEMPT_PATHS = frozenset({"/health", "/ready"})
