@@ -36,7 +36,7 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     if "litellm" in sys.modules:  # imported already (by a plugin): its handlers go now
-        from .wire.providers import adopt_litellm_logging
+        from .wire.litellm_adapter import adopt_litellm_logging
 
         adopt_litellm_logging()
 

@@ -22,7 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from clasp_gateway.errors import UpstreamError  # noqa: E402
 from clasp_gateway.types import Deployment, RequestHints  # noqa: E402
 from clasp_gateway.wire import catalog  # noqa: E402
-from clasp_gateway.wire.providers import LiteLLMAdapter  # noqa: E402
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
 from clasp_gateway.wire.quirks import prepare_body  # noqa: E402
 from clasp_gateway.wire.transform import EventReader, Prepared, TransformAdapter  # noqa: E402
 
@@ -52,7 +52,7 @@ OPENAI_HISTORY = [
     {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
 ]
 
-_adapter = TransformAdapter(lambda: None, LiteLLMAdapter().ensure_loaded)
+_adapter = TransformAdapter(LiteLLMAdapter().ensure_loaded)
 
 
 def prepared(provider: str, model: str, api_base: str, *, stream: bool) -> Prepared:

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from clasp_gateway.types import Deployment, ReadAhead
-from clasp_gateway.wire.providers import OpenAICompatible
+from clasp_gateway.wire.direct import OpenAICompatible
 
 
 def _event(content: str, finish: str | None = None) -> bytes:

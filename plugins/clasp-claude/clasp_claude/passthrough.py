@@ -44,10 +44,8 @@ from clasp_gateway.redact import redact, redact_bytes
 from clasp_gateway.shell.http import EventStreamResponse, error_response
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
 from clasp_gateway.wire.catalog import provider_profile
-from clasp_gateway.wire.credentials import KEY_FAILURES, KeySlot
-from clasp_gateway.wire.providers import error_code, error_message, parse_retry_after
-from clasp_gateway.wire.ratelimits import parse_rate_limits
-from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
+from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits
+from clasp_gateway.wire.upstream import UpstreamRequest
 
 from .message import MessageBuilder
 from .sse import encode_event
@@ -223,14 +221,13 @@ class AnthropicPassthrough:
                 yield chunk
             return
         response = await self._send(deployment, raw)
-        limits: ReadLimits = getattr(providers, "limits", None) or ReadLimits()
         try:
             ctype = response.headers.get("content-type", "").lower()
             if "event-stream" in ctype:
-                async for chunk in self._events(response, deployment, ctx, limits.max_line_bytes):
+                async for chunk in self._events(response, deployment, ctx):
                     yield chunk
                 return
-            data = await read_body(response, deployment.id, deployment.timeouts.idle, limits.max_body_bytes)
+            data = await providers.upstream.read_body(response, deployment)
             if not data.lstrip().startswith(b"{"):
                 raise UpstreamError(f"{deployment.id}: provider answered something that is not a message",
                                     upstream_status=502, deployment=deployment.id, kind="protocol")
@@ -244,11 +241,8 @@ class AnthropicPassthrough:
             response.release()
 
     async def _send(self, deployment: Deployment, raw: RawRequest) -> aiohttp.ClientResponse:
-        providers = self._providers
-        label = deployment.id
-        session = await providers.pooled_session()
-        t = deployment.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, connect=t.connect)
+        """Send the client's request with the deployment's key (the next one when a key
+        is refused) over the gateway's wire; an error answer raises its status error."""
         data = upstream_body(raw, deployment)
         url = _url(deployment)
         headers = {"content-type": "application/json", "anthropic-version": DEFAULT_VERSION}
@@ -257,59 +251,24 @@ class AnthropicPassthrough:
             if value:
                 headers[name] = value
         headers.update(deployment.headers)
-        pool = providers.credentials.pool(deployment)
-        tried: list[KeySlot] = []
-        while True:  # a refused key: the same request on the next key (as the core paths do)
-            slot = pool.pick(len(data) // 4, tried)
-            if slot is not None and slot.value:
-                headers["x-api-key"] = slot.value
-            try:
-                response = await session.post(url, data=data, headers=headers, timeout=timeout)
-            except TimeoutError:
-                raise UpstreamError(f"{label}: timed out connecting", upstream_status=0, deployment=label,
-                                    kind="timeout") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: cannot reach the provider ({redact(str(exc)) or type(exc).__name__})",
-                                    upstream_status=0, deployment=label, kind="connect") from None
-            if response.status < 400:
-                if slot is not None and pool.tracks_limits:
-                    pool.observe(slot, parse_rate_limits(response.headers))
-                return response
-            try:
-                body = await read_error_body(response, label, t.idle)
-            finally:
-                response.release()
-            if slot is not None and response.status in KEY_FAILURES:
-                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=error_code(body))
-                tried.append(slot)
-                if pool.has_alternative(tried):
-                    log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
-                    continue
-            ctype = response.headers.get("content-type", "").lower()
-            raise UpstreamError(
-                f"{label}: provider answered {response.status}: {redact(error_message(body, ctype))}",
-                upstream_status=response.status, deployment=label,
-                retry_after=parse_retry_after(response.headers, response.status),
-            )
 
-    @staticmethod
-    async def _events(
-        response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any, max_frame: int
-    ) -> AsyncIterator[Chunk]:
+        def build(key: str | None) -> UpstreamRequest:
+            return UpstreamRequest(url, data, {**headers, "x-api-key": key} if key else headers)
+
+        response: aiohttp.ClientResponse = await self._providers.upstream.send(
+            deployment, build, need_tokens=len(data) // 4)
+        return response
+
+    async def _events(self, response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any) -> AsyncIterator[Chunk]:
         label = deployment.id
-        idle = deployment.timeouts.idle
-        frames = _Frames(max_frame)
+        upstream = self._providers.upstream
         started = False
         ended = False
-        async for raw in network_reads(response, label, idle):
-            if raw is None:
+        async for batch in upstream.frames(response, deployment, _Frames(upstream.limits.max_line_bytes)):
+            if batch is None:
                 if started:
                     yield KEEPALIVE
                 continue
-            try:
-                batch = frames.feed(raw) if raw else frames.flush()
-            except FrameTooLarge:
-                raise too_large(label, max_frame, line=True) from None
             for name, data in batch:
                 if name == "error":
                     # Never relayed as it came (it may quote a key): the provider's status

@@ -37,8 +37,8 @@ from clasp_gateway.config import resolve_secret
 from clasp_gateway.errors import ConfigurationError, UpstreamError
 from clasp_gateway.redact import redact
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext
-from clasp_gateway.wire.providers import parse_retry_after
 from clasp_gateway.wire.reads import network_reads
+from clasp_gateway.wire.upstream import parse_retry_after
 
 from .converse import EXPIRED, ConverseStream, converse_body, error_for, stream_error, whole_answer
 from .credentials import AwsCredentials, Resolver, botocore_resolver, default_region

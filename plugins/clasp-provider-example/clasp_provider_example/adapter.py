@@ -41,7 +41,7 @@ import orjson
 from clasp_gateway.errors import UpstreamError
 from clasp_gateway.redact import redact
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
-from clasp_gateway.wire.providers import parse_retry_after
+from clasp_gateway.wire.upstream import parse_retry_after
 
 __all__ = ["AcmeProvider", "chunks_from_events", "to_acme"]
 

@@ -50,11 +50,11 @@ from clasp_gateway.config import resolve_secret
 from clasp_gateway.errors import ConfigurationError, GatewayError, UpstreamError
 from clasp_gateway.redact import redact
 from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, RequestHints
-from clasp_gateway.wire.providers import parse_retry_after
 from clasp_gateway.wire.quirks import prepare_body, response_fixer
 from clasp_gateway.wire.reads import network_reads
 from clasp_gateway.wire.sse import SSEDecoder
 from clasp_gateway.wire.transform import EventReader, TransformAdapter
+from clasp_gateway.wire.upstream import parse_retry_after
 
 from .tokens import ServiceAccountTokens
 
@@ -193,7 +193,7 @@ class VertexProvider:
             transform: TransformAdapter = self._providers.transform
             return transform
         if self._own_transform is None:
-            self._own_transform = TransformAdapter(self._get_session, _load_litellm)
+            self._own_transform = TransformAdapter(_load_litellm)
         return self._own_transform
 
     # --- per deployment ------------------------------------------------------------------------
