@@ -35,7 +35,7 @@ from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
-from .shaping.server_tools import ServerTools
+from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
 from .shaping.textcalls import filter_text_calls, text_call_names
 from .shell.access import REQUEST_EVENT
@@ -237,7 +237,8 @@ class Gateway:
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)
             if tools:
-                return await self.server_tools.open(self, ctx, request, tools, stream=stream)
+                services = RoundServices(self._open, self.after_attempt, self.record)
+                return await self.server_tools.open(services, ctx, request, tools, stream=stream)
         return await self._open(ctx, request, stream=stream)
 
     async def _open(

@@ -41,17 +41,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from ..config import Config, ConfigError
 from ..redact import redact
-from ..types import KEEPALIVE, PING_INTERVAL, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
+from ..types import KEEPALIVE, PING_INTERVAL, Attempt, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
 from ..validation import Field, Integer, ListOf, MapOf, Number, Section, String
-
-if TYPE_CHECKING:
-    from ..pipeline import Gateway
 
 log = logging.getLogger("clasp.server_tools")
 
@@ -61,6 +58,7 @@ __all__ = [
     "ServerTools",
     "ServerToolsError",
     "ServerToolsSettings",
+    "RoundServices",
     "ToolContext",
     "ToolLoop",
 ]
@@ -78,6 +76,32 @@ LIMIT_NOTICE = "(the gateway stopped after {n} rounds of server tool calls witho
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 Handler = Callable[[dict[str, Any], "ToolContext"], "str | Awaitable[str]"]
+
+
+class OpenRound(Protocol):
+    """Opens one upstream round through the pipeline (routing, retries, fallback) and
+    returns its stream, first chunk in hand (``Gateway._open``). ``continuation``: a
+    later round of the same request (``before_call`` is not asked again)."""
+
+    def __call__(
+        self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool, continuation: bool = False
+    ) -> Awaitable[UpstreamStream]: ...
+
+
+AttemptEnded = Callable[[RequestContext, Attempt], Awaitable[None]]
+"""Closes an attempt's books: ``after_attempt`` and its ``record`` event (``Gateway.after_attempt``)."""
+
+Recorder = Callable[[RequestContext, dict[str, Any]], Awaitable[None]]
+"""Hands an event to every ``record`` implementation (``Gateway.record``); never raises."""
+
+
+@dataclass(slots=True, frozen=True)
+class RoundServices:
+    """What a tool loop needs from the gateway, as callables: it reaches nothing else."""
+
+    open_round: OpenRound
+    attempt_ended: AttemptEnded
+    record: Recorder
 
 
 class ServerToolsError(ConfigError, RuntimeError):
@@ -261,11 +285,12 @@ class ServerTools:
         return [t for t in chosen if t.name not in client]
 
     async def open(
-        self, gateway: Gateway, ctx: RequestContext, request: CanonicalRequest,
+        self, services: RoundServices, ctx: RequestContext, request: CanonicalRequest,
         tools: list[ServerTool], *, stream: bool,
     ) -> UpstreamStream:
-        """Open the first round and return the stream the client reads (the loop)."""
-        loop = ToolLoop(gateway, ctx, request, tools, self.settings, stream=stream)
+        """Open the first round and return the stream the client reads (the loop).
+        ``services``: how to open a round and keep the books (the gateway's)."""
+        loop = ToolLoop(services, ctx, request, tools, self.settings, self.config, stream=stream)
         return await loop.start()
 
 
@@ -372,10 +397,11 @@ class ToolLoop:
     """
 
     def __init__(
-        self, gateway: Gateway, ctx: RequestContext, request: CanonicalRequest,
-        tools: list[ServerTool], settings: ServerToolsSettings, *, stream: bool,
+        self, services: RoundServices, ctx: RequestContext, request: CanonicalRequest,
+        tools: list[ServerTool], settings: ServerToolsSettings, config: Config, *, stream: bool,
     ) -> None:
-        self.gateway = gateway
+        self.services = services
+        self.config = config
         self.ctx = ctx
         self.tools = {t.name: t for t in tools}
         self.settings = settings
@@ -389,7 +415,7 @@ class ToolLoop:
         ctx.state["server_tools"] = self.stats
 
     async def start(self) -> UpstreamStream:
-        first = await self.gateway._open(self.ctx, self.request, stream=self.stream)
+        first = await self.services.open_round(self.ctx, self.request, stream=self.stream)
         self.upstream = first
         self.stats["rounds"] = 1
         self.outer = UpstreamStream(first.deployment, first.attempt, [], self._run(), closer=self._close)
@@ -415,7 +441,7 @@ class ToolLoop:
             attempt.ended = time.perf_counter()
             attempt.usage = Usage.from_openai(usage)
             if attempt in self.ctx.attempts:
-                await self.gateway.after_attempt(self.ctx, attempt)
+                await self.services.attempt_ended(self.ctx, attempt)
         await self.upstream.aclose()
 
     async def _pings(self, task: asyncio.Future[Any]) -> AsyncIterator[Chunk]:
@@ -470,7 +496,7 @@ class ToolLoop:
                     self.messages.extend(task.result())
                     body = {**self.request, "messages": self.messages}
                     opening = asyncio.ensure_future(
-                        self.gateway._open(self.ctx, body, stream=self.stream, continuation=True)
+                        self.services.open_round(self.ctx, body, stream=self.stream, continuation=True)
                     )
                     async for ping in self._pings(opening):
                         yield ping
@@ -579,7 +605,7 @@ class ToolLoop:
         except (ValueError, orjson.JSONDecodeError) as exc:
             error = f"the arguments are not a JSON object ({exc}); call {tool.name} again with valid JSON"
         else:
-            tctx = ToolContext(self.ctx, self.gateway.config, call.id or "", number)
+            tctx = ToolContext(self.ctx, self.config, call.id or "", number)
             try:
                 async with asyncio.timeout(timeout):
                     if tool.is_async:
@@ -613,7 +639,7 @@ class ToolLoop:
         if error is not None:
             self.stats["failed"] += 1
         principal = self.ctx.principal
-        await self.gateway.record(self.ctx, {
+        await self.services.record(self.ctx, {
             "kind": "tool_call",
             "request_id": self.ctx.request_id,
             "public_model": self.ctx.public_model,
