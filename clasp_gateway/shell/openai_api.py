@@ -6,9 +6,7 @@ Anthropic requests (routing, fallback, plugins) with only validation added.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,13 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..canonical import chunks_to_completion
-from ..errors import ApiError, GatewayError, InvalidRequestError, NotFoundError
-from ..types import KEEPALIVE, RequestContext, RequestHints, UpstreamStream, Usage
+from ..errors import GatewayError, InvalidRequestError, NotFoundError
+from ..types import KEEPALIVE, Chunk, RequestContext, RequestHints, UpstreamStream, Usage
 from ..wire.params import check_params
 from .access import note
 from .http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .limits import MAX_OUTPUT_TOKENS, check_message_count
 from .served import created_timestamps, describe_model, served_models
+from .streaming import StreamEncoder, serve_stream
 
 
 def _validate(body: Any, *, max_messages: int | None = None) -> dict[str, Any]:
@@ -91,7 +90,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         raise  # the app's error boundary answers a shaped 500 and logs the traceback
     if not stream:
         return await _complete(gateway, ctx, upstream)
-    return EventStreamResponse(_stream(gateway, ctx, upstream, wants_usage), headers=ctx.response_headers)
+    return serve_stream(gateway, ctx, upstream, OpenAIEncoder(ctx.public_model, wants_usage))
 
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream) -> Response:
@@ -113,51 +112,46 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream)
     return json_response(completion, headers=ctx.response_headers)
 
 
-async def _stream(
-    gateway: Any, ctx: RequestContext, upstream: UpstreamStream, wants_usage: bool
-) -> AsyncIterator[bytes]:
-    usage: Usage | None = None
-    status, cut = 200, True
-    error: Exception | None = None
-    model = ctx.public_model
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
-    read_ahead = ctx.read_ahead
-    out: list[bytes] = []
-    try:
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
-                out.append(b": keep-alive\n\n")
-            else:
-                if chunk.get("usage"):
-                    usage = Usage.from_openai(chunk["usage"])
-                    if not wants_usage:
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                if chunk.get("choices") or "usage" in chunk:
-                    chunk["model"] = model
-                    if chunk_hook is not None:
-                        chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
-                    out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            # One write per upstream read: hold output while more decoded chunks wait.
-            if out and not read_ahead.pending:
-                yield b"".join(out)
-                out = []
-        out.append(b"data: [DONE]\n\n")
-        cut = False
-        yield b"".join(out)
-    except GatewayError as exc:
-        status, error = exc.status, exc
-        yield b"".join(out) + b"data: " + orjson.dumps(exc.openai_body()) + b"\n\n"
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499  # the client went away
-        raise
-    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
-        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
-        status, error = 500, exc
-        shaped = ApiError("internal gateway error; see the gateway log for request " + ctx.request_id)
-        yield b"".join(out) + b"data: " + orjson.dumps(shaped.openai_body()) + b"\n\n"
-    finally:
-        await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=usage, status=status, error=error, cut=cut)
+class OpenAIEncoder(StreamEncoder):
+    """OpenAI's chat completion stream: ``data: {chunk}`` events with the public model
+    name, usage only when the client asked for it (``stream_options.include_usage``),
+    ``data: [DONE]`` at the end, an OpenAI-shaped error object when it is cut."""
+
+    __slots__ = ("model", "wants_usage", "_usage")
+
+    def __init__(self, model: str, wants_usage: bool) -> None:
+        self.model = model
+        self.wants_usage = wants_usage
+        self._usage: Usage | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the upstream reported (whether or not the client gets it)."""
+        return self._usage
+
+    def prepare(self, chunk: Chunk) -> Chunk | None:
+        """Record the usage (kept from the client unless asked for); the public model
+        name; nothing for a chunk without choices or usage."""
+        if chunk.get("usage"):
+            self._usage = Usage.from_openai(chunk["usage"])
+            if not self.wants_usage:
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        if chunk.get("choices") or "usage" in chunk:
+            chunk["model"] = self.model
+            return chunk
+        return None
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """One ``data:`` event."""
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def finish(self) -> bytes:
+        """OpenAI's end marker."""
+        return b"data: [DONE]\n\n"
+
+    def error(self, error: GatewayError) -> bytes:
+        """The error object OpenAI's SDKs raise from mid-stream."""
+        return b"data: " + orjson.dumps(error.openai_body()) + b"\n\n"
 
 
 async def list_models(request: Request) -> Response:

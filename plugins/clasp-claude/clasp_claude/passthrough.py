@@ -28,7 +28,6 @@ event is an ordinary upstream error, so fallback to other deployments still work
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -41,8 +40,9 @@ from starlette.responses import Response
 
 from clasp_gateway.errors import GatewayError, UpstreamError
 from clasp_gateway.redact import redact, redact_bytes
-from clasp_gateway.shell.http import EventStreamResponse, error_response
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
+from clasp_gateway.shell.http import error_response
+from clasp_gateway.shell.streaming import StreamEncoder, serve_stream
+from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext, Usage
 from clasp_gateway.wire.catalog import provider_profile
 from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits
 from clasp_gateway.wire.upstream import UpstreamRequest
@@ -264,12 +264,17 @@ class AnthropicPassthrough:
         upstream = self._providers.upstream
         started = False
         ended = False
+        read_ahead = ctx.read_ahead if ctx is not None else ReadAhead()
         async for batch in upstream.frames(response, deployment, _Frames(upstream.limits.max_line_bytes)):
             if batch is None:
+                read_ahead.pending = 0
                 if started:
                     yield KEEPALIVE
                 continue
+            remaining = len(batch)
             for name, data in batch:
+                remaining -= 1
+                read_ahead.pending = remaining  # the route writes once per network read
                 if name == "error":
                     # Never relayed as it came (it may quote a key): the provider's status
                     # and a clean message. Before anything was said it is an ordinary
@@ -349,39 +354,90 @@ class PassthroughUsage:
                 setattr(u, field, value)
 
 
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+           "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def canonical_chunk(name: str, data: bytes) -> Chunk | None:
+    """A canonical view of one Anthropic event, for ``on_stream_chunk`` (text, thinking,
+    tool calls, the finish reason and usage; ``None`` for the others)."""
+    if name not in ("content_block_delta", "content_block_start", "message_delta"):
+        return None
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    index = event.get("index") if isinstance(event.get("index"), int) else 0
+    delta: dict[str, Any]
+    if name == "content_block_delta":
+        raw = event.get("delta") or {}
+        kind = raw.get("type")
+        if kind == "text_delta":
+            delta = {"content": raw.get("text") or ""}
+        elif kind == "thinking_delta":
+            delta = {"reasoning_content": raw.get("thinking") or ""}
+        elif kind == "input_json_delta":
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": raw.get("partial_json") or ""}}]}
+        else:
+            return None
+    elif name == "content_block_start":
+        block = event.get("content_block") or {}
+        if block.get("type") != "tool_use":
+            return None
+        delta = {"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                 "function": {"name": block.get("name"), "arguments": ""}}]}
+    else:
+        reason = (event.get("delta") or {}).get("stop_reason")
+        finish = _FINISH.get(reason, reason) if isinstance(reason, str) else None
+        chunk: Chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+            chunk["usage"] = {"completion_tokens": usage["output_tokens"]}
+        return chunk
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+class PassthroughEncoder(StreamEncoder):
+    """Anthropic's events written as they came (only the usage is read, for the books),
+    ``ping`` keep-alives, a clean ``error`` event when the stream is cut."""
+
+    keepalive = _PING
+
+    def __init__(self) -> None:
+        self.seen = PassthroughUsage()
+
+    @property
+    def usage(self) -> Usage:
+        """The usage ``message_start`` and ``message_delta`` reported."""
+        return self.seen.usage
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """The event's frame, bytes untouched."""
+        event = chunk.get("anthropic_event")
+        if event is None:
+            return b""
+        name, data = event
+        self.seen.observe(name, data)
+        return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+    def canonical(self, chunk: Chunk) -> Chunk | None:
+        """What plugins' ``on_stream_chunk`` sees of a pass-through event."""
+        event = chunk.get("anthropic_event")
+        return canonical_chunk(*event) if event is not None else None
+
+    def error(self, error: GatewayError) -> bytes:
+        """Anthropic's in-stream ``error`` event (never the provider's own, which may
+        quote a key)."""
+        return encode_event(*error_event(error.error_type, error.message))
+
+
 async def respond(gateway: Any, ctx: RequestContext, upstream: Any) -> Any:
     """The client's response for a pass-through attempt (streamed or whole)."""
     if ctx.client_stream:
-        return EventStreamResponse(_stream(gateway, ctx, upstream), headers=ctx.response_headers)
+        return serve_stream(gateway, ctx, upstream, PassthroughEncoder())
     return await _complete(gateway, ctx, upstream)
-
-
-async def _stream(gateway: Any, ctx: RequestContext, upstream: Any) -> AsyncIterator[bytes]:
-    seen = PassthroughUsage()
-    status, cut = 200, True
-    error: GatewayError | None = None
-    try:
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
-                yield _PING
-                continue
-            event = chunk.get("anthropic_event")
-            if event is None:
-                continue
-            name, data = event
-            seen.observe(name, data)
-            yield b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-        cut = False
-    except GatewayError as exc:
-        # The answer already started: say so in-stream; never a clean message_stop.
-        status, error = exc.status, exc
-        yield encode_event(*error_event(exc.error_type, exc.message))
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499
-        raise
-    finally:
-        await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=seen.usage, status=status, error=error, cut=cut)
 
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,12 +24,13 @@ from clasp_gateway.shell.openai_api import list_models as list_openai_models
 from clasp_gateway.shell.openai_api import retrieve_model as retrieve_openai_model
 from clasp_gateway.shell.openai_api import status_of
 from clasp_gateway.shell.served import created_timestamps, describe_model, served_models
-from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
+from clasp_gateway.shell.streaming import StreamEncoder, serve_stream
+from clasp_gateway.types import KEEPALIVE, Chunk, RequestContext, UpstreamStream, Usage
 
 from . import passthrough
 from .message import MessageBuilder
 from .request import estimate_input_tokens, to_canonical
-from .sse import encode_event
+from .sse import encode_event, encode_events
 from .stream import StreamTranslator, error_event, ping_event
 from .tokens import count_tokens, encoding_for_model
 
@@ -89,52 +89,45 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
         tool_names=translated.tool_names,
     )
     if ctx.client_stream:
-        return EventStreamResponse(_stream(gateway, ctx, upstream, translator), headers=ctx.response_headers)
+        return serve_stream(gateway, ctx, upstream, AnthropicEncoder(translator))
     return await _complete(gateway, ctx, upstream, translator)
 
 
-async def _stream(
-    gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
-) -> AsyncIterator[bytes]:
-    status, cut = 200, True
-    error: Exception | None = None
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
-    read_ahead = ctx.read_ahead
-    out: list[bytes] = []
-    try:
-        yield b"".join(encode_event(n, p) for n, p in translator.start()) + PING
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
-                out.append(PING)
-            else:
-                if chunk_hook is not None:
-                    chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
-                for name, payload in translator.feed(chunk):
-                    out.append(encode_event(name, payload))
-                if translator.done:
-                    break
-            # One write per upstream read: hold output while more decoded chunks wait.
-            if out and not read_ahead.pending:
-                yield b"".join(out)
-                out = []
-        out += [encode_event(n, p) for n, p in translator.finish()]
-        cut = False
-        yield b"".join(out)
-    except GatewayError as exc:
-        # The answer already started: say so in-stream; never a clean message_stop.
-        status, error = exc.status, exc
-        yield b"".join(out) + encode_event(*error_event(exc.error_type, exc.message))
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499  # the client went away
-        raise
-    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
-        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
-        status, error = 500, exc
-        yield b"".join(out) + encode_event(*error_event(
-            "api_error", "internal gateway error; see the gateway log for request " + ctx.request_id))
-    finally:
-        await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=translator.usage, status=status, error=error, cut=cut)
+class AnthropicEncoder(StreamEncoder):
+    """Anthropic's Messages stream: the translator's events (``message_start`` and a
+    ``ping`` first, ``message_stop`` last), ``ping`` keep-alives, an ``error`` event
+    when the answer is cut."""
+
+    keepalive = PING
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self.translator = translator
+
+    @property
+    def done(self) -> bool:
+        """A stop sequence matched, or the finish and the usage both arrived."""
+        return self.translator.done
+
+    @property
+    def usage(self) -> Usage:
+        """The upstream's usage (estimated where it gave none)."""
+        return self.translator.usage
+
+    def start(self) -> bytes:
+        """``message_start``, then a ping (the client hears from the gateway at once)."""
+        return encode_events(self.translator.start()) + PING
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """The events one canonical chunk makes (often one, sometimes none)."""
+        return encode_events(self.translator.feed(chunk))
+
+    def finish(self) -> bytes:
+        """The closing blocks, ``message_delta`` and ``message_stop``."""
+        return encode_events(self.translator.finish())
+
+    def error(self, error: GatewayError) -> bytes:
+        """Anthropic's in-stream ``error`` event."""
+        return encode_event(*error_event(error.error_type, error.message))
 
 
 async def _complete(
