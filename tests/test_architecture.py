@@ -133,3 +133,85 @@ def test_module_docstrings_say_what_each_module_is_for() -> None:
     missing = [module_name(p) for p in sorted(CORE.rglob("*.py"))
                if p.name != "__init__.py" and ast.get_docstring(ast.parse(p.read_text())) is None]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+# --- the public surface ---------------------------------------------------------------------------
+
+PLUGIN_MODULES = sorted(p for p in ROOT.glob("plugins/*/clasp_*/**/*.py"))
+
+
+def test_plugins_import_only_the_public_api() -> None:
+    """A plugin imports ``clasp_gateway`` itself, never one of its submodules (the core's
+    internals) nor a ``_private`` name: the public API is what ``__all__`` lists."""
+    assert len(PLUGIN_MODULES) >= 20, "the plugin packages were not found"
+    import clasp_gateway
+
+    public = set(clasp_gateway.__all__)
+    problems = []
+    for path in PLUGIN_MODULES:
+        where = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("clasp_gateway."):
+                        problems.append(f"{where}:{node.lineno}: import {alias.name}")
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "clasp_gateway":
+                if node.module != "clasp_gateway":
+                    problems.append(f"{where}:{node.lineno}: from {node.module} import ...")
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") or alias.name not in public:
+                        problems.append(f"{where}:{node.lineno}: {alias.name} is not in clasp_gateway.__all__")
+    assert not problems, "plugins reach past the public API:\n  " + "\n  ".join(problems)
+
+
+def _definition(module: str, name: str, seen: int = 0) -> tuple[str, ast.stmt, ast.stmt | None]:
+    """Where ``module.name`` is defined (following re-exports): the module, its statement
+    and the statement after it (an attribute docstring, if any)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    body = ast.parse(path.read_text()).body
+    for i, node in enumerate(body):
+        following = body[i + 1] if i + 1 < len(body) else None
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return module, node, following
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return module, node, following
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            return module, node, following
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and seen < 5:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    source = resolve(module, path.name == "__init__.py", node)
+                    return _definition(source, alias.name, seen + 1)
+    raise AssertionError(f"{module}.{name}: definition not found")
+
+
+def test_every_public_name_is_documented() -> None:
+    """Each name of ``clasp_gateway.__all__`` is a class or function with a docstring,
+    or a value (constant, type alias) with an attribute docstring: the public API
+    explains itself where a plugin author looks it up."""
+    import clasp_gateway
+
+    undocumented = []
+    for name in clasp_gateway.__all__:
+        if name.startswith("__"):
+            continue
+        assert hasattr(clasp_gateway, name), f"{name} is in __all__ but not importable"
+        module, node, following = _definition("clasp_gateway", name)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            documented = bool(ast.get_docstring(node))
+        else:
+            documented = (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                          and isinstance(following.value.value, str))
+        if not documented:
+            undocumented.append(f"{name} ({module})")
+    assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_the_package_is_typed() -> None:
+    """``py.typed`` ships with the package (PEP 561), so a plugin type-checks against it."""
+    assert (CORE / "py.typed").exists()
+    assert 'clasp_gateway = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()

@@ -81,6 +81,7 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``data`` as a JSON response (orjson: several times faster than the standard library)."""
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
 
 

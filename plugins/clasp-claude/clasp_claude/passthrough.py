@@ -38,14 +38,25 @@ import aiohttp
 import orjson
 from starlette.responses import Response
 
-from clasp_gateway.errors import GatewayError, UpstreamError
-from clasp_gateway.redact import redact, redact_bytes
-from clasp_gateway.shell.http import error_response
-from clasp_gateway.shell.streaming import StreamEncoder, serve_stream
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, ReadAhead, RequestContext, Usage
-from clasp_gateway.wire.catalog import provider_profile
-from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits
-from clasp_gateway.wire.upstream import UpstreamRequest
+from clasp_gateway import (
+    KEEPALIVE,
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    FrameTooLarge,
+    GatewayError,
+    ReadLimits,
+    RequestContext,
+    StreamEncoder,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+    error_response,
+    provider_profile,
+    redact,
+    redact_bytes,
+    serve_stream,
+)
 
 from .message import MessageBuilder
 from .sse import encode_event
@@ -140,7 +151,8 @@ class _Frames:
 
     Linear in the bytes fed (each read is scanned once; an unfinished frame is
     appended to, never re-copied) and bounded: an unfinished frame longer than
-    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.wire.reads.FrameTooLarge`."""
+    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.FrameTooLarge` (the
+    gateway's ``server.max_line_bytes``, from ``upstream.limits``)."""
 
     __slots__ = ("_buf", "_cr", "max_frame")
 
@@ -264,7 +276,7 @@ class AnthropicPassthrough:
         upstream = self._providers.upstream
         started = False
         ended = False
-        read_ahead = ctx.read_ahead if ctx is not None else ReadAhead()
+        read_ahead = ctx.read_ahead
         async for batch in upstream.frames(response, deployment, _Frames(upstream.limits.max_line_bytes)):
             if batch is None:
                 read_ahead.pending = 0

@@ -42,10 +42,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from clasp_gateway.errors import InvalidRequestError
-from clasp_gateway.shaping.schema import clean_schema
-from clasp_gateway.shell.limits import MAX_OUTPUT_TOKENS
-from clasp_gateway.types import RequestHints
+from clasp_gateway import MAX_OUTPUT_TOKENS, InvalidRequestError, RequestHints, clean_schema
 
 __all__ = [
     "EMPTY_TOOL_OUTPUT",

@@ -8,24 +8,33 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from clasp_gateway.pipeline import Gateway
-from clasp_gateway.shell.access import note
-from clasp_gateway.shell.http import (
+from clasp_gateway import (
+    KEEPALIVE,
+    Chunk,
     EventStreamResponse,
+    Gateway,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestContext,
+    StreamEncoder,
+    UpstreamStream,
+    Usage,
     authenticate,
+    check_message_count,
+    created_timestamps,
+    describe_model,
     error_response,
     json_response,
+    list_openai_models,
+    note_access,
     read_json,
     request_headers,
+    retrieve_openai_model,
+    serve_stream,
+    served_models,
+    status_of,
 )
-from clasp_gateway.shell.limits import check_message_count
-from clasp_gateway.shell.openai_api import list_models as list_openai_models
-from clasp_gateway.shell.openai_api import retrieve_model as retrieve_openai_model
-from clasp_gateway.shell.openai_api import status_of
-from clasp_gateway.shell.served import created_timestamps, describe_model, served_models
-from clasp_gateway.shell.streaming import StreamEncoder, serve_stream
-from clasp_gateway.types import KEEPALIVE, Chunk, RequestContext, UpstreamStream, Usage
 
 from . import passthrough
 from .message import MessageBuilder
@@ -59,7 +68,7 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
             hints=translated.hints,
         )
-        note(request, ctx=ctx)
+        note_access(request, ctx=ctx)
         # An Anthropic deployment gets the client's own request (passthrough.py).
         passthrough.remember(ctx, raw, headers)
         # Stop sequences are matched by the gateway, so it reads a stream to stop early.

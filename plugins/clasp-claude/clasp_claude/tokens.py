@@ -19,7 +19,7 @@ import re
 import struct
 from typing import Any
 
-from clasp_gateway.shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
+from clasp_gateway import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 
 from .request import IMAGE_TOKENS, PDF_PAGE_TOKENS, to_canonical
 

@@ -23,10 +23,7 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.errors import GatewayError
-from clasp_gateway.shell.http import authenticate, error_response, json_response
-from clasp_gateway.types import Deployment
-from clasp_gateway.wire.probe import probe_deployment
+from clasp_gateway import Deployment, GatewayError, authenticate, error_response, json_response, probe_deployment
 
 from .stats import CheckResult, safe_error_text
 

@@ -21,10 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clasp_gateway.hookspecs import hookimpl
-from clasp_gateway.pipeline import Gateway
-from clasp_gateway.plugins import await_me_maybe
-from clasp_gateway.types import Attempt, CanonicalRequest, Deployment, RequestContext
+from clasp_gateway import Attempt, CanonicalRequest, Deployment, Gateway, RequestContext, await_me_maybe, hookimpl
 
 from .breaker import BreakerStore, BreakerView, MemoryBreakers, RedisBreakers
 from .classify import Failure, classify

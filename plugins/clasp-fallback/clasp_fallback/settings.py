@@ -29,11 +29,11 @@ from clasp_gateway import (
     ListOf,
     MapOf,
     Number,
+    Secret,
     Section,
     String,
     resolve_secret,
 )
-from clasp_gateway.types import Secret
 
 BUILTIN_STRATEGIES = ("strict", "cost", "balanced")
 HEALTH_METHODS = ("auto", "models", "call")
