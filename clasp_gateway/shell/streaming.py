@@ -55,11 +55,9 @@ class StreamEncoder:
     keepalive: bytes = b": keep-alive\n\n"
     """Written while the upstream is silent (every ~10 s)."""
 
-    @property
-    def done(self) -> bool:
-        """True when the answer is complete before the upstream ended (a stop sequence
-        matched): the upstream is not read any further."""
-        return False
+    done: bool = False
+    """Set it (in :meth:`encode`) when the answer is complete before the upstream ended
+    (a stop sequence matched): the upstream is not read any further."""
 
     @property
     def usage(self) -> Usage | None:

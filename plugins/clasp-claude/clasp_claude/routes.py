@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -111,11 +112,7 @@ class AnthropicEncoder(StreamEncoder):
 
     def __init__(self, translator: StreamTranslator) -> None:
         self.translator = translator
-
-    @property
-    def done(self) -> bool:
-        """A stop sequence matched, or the finish and the usage both arrived."""
-        return self.translator.done
+        self._feed = translator.feed
 
     @property
     def usage(self) -> Usage:
@@ -127,8 +124,14 @@ class AnthropicEncoder(StreamEncoder):
         return encode_events(self.translator.start()) + PING
 
     def encode(self, chunk: Chunk) -> bytes:
-        """The events one canonical chunk makes (often one, sometimes none)."""
-        return encode_events(self.translator.feed(chunk))
+        """The events one canonical chunk makes (often one, sometimes none); ``done``
+        once a stop sequence matched, or the finish and the usage both arrived."""
+        events = self._feed(chunk)
+        self.done = self.translator.done
+        if len(events) == 1:  # the common case: no join, no generator
+            name, payload = events[0]
+            return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+        return encode_events(events)
 
     def finish(self) -> bytes:
         """The closing blocks, ``message_delta`` and ``message_stop``."""
