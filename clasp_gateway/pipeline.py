@@ -27,6 +27,7 @@ from .plugins import PluginManager, await_me_maybe
 from .providers import Providers
 from .quirks import prepare_body
 from .server_tools import ServerTools
+from .state import StateBackend, state_from_config
 from .textcalls import check_config as check_text_calls
 from .textcalls import filter_text_calls, text_call_names
 from .types import (
@@ -78,17 +79,21 @@ class Gateway:
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
+        # Shared state (breakers, limits, caches): no I/O until start(); see state/.
+        self.state: StateBackend = state_from_config(config)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.state.open()
         await self.providers.start(self.config.deployments())
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
         await self.providers.close()
+        await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
 

@@ -13,24 +13,31 @@ Health checks feed the same state (:meth:`BreakerStore.report_check`): a failed 
 counts as a failure and keeps an open breaker open; a successful real completion
 ("call" method) after the cooldown closes it.
 
-Two stores share one semantics: :class:`MemoryBreakers` (this process) and
-:class:`RedisBreakers` (every replica agrees; one Lua script per transition, so the
-read-modify-write is atomic; falls back to local state while Redis is down). The
-tests run the same scenarios against both.
+Two stores share one semantics: :class:`MemoryBreakers` (this process, a plain object
+with an injectable clock) and :class:`SharedBreakers`, which keeps the state in the
+gateway's state backend (``gateway.state``: memory, SQLite shared by the workers, or
+Redis shared by every replica). Each transition there is one atomic
+:class:`~clasp_gateway.Script`: the Lua below for Redis, the Python functions of this
+module for memory and SQLite. While a shared backend is unavailable, the local
+:class:`MemoryBreakers` (kept warm meanwhile) answers. The tests run the same scenarios
+against every store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import Any, Protocol
+
+import orjson
+
+from clasp_gateway import Script, ScriptTx, StateBackend, StateUnavailable
 
 from .settings import BreakerSettings
-
-if TYPE_CHECKING:  # redis.asyncio costs ~90 ms to import: only when Redis is configured
-    from .shared import SharedRedis
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -255,12 +262,13 @@ class MemoryBreakers:
         return None
 
 
-# --- in Redis --------------------------------------------------------------------------------
+# --- in the gateway's state backend -------------------------------------------------------
 
-# KEYS[1]: the circuit hash. ARGV: op ("acquire" | "report" | "check" | "view"), ok, probe,
-# rest_for, failures, error_rate (0 = off), min_requests, window, cooldown, max_cooldown,
-# probe_timeout, ttl_ms, conclusive. Returns the state fields as strings (Lua numbers
-# would be truncated to integers), then allowed and probe.
+# The Redis twin of :func:`_transition`. KEYS[1]: the circuit hash. ARGV: op ("acquire" |
+# "report" | "check" | "view"), ok, probe, rest_for, failures, error_rate (0 = off),
+# min_requests, window, cooldown, max_cooldown, probe_timeout, ttl_ms, conclusive.
+# Returns the state fields as strings (Lua numbers would be truncated to integers),
+# then allowed and probe.
 _LUA = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -391,22 +399,62 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisBreakers:
-    """Breaker state in Redis, shared by every replica; local state while Redis is down.
+_FIELDS = tuple(f.name for f in dataclasses.fields(Circuit))
 
-    Keys are ``{key_prefix}breaker:{deployment id}`` hashes with a TTL, so deployments
-    removed from the config leave nothing behind. Every transition is one EVALSHA of
-    :data:`_LUA` (atomic), with the time taken from Redis (``TIME``), so replicas with
-    skewed clocks still agree on cooldowns.
+
+def _transition(policy: BreakerSettings, tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> tuple[BreakerView, Ticket]:
+    """The Python twin of :data:`_LUA` (memory and SQLite backends): the same state
+    machine, the circuit stored as JSON, written back only when it changed."""
+    key, op = keys[0], args[0]
+    raw = tx.get(key)
+    c = Circuit(**orjson.loads(raw)) if raw else Circuit()
+    before = dataclasses.replace(c)
+    now = tx.now()
+    ticket = Ticket(False, False, c.state)
+    if op == "acquire":
+        ticket = acquire(c, policy, now)
+    elif op == "report":
+        report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
+    elif op == "check":
+        report_check(c, policy, now, args[1] == "1", args[-1] == "1")
+    if c != before:
+        tx.set(key, orjson.dumps({name: getattr(c, name) for name in _FIELDS}), ttl=policy.key_ttl)
+    if op != "acquire":
+        ticket = Ticket(False, False, c.state)
+    return c.view(now), ticket
+
+
+def _decode(reply: Any) -> tuple[BreakerView, Ticket]:
+    f = [_text(v) for v in reply]
+    view = BreakerView(
+        state=f[0], consecutive_failures=int(float(f[1])), recent_requests=float(f[2]),
+        recent_errors=float(f[3]), reopens_in=float(f[4]), trips=int(float(f[5])), reason=f[6],
+    )
+    return view, Ticket(f[7] == "1", f[8] == "1", view.state)
+
+
+class SharedBreakers:
+    """Breaker state in a :class:`~clasp_gateway.StateBackend`, under ``namespace``.
+
+    Keys are ``{state prefix}{namespace}breaker:{deployment id}`` with a TTL, so
+    deployments removed from the config leave nothing behind. With a shared backend
+    every transition is atomic across processes, and Redis takes the time from
+    itself, so replicas with skewed clocks still agree on cooldowns. While a shared
+    backend is unavailable the local :class:`MemoryBreakers` answers; it learns from
+    every outcome meanwhile, so it is warm when needed.
     """
 
-    def __init__(self, policy: BreakerSettings, redis: SharedRedis) -> None:
+    def __init__(self, policy: BreakerSettings, state: StateBackend, namespace: str = "fallback:") -> None:
         self.policy = policy
-        self.redis = redis
+        self.state = state
         self.local = MemoryBreakers(policy)
-        self._script = redis.register_script(_LUA)
+        self._feed_local = state.shared
+        # One Script per policy: the Python twin closes over it (no parsing per call);
+        # Redis gets the policy as arguments and caches one SHA for every policy.
+        self._script: Script[tuple[BreakerView, Ticket]] = Script(
+            name="clasp-fallback.breaker", lua=_LUA, python=partial(_transition, policy), decode=_decode)
         self._mirror: dict[str, BreakerView] = {}
-        self._prefix = policy.key_prefix + "breaker:"
+        self._prefix = namespace + "breaker:"
         self._static = [
             str(policy.failures), repr(policy.error_rate or 0), str(policy.min_requests), repr(policy.window),
             repr(policy.cooldown), repr(policy.max_cooldown), repr(policy.probe_timeout),
@@ -415,52 +463,47 @@ class RedisBreakers:
 
     @property
     def describe(self) -> str:
-        if self.redis.outage:
-            return f"memory (Redis at {self.redis.url} unreachable)"
-        return f"redis ({self.redis.url})"
+        if self.state.outage:
+            return f"memory ({self.state.label} at {self.state.url} unreachable)"
+        return self.state.describe
 
     async def _run(self, key: str, op: str, ok: bool = False, probe: bool = False,
                    rest_for: float = 0.0, conclusive: bool = False) -> tuple[BreakerView, Ticket] | None:
         args = [op, "1" if ok else "0", "1" if probe else "0", repr(rest_for), *self._static, "1" if conclusive else "0"]
-
-        async def run(client: object) -> list[object]:
-            result: list[object] = await self._script(keys=[self._prefix + key], args=args)
-            return result
-
-        raw = await self.redis.call(run, f"updating the breaker of {key}")
-        if raw is None:
+        try:
+            result = await self.state.run(self._script, [self._prefix + key], args)
+        except StateUnavailable:
             return None
-        f = [_text(v) for v in raw]
-        view = BreakerView(
-            state=f[0], consecutive_failures=int(float(f[1])), recent_requests=float(f[2]),
-            recent_errors=float(f[3]), reopens_in=float(f[4]), trips=int(float(f[5])), reason=f[6],
-        )
-        self._mirror[key] = view
-        return view, Ticket(f[7] == "1", f[8] == "1", view.state)
+        self._mirror[key] = result[0]
+        return result
 
     async def acquire(self, key: str) -> Ticket:
         result = await self._run(key, "acquire")
         return result[1] if result else await self.local.acquire(key)
 
     async def report(self, key: str, ok: bool, *, probe: bool, rest_for: float = 0.0) -> BreakerView:
-        # Local state learns from every outcome too, so it is warm if Redis goes away.
-        local = await self.local.report(key, ok, probe=probe, rest_for=rest_for)
+        local = await self.local.report(key, ok, probe=probe, rest_for=rest_for) if self._feed_local else None
         result = await self._run(key, "report", ok, probe, rest_for)
-        return result[0] if result else local
+        if result:
+            return result[0]
+        return local or await self.local.report(key, ok, probe=probe, rest_for=rest_for)
 
     async def report_check(self, key: str, ok: bool, *, conclusive: bool) -> BreakerView:
-        local = await self.local.report_check(key, ok, conclusive=conclusive)
+        local = await self.local.report_check(key, ok, conclusive=conclusive) if self._feed_local else None
         result = await self._run(key, "check", ok, conclusive=conclusive)
-        return result[0] if result else local
+        if result:
+            return result[0]
+        return local or await self.local.report_check(key, ok, conclusive=conclusive)
 
     async def view(self, key: str) -> BreakerView:
         result = await self._run(key, "view")
         return result[0] if result else self.local.peek(key)
 
     def peek(self, key: str) -> BreakerView:
-        if self.redis.outage:
+        if self.state.outage:
             return self.local.peek(key)
         return self._mirror.get(key) or BreakerView()
 
     async def close(self) -> None:
-        await self.redis.close()
+        """Nothing to release: the state backend belongs to whoever opened it."""
+        return None
