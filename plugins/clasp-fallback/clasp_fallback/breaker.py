@@ -41,6 +41,12 @@ from .settings import BreakerSettings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
+TRUST_CLOSED_FOR = 0.1
+"""Seconds a closed breaker, as last read from shared state, lets requests through
+without asking the store again. A closed breaker never changes by itself (only another
+process's failures open it), so this bounds how late this process notices that; it
+saves a store round trip on nearly every request (``bench/state_bench.py``)."""
+
 
 @dataclass(slots=True, frozen=True)
 class Ticket:
@@ -404,23 +410,30 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(Circuit))
 
 def _transition(policy: BreakerSettings, tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> tuple[BreakerView, Ticket]:
     """The Python twin of :data:`_LUA` (memory and SQLite backends): the same state
-    machine, the circuit stored as JSON, written back only when it changed."""
+    machine, the circuit stored as a JSON list, written back when it changed (the same
+    rule as the Lua: a report always, a check unless it proved nothing, an acquire when
+    it moved the state or claimed the probe)."""
     key, op = keys[0], args[0]
     raw = tx.get(key)
-    c = Circuit(**orjson.loads(raw)) if raw else Circuit()
-    before = dataclasses.replace(c)
+    c = Circuit(*orjson.loads(raw)) if raw else Circuit()
     now = tx.now()
-    ticket = Ticket(False, False, c.state)
     if op == "acquire":
+        state, probe_until = c.state, c.probe_until
         ticket = acquire(c, policy, now)
-    elif op == "report":
-        report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
-    elif op == "check":
-        report_check(c, policy, now, args[1] == "1", args[-1] == "1")
-    if c != before:
-        tx.set(key, orjson.dumps({name: getattr(c, name) for name in _FIELDS}), ttl=policy.key_ttl)
-    if op != "acquire":
+        changed = c.state != state or c.probe_until != probe_until
+    else:
+        if op == "report":
+            report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
+            changed = True
+        elif op == "check":
+            ok, conclusive = args[1] == "1", args[-1] == "1"
+            report_check(c, policy, now, ok, conclusive)
+            changed = conclusive or not ok
+        else:
+            changed = False
         ticket = Ticket(False, False, c.state)
+    if changed:
+        tx.set(key, orjson.dumps([getattr(c, name) for name in _FIELDS]), ttl=policy.key_ttl)
     return c.view(now), ticket
 
 
@@ -444,9 +457,13 @@ class SharedBreakers:
     every outcome meanwhile, so it is warm when needed.
     """
 
-    def __init__(self, policy: BreakerSettings, state: StateBackend, namespace: str = "fallback:") -> None:
+    def __init__(self, policy: BreakerSettings, state: StateBackend, namespace: str = "fallback:", *,
+                 trust_closed_for: float = TRUST_CLOSED_FOR, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.state = state
+        self.trust_closed_for = trust_closed_for
+        self.clock = clock
+        """Times the trust in a closed breaker (the state machine's time is the store's)."""
         self.local = MemoryBreakers(policy)
         self._feed_local = state.shared
         # One Script per policy: the Python twin closes over it (no parsing per call);
@@ -454,6 +471,7 @@ class SharedBreakers:
         self._script: Script[tuple[BreakerView, Ticket]] = Script(
             name="clasp-fallback.breaker", lua=_LUA, python=partial(_transition, policy), decode=_decode)
         self._mirror: dict[str, BreakerView] = {}
+        self._read_at: dict[str, float] = {}
         self._prefix = namespace + "breaker:"
         self._static = [
             str(policy.failures), repr(policy.error_rate or 0), str(policy.min_requests), repr(policy.window),
@@ -475,9 +493,15 @@ class SharedBreakers:
         except StateUnavailable:
             return None
         self._mirror[key] = result[0]
+        self._read_at[key] = self.clock()
         return result
 
     async def acquire(self, key: str) -> Ticket:
+        known = self._mirror.get(key)
+        if known is not None and known.state == CLOSED and not self.state.outage and (
+            not self.state.shared or self.clock() - self._read_at[key] < self.trust_closed_for
+        ):
+            return Ticket(True, False, CLOSED)  # only this process changes unshared state
         result = await self._run(key, "acquire")
         return result[1] if result else await self.local.acquire(key)
 

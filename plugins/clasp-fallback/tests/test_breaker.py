@@ -179,3 +179,25 @@ async def test_breakers_in_sqlite_are_shared_by_two_instances(tmp_path: Path) ->
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_closed_breaker_is_trusted_briefly_then_read_again(tmp_path: Path) -> None:
+    """A request skips the store while its process saw the breaker closed within
+    ``trust_closed_for``; another process opening it is noticed after that."""
+    path = str(tmp_path / "state.sqlite3")
+    first, second = SqliteState(path), SqliteState(path)
+    clock = Clock(0.0)
+    try:
+        a = SharedBreakers(POLICY, first, trust_closed_for=0.1, clock=clock)
+        b = SharedBreakers(POLICY, second)
+        assert (await a.acquire("d1")).allowed  # read: closed
+        for _ in range(3):
+            await b.report("d1", False, probe=False)  # another process opens it
+        clock.now = 0.09
+        assert (await a.acquire("d1")).allowed  # still trusted: no round trip
+        clock.now = 0.11
+        assert not (await a.acquire("d1")).allowed  # read again: open
+        assert a.peek("d1").state == "open"
+    finally:
+        await first.close()
+        await second.close()
