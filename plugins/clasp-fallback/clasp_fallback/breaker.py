@@ -25,6 +25,7 @@ against every store.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import time
@@ -43,9 +44,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 TRUST_CLOSED_FOR = 0.1
 """Seconds a closed breaker, as last read from shared state, lets requests through
-without asking the store again. A closed breaker never changes by itself (only another
-process's failures open it), so this bounds how late this process notices that; it
-saves a store round trip on nearly every request (``bench/state_bench.py``)."""
+without asking the store again; also the longest a success on a closed breaker waits
+before it is written (successes are coalesced into one write). A closed breaker never
+changes by itself (only failures open it), so this bounds how late this process notices
+another's failures, and how late others count this one's successes. Failures, probes
+and status reads are never delayed: pending successes are written first. It saves the
+shared store (a thread handoff for SQLite, a round trip for Redis) on nearly every
+request (``bench/state_bench.py``, ``bench/run_bench.py --b-config``)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -272,7 +277,8 @@ class MemoryBreakers:
 
 # The Redis twin of :func:`_transition`. KEYS[1]: the circuit hash. ARGV: op ("acquire" |
 # "report" | "check" | "view"), ok, probe, rest_for, failures, error_rate (0 = off),
-# min_requests, window, cooldown, max_cooldown, probe_timeout, ttl_ms, conclusive.
+# min_requests, window, cooldown, max_cooldown, probe_timeout, ttl_ms, conclusive, times
+# (a report of that many outcomes: coalesced successes).
 # Returns the state fields as strings (Lua numbers would be truncated to integers),
 # then allowed and probe.
 _LUA = """
@@ -290,6 +296,7 @@ local max_cooldown = tonumber(ARGV[10])
 local probe_timeout = tonumber(ARGV[11])
 local ttl_ms = tonumber(ARGV[12])
 local conclusive = ARGV[13] == '1'
+local times = tonumber(ARGV[14]) or 1
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -347,7 +354,7 @@ if op == 'acquire' then
   end
 elseif op == 'report' then
   changed = true
-  count(ok)
+  for i = 1, times do count(ok) end
   if ok then c.failures = 0 else c.failures = c.failures + 1 end
   if c.state == 'half_open' and probe then
     if ok then close() else trip('the half-open probe failed') end
@@ -423,10 +430,11 @@ def _transition(policy: BreakerSettings, tx: ScriptTx, keys: list[str], args: Se
         changed = c.state != state or c.probe_until != probe_until
     else:
         if op == "report":
-            report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
+            for _ in range(int(args[13])):
+                report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
             changed = True
         elif op == "check":
-            ok, conclusive = args[1] == "1", args[-1] == "1"
+            ok, conclusive = args[1] == "1", args[12] == "1"
             report_check(c, policy, now, ok, conclusive)
             changed = conclusive or not ok
         else:
@@ -472,6 +480,10 @@ class SharedBreakers:
             name="clasp-fallback.breaker", lua=_LUA, python=partial(_transition, policy), decode=_decode)
         self._mirror: dict[str, BreakerView] = {}
         self._read_at: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+        """Successes on a closed breaker not written yet (shared backends only)."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
         self._prefix = namespace + "breaker:"
         self._static = [
             str(policy.failures), repr(policy.error_rate or 0), str(policy.min_requests), repr(policy.window),
@@ -486,8 +498,9 @@ class SharedBreakers:
         return self.state.describe
 
     async def _run(self, key: str, op: str, ok: bool = False, probe: bool = False,
-                   rest_for: float = 0.0, conclusive: bool = False) -> tuple[BreakerView, Ticket] | None:
-        args = [op, "1" if ok else "0", "1" if probe else "0", repr(rest_for), *self._static, "1" if conclusive else "0"]
+                   rest_for: float = 0.0, conclusive: bool = False, times: int = 1) -> tuple[BreakerView, Ticket] | None:
+        args = [op, "1" if ok else "0", "1" if probe else "0", repr(rest_for), *self._static, "1" if conclusive else "0",
+                str(times)]
         try:
             result = await self.state.run(self._script, [self._prefix + key], args)
         except StateUnavailable:
@@ -507,19 +520,55 @@ class SharedBreakers:
 
     async def report(self, key: str, ok: bool, *, probe: bool, rest_for: float = 0.0) -> BreakerView:
         local = await self.local.report(key, ok, probe=probe, rest_for=rest_for) if self._feed_local else None
+        known = self._mirror.get(key)
+        if ok and not probe and rest_for <= 0 and self._feed_local and known is not None and known.state == CLOSED \
+                and not self.state.outage:
+            return self._defer_success(key, known)
+        await self._flush(key)
         result = await self._run(key, "report", ok, probe, rest_for)
         if result:
             return result[0]
         return local or await self.local.report(key, ok, probe=probe, rest_for=rest_for)
 
+    def _defer_success(self, key: str, known: BreakerView) -> BreakerView:
+        """Count a success now, write it within ``trust_closed_for`` (with the others)."""
+        self._pending[key] = self._pending.get(key, 0) + 1
+        if key not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[key] = loop.call_later(self.trust_closed_for, self._flush_later, key)
+        view = dataclasses.replace(known, consecutive_failures=0)
+        self._mirror[key] = view
+        return view
+
+    def _flush_later(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush(key))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, key: str) -> None:
+        """Write ``key``'s pending successes (before anything that must see them)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        times = self._pending.pop(key, 0)
+        if times:
+            await self._run(key, "report", True, times=times)  # in an outage: the local state has them
+
+    async def flush(self) -> None:
+        """Write every pending success now (status pages, shutdown, tests)."""
+        for key in list(self._pending):
+            await self._flush(key)
+
     async def report_check(self, key: str, ok: bool, *, conclusive: bool) -> BreakerView:
         local = await self.local.report_check(key, ok, conclusive=conclusive) if self._feed_local else None
+        await self._flush(key)
         result = await self._run(key, "check", ok, conclusive=conclusive)
         if result:
             return result[0]
         return local or await self.local.report_check(key, ok, conclusive=conclusive)
 
     async def view(self, key: str) -> BreakerView:
+        await self._flush(key)
         result = await self._run(key, "view")
         return result[0] if result else self.local.peek(key)
 
@@ -529,5 +578,5 @@ class SharedBreakers:
         return self._mirror.get(key) or BreakerView()
 
     async def close(self) -> None:
-        """Nothing to release: the state backend belongs to whoever opened it."""
-        return None
+        """Write pending successes (the state backend belongs to whoever opened it)."""
+        await self.flush()

@@ -201,3 +201,48 @@ async def test_a_closed_breaker_is_trusted_briefly_then_read_again(tmp_path: Pat
     finally:
         await first.close()
         await second.close()
+
+
+async def test_successes_are_written_together_and_before_anything_that_must_see_them(tmp_path: Path) -> None:
+    """On a shared backend, successes on a closed breaker are coalesced into one write
+    (at most ``trust_closed_for`` later); a failure, a check or a status read writes
+    them first, so the order of outcomes, and what a status page shows, stay exact."""
+    path = str(tmp_path / "state.sqlite3")
+    first, second = SqliteState(path), SqliteState(path)
+    try:
+        a = SharedBreakers(POLICY, first, trust_closed_for=30)
+        b = SharedBreakers(POLICY, second)
+        await a.report("d1", False, probe=False)  # known: closed, one failure
+        for _ in range(4):
+            assert (await a.report("d1", True, probe=False)).consecutive_failures == 0
+        assert (await b.view("d1")).recent_requests == pytest.approx(1)  # not written yet
+        await a.report("d1", False, probe=False)  # the successes go first, then this failure
+        seen = await b.view("d1")
+        assert seen.consecutive_failures == 1 and seen.recent_requests == pytest.approx(6, rel=0.01)
+        await a.report("d1", True, probe=False)
+        assert (await a.view("d1")).consecutive_failures == 0  # a status read writes them
+        await a.report("d1", True, probe=False)
+        await a.close()  # and so does shutting down
+        assert (await b.view("d1")).recent_requests == pytest.approx(8, rel=0.01)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_pending_successes_are_written_within_the_trust_window(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.sqlite3")
+    first, second = SqliteState(path), SqliteState(path)
+    try:
+        a = SharedBreakers(POLICY, first, trust_closed_for=0.05)
+        await a.report("d1", False, probe=False)
+        await a.report("d1", True, probe=False)
+        raw = SharedBreakers(POLICY, second)
+        for _ in range(200):  # bounded wait for the timer (no assertion on how long it took)
+            if (await raw.view("d1")).consecutive_failures == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (await raw.view("d1")).consecutive_failures == 0
+    finally:
+        await first.close()
+        await second.close()
+
