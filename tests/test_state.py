@@ -600,6 +600,26 @@ def test_workers_share_one_fresh_file_for_the_run(monkeypatch: pytest.MonkeyPatc
         assert none is None and EMBEDDED_PATH_ENV not in os.environ
 
 
+def test_a_file_the_backend_chose_itself_is_removed_on_close(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``state: {backend: sqlite}`` without url: a fresh file per run, gone afterwards
+    (a configured file, or the one ``clasp serve`` gave its workers, stays)."""
+    monkeypatch.delenv(EMBEDDED_PATH_ENV, raising=False)
+
+    async def use(state: StateBackend) -> bool:
+        await state.open()
+        await state.set("k", "v")
+        assert isinstance(state, SqliteState)
+        existed = Path(state.path).exists()  # noqa: ASYNC240 (a test's tmp file)
+        await state.close()
+        return existed
+
+    chosen = create_state(state_problems({"backend": "sqlite"})[0])
+    assert isinstance(chosen, SqliteState)
+    assert asyncio.run(use(chosen)) and not Path(chosen.path).exists()
+    configured = create_state(state_problems({"backend": "sqlite", "url": str(tmp_path / "kept.db")})[0])
+    assert asyncio.run(use(configured)) and (tmp_path / "kept.db").exists()
+
+
 def test_create_state_builds_what_the_settings_say(tmp_path: Path) -> None:
     settings, _ = state_problems({"backend": "sqlite", "url": str(tmp_path / "x.db"), "timeout": 1})
     state = create_state(settings)

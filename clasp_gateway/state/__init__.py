@@ -321,9 +321,10 @@ def create_state(settings: StateSettings, *, clock: Callable[[], float] | None =
     if settings.backend == "sqlite":
         from .sqlite import SqliteState
 
-        path = settings.path or os.environ.get(EMBEDDED_PATH_ENV) or embedded_path()
-        return SqliteState(path, prefix=settings.prefix, timeout=settings.timeout,
-                           **({"clock": clock} if clock is not None else {}))
+        path = settings.path or os.environ.get(EMBEDDED_PATH_ENV)
+        # A file of our own choosing is ours to remove; a configured or inherited one is not.
+        return SqliteState(path or embedded_path(), prefix=settings.prefix, timeout=settings.timeout,
+                           remove_on_close=path is None, **({"clock": clock} if clock is not None else {}))
     from .memory import MemoryState
 
     return MemoryState(prefix=settings.prefix, **({"clock": clock} if clock is not None else {}))

@@ -118,9 +118,11 @@ class SqliteState(StateBackend):
     """Seconds between reads of the messages table while there are subscribers."""
 
     def __init__(self, path: str, *, prefix: str = "clasp:", timeout: float = 0.25,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, remove_on_close: bool = False) -> None:
         super().__init__(prefix=prefix)
         self.path = os.path.abspath(path)
+        self.remove_on_close = remove_on_close
+        """Delete the file on close (a fresh file this process chose for one run)."""
         self.timeout = timeout
         self.clock = clock
         self._worker = _Worker("clasp-state-sqlite")
@@ -224,6 +226,10 @@ class SqliteState(StateBackend):
         with contextlib.suppress(sqlite3.Error, RuntimeError):
             await self._worker.submit(close_connection)
         self._worker.stop()
+        if self.remove_on_close:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
 
     # --- values --------------------------------------------------------------------------
 
