@@ -3,6 +3,17 @@
 from .config import Config, ConfigError, load_config, parse_config, resolve_secret
 from .errors import GatewayError
 from .hookspecs import hookimpl
+from .state import (
+    RateWindow,
+    Reservation,
+    Script,
+    ScriptTx,
+    StateBackend,
+    StateSettings,
+    StateUnavailable,
+    Subscription,
+    create_state,
+)
 from .types import CanonicalRequest, Chunk, Deployment, Principal, RequestContext, RequestHints, Usage
 from .validation import (
     Anything,
@@ -29,4 +40,7 @@ __all__ = [
     "Duration", "Field", "GatewayError", "Integer", "Invalid", "ListOf", "MapOf", "Number", "Principal", "Reference",
     "RequestContext", "RequestHints", "Section", "String", "Usage", "__version__", "did_you_mean", "hookimpl",
     "load_config", "parse_config", "resolve_secret",
+    # shared state (clasp_gateway/state/): gateway.state is a StateBackend
+    "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
+    "Subscription", "create_state",
 ]

@@ -42,6 +42,7 @@ from .quirks import prepare_body
 from .reads import ReadLimits
 from .served import served_models
 from .server_tools import ServerTools
+from .state import StateBackend, state_from_config
 from .textcalls import check_config as check_text_calls
 from .textcalls import filter_text_calls, text_call_names
 from .types import (
@@ -167,17 +168,21 @@ class Gateway:
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
         # Failed key attempts per client address (guard.py).
         self.guard = AuthThrottle(config.server, source=config.source)
+        # Shared state (breakers, limits, caches): no I/O until start(); see state/.
+        self.state: StateBackend = state_from_config(config)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.state.open()
         await self.providers.start(self.config.deployments())
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
         await self.providers.close()
+        await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ A background task (started in ``startup``, cancelled in ``shutdown``) checks eve
 deployment each ``fallback.health.interval`` seconds with the core's probe
 (:func:`clasp_gateway.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
 upstreams, or a 1-token completion with ``method: call``) and feeds the result to the
-deployment's circuit breaker. With Redis, one replica checks each deployment per
-interval (a ``SET NX`` lease) and the result is shared, so N replicas do not multiply
-the probes and every replica's status page shows the same last check.
+deployment's circuit breaker. With shared state, one process checks each deployment per
+interval (a lease: ``set(..., if_absent=True)`` on the shared state, Redis or the
+workers' SQLite) and the result is shared, so N processes do not multiply the probes and
+every status page shows the same last check.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from datetime import UTC, datetime
@@ -190,6 +192,7 @@ async def providers_health(request: Request) -> Response:
     return json_response({
         "status": status,
         "breaker_state": runtime.breakers.describe,
+        "pid": os.getpid(),  # which worker answered: with shared state, every one agrees
         "health_checks": {"interval_s": h.interval, "method": h.method} if h.interval else None,
         "deployments": entries,
     })
