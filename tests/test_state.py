@@ -534,7 +534,7 @@ def test_the_state_section_is_validated_with_precise_messages(monkeypatch: pytes
         return state_problems(raw)[1]
 
     assert problems(None) == [] and problems({}) == []
-    assert problems("redis") == ["state: expected a mapping (backend, url, prefix, timeout), got str"]
+    assert problems("redis") == ["state: expected a mapping, got 'redis'"]
     assert problems({"backend": "mongo", "ttl": 3}) == [
         "state.ttl: unknown key (expected one of: backend, prefix, timeout, url)",
         "state.backend: expected one of memory, redis, sqlite, got 'mongo'",
@@ -550,12 +550,13 @@ def test_the_state_section_is_validated_with_precise_messages(monkeypatch: pytes
         "state.url: the memory backend takes no url (remove it, or choose backend redis or sqlite)"]
     assert problems({"backend": "sqlite", "url": "postgres://x"}) == [
         "state.url: expected sqlite:///relative.db, sqlite:////absolute.db or a file path"]
-    assert problems({"prefix": 3, "timeout": "soon"}) == [
-        "state.prefix: expected a string such as 'clasp:', got 3",
-        "state.timeout: expected a duration > 0 (seconds, or e.g. '250ms', '2s'), got 'soon'",
+    assert problems({"prefix": [3], "timeout": "soon"}) == [
+        "state.prefix: expected a string, got list",
+        "state.timeout: expected a duration >= 0.001s (a number of seconds, or e.g. '500ms', '30s', '5m'), got 'soon'",
     ]
     assert problems({"timeout": 0}) == [
-        "state.timeout: expected a duration > 0 (seconds, or e.g. '250ms', '2s'), got 0"]
+        "state.timeout: expected a duration >= 0.001s (a number of seconds, or e.g. '500ms', '30s', '5m'), got 0"]
+    assert state_problems({"timeout": "250ms", "prefix": "team-a:"})[0].timeout == 0.25
 
 
 def test_settings_infer_the_backend_from_the_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,23 +16,27 @@ number > 0 or a string such as ``250ms``, ``2s``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..types import Secret
+from ..validation import INVALID, Choice, Duration, Field, Reference, Section, String
 
 if TYPE_CHECKING:
     from ..config import Config
 
 BACKENDS = ("memory", "redis", "sqlite")
-KEYS = ("backend", "prefix", "timeout", "url")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_PREFIX = "clasp:"
 DEFAULT_TIMEOUT = 0.25
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+SCHEMA = Section({
+    "backend": Choice(*BACKENDS),
+    "url": Reference(),
+    "prefix": Field(String(), DEFAULT_PREFIX),
+    "timeout": Field(Duration(minimum=0.001), DEFAULT_TIMEOUT),
+})
+"""``state:`` (the declarative schema every core section uses: :mod:`..validation`)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,26 +62,17 @@ def state_problems(raw: Any) -> tuple[StateSettings, list[str]]:
     problems: list[str] = []
     if raw is None:
         return StateSettings(), problems
+    v = SCHEMA.parse(raw, "state", problems)
     if not isinstance(raw, dict):
-        return StateSettings(), [f"state: expected a mapping (backend, url, prefix, timeout), got {type(raw).__name__}"]
-    for key in raw:
-        if key not in KEYS:
-            problems.append(f"state.{key}: unknown key (expected one of: {', '.join(KEYS)})")
-
-    url_raw = raw.get("url")
+        return StateSettings(), problems
+    v = {key: None if value is INVALID else value for key, value in v.items()}  # each already reported
     url: Secret | None = None
-    if url_raw is not None:
-        if not isinstance(url_raw, str) or not url_raw.strip():
-            problems.append(f"state.url: expected a URL such as redis://host:6379/0 or ${{REDIS_URL}}, got {url_raw!r}")
-        else:
-            url = resolve_secret(url_raw.strip())
+    if v["url"]:
+        url = resolve_secret(str(v["url"]).strip())
 
-    backend = raw.get("backend")
+    backend = v["backend"]
     if backend is None and url is not None and url.value:
         backend = "redis" if url.value.startswith(REDIS_SCHEMES) else "sqlite"
-    if backend is not None and backend not in BACKENDS:
-        problems.append(f"state.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-        backend = None
     if backend is None and url is not None and not url.value:
         backend = "redis"  # an unset ${REDIS_URL}: say which variable to set, below
 
@@ -99,18 +94,8 @@ def state_problems(raw: Any) -> tuple[StateSettings, list[str]]:
     elif backend == "memory" and url is not None:
         problems.append("state.url: the memory backend takes no url (remove it, or choose backend redis or sqlite)")
 
-    prefix = raw.get("prefix", DEFAULT_PREFIX)
-    if not isinstance(prefix, str):
-        problems.append(f"state.prefix: expected a string such as 'clasp:', got {prefix!r}")
-        prefix = DEFAULT_PREFIX
-
-    timeout = DEFAULT_TIMEOUT
-    if raw.get("timeout") is not None:
-        parsed = _duration(raw["timeout"])
-        if parsed is None or parsed <= 0:
-            problems.append(f"state.timeout: expected a duration > 0 (seconds, or e.g. '250ms', '2s'), got {raw['timeout']!r}")
-        else:
-            timeout = parsed
+    prefix = DEFAULT_PREFIX if v["prefix"] is None else v["prefix"]
+    timeout = DEFAULT_TIMEOUT if v["timeout"] is None else float(v["timeout"])
 
     settings = StateSettings(
         backend=backend or "memory", url=url if backend == "redis" else None, path=path, prefix=prefix,
@@ -135,15 +120,3 @@ def _sqlite_path(url: str) -> str:
     if "://" in url:
         return ""
     return url
-
-
-def _duration(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return None
