@@ -36,6 +36,7 @@ from .config import Config, ModelRoute
 from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .guard import AuthThrottle
+from .permissions import PermissionChecker
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .providers import Providers
 from .quirks import prepare_body
@@ -167,16 +168,21 @@ class Gateway:
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
         # Failed key attempts per client address (guard.py).
         self.guard = AuthThrottle(config.server, source=config.source)
+        # Credentials without access to their model, found by probes off the hot path
+        # (permissions.py): such keys leave rotation, such deployments are skipped.
+        self.permissions = PermissionChecker(config, self.providers)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.providers.start(self.config.deployments())
+        self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.permissions.close()
         await self.providers.close()
 
     # --- steps -------------------------------------------------------------------------------
@@ -261,6 +267,12 @@ class Gateway:
         overflow_retried = False
         last_error: GatewayError | None = None
         for position, deployment in enumerate(candidates):
+            if self.permissions.blocked:  # empty unless no credential of some deployment has access
+                skipped = self.permissions.unavailable(deployment)
+                if skipped is not None:  # skipped like an open breaker: no upstream call
+                    last_error = skipped
+                    await self.record(ctx, self.permissions.skip_event(ctx, deployment, skipped))
+                    continue
             number = 0
             while True:
                 number += 1
