@@ -220,8 +220,9 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 CORE_SECTIONS = ("server", "plugins", "keys", "models", "context", "server_tools", "permissions")
 """Top-level sections the core reads: ``server``, ``plugins``, ``keys`` and ``models``
 here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools` and
-``permissions`` in :mod:`.permissions`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
-(``register_config_sections``), see :func:`section_problems`."""
+``permissions`` in :mod:`.permissions`, when the gateway is built. Any other top-level
+key must be declared by a loaded plugin (``register_config_sections``), see
+:func:`section_problems`."""
 
 
 def _ip_or_network(value: Any) -> str:
