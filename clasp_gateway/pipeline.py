@@ -36,6 +36,7 @@ from .config import Config, ModelRoute
 from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .guard import AuthThrottle
+from .permissions import PermissionChecker
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .providers import Providers
 from .quirks import prepare_body
@@ -170,6 +171,9 @@ class Gateway:
         self.guard = AuthThrottle(config.server, source=config.source)
         # Shared state (breakers, limits, caches): no I/O until start(); see state/.
         self.state: StateBackend = state_from_config(config)
+        # Credentials without access to their model, found by probes off the hot path
+        # (permissions.py): such keys leave rotation, such deployments are skipped.
+        self.permissions = PermissionChecker(config, self.providers)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -177,10 +181,12 @@ class Gateway:
     async def start(self) -> None:
         await self.state.open()
         await self.providers.start(self.config.deployments())
+        self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.permissions.close()
         await self.providers.close()
         await self.state.close()
 
@@ -266,6 +272,12 @@ class Gateway:
         overflow_retried = False
         last_error: GatewayError | None = None
         for position, deployment in enumerate(candidates):
+            if self.permissions.blocked:  # empty unless no credential of some deployment has access
+                skipped = self.permissions.unavailable(deployment)
+                if skipped is not None:  # skipped like an open breaker: no upstream call
+                    last_error = skipped
+                    await self.record(ctx, self.permissions.skip_event(ctx, deployment, skipped))
+                    continue
             number = 0
             while True:
                 number += 1

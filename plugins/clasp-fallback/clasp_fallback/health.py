@@ -159,6 +159,8 @@ def deployment_status(runtime: FallbackRuntime, deployment: Deployment, view: An
         "last_check": None if check is None else {
             "ok": check.ok, "verdict": check.verdict, "ms": round(check.ms, 1), "at": iso(check.at), "method": check.method,
         },
+        # The core's permission checks: which credentials may use the model (None: off).
+        "access": runtime.gateway.permissions.status(deployment),
     }
 
 
@@ -186,7 +188,9 @@ async def providers_health(request: Request) -> Response:
     entries = [deployment_status(runtime, d, v, c) for d, v, c in zip(deployments, views, checks, strict=True)]
     for entry in entries:
         entry["serves"] = [r.pattern for r in gateway.config.models if any(d.id == entry["id"] for d in r.deployments)]
-    closed = sum(1 for v in views if v.state == "closed")
+    # A deployment none of whose credentials has access is skipped like an open breaker.
+    closed = sum(1 for v, e in zip(views, entries, strict=True) if v.state == "closed" and (e["access"] or {}).get(
+        "available", True))
     status = "ok" if closed == len(views) else ("down" if closed == 0 else "degraded")
     h = runtime.settings.health
     return json_response({
