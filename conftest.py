@@ -5,6 +5,15 @@ name, and a plugin folder with an ``__init__.py`` would otherwise claim it. Impo
 the gateway's package here, before anything is collected, keeps ``tests.support`` and
 ``tests.fakes`` (the helpers every plugin's tests use) importable whatever subset of
 test folders a run collects (``pytest plugins``, ``pytest plugins/clasp-fallback``...).
+
+Permission probes (``clasp_gateway/permissions.py``) are off by default in tests, so a
+fake upstream sees exactly the requests a test sends; the tests of the probes turn them
+on in their clasp.yaml (``permissions: {enabled: true}``). It is set in the environment,
+so gateways started as subprocesses inherit it.
 """
 
+import os
+
 import tests  # noqa: F401
+
+os.environ.setdefault("CLASP_PERMISSION_PROBES", "off")

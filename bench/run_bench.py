@@ -321,7 +321,7 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def clasp_config(path: Path, port: int, upstream: int, log_level: str) -> None:
+def clasp_config(path: Path, port: int, upstream: int, log_level: str, extra: str = "") -> None:
     lines = [
         "server:", "  host: 127.0.0.1", f"  port: {port}", f"  log_level: {log_level}",
         "keys:", "  - key: ${CLASP_BENCH_KEY}", "    name: bench", "models:",
@@ -329,7 +329,7 @@ def clasp_config(path: Path, port: int, upstream: int, log_level: str) -> None:
     for public, model, _ in CASES.values():
         lines += [f'  "{public}":', f"    - model: openai/{model}",
                   f"      api_base: http://127.0.0.1:{upstream}/v1", "      api_key: ${CLASP_BENCH_UPSTREAM_KEY}"]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + (extra.strip() + "\n" if extra.strip() else ""))
 
 
 def litellm_config(path: Path, upstream: int) -> None:
@@ -634,7 +634,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 port = free_port()
                 cfg = tmp / f"{name}.yaml"
-                clasp_config(cfg, port, up_port, args.log_level)
+                clasp_config(cfg, port, up_port, args.log_level, args.b_config if name == "clasp-b" else "")
                 clasp = gateway_target(name, port, {"x-api-key": GATEWAY_KEY})
                 cenv = {**env, "CLASP_BENCH_KEY": GATEWAY_KEY, "CLASP_BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
                 if src:
@@ -789,6 +789,9 @@ def main() -> int:
     p.add_argument("--clasp-src", help="run the gateway from this source tree (e.g. a git worktree) instead of the installed one")
     p.add_argument("--ab", metavar="SRC", help="also run a second gateway from source tree SRC as target clasp-b, "
                    "interleaved with the first: an A/B comparison of a change")
+    p.add_argument("--b-config", default="", metavar="YAML",
+                   help="top-level YAML added to clasp-b's clasp.yaml only, e.g. 'state: {backend: sqlite}' "
+                        "(with --ab: the same tree under two configurations)")
     p.add_argument("--litellm-venv", default=DEFAULT_LITELLM_VENV, help="venv holding the LiteLLM proxy")
     p.add_argument("--profile", metavar="DIR", help="sample the clasp gateway with py-spy during each measurement; "
                    "writes DIR/clasp-CASE-cCONC.txt (collapsed stacks; summarize with profile_summary.py)")

@@ -38,6 +38,10 @@ The names, by what a plugin does with them:
   (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
   :func:`response_fixer`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Shared state** (breakers, limits, counters, caches; shared by workers and
+  replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
+  :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
+  skipped.
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
@@ -59,6 +63,7 @@ from .errors import (
     UpstreamError,
 )
 from .hookspecs import hookimpl
+from .permissions import UNAVAILABLE_KEY
 from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
 from .redact import redact, redact_bytes, register_secret
@@ -74,6 +79,17 @@ from .shell.openai_api import retrieve_model as retrieve_openai_model
 from .shell.openai_api import status_of
 from .shell.served import ServedModel, created_timestamps, describe_model, served_models
 from .shell.streaming import StreamEncoder, serve_stream
+from .state import (
+    RateWindow,
+    Reservation,
+    Script,
+    ScriptTx,
+    StateBackend,
+    StateSettings,
+    StateUnavailable,
+    Subscription,
+    create_state,
+)
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -141,6 +157,11 @@ __all__ = [
     "probe_deployment", "provider_profile", "response_fixer",
     # secrets
     "redact", "redact_bytes", "register_secret",
+    # shared state (clasp_gateway/state/): gateway.state is a StateBackend
+    "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
+    "Subscription", "create_state",
+    # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
+    "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",

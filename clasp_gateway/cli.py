@@ -42,8 +42,12 @@ def setup_logging(level: str = "info") -> None:
 
 
 def _load(path: str | None) -> Config:
+    from .state import parse_state_settings
+
     try:
-        return load_config(path)
+        config = load_config(path)
+        parse_state_settings(config)  # a bad state: section stops here, not in a traceback
+        return config
     except ConfigError as exc:
         print(f"clasp: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -112,8 +116,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     if workers > 1:
+        from .state import workers_share_state
+
         os.environ["CLASP_CONFIG"] = os.path.abspath(config.source)
-        uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
+        with workers_share_state(config, workers):  # without state:, one SQLite file for all workers
+            uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
         return 0
     log.info("listening on http://%s:%d", host, port)
     uvicorn.run(app, **options)

@@ -217,10 +217,11 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 
 # --- the core's schema -----------------------------------------------------------------------
 
-CORE_SECTIONS = ("server", "plugins", "keys", "models", "context", "server_tools")
+CORE_SECTIONS = ("server", "plugins", "keys", "models", "context", "server_tools", "state", "permissions")
 """Top-level sections the core reads: ``server``, ``plugins``, ``keys`` and ``models``
-here; ``context`` in :mod:`.context` and ``server_tools`` in :mod:`.server_tools`, when
-the gateway is built. Any other top-level key must be declared by a loaded plugin
+here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
+``state`` in :mod:`.state` and ``permissions`` in :mod:`.permissions`, when the gateway
+is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
+from .permissions import PermissionChecker
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
 from .shaping.server_tools import RoundServices, ServerTools
@@ -41,6 +42,7 @@ from .shaping.textcalls import filter_text_calls, text_call_names
 from .shell.access import REQUEST_EVENT
 from .shell.guard import AuthThrottle
 from .shell.served import served_models
+from .state import StateBackend, state_from_config
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -167,17 +169,26 @@ class Gateway:
         self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
         # Failed key attempts per client address (guard.py).
         self.guard = AuthThrottle(config.server, source=config.source)
+        # Shared state (breakers, limits, caches): no I/O until start(); see state/.
+        self.state: StateBackend = state_from_config(config)
+        # Credentials without access to their model, found by probes off the hot path
+        # (permissions.py): such keys leave rotation, such deployments are skipped.
+        self.permissions = PermissionChecker(config, self.providers)
         self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.state.open()
         await self.providers.start(self.config.deployments())
+        self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.permissions.close()
         await self.providers.close()
+        await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -262,6 +273,12 @@ class Gateway:
         overflow_retried = False
         last_error: GatewayError | None = None
         for position, deployment in enumerate(candidates):
+            if self.permissions.blocked:  # empty unless no credential of some deployment has access
+                skipped = self.permissions.unavailable(deployment)
+                if skipped is not None:  # skipped like an open breaker: no upstream call
+                    last_error = skipped
+                    await self.record(ctx, self.permissions.skip_event(ctx, deployment, skipped))
+                    continue
             number = 0
             while True:
                 number += 1

@@ -6,9 +6,9 @@ process:
 
 - every known secret;
 - any fragment of one: a word that is the last 4+ characters of a known secret
-  (``…ME42``), its first 4+ characters, or 8+ characters from inside it (these two
-  only with a digit or a capital: a plain word such as ``sk-proj`` or ``upstream``
-  is a format or a name, not a secret);
+  (``…ME42``), its first 4+ characters, or 8+ characters from inside it (only with a
+  digit or a capital: a plain word such as ``sk-proj``, ``token`` or ``upstream`` is
+  a format or a name, not a secret);
 - masked keys as providers echo them (``sk-proj-****…ME42``, ``****1234``): the
   visible ends are fragments too;
 - anything shaped like a provider key (``sk-…``, ``AIza…``, ``Bearer …``).
@@ -59,13 +59,15 @@ def register_secret(value: str | None) -> None:
     _known_bytes = tuple(s.encode() for s in sorted(_known, key=len, reverse=True))
     fragments = set(_fragments)
     for n in range(_MIN_FRAGMENT, len(value)):
-        fragments.add(value[-n:])  # a key's last characters are what a masked echo shows
-        head = value[:n]
-        # A leading plain word ("clasp" of "clasp-test-..."; "sk-proj" of an OpenAI key) is
-        # a format or a name, not a secret, and hiding it would mangle every log line that
-        # says it; from the first digit or capital on, a prefix is the key's own.
-        if _own(head):
-            fragments.add(head)
+        # A key's last characters are what a masked echo shows, its first ones what a
+        # truncated one shows. A plain word at either end ("clasp" of "clasp-test-...",
+        # "sk-proj" of an OpenAI key, "token" ending "azure-ad-token") is a format or a
+        # name, not a secret, and hiding it would mangle every log line that says it;
+        # from the first digit or capital on, a piece is the key's own. (A masked echo
+        # is caught whole by its run of asterisks, whatever its visible ends are.)
+        for piece in (value[-n:], value[:n]):
+            if _own(piece):
+                fragments.add(piece)
     _fragments = frozenset(fragments)
     _grams = _grams | {value[i : i + _MIN_INNER] for i in range(len(value) - _MIN_INNER + 1)}
 
@@ -74,7 +76,7 @@ def _own(piece: str) -> bool:
     """Whether a piece of a secret is its own and not a plain word ("upstream" inside
     "sk-upstream-test-1234", "clasp" leading "clasp-key-..."): it has a digit or a
     capital. Plain words are formats and names, and hiding them would mangle every
-    log line that says them; a key's last characters are hidden whatever they are."""
+    log line that says them."""
     return any(c.isdigit() or c.isupper() for c in piece)
 
 

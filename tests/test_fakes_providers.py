@@ -149,3 +149,39 @@ def test_openai_compatible_flavors() -> None:
         done = httpx.post(up.base_url + "/chat/completions", json={"model": "q", "messages": msgs}).json()  # no key
         assert done["choices"][0]["message"]["tool_calls"][0]["id"].startswith("chatcmpl-tool-")
         assert done["choices"][0]["stop_reason"] is None and done["prompt_logprobs"] is None
+
+
+def test_ai21_wire() -> None:
+    with FakeUpstream("ai21") as up:
+        url = up.base_url + "/chat/completions"
+        assert url.endswith("/studio/v1/chat/completions")
+        auth = {"authorization": "Bearer ai21-key"}
+        hi = [{"role": "user", "content": "hi"}]
+        up.queue(Text("Hello there"))
+        r = httpx.post(url, headers=auth, json={"model": "jamba-large-1.7", "messages": hi, "stream": True})
+        raw = r.content
+        chunks = [d for _, d in sse(raw)]
+        assert raw.endswith(b"data: [DONE]\n\n") and r.headers["content-type"].startswith("text/event-stream")
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"} and chunks[0]["id"].startswith("chat-")
+        assert all(set(c) == {"id", "choices", "usage"} for c in chunks)  # no object, created or model
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello there"
+        assert [c["usage"] is not None for c in chunks] == [False] * (len(chunks) - 1) + [True]
+        assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+        up.queue(ToolCalls([("get_weather", ARGS)]))
+        whole = httpx.post(url, headers=auth, json={"model": "jamba-large-1.7", "messages": hi}).json()
+        assert set(whole) == {"id", "choices", "usage", "meta"}
+        message = whole["choices"][0]["message"]
+        [call] = message["tool_calls"]
+        assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == ARGS
+        assert whole["choices"][0]["finish_reason"] == "tool_calls"
+        up.queue(Text("plain"))
+        plain = httpx.post(url, headers=auth, json={"model": "jamba-large-1.7", "messages": hi}).json()
+        assert plain["choices"][0]["message"] == {"role": "assistant", "content": "plain", "tool_calls": None}
+        bad = httpx.post(url, headers=auth, json={"model": "m", "messages": hi, "user": "u", "stream_options": {}})
+        assert bad.status_code == 422
+        assert [d["loc"] for d in bad.json()["detail"]] == [["body", "stream_options"], ["body", "user"]]
+        denied = httpx.post(url, json={"model": "m", "messages": hi})
+        assert denied.status_code == 401 and denied.json() == {"detail": "Forbidden: Bad or missing API token."}
+        up.queue(Error(429))
+        assert httpx.post(url, headers=auth, json={"model": "m", "messages": hi}).json() == {"detail": "Too many requests"}
+        assert httpx.get(up.base_url + "/models", headers=auth).status_code == 404

@@ -10,6 +10,7 @@ import yaml
 from clasp_fallback.settings import parse_settings
 
 from clasp_gateway.config import parse_config
+from clasp_gateway.state import parse_state_settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 BLOCKS = [b for b in re.findall(r"```yaml\n(.*?)```", README, re.S)]
@@ -26,3 +27,5 @@ def test_each_example_validates(block: str, monkeypatch: pytest.MonkeyPatch) -> 
     config = parse_config(yaml.safe_load(block), "README.md")
     if "fallback" in config.raw:
         parse_settings(config)
+    if "state" in config.raw:
+        parse_state_settings(config)

@@ -202,6 +202,9 @@ class KeySlot:
     limits: RateLimitState | None = None
     seen_value: str | None = None
     """The value the health below refers to: a rotated key starts afresh."""
+    no_access: str = ""
+    """Why a permission check (:mod:`clasp_gateway.permissions`) left this key out of
+    rotation ("" while it is in): the provider refused it access to the model."""
 
     @property
     def label(self) -> str:
@@ -262,6 +265,13 @@ class KeyPool:
         candidates = [s for s in slots if s.value and id(s) not in excluded]
         if not candidates:
             return None
+        # Keys a permission check found without access are out of rotation. When
+        # every key is out, routing skips the deployment; a caller that gets here
+        # anyway (e.g. the probe of that very key) gets the keys, not no key.
+        in_rotation = [s for s in candidates if not s.no_access]
+        if in_rotation and len(in_rotation) < len(candidates):
+            excluded.update(id(s) for s in candidates if s.no_access)
+            candidates = in_rotation
         now = time.monotonic()
         n = len(slots)
         chosen: KeySlot | None = None
@@ -295,13 +305,25 @@ class KeyPool:
         """Whether a key not in ``exclude`` is usable now (set, not benched)."""
         excluded = set(map(id, exclude))
         now = time.monotonic()
-        return any(s.value and id(s) not in excluded and s.benched_until <= now for s in self.slots)
+        return any(
+            s.value and not s.no_access and id(s) not in excluded and s.benched_until <= now for s in self.slots
+        )
 
     def soonest_available(self) -> float | None:
         """Seconds until some key of the pool is out of the bench (0 if one is usable)."""
         now = time.monotonic()
-        waits = [max(0.0, s.benched_until - now) for s in self.slots if s.value]
+        usable = [s for s in self.slots if s.value and not s.no_access] or [s for s in self.slots if s.value]
+        waits = [max(0.0, s.benched_until - now) for s in usable]
         return min(waits) if waits else None
+
+    def set_access(self, slot: KeySlot, no_access: str) -> None:
+        """A permission check's verdict on ``slot``: ``no_access`` says why the provider
+        refuses it the model (the key leaves rotation), ``""`` that it works (it comes
+        back, off the bench a refusal put it on: the probe just proved it)."""
+        if not no_access and slot.no_access and slot.bench_reason.startswith("rejected"):
+            slot.benched_until = 0.0
+            slot.bench_reason = ""
+        slot.no_access = no_access
 
     def observe(self, slot: KeySlot, limits: RateLimitState) -> None:
         """A response with an acceptable status: the key works (off the bench, if it
@@ -348,6 +370,7 @@ class KeyPool:
                 slot.benched_until = 0.0
                 slot.bench_reason = ""
                 slot.limits = None
+                slot.no_access = ""  # a new key: in rotation until its own probe says otherwise
                 if slot.secret.value:
                     log.info("deployment %s: API key %s changed; using the new value", self.deployment_id, slot.label)
 
@@ -362,6 +385,7 @@ class KeyPool:
                 "set": bool(slot.value),
                 "benched_for": round(max(0.0, slot.benched_until - now), 1),
                 "reason": slot.bench_reason if slot.benched_until > now else "",
+                "no_access": slot.no_access,
                 "requests_remaining": limits.remaining("requests", now) if limits else None,
                 "tokens_remaining": limits.remaining("tokens", now) if limits else None,
             })

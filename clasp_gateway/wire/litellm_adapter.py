@@ -24,7 +24,8 @@ from ..types import CanonicalRequest, Chunk, Deployment
 from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
 from .params import MODEL_PARAMS
 from .ratelimits import parse_rate_limits
-from .upstream import KeyRefused, parse_retry_after, rotate_keys
+from .reads import ERROR_BODY_BYTES
+from .upstream import KeyRefused, error_message, parse_retry_after, rotate_keys
 
 log = logging.getLogger("clasp.providers")
 
@@ -32,7 +33,8 @@ log = logging.getLogger("clasp.providers")
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 """LiteLLM's loggers: each gets its own stream handler at import (see :func:`adopt_litellm_logging`)."""
 
-_LITELLM_PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z]*(?:Error|Exception)\s*(?:[:-]\s*|\s+-\s+))+")
+_LITELLM_PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z0-9_]*(?:Error|Exception)\s*(?:[:-]\s*|\s+-\s+))+")
+"""LiteLLM's prefixes: ``litellm.AuthenticationError: AuthenticationError: Ai21_chatException - ``."""
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|\n\s+File \"|Received Model Group|LiteLLM Retried", re.S)
 _STATUS_PREFIX = re.compile(r"^Error code: \d+\s*-?\s*")
 _QUOTED_MESSAGE = re.compile(r"""['"]message['"]\s*:\s*(['"])(.+?)(?<!\\)\1""", re.S)
@@ -72,6 +74,21 @@ def clean_error_text(exc: BaseException) -> str:
     return redact(text)[:300].strip()
 
 
+def _provider_message(exc: BaseException) -> str:
+    """The provider's message from the answer a LiteLLM exception carries, when its
+    own text has none: LiteLLM's OpenAI-compatible path says only ``Error code: 401``
+    for a body it cannot read as OpenAI's (AI21's ``{"detail": "..."}``)."""
+    response = getattr(exc, "response", None)
+    try:
+        content = response.content if response is not None else None  # read by the SDK on an error status
+        ctype = str(response.headers.get("content-type", "")) if response is not None else ""
+    except Exception:  # not an httpx.Response, or its body was not read
+        return ""
+    if not isinstance(content, (bytes, bytearray)) or not content:
+        return ""
+    return redact(error_message(bytes(content[:ERROR_BODY_BYTES]), ctype))[:300].strip()
+
+
 def _litellm_error(exc: BaseException, deployment: Deployment) -> UpstreamError:
     """A LiteLLM exception as the gateway's error: the provider's status and a clean
     message; LiteLLM's internals (class names, tracebacks) only go to the log."""
@@ -88,6 +105,8 @@ def _litellm_error(exc: BaseException, deployment: Deployment) -> UpstreamError:
         return UpstreamError(f"{label}: cannot reach the provider, or the call failed before an answer "
                              "(details in the gateway log)", upstream_status=0, deployment=label, kind="connect")
     headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    if not message:
+        message = _provider_message(exc)
     if not message:
         ctype = str((headers or {}).get("content-type", ""))
         message = "the upstream answered with an HTML page (is api_base right?)" if "html" in ctype else "(no message)"
@@ -114,6 +133,7 @@ class LiteLLMAdapter:
     def __init__(self, credentials: Credentials | None = None) -> None:
         self._litellm: Any = None
         self.credentials = credentials or Credentials()
+        self._openai_params: dict[str, frozenset[str] | None] = {}
 
     def ensure_loaded(self) -> Any:
         if self._litellm is None:
@@ -124,7 +144,9 @@ class LiteLLMAdapter:
             import litellm
 
             litellm.suppress_debug_info = True
-            litellm.drop_params = True
+            # Per call instead (call_params): set here, it would also make LiteLLM's
+            # OpenAI-compatible path send a request again after a 422 (openai.py).
+            litellm.drop_params = False
             adopt_litellm_logging()
             self._litellm = litellm
         return self._litellm
@@ -151,13 +173,53 @@ class LiteLLMAdapter:
         params["stream"] = stream
         params["num_retries"] = 0  # LiteLLM's own retry loop
         params["max_retries"] = 0  # the provider SDK's (the openai client retries twice by default)
+        params["drop_params"] = True  # parameters the provider does not take are left out
+        return params
+
+    def openai_params(self, deployment: Deployment) -> frozenset[str] | None:
+        """The OpenAI parameters ``deployment``'s provider takes, when LiteLLM calls it
+        through its OpenAI-compatible path (the openai SDK: AI21's ``ai21_chat``,
+        Cerebras, NVIDIA NIM...), else ``None``. Resolved once per deployment."""
+        if deployment.id not in self._openai_params:
+            litellm = self.ensure_loaded()
+            found: frozenset[str] | None = None
+            try:
+                provider = litellm.get_llm_provider(
+                    f"{deployment.provider}/{deployment.model}", api_base=deployment.api_base or None)[1]
+                if provider in litellm.openai_compatible_providers:
+                    found = frozenset(litellm.get_supported_openai_params(
+                        model=deployment.model, custom_llm_provider=provider) or ())
+            except Exception:  # LiteLLM does not know it: acompletion will say so
+                found = None
+            self._openai_params[deployment.id] = found
+        return self._openai_params[deployment.id]
+
+    def narrowed(self, deployment: Deployment, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        """``params`` for LiteLLM's OpenAI-compatible path, where one attempt must stay
+        one upstream call: the openai SDK retries twice on its own unless it is handed
+        ``max_retries`` (which LiteLLM passes on only when allowed: most providers'
+        configs do not list it), and with ``drop_params`` a 422 makes LiteLLM send the
+        request again without the fields it names. So the request carries only
+        parameters the provider takes, dropped here instead."""
+        supported = self.openai_params(deployment)
+        if supported is None:
+            return params
+        for key in MODEL_PARAMS:
+            if key in params and key not in supported and key not in deployment.extra_body:
+                del params[key]
+        params["drop_params"] = False
+        params["allowed_openai_params"] = ["max_retries"]  # to the SDK, never into the body
+        if stream:
+            # The provider's usage on its last chunk is dropped unless asked for; LiteLLM
+            # sends stream_options upstream only to providers that take it.
+            params["stream_options"] = {"include_usage": True}
         return params
 
     async def open(
         self, deployment: Deployment, body: CanonicalRequest, *, stream: bool
     ) -> AsyncIterator[Chunk]:
         litellm = self.ensure_loaded()
-        params = self.call_params(deployment, body, stream=stream)
+        params = self.narrowed(deployment, self.call_params(deployment, body, stream=stream), stream=stream)
         pool = self.credentials.pool(deployment)
 
         async def call(slot: KeySlot | None) -> Any:

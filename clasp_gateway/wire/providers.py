@@ -109,6 +109,9 @@ class Providers:
         if any(self.builtin_for(d) is not self.direct for d in deployments):
             # Pay the import before serving, off the event loop's critical path.
             await asyncio.to_thread(self.litellm.ensure_loaded)
+            catch_all = [d for d in deployments if self.builtin_for(d) is self.litellm and not d.settings.get("_problems")]
+            if catch_all:  # what each provider takes, known before the first request
+                await asyncio.to_thread(lambda: [self.litellm.openai_params(d) for d in catch_all])
         transform = [d for d in deployments if self.builtin_for(d) is self.transform and not d.settings.get("_problems")]
         if transform:
             await asyncio.to_thread(self._check_transform, transform)

@@ -59,14 +59,20 @@ class Scenario:
         return fake.Answer("Done: out.txt holds hi.")
 
 
+SESSION_TOKEN = "e2e-session-IQoJb3JpZ2luX2VjE"
+"""Shaped like an AWS session token. It becomes a registered secret for the rest of the
+test run, and redaction hides any secret's last characters: a value ending in a word
+("...-token") would hide that word in every later test's messages."""
+
+
 @pytest.fixture(scope="module")
 def bedrock_gateway() -> Iterator[tuple[Any, GatewayServer]]:
     with fake.FakeBedrock() as aws:
-        aws.tokens = {"e2e-session-token"}
+        aws.tokens = {SESSION_TOKEN}
         models = {"*": [{"model": f"bedrock/{fake.MODEL}", "region": fake.REGION, "api_base": aws.base_url,
                          # keys in clasp.yaml (literal here; ${ENV} references in real files)
                          "aws_access_key_id": fake.ACCESS_KEY, "aws_secret_access_key": fake.SECRET_KEY,
-                         "aws_session_token": "e2e-session-token"}]}
+                         "aws_session_token": SESSION_TOKEN}]}
         with GatewayServer(config_from({"models": models})) as gateway:
             yield aws, gateway
 
@@ -83,7 +89,7 @@ def test_claude_code_runs_bash_through_bedrock(bedrock_gateway: Any, tmp_path: P
 
     assert len(scenario.main) == 2
     first, second = scenario.main
-    assert first.stream and first.body["system"] and first.headers["X-Amz-Security-Token"] == "e2e-session-token"
+    assert first.stream and first.body["system"] and first.headers["X-Amz-Security-Token"] == SESSION_TOKEN
     assert all(fake.validate(r.body) is None for r in scenario.main)  # what the real API would accept
     [at] = [i for i, m in enumerate(second.body["messages"]) if m["role"] == "assistant"]
     [use] = [b["toolUse"] for b in second.body["messages"][at]["content"] if "toolUse" in b]

@@ -4,7 +4,8 @@ Claude Code asks for a file to be written with the Bash tool; the gateway serves
 from a fake Gemini (``generateContent``/``streamGenerateContent``, its strict schema
 subset, ``x-goog-api-key``) and a fake Cohere (v2 chat, typed SSE events) through the
 ``transform`` path: LiteLLM's provider config builds each request, the gateway's
-own session streams the answer. The fakes refuse what the real APIs refuse, so a
+own session streams the answer; and from a fake AI21 (Jamba) through LiteLLM's
+catch-all, ``litellm.acompletion``. The fakes refuse what the real APIs refuse, so a
 schema keyword Gemini rejects or a tool result that does not answer its call fails
 the run.
 """
@@ -32,6 +33,8 @@ UPSTREAM_KEY = "provider-key-0123456789"
 PROVIDERS = {
     "gemini": lambda up: {"model": "gemini/gemini-2.5-flash", "api_base": up.base_url, "api_key": UPSTREAM_KEY},
     "cohere": lambda up: {"model": "cohere/command-a-03-2025", "api_base": up.base_url, "api_key": UPSTREAM_KEY},
+    # LiteLLM's catch-all (litellm.acompletion): AI21 has no transform recipe or profile here.
+    "ai21": lambda up: {"model": "ai21/jamba-large-1.7", "api_base": up.base_url, "api_key": UPSTREAM_KEY},
 }
 
 
@@ -100,11 +103,14 @@ def test_bash_writes_a_file(provider_stack: ProviderStack, tmp_path: Path) -> No
         assert [(c["name"], c["args"]) for c in calls] == [("Bash", {"command": command, "description": "write out.txt"})]
         assert [r["name"] for r in results] == ["Bash"] and "written-42" in json.dumps(results[0]["response"])
     else:
-        assert recorded[0].path == "/v2/chat" and recorded[0].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # type: ignore[union-attr]
-        assert first["stream"] is True and first["model"] == "command-a-03-2025"
+        path, model = ("/v2/chat", "command-a-03-2025") if stack.name == "cohere" else \
+            ("/studio/v1/chat/completions", "jamba-large-1.7")
+        assert recorded[0].path == path and recorded[0].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # type: ignore[union-attr]
+        assert first["stream"] is True and first["model"] == model
         assert {"Bash", "Read", "Write", "Edit"} <= {t["function"]["name"] for t in first["tools"]}
         assistant = next(m for m in second["messages"] if m["role"] == "assistant" and m.get("tool_calls"))
         [call] = assistant["tool_calls"]
-        assert call["id"].startswith("Bash_") and json.loads(call["function"]["arguments"])["command"] == command
+        assert call["id"].startswith("Bash_" if stack.name == "cohere" else "call_")
+        assert json.loads(call["function"]["arguments"])["command"] == command
         [result] = [m for m in second["messages"] if m["role"] == "tool"]
         assert result["tool_call_id"] == call["id"] and "written-42" in result["content"]

@@ -14,11 +14,11 @@ spells it), :mod:`.fragment` (awkward TCP writes), :mod:`.record` (what was
 received), :mod:`.server` (the server itself), :mod:`.keys` (answers and
 rate-limit headers per API key), :mod:`.azure_ad` (an Entra ID token endpoint).
 More providers register themselves as flavors (:mod:`.flavors`): :mod:`.gemini`,
-:mod:`.cohere`, :mod:`.anthropic` and :mod:`.openai_compat` (``deepseek``,
-``mistral``, ``groq``, ``vllm``).
+:mod:`.cohere`, :mod:`.anthropic`, :mod:`.ai21` (Jamba, on LiteLLM's catch-all) and
+:mod:`.openai_compat` (``deepseek``, ``mistral``, ``groq``, ``vllm``).
 """
 
-from . import anthropic, cohere, gemini, openai_compat  # noqa: F401  (they register their flavors)
+from . import ai21, anthropic, cohere, gemini, openai_compat  # noqa: F401  (they register their flavors)
 from .azure_ad import FakeTokenEndpoint
 from .keys import by_key, limits_by_key, openai_limits
 from .record import Recorded

@@ -3,7 +3,7 @@
 This module holds the hook implementations only; the pieces live in their own modules:
 :mod:`.settings` (the ``fallback:`` section), :mod:`.classify` (what an error means),
 :mod:`.retry` (backoff and the retry budget), :mod:`.breaker` (circuit breakers, in
-memory or Redis), :mod:`.strategy` (which deployments, in which order), :mod:`.health`
+the gateway's state backend), :mod:`.strategy` (which deployments, in which order), :mod:`.health`
 (active checks and ``GET /health/providers``), :mod:`.degrade` (what to answer when
 everything failed) and :mod:`.runtime` (one app's state and its per-request hooks).
 """
@@ -53,7 +53,7 @@ def validate_config(config: Config, gateway: Any) -> list[str] | None:
 
 @hookimpl
 def startup(app: Starlette, config: Config) -> Any:
-    """Validate ``fallback:``, open the Redis pool, start health checks, and register
+    """Validate ``fallback:``, open its own Redis (``breaker.redis_url``), start health checks, and register
     this app's runtime (its per-request hooks) in this app's plugin manager."""
     return _start(app, config)
 
@@ -74,7 +74,7 @@ async def _start(app: Starlette, config: Config) -> None:
 
 @hookimpl
 def shutdown(app: Starlette) -> Any:
-    """Stop health checks, close the Redis pool, unregister the runtime."""
+    """Stop health checks, close its own Redis, unregister the runtime."""
     return _stop(app)
 
 

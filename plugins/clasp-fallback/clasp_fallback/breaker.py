@@ -13,26 +13,44 @@ Health checks feed the same state (:meth:`BreakerStore.report_check`): a failed 
 counts as a failure and keeps an open breaker open; a successful real completion
 ("call" method) after the cooldown closes it.
 
-Two stores share one semantics: :class:`MemoryBreakers` (this process) and
-:class:`RedisBreakers` (every replica agrees; one Lua script per transition, so the
-read-modify-write is atomic; falls back to local state while Redis is down). The
-tests run the same scenarios against both.
+Two stores share one semantics: :class:`MemoryBreakers` (this process, a plain object
+with an injectable clock) and :class:`SharedBreakers`, which keeps the state in the
+gateway's state backend (``gateway.state``: memory, SQLite shared by the workers, or
+Redis shared by every replica). Each transition there is one atomic
+:class:`~clasp_gateway.Script`: the Lua below for Redis, the Python functions of this
+module for memory and SQLite. While a shared backend is unavailable, the local
+:class:`MemoryBreakers` (kept warm meanwhile) answers. The tests run the same scenarios
+against every store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import Any, Protocol
+
+import orjson
+
+from clasp_gateway import Script, ScriptTx, StateBackend, StateUnavailable
 
 from .settings import BreakerSettings
 
-if TYPE_CHECKING:  # redis.asyncio costs ~90 ms to import: only when Redis is configured
-    from .shared import SharedRedis
-
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+TRUST_CLOSED_FOR = 0.1
+"""Seconds a closed breaker, as last read from shared state, lets requests through
+without asking the store again; also the longest a success on a closed breaker waits
+before it is written (successes are coalesced into one write). A closed breaker never
+changes by itself (only failures open it), so this bounds how late this process notices
+another's failures, and how late others count this one's successes. Failures, probes
+and status reads are never delayed: pending successes are written first. It saves the
+shared store (a thread handoff for SQLite, a round trip for Redis) on nearly every
+request (``bench/state_bench.py``, ``bench/run_bench.py --b-config``)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -255,12 +273,14 @@ class MemoryBreakers:
         return None
 
 
-# --- in Redis --------------------------------------------------------------------------------
+# --- in the gateway's state backend -------------------------------------------------------
 
-# KEYS[1]: the circuit hash. ARGV: op ("acquire" | "report" | "check" | "view"), ok, probe,
-# rest_for, failures, error_rate (0 = off), min_requests, window, cooldown, max_cooldown,
-# probe_timeout, ttl_ms, conclusive. Returns the state fields as strings (Lua numbers
-# would be truncated to integers), then allowed and probe.
+# The Redis twin of :func:`_transition`. KEYS[1]: the circuit hash. ARGV: op ("acquire" |
+# "report" | "check" | "view"), ok, probe, rest_for, failures, error_rate (0 = off),
+# min_requests, window, cooldown, max_cooldown, probe_timeout, ttl_ms, conclusive, times
+# (a report of that many outcomes: coalesced successes).
+# Returns the state fields as strings (Lua numbers would be truncated to integers),
+# then allowed and probe.
 _LUA = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -276,6 +296,7 @@ local max_cooldown = tonumber(ARGV[10])
 local probe_timeout = tonumber(ARGV[11])
 local ttl_ms = tonumber(ARGV[12])
 local conclusive = ARGV[13] == '1'
+local times = tonumber(ARGV[14]) or 1
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -333,7 +354,7 @@ if op == 'acquire' then
   end
 elseif op == 'report' then
   changed = true
-  count(ok)
+  for i = 1, times do count(ok) end
   if ok then c.failures = 0 else c.failures = c.failures + 1 end
   if c.state == 'half_open' and probe then
     if ok then close() else trip('the half-open probe failed') end
@@ -391,22 +412,79 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisBreakers:
-    """Breaker state in Redis, shared by every replica; local state while Redis is down.
+_FIELDS = tuple(f.name for f in dataclasses.fields(Circuit))
 
-    Keys are ``{key_prefix}breaker:{deployment id}`` hashes with a TTL, so deployments
-    removed from the config leave nothing behind. Every transition is one EVALSHA of
-    :data:`_LUA` (atomic), with the time taken from Redis (``TIME``), so replicas with
-    skewed clocks still agree on cooldowns.
+
+def _transition(policy: BreakerSettings, tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> tuple[BreakerView, Ticket]:
+    """The Python twin of :data:`_LUA` (memory and SQLite backends): the same state
+    machine, the circuit stored as a JSON list, written back when it changed (the same
+    rule as the Lua: a report always, a check unless it proved nothing, an acquire when
+    it moved the state or claimed the probe)."""
+    key, op = keys[0], args[0]
+    raw = tx.get(key)
+    c = Circuit(*orjson.loads(raw)) if raw else Circuit()
+    now = tx.now()
+    if op == "acquire":
+        state, probe_until = c.state, c.probe_until
+        ticket = acquire(c, policy, now)
+        changed = c.state != state or c.probe_until != probe_until
+    else:
+        if op == "report":
+            for _ in range(int(args[13])):
+                report(c, policy, now, args[1] == "1", args[2] == "1", float(args[3]))
+            changed = True
+        elif op == "check":
+            ok, conclusive = args[1] == "1", args[12] == "1"
+            report_check(c, policy, now, ok, conclusive)
+            changed = conclusive or not ok
+        else:
+            changed = False
+        ticket = Ticket(False, False, c.state)
+    if changed:
+        tx.set(key, orjson.dumps([getattr(c, name) for name in _FIELDS]), ttl=policy.key_ttl)
+    return c.view(now), ticket
+
+
+def _decode(reply: Any) -> tuple[BreakerView, Ticket]:
+    f = [_text(v) for v in reply]
+    view = BreakerView(
+        state=f[0], consecutive_failures=int(float(f[1])), recent_requests=float(f[2]),
+        recent_errors=float(f[3]), reopens_in=float(f[4]), trips=int(float(f[5])), reason=f[6],
+    )
+    return view, Ticket(f[7] == "1", f[8] == "1", view.state)
+
+
+class SharedBreakers:
+    """Breaker state in a :class:`~clasp_gateway.StateBackend`, under ``namespace``.
+
+    Keys are ``{state prefix}{namespace}breaker:{deployment id}`` with a TTL, so
+    deployments removed from the config leave nothing behind. With a shared backend
+    every transition is atomic across processes, and Redis takes the time from
+    itself, so replicas with skewed clocks still agree on cooldowns. While a shared
+    backend is unavailable the local :class:`MemoryBreakers` answers; it learns from
+    every outcome meanwhile, so it is warm when needed.
     """
 
-    def __init__(self, policy: BreakerSettings, redis: SharedRedis) -> None:
+    def __init__(self, policy: BreakerSettings, state: StateBackend, namespace: str = "fallback:", *,
+                 trust_closed_for: float = TRUST_CLOSED_FOR, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
-        self.redis = redis
+        self.state = state
+        self.trust_closed_for = trust_closed_for
+        self.clock = clock
+        """Times the trust in a closed breaker (the state machine's time is the store's)."""
         self.local = MemoryBreakers(policy)
-        self._script = redis.register_script(_LUA)
+        self._feed_local = state.shared
+        # One Script per policy: the Python twin closes over it (no parsing per call);
+        # Redis gets the policy as arguments and caches one SHA for every policy.
+        self._script: Script[tuple[BreakerView, Ticket]] = Script(
+            name="clasp-fallback.breaker", lua=_LUA, python=partial(_transition, policy), decode=_decode)
         self._mirror: dict[str, BreakerView] = {}
-        self._prefix = policy.key_prefix + "breaker:"
+        self._read_at: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+        """Successes on a closed breaker not written yet (shared backends only)."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._prefix = namespace + "breaker:"
         self._static = [
             str(policy.failures), repr(policy.error_rate or 0), str(policy.min_requests), repr(policy.window),
             repr(policy.cooldown), repr(policy.max_cooldown), repr(policy.probe_timeout),
@@ -415,52 +493,90 @@ class RedisBreakers:
 
     @property
     def describe(self) -> str:
-        if self.redis.outage:
-            return f"memory (Redis at {self.redis.url} unreachable)"
-        return f"redis ({self.redis.url})"
+        if self.state.outage:
+            return f"memory ({self.state.label} at {self.state.url} unreachable)"
+        return self.state.describe
 
     async def _run(self, key: str, op: str, ok: bool = False, probe: bool = False,
-                   rest_for: float = 0.0, conclusive: bool = False) -> tuple[BreakerView, Ticket] | None:
-        args = [op, "1" if ok else "0", "1" if probe else "0", repr(rest_for), *self._static, "1" if conclusive else "0"]
-
-        async def run(client: object) -> list[object]:
-            result: list[object] = await self._script(keys=[self._prefix + key], args=args)
-            return result
-
-        raw = await self.redis.call(run, f"updating the breaker of {key}")
-        if raw is None:
+                   rest_for: float = 0.0, conclusive: bool = False, times: int = 1) -> tuple[BreakerView, Ticket] | None:
+        args = [op, "1" if ok else "0", "1" if probe else "0", repr(rest_for), *self._static, "1" if conclusive else "0",
+                str(times)]
+        try:
+            result = await self.state.run(self._script, [self._prefix + key], args)
+        except StateUnavailable:
             return None
-        f = [_text(v) for v in raw]
-        view = BreakerView(
-            state=f[0], consecutive_failures=int(float(f[1])), recent_requests=float(f[2]),
-            recent_errors=float(f[3]), reopens_in=float(f[4]), trips=int(float(f[5])), reason=f[6],
-        )
-        self._mirror[key] = view
-        return view, Ticket(f[7] == "1", f[8] == "1", view.state)
+        self._mirror[key] = result[0]
+        self._read_at[key] = self.clock()
+        return result
 
     async def acquire(self, key: str) -> Ticket:
+        known = self._mirror.get(key)
+        if known is not None and known.state == CLOSED and not self.state.outage and (
+            not self.state.shared or self.clock() - self._read_at[key] < self.trust_closed_for
+        ):
+            return Ticket(True, False, CLOSED)  # only this process changes unshared state
         result = await self._run(key, "acquire")
         return result[1] if result else await self.local.acquire(key)
 
     async def report(self, key: str, ok: bool, *, probe: bool, rest_for: float = 0.0) -> BreakerView:
-        # Local state learns from every outcome too, so it is warm if Redis goes away.
-        local = await self.local.report(key, ok, probe=probe, rest_for=rest_for)
+        local = await self.local.report(key, ok, probe=probe, rest_for=rest_for) if self._feed_local else None
+        known = self._mirror.get(key)
+        if ok and not probe and rest_for <= 0 and self._feed_local and known is not None and known.state == CLOSED \
+                and not self.state.outage:
+            return self._defer_success(key, known)
+        await self._flush(key)
         result = await self._run(key, "report", ok, probe, rest_for)
-        return result[0] if result else local
+        if result:
+            return result[0]
+        return local or await self.local.report(key, ok, probe=probe, rest_for=rest_for)
+
+    def _defer_success(self, key: str, known: BreakerView) -> BreakerView:
+        """Count a success now, write it within ``trust_closed_for`` (with the others)."""
+        self._pending[key] = self._pending.get(key, 0) + 1
+        if key not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[key] = loop.call_later(self.trust_closed_for, self._flush_later, key)
+        view = dataclasses.replace(known, consecutive_failures=0)
+        self._mirror[key] = view
+        return view
+
+    def _flush_later(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush(key))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, key: str) -> None:
+        """Write ``key``'s pending successes (before anything that must see them)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        times = self._pending.pop(key, 0)
+        if times:
+            await self._run(key, "report", True, times=times)  # in an outage: the local state has them
+
+    async def flush(self) -> None:
+        """Write every pending success now (status pages, shutdown, tests)."""
+        for key in list(self._pending):
+            await self._flush(key)
 
     async def report_check(self, key: str, ok: bool, *, conclusive: bool) -> BreakerView:
-        local = await self.local.report_check(key, ok, conclusive=conclusive)
+        local = await self.local.report_check(key, ok, conclusive=conclusive) if self._feed_local else None
+        await self._flush(key)
         result = await self._run(key, "check", ok, conclusive=conclusive)
-        return result[0] if result else local
+        if result:
+            return result[0]
+        return local or await self.local.report_check(key, ok, conclusive=conclusive)
 
     async def view(self, key: str) -> BreakerView:
+        await self._flush(key)
         result = await self._run(key, "view")
         return result[0] if result else self.local.peek(key)
 
     def peek(self, key: str) -> BreakerView:
-        if self.redis.outage:
+        if self.state.outage:
             return self.local.peek(key)
         return self._mirror.get(key) or BreakerView()
 
     async def close(self) -> None:
-        await self.redis.close()
+        """Write pending successes (the state backend belongs to whoever opened it)."""
+        await self.flush()

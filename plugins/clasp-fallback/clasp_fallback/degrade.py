@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from clasp_gateway import Chunk, Deployment, GatewayError, OverloadedError, RequestContext
+from clasp_gateway import UNAVAILABLE_KEY, Chunk, Deployment, GatewayError, OverloadedError, RequestContext
 
 from .classify import classify
 from .stats import safe_error_text
@@ -108,6 +108,9 @@ def exhausted_answer(
         return None  # keep the 429 and its retry-after: the client should slow down
     if last is not None and last.kind == "misconfigured":
         return None  # the deployment's own message says what to fix
+    # Candidates the core skipped: none of their credentials has access (permission checks).
+    unavailable = ctx.state.get(UNAVAILABLE_KEY) or {}
+    skipped = [*skipped, *(Skip(d, why) for d, why in unavailable.items())]
     if not skipped and len({a.deployment.id for a in ctx.attempts}) == 1:
         return None  # one deployment, nothing else to try: its own (mapped) error says most
     parts = _failure_lines(ctx, chain, skipped)

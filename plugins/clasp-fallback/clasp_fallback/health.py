@@ -4,9 +4,10 @@ A background task (started in ``startup``, cancelled in ``shutdown``) checks eve
 deployment each ``fallback.health.interval`` seconds with the core's probe
 (:func:`clasp_gateway.wire.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
 upstreams, or a 1-token completion with ``method: call``) and feeds the result to the
-deployment's circuit breaker. With Redis, one replica checks each deployment per
-interval (a ``SET NX`` lease) and the result is shared, so N replicas do not multiply
-the probes and every replica's status page shows the same last check.
+deployment's circuit breaker. With shared state, one process checks each deployment per
+interval (a lease: ``set(..., if_absent=True)`` on the shared state, Redis or the
+workers' SQLite) and the result is shared, so N processes do not multiply the probes and
+every status page shows the same last check.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from datetime import UTC, datetime
@@ -154,6 +156,8 @@ def deployment_status(runtime: FallbackRuntime, deployment: Deployment, view: An
         "last_check": None if check is None else {
             "ok": check.ok, "verdict": check.verdict, "ms": round(check.ms, 1), "at": iso(check.at), "method": check.method,
         },
+        # The core's permission checks: which credentials may use the model (None: off).
+        "access": runtime.gateway.permissions.status(deployment),
     }
 
 
@@ -181,12 +185,15 @@ async def providers_health(request: Request) -> Response:
     entries = [deployment_status(runtime, d, v, c) for d, v, c in zip(deployments, views, checks, strict=True)]
     for entry in entries:
         entry["serves"] = [r.pattern for r in gateway.config.models if any(d.id == entry["id"] for d in r.deployments)]
-    closed = sum(1 for v in views if v.state == "closed")
+    # A deployment none of whose credentials has access is skipped like an open breaker.
+    closed = sum(1 for v, e in zip(views, entries, strict=True) if v.state == "closed" and (e["access"] or {}).get(
+        "available", True))
     status = "ok" if closed == len(views) else ("down" if closed == 0 else "degraded")
     h = runtime.settings.health
     return json_response({
         "status": status,
         "breaker_state": runtime.breakers.describe,
+        "pid": os.getpid(),  # which worker answered: with shared state, every one agrees
         "health_checks": {"interval_s": h.interval, "method": h.method} if h.interval else None,
         "deployments": entries,
     })

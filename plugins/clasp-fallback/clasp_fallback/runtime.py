@@ -19,11 +19,25 @@ import logging
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from clasp_gateway import Attempt, CanonicalRequest, Deployment, Gateway, RequestContext, await_me_maybe, hookimpl
+import orjson
 
-from .breaker import BreakerStore, BreakerView, MemoryBreakers, RedisBreakers
+from clasp_gateway import (
+    Attempt,
+    CanonicalRequest,
+    Deployment,
+    Gateway,
+    RequestContext,
+    StateBackend,
+    StateSettings,
+    StateUnavailable,
+    await_me_maybe,
+    create_state,
+    hookimpl,
+)
+
+from .breaker import BreakerStore, BreakerView, SharedBreakers
 from .classify import Failure, classify
 from .degrade import Skip, exhausted_answer
 from .health import HealthChecker
@@ -31,9 +45,6 @@ from .retry import RetryBudget, backoff_delay, retry_after_delay
 from .settings import BUILTIN_STRATEGIES, FallbackSettings
 from .stats import CheckResult, Stats
 from .strategy import chain_for, custom_order, order
-
-if TYPE_CHECKING:  # redis.asyncio costs ~90 ms to import: only when Redis is configured
-    from .shared import SharedRedis
 
 log = logging.getLogger("clasp.fallback")
 
@@ -57,7 +68,12 @@ class RequestState:
 
 
 class FallbackRuntime:
-    """Retries, fallback, circuit breakers and health for one gateway app."""
+    """Retries, fallback, circuit breakers and health for one gateway app.
+
+    Breaker and health-check state lives in the gateway's state backend
+    (``gateway.state``, the core's ``state:`` section), or, when ``breaker.redis_url``
+    is set, in a Redis backend of this plugin's own (a per-plugin override).
+    """
 
     def __init__(self, gateway: Gateway, settings: FallbackSettings) -> None:
         self.gateway = gateway
@@ -65,21 +81,23 @@ class FallbackRuntime:
         self.stats = Stats()
         r = settings.retry
         self.budget = RetryBudget(ratio=r.budget_ratio, window=r.budget_window, min_retries=r.budget_min_retries)
-        self.redis: SharedRedis | None = None
-        self.breakers: BreakerStore = MemoryBreakers(settings.breaker)
+        b = settings.breaker
+        self.own_state: StateBackend | None = None
+        if b.redis_url is not None and b.redis_url.value:
+            # The override keeps its historical layout: key_prefix is the whole prefix.
+            self.own_state = create_state(StateSettings(
+                backend="redis", url=b.redis_url, prefix="", timeout=b.redis_timeout, configured=True))
+        self.state: StateBackend = self.own_state or gateway.state
+        self.namespace = b.key_prefix or ("clasp:fallback:" if self.own_state else "fallback:")
+        self.breakers: BreakerStore = SharedBreakers(b, self.state, self.namespace)
         self.health = HealthChecker(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the Redis pool (if configured) and start the health checks."""
-        b = self.settings.breaker
-        if b.redis_url is not None and b.redis_url.value:
-            from .shared import SharedRedis
-
-            self.redis = SharedRedis(b.redis_url.value, timeout=b.redis_timeout)
-            self.breakers = RedisBreakers(b, self.redis)
-            await self.redis.ping()  # logs (once) if Redis is down; serving goes on regardless
+        """Open this plugin's own Redis (with ``breaker.redis_url``) and start the health checks."""
+        if self.own_state is not None:
+            await self.own_state.open()  # logs (once) if Redis is down; serving goes on regardless
         self.health.start()
         h = self.settings.health
         log.info(
@@ -89,9 +107,11 @@ class FallbackRuntime:
         )
 
     async def close(self) -> None:
-        """Stop the health checks and close the Redis pool."""
+        """Stop the health checks and close this plugin's own Redis (the gateway closes its state)."""
         await self.health.stop()
         await self.breakers.close()
+        if self.own_state is not None:
+            await self.own_state.close()
 
     # --- per request --------------------------------------------------------------------------
 
@@ -253,34 +273,28 @@ class FallbackRuntime:
     # --- health checks ---------------------------------------------------------------------
 
     async def claim_check(self, key: str, interval: float) -> bool:
-        """Whether this replica checks ``key`` this interval (always, without Redis)."""
-        if self.redis is None:
+        """Whether this process checks ``key`` this interval (always, unless the state is
+        shared: then one process per interval holds a lease)."""
+        if not self.state.shared:
             return True
-        lease = self.settings.breaker.key_prefix + "health-lease:" + key
-        ms = max(1, int(interval * 900))  # 90%: the next round's claim must succeed
-
-        async def claim(r: Any) -> bool:
-            # SET NX answers None when another replica holds the lease.
-            return bool(await r.set(lease, "1", nx=True, px=ms))
-
-        claimed = await self.redis.call(claim, "claiming a health check")
-        return True if claimed is None else claimed  # None: Redis is down, check locally
+        lease = self.namespace + "health-lease:" + key
+        try:
+            # 90% of the interval: the next round's claim must succeed.
+            return await self.state.set(lease, "1", ttl=max(0.001, interval * 0.9), if_absent=True)
+        except StateUnavailable:
+            return True  # check locally
 
     async def check_ended(self, deployment: Deployment, check: CheckResult) -> None:
         """Record a health check and feed it to the breaker (not for config problems:
         those are static, and the request path explains them better)."""
         self.stats.of(deployment.id).check = check
-        if self.redis is not None:
-            key = self.settings.breaker.key_prefix + "health:" + deployment.id
-            mapping = {"ok": "1" if check.ok else "0", "verdict": check.verdict, "ms": repr(check.ms),
-                       "at": repr(check.at), "method": check.method}
-            ttl = max(1, int(max(self.settings.health.interval * 3, 60) * 1000))
-
-            async def store(r: Any) -> None:
-                async with r.pipeline(transaction=True) as pipe:
-                    await pipe.hset(key, mapping=mapping).pexpire(key, ttl).execute()
-
-            await self.redis.call(store, "sharing a health check")
+        if self.state.shared:
+            key = self.namespace + "health:" + deployment.id
+            record = {"ok": check.ok, "verdict": check.verdict, "ms": check.ms, "at": check.at, "method": check.method}
+            try:
+                await self.state.set(key, orjson.dumps(record), ttl=max(self.settings.health.interval * 3, 60))
+            except StateUnavailable:
+                pass  # this process's status page still shows it
         if check.method == "config":
             return
         before = self.breakers.peek(deployment.id)
@@ -290,17 +304,19 @@ class FallbackRuntime:
             log.info("health check of %s failed: %s", deployment.id, check.verdict)
 
     async def last_check(self, deployment: Deployment) -> CheckResult | None:
-        """The latest check of ``deployment`` by any replica (Redis) or by this one."""
+        """The latest check of ``deployment`` by any process sharing the state, or by this one."""
         local = self.stats.of(deployment.id).check
-        if self.redis is None:
+        if not self.state.shared:
             return local
-        key = self.settings.breaker.key_prefix + "health:" + deployment.id
-        raw = await self.redis.call(lambda r: r.hgetall(key), "reading a health check")
+        try:
+            raw = await self.state.get(self.namespace + "health:" + deployment.id)
+        except StateUnavailable:
+            return local
         if not raw:
             return local
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
         try:
-            shared = CheckResult(f["ok"] == "1", f["verdict"], float(f["ms"]), float(f["at"]), f["method"])
-        except (KeyError, ValueError):
+            f = orjson.loads(raw)
+            shared = CheckResult(bool(f["ok"]), str(f["verdict"]), float(f["ms"]), float(f["at"]), str(f["method"]))
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
             return local
         return shared if local is None or shared.at >= local.at else local

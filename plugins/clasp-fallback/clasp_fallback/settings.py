@@ -84,11 +84,16 @@ class BreakerSettings:
     rest_on_retry_after: bool = True
     """A 429 whose retry-after exceeds ``retry.max_retry_after`` opens the breaker for that long."""
     redis_url: Secret | None = None
-    """Share breaker state between replicas through Redis (``redis://``, ``rediss://``)."""
-    key_prefix: str = "clasp:fallback:"
+    """A per-plugin override: keep this plugin's state in this Redis (``redis://``,
+    ``rediss://``) instead of the gateway's ``state:`` backend."""
+    key_prefix: str | None = None
+    """Where this plugin's keys start. Default: ``fallback:`` inside the gateway state's
+    own prefix, or ``clasp:fallback:`` on the ``redis_url`` override (so both give
+    ``clasp:fallback:breaker:<id>``); when set, it is the namespace inside ``state.prefix``
+    or, with ``redis_url``, the whole prefix as before."""
     key_ttl: float = 3600.0
     redis_timeout: float = 0.25
-    """Seconds a Redis call may take before local state is used instead."""
+    """With ``redis_url``: seconds a Redis call may take before local state is used instead."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,4 +1,5 @@
-"""Fixtures for the fallback plugin's tests: a real Redis, fake upstreams, real gateways.
+"""Fixtures for the fallback plugin's tests: a real Redis, fake upstreams, real gateways
+(in this process, or as real ``clasp serve`` processes through ``clasp_gateway.testing``).
 
 Only the plugins a test names are loaded (``CLASP_LOAD_PLUGINS``), so these tests do
 not depend on what else is installed.
@@ -8,11 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,91 +20,43 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from clasp_gateway import hookimpl  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.testing import GatewayProcesses, RedisNamespace, RedisServer, redis_server  # noqa: E402
 from tests.fakes import FakeUpstream, Text  # noqa: E402
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port  # noqa: E402
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    """Our own redis-server on ``port`` (the test stops it by its pid)."""
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        if port_open("127.0.0.1", port):
-            return proc
-        time.sleep(0.025)
-    proc.terminate()
-    raise RuntimeError(f"redis-server did not start on port {port}")
-
-
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A real Redis: the machine's on 6379 (started if down), else our own server."""
-    if not port_open("127.0.0.1", 6379) and shutil.which("redis-server"):
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-             "--save", "", "--appendonly", "no"],
-            check=False, capture_output=True,
-        )
-        for _ in range(50):
-            if port_open("127.0.0.1", 6379):
-                break
-            time.sleep(0.1)
-    if port_open("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/14"
-        return
-    proc = start_redis(free_port())
-    try:
-        yield f"redis://127.0.0.1:{proc.args[4]}/0"  # type: ignore[index]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-class OwnRedis:
-    """A redis-server this test starts and stops (by its pid) on a fixed port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = start_redis(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+def redis() -> Iterator[RedisServer]:
+    """A real Redis: the machine's on 6379 when it answers, else our own (stopped after)."""
+    with redis_server() as server:
+        yield server
 
 
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    """A private Redis the test may kill and restart."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    server = OwnRedis()
-    server.start()
-    yield server
-    server.stop()
+def redis_ns(redis: RedisServer) -> Iterator[RedisNamespace]:
+    """A key prefix of this test's own on that Redis (its keys deleted after)."""
+    with redis.namespace() as ns:
+        yield ns
 
 
 @pytest.fixture
-def key_prefix() -> str:
+def redis_url(redis_ns: RedisNamespace) -> str:
+    return redis_ns.url
+
+
+@pytest.fixture
+def key_prefix(redis_ns: RedisNamespace) -> str:
     """A Redis key prefix of its own, so tests never see each other's breakers."""
-    return f"clasp-test:{uuid.uuid4().hex[:12]}:"
+    return redis_ns.prefix
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private redis-server the test may stop and restart (stopped after)."""
+    with redis_server(own=True) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -199,6 +147,65 @@ def serve() -> Iterator[Callable[..., Served]]:
     yield start
     for served in started:
         served.stop()
+
+
+class Replicas:
+    """Real ``clasp serve`` processes on one config (from ``clasp_gateway.testing``),
+    with an httpx client for the gateway key."""
+
+    def __init__(self, processes: GatewayProcesses) -> None:
+        self.processes = processes
+        self.urls = [p.base_url for p in processes]
+        self.http = httpx.Client(headers={"x-api-key": GATEWAY_KEY}, timeout=10)
+
+    def chat(self, index: int = 0, content: str = "hi", *, model: str = "chain") -> httpx.Response:
+        payload = {"model": model, "messages": [{"role": "user", "content": content}]}
+        return self.http.post(self.urls[index] + "/v1/chat/completions", json=payload)
+
+    @staticmethod
+    def text(response: httpx.Response) -> str:
+        """The text of a non-streamed chat completion."""
+        assert response.status_code == 200, response.text
+        return str(response.json()["choices"][0]["message"]["content"])
+
+    def status(self, index: int = 0, *, new_connection: bool = False) -> dict[str, Any]:
+        """GET /health/providers (``new_connection``: may reach another worker)."""
+        url = self.urls[index] + "/health/providers"
+        if new_connection:
+            response = httpx.get(url, headers={"x-api-key": GATEWAY_KEY}, timeout=10)
+        else:
+            response = self.http.get(url)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        data["by_id"] = {d["id"]: d for d in data["deployments"]}
+        return data
+
+
+@pytest.fixture
+def replicas() -> Iterator[Callable[..., Replicas]]:
+    """``replicas(chain, count=2, fallback={...}, state={...}, server={...})``: gateways as
+    real processes (stopped after), with only this plugin loaded."""
+    started: list[Replicas] = []
+
+    def start(chain: list[dict[str, Any]], *, count: int = 1, fallback: dict[str, Any] | None = None,
+              state: dict[str, Any] | None = None, server: dict[str, Any] | None = None) -> Replicas:
+        config: dict[str, Any] = {
+            "server": {"log_level": "info", **(server or {})},
+            "keys": [{"key": GATEWAY_KEY, "name": "tests", "team": "qa"}],
+            "models": {"chain": chain},
+            "fallback": fallback or {},
+        }
+        if state is not None:
+            config["state"] = state
+        processes = GatewayProcesses(config, count=count, env={"CLASP_LOAD_PLUGINS": "fallback"})
+        replicas = Replicas(processes.start())
+        started.append(replicas)
+        return replicas
+
+    yield start
+    for replicas in started:
+        replicas.http.close()
+        replicas.processes.stop()
 
 
 @pytest.fixture

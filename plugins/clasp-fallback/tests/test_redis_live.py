@@ -1,7 +1,9 @@
-"""Breaker state shared by two gateways through Redis, and serving through Redis outages."""
+"""Breaker state shared by gateway processes (Redis, or one SQLite file for the workers of
+one gateway), and serving through Redis outages."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -20,48 +22,93 @@ def shared(redis_url: str, key_prefix: str, **breaker: Any) -> dict[str, Any]:
     }
 
 
-def test_two_gateways_share_one_breaker(
-    serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream], redis_url: str, key_prefix: str
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def probe_due(replicas: Any, index: int = 0) -> bool:
+    """Whether the open breaker of "primary" lets its probe through now."""
+    return bool(replicas.status(index)["by_id"]["primary"]["breaker"]["probe_in_s"] == 0)
+
+
+def test_two_gateway_processes_share_one_breaker_through_the_core_state(
+    replicas: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream], redis_ns: Any
 ) -> None:
     primary, secondary = up
     primary.script = lambda body, rec: Error(500)
-    # A 1 s cooldown: the requests below must fall inside it, even on a busy machine.
-    first = serve(kit.pair(primary, secondary), fallback=shared(redis_url, key_prefix, cooldown=1.0))
-    second = serve(kit.pair(primary, secondary), fallback=shared(redis_url, key_prefix, cooldown=1.0))
-    assert first.status()["breaker_state"] == f"redis ({redis_url})"
-
+    gateways = replicas(
+        kit.pair(primary, secondary), count=2,
+        fallback={"retry": {"attempts": 0}, "breaker": {"failures": 2, "cooldown": 2}},
+        state={"backend": "redis", "url": redis_ns.url, "prefix": redis_ns.prefix},
+    )
+    assert gateways.status(0)["breaker_state"] == f"redis ({redis_ns.url})"
     for _ in range(2):
-        assert first.text(first.chat()) == "from secondary"
+        assert gateways.text(gateways.chat(0)) == "from secondary"
     assert kit.chat_requests(primary) == 2
-    # The second gateway never saw primary fail, yet it skips it.
+    # The second gateway (another process) never saw primary fail, yet it skips it.
     for _ in range(5):
-        assert second.text(second.chat()) == "from secondary"
+        assert gateways.text(gateways.chat(1)) == "from secondary"
     assert kit.chat_requests(primary) == 2
-    assert second.status()["by_id"]["primary"]["state"] == "open"
-    assert second.events.kind("skip")[0]["deployment"] == "primary"
+    entry = gateways.status(1)["by_id"]["primary"]
+    assert entry["state"] == "open" and entry["attempts"]["skipped_open_breaker"] == 5
+    assert f"{redis_ns.prefix}fallback:breaker:primary" in redis_ns.keys()
 
     # Recovery seen through the second gateway closes the breaker for the first.
     primary.script = lambda body, rec: Text("primary is back")
-    time.sleep(1.05)
-    assert second.text(second.chat()) == "primary is back"
-    assert first.status()["by_id"]["primary"]["state"] == "closed"
-    assert first.text(first.chat()) == "primary is back"
+    wait_for(lambda: probe_due(gateways, 1))
+    assert gateways.text(gateways.chat(1)) == "primary is back"
+    assert gateways.status(0)["by_id"]["primary"]["state"] == "closed"
+    assert gateways.text(gateways.chat(0)) == "primary is back"
 
 
-def test_one_probe_across_replicas(
-    serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream], redis_url: str, key_prefix: str
+def test_one_probe_across_processes_with_the_plugins_own_redis(
+    replicas: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream], redis_ns: Any
 ) -> None:
     primary, secondary = up
     primary.script = lambda body, rec: Error(500)
-    gateways = [serve(kit.pair(primary, secondary), fallback=shared(redis_url, key_prefix)) for _ in range(2)]
-    gateways[0].chat(), gateways[0].chat()
+    # breaker.redis_url: the per-plugin override, key_prefix its whole key prefix.
+    gateways = replicas(kit.pair(primary, secondary), count=2,
+                        fallback=shared(redis_ns.url, redis_ns.prefix, cooldown=1))
+    gateways.chat(0), gateways.chat(0)
+    assert f"{redis_ns.prefix}breaker:primary" in redis_ns.keys()
     primary.script = lambda body, rec: Text("slow probe", delay=0.4)
-    time.sleep(0.55)
-    import concurrent.futures
-
+    wait_for(lambda: probe_due(gateways, 0))
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        texts = list(pool.map(lambda i: gateways[i % 2].text(gateways[i % 2].chat()), range(6)))
-    assert texts.count("slow probe") == 1
+        texts = list(pool.map(lambda i: gateways.text(gateways.chat(i % 2)), range(6)))
+    assert texts.count("slow probe") == 1 and texts.count("from secondary") == 5
+
+
+def test_workers_of_one_gateway_share_breakers_without_redis(
+    replicas: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    """server.workers: 2 and no state: section: the workers share one SQLite file, so
+    every worker reports (and acts on) the same breaker, whichever one saw the failures."""
+    primary, secondary = up
+    primary.script = lambda body, rec: Error(500)
+    gateway = replicas(kit.pair(primary, secondary), server={"workers": 2},
+                       fallback={"retry": {"attempts": 0}, "breaker": {"failures": 2, "cooldown": 60}})
+    for _ in range(2):  # one kept-alive connection: both failures reach the same worker
+        assert gateway.text(gateway.chat(0)) == "from secondary"
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(300):  # new connections until both workers have answered
+        status = gateway.status(0, new_connection=True)
+        seen[status["pid"]] = status
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "only one worker answered"
+    for status in seen.values():
+        assert status["breaker_state"].startswith("sqlite (")
+        assert status["by_id"]["primary"]["state"] == "open"
+        assert status["by_id"]["primary"]["breaker"]["reason"] == "2 consecutive failures"
+    for _ in range(10):  # whichever worker answers skips primary
+        response = gateway.http.post(gateway.urls[0] + "/v1/chat/completions", headers={"connection": "close"},
+                                     json={"model": "chain", "messages": [{"role": "user", "content": "hi"}]})
+        assert gateway.text(response) == "from secondary"
+    assert kit.chat_requests(primary) == 2
 
 
 def test_a_dead_redis_does_not_stop_serving(
@@ -98,7 +145,7 @@ def test_serving_continues_while_redis_restarts(
     for _ in range(4):
         assert gw.text(gw.chat()) == "from secondary"  # local breakers meanwhile
     assert gw.status()["breaker_state"].startswith("memory (")
-    own_redis.start()
+    own_redis.restart()
     time.sleep(2.1)  # the plugin retries Redis every 2 s after a failure
     primary.script = lambda body, rec: Error(500)
     for _ in range(2):

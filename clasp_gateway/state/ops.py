@@ -1,0 +1,175 @@
+"""The built-in atomic operations, each written once in Lua (Redis) and once in Python
+(memory, SQLite): counters (:data:`INCR`), totals within a limit (:data:`ADD_WITHIN`)
+and sliding-window rate limits (:data:`HIT`).
+
+Both twins use the same arithmetic, including the small tolerance that keeps
+``0.1 + 0.2`` within a limit of ``0.3``; ``tests/test_state.py`` runs them on every
+backend. The twins never read each other's data, so each stores what suits it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from . import RateWindow, Reservation, Script, ScriptTx
+
+ZERO = 1e-12
+"""A total at or below this is deleted (floating-point dust after releases)."""
+
+
+def _fits(value: float, limit: float) -> bool:
+    """``value <= limit``, forgiving rounding error (relative 1e-9)."""
+    return value - limit <= 1e-9 * max(1.0, abs(limit))
+
+
+# --- INCR ----------------------------------------------------------------------------------
+
+def _incr(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> int:
+    key, amount, ttl_ms = keys[0], int(args[0]), int(args[1])
+    raw = tx.get(key)
+    if raw is None:
+        tx.set(key, str(amount), ttl=ttl_ms / 1000 if ttl_ms else None)
+        return amount
+    value = int(raw) + amount
+    tx.set(key, str(value), keep_ttl=True)
+    return value
+
+
+INCR: Script[int] = Script(
+    name="clasp.incr",
+    lua="""
+local existed = redis.call('EXISTS', KEYS[1])
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
+""",
+    python=_incr,
+    decode=int,
+)
+
+
+# --- ADD_WITHIN ----------------------------------------------------------------------------
+
+def _add_within(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Reservation:
+    key, amount, limit, ttl_ms = keys[0], float(args[0]), float(args[1]), int(args[2])
+    raw = tx.get(key)
+    total = float(raw) if raw is not None else 0.0
+    new = total + amount
+    if amount > 0 and limit >= 0 and not _fits(new, limit):
+        return Reservation(False, total)
+    if new <= ZERO:
+        tx.delete(key)
+        return Reservation(True, 0.0)
+    tx.set(key, repr(new), ttl=ttl_ms / 1000 if ttl_ms else None)
+    return Reservation(True, new)
+
+
+def _decode_reservation(reply: Any) -> Reservation:
+    return Reservation(bool(int(reply[0])), float(reply[1]))
+
+
+ADD_WITHIN: Script[Reservation] = Script(
+    name="clasp.add_within",
+    lua="""
+local amount = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local total = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = total + amount
+if amount > 0 and limit >= 0 and new - limit > 1e-9 * math.max(1, math.abs(limit)) then
+  return {0, string.format('%.17g', total)}
+end
+if new <= 1e-12 then
+  redis.call('DEL', KEYS[1])
+  return {1, '0'}
+end
+if ttl > 0 then
+  redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], string.format('%.17g', new))
+end
+return {1, string.format('%.17g', new)}
+""",
+    python=_add_within,
+    decode=_decode_reservation,
+)
+
+
+# --- HIT (sliding window) ------------------------------------------------------------------
+
+def _hit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> RateWindow:
+    key, limit, window, cost = keys[0], float(args[0]), float(args[1]), float(args[2])
+    now = tx.now()
+    w = math.floor(now / window)
+    cur = prev = 0.0
+    raw = tx.get(key)
+    if raw is not None:
+        stored, scur, sprev = raw.split()
+        if int(stored) == w:
+            cur, prev = float(scur), float(sprev)
+        elif int(stored) == w - 1:
+            prev = float(scur)
+    f = (now - w * window) / window
+    estimate = prev * (1 - f) + cur
+    if _fits(estimate + cost, limit):
+        cur += cost
+        tx.set(key, f"{w} {cur!r} {prev!r}", ttl=2 * window)
+        return RateWindow(True, estimate + cost, 0.0)
+    if not _fits(cost, limit):
+        retry = window  # never fits: say "a window", not "never"
+    elif _fits(cur + cost, limit):
+        retry = (estimate + cost - limit) * window / prev  # the previous window's share decays
+    else:
+        # Wait for this window to become the previous one, and for enough of it to decay.
+        retry = (1 - f) * window + max(0.0, 1 - (limit - cost) / cur) * window
+    return RateWindow(False, estimate, retry)
+
+
+def _decode_window(reply: Any) -> RateWindow:
+    return RateWindow(bool(int(reply[0])), float(reply[1]), float(reply[2]))
+
+
+HIT: Script[RateWindow] = Script(
+    name="clasp.hit",
+    lua="""
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local w = math.floor(now / window)
+local cur, prev = 0, 0
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
+  if tonumber(sw) == w then
+    cur = tonumber(scur); prev = tonumber(sprev)
+  elseif tonumber(sw) == w - 1 then
+    prev = tonumber(scur)
+  end
+end
+local function fits(value)
+  return value - limit <= 1e-9 * math.max(1, math.abs(limit))
+end
+local f = (now - w * window) / window
+local estimate = prev * (1 - f) + cur
+if fits(estimate + cost) then
+  cur = cur + cost
+  redis.call('SET', KEYS[1], string.format('%.0f %.17g %.17g', w, cur, prev), 'PX', math.ceil(2000 * window))
+  return {1, string.format('%.17g', estimate + cost), '0'}
+end
+local retry
+if not fits(cost) then
+  retry = window
+elseif fits(cur + cost) then
+  retry = (estimate + cost - limit) * window / prev
+else
+  retry = (1 - f) * window + math.max(0, 1 - (limit - cost) / cur) * window
+end
+return {0, string.format('%.17g', estimate), string.format('%.17g', retry)}
+""",
+    python=_hit,
+    decode=_decode_window,
+)
