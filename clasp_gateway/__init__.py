@@ -63,7 +63,6 @@ from .errors import (
     UpstreamError,
 )
 from .hookspecs import hookimpl
-from .permissions import UNAVAILABLE_KEY
 from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
 from .redact import redact, redact_bytes, register_secret
@@ -124,6 +123,7 @@ from .validation import (
 )
 from .wire.catalog import ProviderProfile, provider_profile
 from .wire.ndjson import NDJSONDecoder
+from .wire.permissions import UNAVAILABLE_KEY
 from .wire.probe import ProbeResult, probe_deployment
 from .wire.providers import ProviderAdapter, Providers
 from .wire.quirks import prepare_body, response_fixer

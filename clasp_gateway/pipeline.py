@@ -33,7 +33,6 @@ from typing import Any
 
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
-from .permissions import PermissionChecker
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
 from .shaping.server_tools import RoundServices, ServerTools
@@ -54,6 +53,7 @@ from .types import (
     UpstreamStream,
     Usage,
 )
+from .wire.permissions import PermissionChecker
 from .wire.providers import Providers
 from .wire.quirks import prepare_body
 from .wire.reads import ReadLimits

@@ -1,4 +1,4 @@
-"""Permission checks before routing (``clasp_gateway/permissions.py``): each credential
+"""Permission checks before routing (``clasp_gateway/wire/permissions.py``): each credential
 is probed off the hot path; a key the provider refuses its model (401/403/404) leaves
 rotation before a client request can reach it, a deployment with no usable key is
 skipped without an upstream call, transient failures change nothing, and a fixed key

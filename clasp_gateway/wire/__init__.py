@@ -8,6 +8,6 @@ parses, the gateway sends: ``transform/``) or ``litellm_adapter``
 (``litellm.acompletion``, the catch-all). Around them: credentials and key pools
 (``credentials``), rate-limit headers (``ratelimits``), the parameter allowlist
 (``params``), the model catalogue and provider profiles (``catalog``), provider quirks
-(``quirks``), framing (``sse``, ``ndjson``, ``reads``) and ``clasp check``'s probes
-(``probe``).
+(``quirks``), framing (``sse``, ``ndjson``, ``reads``), ``clasp check``'s probes
+(``probe``) and the permission checks that run them before routing (``permissions``).
 """

@@ -203,7 +203,7 @@ class KeySlot:
     seen_value: str | None = None
     """The value the health below refers to: a rotated key starts afresh."""
     no_access: str = ""
-    """Why a permission check (:mod:`clasp_gateway.permissions`) left this key out of
+    """Why a permission check (:mod:`clasp_gateway.wire.permissions`) left this key out of
     rotation ("" while it is in): the provider refused it access to the model."""
 
     @property

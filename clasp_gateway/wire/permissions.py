@@ -41,15 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, ConfigError
-from .errors import ConfigurationError, GatewayError, UpstreamError
-from .redact import redact
-from .types import Deployment, RequestContext
-from .validation import Boolean, Duration, Integer, Section
-from .wire.credentials import KeySlot, credential_settings
+from ..config import Config, ConfigError
+from ..errors import ConfigurationError, GatewayError, UpstreamError
+from ..redact import redact
+from ..types import Deployment, RequestContext
+from ..validation import Boolean, Duration, Integer, Section
+from .credentials import KeySlot, credential_settings
 
 if TYPE_CHECKING:
-    from .wire.providers import Providers
+    from .providers import Providers
 
 log = logging.getLogger("clasp.permissions")
 
