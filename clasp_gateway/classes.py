@@ -96,29 +96,31 @@ def features(request: CanonicalRequest, hints: RequestHints | None = None) -> Re
     messages = request.get("messages")
     if type(messages) is not list:
         messages = []
-    for message in messages:
+    for message in messages:  # one pass, as few lookups as possible: it runs per request
         if type(message) is not dict:
             continue
-        if message.get("role") == "tool":
-            tool_results += 1
         content = message.get("content")
         if type(content) is str:
             size += len(content)
         elif type(content) is list:
             for part in content:
-                if type(part) is not dict:
-                    continue
-                text = part.get("text")
-                if type(text) is str:
-                    size += len(text)
-                elif part.get("type") in _MEDIA:
-                    images += 1
-        calls = message.get("tool_calls")
-        if type(calls) is list:
-            for call in calls:
-                fn = call.get("function") if type(call) is dict else None
-                if type(fn) is dict:
-                    size += len(str(fn.get("arguments") or ""))
+                if type(part) is dict:
+                    text = part.get("text")
+                    if type(text) is str:
+                        size += len(text)
+                    elif part.get("type") in _MEDIA:
+                        images += 1
+        role = message.get("role")
+        if role == "tool":
+            tool_results += 1
+        elif role == "assistant":
+            calls = message.get("tool_calls")
+            if type(calls) is list:
+                for call in calls:
+                    fn = call.get("function") if type(call) is dict else None
+                    arguments = fn.get("arguments") if type(fn) is dict else None
+                    if type(arguments) is str:
+                        size += len(arguments)
     tools = request.get("tools")
     tool_count = len(tools) if type(tools) is list else 0
     raw_max = request.get("max_completion_tokens") or request.get("max_tokens")
