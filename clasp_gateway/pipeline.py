@@ -1,7 +1,8 @@
 """The request lifecycle, each step a hook.
 
 ``authenticate`` → classify the request (once: ``ctx.request_class``, ``ctx.traits``)
-→ resolve the public model name → ``resolve_route`` (order the candidates) → ``before_call`` (cache hit or refusal) → per candidate:
+→ resolve the public model name → ``resolve_route`` (order the candidates) →
+``before_call`` (cache hit or refusal) → per candidate:
 ``before_attempt`` → prepare the body for that provider → call → first chunk →
 (on failure ``on_error`` decides: retry, degrade or next candidate) → the caller
 streams the rest → :meth:`Gateway.finish` → ``after_attempt`` and ``record``.
