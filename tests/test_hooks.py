@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
-from clasp_gateway import hookimpl
+from clasp_gateway import hookimpl, registrations
 from clasp_gateway.app import create_app
 from clasp_gateway.errors import AuthenticationError, RateLimitError
 from clasp_gateway.plugins import PluginManager
@@ -172,7 +172,8 @@ def test_registration_and_lifecycle_hooks(setup: Any) -> None:
     response = httpx.get(server.base_url + "/x-hello")
     assert response.text == "hello from a plugin" and response.headers["x-wrapped"] == "yes"
     assert "reverse" in server.gateway.strategies
-    assert [args[0] for args, _ in server.gateway.pm.collect("register_commands")] == ["hello"]
+    assert [(r.name, r.help, r.plugin) for r in registrations.commands(server.gateway.pm)] == [
+        ("hello", "say hello", "recorder")]
     assert chat(server, "hi", model="echo") == "echo: hi"
     names = {p["name"] for p in httpx.get(server.base_url + "/-/plugins",
                                            headers={"x-api-key": GATEWAY_KEY}).json()}
