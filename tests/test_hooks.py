@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -206,6 +207,11 @@ def test_route_cache_and_attempt_hooks(setup: Any) -> None:
     assert chat(server, "hi", stream=True) == "after a retry"
     assert "on_error:1" in recorder.calls
     assert recorder.chunks > 0
+    # The client has the whole stream before the gateway finishes recording it.
+    deadline = time.monotonic() + 10
+    while not any(e["kind"] == "request" and len(e["attempts"]) == 2 for e in recorder.events):
+        assert time.monotonic() < deadline, recorder.events
+        time.sleep(0.01)
     kinds = [e["kind"] for e in recorder.events]
     assert "attempt" in kinds and "request" in kinds
     last = [e for e in recorder.events if e["kind"] == "request"][-1]
