@@ -11,7 +11,11 @@ The names, by what a plugin does with them:
 
 - **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, and for a plugin's own hooks
   :func:`call_first` and :func:`call_each`; the :class:`Gateway` a hook or route is
-  handed (``request.app.state.gateway``).
+  handed (``request.app.state.gateway``); the typed ``register`` callbacks of the
+  ``register_*`` hooks (:class:`RegisterProvider`, :class:`RegisterRoute`...) and
+  :class:`RegistrationError`.
+- **Request classes** (computed once per request, ``ctx.classes``):
+  :class:`RequestClass`, :class:`RequestFeatures`, :class:`Classifier`.
 - **The canonical format**: :data:`CanonicalRequest`, :data:`Chunk`, :data:`KEEPALIVE`,
   :func:`completion_to_chunk`, :func:`chunks_to_completion`; what travels with a
   request: :class:`RequestContext`, :class:`RequestHints`, :class:`Principal`,
@@ -48,6 +52,8 @@ The names, by what a plugin does with them:
 """
 
 from .canonical import chunks_to_completion, completion_to_chunk
+from .classes import Classifier, RequestClass, RequestFeatures, build_classifier
+from .classes import features as request_features
 from .config import Config, ConfigError, load_config, parse_config, resolve_secret
 from .errors import (
     ApiError,
@@ -66,6 +72,23 @@ from .hookspecs import hookimpl
 from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
 from .redact import redact, redact_bytes, register_secret
+from .registrations import (
+    CommandRegistration,
+    ConfigSectionRegistration,
+    ProviderRegistration,
+    RegisterCommand,
+    RegisterConfigSection,
+    RegisterProvider,
+    RegisterRequestClass,
+    RegisterRoute,
+    RegisterRoutingStrategy,
+    RegisterTool,
+    RegistrationError,
+    RequestClassRegistration,
+    RouteRegistration,
+    RoutingStrategyRegistration,
+    ToolRegistration,
+)
 from .shaping.context import estimate_tokens, is_context_overflow
 from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
@@ -137,6 +160,13 @@ __version__ = "0.1.0"
 __all__ = [
     # hooks and the gateway
     "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
+    # typed registration callbacks (register_* hooks) and what they record
+    "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
+    "RegisterConfigSection", "RegisterProvider", "RegisterRequestClass", "RegisterRoute", "RegisterRoutingStrategy",
+    "RegisterTool", "RegistrationError", "RequestClassRegistration", "RouteRegistration", "RoutingStrategyRegistration",
+    "ToolRegistration",
+    # request classes, computed once per request
+    "Classifier", "RequestClass", "RequestFeatures", "build_classifier", "request_features",
     # the canonical format and what travels with a request
     "KEEPALIVE", "Attempt", "CanonicalRequest", "Chunk", "Deployment", "ModelInfo", "Principal", "RequestContext",
     "RequestHints", "Secret", "Timeouts", "UpstreamStream", "Usage", "chunks_to_completion", "completion_to_chunk",

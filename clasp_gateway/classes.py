@@ -9,17 +9,23 @@ the canonical request, gathered in one pass). Built-in classes, in priority orde
 (the first that matches is the primary class):
 
 ``background``
-    Small helper calls with no tools: Claude Code's titles and topic checks and its
-    ``max_tokens: 1`` quota probe (``max_tokens`` at or under ``background_max_tokens``),
-    or a request the format plugin already marked ``hints.task = "background"``.
+    Small helper calls that offer no tools: a ``max_tokens`` at or under
+    ``background_max_tokens`` (a ``max_tokens: 1`` quota probe, short titles and topic
+    checks), or a structured-output request (a JSON schema the answer must match)
+    whose input is not long: Claude Code 2.1's session titles ask for
+    ``{"title": ...}`` through ``output_config.format`` with ``max_tokens: 128000``
+    and an effort, so their size alone does not give them away. A format plugin may
+    also mark one (``hints.task = "background"``).
 ``long_context``
     An estimated input of at least ``long_context_tokens``.
 ``images``
     Any image or document part in the conversation.
-``thinking``
-    Reasoning requested (Anthropic ``thinking``, OpenAI ``reasoning_effort``).
 ``coding``
-    A turn with tools offered: Claude Code's main loop.
+    A turn with tools offered: Claude Code's main loop (which always asks for an
+    effort or thinking as well, so ``coding`` comes before ``thinking``).
+``thinking``
+    Reasoning requested (Anthropic ``thinking`` or ``output_config.effort``, OpenAI
+    ``reasoning_effort``) on a turn without tools.
 ``question``
     Everything else: a plain question.
 
@@ -30,7 +36,7 @@ thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +70,10 @@ class RequestFeatures:
     task: str | None
     """The format plugin's hint (``hints.task``), e.g. ``"background"``."""
     stream: bool
+    structured: bool = False
+    """The answer must match a JSON schema (OpenAI ``response_format`` ``json_schema``
+    or ``json_object``, or ``hints.structured_output`` for a format whose field the
+    canonical body does not carry, such as Anthropic's ``output_config.format``)."""
 
 
 Predicate = Callable[[RequestFeatures], bool]
@@ -86,29 +96,31 @@ def features(request: CanonicalRequest, hints: RequestHints | None = None) -> Re
     messages = request.get("messages")
     if type(messages) is not list:
         messages = []
-    for message in messages:
+    for message in messages:  # one pass, as few lookups as possible: it runs per request
         if type(message) is not dict:
             continue
-        if message.get("role") == "tool":
-            tool_results += 1
         content = message.get("content")
         if type(content) is str:
             size += len(content)
         elif type(content) is list:
             for part in content:
-                if type(part) is not dict:
-                    continue
-                text = part.get("text")
-                if type(text) is str:
-                    size += len(text)
-                elif part.get("type") in _MEDIA:
-                    images += 1
-        calls = message.get("tool_calls")
-        if type(calls) is list:
-            for call in calls:
-                fn = call.get("function") if type(call) is dict else None
-                if type(fn) is dict:
-                    size += len(str(fn.get("arguments") or ""))
+                if type(part) is dict:
+                    text = part.get("text")
+                    if type(text) is str:
+                        size += len(text)
+                    elif part.get("type") in _MEDIA:
+                        images += 1
+        role = message.get("role")
+        if role == "tool":
+            tool_results += 1
+        elif role == "assistant":
+            calls = message.get("tool_calls")
+            if type(calls) is list:
+                for call in calls:
+                    fn = call.get("function") if type(call) is dict else None
+                    arguments = fn.get("arguments") if type(fn) is dict else None
+                    if type(arguments) is str:
+                        size += len(arguments)
     tools = request.get("tools")
     tool_count = len(tools) if type(tools) is list else 0
     raw_max = request.get("max_completion_tokens") or request.get("max_tokens")
@@ -117,6 +129,10 @@ def features(request: CanonicalRequest, hints: RequestHints | None = None) -> Re
         request.get("reasoning_effort")
         or (hints is not None and (hints.reasoning_effort or hints.thinking_budget))
     )
+    response_format = request.get("response_format")
+    structured = (
+        type(response_format) is dict and response_format.get("type") in ("json_schema", "json_object")
+    ) or (hints is not None and hints.structured_output)
     return RequestFeatures(
         input_tokens=int(size / _CHARS_PER_TOKEN),
         messages=len(messages),
@@ -127,6 +143,7 @@ def features(request: CanonicalRequest, hints: RequestHints | None = None) -> Re
         max_tokens=max_tokens,
         task=hints.task if hints is not None else None,
         stream=bool(request.get("stream")),
+        structured=bool(structured),
     )
 
 
@@ -134,17 +151,22 @@ def builtin_classes(
     *, background_max_tokens: int = BACKGROUND_MAX_TOKENS, long_context_tokens: int = LONG_CONTEXT_TOKENS
 ) -> list[RequestClass]:
     """The built-in classes, in priority order, with the given thresholds."""
+
+    def background(f: RequestFeatures) -> bool:
+        if f.task == "background":
+            return True
+        if f.tools:
+            return False
+        if f.max_tokens is not None and f.max_tokens <= background_max_tokens:
+            return True
+        return f.structured and f.input_tokens < long_context_tokens
+
     return [
-        RequestClass(
-            "background",
-            lambda f: f.task == "background"
-            or (f.tools == 0 and f.max_tokens is not None and f.max_tokens <= background_max_tokens),
-            "small helper calls: titles, topic checks, one-token probes",
-        ),
+        RequestClass("background", background, "small helper calls: titles, topic checks, one-token probes"),
         RequestClass("long_context", lambda f: f.input_tokens >= long_context_tokens, "a long input"),
         RequestClass("images", lambda f: f.images > 0, "images or documents in the conversation"),
-        RequestClass("thinking", lambda f: f.thinking, "reasoning requested"),
         RequestClass("coding", lambda f: f.tools > 0, "a turn with tools offered (an agent loop)"),
+        RequestClass("thinking", lambda f: f.thinking, "reasoning requested"),
         RequestClass("question", lambda f: True, "a plain question"),
     ]
 
@@ -186,23 +208,37 @@ class Classifier:
         return primary or "question", frozenset(traits)
 
 
-def build_classifier(settings: dict[str, Any], extra: Iterable[tuple[RequestClass, str | None]] = ()) -> Classifier:
+def build_classifier(
+    settings: Mapping[str, Any], extra: Iterable[tuple[RequestClass, str | None]] = ()
+) -> Classifier:
     """The classifier for ``classes:`` settings plus plugin classes.
 
     ``extra`` holds ``(class, after)`` pairs: a plugin class goes before the built-in
-    ones, or right after the class named by ``after``.
+    ones (in the order given), or right after the class named by ``after`` (a
+    built-in class or another plugin's).
     """
     ordered = builtin_classes(
         background_max_tokens=int(settings.get("background_max_tokens", BACKGROUND_MAX_TOKENS)),
         long_context_tokens=int(settings.get("long_context_tokens", LONG_CONTEXT_TOKENS)),
     )
     head: list[RequestClass] = []
+    pending: list[tuple[RequestClass, str]] = []
     for cls, after in extra:
         if after is None:
             head.append(cls)
-            continue
-        index = next((i for i, c in enumerate(ordered) if c.name == after), None)
-        if index is None:
+        else:
+            pending.append((cls, after))
+    ordered = head + ordered
+    while pending:  # a class may follow one that is itself placed with ``after``
+        placed = False
+        for item in reversed(list(pending)):  # reversed: two after one class keep their order
+            cls, after = item
+            index = next((i for i, c in enumerate(ordered) if c.name == after), None)
+            if index is not None:
+                ordered.insert(index + 1, cls)
+                pending.remove(item)
+                placed = True
+        if not placed:
+            cls, after = pending[0]
             raise ValueError(f"request class {cls.name!r}: after={after!r} names no class")
-        ordered.insert(index + 1, cls)
-    return Classifier(head + ordered)
+    return Classifier(ordered)

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from . import registrations
 from .config import Config, ConfigError, load_config, open_gateway
 from .redact import RedactingFilter, RedactingFormatter, install_redaction
 
@@ -156,7 +157,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.no_probe:
         return status
     pm = app.starlette_app.state.pm
-    extra = {a[0]: a[1] for a, _ in pm.collect("register_providers")}  # plugin providers probe themselves
+    extra = {r.name: r.adapter for r in registrations.providers(pm)}  # plugin providers probe themselves
     results = asyncio.run(probe_all(config, timeout=args.timeout, extra=extra))
     failed = 0
     for line in results:
@@ -202,13 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     if command and command not in builtin:
         from .plugins import PluginManager
 
-        pm = PluginManager()
-        pm.load()
-        for reg_args, _ in pm.collect("register_commands"):
-            name, function = reg_args[0], reg_args[1]
-            if name == command:
-                rest = argv[argv.index(command) + 1:]
-                return int(function(rest, os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
+        try:
+            pm = PluginManager()
+            pm.load()
+            found = next((r for r in registrations.commands(pm) if r.name == command), None)
+        except RuntimeError as exc:  # a plugin that fails to load or registers badly: say which
+            print(f"clasp: {exc}", file=sys.stderr)
+            return 2
+        if found is not None:
+            rest = argv[argv.index(command) + 1:]
+            return int(found.function(rest, os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None

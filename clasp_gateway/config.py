@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .classes import BACKGROUND_MAX_TOKENS, LONG_CONTEXT_TOKENS
 from .redact import register_secret
+from .registrations import RegistrationError, config_sections, sections_declared_by
 from .types import Deployment, Secret, Timeouts
 from .validation import (
     Anything,
@@ -137,6 +139,18 @@ class ServerConfig:
 
 
 @dataclass(slots=True)
+class ClassesConfig:
+    """``classes:``: the thresholds of the built-in request classes (``classes.py``)."""
+
+    background_max_tokens: int = BACKGROUND_MAX_TOKENS
+    """A request offering no tools with ``max_tokens`` at or under this is a
+    ``background`` call (a ``max_tokens: 1`` quota probe, short helper calls); 0: never
+    by size alone (structured answers without tools still are, see ``classes.py``)."""
+    long_context_tokens: int = LONG_CONTEXT_TOKENS
+    """An estimated input of at least this many tokens is ``long_context``."""
+
+
+@dataclass(slots=True)
 class Config:
     """The validated configuration. ``raw`` keeps every section for plugins."""
 
@@ -149,6 +163,8 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     key_problems: list[str] = field(default_factory=list)
     """Hints for gateway keys whose reference did not resolve (``set CLASP_API_KEY``)."""
+    classes: ClassesConfig = field(default_factory=ClassesConfig)
+    """``classes:``, the request classifier's thresholds."""
 
     def section(self, name: str) -> dict[str, Any]:
         """A plugin's section of clasp.yaml (``{}`` when absent)."""
@@ -217,9 +233,9 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 
 # --- the core's schema -----------------------------------------------------------------------
 
-CORE_SECTIONS = ("server", "plugins", "keys", "models", "context", "server_tools", "state", "permissions")
-"""Top-level sections the core reads: ``server``, ``plugins``, ``keys`` and ``models``
-here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
+CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions")
+"""Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
+``classes`` here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
 ``state`` in :mod:`.state` and ``permissions`` in :mod:`.permissions`, when the gateway
 is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
@@ -259,6 +275,12 @@ SERVER = Section({
 PLUGINS = Section({
     "paths": Field(ListOf(String(non_empty=True), expected="a list of module names or .py file paths"), factory=list),
 })
+
+CLASSES = Section({
+    "background_max_tokens": Integer(0, 1_000_000, example=512),
+    "long_context_tokens": Integer(1, 100_000_000, example=100000),
+}, into=ClassesConfig)
+"""``classes:`` (defaults: :class:`ClassesConfig`)."""
 
 KEY = Section({
     "key": Field(Reference(), required="e.g. `${CLASP_API_KEY}`"),
@@ -582,6 +604,7 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
     warnings: list[str] = []
     server = SERVER.parse(data.get("server"), "server", problems)
     paths = PLUGINS.parse(data.get("plugins"), "plugins", problems)["paths"]
+    classes = CLASSES.parse(data.get("classes"), "classes", problems)
     keys, key_problems = _keys(data.get("keys"), problems, warnings)
 
     models: list[ModelRoute] = []
@@ -645,6 +668,7 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
         raw=data,
         warnings=warnings,
         key_problems=key_problems,
+        classes=classes,
     )
 
 
@@ -653,12 +677,15 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
 
 def declared_sections(pm: PluginManager) -> dict[str, str]:
     """Top-level sections declared by loaded plugins (``register_config_sections``):
-    section name -> the plugin that declared it."""
+    section name -> the plugin that declared it. A section two plugins declare, or a
+    core section a plugin declares, is a
+    :class:`~clasp_gateway.registrations.RegistrationError` naming the plugin(s)."""
     owners: dict[str, str] = {}
-    for impl in pm.hook.register_config_sections.get_hookimpls():
-        def register(name: str, *args: Any, _plugin: str = impl.plugin_name, **kwargs: Any) -> None:
-            owners.setdefault(str(name), _plugin)
-        impl.function(register=register)
+    for record in config_sections(pm):
+        if record.name in CORE_SECTIONS:
+            raise RegistrationError(f"plugin {record.plugin!r}: register_config_sections: {record.name!r} is a "
+                                    f"section of the core ({', '.join(CORE_SECTIONS)}); declare your own")
+        owners[record.name] = record.plugin
     return owners
 
 
@@ -671,11 +698,12 @@ def _sections_of_plugins_not_loaded(pm: PluginManager) -> dict[str, str]:
             continue
         try:
             plugin = ep.load()
+            function = getattr(plugin, "register_config_sections", None)
+            declared = sections_declared_by(function, ep.name) if callable(function) else []
         except Exception:  # a broken plugin cannot own anything; its own load says why
             continue
-        function = getattr(plugin, "register_config_sections", None)
-        if callable(function):
-            function(register=lambda name, *a, _ep=ep.name, **k: owners.setdefault(str(name), _ep))
+        for record in declared:
+            owners.setdefault(record.name, record.plugin)
     return owners
 
 

@@ -14,7 +14,6 @@ answer, and the other plugins still run. Every hook here is documented in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -24,6 +23,15 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .pipeline import Gateway
+    from .registrations import (
+        RegisterCommand,
+        RegisterConfigSection,
+        RegisterProvider,
+        RegisterRequestClass,
+        RegisterRoute,
+        RegisterRoutingStrategy,
+        RegisterTool,
+    )
     from .types import Attempt, CanonicalRequest, Chunk, Deployment, RequestContext
 
 hookspec = pluggy.HookspecMarker("clasp")
@@ -32,67 +40,101 @@ hookimpl = pluggy.HookimplMarker("clasp")
 
 
 # --- registration: called once per app, each gets a ``register`` callback ------------------
+#
+# Each ``register`` has a real signature (positional or keyword arguments alike), checks
+# its arguments at once and records them as a frozen dataclass naming the plugin
+# (``clasp_gateway.registrations``). A bad argument, or a name another registration
+# already has (two plugins registering a provider ``bedrock``), is a start-up error naming
+# the plugin(s): a :class:`~clasp_gateway.registrations.RegistrationError`.
 
 
 @hookspec
-def register_routes(register: Callable[..., None]) -> None:
+def register_routes(register: RegisterRoute) -> None:
     """Add HTTP routes: ``register(path, endpoint, methods=["POST"], name=None)``.
 
     ``endpoint`` is a Starlette endpoint ``async def endpoint(request) -> Response``;
     ``request.app.state.gateway`` is the :class:`~clasp_gateway.pipeline.Gateway`.
-    Routes ignore the query string (Claude Code adds ``?beta=true``).
+    Routes ignore the query string (Claude Code adds ``?beta=true``). A plugin route
+    takes precedence over a core route of the same path; two plugins may not both
+    register one path and method. Recorded as a
+    :class:`~clasp_gateway.registrations.RouteRegistration`.
     """
 
 
 @hookspec
-def register_providers(register: Callable[..., None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     """Add provider adapters: ``register(name, adapter)``.
 
     ``adapter`` implements :class:`clasp_gateway.ProviderAdapter`; a
     deployment whose ``provider`` equals ``name`` is served by it instead of the
     built-in paths. An ``open`` that declares ``ctx`` receives the request's
     context; an adapter with ``bind(providers)`` is handed the gateway's
-    :class:`~clasp_gateway.Providers` (to reach the pooled session or
-    delegate to ``providers.builtin_for(deployment)``).
+    :class:`~clasp_gateway.Providers` (its call helper ``providers.upstream``, or
+    delegate to ``providers.builtin_for(deployment)``). One plugin per provider name
+    (:class:`~clasp_gateway.ProviderRegistration`).
     """
 
 
 @hookspec
-def register_routing_strategies(register: Callable[..., None]) -> None:
+def register_routing_strategies(register: RegisterRoutingStrategy) -> None:
     """Add routing strategies: ``register(name, strategy)`` where ``strategy`` is
-    ``(ctx, deployments) -> ordered deployments`` (may return an awaitable)."""
+    ``(ctx, deployments) -> ordered deployments`` (may return an awaitable). Names are
+    unique across plugins (:class:`~clasp_gateway.registrations.RoutingStrategyRegistration`);
+    ``gateway.strategies`` maps each name to its strategy."""
 
 
 @hookspec
-def register_commands(register: Callable[..., None]) -> None:
-    """Add ``clasp`` CLI sub-commands: ``register(name, function, help)`` where
-    ``function(argv: list[str], config_path: str) -> int``."""
+def register_commands(register: RegisterCommand) -> None:
+    """Add ``clasp`` CLI sub-commands: ``register(name, function, help="")`` where
+    ``function(argv: list[str], config_path: str) -> int``. Names are unique across
+    plugins (:class:`~clasp_gateway.registrations.CommandRegistration`)."""
 
 
 @hookspec
-def register_tools(register: Callable[..., None]) -> None:
+def register_tools(register: RegisterTool) -> None:
     """Add server-side tools the gateway runs itself:
     ``register(name, description, input_schema, handler)``.
 
-    ``name`` matches ``^[a-zA-Z0-9_-]{1,64}$``; ``input_schema`` is a JSON Schema with
-    ``"type": "object"``; ``handler(arguments: dict, ctx: ToolContext) -> str`` (or an
-    awaitable of one) returns the text the model reads (``ctx``:
+    ``name`` matches ``^[a-zA-Z0-9_-]{1,64}$`` and is unique across plugins;
+    ``input_schema`` is a JSON Schema with ``"type": "object"``;
+    ``handler(arguments: dict, ctx: ToolContext) -> str`` (or an awaitable of one)
+    returns the text the model reads (``ctx``:
     :class:`clasp_gateway.ToolContext`, with the request context and the
     config). A plain function runs in a worker thread, so it may block; a coroutine
     function runs on the event loop. An exception or a timeout becomes an error result
     the model sees. Registering offers nothing yet: ``server_tools:`` in clasp.yaml says
-    which requests get which tools.
+    which requests get which tools
+    (:class:`~clasp_gateway.registrations.ToolRegistration`).
     """
 
 
 @hookspec
-def register_config_sections(register: Callable[..., None]) -> None:
+def register_config_sections(register: RegisterConfigSection) -> None:
     """Declare the top-level clasp.yaml sections this plugin reads: ``register(name)``.
 
     A top-level key that neither the core nor a loaded plugin declares is an error
     (a typo such as ``model:``, or the section of a plugin that is not loaded), so a
     plugin with a section of its own must declare it. Check its content in
-    :func:`validate_config`.
+    :func:`validate_config`. A section has one owner: a core section, or one another
+    plugin declares, is an error
+    (:class:`~clasp_gateway.registrations.ConfigSectionRegistration`).
+    """
+
+
+@hookspec
+def register_request_classes(register: RegisterRequestClass) -> None:
+    """Add request classes: ``register(name, predicate, description="", after=None)``.
+
+    ``predicate(features: RequestFeatures) -> bool`` looks at cheap facts about the
+    canonical request (:class:`~clasp_gateway.classes.RequestFeatures`: estimated input
+    tokens, tools offered, tool results, images, thinking, ``max_tokens``...); it runs
+    once per request, in the core, before ``resolve_route``, so keep it cheap and free
+    of I/O. A plugin class is tried before the built-in ones (``background``,
+    ``long_context``, ``images``, ``thinking``, ``coding``, ``question``), or right
+    after the class named by ``after``; the first class that matches is the request's
+    ``ctx.request_class``, and every class that matches is in ``ctx.traits``. A
+    predicate that raises counts as "no match". Names are unique (built-in ones
+    included) (:class:`~clasp_gateway.registrations.RequestClassRegistration`).
     """
 
 
@@ -158,6 +200,7 @@ def resolve_route(
     """Order (or filter) the deployments that may serve this request.
 
     ``candidates`` is the chain configured for the public model name, in file order.
+    ``ctx.request_class`` and ``ctx.traits`` are already set (computed once per request).
     Return a new list (or an awaitable of one), or ``None`` to keep the order and let
     the next plugin decide (first answer wins). A ``wrapper=True`` implementation
     receives the awaited answer.
@@ -227,6 +270,8 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     (usage, cost), and one ``kind: "request"`` per request that reached the pipeline,
     after the answer ended (complete, failed before any upstream answered, or cut),
     with key, team, usage, cost (``None`` when the deployment's prices could not be
-    applied), status, latency and attempts. May return an awaitable. An exception is
+    applied), status, latency and attempts. ``attempt`` and ``request`` events carry
+    the request's class (``request_class``, and ``traits`` on the request event: see
+    :attr:`~clasp_gateway.types.RequestContext.request_class`). May return an awaitable. An exception is
     logged and counted, never fails the answer, and other plugins still get the event."""
 

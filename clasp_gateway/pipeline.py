@@ -1,7 +1,8 @@
 """The request lifecycle, each step a hook.
 
-``authenticate`` → resolve the public model name → ``resolve_route`` (order the
-candidates) → ``before_call`` (cache hit or refusal) → per candidate:
+``authenticate`` → classify the request (once: ``ctx.request_class``, ``ctx.traits``)
+→ resolve the public model name → ``resolve_route`` (order the candidates) →
+``before_call`` (cache hit or refusal) → per candidate:
 ``before_attempt`` → prepare the body for that provider → call → first chunk →
 (on failure ``on_error`` decides: retry, degrade or next candidate) → the caller
 streams the rest → :meth:`Gateway.finish` → ``after_attempt`` and ``record``.
@@ -22,6 +23,7 @@ failure is logged once per request with its id and counted in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -31,6 +33,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import registrations
+from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, call_each, call_each_sync, call_first
@@ -145,9 +149,11 @@ class Gateway:
     def __init__(self, config: Config, pm: PluginManager) -> None:
         self.config = config
         self.pm = pm
-        extra = {args[0]: args[1] for args, _ in pm.collect("register_providers")}
+        extra = {r.name: r.adapter for r in registrations.providers(pm)}
         self.providers = Providers(extra, limits=ReadLimits.of(config.server))
-        self.strategies = {args[0]: args[1] for args, _ in pm.collect("register_routing_strategies")}
+        self.strategies = {r.name: r.strategy for r in registrations.routing_strategies(pm)}
+        # Request classes (classes.py): built-in ones with ``classes:``, plus plugins'.
+        self.classifier = registrations.request_classifier(pm, dataclasses.asdict(config.classes))
         self._exact: dict[str, ModelRoute] = {}
         self._globs: list[ModelRoute] = []
         for route in config.models:
@@ -166,7 +172,7 @@ class Gateway:
         self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record)
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
-        self.server_tools = ServerTools.build(pm.collect("register_tools"), config)
+        self.server_tools = ServerTools.build(registrations.tools(pm), config)
         # Failed key attempts per client address (guard.py).
         self.guard = AuthThrottle(config.server, source=config.source)
         # Shared state (breakers, limits, caches): no I/O until start(); see state/.
@@ -242,9 +248,22 @@ class Gateway:
         routes, the Claude Code names they serve (``served.py``); never a glob."""
         return [m.id for m in served_models(self.config)]
 
+    def classify(self, ctx: RequestContext, request: CanonicalRequest) -> None:
+        """Set ``ctx.request_class`` and ``ctx.traits`` from the canonical request and
+        ``ctx.hints``, unless they are set already: a request is classified once, so
+        later rounds (server tools) and side calls (context summaries) never change
+        what analytics, cache policy and routing read. Never raises (a plugin
+        predicate that fails counts as no match)."""
+        if not ctx.request_class:
+            ctx.request_class, ctx.traits = self.classifier.classify(features(request, ctx.hints))
+
     async def open(self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool) -> UpstreamStream:
         """Find a deployment that answers and return its stream, first chunk in hand
-        (with server tools: the stream of the tool loop, see ``server_tools.py``)."""
+        (with server tools: the stream of the tool loop, see ``server_tools.py``).
+
+        Both APIs come here with the canonical request, so this is where the request
+        is classified (:meth:`classify`), before anything routes it."""
+        self.classify(ctx, request)
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)
             if tools:
@@ -431,6 +450,7 @@ class Gateway:
                 "kind": "attempt",
                 "request_id": ctx.request_id,
                 "public_model": ctx.public_model,
+                "request_class": ctx.request_class,
                 "deployment": dep.id,
                 "provider": dep.provider,
                 "model": dep.model,
@@ -493,7 +513,8 @@ class Gateway:
             except Exception as exc:
                 self.hook_failed("build_event", ctx, "clasp_gateway", exc)
                 event = {"kind": "request", "request_id": ctx.request_id, "api": ctx.api,
-                         "public_model": ctx.public_model, "status": status, "cut": cut, "cost_usd": None}
+                         "public_model": ctx.public_model, "request_class": ctx.request_class,
+                         "status": status, "cut": cut, "cost_usd": None}
             ctx.state[REQUEST_EVENT] = event
             await self.record(ctx, event)
         except Exception as exc:  # a bug here must not fail a served answer either
@@ -548,6 +569,7 @@ class Gateway:
                 }
                 for a in ctx.attempts
             ],
-            "task": ctx.hints.task,
+            "request_class": ctx.request_class,
+            "traits": sorted(ctx.traits),
             "time": time.time(),
         }

@@ -337,13 +337,3 @@ class PluginManager(pluggy.PluginManager):
         """Whether any plugin implements ``hook_name`` (skip per-chunk calls if none)."""
         caller = getattr(self.hook, hook_name)
         return bool(caller.get_hookimpls())
-
-    def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-        """Call a ``register_*`` hook; return each registration's ``(args, kwargs)``."""
-        items: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-        def register(*args: Any, **kw: Any) -> None:
-            items.append((args, kw))
-
-        getattr(self.hook, hook_name)(register=register, **kwargs)
-        return items

@@ -122,8 +122,15 @@ class RequestHints:
     """"low" | "medium" | "high" (from Anthropic ``thinking``/``output_config``)."""
     thinking_budget: int | None = None
     top_k: int | None = None
+    structured_output: bool = False
+    """The client asked for an answer matching a JSON schema in a field the canonical
+    body does not carry (Anthropic ``output_config.format``): a fact for the request
+    classifier (Claude Code's session titles), not sent upstream."""
     task: str | None = None
-    """A task class for routing (e.g. "background" for tiny helper calls)."""
+    """A format plugin's hint for the request classifier: ``"background"`` makes the
+    request a background call whatever its size. Nothing shipped sets it (the core's
+    ``background`` class recognises Claude Code's helper calls by their shape); route
+    and analyse by :attr:`RequestContext.request_class`, never by this hint."""
 
 
 @dataclass(slots=True)
@@ -208,6 +215,17 @@ class RequestContext:
     """Scratch space for plugins, keyed by plugin name."""
     read_ahead: ReadAhead = field(default_factory=ReadAhead)
     """Decoded upstream chunks not yet consumed (see :class:`ReadAhead`)."""
+    request_class: str = ""
+    """What kind of request this is (``background``, ``long_context``, ``images``,
+    ``thinking``, ``coding``, ``question``, or a plugin's class): the first class of
+    the gateway's :class:`~clasp_gateway.classes.Classifier` that matches. Computed once
+    per request by :meth:`Gateway.open <clasp_gateway.pipeline.Gateway.open>`, before
+    ``resolve_route``, from the canonical request and ``hints``; later rounds (server
+    tools, context summaries) keep it. Routing (``fallback.tasks``), analytics and
+    cache policy all read this one answer. Empty until then."""
+    traits: frozenset[str] = frozenset()
+    """Every class that matches (the primary one included): a long-context coding turn
+    with images has ``{"long_context", "images", "coding", "question"}``."""
 
 
 class UpstreamStream:

@@ -21,6 +21,28 @@ def test_claude_code_quota_probe_and_titles_are_background() -> None:
     assert classify({"messages": [{"role": "user", "content": "x"}]}, RequestHints(task="background"))[0] == "background"
 
 
+def test_a_structured_answer_without_tools_is_background_unless_long() -> None:
+    """Claude Code 2.1's session title: no tools, ``max_tokens: 128000``, an effort, and
+    a JSON schema for the answer (``output_config.format``, a hint once translated)."""
+    title = {"messages": [{"role": "system", "content": "You are naming a coding session"},
+                          {"role": "user", "content": "<session>fix the login bug</session>"}], "max_tokens": 128000}
+    hints = RequestHints(reasoning_effort="medium", structured_output=True)
+    assert classify(title, hints)[0] == "background"
+    assert classify(title, RequestHints(reasoning_effort="medium"))[0] == "thinking"  # no schema: a question
+    schema = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "object"}}}
+    assert classify({**title, "response_format": schema})[0] == "background"  # OpenAI's spelling
+    assert classify({**title, "response_format": {"type": "text"}})[0] == "question"
+    assert classify({**title, "response_format": schema}, long_context_tokens=5)[0] == "long_context"
+    assert classify({**title, "response_format": schema, "tools": TOOLS})[0] == "coding"
+
+
+def test_a_coding_turn_that_asks_for_thinking_is_coding() -> None:
+    """Claude Code's main loop always sends an effort (or ``thinking``): tools decide."""
+    turn = {"messages": [{"role": "user", "content": "run the tests"}], "tools": TOOLS, "max_tokens": 128000}
+    primary, traits = classify(turn, RequestHints(reasoning_effort="medium"))
+    assert primary == "coding" and {"coding", "thinking"} <= traits
+
+
 def test_a_small_max_tokens_with_tools_is_a_coding_turn_not_background() -> None:
     primary, traits = classify({"messages": [{"role": "user", "content": "ls"}], "tools": TOOLS, "max_tokens": 100})
     assert primary == "coding"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
-from clasp_gateway import hookimpl
+from clasp_gateway import hookimpl, registrations
 from clasp_gateway.errors import AuthenticationError, RateLimitError
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
@@ -172,7 +173,8 @@ def test_registration_and_lifecycle_hooks(setup: Any) -> None:
     response = httpx.get(server.base_url + "/x-hello")
     assert response.text == "hello from a plugin" and response.headers["x-wrapped"] == "yes"
     assert "reverse" in server.gateway.strategies
-    assert [args[0] for args, _ in server.gateway.pm.collect("register_commands")] == ["hello"]
+    assert [(r.name, r.help, r.plugin) for r in registrations.commands(server.gateway.pm)] == [
+        ("hello", "say hello", "recorder")]
     assert chat(server, "hi", model="echo") == "echo: hi"
     names = {p["name"] for p in httpx.get(server.base_url + "/-/plugins",
                                            headers={"x-api-key": GATEWAY_KEY}).json()}
@@ -205,6 +207,11 @@ def test_route_cache_and_attempt_hooks(setup: Any) -> None:
     assert chat(server, "hi", stream=True) == "after a retry"
     assert "on_error:1" in recorder.calls
     assert recorder.chunks > 0
+    # The client has the whole stream before the gateway finishes recording it.
+    deadline = time.monotonic() + 10
+    while not any(e["kind"] == "request" and len(e["attempts"]) == 2 for e in recorder.events):
+        assert time.monotonic() < deadline, recorder.events
+        time.sleep(0.01)
     kinds = [e["kind"] for e in recorder.events]
     assert "attempt" in kinds and "request" in kinds
     last = [e for e in recorder.events if e["kind"] == "request"][-1]

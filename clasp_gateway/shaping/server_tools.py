@@ -36,7 +36,6 @@ import asyncio
 import fnmatch
 import inspect
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -47,6 +46,7 @@ import orjson
 
 from ..config import Config, ConfigError
 from ..redact import redact
+from ..registrations import ToolRegistration
 from ..types import KEEPALIVE, PING_INTERVAL, Attempt, CanonicalRequest, Chunk, RequestContext, UpstreamStream, Usage
 from ..validation import Field, Integer, ListOf, MapOf, Number, Section, String
 
@@ -72,8 +72,6 @@ MAX_RESULT_CHARS = 50_000
 
 LIMIT_NOTICE = "(the gateway stopped after {n} rounds of server tool calls without an answer)"
 """Text sent when the last allowed round only called server tools and nothing else was said."""
-
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 Handler = Callable[[dict[str, Any], "ToolContext"], "str | Awaitable[str]"]
 
@@ -189,30 +187,13 @@ def parse_settings(config: Config) -> ServerToolsSettings:
     return ServerToolsSettings(tuple(v["enabled"]), tuple(v["models"]), teams, v["max_iterations"], v["timeout"])
 
 
-def _make_tool(args: tuple[Any, ...], kwargs: dict[str, Any], origin: str) -> ServerTool:
-    """A :class:`ServerTool` from one ``register(...)`` call, checked for a plugin author."""
-    params = ("name", "description", "input_schema", "handler")
-    values = dict(zip(params, args, strict=False))
-    values.update({k: v for k, v in kwargs.items() if k in params})
-    missing = [p for p in params if p not in values]
-    if missing or len(args) > len(params) or set(kwargs) - set(params):
-        raise RuntimeError(
-            f"register_tools: call register(name, description, input_schema, handler) "
-            f"(got {len(args)} positional and {sorted(kwargs)} keyword arguments{origin})"
-        )
-    name, description, schema, handler = (values[p] for p in params)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RuntimeError(f"register_tools: tool name {name!r} must match ^[a-zA-Z0-9_-]{{1,64}}${origin}")
-    if not isinstance(description, str) or not description.strip():
-        raise RuntimeError(f"register_tools: tool {name!r} needs a description (the model reads it){origin}")
-    if not isinstance(schema, dict) or schema.get("type") != "object":
-        raise RuntimeError(f"register_tools: tool {name!r} needs a JSON Schema with \"type\": \"object\"{origin}")
-    if not callable(handler):
-        raise RuntimeError(f"register_tools: the handler of tool {name!r} is not callable{origin}")
+def _make_tool(registration: ToolRegistration) -> ServerTool:
+    """The :class:`ServerTool` of one registration (checked when it was registered)."""
+    handler = registration.handler
     is_async = inspect.iscoroutinefunction(handler) or (
         not inspect.isroutine(handler) and inspect.iscoroutinefunction(type(handler).__call__)
     )
-    return ServerTool(name, description, schema, handler, is_async)
+    return ServerTool(registration.name, registration.description, registration.input_schema, handler, is_async)
 
 
 class ServerTools:
@@ -227,15 +208,11 @@ class ServerTools:
         self._model_ok: dict[str, bool] = {}
 
     @classmethod
-    def build(cls, registrations: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], config: Config) -> ServerTools | None:
-        """Check the registrations and ``server_tools:``; ``None`` when no request can
+    def build(cls, registrations: Iterable[ToolRegistration], config: Config) -> ServerTools | None:
+        """Check ``server_tools:`` against the registered tools (each checked, and unique
+        by name, when registered: ``registrations.tools``); ``None`` when no request can
         get a server tool (then the pipeline skips this module entirely)."""
-        tools: dict[str, ServerTool] = {}
-        for args, kwargs in registrations:
-            tool = _make_tool(args, kwargs, "")
-            if tool.name in tools:
-                raise RuntimeError(f"register_tools: two plugins register a tool named {tool.name!r}")
-            tools[tool.name] = tool
+        tools = {r.name: _make_tool(r) for r in registrations}
         settings = parse_settings(config)
         wanted: list[tuple[str, tuple[str, ...]]] = [("server_tools.enabled", settings.enabled)]
         wanted += [(f"server_tools.teams.{t}", names) for t, names in settings.teams.items()]
@@ -256,7 +233,7 @@ class ServerTools:
 
     def for_request(self, ctx: RequestContext, request: CanonicalRequest) -> list[ServerTool]:
         """The server tools this request gets (often none)."""
-        if ctx.hints.task == "background" or request.get("tool_choice") == "none":
+        if "background" in ctx.traits or request.get("tool_choice") == "none":
             return []  # tiny helper calls (titles, quota probes), or a client that wants no tools
         if self.settings.models:
             ok = self._model_ok.get(ctx.public_model)

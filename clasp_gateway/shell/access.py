@@ -10,10 +10,11 @@ context, and the line reads it. Keys never appear: only their configured name.
 
 A line::
 
-    req_0123… anthropic POST /v1/messages model=claude-x key=ci team=qa
+    req_0123… anthropic POST /v1/messages model=claude-x class=coding key=ci team=qa
         deployment=openai/gpt-4o attempts=1 status=200 in=812 out=95 cost=0.003180 ms=842.1
 
-(one line; ``cut`` is appended when a stream ended early). Probes of ``/health`` and
+(one line; ``class`` is the request's class, ``-`` before the pipeline classified it;
+``cut`` is appended when a stream ended early). Probes of ``/health`` and
 ``/ready`` are logged at DEBUG, everything else at INFO.
 """
 
@@ -90,6 +91,7 @@ def format_line(record: AccessRecord, ended: float) -> str:
         record.method,
         record.path,
         "model=" + _word(ctx.public_model if ctx is not None else None),
+        "class=" + _word(ctx.request_class if ctx is not None else None),
         "key=" + _word((principal.name or principal.key_id) if principal is not None else None),
         "team=" + _word(principal.team if principal is not None else None),
         "deployment=" + _word(deployment),

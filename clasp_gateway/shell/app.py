@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import registrations
 from ..config import Config, ConfigError, plugin_problems, section_problems
 from ..errors import ApiError, GatewayError, NotFoundError
 from ..pipeline import Gateway, new_request_id
@@ -173,10 +174,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     gateway = build_gateway(config, pm)
 
     routes: list[Route] = []
-    for args, kwargs in pm.collect("register_routes"):
-        path, endpoint = args[0], args[1]
-        methods = kwargs.get("methods") or (args[2] if len(args) > 2 else ["POST"])
-        routes.append(Route(path, endpoint, methods=list(methods), name=kwargs.get("name")))
+    for r in registrations.routes(pm):  # before the core's: a plugin's route wins
+        routes.append(Route(r.path, r.endpoint, methods=list(r.methods), name=r.name))
     routes += [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),

@@ -80,10 +80,6 @@ def upstream_user(user_id: str) -> str:
     """
     return "clasp-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
 
-BACKGROUND_MAX_TOKENS = 512
-"""Requests at or under this ``max_tokens`` with no tools are tagged ``task="background"``
-(Claude Code's title/topic calls and its ``max_tokens: 1`` quota probe)."""
-
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TOOL_NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -747,6 +743,11 @@ def _thinking_hints(body: dict[str, Any], hints: RequestHints) -> None:
             # Unknown future levels are ignored rather than refused.
             if effort in _EFFORTS:
                 hints.reasoning_effort = _EFFORTS[effort]
+        answer_format = config.get("format")
+        # Not sent upstream; a fact for the core's request classes (Claude Code's
+        # session titles ask for ``{"title": ...}`` this way: a background call).
+        if isinstance(answer_format, dict) and answer_format.get("type") == "json_schema":
+            hints.structured_output = True
 
 
 def to_canonical(body: Any, *, require_max_tokens: bool = True) -> Translated:
@@ -857,9 +858,10 @@ def to_canonical(body: Any, *, require_max_tokens: bool = True) -> Translated:
             if user_id:
                 out["user"] = upstream_user(user_id)
 
+    # What kind of request this is (Claude Code's title and topic calls, its
+    # ``max_tokens: 1`` probe are ``background``) is the core's classification,
+    # ``ctx.request_class``, computed from the canonical body and these hints.
     _thinking_hints(body, hints)
-    if max_tokens is not None and max_tokens <= BACKGROUND_MAX_TOKENS and not tools_out:
-        hints.task = "background"
 
     return Translated(body=out, hints=hints, stop_sequences=stops, tool_names=conv.tool_names)
 

@@ -19,6 +19,7 @@ from clasp_claude.request import (
     upstream_user,
 )
 
+from clasp_gateway import build_classifier, request_features
 from clasp_gateway.errors import InvalidRequestError
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -1054,12 +1055,29 @@ def test_sampling_stop_user_stream() -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_tokens", "tools", "task"),
-    [(1, False, "background"), (512, False, "background"), (513, False, None), (100, True, None), (32000, False, None)],
+    ("max_tokens", "tools", "request_class"),
+    [(1, False, "background"), (512, False, "background"), (513, False, "question"), (100, True, "coding"),
+     (32000, False, "question")],
 )
-def test_background_task_hint(max_tokens: int, tools: bool, task: str | None) -> None:
+def test_background_calls_are_the_cores_class_not_a_hint(max_tokens: int, tools: bool, request_class: str) -> None:
+    """The plugin tags nothing: the core's classifier (one threshold, ``classes:``)
+    reads the translated body and finds Claude Code's helper calls by their shape."""
     extra = {"tools": [{"name": "a", "input_schema": {}}]} if tools else {}
-    assert to_canonical(body(max_tokens=max_tokens, **extra)).hints.task == task
+    t = to_canonical(body(max_tokens=max_tokens, **extra))
+    assert t.hints.task is None
+    assert build_classifier({}).classify(request_features(t.body, t.hints))[0] == request_class
+
+
+def test_an_answer_schema_is_a_hint_not_a_field_sent_upstream() -> None:
+    """``output_config.format`` (Claude Code's session titles) becomes
+    ``hints.structured_output`` for the core's classes; nothing of it goes upstream."""
+    schema = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+    t = to_canonical(body(max_tokens=128000, output_config={"effort": "medium", "format": {
+        "type": "json_schema", "schema": schema}}))
+    assert t.hints.structured_output and t.hints.reasoning_effort == "medium"
+    assert "response_format" not in t.body and "output_config" not in t.body
+    assert build_classifier({}).classify(request_features(t.body, t.hints))[0] == "background"
+    assert not to_canonical(body(output_config={"effort": "low"})).hints.structured_output
 
 
 # -- estimate ----------------------------------------------------------------------------------

@@ -42,10 +42,11 @@ def register_config_sections(register: Callable[..., None]) -> None:
 
 @hookimpl
 def validate_config(config: Config, gateway: Any) -> list[str] | None:
-    """Check ``fallback:`` (with the strategies other plugins registered) for
-    ``clasp check`` and before ``clasp serve`` binds."""
+    """Check ``fallback:`` (with the strategies other plugins registered, and the
+    gateway's request classes for ``tasks``) for ``clasp check`` and before ``clasp
+    serve`` binds."""
     try:
-        parse_settings(config, gateway.strategies)
+        parse_settings(config, gateway.strategies, gateway.classifier.names)
     except ConfigError as exc:
         return exc.problems
     return None
@@ -61,7 +62,7 @@ def startup(app: Starlette, config: Config) -> Any:
 async def _start(app: Starlette, config: Config) -> None:
     gateway = app.state.gateway
     pm = app.state.pm
-    settings = parse_settings(config, gateway.strategies)  # checked by validate_config already
+    settings = parse_settings(config, gateway.strategies, gateway.classifier.names)  # checked already
     previous = pm.get_plugin(RUNTIME_PLUGIN)
     if previous is not None:  # a restarted lifespan: replace the old runtime
         pm.unregister(previous)

@@ -4,8 +4,8 @@ A :class:`FallbackRuntime` is created in ``startup`` and registered in *that app
 plugin manager (as pytest registers its per-session plugin objects), so two gateways
 in one process never share breakers, budgets or statistics. Per request it:
 
-* ``resolve_route`` (a wrapper around any routing plugin): swaps in the task class's
-  chain and applies the strategy (the core then fits context windows);
+* ``resolve_route`` (a wrapper around any routing plugin): swaps in the chain of the
+  request's class (``fallback.tasks``) and applies the strategy (the core then fits context windows);
 * ``before_attempt``: skips deployments whose breaker is open, claims half-open probes;
 * ``on_error``: retry the same deployment (backoff with full jitter, ``retry-after``,
   within the retry budget), go to the next candidate, or fail;
@@ -127,8 +127,8 @@ class FallbackRuntime:
     def resolve_route(
         self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]
     ) -> Generator[None, Any, Any]:
-        """Wrap any routing plugin: the task chain before it, the strategy after it."""
-        # The core hands every request a fresh list, so routers below see the task chain.
+        """Wrap any routing plugin: the class's chain before it, the strategy after it."""
+        # The core hands every request a fresh list, so routers below see the class's chain.
         candidates[:] = chain_for(ctx, candidates, self.settings)
         inner = yield
         return self._finish_route(ctx, request, candidates, inner)

@@ -32,6 +32,8 @@ from clasp_gateway import (
     Secret,
     Section,
     String,
+    build_classifier,
+    did_you_mean,
     resolve_secret,
 )
 
@@ -112,7 +114,7 @@ class HealthSettings:
 
 @dataclass(slots=True, frozen=True)
 class TaskChain:
-    """The deployments that serve one task class (``fallback.tasks.<task>``)."""
+    """The deployments that serve one request class (``fallback.tasks.<class>``)."""
 
     deployments: tuple[Deployment, ...]
     then_model_chain: bool = True
@@ -138,6 +140,7 @@ class FallbackSettings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     tasks: dict[str, TaskChain] = field(default_factory=dict)
+    """Chains by request class (``ctx.request_class``: ``background``, ``coding``...)."""
     default_response: str | None = None
     """When every candidate failed: answer with this text instead of a 529."""
 
@@ -218,16 +221,20 @@ def _section(strategies: Iterable[str]) -> Section:
         "retry": RETRY,
         "breaker": BREAKER,
         "health": HEALTH,
-        "tasks": Field(MapOf(Anything(), expected="a mapping of task name -> list of deployments"), factory=dict),
+        "tasks": Field(MapOf(Anything(), expected="a mapping of request class -> list of deployments"), factory=dict),
         "default_response": Field(String(non_empty=True, expected="the text to answer with"), None),
     })
 
 
-def parse_settings(config: Config, strategies: Iterable[str] = ()) -> FallbackSettings:
+def parse_settings(
+    config: Config, strategies: Iterable[str] = (), classes: Iterable[str] | None = None
+) -> FallbackSettings:
     """Validate ``config``'s ``fallback:`` section; raise ConfigError listing every problem.
 
     ``strategies`` are the names registered by ``register_routing_strategies``; they are
-    valid values of ``fallback.strategy`` beside the built-in ones.
+    valid values of ``fallback.strategy`` beside the built-in ones. ``classes`` are the
+    gateway's request class names (``gateway.classifier.names``; default: the built-in
+    classes), the valid keys of ``fallback.tasks``.
     """
     problems: list[str] = []
     top = _section(strategies).parse(config.raw.get("fallback"), "fallback", problems)
@@ -250,7 +257,7 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> FallbackSe
         retry=retry,
         breaker=b,
         health=top["health"],
-        tasks=_tasks(top["tasks"], config, problems),
+        tasks=_tasks(top["tasks"], config, problems, classes),
         default_response=top["default_response"],
     )
     if problems:
@@ -258,7 +265,10 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> FallbackSe
     return settings
 
 
-def _tasks(raw: dict[str, Any], config: Config, problems: list[str]) -> dict[str, TaskChain]:
+def _tasks(
+    raw: dict[str, Any], config: Config, problems: list[str], classes: Iterable[str] | None
+) -> dict[str, TaskChain]:
+    class_names = list(classes) if classes is not None else build_classifier({}).names
     known = config.deployments()
     by_id = {d.id: d for d in known}
     by_ref: dict[str, Deployment] = {}
@@ -267,6 +277,11 @@ def _tasks(raw: dict[str, Any], config: Config, problems: list[str]) -> dict[str
     out: dict[str, TaskChain] = {}
     for task, spec in raw.items():
         path = f"fallback.tasks.{task}"
+        if str(task) not in class_names:  # a chain no request would ever take
+            guess = did_you_mean(str(task), class_names)
+            problems.append(f"{path}: not a request class" + (f"; did you mean {guess!r}?" if guess else "")
+                            + f" (classes: {', '.join(class_names)})")
+            continue
         if isinstance(spec, dict):
             parsed = TASK.parse(spec, path, problems)
             refs, then_model_chain, path = parsed["chain"], parsed["then_model_chain"], f"{path}.chain"

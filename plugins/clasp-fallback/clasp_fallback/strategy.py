@@ -1,7 +1,8 @@
 """Which deployments a request tries, in which order.
 
 1. The chain: the public model's deployments (clasp.yaml order), or the chain of the
-   request's task class (``fallback.tasks``), optionally followed by the model's chain.
+   request's class (``fallback.tasks``, keyed by ``ctx.request_class``: the core's one
+   classification), optionally followed by the model's chain.
 2. The strategy: ``strict`` keeps the chain order; ``cost`` puts the cheapest healthy
    deployment first; ``balanced`` puts healthy ones first, ordered by a weighted mix
    of recent latency, error rate and cost; any other name is a strategy registered by
@@ -40,8 +41,9 @@ def output_budget(request: CanonicalRequest) -> int:
 
 
 def chain_for(ctx: RequestContext, candidates: list[Deployment], settings: FallbackSettings) -> list[Deployment]:
-    """The model's chain, or the task class's chain (then the model's, unless disabled)."""
-    task = settings.tasks.get(ctx.hints.task or "") if ctx.hints.task else None
+    """The model's chain, or the chain of the request's class (then the model's,
+    unless disabled)."""
+    task = settings.tasks.get(ctx.request_class) if settings.tasks else None
     if task is None:
         return list(candidates)
     chain = list(task.deployments)

@@ -44,7 +44,7 @@ def test_every_option_parses_with_durations() -> None:
         "breaker": {"failures": 3, "error_rate": None, "window": "1m", "cooldown": "15s", "max_cooldown": "2m",
                     "probe_timeout": 20, "redis_url": "redis://127.0.0.1:6379/1", "key_prefix": "x:", "key_ttl": "1h"},
         "health": {"interval": "30s", "timeout": 2, "method": "models", "public": True},
-        "tasks": {"background": ["openai/gpt-4o-mini"], "batch": {"chain": ["main"], "then_model_chain": False}},
+        "tasks": {"background": ["openai/gpt-4o-mini"], "long_context": {"chain": ["main"], "then_model_chain": False}},
         "default_response": "The assistant is unavailable; try again in a minute.",
     })
     assert s.weights.latency == 2 and s.retry.base_delay == 0.1 and s.retry.max_retry_after == 60
@@ -53,7 +53,7 @@ def test_every_option_parses_with_durations() -> None:
     assert s.breaker.redis_url is not None and s.breaker.redis_url.value == "redis://127.0.0.1:6379/1"
     assert s.health.interval == 30 and s.health.public
     assert [d.id for d in s.tasks["background"].deployments] == ["openai/gpt-4o-mini"]
-    assert s.tasks["batch"].deployments[0].id == "main" and not s.tasks["batch"].then_model_chain
+    assert s.tasks["long_context"].deployments[0].id == "main" and not s.tasks["long_context"].then_model_chain
     assert s.default_response is not None and s.default_response.startswith("The assistant")
 
 
@@ -63,7 +63,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
         "retry": {"attempts": -1, "base_delay": "soon", "on": [418.5, "teapot"], "budget": {"ratio": "lots"}},
         "breaker": {"failures": 0, "error_rate": 1.5, "cooldown": 60, "max_cooldown": 30, "colour": "red"},
         "health": {"method": "ping"},
-        "tasks": {"background": ["openai/gpt-5-nano"], "empty": []},
+        "tasks": {"background": ["openai/gpt-5-nano"], "coding": [], "backgrund": ["main"]},
         "default_response": "",
         "retries": 3,
     })
@@ -81,7 +81,8 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
         "fallback.breaker.max_cooldown: must be >= cooldown (60s), got 30s",
         "fallback.health.method: expected one of auto, models, call, got 'ping'",
         "fallback.tasks.background.0: 'openai/gpt-5-nano' is not a deployment under models:",
-        "fallback.tasks.empty: expected a non-empty list",
+        "fallback.tasks.coding: expected a non-empty list",
+        "fallback.tasks.backgrund: not a request class; did you mean 'background'?",
         "fallback.default_response: expected the text to answer with",
     ]
     for line in expected:
@@ -109,3 +110,13 @@ def test_a_missing_redis_secret_says_what_to_set(monkeypatch: pytest.MonkeyPatch
 def test_the_error_names_the_file() -> None:
     with pytest.raises(ConfigError, match=r"test-config: fallback.breaker: expected a mapping, got list"):
         settings({"breaker": [1]})
+
+
+def test_tasks_are_keyed_by_the_gateways_request_classes() -> None:
+    """``fallback.tasks`` names request classes: the built-in ones by default, and
+    any class the gateway has (plugins' too) when it passes its names."""
+    section = {"models": MODELS, "fallback": {"tasks": {"review": ["main"]}}}
+    with pytest.raises(ConfigError, match=r"fallback.tasks.review: not a request class .*classes: background, "):
+        parse_settings(config_from(section))
+    s = parse_settings(config_from(section), (), ["review", "background", "question"])
+    assert [d.id for d in s.tasks["review"].deployments] == ["main"]
