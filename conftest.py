@@ -6,7 +6,7 @@ the gateway's package here, before anything is collected, keeps ``tests.support`
 ``tests.fakes`` (the helpers every plugin's tests use) importable whatever subset of
 test folders a run collects (``pytest plugins``, ``pytest plugins/clasp-fallback``...).
 
-Permission probes (``clasp_gateway/permissions.py``) are off by default in tests, so a
+Permission probes (``clasp_gateway/wire/permissions.py``) are off by default in tests, so a
 fake upstream sees exactly the requests a test sends; the tests of the probes turn them
 on in their clasp.yaml (``permissions: {enabled: true}``). It is set in the environment,
 so gateways started as subprocesses inherit it.

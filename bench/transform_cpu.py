@@ -41,13 +41,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from workload import openai_request  # noqa: E402
 
-from clasp_gateway import catalog  # noqa: E402
-from clasp_gateway.credentials import Credentials  # noqa: E402
 from clasp_gateway.errors import UpstreamError  # noqa: E402
-from clasp_gateway.providers import LiteLLMAdapter, OpenAICompatible  # noqa: E402
-from clasp_gateway.quirks import prepare_body  # noqa: E402
-from clasp_gateway.transform import TransformAdapter  # noqa: E402
 from clasp_gateway.types import Deployment, RequestHints, Secret, Timeouts  # noqa: E402
+from clasp_gateway.wire import catalog  # noqa: E402
+from clasp_gateway.wire.credentials import Credentials  # noqa: E402
+from clasp_gateway.wire.direct import OpenAICompatible  # noqa: E402
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
+from clasp_gateway.wire.quirks import prepare_body  # noqa: E402
+from clasp_gateway.wire.transform import TransformAdapter  # noqa: E402
 from tests.fakes import FakeUpstream, Text  # noqa: E402
 
 PROVIDERS = {
@@ -91,15 +92,10 @@ async def one(adapter: Any, dep: Deployment, body: dict[str, Any], stream: bool)
 async def run(rounds: int) -> None:
     direct = OpenAICompatible()
     await direct.start()
-    session = direct.session
     litellm = LiteLLMAdapter(Credentials())
     litellm.ensure_loaded()
-
-    async def pooled() -> Any:
-        return session
-
-    transform = TransformAdapter(pooled, litellm.ensure_loaded, Credentials())
-    every_chunk = TransformAdapter(pooled, litellm.ensure_loaded, Credentials(), fast_paths=False)
+    transform = TransformAdapter(litellm.ensure_loaded, direct.upstream)
+    every_chunk = TransformAdapter(litellm.ensure_loaded, direct.upstream, fast_paths=False)
     base = openai_request("bench-model")
     print(f"request body: {len(str(base))} chars, {len(base.get('tools') or [])} tools; rounds: {rounds}\n")
     print(f"{'provider':12} {'variant':12} {'whole ms':>9} {'10-chunk ms':>12} {'200-chunk ms':>13} {'per chunk µs':>13}")

@@ -1,10 +1,77 @@
-"""clasp-gateway: serve Claude Code and OpenAI clients from any LLM provider."""
+"""clasp-gateway: serve Claude Code and OpenAI clients from any LLM provider.
 
+This module is the public API: everything a plugin may use is importable from
+``clasp_gateway`` itself (``from clasp_gateway import hookimpl, Upstream``), typed
+(the package ships ``py.typed``) and listed in ``__all__``. The submodules
+(``clasp_gateway.shell``, ``.wire``, ``.shaping``...) are the gateway's own
+internals and may change between releases; ``tests/test_architecture.py`` keeps the
+bundled plugins on this surface.
+
+The names, by what a plugin does with them:
+
+- **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, and for a plugin's own hooks
+  :func:`call_first` and :func:`call_each`; the :class:`Gateway` a hook or route is
+  handed (``request.app.state.gateway``); the typed ``register`` callbacks of the
+  ``register_*`` hooks (:class:`RegisterProvider`, :class:`RegisterRoute`...) and
+  :class:`RegistrationError`.
+- **Request classes** (computed once per request, ``ctx.classes``):
+  :class:`RequestClass`, :class:`RequestFeatures`, :class:`Classifier`.
+- **The canonical format**: :data:`CanonicalRequest`, :data:`Chunk`, :data:`KEEPALIVE`,
+  :func:`completion_to_chunk`, :func:`chunks_to_completion`; what travels with a
+  request: :class:`RequestContext`, :class:`RequestHints`, :class:`Principal`,
+  :class:`Usage`, :class:`Attempt`, :class:`UpstreamStream`; a deployment:
+  :class:`Deployment`, :class:`ModelInfo`, :class:`Timeouts`, :class:`Secret`.
+- **Errors**: :class:`GatewayError` and its kinds, each with its HTTP status and its
+  Anthropic and OpenAI shapes.
+- **Configuration**: :class:`Config`, :func:`resolve_secret`, and the schema helpers
+  (:class:`Section`, :class:`Field`, :class:`Integer`...) a plugin's own section is
+  checked with.
+- **Routes** (``register_routes``): :func:`authenticate`, :func:`read_json`,
+  :func:`request_headers`, :func:`json_response`, :func:`error_response`,
+  :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
+  model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
+  with a :class:`StreamEncoder` to stream an answer in one's own API format (an
+  :class:`EventStreamResponse`).
+- **Providers** (``register_providers``): :class:`ProviderAdapter` (what to
+  implement), :class:`Providers` (what ``bind`` receives) and :class:`Upstream`, the
+  call helper (pooled session, the deployment's timeouts, key rotation, bounded
+  reads within :class:`ReadLimits`, status errors), with the stream decoders
+  :class:`SSEDecoder` and :class:`NDJSONDecoder`; a provider's defaults
+  (:func:`provider_profile`) and health (:func:`probe_deployment`); LiteLLM's provider
+  knowledge through the transform path
+  (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
+  :func:`response_fixer`).
+- **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Shared state** (breakers, limits, counters, caches; shared by workers and
+  replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
+  :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
+  skipped.
+- **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
+  :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
+- **Server tools** (``register_tools``): :class:`ToolContext`.
+"""
+
+from .canonical import chunks_to_completion, completion_to_chunk
 from .classes import Classifier, RequestClass, RequestFeatures, build_classifier
 from .classes import features as request_features
 from .config import Config, ConfigError, load_config, parse_config, resolve_secret
-from .errors import GatewayError
+from .errors import (
+    ApiError,
+    AuthenticationError,
+    ConfigurationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTooLargeError,
+    UpstreamError,
+)
 from .hookspecs import hookimpl
+from .pipeline import Gateway
+from .plugins import await_me_maybe, call_each, call_first
+from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CommandRegistration,
     ConfigSectionRegistration,
@@ -22,6 +89,18 @@ from .registrations import (
     RoutingStrategyRegistration,
     ToolRegistration,
 )
+from .shaping.context import estimate_tokens, is_context_overflow
+from .shaping.schema import clean_schema
+from .shaping.server_tools import ToolContext
+from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
+from .shell.access import note as note_access
+from .shell.http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
+from .shell.limits import MAX_OUTPUT_TOKENS, check_message_count
+from .shell.openai_api import list_models as list_openai_models
+from .shell.openai_api import retrieve_model as retrieve_openai_model
+from .shell.openai_api import status_of
+from .shell.served import ServedModel, created_timestamps, describe_model, served_models
+from .shell.streaming import StreamEncoder, serve_stream
 from .state import (
     RateWindow,
     Reservation,
@@ -33,7 +112,21 @@ from .state import (
     Subscription,
     create_state,
 )
-from .types import CanonicalRequest, Chunk, Deployment, Principal, RequestContext, RequestHints, Usage
+from .types import (
+    KEEPALIVE,
+    Attempt,
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    ModelInfo,
+    Principal,
+    RequestContext,
+    RequestHints,
+    Secret,
+    Timeouts,
+    UpstreamStream,
+    Usage,
+)
 from .validation import (
     Anything,
     Boolean,
@@ -51,20 +144,56 @@ from .validation import (
     String,
     did_you_mean,
 )
+from .wire.catalog import ProviderProfile, provider_profile
+from .wire.ndjson import NDJSONDecoder
+from .wire.permissions import UNAVAILABLE_KEY
+from .wire.probe import ProbeResult, probe_deployment
+from .wire.providers import ProviderAdapter, Providers
+from .wire.quirks import prepare_body, response_fixer
+from .wire.reads import FrameTooLarge, ReadLimits
+from .wire.sse import SSEDecoder
+from .wire.transform import EventReader, TransformAdapter
+from .wire.upstream import Upstream, UpstreamRequest, parse_retry_after
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Anything", "Boolean", "CanonicalRequest", "Choice", "Chunk", "Classifier", "CommandRegistration", "Config",
-    "ConfigError", "ConfigSectionRegistration", "Custom", "Deployment", "Duration", "Field", "GatewayError", "Integer",
-    "Invalid", "ListOf", "MapOf", "Number", "Principal", "ProviderRegistration", "Reference", "RegisterCommand",
+    # hooks and the gateway
+    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
+    # typed registration callbacks (register_* hooks) and what they record
+    "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
     "RegisterConfigSection", "RegisterProvider", "RegisterRequestClass", "RegisterRoute", "RegisterRoutingStrategy",
-    "RegisterTool", "RegistrationError",
-    "RequestClass", "RequestClassRegistration", "RequestContext", "RequestFeatures", "RequestHints",
-    "RouteRegistration", "RoutingStrategyRegistration", "Section", "String", "ToolRegistration", "Usage",
-    "__version__", "build_classifier", "did_you_mean", "hookimpl", "load_config", "parse_config",
-    "request_features", "resolve_secret",
+    "RegisterTool", "RegistrationError", "RequestClassRegistration", "RouteRegistration", "RoutingStrategyRegistration",
+    "ToolRegistration",
+    # request classes, computed once per request
+    "Classifier", "RequestClass", "RequestFeatures", "build_classifier", "request_features",
+    # the canonical format and what travels with a request
+    "KEEPALIVE", "Attempt", "CanonicalRequest", "Chunk", "Deployment", "ModelInfo", "Principal", "RequestContext",
+    "RequestHints", "Secret", "Timeouts", "UpstreamStream", "Usage", "chunks_to_completion", "completion_to_chunk",
+    # errors
+    "ApiError", "AuthenticationError", "ConfigurationError", "GatewayError", "InvalidRequestError", "NotFoundError",
+    "OverloadedError", "PermissionDeniedError", "RateLimitError", "RequestTooLargeError", "UpstreamError",
+    # configuration and its schema helpers
+    "Anything", "Boolean", "Choice", "Config", "ConfigError", "Custom", "Duration", "Field", "Integer", "Invalid",
+    "ListOf", "MapOf", "Number", "Reference", "Section", "String", "did_you_mean", "load_config", "parse_config",
+    "resolve_secret",
+    # routes
+    "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
+    "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
+    "request_headers", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
+    # providers: the call helper and LiteLLM's knowledge
+    "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
+    "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",
+    "probe_deployment", "provider_profile", "response_fixer",
+    # secrets
+    "redact", "redact_bytes", "register_secret",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state",
+    # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
+    "UNAVAILABLE_KEY",
+    # tokens, context, schemas, server tools
+    "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
+    "is_context_overflow", "tiktoken_cache_dir",
+    "__version__",
 ]

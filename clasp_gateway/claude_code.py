@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .served import claude_code_profile
+from .shell.served import claude_code_profile
 
 __all__ = [
     "MIN_COMPACT_WINDOW",

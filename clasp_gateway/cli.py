@@ -37,7 +37,7 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     if "litellm" in sys.modules:  # imported already (by a plugin): its handlers go now
-        from .providers import adopt_litellm_logging
+        from .wire.litellm_adapter import adopt_litellm_logging
 
         adopt_litellm_logging()
 
@@ -58,7 +58,7 @@ def _validated_app(config: Config) -> Any:
     """The app for ``config``, built (plugins loaded, every section checked, the
     gateway constructed) but not started. ``clasp check`` and ``clasp serve`` both
     call this, so they accept the same files; a problem is a message and exit code 2."""
-    from .app import create_app
+    from .shell.app import create_app
 
     try:
         return create_app(config)
@@ -81,7 +81,7 @@ def _open_gateway(config: Config, app: Any, host: str) -> tuple[bool, str] | Non
 
 def app_from_env() -> Any:
     """Uvicorn factory (used with several workers): config from ``CLASP_CONFIG``."""
-    from .app import create_app
+    from .shell.app import create_app
 
     config = _load(os.environ.get("CLASP_CONFIG"))
     setup_logging(config.server.log_level)
@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
-    from .server import uvicorn_options
+    from .shell.server import uvicorn_options
 
     app = _validated_app(config)  # before binding: a bad file never logs "listening"
     opened = _open_gateway(config, app, host)
@@ -141,7 +141,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .probe import probe_all
+    from .wire.probe import probe_all
 
     config = _load(args.config)
     app = _validated_app(config)

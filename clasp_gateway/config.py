@@ -32,9 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import catalog
 from .classes import BACKGROUND_MAX_TOKENS, LONG_CONTEXT_TOKENS
-from .credentials import AZURE_AD, KEY_POOL, credentials_from
 from .redact import register_secret
 from .registrations import RegistrationError, config_sections, sections_declared_by
 from .types import Deployment, Secret, Timeouts
@@ -54,6 +52,8 @@ from .validation import (
     String,
     unknown_key,
 )
+from .wire import catalog
+from .wire.credentials import AZURE_AD, KEY_POOL, credentials_from
 
 if TYPE_CHECKING:
     from .pipeline import Gateway

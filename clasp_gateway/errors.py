@@ -77,36 +77,50 @@ class GatewayError(Exception):
 
 
 class InvalidRequestError(GatewayError):
+    """The request is malformed or breaks a rule (400); the message names the field."""
+
     status = 400
     error_type = "invalid_request_error"
 
 
 class AuthenticationError(GatewayError):
+    """No key, or a key the gateway does not accept (401)."""
+
     status = 401
     error_type = "authentication_error"
 
 
 class PermissionDeniedError(GatewayError):
+    """The key is valid but not allowed this (403): a model, a team budget..."""
+
     status = 403
     error_type = "permission_error"
 
 
 class NotFoundError(GatewayError):
+    """An unknown model or route (404)."""
+
     status = 404
     error_type = "not_found_error"
 
 
 class RequestTooLargeError(GatewayError):
+    """The request body is over ``server.max_request_bytes`` (413)."""
+
     status = 413
     error_type = "request_too_large"
 
 
 class RateLimitError(GatewayError):
+    """Too many requests, from this key or address (429, with ``retry-after``)."""
+
     status = 429
     error_type = "rate_limit_error"
 
 
 class ApiError(GatewayError):
+    """The gateway failed (500): the client gets a shaped error naming the request id."""
+
     status = 500
     error_type = "api_error"
 
@@ -119,6 +133,8 @@ class TimeoutError_(GatewayError):
 
 
 class OverloadedError(GatewayError):
+    """No deployment can take the request right now (529, Anthropic's ``overloaded_error``)."""
+
     status = 529
     error_type = "overloaded_error"
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("clasp")
 hookimpl = pluggy.HookimplMarker("clasp")
+"""Marks a plugin's hook implementations: ``@hookimpl def record(ctx, event): ...``."""
 
 
 # --- registration: called once per app, each gets a ``register`` callback ------------------
@@ -64,13 +65,13 @@ def register_routes(register: RegisterRoute) -> None:
 def register_providers(register: RegisterProvider) -> None:
     """Add provider adapters: ``register(name, adapter)``.
 
-    ``adapter`` implements :class:`clasp_gateway.providers.ProviderAdapter`; a
+    ``adapter`` implements :class:`clasp_gateway.ProviderAdapter`; a
     deployment whose ``provider`` equals ``name`` is served by it instead of the
     built-in paths. An ``open`` that declares ``ctx`` receives the request's
     context; an adapter with ``bind(providers)`` is handed the gateway's
-    :class:`~clasp_gateway.providers.Providers` (to reach the pooled session or
+    :class:`~clasp_gateway.Providers` (its call helper ``providers.upstream``, or
     delegate to ``providers.builtin_for(deployment)``). One plugin per provider name
-    (:class:`~clasp_gateway.registrations.ProviderRegistration`).
+    (:class:`~clasp_gateway.ProviderRegistration`).
     """
 
 
@@ -98,7 +99,7 @@ def register_tools(register: RegisterTool) -> None:
     ``input_schema`` is a JSON Schema with ``"type": "object"``;
     ``handler(arguments: dict, ctx: ToolContext) -> str`` (or an awaitable of one)
     returns the text the model reads (``ctx``:
-    :class:`clasp_gateway.server_tools.ToolContext`, with the request context and the
+    :class:`clasp_gateway.ToolContext`, with the request context and the
     config). A plain function runs in a worker thread, so it may block; a coroutine
     function runs on the event loop. An exception or a timeout becomes an error result
     the model sees. Registering offers nothing yet: ``server_tools:`` in clasp.yaml says

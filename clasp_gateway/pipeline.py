@@ -34,22 +34,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from . import registrations
-from .access import REQUEST_EVENT
 from .classes import features
 from .config import Config, ModelRoute
-from .context import ContextManager, is_context_overflow, overflow_error
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
-from .guard import AuthThrottle
-from .permissions import PermissionChecker
 from .plugins import PluginManager, call_each, call_each_sync, call_first
-from .providers import Providers
-from .quirks import prepare_body
-from .reads import ReadLimits
-from .served import served_models
-from .server_tools import ServerTools
+from .shaping.context import ContextManager, is_context_overflow, overflow_error
+from .shaping.server_tools import RoundServices, ServerTools
+from .shaping.textcalls import check_config as check_text_calls
+from .shaping.textcalls import filter_text_calls, text_call_names
+from .shell.access import REQUEST_EVENT
+from .shell.guard import AuthThrottle
+from .shell.served import served_models
 from .state import StateBackend, state_from_config
-from .textcalls import check_config as check_text_calls
-from .textcalls import filter_text_calls, text_call_names
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -61,6 +57,10 @@ from .types import (
     UpstreamStream,
     Usage,
 )
+from .wire.permissions import PermissionChecker
+from .wire.providers import Providers
+from .wire.quirks import prepare_body
+from .wire.reads import ReadLimits
 
 log = logging.getLogger("clasp.pipeline")
 
@@ -267,7 +267,8 @@ class Gateway:
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)
             if tools:
-                return await self.server_tools.open(self, ctx, request, tools, stream=stream)
+                services = RoundServices(self._open, self.after_attempt, self.record)
+                return await self.server_tools.open(services, ctx, request, tools, stream=stream)
         return await self._open(ctx, request, stream=stream)
 
     async def _open(

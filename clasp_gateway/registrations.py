@@ -109,7 +109,7 @@ class ProviderRegistration:
 
     name: str
     adapter: Any
-    """A :class:`~clasp_gateway.providers.ProviderAdapter` (anything with ``open``)."""
+    """A :class:`~clasp_gateway.wire.providers.ProviderAdapter` (anything with ``open``)."""
     plugin: str
 
 

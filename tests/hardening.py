@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream
 from tests.support import GATEWAY_KEY, GatewayServer, config_from
 

@@ -11,8 +11,8 @@ from typing import Any
 import uvicorn
 import yaml
 
-from clasp_gateway.app import create_app
 from clasp_gateway.config import Config, parse_config
+from clasp_gateway.shell.app import create_app
 
 GATEWAY_KEY = "clasp-test-key-0123456789"
 

@@ -224,7 +224,7 @@ def test_provider_flavors_stream_tools_exactly(flavor: str) -> None:
 
 
 def test_silent_upstream_gets_keepalive_pings(monkeypatch: pytest.MonkeyPatch, gateway: GatewayServer, upstream: FakeUpstream) -> None:
-    import clasp_gateway.reads as reads
+    import clasp_gateway.wire.reads as reads
 
     monkeypatch.setattr(reads, "PING_INTERVAL", 0.05)
     upstream.queue(Text("slow but alive", chunk_size=5, chunk_delay=0.2))

@@ -5,6 +5,7 @@ LiteLLM's transform; a failing Anthropic deployment still falls back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,8 @@ import pytest
 from clasp_claude.stream import THINKING_SIGNATURE
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
 from tests.fakes.anthropic import issued_signatures
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
@@ -228,3 +229,116 @@ def test_a_failing_anthropic_deployment_falls_back_to_another_provider() -> None
         assert message.content[0].text == "From the fallback."  # type: ignore[union-attr]
         assert message.id.startswith("msg_") and not message.id.startswith("msg_01")  # translated by the gateway
         assert [a["ok"] for a in recorder.last_request()["attempts"]] == [False, True]
+
+
+# --- one way to serve a stream: the pass-through's gaps, closed -------------------------------
+
+
+class ChunkWitness(Recorder):
+    """Also collects what ``on_stream_chunk`` sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[dict[str, Any]] = []
+
+    @hookimpl
+    def on_stream_chunk(self, ctx: Any, chunk: dict[str, Any]) -> None:
+        self.chunks.append(chunk)
+
+
+def test_plugins_see_a_passthrough_stream_as_canonical_chunks() -> None:
+    """``on_stream_chunk`` is called for a pass-through stream too (before, only the
+    translated routes called it), with canonical chunks: text, tool calls, finish."""
+    witness = ChunkWitness()
+    with FakeUpstream("anthropic", require_key=UPSTREAM_KEY) as up:
+        models = {"*": [{"model": "anthropic/claude-sonnet-4-5-20250929", "api_base": up.base_url,
+                         "api_key": UPSTREAM_KEY}]}
+        with gateway_for(models, witness) as gateway:
+            up.queue(Text("Hello from Anthropic."))
+            post_stream(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                                  "messages": [{"role": "user", "content": "x"}]})
+            up.queue(ToolCalls([("get_weather", {"city": "Oslo"})]))
+            post_stream(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "tools": TOOLS,
+                                  "messages": [{"role": "user", "content": "x"}]})
+    deltas = [c["choices"][0]["delta"] for c in witness.chunks]
+    assert "".join(d.get("content", "") for d in deltas) == "Hello from Anthropic."
+    calls = [call for d in deltas for call in d.get("tool_calls") or ()]
+    assert calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"city": "Oslo"}
+    finishes = [c["choices"][0]["finish_reason"] for c in witness.chunks if c["choices"][0]["finish_reason"]]
+    assert finishes == ["stop", "tool_calls"]
+
+
+def test_a_gateway_bug_mid_passthrough_is_an_error_event_and_a_500(fresh: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure of the gateway's own code while relaying ends the stream with an
+    ``api_error`` event naming the request and is recorded as 500 (before, the
+    connection was just dropped and the request recorded as a 200)."""
+    up, gateway, recorder = fresh
+    observe = clasp_claude.passthrough.PassthroughUsage.observe
+
+    def broken(self: Any, name: str, data: bytes) -> None:
+        if name == "content_block_delta":
+            raise RuntimeError("a bug in the relay")
+        observe(self, name, data)
+
+    monkeypatch.setattr(clasp_claude.passthrough.PassthroughUsage, "observe", broken)
+    up.queue(Text("never relayed whole"))
+    frames = post_stream(gateway, {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                                   "messages": [{"role": "user", "content": "x"}]})
+    name, data = frames[-1]
+    error = json.loads(data)["error"]
+    assert name == "error" and error["type"] == "api_error" and "internal gateway error" in error["message"]
+    assert "a bug in the relay" not in data.decode()
+    event = recorder.last_request()
+    assert event["status"] == 500 and event["cut"] is True
+
+
+async def test_a_burst_of_passthrough_events_is_one_client_write() -> None:
+    """The pass-through says how many decoded events wait (``ctx.read_ahead``), so the
+    route writes one network read's events at once (before: one write per event)."""
+    from aiohttp import web
+    from clasp_claude.passthrough import AnthropicPassthrough, remember
+
+    from clasp_gateway.types import Deployment, RequestContext
+    from clasp_gateway.wire.providers import Providers
+
+    events = [("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "hi"}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                 "usage": {"output_tokens": 1}}),
+              ("message_stop", {"type": "message_stop"})]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        frames = [f"event: {n}\ndata: {json.dumps(p)}\n\n".encode() for n, p in events]
+        await response.write(b"".join(frames[:3]))  # one network read, three events
+        await asyncio.sleep(0.2)  # (only to make the next write another read)
+        await response.write(b"".join(frames[3:]))  # then the rest
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    adapter = AnthropicPassthrough()
+    providers = Providers({"anthropic": adapter})
+    try:
+        ctx = RequestContext(request_id="req_burst", api="anthropic", public_model="claude", client_stream=True)
+        remember(ctx, {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}, {})
+        dep = Deployment(id="a", provider="anthropic", model="claude-x", api_base=f"http://127.0.0.1:{port}")
+        seen = [(chunk["anthropic_event"][0], ctx.read_ahead.pending)
+                async for chunk in adapter.open(dep, {"messages": []}, stream=True, ctx=ctx)]
+    finally:
+        await providers.close()
+        await runner.cleanup()
+    assert seen == [("message_start", 2), ("content_block_start", 1), ("content_block_delta", 0),
+                    ("content_block_stop", 2), ("message_delta", 1), ("message_stop", 0)]

@@ -35,9 +35,9 @@ import litellm  # noqa: E402  (once per test process; the gateway imports it any
 from clasp_claude.passthrough import ANTHROPIC_PARAMS  # noqa: E402
 from litellm.types.utils import all_litellm_params  # noqa: E402
 
-from clasp_gateway.app import create_app  # noqa: E402
-from clasp_gateway.params import UPSTREAM_PARAMS  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
+from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.wire.params import UPSTREAM_PARAMS  # noqa: E402
 from tests.fakes import Error, FakeUpstream  # noqa: E402
 from tests.fakes.record import Recorded  # noqa: E402
 from tests.support import GATEWAY_KEY, GatewayServer, config_from  # noqa: E402

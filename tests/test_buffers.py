@@ -24,12 +24,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import clasp_claude  # noqa: E402
 from clasp_claude.passthrough import _Frames  # noqa: E402
 
-from clasp_gateway.app import create_app  # noqa: E402
 from clasp_gateway.config import ServerConfig, parse_config  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
-from clasp_gateway.reads import FrameTooLarge, ReadLimits  # noqa: E402
-from clasp_gateway.sse import SSEDecoder  # noqa: E402
-from clasp_gateway.transform import NDJSONDecoder  # noqa: E402
+from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.wire.ndjson import NDJSONDecoder  # noqa: E402
+from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits  # noqa: E402
+from clasp_gateway.wire.sse import SSEDecoder  # noqa: E402
 from tests.fakes import FakeUpstream, Raw, Text  # noqa: E402
 from tests.support import GATEWAY_KEY, GatewayServer, config_from  # noqa: E402
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from clasp_gateway.claude_code import compact_window_env, key_file_path, main_entry, model_env, read_key_file, save_key
-from clasp_gateway.context import input_budget
-from clasp_gateway.served import claude_code_profile
+from clasp_gateway.shaping.context import input_budget
+from clasp_gateway.shell.served import claude_code_profile
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port
 
 UPSTREAM_KEY = "sk-upstream-secret-0987654321"

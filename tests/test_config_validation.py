@@ -27,10 +27,10 @@ import httpx
 import pytest
 
 from clasp_gateway import cli
-from clasp_gateway.app import create_app
 from clasp_gateway.config import Config, ConfigError, load_config
 from clasp_gateway.hookspecs import hookimpl
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.support import GatewayServer, free_port
 
 ROOT = Path(__file__).parent.parent

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from clasp_claude.request import to_canonical
 
-from clasp_gateway.app import create_app
 from clasp_gateway.config import ConfigError
-from clasp_gateway.context import (
+from clasp_gateway.errors import UpstreamError
+from clasp_gateway.shaping.context import (
     CHARS_PER_TOKEN,
     choose_drops,
     drop_groups,
@@ -28,8 +28,8 @@ from clasp_gateway.context import (
     is_context_overflow,
     overflow_error,
 )
-from clasp_gateway.errors import UpstreamError
-from clasp_gateway.tokens import count_canonical, get_encoding
+from clasp_gateway.shaping.tokens import count_canonical, get_encoding
+from clasp_gateway.shell.app import create_app
 from tests.fakes import Error, FakeUpstream, Text
 from tests.support import GATEWAY_KEY, GatewayServer, config_from
 

@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from clasp_gateway.config import ConfigError, parse_config
-from clasp_gateway.credentials import AzureADConfig, AzureADTokens, KeyPool, credential_settings
 from clasp_gateway.errors import UpstreamError
-from clasp_gateway.ratelimits import parse_rate_limits
 from clasp_gateway.redact import redact
 from clasp_gateway.types import Secret
+from clasp_gateway.wire.credentials import AzureADConfig, AzureADTokens, KeyPool, credential_settings
+from clasp_gateway.wire.ratelimits import parse_rate_limits
 from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Raw, Text
 from tests.fakes.keys import key_of, openai_key_error
 from tests.fakes.record import Recorded

@@ -131,7 +131,7 @@ def test_a_model_thinking_after_its_role_chunk_keeps_the_client_posted(
     """A slow model: a role chunk, then silence long enough for keep-alives, then the
     answer. The upstream is alive and working: the stream commits at the keep-alive,
     the client gets pings while it waits, and the answer is whole."""
-    monkeypatch.setattr("clasp_gateway.reads.PING_INTERVAL", 0.05)
+    monkeypatch.setattr("clasp_gateway.wire.reads.PING_INTERVAL", 0.05)
     with FakeUpstream("openai") as primary:
         primary.script = lambda body, rec: Hang(0.4, Text("slow but sure"), after_chunks=1)
         with serving(chain(primary.base_url, secondary.base_url, timeouts={"first_byte": 5})) as server:
@@ -148,7 +148,7 @@ def test_a_model_thinking_after_its_role_chunk_keeps_the_client_posted(
 def test_keep_alives_alone_never_commit(api: str, secondary: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
     """Headers, then silence (keep-alives, no chunk at all) past ``first_byte``: nothing
     was said, so the next candidate answers."""
-    monkeypatch.setattr("clasp_gateway.reads.PING_INTERVAL", 0.05)
+    monkeypatch.setattr("clasp_gateway.wire.reads.PING_INTERVAL", 0.05)
     with FakeUpstream("openai") as primary:
         primary.script = lambda body, rec: Hang(30, Text("too late"), after_chunks=0)
         with serving(chain(primary.base_url, secondary.base_url, timeouts={"first_byte": 0.4})) as server:

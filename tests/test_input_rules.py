@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from clasp_gateway import context as context_module
-from clasp_gateway.context import _Boundary
-from clasp_gateway.limits import MAX_OUTPUT_TOKENS
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shaping.context import plan as context_module
+from clasp_gateway.shaping.context.groups import Boundary
+from clasp_gateway.shell.limits import MAX_OUTPUT_TOKENS
 from clasp_gateway.types import RequestContext
 from tests.fakes import FakeUpstream, Text
 from tests.support import GATEWAY_KEY, GatewayServer, config_from
@@ -253,13 +253,13 @@ def test_trimming_a_long_conversation_runs_off_the_event_loop(monkeypatch: pytes
 
 
 def test_a_boundary_keeps_runs_not_indexes() -> None:
-    boundary = _Boundary.of([0, 1, 2, 3, 7, 8, 12], "summary", "d")
+    boundary = Boundary.of([0, 1, 2, 3, 7, 8, 12], "summary", "d")
     assert boundary.runs == ((0, 4), (7, 9), (12, 13))
     assert boundary.dropped == [0, 1, 2, 3, 7, 8, 12]
 
 
 def test_memo_caches_keep_nothing_of_an_oversized_request(server: GatewayServer) -> None:
-    from clasp_gateway import schema
+    from clasp_gateway.shaping import schema
 
     before = schema._cached_strict.cache_info().currsize
     huge = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "d" * 100} for i in range(1000)}}

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from clasp_gateway.config import ServerConfig, ServerTimeouts, parse_config
-from clasp_gateway.limits import LimitLog
-from clasp_gateway.server import connection_cap
+from clasp_gateway.shell.limits import LimitLog
+from clasp_gateway.shell.server import connection_cap
 from tests.fakes import FakeUpstream, Hang, Text
 from tests.support import GATEWAY_KEY, free_port
 

@@ -19,12 +19,12 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from clasp_gateway import catalog  # noqa: E402
 from clasp_gateway.errors import UpstreamError  # noqa: E402
-from clasp_gateway.providers import LiteLLMAdapter  # noqa: E402
-from clasp_gateway.quirks import prepare_body  # noqa: E402
-from clasp_gateway.transform import EventReader, Prepared, TransformAdapter  # noqa: E402
 from clasp_gateway.types import Deployment, RequestHints  # noqa: E402
+from clasp_gateway.wire import catalog  # noqa: E402
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
+from clasp_gateway.wire.quirks import prepare_body  # noqa: E402
+from clasp_gateway.wire.transform import EventReader, Prepared, TransformAdapter  # noqa: E402
 
 CANONICAL: dict[str, Any] = {
     "model": "client-model",
@@ -52,7 +52,7 @@ OPENAI_HISTORY = [
     {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
 ]
 
-_adapter = TransformAdapter(lambda: None, LiteLLMAdapter().ensure_loaded)
+_adapter = TransformAdapter(LiteLLMAdapter().ensure_loaded)
 
 
 def prepared(provider: str, model: str, api_base: str, *, stream: bool) -> Prepared:
@@ -376,7 +376,7 @@ def test_thought_signature_separator() -> None:
     """The gateway makes Gemini's signature-carrying ids URL-safe around this separator."""
     from litellm.litellm_core_utils.prompt_templates.factory import THOUGHT_SIGNATURE_SEPARATOR
 
-    from clasp_gateway.quirks import THOUGHT_SEPARATOR
+    from clasp_gateway.wire.quirks import THOUGHT_SEPARATOR
 
     assert THOUGHT_SIGNATURE_SEPARATOR == THOUGHT_SEPARATOR
 

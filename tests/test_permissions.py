@@ -1,4 +1,4 @@
-"""Permission checks before routing (``clasp_gateway/permissions.py``): each credential
+"""Permission checks before routing (``clasp_gateway/wire/permissions.py``): each credential
 is probed off the hot path; a key the provider refuses its model (401/403/404) leaves
 rotation before a client request can reach it, a deployment with no usable key is
 skipped without an upstream call, transient failures change nothing, and a fixed key
@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.config import ConfigError
-from clasp_gateway.credentials import KeyPool
 from clasp_gateway.plugins import PluginManager
-from clasp_gateway.ratelimits import parse_rate_limits
+from clasp_gateway.shell.app import create_app
 from clasp_gateway.types import Secret
+from clasp_gateway.wire.credentials import KeyPool
+from clasp_gateway.wire.ratelimits import parse_rate_limits
 from tests.fakes import Cut, Error, FakeUpstream, Hang, Reply, Text
 from tests.fakes.keys import key_of
 from tests.fakes.record import Recorded

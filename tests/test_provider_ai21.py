@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
-from clasp_gateway.catalog import provider_profile
 from clasp_gateway.plugins import PluginManager
-from clasp_gateway.providers import LiteLLMAdapter
+from clasp_gateway.shell.app import create_app
+from clasp_gateway.wire.catalog import provider_profile
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter
 from tests.fakes import Error, FakeUpstream, Reply, Text, ToolCalls
 from tests.fakes.ai21 import BAD_TOKEN
 from tests.fakes.keys import key_of

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from clasp_gateway import catalog
-from clasp_gateway.quirks import alnum9_id, prepare_body, response_fixer, signature_id_down, signature_id_up
 from clasp_gateway.types import Deployment, RequestHints
+from clasp_gateway.wire import catalog
+from clasp_gateway.wire.quirks import alnum9_id, prepare_body, response_fixer, signature_id_down, signature_id_up
 
 
 def dep(provider: str, model: str = "m") -> Deployment:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from clasp_gateway.ratelimits import UNTIMED_WINDOW, RateLimitState, parse_duration, parse_rate_limits
+from clasp_gateway.wire.ratelimits import UNTIMED_WINDOW, RateLimitState, parse_duration, parse_rate_limits
 from tests.fakes import Error, FakeUpstream, Text, by_key, limits_by_key, openai_limits
 from tests.fakes.keys import anthropic_limits, key_of
 from tests.support import GATEWAY_KEY, GatewayServer, config_from

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from clasp_gateway.providers import OpenAICompatible
 from clasp_gateway.types import Deployment, ReadAhead
+from clasp_gateway.wire.direct import OpenAICompatible
 
 
 def _event(content: str, finish: str | None = None) -> bytes:

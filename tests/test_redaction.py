@@ -28,10 +28,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import clasp_claude  # noqa: E402
 
-from clasp_gateway.app import create_app  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
-from clasp_gateway.providers import LiteLLMAdapter  # noqa: E402
 from clasp_gateway.redact import install_redaction, key_id, redact, register_secret  # noqa: E402
+from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
 from tests.fakes import Error, FakeUpstream, Raw, Text  # noqa: E402
 from tests.fakes.anthropic import anthropic_error  # noqa: E402
 from tests.fakes.record import Recorded  # noqa: E402
@@ -143,7 +143,7 @@ from clasp_gateway.redact import register_secret
 register_secret({OPENAI_KEY!r})
 from clasp_gateway.cli import setup_logging
 setup_logging("debug")
-from clasp_gateway.providers import LiteLLMAdapter
+from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter
 LiteLLMAdapter().ensure_loaded()
 logging.getLogger("LiteLLM").debug("-H 'Authorization: Bearer {OPENAI_KEY}' and {masked(OPENAI_KEY)}")
 logging.getLogger("LiteLLM Router").error("router: %s", {OPENAI_KEY!r})

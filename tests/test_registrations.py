@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from clasp_gateway import RegistrationError, hookimpl, registrations
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream, Text, ToolCalls
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
 

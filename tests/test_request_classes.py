@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from clasp_gateway import ConfigError, RequestFeatures, hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream, Text, ToolCalls
 from tests.hardening import access_lines
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models

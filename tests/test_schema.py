@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clasp_gateway.schema import clean_schema
+from clasp_gateway.shaping.schema import clean_schema
 
 # A Claude-Code-like tool schema: draft 2020-12, additionalProperties false, nested
 # $defs references, formats, defaults, const, nullable unions.

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from clasp_gateway.config import Config, ModelRoute
-from clasp_gateway.context import input_budget
-from clasp_gateway.served import describe_model, route_for, routing_strategy, served_models, tier_models
+from clasp_gateway.shaping.context import input_budget
+from clasp_gateway.shell.served import describe_model, route_for, routing_strategy, served_models, tier_models
 from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 UPSTREAM_KEY = "sk-upstream-secret-0987654321"
@@ -194,7 +194,7 @@ def test_a_route_picked_per_request_says_so() -> None:
 
 
 def test_capabilities_follow_the_model() -> None:
-    from clasp_gateway.served import claude_code_profile
+    from clasp_gateway.shell.served import claude_code_profile
 
     config = config_from({"models": {
         "claude-*haiku*": [dep("openai/gpt-4o-mini")],

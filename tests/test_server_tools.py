@@ -16,9 +16,9 @@ import openai
 import pytest
 
 from clasp_gateway import hookimpl
-from clasp_gateway.app import create_app
 from clasp_gateway.plugins import PluginManager
-from clasp_gateway.server_tools import LIMIT_NOTICE, TOOL_ERROR_PREFIX, ServerToolsError, ToolContext
+from clasp_gateway.shaping.server_tools import LIMIT_NOTICE, TOOL_ERROR_PREFIX, ServerToolsError, ToolContext
+from clasp_gateway.shell.app import create_app
 from tests.fakes import Error, FakeUpstream, Text, ToolCalls
 from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
 
@@ -334,7 +334,7 @@ def test_registration_mistakes_name_the_tool() -> None:
 def test_pings_while_tools_run_and_a_client_that_leaves_stops_them(
     serve: Serve, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import clasp_gateway.server_tools as server_tools
+    import clasp_gateway.shaping.server_tools as server_tools
 
     monkeypatch.setattr(server_tools, "PING_INTERVAL", 0.05)
     server, plugin = serve({"enabled": ["slow"], "timeout": 0.4})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from clasp_gateway.sse import SSEDecoder
+from clasp_gateway.wire.sse import SSEDecoder
 
 STREAM = (
     'data: {"a": "h\u00e9llo \U0001F600"}\r\n\r\n'

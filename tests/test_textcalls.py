@@ -18,9 +18,9 @@ import anthropic
 import openai
 import pytest
 
-from clasp_gateway.app import create_app
 from clasp_gateway.config import ConfigError
-from clasp_gateway.textcalls import TextCallFilter, filter_text_calls, parse_calls, text_call_names
+from clasp_gateway.shaping.textcalls import TextCallFilter, filter_text_calls, parse_calls, text_call_names
+from clasp_gateway.shell.app import create_app
 from clasp_gateway.types import KEEPALIVE, Deployment
 from tests.fakes import FakeUpstream, Text, ToolCalls
 from tests.fakes.textcalls import STYLES, TextToolCalls, render_text_calls

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clasp_gateway.app import create_app
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream
 from tests.support import GatewayServer, config_from, openai_models
 

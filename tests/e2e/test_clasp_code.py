@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from clasp_gateway.app import create_app
-from clasp_gateway.context import input_budget
-from clasp_gateway.tokens import count_canonical, get_encoding
+from clasp_gateway.shaping.context import input_budget
+from clasp_gateway.shaping.tokens import count_canonical, get_encoding
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream, Reply, Text, ToolCalls
 from tests.fakes.record import Recorded
 from tests.support import GATEWAY_KEY, GatewayServer, config_from

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from clasp_gateway.app import create_app
+from clasp_gateway.shell.app import create_app
 from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Text, ToolCalls
 from tests.fakes.keys import key_of, openai_limits
 from tests.fakes.record import Recorded

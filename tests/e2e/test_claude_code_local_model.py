@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clasp_gateway.app import create_app
+from clasp_gateway.shell.app import create_app
 from tests.fakes import FakeUpstream, Text
 from tests.fakes.textcalls import TextToolCalls
 from tests.support import GatewayServer, config_from

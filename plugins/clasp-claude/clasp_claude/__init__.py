@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from clasp_gateway.hookspecs import hookimpl
+from clasp_gateway import hookimpl
 
 from .passthrough import AnthropicPassthrough
 from .routes import count_tokens_endpoint, list_models_endpoint, messages_endpoint, model_endpoint

@@ -28,7 +28,6 @@ event is an ordinary upstream error, so fallback to other deployments still work
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -39,15 +38,25 @@ import aiohttp
 import orjson
 from starlette.responses import Response
 
-from clasp_gateway.catalog import provider_profile
-from clasp_gateway.credentials import KEY_FAILURES, KeySlot
-from clasp_gateway.errors import GatewayError, UpstreamError
-from clasp_gateway.http import EventStreamResponse, error_response
-from clasp_gateway.providers import error_code, error_message, parse_retry_after
-from clasp_gateway.ratelimits import parse_rate_limits
-from clasp_gateway.reads import FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large
-from clasp_gateway.redact import redact, redact_bytes
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, Usage
+from clasp_gateway import (
+    KEEPALIVE,
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    FrameTooLarge,
+    GatewayError,
+    ReadLimits,
+    RequestContext,
+    StreamEncoder,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+    error_response,
+    provider_profile,
+    redact,
+    redact_bytes,
+    serve_stream,
+)
 
 from .message import MessageBuilder
 from .sse import encode_event
@@ -142,7 +151,8 @@ class _Frames:
 
     Linear in the bytes fed (each read is scanned once; an unfinished frame is
     appended to, never re-copied) and bounded: an unfinished frame longer than
-    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.reads.FrameTooLarge`."""
+    ``max_frame`` bytes (or a whole one) raises :class:`~clasp_gateway.FrameTooLarge` (the
+    gateway's ``server.max_line_bytes``, from ``upstream.limits``)."""
 
     __slots__ = ("_buf", "_cr", "max_frame")
 
@@ -223,14 +233,13 @@ class AnthropicPassthrough:
                 yield chunk
             return
         response = await self._send(deployment, raw)
-        limits: ReadLimits = getattr(providers, "limits", None) or ReadLimits()
         try:
             ctype = response.headers.get("content-type", "").lower()
             if "event-stream" in ctype:
-                async for chunk in self._events(response, deployment, ctx, limits.max_line_bytes):
+                async for chunk in self._events(response, deployment, ctx):
                     yield chunk
                 return
-            data = await read_body(response, deployment.id, deployment.timeouts.idle, limits.max_body_bytes)
+            data = await providers.upstream.read_body(response, deployment)
             if not data.lstrip().startswith(b"{"):
                 raise UpstreamError(f"{deployment.id}: provider answered something that is not a message",
                                     upstream_status=502, deployment=deployment.id, kind="protocol")
@@ -244,11 +253,8 @@ class AnthropicPassthrough:
             response.release()
 
     async def _send(self, deployment: Deployment, raw: RawRequest) -> aiohttp.ClientResponse:
-        providers = self._providers
-        label = deployment.id
-        session = await providers.pooled_session()
-        t = deployment.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, connect=t.connect)
+        """Send the client's request with the deployment's key (the next one when a key
+        is refused) over the gateway's wire; an error answer raises its status error."""
         data = upstream_body(raw, deployment)
         url = _url(deployment)
         headers = {"content-type": "application/json", "anthropic-version": DEFAULT_VERSION}
@@ -257,60 +263,30 @@ class AnthropicPassthrough:
             if value:
                 headers[name] = value
         headers.update(deployment.headers)
-        pool = providers.credentials.pool(deployment)
-        tried: list[KeySlot] = []
-        while True:  # a refused key: the same request on the next key (as the core paths do)
-            slot = pool.pick(len(data) // 4, tried)
-            if slot is not None and slot.value:
-                headers["x-api-key"] = slot.value
-            try:
-                response = await session.post(url, data=data, headers=headers, timeout=timeout)
-            except TimeoutError:
-                raise UpstreamError(f"{label}: timed out connecting", upstream_status=0, deployment=label,
-                                    kind="timeout") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: cannot reach the provider ({redact(str(exc)) or type(exc).__name__})",
-                                    upstream_status=0, deployment=label, kind="connect") from None
-            if response.status < 400:
-                if slot is not None and pool.tracks_limits:
-                    pool.observe(slot, parse_rate_limits(response.headers))
-                return response
-            try:
-                body = await read_error_body(response, label, t.idle)
-            finally:
-                response.release()
-            if slot is not None and response.status in KEY_FAILURES:
-                pool.reject(slot, response.status, parse_rate_limits(response.headers), error_code=error_code(body))
-                tried.append(slot)
-                if pool.has_alternative(tried):
-                    log.info("%s: API key %s refused (%d); retrying with the next key", label, slot.label, response.status)
-                    continue
-            ctype = response.headers.get("content-type", "").lower()
-            raise UpstreamError(
-                f"{label}: provider answered {response.status}: {redact(error_message(body, ctype))}",
-                upstream_status=response.status, deployment=label,
-                retry_after=parse_retry_after(response.headers, response.status),
-            )
 
-    @staticmethod
-    async def _events(
-        response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any, max_frame: int
-    ) -> AsyncIterator[Chunk]:
+        def build(key: str | None) -> UpstreamRequest:
+            return UpstreamRequest(url, data, {**headers, "x-api-key": key} if key else headers)
+
+        response: aiohttp.ClientResponse = await self._providers.upstream.send(
+            deployment, build, need_tokens=len(data) // 4)
+        return response
+
+    async def _events(self, response: aiohttp.ClientResponse, deployment: Deployment, ctx: Any) -> AsyncIterator[Chunk]:
         label = deployment.id
-        idle = deployment.timeouts.idle
-        frames = _Frames(max_frame)
+        upstream = self._providers.upstream
         started = False
         ended = False
-        async for raw in network_reads(response, label, idle):
-            if raw is None:
+        read_ahead = ctx.read_ahead
+        async for batch in upstream.frames(response, deployment, _Frames(upstream.limits.max_line_bytes)):
+            if batch is None:
+                read_ahead.pending = 0
                 if started:
                     yield KEEPALIVE
                 continue
-            try:
-                batch = frames.feed(raw) if raw else frames.flush()
-            except FrameTooLarge:
-                raise too_large(label, max_frame, line=True) from None
+            remaining = len(batch)
             for name, data in batch:
+                remaining -= 1
+                read_ahead.pending = remaining  # the route writes once per network read
                 if name == "error":
                     # Never relayed as it came (it may quote a key): the provider's status
                     # and a clean message. Before anything was said it is an ordinary
@@ -390,39 +366,90 @@ class PassthroughUsage:
                 setattr(u, field, value)
 
 
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+           "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def canonical_chunk(name: str, data: bytes) -> Chunk | None:
+    """A canonical view of one Anthropic event, for ``on_stream_chunk`` (text, thinking,
+    tool calls, the finish reason and usage; ``None`` for the others)."""
+    if name not in ("content_block_delta", "content_block_start", "message_delta"):
+        return None
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    index = event.get("index") if isinstance(event.get("index"), int) else 0
+    delta: dict[str, Any]
+    if name == "content_block_delta":
+        raw = event.get("delta") or {}
+        kind = raw.get("type")
+        if kind == "text_delta":
+            delta = {"content": raw.get("text") or ""}
+        elif kind == "thinking_delta":
+            delta = {"reasoning_content": raw.get("thinking") or ""}
+        elif kind == "input_json_delta":
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": raw.get("partial_json") or ""}}]}
+        else:
+            return None
+    elif name == "content_block_start":
+        block = event.get("content_block") or {}
+        if block.get("type") != "tool_use":
+            return None
+        delta = {"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                 "function": {"name": block.get("name"), "arguments": ""}}]}
+    else:
+        reason = (event.get("delta") or {}).get("stop_reason")
+        finish = _FINISH.get(reason, reason) if isinstance(reason, str) else None
+        chunk: Chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+            chunk["usage"] = {"completion_tokens": usage["output_tokens"]}
+        return chunk
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+class PassthroughEncoder(StreamEncoder):
+    """Anthropic's events written as they came (only the usage is read, for the books),
+    ``ping`` keep-alives, a clean ``error`` event when the stream is cut."""
+
+    keepalive = _PING
+
+    def __init__(self) -> None:
+        self.seen = PassthroughUsage()
+
+    @property
+    def usage(self) -> Usage:
+        """The usage ``message_start`` and ``message_delta`` reported."""
+        return self.seen.usage
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """The event's frame, bytes untouched."""
+        event = chunk.get("anthropic_event")
+        if event is None:
+            return b""
+        name, data = event
+        self.seen.observe(name, data)
+        return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+    def canonical(self, chunk: Chunk) -> Chunk | None:
+        """What plugins' ``on_stream_chunk`` sees of a pass-through event."""
+        event = chunk.get("anthropic_event")
+        return canonical_chunk(*event) if event is not None else None
+
+    def error(self, error: GatewayError) -> bytes:
+        """Anthropic's in-stream ``error`` event (never the provider's own, which may
+        quote a key)."""
+        return encode_event(*error_event(error.error_type, error.message))
+
+
 async def respond(gateway: Any, ctx: RequestContext, upstream: Any) -> Any:
     """The client's response for a pass-through attempt (streamed or whole)."""
     if ctx.client_stream:
-        return EventStreamResponse(_stream(gateway, ctx, upstream), headers=ctx.response_headers)
+        return serve_stream(gateway, ctx, upstream, PassthroughEncoder())
     return await _complete(gateway, ctx, upstream)
-
-
-async def _stream(gateway: Any, ctx: RequestContext, upstream: Any) -> AsyncIterator[bytes]:
-    seen = PassthroughUsage()
-    status, cut = 200, True
-    error: GatewayError | None = None
-    try:
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
-                yield _PING
-                continue
-            event = chunk.get("anthropic_event")
-            if event is None:
-                continue
-            name, data = event
-            seen.observe(name, data)
-            yield b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-        cut = False
-    except GatewayError as exc:
-        # The answer already started: say so in-stream; never a clean message_stop.
-        status, error = exc.status, exc
-        yield encode_event(*error_event(exc.error_type, exc.message))
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499
-        raise
-    finally:
-        await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=seen.usage, status=status, error=error, cut=cut)
 
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Response:

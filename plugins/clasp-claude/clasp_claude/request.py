@@ -19,7 +19,7 @@ any OpenAI-compatible upstream:
   message of the same turn answers it), and a system message between a tool call and
   its result moves after the result.
 - ``max_tokens`` (and ``thinking.budget_tokens``) above
-  :data:`~clasp_gateway.limits.MAX_OUTPUT_TOKENS` is refused; below it the core clamps
+  :data:`~clasp_gateway.shell.limits.MAX_OUTPUT_TOKENS` is refused; below it the core clamps
   it to the deployment's output limit.
 - ``thinking``/``redacted_thinking`` history is dropped (providers reject or
   mis-handle echoed reasoning), as are server-tool blocks (web search results...).
@@ -42,10 +42,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from clasp_gateway.errors import InvalidRequestError
-from clasp_gateway.limits import MAX_OUTPUT_TOKENS
-from clasp_gateway.schema import clean_schema
-from clasp_gateway.types import RequestHints
+from clasp_gateway import MAX_OUTPUT_TOKENS, InvalidRequestError, RequestHints, clean_schema
 
 __all__ = [
     "EMPTY_TOOL_OUTPUT",

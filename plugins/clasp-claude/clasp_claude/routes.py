@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.access import note
-from clasp_gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from clasp_gateway.http import (
+from clasp_gateway import (
+    KEEPALIVE,
+    Chunk,
     EventStreamResponse,
+    Gateway,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestContext,
+    StreamEncoder,
+    UpstreamStream,
+    Usage,
     authenticate,
+    check_message_count,
+    created_timestamps,
+    describe_model,
     error_response,
     json_response,
+    list_openai_models,
+    note_access,
     read_json,
     request_headers,
+    retrieve_openai_model,
+    serve_stream,
+    served_models,
+    status_of,
 )
-from clasp_gateway.limits import check_message_count
-from clasp_gateway.openai_api import list_models as list_openai_models
-from clasp_gateway.openai_api import retrieve_model as retrieve_openai_model
-from clasp_gateway.openai_api import status_of
-from clasp_gateway.pipeline import Gateway
-from clasp_gateway.served import created_timestamps, describe_model, served_models
-from clasp_gateway.types import KEEPALIVE, RequestContext, UpstreamStream
 
 from . import passthrough
 from .message import MessageBuilder
 from .request import estimate_input_tokens, to_canonical
-from .sse import encode_event
+from .sse import encode_event, encode_events
 from .stream import StreamTranslator, error_event, ping_event
 from .tokens import count_tokens, encoding_for_model
 
@@ -59,7 +69,7 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
             hints=translated.hints,
         )
-        note(request, ctx=ctx)
+        note_access(request, ctx=ctx)
         # An Anthropic deployment gets the client's own request (passthrough.py).
         passthrough.remember(ctx, raw, headers)
         # Stop sequences are matched by the gateway, so it reads a stream to stop early.
@@ -89,52 +99,47 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
         tool_names=translated.tool_names,
     )
     if ctx.client_stream:
-        return EventStreamResponse(_stream(gateway, ctx, upstream, translator), headers=ctx.response_headers)
+        return serve_stream(gateway, ctx, upstream, AnthropicEncoder(translator))
     return await _complete(gateway, ctx, upstream, translator)
 
 
-async def _stream(
-    gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
-) -> AsyncIterator[bytes]:
-    status, cut = 200, True
-    error: Exception | None = None
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
-    read_ahead = ctx.read_ahead
-    out: list[bytes] = []
-    try:
-        yield b"".join(encode_event(n, p) for n, p in translator.start()) + PING
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
-                out.append(PING)
-            else:
-                if chunk_hook is not None:
-                    chunk_hook(ctx, chunk)  # isolated: a failing plugin never cuts the stream
-                for name, payload in translator.feed(chunk):
-                    out.append(encode_event(name, payload))
-                if translator.done:
-                    break
-            # One write per upstream read: hold output while more decoded chunks wait.
-            if out and not read_ahead.pending:
-                yield b"".join(out)
-                out = []
-        out += [encode_event(n, p) for n, p in translator.finish()]
-        cut = False
-        yield b"".join(out)
-    except GatewayError as exc:
-        # The answer already started: say so in-stream; never a clean message_stop.
-        status, error = exc.status, exc
-        yield b"".join(out) + encode_event(*error_event(exc.error_type, exc.message))
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499  # the client went away
-        raise
-    except Exception as exc:  # a gateway bug: still an error event, never a silent cut
-        log.error("%s unexpected error while streaming", ctx.request_id, exc_info=exc)
-        status, error = 500, exc
-        yield b"".join(out) + encode_event(*error_event(
-            "api_error", "internal gateway error; see the gateway log for request " + ctx.request_id))
-    finally:
-        await upstream.aclose()
-        await gateway.finish(ctx, upstream, usage=translator.usage, status=status, error=error, cut=cut)
+class AnthropicEncoder(StreamEncoder):
+    """Anthropic's Messages stream: the translator's events (``message_start`` and a
+    ``ping`` first, ``message_stop`` last), ``ping`` keep-alives, an ``error`` event
+    when the answer is cut."""
+
+    keepalive = PING
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self.translator = translator
+        self._feed = translator.feed
+
+    @property
+    def usage(self) -> Usage:
+        """The upstream's usage (estimated where it gave none)."""
+        return self.translator.usage
+
+    def start(self) -> bytes:
+        """``message_start``, then a ping (the client hears from the gateway at once)."""
+        return encode_events(self.translator.start()) + PING
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """The events one canonical chunk makes (often one, sometimes none); ``done``
+        once a stop sequence matched, or the finish and the usage both arrived."""
+        events = self._feed(chunk)
+        self.done = self.translator.done
+        if len(events) == 1:  # the common case: no join, no generator
+            name, payload = events[0]
+            return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+        return encode_events(events)
+
+    def finish(self) -> bytes:
+        """The closing blocks, ``message_delta`` and ``message_stop``."""
+        return encode_events(self.translator.finish())
+
+    def error(self, error: GatewayError) -> bytes:
+        """Anthropic's in-stream ``error`` event."""
+        return encode_event(*error_event(error.error_type, error.message))
 
 
 async def _complete(
@@ -184,7 +189,7 @@ async def count_tokens_endpoint(request: Request) -> Response:
 async def list_models_endpoint(request: Request) -> Response:
     """``GET /v1/models``: Anthropic's shape for Anthropic clients, OpenAI's otherwise.
 
-    Concrete names only (``clasp_gateway.served``): Claude Code's model discovery
+    Concrete names only (``clasp_gateway.shell.served``): Claude Code's model discovery
     keeps ids containing "claude" and shows ``display_name`` and ``description``.
     """
     if "anthropic-version" not in request.headers:

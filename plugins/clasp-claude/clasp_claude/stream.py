@@ -48,8 +48,7 @@ from typing import Any
 
 import orjson
 
-from clasp_gateway.canonical import completion_to_chunk
-from clasp_gateway.types import Usage
+from clasp_gateway import Usage, completion_to_chunk
 
 __all__ = [
     "THINKING_SIGNATURE",

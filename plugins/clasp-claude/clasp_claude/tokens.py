@@ -3,7 +3,7 @@
 The body is validated and translated exactly like a Messages request
 (:func:`~clasp_claude.request.to_canonical`, without ``max_tokens``), then counted
 the way OpenAI bills chat input with the core's counter
-(:func:`clasp_gateway.tokens.count_canonical`): per-message overhead, text, tool
+(:func:`clasp_gateway.shaping.tokens.count_canonical`): per-message overhead, text, tool
 calls, tool definitions, and Anthropic's size-based estimates for images and PDFs.
 History ``thinking`` blocks count zero, as with Anthropic (they are not sent upstream
 either). Loading tiktoken offline (:func:`tiktoken_cache_dir`, :func:`get_encoding`)
@@ -19,7 +19,7 @@ import re
 import struct
 from typing import Any
 
-from clasp_gateway.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
+from clasp_gateway import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 
 from .request import IMAGE_TOKENS, PDF_PAGE_TOKENS, to_canonical
 

@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from clasp_gateway.context import is_context_overflow
-from clasp_gateway.errors import ConfigurationError, GatewayError, UpstreamError
+from clasp_gateway import ConfigurationError, GatewayError, UpstreamError, is_context_overflow
 
 FailureKind = Literal[
     "overflow",  # the request does not fit the model's context window

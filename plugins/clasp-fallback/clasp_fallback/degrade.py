@@ -26,9 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from clasp_gateway.errors import GatewayError, OverloadedError
-from clasp_gateway.permissions import UNAVAILABLE_KEY
-from clasp_gateway.types import Chunk, Deployment, RequestContext
+from clasp_gateway import UNAVAILABLE_KEY, Chunk, Deployment, GatewayError, OverloadedError, RequestContext
 
 from .classify import classify
 from .stats import safe_error_text

@@ -2,7 +2,7 @@
 
 A background task (started in ``startup``, cancelled in ``shutdown``) checks every
 deployment each ``fallback.health.interval`` seconds with the core's probe
-(:func:`clasp_gateway.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
+(:func:`clasp_gateway.wire.probe.probe_deployment`: ``GET /models`` for OpenAI-compatible
 upstreams, or a 1-token completion with ``method: call``) and feeds the result to the
 deployment's circuit breaker. With shared state, one process checks each deployment per
 interval (a lease: ``set(..., if_absent=True)`` on the shared state, Redis or the
@@ -25,10 +25,7 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway.errors import GatewayError
-from clasp_gateway.http import authenticate, error_response, json_response
-from clasp_gateway.probe import probe_deployment
-from clasp_gateway.types import Deployment
+from clasp_gateway import Deployment, GatewayError, authenticate, error_response, json_response, probe_deployment
 
 from .stats import CheckResult, safe_error_text
 

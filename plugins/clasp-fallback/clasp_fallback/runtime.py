@@ -23,11 +23,19 @@ from typing import Any
 
 import orjson
 
-from clasp_gateway import StateBackend, StateSettings, StateUnavailable, create_state
-from clasp_gateway.hookspecs import hookimpl
-from clasp_gateway.pipeline import Gateway
-from clasp_gateway.plugins import await_me_maybe
-from clasp_gateway.types import Attempt, CanonicalRequest, Deployment, RequestContext
+from clasp_gateway import (
+    Attempt,
+    CanonicalRequest,
+    Deployment,
+    Gateway,
+    RequestContext,
+    StateBackend,
+    StateSettings,
+    StateUnavailable,
+    await_me_maybe,
+    create_state,
+    hookimpl,
+)
 
 from .breaker import BreakerStore, BreakerView, SharedBreakers
 from .classify import Failure, classify

@@ -29,13 +29,13 @@ from clasp_gateway import (
     ListOf,
     MapOf,
     Number,
+    Secret,
     Section,
     String,
     build_classifier,
     did_you_mean,
     resolve_secret,
 )
-from clasp_gateway.types import Secret
 
 BUILTIN_STRATEGIES = ("strict", "cost", "balanced")
 HEALTH_METHODS = ("auto", "models", "call")

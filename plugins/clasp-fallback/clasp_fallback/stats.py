@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from clasp_gateway.redact import redact
+from clasp_gateway import redact
 
 ALPHA = 0.2
 """Weight of the newest observation in the moving averages (~ the last 10 attempts)."""

@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clasp_gateway.context import estimate_tokens
-from clasp_gateway.plugins import await_me_maybe
-from clasp_gateway.types import CanonicalRequest, Deployment, RequestContext
+from clasp_gateway import CanonicalRequest, Deployment, RequestContext, await_me_maybe, estimate_tokens
 
 from .breaker import BreakerView
 from .settings import BalanceWeights, FallbackSettings

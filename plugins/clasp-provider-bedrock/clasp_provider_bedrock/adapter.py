@@ -32,13 +32,22 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from clasp_gateway.canonical import completion_to_chunk
-from clasp_gateway.config import resolve_secret
-from clasp_gateway.errors import ConfigurationError, UpstreamError
-from clasp_gateway.providers import parse_retry_after
-from clasp_gateway.reads import network_reads
-from clasp_gateway.redact import redact
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext
+from clasp_gateway import (
+    KEEPALIVE,
+    CanonicalRequest,
+    Chunk,
+    ConfigurationError,
+    Deployment,
+    Providers,
+    RequestContext,
+    Upstream,
+    UpstreamError,
+    UpstreamRequest,
+    completion_to_chunk,
+    parse_retry_after,
+    redact,
+    resolve_secret,
+)
 
 from .converse import EXPIRED, ConverseStream, converse_body, error_for, stream_error, whole_answer
 from .credentials import AwsCredentials, Resolver, botocore_resolver, default_region
@@ -49,9 +58,6 @@ log = logging.getLogger("clasp.bedrock")
 
 SERVICE = "bedrock"
 """The SigV4 signing name of the Bedrock runtime."""
-MAX_ERROR_BODY = 64 * 1024
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
-"""Largest whole (non-streamed) answer read into memory."""
 
 
 @dataclass(slots=True)
@@ -88,32 +94,30 @@ class BedrockProvider:
 
     def __init__(self, resolver: Resolver | None = None) -> None:
         self._resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream = Upstream()
+        """The gateway's wire once bound; until then (tests, tools) its own."""
+        self._bound = False
         self._targets: dict[str, Target] = {}
         self._lock: asyncio.Lock | None = None
         self._config: Any = None
 
     # --- lifecycle (called by the gateway) ---------------------------------------------------
 
-    async def start(self) -> None:
-        """Nothing before serving: the session opens on the first Bedrock call, so a
-        gateway without Bedrock deployments pays nothing for this plugin."""
+    def bind(self, providers: Providers) -> None:
+        """Send over the gateway's wire: its pooled session, timeouts and read limits."""
+        self._upstream = providers.upstream
+        self._bound = True
 
-    async def _open_session(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None),
-                skip_auto_headers=("User-Agent",),
-            )
+    async def start(self) -> None:
+        """Nothing before serving: credentials are resolved on the first Bedrock call, so
+        a gateway without Bedrock deployments pays nothing for this plugin."""
 
     async def close(self) -> None:
         for target in self._targets.values():
             await target.credentials.close()
         self._targets.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if not self._bound:
+            await self._upstream.close()
 
     # --- per deployment ------------------------------------------------------------------------
 
@@ -191,9 +195,6 @@ class BedrockProvider:
     async def open(
         self, deployment: Deployment, body: CanonicalRequest, *, stream: bool, ctx: RequestContext | None = None
     ) -> AsyncIterator[Chunk]:
-        if self._session is None:
-            await self._open_session()
-        assert self._session is not None
         label = deployment.id
         if "litellm" not in sys.modules:  # the adapter used outside a gateway: import off the loop
             await asyncio.to_thread(importlib.import_module, "litellm")
@@ -204,46 +205,38 @@ class BedrockProvider:
         except Exception as exc:  # LiteLLM refused the request (content it cannot express)
             raise UpstreamError(f"{label}: cannot build the Converse request: {redact(str(exc))[:300]}",
                                 upstream_status=400, deployment=label) from None
-        url = target.endpoint + suffix
-        t = deployment.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+        address = target.endpoint + suffix
+        url = URL(address, encoded=True)  # sent exactly as signed (``%3A`` in model ids)
         accept = "application/vnd.amazon.eventstream" if stream else "application/json"
-        for attempt in (1, 2):
+
+        async def signed(key: str | None) -> UpstreamRequest:
             credentials = await target.credentials.get()
-            headers = self.sign(url, payload, credentials, target.region, accept)
+            headers = self.sign(address, payload, credentials, target.region, accept)
             headers.update(deployment.headers)
-            try:
-                # encoded=True: the path is sent exactly as signed (``%3A`` in model ids).
-                response = await self._session.post(URL(url, encoded=True), data=payload, headers=headers,
-                                                    timeout=timeout)
-            except TimeoutError:
-                raise UpstreamError(f"{label}: timed out connecting to Bedrock", upstream_status=0,
-                                    deployment=label, kind="timeout") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: cannot reach Bedrock ({redact(str(exc)) or type(exc).__name__})",
-                                    upstream_status=0, deployment=label, kind="connect") from None
-            if response.status < 400:
-                break
-            try:
-                error_body = await self._read(response, label, t.idle, MAX_ERROR_BODY)
-            finally:
-                response.release()
-            error_type = response.headers.get("x-amzn-ErrorType", "")
-            if attempt == 1 and error_type.split(":", 1)[0].strip().lower() in EXPIRED:
-                # Temporary credentials expired before botocore renewed them (clock skew,
-                # revoked session): resolve the chain again and resend once.
-                log.info("%s: AWS credentials expired; resolving them again", label)
-                target.credentials.invalidate()
-                continue
-            raise error_for(label, response.status, error_type, error_body,
-                            parse_retry_after(response.headers, response.status))
+            return UpstreamRequest(url, payload, headers)
+
+        def expired(response: aiohttp.ClientResponse, body: bytes) -> bool:
+            # Temporary credentials expired before botocore renewed them (clock skew,
+            # revoked session): resolve the chain again and resend once.
+            if response.headers.get("x-amzn-ErrorType", "").split(":", 1)[0].strip().lower() not in EXPIRED:
+                return False
+            log.info("%s: AWS credentials expired; resolving them again", label)
+            target.credentials.invalidate()
+            return True
+
+        def refused(response: aiohttp.ClientResponse, body: bytes, label: str) -> UpstreamError:
+            return error_for(label, response.status, response.headers.get("x-amzn-ErrorType", ""), body,
+                             parse_retry_after(response.headers, response.status))
+
+        upstream = self._upstream
+        response = await upstream.send(deployment, signed, keys=False, refresh=expired, error=refused, name="Bedrock")
         try:
             ctype = response.headers.get("content-type", "").lower()
             if stream and "eventstream" in ctype:
-                async for chunk in self._events(response, deployment):
+                async for chunk in self._events(upstream, response, deployment):
                     yield chunk
                 return
-            raw = await self._read(response, label, t.idle, MAX_ANSWER_BYTES)
+            raw = await upstream.read_body(response, deployment)
             if "html" in ctype or raw.lstrip()[:1] == b"<":
                 raise UpstreamError(f"{label}: Bedrock answered HTML (is api_base right?)", upstream_status=502,
                                     deployment=label, kind="protocol")
@@ -257,14 +250,15 @@ class BedrockProvider:
             response.release()
 
     @staticmethod
-    async def _events(response: aiohttp.ClientResponse, deployment: Deployment) -> AsyncIterator[Chunk]:
+    async def _events(upstream: Upstream, response: aiohttp.ClientResponse, deployment: Deployment
+                      ) -> AsyncIterator[Chunk]:
         """A ConverseStream answer, decoded as it arrives."""
         from botocore.eventstream import EventStreamBuffer, ParserError
 
         label = deployment.id
         answer = ConverseStream(label, deployment.model)
         buffer = EventStreamBuffer()
-        async for raw in network_reads(response, label, deployment.timeouts.idle):
+        async for raw in upstream.reads(response, deployment):
             if raw is None:
                 yield KEEPALIVE
                 continue
@@ -293,27 +287,3 @@ class BedrockProvider:
         last = answer.end()
         if last is not None:
             yield last
-
-    @staticmethod
-    async def _read(response: aiohttp.ClientResponse, label: str, idle: float | None, limit: int) -> bytes:
-        """At most ``limit`` bytes of the body (a bigger answer is an error, not a memory hog)."""
-        try:
-            async with asyncio.timeout(idle):
-                data = await response.content.read(limit + 1)
-                while len(data) <= limit:
-                    more = await response.content.read(limit + 1 - len(data))
-                    if not more:
-                        break
-                    data += more
-        except TimeoutError:
-            raise UpstreamError(f"{label}: Bedrock stopped sending", upstream_status=0, deployment=label,
-                                kind="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{label}: connection to Bedrock broke ({type(exc).__name__})", upstream_status=0,
-                                deployment=label, kind="protocol") from None
-        if len(data) > limit:
-            if limit == MAX_ERROR_BODY:
-                return data[:limit]
-            raise UpstreamError(f"{label}: Bedrock's answer is larger than {limit} bytes", upstream_status=502,
-                                deployment=label, kind="protocol")
-        return data

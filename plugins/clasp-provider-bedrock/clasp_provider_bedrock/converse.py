@@ -31,9 +31,7 @@ from typing import Any
 
 import orjson
 
-from clasp_gateway.errors import UpstreamError
-from clasp_gateway.redact import redact
-from clasp_gateway.types import CanonicalRequest, Chunk
+from clasp_gateway import CanonicalRequest, Chunk, UpstreamError, redact
 
 __all__ = ["ConverseStream", "converse_body", "error_for", "exception_status", "stream_error", "whole_answer"]
 

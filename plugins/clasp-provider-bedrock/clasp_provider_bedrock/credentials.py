@@ -30,8 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clasp_gateway.errors import UpstreamError
-from clasp_gateway.redact import register_secret
+from clasp_gateway import UpstreamError, register_secret
 
 log = logging.getLogger("clasp.bedrock.credentials")
 

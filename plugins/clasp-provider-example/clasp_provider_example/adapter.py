@@ -30,7 +30,6 @@ with ``Retry-After``). The adapter turns all of this into the gateway's canonica
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,10 +37,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from clasp_gateway.errors import UpstreamError
-from clasp_gateway.providers import parse_retry_after
-from clasp_gateway.redact import redact
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
+from clasp_gateway import (
+    KEEPALIVE,
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    NDJSONDecoder,
+    Providers,
+    Upstream,
+    UpstreamError,
+    UpstreamRequest,
+    parse_retry_after,
+    redact,
+)
 
 __all__ = ["AcmeProvider", "chunks_from_events", "to_acme"]
 
@@ -50,7 +58,6 @@ STOP_REASONS = {"end": "stop", "tool_use": "tool_calls", "max_tokens": "length",
 # Acme error types -> the HTTP status they stand for (so the gateway maps and retries them).
 ERROR_STATUS = {"invalid_request": 400, "unauthorized": 401, "not_found": 404, "rate_limited": 429,
                 "overloaded": 503, "timeout": 504}
-_MAX_ERROR_BODY = 64 * 1024
 
 
 # --- canonical (OpenAI chat) -> Acme ---------------------------------------------------------
@@ -222,122 +229,87 @@ def chunks_from_events(events: list[dict[str, Any]], label: str = "acme", model:
 class AcmeProvider:
     """A clasp provider adapter (``register_providers``) for the Acme Generate API.
 
-    One pooled HTTP session per gateway, opened by :meth:`start` and closed by
-    :meth:`close` (the gateway calls both); ``open`` yields canonical chunks and raises
-    :class:`UpstreamError` for every failure, including a stream that stops early.
+    Translation only: the gateway's :class:`~clasp_gateway.Upstream` (handed over by
+    ``bind``) sends each request over its pooled session with the deployment's
+    timeouts, rotates its API keys when Acme refuses one, bounds what is read, and
+    turns an HTTP error into an :class:`UpstreamError` (:func:`_http_error` words it).
+    ``open`` yields canonical chunks and raises for every failure, including a stream
+    that stops early. Outside a gateway (tests, tools) it makes its own ``Upstream``.
     """
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream = Upstream()
+        self._bound = False
+
+    def bind(self, providers: Providers) -> None:
+        """Use the gateway's wire (called once, when the gateway is built)."""
+        self._upstream = providers.upstream
+        self._bound = True
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
+        """Nothing to prepare: the session opens on the first call."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if not self._bound:  # the gateway closes its own wire
+            await self._upstream.close()
 
     @staticmethod
-    def request_for(deployment: Deployment, body: CanonicalRequest) -> tuple[str, dict[str, str], bytes]:
-        """URL, headers and JSON payload of the Acme call for ``body``."""
+    def request_for(deployment: Deployment, body: CanonicalRequest, key: str | None) -> UpstreamRequest:
+        """The Acme call for ``body`` with API key ``key``."""
         headers = {"content-type": "application/json", "accept": "application/x-ndjson",
                    "user-agent": "clasp-provider-example"}
-        key = next((k.value for k in deployment.keys if k.value), None)
         if key:
             headers["authorization"] = f"Bearer {key}"
         headers.update(deployment.headers)
         payload = to_acme(body, deployment.model)
         payload.update(deployment.extra_body)  # clasp.yaml `extra_body:` wins, as for built-in providers
-        return f"{deployment.api_base}/v1/generate", headers, orjson.dumps(payload)
+        return UpstreamRequest(f"{deployment.api_base}/v1/generate", orjson.dumps(payload), headers)
 
     async def open(self, deployment: Deployment, body: CanonicalRequest, *, stream: bool) -> AsyncIterator[Chunk]:
         # Acme always streams; for a non-streaming client the gateway aggregates the chunks.
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
         label = deployment.id
-        url, headers, payload = self.request_for(deployment, body)
-        t = deployment.timeouts
+        upstream = self._upstream
+        response = await upstream.send(deployment, lambda key: self.request_for(deployment, body, key),
+                                       error=_http_error, name="Acme")
         try:
-            response = await self._session.post(
-                url, data=payload, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect),
-            )
-        except TimeoutError:
-            raise UpstreamError(f"{label}: timed out connecting to Acme", upstream_status=0, deployment=label,
-                                kind="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{label}: cannot reach Acme ({redact(str(exc)) or type(exc).__name__})",
-                                upstream_status=0, deployment=label, kind="connect") from None
-        try:
-            if response.status >= 400:
-                raise await self._http_error(response, label, t.idle)
             ctype = response.headers.get("content-type", "")
             if "ndjson" not in ctype:
                 raise UpstreamError(f"{label}: Acme answered {ctype or 'no content type'}, not NDJSON "
                                     "(is api_base right?)", upstream_status=502, deployment=label, kind="protocol")
             decoder = _Events(label, deployment.model)
-            async for event in self._lines(response, label, t.idle):
-                chunk = decoder.convert(event)
-                if chunk is not None:
-                    yield chunk
-                if decoder.ended:
-                    return
+            async for lines in upstream.frames(response, deployment, NDJSONDecoder(upstream.limits.max_line_bytes)):
+                if lines is None:  # silent but connected: the gateway sends the client a ping
+                    yield KEEPALIVE
+                    continue
+                for line in lines:
+                    try:
+                        event = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError(f"{label}: Acme sent a malformed event", upstream_status=502,
+                                            deployment=label, kind="protocol") from None
+                    chunk = decoder.convert(event)
+                    if chunk is not None:
+                        yield chunk
+                    if decoder.ended:
+                        return
             raise UpstreamError(f"{label}: the Acme stream ended before its end event", upstream_status=0,
                                 deployment=label, kind="protocol")
         finally:
             response.release()
 
-    @staticmethod
-    async def _lines(response: aiohttp.ClientResponse, label: str, idle: float | None) -> AsyncIterator[Any]:
-        """NDJSON events, read in pieces (a tool call with a whole file can exceed any line limit)."""
-        buffer = b""
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    piece = await response.content.readany()
-            except TimeoutError:
-                raise UpstreamError(f"{label}: Acme sent nothing for {idle:.0f}s", upstream_status=0,
-                                    deployment=label, kind="timeout") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: the Acme stream broke ({type(exc).__name__})", upstream_status=0,
-                                    deployment=label, kind="protocol") from None
-            if not piece:
-                if buffer.strip():
-                    raise UpstreamError(f"{label}: the Acme stream ended inside an event", upstream_status=0,
-                                        deployment=label, kind="protocol")
-                return
-            buffer += piece
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    try:
-                        yield orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamError(f"{label}: Acme sent a malformed event", upstream_status=502,
-                                            deployment=label, kind="protocol") from None
 
-    @staticmethod
-    async def _http_error(response: aiohttp.ClientResponse, label: str, idle: float | None) -> UpstreamError:
-        try:
-            async with asyncio.timeout(idle):
-                raw = await response.content.read(_MAX_ERROR_BODY)
-        except (TimeoutError, aiohttp.ClientError):
-            raw = b""
-        message = ""
-        try:
-            data = orjson.loads(raw)
-            err = data.get("error") if isinstance(data, dict) else None
-            if isinstance(err, dict):
-                message = f"{err.get('type', 'error')}: {err.get('message', '')}"
-        except orjson.JSONDecodeError:
-            message = " ".join(raw.decode("utf-8", "replace").split())[:300]
-        return UpstreamError(
-            f"{label}: Acme answered {response.status}: {redact(message) or '(empty body)'}",
-            upstream_status=response.status, deployment=label, retry_after=parse_retry_after(response.headers),
-        )
+def _http_error(response: aiohttp.ClientResponse, raw: bytes, label: str) -> UpstreamError:
+    """An Acme error answer (``{"error": {"type", "message"}}``) as the gateway's error;
+    ``retry_after`` from Acme's ``Retry-After``."""
+    message = ""
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = f"{err.get('type', 'error')}: {err.get('message', '')}"
+    except orjson.JSONDecodeError:
+        message = " ".join(raw.decode("utf-8", "replace").split())[:300]
+    return UpstreamError(
+        f"{label}: Acme answered {response.status}: {redact(message) or '(empty body)'}",
+        upstream_status=response.status, deployment=label, retry_after=parse_retry_after(response.headers),
+    )

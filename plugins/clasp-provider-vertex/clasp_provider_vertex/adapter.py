@@ -4,10 +4,10 @@ Both are built from what the gateway already knows, so nothing about Gemini's or
 Anthropic's formats is written twice:
 
 - the request is first shaped as for the gateway's own ``gemini`` (or
-  ``anthropic``) provider (:func:`clasp_gateway.quirks.prepare_body`: Gemini's
+  ``anthropic``) provider (:func:`clasp_gateway.wire.quirks.prepare_body`: Gemini's
   schema subset, letter-led tool names, thought signatures; Anthropic's reasoning),
   then built by the transform path's recipe for that provider (LiteLLM's provider
-  config, :class:`clasp_gateway.transform.TransformAdapter`);
+  config, :class:`clasp_gateway.wire.transform.TransformAdapter`);
 - only the address and the authentication are Vertex's: ``POST {base}/v1/projects/
   {project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse``
   for Gemini, ``.../publishers/anthropic/models/{model}:streamRawPredict`` for Claude
@@ -15,8 +15,8 @@ Anthropic's formats is written twice:
   vertex-2023-10-16``), with ``Authorization: Bearer`` and a service account's OAuth
   token (:mod:`.tokens`);
 - the SSE answer is read by the transform path's
-  :class:`~clasp_gateway.transform.EventReader` and corrected as the gateway's own
-  provider's answers are (:func:`clasp_gateway.quirks.response_fixer`).
+  :class:`~clasp_gateway.wire.transform.EventReader` and corrected as the gateway's own
+  provider's answers are (:func:`clasp_gateway.wire.quirks.response_fixer`).
 
 Vertex is always asked to stream; for a client that wants a whole answer the gateway
 assembles one from the stream (as it does for every stream-only provider).
@@ -46,15 +46,28 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from clasp_gateway.config import resolve_secret
-from clasp_gateway.errors import ConfigurationError, GatewayError, UpstreamError
-from clasp_gateway.providers import parse_retry_after
-from clasp_gateway.quirks import prepare_body, response_fixer
-from clasp_gateway.reads import network_reads
-from clasp_gateway.redact import redact
-from clasp_gateway.sse import SSEDecoder
-from clasp_gateway.transform import EventReader, TransformAdapter
-from clasp_gateway.types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext, RequestHints
+from clasp_gateway import (
+    KEEPALIVE,
+    CanonicalRequest,
+    Chunk,
+    ConfigurationError,
+    Deployment,
+    EventReader,
+    GatewayError,
+    Providers,
+    RequestContext,
+    RequestHints,
+    SSEDecoder,
+    TransformAdapter,
+    Upstream,
+    UpstreamError,
+    UpstreamRequest,
+    parse_retry_after,
+    prepare_body,
+    redact,
+    resolve_secret,
+    response_fixer,
+)
 
 from .tokens import ServiceAccountTokens
 
@@ -63,7 +76,6 @@ __all__ = ["ANTHROPIC_VERSION", "Target", "VertexProvider", "publisher_of"]
 ANTHROPIC_VERSION = "vertex-2023-10-16"
 """The ``anthropic_version`` Claude on Vertex requires in the body."""
 DEFAULT_LOCATION = "us-central1"
-MAX_ERROR_BODY = 64 * 1024
 
 
 def publisher_of(model: str) -> str:
@@ -157,15 +169,17 @@ class VertexProvider:
 
     def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
-        self._providers: Any = None
+        self._providers: Providers | None = None
+        self._upstream = Upstream()
+        """The gateway's wire once bound; until then (tests, tools) its own."""
         self._own_transform: TransformAdapter | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._targets: dict[str, Target] = {}
         self._lock: asyncio.Lock | None = None
 
-    def bind(self, providers: Any) -> None:
-        """Receive the gateway's providers (its transform path and pooled session)."""
+    def bind(self, providers: Providers) -> None:
+        """Receive the gateway's providers: its wire and its transform path."""
         self._providers = providers
+        self._upstream = providers.upstream
 
     async def start(self) -> None:
         """Nothing to do before serving: tokens are fetched on first use, per deployment."""
@@ -174,26 +188,16 @@ class VertexProvider:
         for target in self._targets.values():
             await target.tokens.close()
         self._targets.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if self._providers is not None:
-            session: aiohttp.ClientSession = await self._providers.pooled_session()
-            return session
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        return self._session
+        if self._providers is None:
+            await self._upstream.close()
 
     @property
     def transform(self) -> TransformAdapter:
         """The gateway's transform path (or this adapter's own, when not bound)."""
         if self._providers is not None:
-            transform: TransformAdapter = self._providers.transform
-            return transform
+            return self._providers.transform
         if self._own_transform is None:
-            self._own_transform = TransformAdapter(self._get_session, _load_litellm)
+            self._own_transform = TransformAdapter(_load_litellm, self._upstream)
         return self._own_transform
 
     # --- per deployment ------------------------------------------------------------------------
@@ -262,66 +266,61 @@ class VertexProvider:
         except Exception as exc:  # LiteLLM refused the request (content it cannot express)
             raise UpstreamError(f"{label}: cannot build the Vertex request: {redact(str(exc))[:300]}",
                                 upstream_status=400, deployment=label) from None
-        session = await self._get_session()
-        t = deployment.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
-        for attempt in (1, 2):
+
+        async def authorised(key: str | None) -> UpstreamRequest:
             token = await target.tokens.token()
             headers = {"content-type": "application/json", "accept": "text/event-stream",
                        "authorization": f"Bearer {token}", **deployment.headers}
-            try:
-                response = await session.post(target.url, data=payload, headers=headers, timeout=timeout)
-            except TimeoutError:
-                raise UpstreamError(f"{label}: timed out connecting to Vertex AI", upstream_status=0,
-                                    deployment=label, kind="timeout") from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{label}: cannot reach Vertex AI ({redact(str(exc)) or type(exc).__name__})",
-                                    upstream_status=0, deployment=label, kind="connect") from None
-            if response.status < 400:
-                break
-            try:
-                error_body = await self._read_error(response, label, t.idle)
-            finally:
-                response.release()
-            if response.status == 401 and attempt == 1:
-                # The token was revoked or expired early: fetch a new one and resend once.
-                target.tokens.invalidate()
-                continue
+            return UpstreamRequest(target.url, payload, headers)
+
+        def revoked(response: aiohttp.ClientResponse, body: bytes) -> bool:
+            # The token was revoked or expired early: fetch a new one and resend once.
+            if response.status != 401:
+                return False
+            target.tokens.invalidate()
+            return True
+
+        def refused(response: aiohttp.ClientResponse, body: bytes, label: str) -> UpstreamError:
             hint = ""
             if response.status == 401:
                 hint = " (the service account's token was refused)"
             elif response.status == 403:
                 hint = f" (grant {target.tokens.account} the Vertex AI User role on the project, and enable the model)"
-            raise UpstreamError(
-                f"{label}: Vertex AI answered {response.status}: {redact(_message(error_body))[:300]}{hint}",
+            return UpstreamError(
+                f"{label}: Vertex AI answered {response.status}: {redact(_message(body))[:300]}{hint}",
                 upstream_status=response.status, deployment=label,
                 retry_after=parse_retry_after(response.headers, response.status),
             )
+
+        upstream = self._upstream
+        response = await upstream.send(deployment, authorised, keys=False, refresh=revoked, error=refused,
+                                       name="Vertex AI")
         try:
-            async for chunk in self._events(response, label, t.idle, prepared, target.shaped):
+            async for chunk in self._events(upstream, response, deployment, prepared, target.shaped):
                 yield chunk
         finally:
             response.release()
 
     @staticmethod
-    async def _events(response: aiohttp.ClientResponse, label: str, idle: float | None, prepared: Any,
+    async def _events(upstream: Upstream, response: aiohttp.ClientResponse, deployment: Deployment, prepared: Any,
                       shaped: Deployment) -> AsyncIterator[Chunk]:
+        label = deployment.id
         ctype = response.headers.get("content-type", "").lower()
         if "event-stream" not in ctype:
             raise UpstreamError(f"{label}: Vertex AI answered {ctype or 'no content type'}, not a stream "
                                 "(is api_base right?)", upstream_status=502, deployment=label, kind="protocol")
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(upstream.limits.max_line_bytes)
         reader = EventReader(prepared, label)
         fix = response_fixer(shaped)
         # Chunks with nothing to show (Claude's message_start: usage only) wait for the
         # first visible one: the first chunk commits the gateway to this deployment, and
         # an error right after message_start (overloaded) must still allow a fallback.
         held: list[Chunk] | None = []
-        async for raw in network_reads(response, label, idle):
-            if raw is None:
+        async for frames in upstream.frames(response, deployment, decoder):
+            if frames is None:
                 yield KEEPALIVE
                 continue
-            for data in decoder.feed(raw) if raw else decoder.flush():
+            for data in frames:
                 try:
                     event = orjson.loads(data)
                 except orjson.JSONDecodeError:
@@ -344,11 +343,3 @@ class VertexProvider:
         if not reader.finished:
             raise UpstreamError(f"{label}: the Vertex stream ended before the answer was complete",
                                 upstream_status=0, deployment=label, kind="protocol")
-
-    @staticmethod
-    async def _read_error(response: aiohttp.ClientResponse, label: str, idle: float | None) -> bytes:
-        try:
-            async with asyncio.timeout(idle):
-                return await response.content.read(MAX_ERROR_BODY)
-        except (TimeoutError, aiohttp.ClientError):
-            return b""

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clasp_gateway.errors import UpstreamError
-from clasp_gateway.redact import redact, register_secret
+from clasp_gateway import UpstreamError, redact, register_secret
 
 log = logging.getLogger("clasp.vertex.tokens")
 

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clasp_gateway import hookimpl
-from clasp_gateway.config import Config
-from clasp_gateway.server_tools import ToolContext
+from clasp_gateway import Config, ToolContext, hookimpl
 
 from .search import DocsIndex, format_hits
 

@@ -18,7 +18,7 @@ from clasp_tool_docs import docs_lookup, settings_from
 from clasp_tool_docs.search import DocsIndex, snippet, split_sections, stem, tokenize
 
 from clasp_gateway.config import parse_config
-from clasp_gateway.server_tools import ToolContext
+from clasp_gateway.shaping.server_tools import ToolContext
 from clasp_gateway.types import RequestContext
 
 ONCALL = """# On-call
