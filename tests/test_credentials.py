@@ -24,13 +24,22 @@ import yaml
 from clasp_gateway.config import ConfigError, parse_config
 from clasp_gateway.errors import UpstreamError
 from clasp_gateway.redact import redact
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Error,
+    FakeTokenEndpoint,
+    FakeUpstream,
+    GatewayServer,
+    Raw,
+    Text,
+    config_from,
+    free_port,
+)
+from clasp_gateway.testing.fakes.keys import key_of, openai_key_error
+from clasp_gateway.testing.fakes.record import Recorded
 from clasp_gateway.types import Secret
 from clasp_gateway.wire.credentials import AzureADConfig, AzureADTokens, KeyPool, credential_settings
 from clasp_gateway.wire.ratelimits import parse_rate_limits
-from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Raw, Text
-from tests.fakes.keys import key_of, openai_key_error
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port
 
 CLI = [sys.executable, "-m", "clasp_gateway.cli"]
 USER = [{"role": "user", "content": "hi"}]

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import (
+from clasp_gateway.testing import (
     Cut,
     Error,
     FakeUpstream,
@@ -33,8 +33,8 @@ from tests.fakes import (
     ToolCalls,
     free_port,
 )
-from tests.fakes.fragment import KEEP_ALIVE, fragment_event
-from tests.fakes.wire import Ctx, OpenAIWire
+from clasp_gateway.testing.fakes.fragment import KEEP_ALIVE, fragment_event
+from clasp_gateway.testing.fakes.wire import Ctx, OpenAIWire
 
 MESSAGES: Any = [{"role": "user", "content": "What's the weather in Paris?"}]
 TOOLS: Any = [
@@ -560,7 +560,7 @@ def test_fragment_event_splits_inside_utf8_and_data_field() -> None:
     [Text("héllo wörld 😀"), ToolCalls([("f", {"a": 1}), ("g", "{}")], text="x"), Reasoning("r", "t")],
 )
 def test_openai_fast_events_match_chunks(reply: Any, include_usage: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tests.fakes.wire.time.time", lambda: 1_700_000_000.0)
+    monkeypatch.setattr("clasp_gateway.testing.fakes.wire.time.time", lambda: 1_700_000_000.0)
     wire = OpenAIWire()
 
     def ctx() -> Ctx:

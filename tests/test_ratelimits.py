@@ -14,10 +14,19 @@ import httpx
 import openai
 import pytest
 
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Text,
+    by_key,
+    config_from,
+    limits_by_key,
+    openai_limits,
+)
+from clasp_gateway.testing.fakes.keys import anthropic_limits, key_of
 from clasp_gateway.wire.ratelimits import UNTIMED_WINDOW, RateLimitState, parse_duration, parse_rate_limits
-from tests.fakes import Error, FakeUpstream, Text, by_key, limits_by_key, openai_limits
-from tests.fakes.keys import anthropic_limits, key_of
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 NOW = 1000.0
 WALL = 1_700_000_000.0

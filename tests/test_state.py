@@ -38,8 +38,7 @@ from clasp_gateway.state import (
 from clasp_gateway.state.memory import MemoryState
 from clasp_gateway.state.redis import RedisState
 from clasp_gateway.state.sqlite import SqliteState
-from clasp_gateway.testing import RedisNamespace, RedisServer, free_port, redis_server
-from tests.support import config_from
+from clasp_gateway.testing import RedisNamespace, RedisServer, config_from, free_port, redis_server
 
 BACKENDS = ["memory", "sqlite", "redis"]
 

@@ -20,9 +20,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from clasp_gateway import hookimpl  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
-from clasp_gateway.testing import GatewayProcesses, RedisNamespace, RedisServer, redis_server  # noqa: E402
-from tests.fakes import FakeUpstream, Text  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port  # noqa: E402
+from clasp_gateway.testing import (  # noqa: E402
+    GATEWAY_KEY,
+    FakeUpstream,
+    GatewayProcesses,
+    GatewayServer,
+    RedisNamespace,
+    RedisServer,
+    Text,
+    config_from,
+    free_port,
+    redis_server,
+)
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 

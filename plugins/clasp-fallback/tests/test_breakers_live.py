@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.fakes import Error, FakeUpstream, Text
+from clasp_gateway.testing import Error, FakeUpstream, Text
 
 BREAKER = {"retry": {"attempts": 0}, "breaker": {"failures": 2, "cooldown": 0.5, "max_cooldown": 2}}
 

@@ -9,8 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes import Cut, Error, FakeUpstream, Hang, Html, Malformed, Text
-from tests.support import GATEWAY_KEY
+from clasp_gateway.testing import GATEWAY_KEY, Cut, Error, FakeUpstream, Hang, Html, Malformed, Text
 
 FAST = {"retry": {"base_delay": 0.01, "max_delay": 0.05}}
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes import Error, FakeUpstream, Text
-from tests.support import free_port
+from clasp_gateway.testing import Error, FakeUpstream, Text, free_port
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import Error, FakeUpstream, Text
-from tests.support import free_port
+from clasp_gateway.testing import Error, FakeUpstream, Text, free_port
 
 
 def shared(redis_url: str, key_prefix: str, **breaker: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from typing import Any
@@ -11,26 +10,19 @@ from typing import Any
 import uvicorn
 import yaml
 
-from clasp_gateway.config import Config, parse_config
-from clasp_gateway.shell.app import create_app
+from ..config import Config, parse_config
+from ..shell.app import create_app
+from .processes import free_port
 
 GATEWAY_KEY = "clasp-test-key-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def config_from(data: dict[str, Any] | str, *, keys: bool = True) -> Config:
     """A validated Config; adds the test gateway key unless ``keys=False``."""
-    if isinstance(data, str):
-        data = yaml.safe_load(data)
-    data = dict(data)
-    if keys and "keys" not in data:
-        data["keys"] = [{"key": GATEWAY_KEY, "name": "tests", "team": "qa"}]
-    return parse_config(data, "test-config")
+    raw: dict[str, Any] = dict(yaml.safe_load(data) if isinstance(data, str) else data)
+    if keys and "keys" not in raw:
+        raw["keys"] = [{"key": GATEWAY_KEY, "name": "tests", "team": "qa"}]
+    return parse_config(raw, "test-config")
 
 
 def openai_models(base_url: str, mapping: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -47,7 +39,7 @@ class GatewayServer:
 
     def __init__(self, config: Config, app: Any = None) -> None:
         self.config = config
-        self.app = app or create_app(config)
+        self.app: Any = app or create_app(config)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
