@@ -6,9 +6,11 @@ but ``clasp-gateway`` installed (and never a real provider: every fake listens o
 
     from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from, openai_models
 
-    with FakeUpstream("openai") as up, GatewayServer(config_from({"models": openai_models(up.base_url)})) as gateway:
+    with FakeUpstream("openai") as up, GatewayServer(
+        config_from({"models": openai_models(up.base_url)}), plugins=[my_plugin]
+    ) as gateway:
         up.queue(Text("hello"))
-        httpx.post(gateway.base_url + "/v1/chat/completions", headers={"x-api-key": GATEWAY_KEY}, json=...)
+        httpx.post(gateway.base_url + "/v1/chat/completions", headers=gateway.headers, json=...)
         assert up.last.body["model"] == "gpt-4o"
 
 What is here, by use:
@@ -25,14 +27,17 @@ What is here, by use:
   ID (Azure AD) token endpoint; :func:`register_flavor` with a :class:`FlavorSpec`
   adds a provider.
 - **A gateway in a thread** (:mod:`.gateway`): :class:`GatewayServer` serves a
-  :func:`config_from` configuration (with the client key :data:`GATEWAY_KEY`);
-  :func:`openai_models` points model names at a fake.
+  :func:`config_from` configuration (with the client key :data:`GATEWAY_KEY`) with the
+  installed plugins plus ``plugins=[...]``; :func:`openai_models` points model names
+  at a fake.
 - **Real processes** (:mod:`.processes`): a real Redis (:func:`redis_server`: the
   machine's, or a ``redis-server`` of its own, stopped after; a fresh key prefix per
   test with :meth:`RedisServer.namespace`), and :class:`GatewayProcesses`, real
   ``clasp serve`` processes on one configuration (workers, replicas).
+- **pytest fixtures** (:mod:`.pytest_plugin`, loaded by the ``pytest11`` entry point):
+  ``fake_upstream``, ``start_gateway`` (typed :data:`StartGateway`), ``redis_server``.
 
-Nothing here imports pytest, and the gateway never imports
+Nothing here imports pytest but :mod:`.pytest_plugin`, and the gateway never imports
 this package: it costs nothing at run time.
 """
 
@@ -59,7 +64,15 @@ from .fakes import (
     openai_limits,
 )
 from .fakes.flavors import FlavorSpec, register_flavor
-from .gateway import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from .gateway import (
+    GATEWAY_KEY,
+    UPSTREAM_KEY,
+    GatewayServer,
+    StartGateway,
+    config_from,
+    openai_models,
+    plugin_manager,
+)
 from .processes import (
     GatewayProcess,
     GatewayProcesses,
@@ -76,7 +89,7 @@ __all__ = [
     "Cut", "Error", "Hang", "Html", "Malformed", "Raw", "Reasoning", "Reply", "Script", "Text", "ToolCalls",
     "by_key", "limits_by_key", "openai_limits",
     # a gateway in a thread
-    "GATEWAY_KEY", "GatewayServer", "config_from", "openai_models",
+    "GATEWAY_KEY", "UPSTREAM_KEY", "GatewayServer", "StartGateway", "config_from", "openai_models", "plugin_manager",
     # real processes: Redis, clasp serve
     "GatewayProcess", "GatewayProcesses", "RedisNamespace", "RedisServer", "free_port", "redis_answers",
     "redis_server",
