@@ -34,6 +34,8 @@ What is here, by use:
   machine's, or a ``redis-server`` of its own, stopped after; a fresh key prefix per
   test with :meth:`RedisServer.namespace`), and :class:`GatewayProcesses`, real
   ``clasp serve`` processes on one configuration (workers, replicas).
+- **Time** (:mod:`.clock`): :class:`FakeClock`, a clock a test moves, for components
+  that take one (windows, cooldowns, expiries are tested without sleeping).
 - **pytest fixtures** (:mod:`.pytest_plugin`, loaded by the ``pytest11`` entry point):
   ``fake_upstream``, ``start_gateway`` (typed :data:`StartGateway`), ``redis_server``.
 
@@ -43,6 +45,7 @@ this package: it costs nothing at run time.
 
 from __future__ import annotations
 
+from .clock import FakeClock
 from .fakes import (
     FLAVORS,
     Cut,
@@ -90,6 +93,8 @@ __all__ = [
     "by_key", "limits_by_key", "openai_limits",
     # a gateway in a thread
     "GATEWAY_KEY", "UPSTREAM_KEY", "GatewayServer", "StartGateway", "config_from", "openai_models", "plugin_manager",
+    # time that moves when told
+    "FakeClock",
     # real processes: Redis, clasp serve
     "GatewayProcess", "GatewayProcesses", "RedisNamespace", "RedisServer", "free_port", "redis_answers",
     "redis_server",

@@ -119,10 +119,8 @@ def test_a_dead_redis_does_not_stop_serving(
     caplog.set_level(logging.INFO, logger="clasp.fallback")
     dead = f"redis://:s3cret-redis-pw@127.0.0.1:{free_port()}/0"
     gw = serve(kit.pair(primary, secondary), fallback=shared(dead, key_prefix, cooldown=30))
-    started = time.monotonic()
     for _ in range(10):
         assert gw.text(gw.chat()) == "from secondary"
-    assert time.monotonic() - started < 3
     assert kit.chat_requests(primary) == 2  # the local breaker opened and held
     status = gw.status()
     assert status["breaker_state"].startswith("memory (Redis at redis://:***@127.0.0.1:")
