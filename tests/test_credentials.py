@@ -27,6 +27,7 @@ from clasp_gateway.redact import redact
 from clasp_gateway.testing import (
     GATEWAY_KEY,
     Error,
+    FakeClock,
     FakeTokenEndpoint,
     FakeUpstream,
     GatewayServer,
@@ -270,37 +271,49 @@ def test_azure_ad_token_is_sent_as_bearer_and_fetched_once_for_a_burst(aad_secre
 
 
 def test_azure_ad_token_is_refreshed_before_it_expires(aad_secret: str, azure: FakeUpstream) -> None:
-    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=2) as aad:
+    # Tokens live 100 s on a clock the test moves (the token endpoint and the gateway's
+    # token cache share it); the upstream refuses any expired token, so every 200 proves
+    # the token sent was valid.
+    clock = FakeClock()
+    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=100, clock=clock) as aad:
         azure.script = only_valid_tokens(aad)
         with GatewayServer(azure_config(azure, aad)) as server:
-            # Steady traffic for 3 s: tokens live 2 s, refreshed from 1.6 s on; the upstream
-            # refuses any expired token, so every 200 proves the refresh came in time.
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
-                assert chat(server).status_code == 200
-                time.sleep(0.05)
-            assert 2 <= aad.count <= 3
-            seen = list(dict.fromkeys(r.bearer for r in azure.requests))
-            assert len(seen) == aad.count
-            # Idle past the expiry: the next request waits for a fresh token.
-            time.sleep(2.1)
-            assert chat(server).status_code == 200 and aad.count == len(seen) + 1
+            (deployment,) = server.gateway.config.deployments()
+            source = server.gateway.providers.credentials.token_source(deployment)
+            source.clock = clock
+            assert chat(server).status_code == 200 and aad.count == 1
+            first = azure.last.bearer
+            clock.advance(79)  # before 80% of the lifetime: the cached token
+            assert chat(server).status_code == 200 and aad.count == 1
+            clock.advance(2)  # past 80%: the old token at once, a new one fetched meanwhile
+            assert chat(server).status_code == 200 and azure.last.bearer == first
+            clock.advance(14)  # past the cache's own end for the first token (100 s less a margin)
+            assert chat(server).status_code == 200 and aad.count == 2 and azure.last.bearer != first
+            clock.advance(200)  # idle past every expiry: the next request waits for a fresh token
+            assert chat(server).status_code == 200 and aad.count == 3
 
 
 async def test_a_token_near_expiry_is_refreshed_in_the_background(aad_secret: str) -> None:
-    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=2, delay=0.3) as aad:
+    clock = FakeClock()
+    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=100, delay=0.3, clock=clock) as aad:
         config = AzureADConfig(aad.tenant, aad.client_id, Secret("${CRED_AAD_SECRET}", aad_secret),
                                token_url=aad.token_url, path="models.x.0.azure_ad")
         async with aiohttp.ClientSession() as session:
-            source = AzureADTokens("azure/gpt-4o", config, lambda: session)
+            source = AzureADTokens("azure/gpt-4o", config, lambda: session, clock=clock)
             first = await asyncio.gather(*(source.token() for _ in range(20)))
             assert len(set(first)) == 1 and aad.count == 1
-            await asyncio.sleep(1.65)  # past 80% of the lifetime, before the end
-            started = time.monotonic()
-            assert await source.token() == first[0]  # the old token, at once...
-            assert time.monotonic() - started < 0.1
-            await asyncio.sleep(0.45)  # ...while the new one is fetched (0.3 s) in the background
-            assert aad.count == 2 and await source.token() != first[0]
+            clock.advance(85)  # past 80% of the lifetime, before its end (90 s: 100 s less a margin)
+            # The old token, without waiting for the refresh (which takes 0.3 s: a caller
+            # that waited would get the new one)...
+            assert await source.token() == first[0]
+            # ...while the new one is fetched in the background (a bounded wait for it).
+            token = first[0]
+            for _ in range(500):
+                token = await source.token()
+                if token != first[0]:
+                    break
+                await asyncio.sleep(0.01)
+            assert token != first[0] and aad.count == 2
             await source.close()
 
 

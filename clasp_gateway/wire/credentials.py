@@ -408,9 +408,12 @@ class AzureADTokens:
     request per :data:`_TOKEN_FAILURE_BACKOFF` seconds, not one per client request.
     """
 
-    def __init__(self, deployment_id: str, config: AzureADConfig, session: Callable[[], aiohttp.ClientSession]) -> None:
+    def __init__(self, deployment_id: str, config: AzureADConfig, session: Callable[[], aiohttp.ClientSession], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.deployment_id = deployment_id
         self.config = config
+        self.clock = clock
+        """Seconds for lifetimes and backoff (tests move a fake one instead of sleeping)."""
         self._session = session
         self._token: str | None = None
         self._refresh_at = 0.0
@@ -422,7 +425,7 @@ class AzureADTokens:
 
     async def token(self) -> str:
         """A valid access token (raises :class:`UpstreamError` naming the config key)."""
-        now = time.monotonic()
+        now = self.clock()
         if self.config.client_secret.value != self._secret_seen:  # rotated secret file
             self._secret_seen = self.config.client_secret.value
             self._token, self._failure = None, None
@@ -458,11 +461,11 @@ class AzureADTokens:
             token, lifetime = await self._fetch()
         except UpstreamError as exc:
             self._failure = exc
-            self._failed_until = time.monotonic() + _TOKEN_FAILURE_BACKOFF
+            self._failed_until = self.clock() + _TOKEN_FAILURE_BACKOFF
             log.warning("%s", exc.message)
             raise
         register_secret(token)
-        now = time.monotonic()
+        now = self.clock()
         self._token = token
         self._refresh_at = now + 0.8 * lifetime
         # Stop using a token shortly before it really expires (clock skew, slow calls).
