@@ -279,19 +279,26 @@ def test_azure_ad_token_is_refreshed_before_it_expires(aad_secret: str, azure: F
 
 
 async def test_a_token_near_expiry_is_refreshed_in_the_background(aad_secret: str) -> None:
-    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=2, delay=0.3) as aad:
+    clock = [1000.0]
+    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=3600, delay=0.05) as aad:
         config = AzureADConfig(aad.tenant, aad.client_id, Secret("${CRED_AAD_SECRET}", aad_secret),
                                token_url=aad.token_url, path="models.x.0.azure_ad")
         async with aiohttp.ClientSession() as session:
-            source = AzureADTokens("azure/gpt-4o", config, lambda: session)
+            source = AzureADTokens("azure/gpt-4o", config, lambda: session, monotonic=lambda: clock[0])
             first = await asyncio.gather(*(source.token() for _ in range(20)))
-            assert len(set(first)) == 1 and aad.count == 1
-            await asyncio.sleep(1.65)  # past 80% of the lifetime, before the end
-            started = time.monotonic()
-            assert await source.token() == first[0]  # the old token, at once...
-            assert time.monotonic() - started < 0.1
-            await asyncio.sleep(0.45)  # ...while the new one is fetched (0.3 s) in the background
+            assert len(set(first)) == 1 and aad.count == 1  # one fetch for twenty callers
+            clock[0] += 0.5 * 3600
+            assert await source.token() == first[0] and source._inflight is not None
+            assert source._inflight.done()  # (the first fetch) nothing started before 80%
+            clock[0] += 0.35 * 3600  # past 80% of the lifetime, before its safe end
+            assert await source.token() == first[0]  # the old token, without waiting...
+            refresh = source._inflight
+            assert refresh is not None and not refresh.done()  # ...while a new one is fetched
+            assert await source.token() == first[0] and source._inflight is refresh  # one refresh at a time
+            await refresh
             assert aad.count == 2 and await source.token() != first[0]
+            clock[0] += 3600  # past the end: callers wait for a fresh token
+            assert await source.token() not in first and aad.count == 3
             await source.close()
 
 
