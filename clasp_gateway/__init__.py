@@ -145,6 +145,7 @@ from .validation import (
     did_you_mean,
 )
 from .wire.catalog import ProviderProfile, provider_profile
+from .wire.credentials import RefreshingToken
 from .wire.ndjson import NDJSONDecoder
 from .wire.permissions import UNAVAILABLE_KEY
 from .wire.probe import ProbeResult, probe_deployment
@@ -185,6 +186,8 @@ __all__ = [
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",
     "probe_deployment", "provider_profile", "response_fixer",
+    # token-based credentials (OAuth, Azure AD): fetched before they expire, one refresh at a time
+    "RefreshingToken",
     # secrets
     "redact", "redact_bytes", "register_secret",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend

@@ -279,8 +279,7 @@ def test_azure_ad_token_is_refreshed_before_it_expires(aad_secret: str, azure: F
         azure.script = only_valid_tokens(aad)
         with GatewayServer(azure_config(azure, aad)) as server:
             (deployment,) = server.gateway.config.deployments()
-            source = server.gateway.providers.credentials.token_source(deployment)
-            source.clock = clock
+            server.gateway.providers.credentials.token_source(deployment)._monotonic = clock
             assert chat(server).status_code == 200 and aad.count == 1
             first = azure.last.bearer
             clock.advance(79)  # before 80% of the lifetime: the cached token
@@ -294,26 +293,26 @@ def test_azure_ad_token_is_refreshed_before_it_expires(aad_secret: str, azure: F
 
 
 async def test_a_token_near_expiry_is_refreshed_in_the_background(aad_secret: str) -> None:
-    clock = FakeClock()
-    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=100, delay=0.3, clock=clock) as aad:
+    clock = [1000.0]
+    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=3600, delay=0.05) as aad:
         config = AzureADConfig(aad.tenant, aad.client_id, Secret("${CRED_AAD_SECRET}", aad_secret),
                                token_url=aad.token_url, path="models.x.0.azure_ad")
         async with aiohttp.ClientSession() as session:
-            source = AzureADTokens("azure/gpt-4o", config, lambda: session, clock=clock)
+            source = AzureADTokens("azure/gpt-4o", config, lambda: session, monotonic=lambda: clock[0])
             first = await asyncio.gather(*(source.token() for _ in range(20)))
-            assert len(set(first)) == 1 and aad.count == 1
-            clock.advance(85)  # past 80% of the lifetime, before its end (90 s: 100 s less a margin)
-            # The old token, without waiting for the refresh (which takes 0.3 s: a caller
-            # that waited would get the new one)...
-            assert await source.token() == first[0]
-            # ...while the new one is fetched in the background (a bounded wait for it).
-            token = first[0]
-            for _ in range(500):
-                token = await source.token()
-                if token != first[0]:
-                    break
-                await asyncio.sleep(0.01)
-            assert token != first[0] and aad.count == 2
+            assert len(set(first)) == 1 and aad.count == 1  # one fetch for twenty callers
+            clock[0] += 0.5 * 3600
+            assert await source.token() == first[0] and source._inflight is not None
+            assert source._inflight.done()  # (the first fetch) nothing started before 80%
+            clock[0] += 0.35 * 3600  # past 80% of the lifetime, before its safe end
+            assert await source.token() == first[0]  # the old token, without waiting...
+            refresh = source._inflight
+            assert refresh is not None and not refresh.done()  # ...while a new one is fetched
+            assert await source.token() == first[0] and source._inflight is refresh  # one refresh at a time
+            await refresh
+            assert aad.count == 2 and await source.token() != first[0]
+            clock[0] += 3600  # past the end: callers wait for a fresh token
+            assert await source.token() not in first and aad.count == 3
             await source.close()
 
 

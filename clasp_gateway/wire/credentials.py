@@ -49,9 +49,7 @@ KEY_FAILURES = (401, 403, 429)
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 _TOKEN_TIMEOUT = 15.0
-_TOKEN_FAILURE_BACKOFF = 2.0
-"""After a failed token request, requests fail fast with the same error for this
-many seconds instead of each sending its own request to the token endpoint."""
+"""Seconds a request to the Azure AD token endpoint may take."""
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -398,52 +396,73 @@ class KeyPool:
 # --- Azure AD tokens -------------------------------------------------------------------------
 
 
-class AzureADTokens:
-    """Client-credentials access tokens for one deployment.
+class RefreshingToken:
+    """An access token renewed before it expires, one refresh at a time.
 
-    The cached token is returned as is until 80% of its lifetime; then the first
-    request starts a background refresh and keeps using the old token, so nobody
-    waits. Without a usable token, callers wait on the single request in flight.
-    A failure is remembered for a short while, so a broken token endpoint sees one
-    request per :data:`_TOKEN_FAILURE_BACKOFF` seconds, not one per client request.
+    The shared part of every token-based credential (Azure AD client credentials in the
+    core; a provider plugin's OAuth tokens, e.g. Google service accounts): a subclass
+    implements :meth:`fetch` (a new token and its lifetime in seconds; raise
+    :class:`UpstreamError` saying why not) and this class decides when to call it:
+
+    - the cached token is returned as is until 80% of its lifetime; then the first
+      request starts one background refresh and goes on with the current token, so
+      nobody waits;
+    - without a usable token (none yet, or past its safe end: the lifetime less 10%, at
+      most a minute, for clock skew and slow calls) callers wait on the one refresh in
+      flight;
+    - a failure is remembered for ``failure_backoff`` seconds, so a broken token
+      endpoint sees one attempt per few seconds, not one per client request.
+
+    Every token fetched is registered as a secret (never logged). The clock is
+    injectable (``monotonic``): tests move it instead of sleeping.
     """
 
-    def __init__(self, deployment_id: str, config: AzureADConfig, session: Callable[[], aiohttp.ClientSession], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.deployment_id = deployment_id
-        self.config = config
-        self.clock = clock
-        """Seconds for lifetimes and backoff (tests move a fake one instead of sleeping)."""
-        self._session = session
+    failure_backoff = 2.0
+
+    def __init__(self, label: str, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self._monotonic = monotonic
         self._token: str | None = None
         self._refresh_at = 0.0
-        self._expires_at = 0.0
-        self._secret_seen = config.client_secret.value
+        self._usable_until = 0.0
         self._inflight: asyncio.Task[str] | None = None
         self._failure: UpstreamError | None = None
         self._failed_until = 0.0
+        self.refreshes = 0
+        """Tokens fetched so far."""
+
+    async def fetch(self) -> tuple[str, float]:
+        """A new token and its lifetime in seconds (raise UpstreamError if none)."""
+        raise NotImplementedError
+
+    def describe(self, lifetime: float) -> str:
+        """The log line for a new token (never the token)."""
+        return f"{self.label}: got an access token (valid {lifetime:.0f}s)"
 
     async def token(self) -> str:
-        """A valid access token (raises :class:`UpstreamError` naming the config key)."""
-        now = self.clock()
-        if self.config.client_secret.value != self._secret_seen:  # rotated secret file
-            self._secret_seen = self.config.client_secret.value
-            self._token, self._failure = None, None
+        """A valid access token (raises :class:`UpstreamError` saying why not)."""
+        now = self._monotonic()
         token = self._token
         if token is not None and now < self._refresh_at:
             return token
-        if token is not None and now < self._expires_at:
-            self._start_refresh()
+        if token is not None and now < self._usable_until:
+            if self._failure is None or now >= self._failed_until:
+                self._start_refresh()
             return token
         if self._failure is not None and now < self._failed_until:
-            raise self._copy(self._failure)
+            raise _copy(self._failure)
         return await asyncio.shield(self._start_refresh())
 
     def invalidate(self) -> None:
-        """Drop the cached token (the next request fetches a new one)."""
+        """Drop the cached token (the provider refused it): the next call fetches another."""
         self._token = None
 
+    def forget_failure(self) -> None:
+        """Try again at the next call, whatever the back-off (e.g. a rotated secret)."""
+        self._token, self._failure = None, None
+
     async def close(self) -> None:
+        """Cancel a refresh in flight."""
         task = self._inflight
         if task is not None and not task.done():
             task.cancel()
@@ -457,22 +476,52 @@ class AzureADTokens:
         return self._inflight
 
     async def _refresh(self) -> str:
+        started = self._monotonic()
         try:
-            token, lifetime = await self._fetch()
+            token, lifetime = await self.fetch()
         except UpstreamError as exc:
             self._failure = exc
-            self._failed_until = self.clock() + _TOKEN_FAILURE_BACKOFF
+            self._failed_until = self._monotonic() + self.failure_backoff
             log.warning("%s", exc.message)
-            raise
+            raise _copy(exc) from None
         register_secret(token)
-        now = self.clock()
         self._token = token
-        self._refresh_at = now + 0.8 * lifetime
-        # Stop using a token shortly before it really expires (clock skew, slow calls).
-        self._expires_at = now + lifetime - min(60.0, 0.1 * lifetime)
+        self._refresh_at = started + 0.8 * lifetime
+        self._usable_until = started + lifetime - min(60.0, 0.1 * lifetime)
         self._failure = None
-        log.info("deployment %s: got an Azure AD token (valid %.0fs)", self.deployment_id, lifetime)
+        self.refreshes += 1
+        log.info("%s", self.describe(lifetime))
         return token
+
+
+def _copy(exc: UpstreamError) -> UpstreamError:
+    """A fresh exception per waiting caller (one raised object must not be shared)."""
+    return UpstreamError(exc.message, upstream_status=exc.upstream_status, deployment=exc.deployment, kind=exc.kind)
+
+
+class AzureADTokens(RefreshingToken):
+    """Client-credentials access tokens for one deployment (:class:`RefreshingToken`
+    decides when to fetch; a rotated client secret file drops the cached token)."""
+
+    def __init__(
+        self, deployment_id: str, config: AzureADConfig, session: Callable[[], aiohttp.ClientSession],
+        *, monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(f"deployment {deployment_id}", monotonic=monotonic)
+        self.deployment_id = deployment_id
+        self.config = config
+        self._session = session
+        self._secret_seen = config.client_secret.value
+
+    def describe(self, lifetime: float) -> str:
+        return f"deployment {self.deployment_id}: got an Azure AD token (valid {lifetime:.0f}s)"
+
+    async def token(self) -> str:
+        """A valid access token (raises :class:`UpstreamError` naming the config key)."""
+        if self.config.client_secret.value != self._secret_seen:  # rotated secret file
+            self._secret_seen = self.config.client_secret.value
+            self.forget_failure()
+        return await super().token()
 
     def _error(self, what: str, status: int = 0) -> UpstreamError:
         cfg = self.config
@@ -485,11 +534,7 @@ class AzureADTokens:
             kind="credentials",
         )
 
-    @staticmethod
-    def _copy(exc: UpstreamError) -> UpstreamError:
-        return UpstreamError(exc.message, upstream_status=exc.upstream_status, deployment=exc.deployment, kind=exc.kind)
-
-    async def _fetch(self) -> tuple[str, float]:
+    async def fetch(self) -> tuple[str, float]:
         cfg = self.config
         secret = cfg.client_secret.value
         if not secret:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clasp_gateway import UpstreamError, redact, register_secret
+from clasp_gateway import RefreshingToken, UpstreamError, redact, register_secret
 
 log = logging.getLogger("clasp.vertex.tokens")
 
@@ -33,77 +33,31 @@ FAILURE_BACKOFF = 5.0
 """Seconds a failed refresh is remembered (requests meanwhile get the same error)."""
 
 
-class ServiceAccountTokens:
-    """Access tokens of one service account (``info``: the parsed key file)."""
+class ServiceAccountTokens(RefreshingToken):
+    """Access tokens of one service account (``info``: the parsed key file); the core's
+    :class:`~clasp_gateway.RefreshingToken` decides when to fetch one."""
+
+    failure_backoff = FAILURE_BACKOFF
 
     def __init__(self, info: dict[str, Any], label: str, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         from google.oauth2 import service_account  # imported here: the plugin loads without it
 
+        super().__init__(label, monotonic=monotonic)
         register_secret(str(info.get("private_key") or ""))
-        self.label = label
         self.account = str(info.get("client_email") or "?")
         self.token_uri = str(info.get("token_uri") or "")
         self._credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
-        self._monotonic = monotonic
         self._request: Any = None
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self._usable_until = 0.0
-        self._inflight: asyncio.Task[str] | None = None
-        self._failure: UpstreamError | None = None
-        self._failed_until = 0.0
-        self.refreshes = 0
-        """Tokens fetched so far."""
 
-    async def token(self) -> str:
-        """A valid access token (raises :class:`UpstreamError` saying why not)."""
-        now = self._monotonic()
-        token = self._token
-        if token is not None and now < self._refresh_at:
-            return token
-        if token is not None and now < self._usable_until:
-            if self._failure is None or now >= self._failed_until:
-                self._start_refresh()
-            return token
-        if self._failure is not None and now < self._failed_until:
-            raise self._copy(self._failure)
-        return await asyncio.shield(self._start_refresh())
+    def describe(self, lifetime: float) -> str:
+        return f"{self.label}: got an access token for {self.account} (valid {lifetime:.0f}s)"
 
-    def invalidate(self) -> None:
-        """Drop the current token (Vertex refused it): the next call fetches another."""
-        self._token = None
-
-    async def close(self) -> None:
-        task = self._inflight
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    def _start_refresh(self) -> asyncio.Task[str]:
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.get_running_loop().create_task(self._refresh())
-            # A background refresh nobody awaits must not log "exception never retrieved".
-            self._inflight.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return self._inflight
-
-    async def _refresh(self) -> str:
-        started = self._monotonic()
+    async def fetch(self) -> tuple[str, float]:
+        """google-auth's blocking refresh, in a worker thread."""
         try:
-            token, lifetime = await asyncio.to_thread(self._fetch)
+            return await asyncio.to_thread(self._fetch)
         except Exception as exc:  # google.auth's RefreshError / TransportError, or a bad answer
-            self._failure = self._error(exc)
-            self._failed_until = self._monotonic() + FAILURE_BACKOFF
-            log.warning("%s", self._failure.message)
-            raise self._copy(self._failure) from None
-        register_secret(token)
-        self._token = token
-        self._refresh_at = started + 0.8 * lifetime
-        # Stop using a token a little before it really expires (clock skew, slow calls).
-        self._usable_until = started + lifetime - min(60.0, 0.1 * lifetime)
-        self._failure = None
-        self.refreshes += 1
-        log.info("%s: got an access token for %s (valid %.0fs)", self.label, self.account, lifetime)
-        return token
+            raise self._error(exc) from None
 
     def _fetch(self) -> tuple[str, float]:
         """In a worker thread: the JWT bearer grant, through google-auth."""
@@ -131,7 +85,3 @@ class ServiceAccountTokens:
             upstream_status=0 if unreachable else 401, deployment=self.label,
             kind="connect" if unreachable else "credentials",
         )
-
-    @staticmethod
-    def _copy(exc: UpstreamError) -> UpstreamError:
-        return UpstreamError(exc.message, upstream_status=exc.upstream_status, deployment=exc.deployment, kind=exc.kind)
