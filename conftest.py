@@ -2,9 +2,11 @@
 
 Plugin test folders (``plugins/*/tests``) and the gateway's ``tests`` package share a
 name, and a plugin folder with an ``__init__.py`` would otherwise claim it. Importing
-the gateway's package here, before anything is collected, keeps ``tests.support`` and
-``tests.fakes`` (the helpers every plugin's tests use) importable whatever subset of
-test folders a run collects (``pytest plugins``, ``pytest plugins/clasp-fallback``...).
+the gateway's package here, before anything is collected, keeps the gateway's own test
+helpers (``tests.hardening``, ``tests.e2e``) importable whatever subset of test folders
+a run collects (``pytest plugins``, ``pytest tests plugins/clasp-claude``...). The
+helpers plugins use (fake upstreams, a gateway in a thread) are in
+``clasp_gateway.testing``, so no plugin's tests import ``tests``.
 
 Permission probes (``clasp_gateway/wire/permissions.py``) are off by default in tests, so a
 fake upstream sees exactly the requests a test sends; the tests of the probes turn them

@@ -38,8 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from tests.fakes import Cut, Error, FakeUpstream, Hang, Text  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port  # noqa: E402
+from clasp_gateway.testing import (  # noqa: E402
+    GATEWAY_KEY,
+    Cut,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Hang,
+    Text,
+    config_from,
+    free_port,
+)
 
 MODES: dict[str, Callable[[], Any] | None] = {
     "healthy": None,

@@ -1,6 +1,6 @@
 """CPU per request and per stream chunk: the ``transform`` path vs ``litellm.acompletion``.
 
-For Gemini, Cohere and Ollama's native API, a fake upstream (``tests.fakes``, in a
+For Gemini, Cohere and Ollama's native API, a fake upstream (``clasp_gateway.testing.fakes``, in a
 thread of this process) answers a Claude-Code-like request (``workload.openai_request``:
 ~20 KB, 15 tools) with a whole answer, a 10-chunk stream and a 200-chunk stream. Each
 variant calls the gateway's adapter directly (what the pipeline calls after
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from workload import openai_request  # noqa: E402
 
 from clasp_gateway.errors import UpstreamError  # noqa: E402
+from clasp_gateway.testing import FakeUpstream, Text  # noqa: E402
 from clasp_gateway.types import Deployment, RequestHints, Secret, Timeouts  # noqa: E402
 from clasp_gateway.wire import catalog  # noqa: E402
 from clasp_gateway.wire.credentials import Credentials  # noqa: E402
@@ -49,7 +50,6 @@ from clasp_gateway.wire.direct import OpenAICompatible  # noqa: E402
 from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
 from clasp_gateway.wire.quirks import prepare_body  # noqa: E402
 from clasp_gateway.wire.transform import TransformAdapter  # noqa: E402
-from tests.fakes import FakeUpstream, Text  # noqa: E402
 
 PROVIDERS = {
     # name: (fake flavor, provider, model, api_base from the fake)

@@ -13,8 +13,12 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from tests.fakes import FakeUpstream  # noqa: E402
-from tests.support import GatewayServer, config_from, openai_models  # noqa: E402
+from clasp_gateway.testing import (  # noqa: E402
+    FakeUpstream,  # noqa: E402
+    GatewayServer,
+    config_from,
+    openai_models,
+)
 
 
 @pytest.fixture(autouse=True)

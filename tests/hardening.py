@@ -20,8 +20,7 @@ from aiohttp import web
 from clasp_gateway import hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, config_from
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 APIS = ["anthropic", "openai"]

@@ -9,8 +9,18 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Cut,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Reasoning,
+    Text,
+    ToolCalls,
+    config_from,
+    openai_models,
+)
 
 TOOLS: list[Any] = [
     {

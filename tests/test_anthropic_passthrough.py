@@ -20,9 +20,19 @@ from clasp_claude.stream import THINKING_SIGNATURE
 from clasp_gateway import hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
-from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
-from tests.fakes.anthropic import issued_signatures
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Cut,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Reasoning,
+    Text,
+    ToolCalls,
+    config_from,
+    openai_models,
+)
+from clasp_gateway.testing.fakes.anthropic import issued_signatures
 
 UPSTREAM_KEY = "sk-ant-upstream-0123456789"
 BETAS = "interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14"

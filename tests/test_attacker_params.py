@@ -37,10 +37,9 @@ from litellm.types.utils import all_litellm_params  # noqa: E402
 
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, config_from  # noqa: E402
+from clasp_gateway.testing.fakes.record import Recorded  # noqa: E402
 from clasp_gateway.wire.params import UPSTREAM_PARAMS  # noqa: E402
-from tests.fakes import Error, FakeUpstream  # noqa: E402
-from tests.fakes.record import Recorded  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from  # noqa: E402
 
 OPENAI_KEY = "sk-upstream-Wq8ZrT4mLx0vKp3N"
 GEMINI_KEY = "AIzaUpstreamGemini7Hd2Kq9Xw4Rt"

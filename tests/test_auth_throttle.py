@@ -23,7 +23,7 @@ from clasp_gateway.errors import RateLimitError
 from clasp_gateway.shell.app import create_app
 from clasp_gateway.shell.guard import AuthThrottle, client_address, parse_trusted_proxies
 from clasp_gateway.shell.server import uvicorn_options
-from tests.support import GATEWAY_KEY, config_from, free_port
+from clasp_gateway.testing import GATEWAY_KEY, config_from, free_port
 
 PROXIES = parse_trusted_proxies(["10.0.0.0/8", "192.168.1.1", "fd00::/8"])
 

@@ -27,11 +27,10 @@ from clasp_claude.passthrough import _Frames  # noqa: E402
 from clasp_gateway.config import ServerConfig, parse_config  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Raw, Text, config_from  # noqa: E402
 from clasp_gateway.wire.ndjson import NDJSONDecoder  # noqa: E402
 from clasp_gateway.wire.reads import FrameTooLarge, ReadLimits  # noqa: E402
 from clasp_gateway.wire.sse import SSEDecoder  # noqa: E402
-from tests.fakes import FakeUpstream, Raw, Text  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from  # noqa: E402
 
 BODY_LIMIT = 2048
 LINE_LIMIT = 1024

@@ -22,7 +22,7 @@ import yaml
 from clasp_gateway.claude_code import compact_window_env, key_file_path, main_entry, model_env, read_key_file, save_key
 from clasp_gateway.shaping.context import input_budget
 from clasp_gateway.shell.served import claude_code_profile
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from, free_port
 
 UPSTREAM_KEY = "sk-upstream-secret-0987654321"
 API_BASE = "http://10.9.8.7:1234/v1"

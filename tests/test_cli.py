@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.fakes import FakeUpstream
-from tests.support import free_port
+from clasp_gateway.testing import FakeUpstream, free_port
 
 ROOT = Path(__file__).parent.parent
 CLI = [sys.executable, "-m", "clasp_gateway.cli"]

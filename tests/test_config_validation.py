@@ -31,7 +31,7 @@ from clasp_gateway.config import Config, ConfigError, load_config
 from clasp_gateway.hookspecs import hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
-from tests.support import GatewayServer, free_port
+from clasp_gateway.testing import GatewayServer, free_port
 
 ROOT = Path(__file__).parent.parent
 CLI = [sys.executable, "-m", "clasp_gateway.cli"]

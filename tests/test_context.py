@@ -30,8 +30,7 @@ from clasp_gateway.shaping.context import (
 )
 from clasp_gateway.shaping.tokens import count_canonical, get_encoding
 from clasp_gateway.shell.app import create_app
-from tests.fakes import Error, FakeUpstream, Text
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Text, config_from
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 MODEL = "claude-sonnet-4-5"

@@ -24,13 +24,23 @@ import yaml
 from clasp_gateway.config import ConfigError, parse_config
 from clasp_gateway.errors import UpstreamError
 from clasp_gateway.redact import redact
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Error,
+    FakeClock,
+    FakeTokenEndpoint,
+    FakeUpstream,
+    GatewayServer,
+    Raw,
+    Text,
+    config_from,
+    free_port,
+)
+from clasp_gateway.testing.fakes.keys import key_of, openai_key_error
+from clasp_gateway.testing.fakes.record import Recorded
 from clasp_gateway.types import Secret
 from clasp_gateway.wire.credentials import AzureADConfig, AzureADTokens, KeyPool, credential_settings
 from clasp_gateway.wire.ratelimits import parse_rate_limits
-from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Raw, Text
-from tests.fakes.keys import key_of, openai_key_error
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port
 
 CLI = [sys.executable, "-m", "clasp_gateway.cli"]
 USER = [{"role": "user", "content": "hi"}]
@@ -261,21 +271,25 @@ def test_azure_ad_token_is_sent_as_bearer_and_fetched_once_for_a_burst(aad_secre
 
 
 def test_azure_ad_token_is_refreshed_before_it_expires(aad_secret: str, azure: FakeUpstream) -> None:
-    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=2) as aad:
+    # Tokens live 100 s on a clock the test moves (the token endpoint and the gateway's
+    # token cache share it); the upstream refuses any expired token, so every 200 proves
+    # the token sent was valid.
+    clock = FakeClock()
+    with FakeTokenEndpoint(client_secret=aad_secret, expires_in=100, clock=clock) as aad:
         azure.script = only_valid_tokens(aad)
         with GatewayServer(azure_config(azure, aad)) as server:
-            # Steady traffic for 3 s: tokens live 2 s, refreshed from 1.6 s on; the upstream
-            # refuses any expired token, so every 200 proves the refresh came in time.
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
-                assert chat(server).status_code == 200
-                time.sleep(0.05)
-            assert 2 <= aad.count <= 3
-            seen = list(dict.fromkeys(r.bearer for r in azure.requests))
-            assert len(seen) == aad.count
-            # Idle past the expiry: the next request waits for a fresh token.
-            time.sleep(2.1)
-            assert chat(server).status_code == 200 and aad.count == len(seen) + 1
+            (deployment,) = server.gateway.config.deployments()
+            server.gateway.providers.credentials.token_source(deployment)._monotonic = clock
+            assert chat(server).status_code == 200 and aad.count == 1
+            first = azure.last.bearer
+            clock.advance(79)  # before 80% of the lifetime: the cached token
+            assert chat(server).status_code == 200 and aad.count == 1
+            clock.advance(2)  # past 80%: the old token at once, a new one fetched meanwhile
+            assert chat(server).status_code == 200 and azure.last.bearer == first
+            clock.advance(14)  # past the cache's own end for the first token (100 s less a margin)
+            assert chat(server).status_code == 200 and aad.count == 2 and azure.last.bearer != first
+            clock.advance(200)  # idle past every expiry: the next request waits for a fresh token
+            assert chat(server).status_code == 200 and aad.count == 3
 
 
 async def test_a_token_near_expiry_is_refreshed_in_the_background(aad_secret: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes import Error, FakeUpstream, Reasoning, Text, ToolCalls
+from clasp_gateway.testing import Error, FakeUpstream, Reasoning, Text, ToolCalls
 
 ARGS = {"city": "Zürich"}
 

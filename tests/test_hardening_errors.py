@@ -14,9 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clasp_gateway import hookimpl
-from tests.fakes import Cut, Error, FakeUpstream, Text
+from clasp_gateway.testing import GATEWAY_KEY, Cut, Error, FakeUpstream, Text
 from tests.hardening import APIS, Witness, call, chain, serving
-from tests.support import GATEWAY_KEY
 
 SECRET_DETAIL = "db-password=hunter2"
 

@@ -19,8 +19,8 @@ from clasp_gateway import hookimpl
 from clasp_gateway.errors import AuthenticationError, GatewayError
 from clasp_gateway.pipeline import Gateway
 from clasp_gateway.plugins import PluginManager, call_each, call_first
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, Text, config_from
 from clasp_gateway.types import Principal, RequestContext
-from tests.fakes import Error, FakeUpstream, Text
 from tests.hardening import (
     APIS,
     Witness,
@@ -31,7 +31,6 @@ from tests.hardening import (
     ended_cleanly,
     serving,
 )
-from tests.support import GATEWAY_KEY, config_from
 
 # --- defect 1: an async plugin that defers must not open the door --------------------------
 

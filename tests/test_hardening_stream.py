@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clasp_gateway.pipeline import commits
-from tests.fakes import Cut, FakeUpstream, Hang, Malformed, Reasoning, Text, ToolCalls
+from clasp_gateway.testing import Cut, FakeUpstream, Hang, Malformed, Reasoning, Text, ToolCalls
 from tests.hardening import (
     APIS,
     BrokenStreamUpstream,

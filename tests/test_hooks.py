@@ -16,9 +16,8 @@ from clasp_gateway import hookimpl, registrations
 from clasp_gateway.errors import AuthenticationError, RateLimitError
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Text, config_from, openai_models
 from clasp_gateway.types import Principal
-from tests.fakes import Error, FakeUpstream, Text
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
 
 
 class EchoProvider:

@@ -24,9 +24,8 @@ from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shaping.context import plan as context_module
 from clasp_gateway.shaping.context.groups import Boundary
 from clasp_gateway.shell.limits import MAX_OUTPUT_TOKENS
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Text, config_from
 from clasp_gateway.types import RequestContext
-from tests.fakes import FakeUpstream, Text
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 

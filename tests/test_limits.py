@@ -29,8 +29,7 @@ import yaml
 from clasp_gateway.config import ServerConfig, ServerTimeouts, parse_config
 from clasp_gateway.shell.limits import LimitLog
 from clasp_gateway.shell.server import connection_cap
-from tests.fakes import FakeUpstream, Hang, Text
-from tests.support import GATEWAY_KEY, free_port
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, Hang, Text, free_port
 
 ROOT = Path(__file__).parent.parent
 WAIT = 30.0  # generous bound on anything the gateway should do "after a timeout of 1 s"

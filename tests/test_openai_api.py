@@ -6,8 +6,19 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import Cut, Error, FakeUpstream, Html, Malformed, Text, ToolCalls
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Cut,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Html,
+    Malformed,
+    Text,
+    ToolCalls,
+    config_from,
+    openai_models,
+)
 
 
 @pytest.fixture

@@ -21,13 +21,12 @@ from clasp_gateway import hookimpl
 from clasp_gateway.config import ConfigError
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
+from clasp_gateway.testing import GATEWAY_KEY, Cut, Error, FakeUpstream, GatewayServer, Hang, Reply, Text, config_from
+from clasp_gateway.testing.fakes.keys import key_of
+from clasp_gateway.testing.fakes.record import Recorded
 from clasp_gateway.types import Secret
 from clasp_gateway.wire.credentials import KeyPool
 from clasp_gateway.wire.ratelimits import parse_rate_limits
-from tests.fakes import Cut, Error, FakeUpstream, Hang, Reply, Text
-from tests.fakes.keys import key_of
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 K1, K2, K3 = "sk-perm-first-1111111111", "sk-perm-second-2222222222", "sk-perm-third-3333333333"
 POOL = ["${PERM_K1}", "${PERM_K2}", "${PERM_K3}"]

@@ -23,13 +23,12 @@ import pytest
 from clasp_gateway import hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Reply, Text, ToolCalls, config_from
+from clasp_gateway.testing.fakes.ai21 import BAD_TOKEN
+from clasp_gateway.testing.fakes.keys import key_of
+from clasp_gateway.testing.fakes.record import Recorded
 from clasp_gateway.wire.catalog import provider_profile
 from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter
-from tests.fakes import Error, FakeUpstream, Reply, Text, ToolCalls
-from tests.fakes.ai21 import BAD_TOKEN
-from tests.fakes.keys import key_of
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 KEY = "ai21-key-0123456789abcdef"
 MODEL = "jamba-large-1.7"

@@ -22,9 +22,18 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import Cut, Error, FakeUpstream, Reasoning, Text, ToolCalls
-from tests.fakes.openai_compat import REASONING_HISTORY_MESSAGE
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Cut,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Reasoning,
+    Text,
+    ToolCalls,
+    config_from,
+)
+from clasp_gateway.testing.fakes.openai_compat import REASONING_HISTORY_MESSAGE
 
 UPSTREAM_KEY = "upstream-key-0123456789"
 TOOLS: list[Any] = [

@@ -31,11 +31,10 @@ import clasp_claude  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.redact import install_redaction, key_id, redact, register_secret  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Raw, Text, config_from, free_port  # noqa: E402
+from clasp_gateway.testing.fakes.anthropic import anthropic_error  # noqa: E402
+from clasp_gateway.testing.fakes.record import Recorded  # noqa: E402
 from clasp_gateway.wire.litellm_adapter import LiteLLMAdapter  # noqa: E402
-from tests.fakes import Error, FakeUpstream, Raw, Text  # noqa: E402
-from tests.fakes.anthropic import anthropic_error  # noqa: E402
-from tests.fakes.record import Recorded  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port  # noqa: E402
 
 OPENAI_KEY = "sk-proj-Qz7Xw9Lm2Np4Rt6VyME42"
 LITELLM_KEY = "sk-proj-Hb5Kd8Fs1Gj3Vn0QpZT7"

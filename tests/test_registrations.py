@@ -26,8 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from clasp_gateway import RegistrationError, hookimpl, registrations
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream, Text, ToolCalls
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Text, ToolCalls, config_from, openai_models
 
 
 async def endpoint(request: Request) -> Response:

@@ -17,9 +17,8 @@ import pytest
 from clasp_gateway import ConfigError, RequestFeatures, hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream, Text, ToolCalls
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Text, ToolCalls, config_from, openai_models
 from tests.hardening import access_lines
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
 from tests.test_context import SYSTEM, TOOLS, claude_code_messages
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

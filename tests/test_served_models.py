@@ -15,7 +15,7 @@ import pytest
 from clasp_gateway.config import Config, ModelRoute
 from clasp_gateway.shaping.context import input_budget
 from clasp_gateway.shell.served import describe_model, route_for, routing_strategy, served_models, tier_models
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
 
 UPSTREAM_KEY = "sk-upstream-secret-0987654321"
 API_BASE = "http://10.9.8.7:1234/v1"

@@ -19,8 +19,16 @@ from clasp_gateway import hookimpl
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shaping.server_tools import LIMIT_NOTICE, TOOL_ERROR_PREFIX, ServerToolsError, ToolContext
 from clasp_gateway.shell.app import create_app
-from tests.fakes import Error, FakeUpstream, Text, ToolCalls
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, openai_models
+from clasp_gateway.testing import (
+    GATEWAY_KEY,
+    Error,
+    FakeUpstream,
+    GatewayServer,
+    Text,
+    ToolCalls,
+    config_from,
+    openai_models,
+)
 
 WEATHER: list[Any] = [{
     "name": "get_weather",

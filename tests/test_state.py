@@ -38,8 +38,7 @@ from clasp_gateway.state import (
 from clasp_gateway.state.memory import MemoryState
 from clasp_gateway.state.redis import RedisState
 from clasp_gateway.state.sqlite import SqliteState
-from clasp_gateway.testing import RedisNamespace, RedisServer, free_port, redis_server
-from tests.support import config_from
+from clasp_gateway.testing import FakeClock, RedisNamespace, RedisServer, config_from, free_port, redis_server
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -461,7 +460,8 @@ async def test_redis_comes_back_after_an_outage(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="clasp.state")
     with redis_server(own=True) as own:
         state = RedisState(own.url, timeout=0.5)
-        state._outage.retry_after = 0.2
+        state._outage.retry_after = 0.2  # the pub/sub reader's (real) retry interval stays short
+        pause = state._outage.clock = FakeClock()  # the pause after a failure passes when moved
         got: list[bytes] = []
         try:
             await state.subscribe("ch", got.append)
@@ -469,10 +469,10 @@ async def test_redis_comes_back_after_an_outage(caplog: pytest.LogCaptureFixture
             own.stop()
             with pytest.raises(StateUnavailable):
                 await state.incr("n")
+            own.restart()
             with pytest.raises(StateUnavailable):  # within the pause: not even tried
                 await state.incr("n")
-            own.restart()
-            await asyncio.sleep(0.25)
+            pause.advance(0.21)
             assert await state.incr("n") == 1  # a fresh server: the count restarted
             assert not state.outage
             assert any("reachable again" in r.getMessage() for r in caplog.records)
@@ -491,7 +491,7 @@ async def test_redis_comes_back_after_an_outage(caplog: pytest.LogCaptureFixture
 async def test_a_locked_sqlite_file_is_an_outage_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = str(tmp_path / "state.sqlite3")
     state = SqliteState(path, timeout=0.05)
-    state._outage.retry_after = 0.1
+    pause = state._outage.clock = FakeClock()
     await state.open()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -503,7 +503,9 @@ async def test_a_locked_sqlite_file_is_an_outage_logged_once(tmp_path: Path, cap
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    await asyncio.sleep(0.15)
+    with pytest.raises(StateUnavailable):  # unlocked, but within the pause: not even tried
+        await state.incr("n")
+    pause.advance(2.01)
     assert await state.incr("n") == 1 and not state.outage
     await state.close()
     assert len(outage_errors(caplog, "SQLite")) == 1

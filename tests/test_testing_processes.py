@@ -12,8 +12,7 @@ import redis as redis_client
 from clasp_gateway.state import StateUnavailable
 from clasp_gateway.state.memory import MemoryState
 from clasp_gateway.state.sqlite import SqliteState
-from clasp_gateway.testing import GatewayProcesses, redis_answers, redis_server
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayProcesses, GatewayServer, config_from, redis_answers, redis_server
 
 
 def test_an_own_redis_server_is_stopped_and_can_be_restarted() -> None:

@@ -21,10 +21,9 @@ import pytest
 from clasp_gateway.config import ConfigError
 from clasp_gateway.shaping.textcalls import TextCallFilter, filter_text_calls, parse_calls, text_call_names
 from clasp_gateway.shell.app import create_app
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Text, ToolCalls, config_from
+from clasp_gateway.testing.fakes.textcalls import STYLES, TextToolCalls, render_text_calls
 from clasp_gateway.types import KEEPALIVE, Deployment
-from tests.fakes import FakeUpstream, Text, ToolCalls
-from tests.fakes.textcalls import STYLES, TextToolCalls, render_text_calls
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 NAMES = {"bash": "Bash", "Bash": "Bash", "read": "Read", "Read": "Read", "mcp__git__log": "mcp__git__log"}
 CALL_ID = re.compile(r"^call_[0-9a-f]{24}$")

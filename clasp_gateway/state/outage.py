@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("clasp.state")
@@ -42,10 +43,13 @@ def safe_url(url: str) -> str:
 class Outage:
     """Outage bookkeeping for one store (``label`` at ``url``, both safe to log)."""
 
-    def __init__(self, label: str, url: str, *, retry_after: float = RETRY_AFTER) -> None:
+    def __init__(self, label: str, url: str, *, retry_after: float = RETRY_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.url = url
         self.retry_after = retry_after
+        self.clock = clock
+        """Seconds for the pause after a failure (tests move a fake one instead of sleeping)."""
         self.since: float | None = None
         """When the current outage began (monotonic), or None."""
         self._retry_at = 0.0
@@ -58,13 +62,13 @@ class Outage:
 
     def check(self) -> None:
         """Before a call: raise at once while the store is left alone after a failure."""
-        if self.since is not None and time.monotonic() < self._retry_at:
+        if self.since is not None and self.clock() < self._retry_at:
             raise StateUnavailable(f"{self.label} at {self.url} is unavailable ({self._reason}); "
-                                   f"retrying in {self._retry_at - time.monotonic():.1f}s")
+                                   f"retrying in {self._retry_at - self.clock():.1f}s")
 
     def failed(self, exc: BaseException, what: str) -> StateUnavailable:
         """A call failed: log it if this starts an outage; the exception to raise."""
-        now = time.monotonic()
+        now = self.clock()
         self._reason = f"{type(exc).__name__}: {str(exc)[:200]}"
         if self.since is None:
             # Once per outage: every request would otherwise log the same thing.
@@ -81,5 +85,5 @@ class Outage:
         """A call succeeded: end the outage (logged) if there was one."""
         if self.since is not None:
             log.warning("%s at %s is reachable again after %.1fs: state is shared again",
-                        self.label, self.url, time.monotonic() - self.since)
+                        self.label, self.url, self.clock() - self.since)
             self.since = None

@@ -1,12 +1,81 @@
-"""Helpers for testing the gateway and its plugins, inside or outside this repository.
+"""Test helpers for the gateway and its plugins, inside or outside this repository.
 
-:mod:`.processes`: a real Redis (the machine's, or a ``redis-server`` of our own) with
-a fresh key prefix per test, and gateways run as real ``clasp serve`` processes (for
-anything that must hold across workers or replicas). Nothing here imports pytest.
+A plugin package tests itself against a real gateway and fake providers, with nothing
+but ``clasp-gateway`` installed (and never a real provider: every fake listens on
+127.0.0.1)::
+
+    from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from, openai_models
+
+    with FakeUpstream("openai") as up, GatewayServer(
+        config_from({"models": openai_models(up.base_url)}), plugins=[my_plugin]
+    ) as gateway:
+        up.queue(Text("hello"))
+        httpx.post(gateway.base_url + "/v1/chat/completions", headers=gateway.headers, json=...)
+        assert up.last.body["model"] == "gpt-4o"
+
+What is here, by use:
+
+- **Fake providers** (:mod:`.fakes`): :class:`FakeUpstream` speaks a provider's real
+  wire (``"openai"``, ``"azure"``, ``"ollama"`` (its ``/v1`` and native API), ``"gemini"``,
+  ``"cohere"``, ``"anthropic"``, ``"ai21"``, ``"deepseek"``, ``"mistral"``, ``"groq"``,
+  ``"vllm"``; ``"json_stream"`` and ``"fragmented"`` for awkward upstreams), records
+  every request (:class:`Recorded`) and answers what it is told: :class:`Text`,
+  :class:`ToolCalls`, :class:`Reasoning`, or a fault (:class:`Error`, :class:`Cut`,
+  :class:`Hang`, :class:`Html`, :class:`Malformed`, :class:`Raw`); a :data:`Script`
+  decides per request (:func:`by_key`: per API key, :func:`limits_by_key` and
+  :func:`openai_limits`: rate-limit headers). :class:`FakeTokenEndpoint` is an Entra
+  ID (Azure AD) token endpoint; :func:`register_flavor` with a :class:`FlavorSpec`
+  adds a provider.
+- **A gateway in a thread** (:mod:`.gateway`): :class:`GatewayServer` serves a
+  :func:`config_from` configuration (with the client key :data:`GATEWAY_KEY`) with the
+  installed plugins plus ``plugins=[...]``; :func:`openai_models` points model names
+  at a fake.
+- **Real processes** (:mod:`.processes`): a real Redis (:func:`redis_server`: the
+  machine's, or a ``redis-server`` of its own, stopped after; a fresh key prefix per
+  test with :meth:`RedisServer.namespace`), and :class:`GatewayProcesses`, real
+  ``clasp serve`` processes on one configuration (workers, replicas).
+- **Time** (:mod:`.clock`): :class:`FakeClock`, a clock a test moves, for components
+  that take one (windows, cooldowns, expiries are tested without sleeping).
+- **pytest fixtures** (:mod:`.pytest_plugin`, loaded by the ``pytest11`` entry point):
+  ``fake_upstream``, ``start_gateway`` (typed :data:`StartGateway`), ``redis_server``.
+
+Nothing here imports pytest but :mod:`.pytest_plugin`, and the gateway never imports
+this package: it costs nothing at run time.
 """
 
 from __future__ import annotations
 
+from .clock import FakeClock
+from .fakes import (
+    FLAVORS,
+    Cut,
+    Error,
+    FakeTokenEndpoint,
+    FakeUpstream,
+    Hang,
+    Html,
+    Malformed,
+    Raw,
+    Reasoning,
+    Recorded,
+    Reply,
+    Script,
+    Text,
+    ToolCalls,
+    by_key,
+    limits_by_key,
+    openai_limits,
+)
+from .fakes.flavors import FlavorSpec, register_flavor
+from .gateway import (
+    GATEWAY_KEY,
+    UPSTREAM_KEY,
+    GatewayServer,
+    StartGateway,
+    config_from,
+    openai_models,
+    plugin_manager,
+)
 from .processes import (
     GatewayProcess,
     GatewayProcesses,
@@ -18,6 +87,15 @@ from .processes import (
 )
 
 __all__ = [
+    # fake providers and what they answer
+    "FLAVORS", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
+    "Cut", "Error", "Hang", "Html", "Malformed", "Raw", "Reasoning", "Reply", "Script", "Text", "ToolCalls",
+    "by_key", "limits_by_key", "openai_limits",
+    # a gateway in a thread
+    "GATEWAY_KEY", "UPSTREAM_KEY", "GatewayServer", "StartGateway", "config_from", "openai_models", "plugin_manager",
+    # time that moves when told
+    "FakeClock",
+    # real processes: Redis, clasp serve
     "GatewayProcess", "GatewayProcesses", "RedisNamespace", "RedisServer", "free_port", "redis_answers",
     "redis_server",
 ]

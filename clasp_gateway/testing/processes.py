@@ -45,10 +45,11 @@ READY_LINE = "Application startup complete."
 """What uvicorn logs once per worker when its lifespan start-up finished."""
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (127.0.0.1)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (racy by nature: a server of our own binds
+    port 0 where it can; this is for configurations that must name a port first)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

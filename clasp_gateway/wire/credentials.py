@@ -227,8 +227,11 @@ class KeyPool:
     the worker's event loop, so no locking is needed.
     """
 
-    def __init__(self, deployment_id: str, secrets: Iterable[Secret], settings: KeyPoolSettings | None = None) -> None:
+    def __init__(self, deployment_id: str, secrets: Iterable[Secret], settings: KeyPoolSettings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.deployment_id = deployment_id
+        self.clock = clock
+        """Seconds for benches and limit windows (tests move a fake one instead of sleeping)."""
         self.settings = settings or KeyPoolSettings()
         self.slots = [KeySlot(s, i, seen_value=s.value) for i, s in enumerate(secrets)]
         self._cursor = 0
@@ -270,7 +273,7 @@ class KeyPool:
         if in_rotation and len(in_rotation) < len(candidates):
             excluded.update(id(s) for s in candidates if s.no_access)
             candidates = in_rotation
-        now = time.monotonic()
+        now = self.clock()
         n = len(slots)
         chosen: KeySlot | None = None
         for step in range(n):
@@ -302,14 +305,14 @@ class KeyPool:
     def has_alternative(self, exclude: Iterable[KeySlot]) -> bool:
         """Whether a key not in ``exclude`` is usable now (set, not benched)."""
         excluded = set(map(id, exclude))
-        now = time.monotonic()
+        now = self.clock()
         return any(
             s.value and not s.no_access and id(s) not in excluded and s.benched_until <= now for s in self.slots
         )
 
     def soonest_available(self) -> float | None:
         """Seconds until some key of the pool is out of the bench (0 if one is usable)."""
-        now = time.monotonic()
+        now = self.clock()
         usable = [s for s in self.slots if s.value and not s.no_access] or [s for s in self.slots if s.value]
         waits = [max(0.0, s.benched_until - now) for s in usable]
         return min(waits) if waits else None
@@ -339,7 +342,7 @@ class KeyPool:
         exhausted quota (``insufficient_quota``: billing, not rate), bench for
         ``auth_cooldown`` with a warning that names the key's reference.
         """
-        now = time.monotonic()
+        now = self.clock()
         if not limits.empty:
             slot.limits = limits
         if status in KEY_REJECTED or error_code == "insufficient_quota":
@@ -374,7 +377,7 @@ class KeyPool:
 
     def status(self) -> list[dict[str, Any]]:
         """The pool for a person (admin pages, debugging): references only."""
-        now = time.monotonic()
+        now = self.clock()
         out = []
         for slot in self.slots:
             limits = slot.limits

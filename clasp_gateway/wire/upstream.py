@@ -350,7 +350,7 @@ class Upstream:
                 status = response.status
                 if status < 400:
                     if slot is not None and pool is not None and pool.tracks_limits:
-                        pool.observe(slot, parse_rate_limits(response.headers))
+                        pool.observe(slot, parse_rate_limits(response.headers, now=pool.clock()))
                     return response
                 try:
                     body = await read_error_body(response, label, t.idle)
@@ -358,7 +358,8 @@ class Upstream:
                     response.release()
                 if slot is not None and status in KEY_FAILURES:
                     failed = (error or status_error)(response, body, label)
-                    raise KeyRefused(failed, status, parse_rate_limits(response.headers), error_code(body))
+                    limits = parse_rate_limits(response.headers, now=pool.clock() if pool is not None else None)
+                    raise KeyRefused(failed, status, limits, error_code(body))
                 if refresh is not None and not refreshed:
                     refreshed = True
                     if await _resolve(refresh(response, body)):

@@ -32,9 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import Reply, Text
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY
+from clasp_gateway.testing import GATEWAY_KEY, Reply, Text
+from clasp_gateway.testing.fakes.record import Recorded
 
 __all__ = [
     "CLAUDE_CODE_VERSION",

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream
-from tests.support import GatewayServer, config_from, openai_models
+from clasp_gateway.testing import FakeUpstream, GatewayServer, config_from, openai_models
 
 from .claude import ClaudeRun, ScriptedModel, Step, run_claude
 

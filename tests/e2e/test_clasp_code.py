@@ -33,9 +33,8 @@ import pytest
 from clasp_gateway.shaping.context import input_budget
 from clasp_gateway.shaping.tokens import count_canonical, get_encoding
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream, Reply, Text, ToolCalls
-from tests.fakes.record import Recorded
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Reply, Text, ToolCalls, config_from
+from clasp_gateway.testing.fakes.record import Recorded
 
 from .claude import ClaudeRun, claude_binary, claude_env, run_claude
 from .stack import ClientLog

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from clasp_claude.request import TOOL_ERROR_PREFIX
 
-from tests.fakes import Reasoning, Text, ToolCalls
+from clasp_gateway.testing import Reasoning, Text, ToolCalls
 
 from .claude import Conversation, Step
 from .helpers import (

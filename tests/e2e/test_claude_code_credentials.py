@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from clasp_gateway.shell.app import create_app
-from tests.fakes import Error, FakeTokenEndpoint, FakeUpstream, Text, ToolCalls
-from tests.fakes.keys import key_of, openai_limits
-from tests.fakes.record import Recorded
-from tests.support import GatewayServer, config_from
+from clasp_gateway.testing import Error, FakeTokenEndpoint, FakeUpstream, GatewayServer, Text, ToolCalls, config_from
+from clasp_gateway.testing.fakes.keys import key_of, openai_limits
+from clasp_gateway.testing.fakes.record import Recorded
 
 from .claude import ScriptedModel, Step, run_claude
 from .helpers import assert_ok

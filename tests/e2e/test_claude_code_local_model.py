@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from clasp_gateway.shell.app import create_app
-from tests.fakes import FakeUpstream, Text
-from tests.fakes.textcalls import TextToolCalls
-from tests.support import GatewayServer, config_from
+from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from
+from clasp_gateway.testing.fakes.textcalls import TextToolCalls
 
 from .helpers import assert_clean_upstream, assert_ok, assert_tool_round_trip, call_arguments
 from .stack import ClientLog, Stack

@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import FakeUpstream, Text, ToolCalls
-from tests.fakes.gemini import openai_view
-from tests.fakes.record import Recorded
-from tests.support import GatewayServer, config_from
+from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, ToolCalls, config_from
+from clasp_gateway.testing.fakes.gemini import openai_view
+from clasp_gateway.testing.fakes.record import Recorded
 
 from .claude import ClaudeRun, ScriptedModel, Step, run_claude
 from .helpers import assert_ok

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeUpstream, Text, ToolCalls
-from tests.support import GatewayServer, config_from, openai_models
+from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, ToolCalls, config_from, openai_models
 
 from .claude import Conversation, ScriptedModel, run_claude
 from .helpers import assert_tool_round_trip

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import GatewayServer, config_from
+from clasp_gateway.testing import GatewayServer, config_from
 
 from .claude import MAIN_TOOL, run_claude
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import Cut, Error, Text, ToolCalls
+from clasp_gateway.testing import Cut, Error, Text, ToolCalls
 
 from .claude import Step, once
 from .helpers import assert_clean_upstream, assert_ok, assert_tool_round_trip

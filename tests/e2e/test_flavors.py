@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import Text, ToolCalls
+from clasp_gateway.testing import Text, ToolCalls
 
 from .claude import Step
 from .helpers import (

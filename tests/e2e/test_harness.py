@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import Hang
+from clasp_gateway.testing import Hang
 
 from . import claude
 from .stack import Stack

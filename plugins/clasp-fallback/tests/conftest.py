@@ -20,9 +20,19 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from clasp_gateway import hookimpl  # noqa: E402
 from clasp_gateway.plugins import PluginManager  # noqa: E402
 from clasp_gateway.shell.app import create_app  # noqa: E402
-from clasp_gateway.testing import GatewayProcesses, RedisNamespace, RedisServer, redis_server  # noqa: E402
-from tests.fakes import FakeUpstream, Text  # noqa: E402
-from tests.support import GATEWAY_KEY, GatewayServer, config_from, free_port  # noqa: E402
+from clasp_gateway.testing import (  # noqa: E402
+    GATEWAY_KEY,
+    FakeClock,
+    FakeUpstream,
+    GatewayProcesses,
+    GatewayServer,
+    RedisNamespace,
+    RedisServer,
+    Text,
+    config_from,
+    free_port,
+    redis_server,
+)
 
 UPSTREAM_KEY = "sk-upstream-test-1234567890"
 
@@ -132,7 +142,10 @@ def serve() -> Iterator[Callable[..., Served]]:
         fallback: dict[str, Any] | None = None,
         models: dict[str, Any] | None = None,
         plugins: list[Any] = (),  # type: ignore[assignment]
+        clock: FakeClock | None = None,
     ) -> Served:
+        """``clock``: the gateway's state backend (memory: where the breakers keep
+        their time) reads it, so a test moves past a cooldown instead of sleeping."""
         config = config_from({"models": models or {"chain": chain}, "fallback": fallback or {}})
         pm = PluginManager()
         pm.load(config.plugin_paths)
@@ -140,7 +153,12 @@ def serve() -> Iterator[Callable[..., Served]]:
         pm.register(events, name="test-events")
         for i, plugin in enumerate(plugins):
             pm.register(plugin, name=f"test-plugin-{i}")
-        served = Served(GatewayServer(config, create_app(config, pm)).start(), events)
+        app = create_app(config, pm)
+        if clock is not None:
+            state = app.starlette_app.state.gateway.state
+            assert state.kind == "memory", "a clock is for the memory state backend"
+            state.clock = clock
+        served = Served(GatewayServer(config, app).start(), events)
         started.append(served)
         return served
 

@@ -146,7 +146,7 @@ async def test_health_checks_feed_the_breaker(store: BreakerStore, advance: Adva
 
 
 async def test_redis_outage_falls_back_to_local_state_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
-    from tests.support import free_port
+    from clasp_gateway.testing import free_port
 
     redis = RedisState(f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0", timeout=0.2)
     breakers = SharedBreakers(POLICY, redis)

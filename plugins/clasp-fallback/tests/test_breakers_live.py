@@ -1,13 +1,15 @@
-"""Circuit breakers through a real gateway: traffic stops, one probe, recovery, budgets."""
+"""Circuit breakers through a real gateway: traffic stops, one probe, recovery, budgets.
+
+Cooldowns pass on a clock the test moves (the gateway's memory state reads it), never by
+sleeping: whatever must happen inside a cooldown does, however busy the machine."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.fakes import Error, FakeUpstream, Text
+from clasp_gateway.testing import Error, FakeClock, FakeUpstream, Text
 
 BREAKER = {"retry": {"attempts": 0}, "breaker": {"failures": 2, "cooldown": 0.5, "max_cooldown": 2}}
 
@@ -17,8 +19,9 @@ def test_an_open_breaker_stops_traffic_and_closes_after_recovery(
 ) -> None:
     primary, secondary = up
     primary.script = lambda body, rec: Error(500)
-    # A 1 s cooldown: the ten requests below must all fall inside it, even on a busy machine.
-    gw = serve(kit.pair(primary, secondary), fallback={**BREAKER, "breaker": {"failures": 2, "cooldown": 1.0}})
+    clock = FakeClock()
+    gw = serve(kit.pair(primary, secondary), fallback={**BREAKER, "breaker": {"failures": 2, "cooldown": 1.0}},
+               clock=clock)
     for _ in range(2):
         assert gw.text(gw.chat()) == "from secondary"
     assert kit.chat_requests(primary) == 2
@@ -31,7 +34,9 @@ def test_an_open_breaker_stops_traffic_and_closes_after_recovery(
     assert gw.status()["by_id"]["primary"]["attempts"]["skipped_open_breaker"] == 10
 
     primary.script = lambda body, rec: Text("primary is back")
-    time.sleep(1.05)
+    clock.advance(0.99)
+    assert gw.text(gw.chat()) == "from secondary" and kit.chat_requests(primary) == 2  # still cooling down
+    clock.advance(0.02)
     assert gw.text(gw.chat()) == "primary is back"  # the half-open probe
     entry = gw.status()["by_id"]["primary"]
     assert entry["state"] == "closed" and entry["attempts"]["probes"] == 1
@@ -45,11 +50,12 @@ def test_half_open_lets_exactly_one_probe_through(
 ) -> None:
     primary, secondary = up
     primary.script = lambda body, rec: Error(503)
-    gw = serve(kit.pair(primary, secondary), fallback=BREAKER)
+    clock = FakeClock()
+    gw = serve(kit.pair(primary, secondary), fallback=BREAKER, clock=clock)
     gw.chat(), gw.chat()
     assert gw.status()["by_id"]["primary"]["state"] == "open"
     primary.script = lambda body, rec: Text("slow probe", delay=0.4)
-    time.sleep(0.55)
+    clock.advance(0.51)
     before = kit.chat_requests(primary)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(lambda _: gw.text(gw.chat()), range(8)))
@@ -60,13 +66,14 @@ def test_half_open_lets_exactly_one_probe_through(
 def test_a_failed_probe_reopens_for_longer(serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream]) -> None:
     primary, secondary = up
     primary.script = lambda body, rec: Error(500)
-    gw = serve(kit.pair(primary, secondary), fallback=BREAKER)
+    clock = FakeClock()
+    gw = serve(kit.pair(primary, secondary), fallback=BREAKER, clock=clock)
     gw.chat(), gw.chat()
-    time.sleep(0.55)
+    clock.advance(0.51)
     assert gw.text(gw.chat()) == "from secondary"  # the probe failed, then fell back
     breaker = gw.status()["by_id"]["primary"]["breaker"]
     assert breaker["trips"] == 2 and breaker["reason"] == "the half-open probe failed"
-    assert 0.6 < breaker["probe_in_s"] <= 1.0  # cooldown doubled
+    assert breaker["probe_in_s"] == 1.0  # cooldown doubled (0.5 s -> 1 s), to the millisecond
 
 
 def test_the_retry_budget_limits_retries_during_an_outage(

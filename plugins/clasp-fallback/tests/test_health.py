@@ -1,15 +1,19 @@
-"""Active health checks: they open breakers before users notice, and recover them."""
+"""Active health checks: they open breakers before users notice, and recover them.
+
+Nothing here counts what happens in a stretch of wall-clock time: cooldowns pass on a
+clock the test moves, and rounds of checks are run by the test when it needs them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from tests.fakes import Error, FakeUpstream, Text
-from tests.support import free_port
+from clasp_gateway import hookimpl
+from clasp_gateway.testing import Error, FakeClock, FakeUpstream, Text, free_port
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -18,6 +22,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+class LoopOf:
+    """Catches a gateway's event loop at start-up, to run a round of checks on it."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @hookimpl
+    def startup(self, app: Any) -> None:
+        self.loop = asyncio.get_running_loop()
 
 
 def models_calls(up: FakeUpstream) -> int:
@@ -29,10 +44,11 @@ def test_checks_open_a_dead_deployments_breaker_before_any_request(
 ) -> None:
     _, secondary = up
     port = free_port()
+    clock = FakeClock()
     gw = serve(kit.pair(f"http://127.0.0.1:{port}/v1", secondary), fallback={
         "health": {"interval": 0.1, "timeout": 0.5, "method": "models"},
         "breaker": {"failures": 2, "cooldown": 0.3},
-    })
+    }, clock=clock)
     wait_for(lambda: gw.status()["by_id"]["primary"]["state"] == "open")
     check = gw.status()["by_id"]["primary"]["last_check"]
     assert check["ok"] is False and "cannot reach the provider" in check["verdict"] and check["method"] == "models"
@@ -44,7 +60,10 @@ def test_checks_open_a_dead_deployments_breaker_before_any_request(
     with FakeUpstream(port=port) as revived:
         revived.script = lambda body, rec: Text("primary is back")
         wait_for(lambda: gw.status()["by_id"]["primary"]["last_check"]["ok"])
-        time.sleep(0.35)  # GET /models proves reachability, not answers: a real probe closes it
+        # GET /models proves reachability, not answers: the breaker stays open until its
+        # cooldown ends, then a real request is the probe that closes it.
+        assert gw.status()["by_id"]["primary"]["state"] == "open"
+        clock.advance(0.31)
         assert gw.text(gw.chat()) == "primary is back"
         assert gw.status()["by_id"]["primary"]["state"] == "closed"
 
@@ -69,18 +88,20 @@ def test_replicas_share_checks_instead_of_multiplying_them(
     serve: Callable[..., Any], kit: Any, up: tuple[FakeUpstream, FakeUpstream], redis_url: str, key_prefix: str
 ) -> None:
     primary, secondary = up
-    fallback = {"health": {"interval": 0.2, "method": "models"},
+    # A long interval: one lease (90% of it) covers everything below, however slow the machine.
+    fallback = {"health": {"interval": 60, "method": "models"},
                 "breaker": {"redis_url": redis_url, "key_prefix": key_prefix}}
-    gateways = [serve(kit.pair(primary, secondary), fallback=fallback) for _ in range(3)]
-    start = models_calls(primary)
-    time.sleep(1.0)
-    # Three replicas checking every ~0.2 s would make ~15 calls in 1 s; with one lease
-    # holder per interval (leases last 90% of it) it is ~5.
-    assert 3 <= models_calls(primary) - start <= 8
+    loops = [LoopOf() for _ in range(3)]
+    gateways = [serve(kit.pair(primary, secondary), fallback=fallback, plugins=[loop]) for loop in loops]
+    runtimes = [gw.server.app.starlette_app.state.fallback for gw in gateways]
+    # Each replica's loop ran (or is running) its first round; run one more on each.
+    for runtime, loop in zip(runtimes, loops, strict=True):
+        assert loop.loop is not None
+        asyncio.run_coroutine_threadsafe(runtime.health.check_all(), loop.loop).result(timeout=10)
+    # Six rounds by three replicas within one interval: one lease holder, one check.
+    assert models_calls(primary) == 1
     for gw in gateways:
         assert gw.status()["by_id"]["primary"]["last_check"]["ok"] is True
     for gw in gateways:
         gw.stop()
-    stopped = models_calls(primary)
-    time.sleep(0.4)
-    assert models_calls(primary) == stopped  # shutdown cancelled the checks
+    assert all(runtime.health._task is None for runtime in runtimes)  # shutdown cancelled the checks

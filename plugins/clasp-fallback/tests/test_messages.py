@@ -8,8 +8,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.fakes import Cut, Error, FakeUpstream, Hang, Text
-from tests.support import GATEWAY_KEY
+from clasp_gateway.testing import GATEWAY_KEY, Cut, Error, FakeUpstream, Hang, Text
 
 MESSAGES: Any = [{"role": "user", "content": "Write a haiku about retries."}]
 

@@ -11,8 +11,8 @@ from clasp_fallback.stats import Stats
 from clasp_fallback.strategy import balanced, by_cost
 
 from clasp_gateway import hookimpl
+from clasp_gateway.testing import Error, FakeUpstream, Text
 from clasp_gateway.types import Deployment, ModelInfo
-from tests.fakes import Error, FakeUpstream, Text
 
 OVERFLOW = {"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages "
                                  "resulted in 9000 tokens. Please reduce the length of the messages.",
@@ -135,7 +135,7 @@ def test_task_chain_routes_background_calls(serve: Callable[..., Any], kit: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import anthropic
 
-    from tests.support import GATEWAY_KEY
+    from clasp_gateway.testing import GATEWAY_KEY
 
     monkeypatch.setenv("CLASP_LOAD_PLUGINS", "fallback,claude")
     a, b, c = three

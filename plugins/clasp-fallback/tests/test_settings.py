@@ -8,7 +8,7 @@ import pytest
 from clasp_fallback.settings import DEFAULT_RETRY_ON, parse_settings
 
 from clasp_gateway.config import ConfigError
-from tests.support import config_from
+from clasp_gateway.testing import config_from
 
 MODELS = {
     "claude-sonnet": [

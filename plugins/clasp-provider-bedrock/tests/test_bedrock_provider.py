@@ -26,8 +26,8 @@ from clasp_provider_bedrock.converse import ConverseStream, converse_body
 from clasp_gateway.cli import main as clasp_main
 from clasp_gateway.config import parse_config
 from clasp_gateway.errors import UpstreamError
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
 from clasp_gateway.types import Deployment
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
 
 
 def load_fake() -> ModuleType:

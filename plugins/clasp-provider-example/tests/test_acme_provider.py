@@ -19,7 +19,7 @@ from clasp_provider_example import AcmeProvider
 from clasp_provider_example.adapter import IMAGE_OMITTED, chunks_from_events, to_acme
 
 from clasp_gateway.config import parse_config
-from tests.support import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
 
 
 def load_fake_acme() -> ModuleType:

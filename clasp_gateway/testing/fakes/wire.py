@@ -1,9 +1,9 @@
 """Wire formats: how each provider spells a reply, byte for byte.
 
-A *wire* turns a content reply (:class:`~tests.fakes.replies.Text`,
-:class:`~tests.fakes.replies.ToolCalls`, :class:`~tests.fakes.replies.Reasoning`)
+A *wire* turns a content reply (:class:`~clasp_gateway.testing.fakes.replies.Text`,
+:class:`~clasp_gateway.testing.fakes.replies.ToolCalls`, :class:`~clasp_gateway.testing.fakes.replies.Reasoning`)
 into either a complete response body or a list of stream events, and knows the
-provider's error bodies.  It does no I/O: :mod:`tests.fakes.server` decides
+provider's error bodies.  It does no I/O: :mod:`clasp_gateway.testing.fakes.server` decides
 when and how the bytes are written (delays, cuts, fragmentation).
 
 Formats reproduced (from real captures):

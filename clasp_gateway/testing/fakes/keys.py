@@ -1,7 +1,7 @@
 """Per-key behaviour for fake upstreams: answers and rate-limit headers by API key.
 
 A real provider answers each API key according to that key's own limits. These
-helpers reproduce it on a :class:`~tests.fakes.server.FakeUpstream`::
+helpers reproduce it on a :class:`~clasp_gateway.testing.fakes.server.FakeUpstream`::
 
     up.script = by_key({"sk-one": Error(429, headers=openai_limits(0, reset="1s")),
                         "sk-two": Text("hi")})

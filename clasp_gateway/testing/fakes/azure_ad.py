@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class FakeTokenEndpoint:
         expires_in: lifetime of issued tokens, seconds.
         delay: seconds before each answer (to make concurrent callers overlap).
         fail: ``(status, body)`` to answer every request with, until set to ``None``.
+        clock: the monotonic seconds issued tokens expire on (a test's
+            :class:`~clasp_gateway.testing.FakeClock`, shared with the gateway's token
+            cache, moves both past an expiry without sleeping).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class FakeTokenEndpoint:
         expires_in: int = 3599,
         delay: float = 0.0,
         fail: tuple[int, dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tenant = tenant
         self.client_id = client_id
@@ -72,9 +77,10 @@ class FakeTokenEndpoint:
         self.expires_in = expires_in
         self.delay = delay
         self.fail = fail
+        self.clock = clock
         self.requests: list[TokenRequest] = []
         self.issued: dict[str, float] = {}
-        """Every token issued, with its monotonic expiry."""
+        """Every token issued, with its expiry on :attr:`clock`."""
         self.port = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,7 +106,7 @@ class FakeTokenEndpoint:
         """Whether ``token`` was issued here and has not expired."""
         with self._lock:
             expiry = self.issued.get(token or "")
-        return expiry is not None and time.monotonic() < expiry
+        return expiry is not None and self.clock() < expiry
 
     @staticmethod
     def error_body(error: str, code: int, description: str) -> dict[str, Any]:
@@ -150,7 +156,7 @@ class FakeTokenEndpoint:
                 "identifier (application ID URI)."), status=400)
         token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.aad-" + uuid.uuid4().hex + "." + uuid.uuid4().hex
         with self._lock:
-            self.issued[token] = time.monotonic() + self.expires_in
+            self.issued[token] = self.clock() + self.expires_in
         return web.json_response({
             "token_type": "Bearer",
             "expires_in": self.expires_in,

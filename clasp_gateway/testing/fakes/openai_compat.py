@@ -1,6 +1,6 @@
 """OpenAI-compatible providers with their own quirks, as fake upstreams.
 
-Flavors (each the OpenAI chat wire of :class:`~tests.fakes.wire.OpenAIWire` plus
+Flavors (each the OpenAI chat wire of :class:`~clasp_gateway.testing.fakes.wire.OpenAIWire` plus
 what the real service does differently):
 
 - ``"deepseek"``: ``/chat/completions`` and ``/v1/chat/completions``;

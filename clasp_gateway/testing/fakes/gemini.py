@@ -164,7 +164,7 @@ class GeminiWire(Wire):
             500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
             503: "The model is overloaded. Please try again later.",
         }
-        details = None
+        details: list[dict[str, Any]] | None = None
         if status == 429:
             details = [
                 {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
@@ -348,7 +348,7 @@ def openai_view(body: dict[str, Any]) -> dict[str, Any]:
     for content in body.get("contents") or ():
         parts = _parts(content)
         if content.get("role") == "model":
-            calls = []
+            calls: list[dict[str, Any]] = []
             for p in parts:
                 call = p.get("functionCall", p.get("function_call"))
                 if isinstance(call, dict):
@@ -356,14 +356,14 @@ def openai_view(body: dict[str, Any]) -> dict[str, Any]:
                     n += 1
                     calls.append({"id": ident, "type": "function",
                                   "function": {"name": call.get("name"), "arguments": _compact(call.get("args") or {})}})
-            text = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
-            msg: dict[str, Any] = {"role": "assistant", "content": text or None}
+            said = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
+            msg: dict[str, Any] = {"role": "assistant", "content": said or None}
             if calls:
                 msg["tool_calls"] = calls
                 pending = [c["id"] for c in calls]
             messages.append(msg)
             continue
-        texts = []
+        texts: list[str] = []
         for p in parts:
             resp = p.get("functionResponse", p.get("function_response"))
             if isinstance(resp, dict):

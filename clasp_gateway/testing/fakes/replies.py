@@ -2,8 +2,8 @@
 
 Each reply is a small dataclass describing *what* the provider says; how it is
 written on the wire (JSON vs SSE vs NDJSON, field names, quirks) is decided by
-the flavor of the :class:`~tests.fakes.server.FakeUpstream` that serves it
-(see :mod:`tests.fakes.wire`).
+the flavor of the :class:`~clasp_gateway.testing.fakes.server.FakeUpstream` that serves it
+(see :mod:`clasp_gateway.testing.fakes.wire`).
 
 Every reply accepts two keyword-only timing knobs:
 

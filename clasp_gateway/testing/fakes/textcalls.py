@@ -1,6 +1,6 @@
 """A local model that writes its tool calls as text instead of ``tool_calls``.
 
-:class:`TextToolCalls` is a :class:`~tests.fakes.replies.Text` reply whose content
+:class:`TextToolCalls` is a :class:`~clasp_gateway.testing.fakes.replies.Text` reply whose content
 is tool calls spelled the way local models spell them when the server does not
 parse them (a chat template that does not know the format, a drifting quantised
 model). Any flavor serves it as ordinary content, streamed in small pieces (3
@@ -20,7 +20,7 @@ Styles (what real models write):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .replies import Text
 
@@ -53,8 +53,8 @@ class TextToolCalls(Text):
     """Tool calls written as text (see the module docstring), with optional prose
     ``before`` and ``after`` them."""
 
-    calls: list[tuple[str, dict]]
-    style: str
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+    style: str = "hermes"
 
     def __init__(
         self,

@@ -180,7 +180,7 @@ def _check(rec: Recorded, ctx: Ctx) -> Reply | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return _invalid("messages must not be empty")
-    open_calls: set[str] = set()
+    open_calls: set[Any] = set()
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role not in ("system", "user", "assistant", "tool"):

@@ -1,8 +1,8 @@
-"""Flavors defined outside :mod:`tests.fakes.server`: one module per provider.
+"""Flavors defined outside :mod:`clasp_gateway.testing.fakes.server`: one module per provider.
 
 A provider module (``gemini.py``, ``cohere.py``, ``anthropic.py``,
 ``openai_compat.py``) describes its API with a :class:`FlavorSpec` and calls
-:func:`register_flavor`; :class:`~tests.fakes.server.FakeUpstream` then serves it
+:func:`register_flavor`; :class:`~clasp_gateway.testing.fakes.server.FakeUpstream` then serves it
 like a built-in flavor: same replies, faults, recording and delivery, with the
 provider's own paths, credentials, request checks, wire format and error bodies.
 """

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tests.fakes import FakeUpstream, Text, ToolCalls
+    from clasp_gateway.testing import FakeUpstream, Text, ToolCalls
 
     with FakeUpstream("openai") as up:
         up.queue(Text("hello"), ToolCalls([("get_weather", {"city": "Paris"})]))

@@ -5,7 +5,7 @@ daemon thread with its own event loop, so plain synchronous tests (and the
 gateway under test, in any thread or loop) can talk to it.  Everything it
 receives is recorded; what it answers comes from :meth:`FakeUpstream.queue`,
 then :attr:`FakeUpstream.script`, then ``Text("ok")``.  The byte formats live
-in :mod:`tests.fakes.wire`; this module only decides *when* bytes are written
+in :mod:`clasp_gateway.testing.fakes.wire`; this module only decides *when* bytes are written
 (delays, stalls, cuts, fragmentation).
 """
 
@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from ..processes import free_port
 from .flavors import EXTRA_FLAVORS, FlavorSpec
 from .fragment import fragment_event
 from .record import Recorded
@@ -40,13 +41,6 @@ FLAVORS = ("openai", "azure", "ollama", "json_stream", "fragmented")
 _OPENAI_LIKE = ("openai", "json_stream", "fragmented")
 _AZURE_CHAT = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _FRAGMENT_PAUSE = 0.001  # seconds between fragmented writes, so reads really split
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (racy by nature; prefer port=0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -446,7 +440,7 @@ class FakeUpstream:
         return await self._serve(request, self._next_reply(rec), wire, ctx)
 
     async def _dispatch_spec(self, spec: FlavorSpec, request: BaseRequest, rec: Recorded, n: int) -> web.StreamResponse:
-        """Serve a registered flavor (see :mod:`tests.fakes.flavors`)."""
+        """Serve a registered flavor (see :mod:`clasp_gateway.testing.fakes.flavors`)."""
         wire = self._wire
         route = spec.route(rec.method, rec.path)
         if route is None:
