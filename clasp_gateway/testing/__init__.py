@@ -45,6 +45,7 @@ this package: it costs nothing at run time.
 
 from __future__ import annotations
 
+from .apps import AppThread
 from .clock import FakeClock
 from .fakes import (
     FLAVORS,
@@ -87,8 +88,8 @@ from .processes import (
 )
 
 __all__ = [
-    # fake providers and what they answer
-    "FLAVORS", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
+    # fake providers and what they answer; AppThread serves a plugin's own fake
+    "AppThread", "FLAVORS", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
     "Cut", "Error", "Hang", "Html", "Malformed", "Raw", "Reasoning", "Reply", "Script", "Text", "ToolCalls",
     "by_key", "limits_by_key", "openai_limits",
     # a gateway in a thread

@@ -23,7 +23,6 @@ import binascii
 import hmac
 import re
 import struct
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from clasp_gateway.testing import AppThread
 
 __all__ = ["Answer", "FakeBedrock", "Failure", "Received", "encode_message"]
 
@@ -180,8 +181,7 @@ class FakeBedrock:
         """Why each refused request was refused (signature, token...)."""
         self.script: Callable[[Received], Reply] | None = None
         self._queue: deque[Reply] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = AppThread(self._app, name="FakeBedrock")
         self.port = 0
 
     @property
@@ -334,35 +334,17 @@ class FakeBedrock:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/model/{model}/{op:converse|converse-stream}", self._converse)
+        return app
+
     def start(self) -> FakeBedrock:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/model/{model}/{op:converse|converse-stream}", self._converse)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="FakeBedrock", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Bedrock did not start")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop = self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> FakeBedrock:
         return self.start()

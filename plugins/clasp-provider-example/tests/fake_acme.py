@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from clasp_gateway.testing import AppThread
+
 __all__ = ["Answer", "FakeAcme", "Failure", "Received", "Reply"]
 
 API_KEY = "acme-test-key-0123456789"
@@ -130,9 +132,7 @@ class FakeAcme:
         self.script: Callable[[dict[str, Any]], Reply | None] | None = None
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server = AppThread(self._app, name="FakeAcme")
         self.port = 0
 
     @property
@@ -200,35 +200,17 @@ class FakeAcme:
         return web.json_response({"error": {"type": failure.type, "message": failure.message}},
                                  status=failure.status, headers=headers)
 
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/generate", self._generate)
+        return app
+
     def start(self) -> FakeAcme:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/v1/generate", self._generate)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="FakeAcme", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Acme server did not start")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop = self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> FakeAcme:
         return self.start()

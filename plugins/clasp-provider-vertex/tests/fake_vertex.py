@@ -30,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from clasp_gateway.testing import AppThread
+
 __all__ = ["Answer", "FakeVertex", "Failure", "Received", "keygen"]
 
 PROJECT = "clasp-test-project"
@@ -132,8 +134,7 @@ class FakeVertex:
         self.requests: list[Received] = []
         self.script: Callable[[Received], Reply] | None = None
         self._queue: deque[Reply] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = AppThread(self._app, name="FakeVertex")
         self.port = 0
 
     @property
@@ -286,37 +287,19 @@ class FakeVertex:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/token", self._token)
+        app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{tail}",
+                            self._predict)
+        return app
+
     def start(self) -> FakeVertex:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/token", self._token)
-            app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{tail}",
-                                self._predict)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="FakeVertex", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fake Vertex did not start")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop = self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> FakeVertex:
         return self.start()
