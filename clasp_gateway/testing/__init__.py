@@ -45,7 +45,7 @@ this package: it costs nothing at run time.
 
 from __future__ import annotations
 
-from .apps import AppThread
+from .apps import AppThread, load_module
 from .clock import FakeClock
 from .fakes import (
     FLAVORS,
@@ -89,7 +89,7 @@ from .processes import (
 
 __all__ = [
     # fake providers and what they answer; AppThread serves a plugin's own fake
-    "AppThread", "FLAVORS", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
+    "AppThread", "FLAVORS", "load_module", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
     "Cut", "Error", "Hang", "Html", "Malformed", "Raw", "Reasoning", "Reply", "Script", "Text", "ToolCalls",
     "by_key", "limits_by_key", "openai_limits",
     # a gateway in a thread

@@ -1,4 +1,5 @@
-"""Serve an aiohttp application on 127.0.0.1 in a thread of its own.
+"""Serve an aiohttp application on 127.0.0.1 in a thread of its own (and load a
+test's sibling module, such as its fake, with :func:`load_module`).
 
 The loop a plugin's own fake upstream needs (a provider's wire format the bundled
 fakes do not speak): build the :class:`aiohttp.web.Application` with its routes, and
@@ -14,8 +15,12 @@ gateway in its own thread and the fake all run side by side::
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
+import sys
 import threading
 from collections.abc import Callable
+from types import ModuleType
 
 from aiohttp import web
 
@@ -59,3 +64,23 @@ class AppThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._loop = self._thread = None
+
+
+def load_module(path: str | os.PathLike[str], name: str) -> ModuleType:
+    """The module in file ``path``, loaded once under ``name`` (and kept in
+    ``sys.modules``, where dataclasses look their module up).
+
+    For a test that needs a sibling file such as its own fake upstream: under pytest's
+    ``--import-mode=importlib`` test modules cannot import each other by name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]

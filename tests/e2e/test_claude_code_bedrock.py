@@ -5,16 +5,13 @@ event-stream framing."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from clasp_gateway.testing import GatewayServer, config_from
+from clasp_gateway.testing import GatewayServer, config_from, load_module
 
 from .claude import MAIN_TOOL, run_claude
 
@@ -23,19 +20,7 @@ pytestmark = pytest.mark.e2e
 PLUGIN_TESTS = Path(__file__).resolve().parents[2] / "plugins" / "clasp-provider-bedrock" / "tests"
 
 
-def load_fake_bedrock() -> ModuleType:
-    """The plugin's fake Bedrock (``plugins/clasp-provider-bedrock/tests/fake_bedrock.py``)."""
-    name = "clasp_provider_bedrock_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, PLUGIN_TESTS / "fake_bedrock.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fake = load_fake_bedrock()
+fake = load_module(PLUGIN_TESTS / "fake_bedrock.py", "clasp_provider_bedrock_fake")
 COMMAND = "echo hi > out.txt && echo written-$((6*7))"
 
 

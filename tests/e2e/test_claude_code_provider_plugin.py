@@ -4,17 +4,14 @@ point) speaking the fake Acme Generate API (NDJSON)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
-from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from, load_module
 
 from .claude import MAIN_TOOL, run_claude
 
@@ -23,19 +20,7 @@ pytestmark = pytest.mark.e2e
 PLUGIN_TESTS = Path(__file__).resolve().parents[2] / "plugins" / "clasp-provider-example" / "tests"
 
 
-def load_fake_acme() -> ModuleType:
-    """The plugin's fake Acme server (``plugins/clasp-provider-example/tests/fake_acme.py``)."""
-    name = "clasp_provider_example_fake_acme"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, PLUGIN_TESTS / "fake_acme.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fake = load_fake_acme()
+fake = load_module(PLUGIN_TESTS / "fake_acme.py", "clasp_provider_example_fake_acme")
 COMMAND = "echo hi > out.txt && echo written-$((6*7))"
 
 

@@ -4,17 +4,14 @@ the service account's signed JWT) and its fake Vertex (which checks the bearer t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from clasp_gateway.testing import GatewayServer, config_from
+from clasp_gateway.testing import GatewayServer, config_from, load_module
 
 from .claude import MAIN_TOOL, run_claude
 
@@ -23,19 +20,7 @@ pytestmark = pytest.mark.e2e
 PLUGIN_TESTS = Path(__file__).resolve().parents[2] / "plugins" / "clasp-provider-vertex" / "tests"
 
 
-def load_fake_vertex() -> ModuleType:
-    """The plugin's fakes (``plugins/clasp-provider-vertex/tests/fake_vertex.py``)."""
-    name = "clasp_provider_vertex_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, PLUGIN_TESTS / "fake_vertex.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fake = load_fake_vertex()
+fake = load_module(PLUGIN_TESTS / "fake_vertex.py", "clasp_provider_vertex_fake")
 COMMAND = "echo hi > out.txt && echo written-$((6*7))"
 MODEL = "claude-sonnet-4-5@20250929"
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib.util
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anthropic
@@ -26,23 +23,10 @@ from clasp_provider_bedrock.converse import ConverseStream, converse_body
 from clasp_gateway.cli import main as clasp_main
 from clasp_gateway.config import parse_config
 from clasp_gateway.errors import UpstreamError
-from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from, load_module
 from clasp_gateway.types import Deployment
 
-
-def load_fake() -> ModuleType:
-    """tests/fake_bedrock.py (test files cannot import siblings under --import-mode=importlib)."""
-    name = "clasp_provider_bedrock_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_bedrock.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before exec: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fake = load_fake()
+fake = load_module(Path(__file__).with_name("fake_bedrock.py"), "clasp_provider_bedrock_fake")
 BASH: Any = {"name": "Bash", "description": "Run a shell command", "input_schema": {
     "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
     "properties": {"command": {"type": "string"}}, "required": ["command"], "additionalProperties": False}}

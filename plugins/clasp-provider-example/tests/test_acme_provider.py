@@ -3,12 +3,9 @@ real gateway (the installed plugin, found by its entry point) to the fake Acme A
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anthropic
@@ -19,22 +16,9 @@ from clasp_provider_example import AcmeProvider
 from clasp_provider_example.adapter import IMAGE_OMITTED, chunks_from_events, to_acme
 
 from clasp_gateway.config import parse_config
-from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from
+from clasp_gateway.testing import GATEWAY_KEY, GatewayServer, config_from, load_module
 
-
-def load_fake_acme() -> ModuleType:
-    """tests/fake_acme.py (test files cannot import siblings under --import-mode=importlib)."""
-    name = "clasp_provider_example_fake_acme"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_acme.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before exec: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fake = load_fake_acme()
+fake = load_module(Path(__file__).with_name("fake_acme.py"), "clasp_provider_example_fake_acme")
 BASH: Any = {
     "name": "Bash",
     "description": "Run a shell command",
