@@ -118,6 +118,7 @@ from .types import (
     CanonicalRequest,
     Chunk,
     Deployment,
+    KeyPolicy,
     ModelInfo,
     Principal,
     RequestContext,
@@ -169,7 +170,7 @@ __all__ = [
     # request classes, computed once per request
     "Classifier", "RequestClass", "RequestFeatures", "build_classifier", "request_features",
     # the canonical format and what travels with a request
-    "KEEPALIVE", "Attempt", "CanonicalRequest", "Chunk", "Deployment", "ModelInfo", "Principal", "RequestContext",
+    "KEEPALIVE", "Attempt", "CanonicalRequest", "Chunk", "Deployment", "KeyPolicy", "ModelInfo", "Principal", "RequestContext",
     "RequestHints", "Secret", "Timeouts", "UpstreamStream", "Usage", "chunks_to_completion", "completion_to_chunk",
     # errors
     "ApiError", "AuthenticationError", "ConfigurationError", "GatewayError", "InvalidRequestError", "NotFoundError",

@@ -104,6 +104,33 @@ class Deployment:
         return self.id if self.id == upstream else f"{self.id} ({upstream})"
 
 
+@dataclass(slots=True, frozen=True)
+class KeyPolicy:
+    """What a key may do: the limits a static key in clasp.yaml or a virtual key carries.
+
+    The core only carries these; the plugin that owns keys and budgets (clasp-budgets)
+    enforces them. ``None`` means no limit of that kind."""
+
+    models: tuple[str, ...] = ()
+    """Public model names (globs) the key may ask for; empty means every model."""
+    rpm: int | None = None
+    """Requests per minute."""
+    tpm: int | None = None
+    """Tokens (input + output) per minute."""
+    rpd: int | None = None
+    """Requests per day."""
+    tpd: int | None = None
+    """Tokens per day."""
+    max_concurrency: int | None = None
+    """Requests in flight at once."""
+    max_budget_usd: float | None = None
+    """Spend allowed per ``budget_period``."""
+    budget_period: str | None = None
+    """``daily``, ``weekly``, ``monthly`` or ``total``."""
+    expires_at: float | None = None
+    """Unix time after which the key is refused."""
+
+
 @dataclass(slots=True)
 class Principal:
     """Who is calling: the gateway key that authenticated the request."""
@@ -112,6 +139,13 @@ class Principal:
     name: str = ""
     team: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    role: str = "member"
+    """``admin`` (admin API, every team), ``team_admin`` (its own team's keys and
+    budgets) or ``member`` (model calls, its own usage)."""
+    project: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    """Dimensions for analytics from the key's metadata (``project=api``)."""
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
 
 
 @dataclass(slots=True)
@@ -226,6 +260,17 @@ class RequestContext:
     traits: frozenset[str] = frozenset()
     """Every class that matches (the primary one included): a long-context coding turn
     with images has ``{"long_context", "images", "coding", "question"}``."""
+    user: str | None = None
+    """The person behind a shared key, for per-user spend and limits: the
+    ``x-clasp-user`` header, else the client's ``metadata.user_id`` (Claude Code sends
+    one). Set before ``before_call``; ``None`` when the client says nothing."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Analytics dimensions of this request: the key's tags, then the client's
+    ``x-clasp-tags: project=api,feature=review`` header."""
+    cache_hit: str | None = None
+    """Set by a cache plugin that answered: ``"exact"``, ``"semantic"`` or ``"stale"``."""
+    saved_usd: float = 0.0
+    """What a cache hit saved: the cost of the answer it replayed."""
 
 
 class UpstreamStream:
