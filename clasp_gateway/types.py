@@ -129,6 +129,9 @@ class KeyPolicy:
     """``daily``, ``weekly``, ``monthly`` or ``total``."""
     expires_at: float | None = None
     """Unix time after which the key is refused."""
+    regions: tuple[str, ...] = ()
+    """Regions (deployment ``region:``) the key's requests may be served in, and cached
+    answers produced in; empty means any region."""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""clasp-analytics: metrics, reports, exports, feedback and the admin dashboard."""
