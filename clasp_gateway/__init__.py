@@ -49,6 +49,7 @@ The names, by what a plugin does with them:
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
+- **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
 """
 
 from .canonical import chunks_to_completion, completion_to_chunk
@@ -69,7 +70,7 @@ from .errors import (
     UpstreamError,
 )
 from .hookspecs import hookimpl
-from .pipeline import Gateway
+from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
@@ -199,5 +200,7 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # prices: what a deployment's usage cost (budgets, the ledger)
+    "request_cost",
     "__version__",
 ]

@@ -1,0 +1,119 @@
+"""What a request may cost before it runs, and what it did cost after.
+
+The worst case reserved before the call: the input estimate (``estimate_tokens``,
+which leans high: bytes / 3) at the dearest candidate's input price, plus
+``max_tokens`` clamped to that candidate's output limit at its output price. The
+real cost after: every attempt that reported usage, priced by the core
+(``request_cost``), fallbacks and server-tool rounds included; a stream cut before
+its usage arrived is charged what it visibly streamed (characters / 3, which leans
+high too), never less than what the provider reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clasp_gateway import CanonicalRequest, Chunk, Deployment, RequestContext, Usage, estimate_tokens, request_cost
+
+CHARS_PER_TOKEN = 3.0
+"""Characters per output token when counting what a cut stream showed (leans high)."""
+
+
+@dataclass(slots=True)
+class WorstCase:
+    """The reservation a request needs, and how it was computed (for lowering)."""
+
+    amount: float
+    input_tokens: int
+    output_tokens: int
+    input_price: float
+    output_price: float
+
+    @property
+    def input_cost(self) -> float:
+        return self.input_tokens * self.input_price
+
+    def tokens_for(self, room: float) -> int:
+        """The largest ``max_tokens`` whose worst case fits in ``room`` USD (0: none)."""
+        if self.output_price <= 0:
+            return self.output_tokens
+        return max(0, math.floor((room - self.input_cost) / self.output_price))
+
+    def with_output(self, tokens: int) -> WorstCase:
+        return WorstCase(self.input_cost + tokens * self.output_price, self.input_tokens, tokens,
+                         self.input_price, self.output_price)
+
+
+def requested_max_tokens(request: CanonicalRequest) -> int | None:
+    value = request.get("max_completion_tokens") or request.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], default_max_tokens: int) -> WorstCase:
+    """The dearest candidate's worst case for ``request``."""
+    tokens_in = estimate_tokens(request)
+    asked = requested_max_tokens(request)
+    best = WorstCase(0.0, tokens_in, asked or default_max_tokens, 0.0, 0.0)
+    for deployment in candidates:
+        info = deployment.info
+        out = asked or info.max_output_tokens or default_max_tokens
+        if info.max_output_tokens:
+            out = min(out, info.max_output_tokens)
+        in_price, out_price = float(info.input_cost_per_token or 0.0), float(info.output_cost_per_token or 0.0)
+        amount = tokens_in * in_price + out * out_price
+        if amount > best.amount or best.amount == 0.0 and best.input_price == 0.0:
+            best = WorstCase(amount, tokens_in, out, in_price, out_price)
+    return best
+
+
+def set_max_tokens(request: CanonicalRequest, tokens: int) -> None:
+    """Lower the request's output limit in place (whichever field it uses)."""
+    if "max_completion_tokens" in request:
+        request["max_completion_tokens"] = tokens
+    else:
+        request["max_tokens"] = tokens
+
+
+def streamed_chars(chunk: Chunk) -> int:
+    """Characters of output in one canonical chunk (text, reasoning, tool arguments)."""
+    total = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if type(choice) is dict else None
+        if type(delta) is not dict:
+            continue
+        for field in ("content", "reasoning_content"):
+            text = delta.get(field)
+            if type(text) is str:
+                total += len(text)
+        calls = delta.get("tool_calls")
+        if calls:
+            for call in calls:
+                fn = call.get("function") if type(call) is dict else None
+                if type(fn) is dict:
+                    total += len(fn.get("arguments") or "") + len(fn.get("name") or "")
+    return total
+
+
+def attempt_costs(ctx: RequestContext) -> float:
+    """The priced usage of every attempt of ``ctx`` that reported one."""
+    total = 0.0
+    for attempt in ctx.attempts:
+        if attempt.usage is not None:
+            try:
+                total += request_cost(attempt.deployment, attempt.usage)
+            except (TypeError, ValueError):
+                continue
+    return total
+
+
+def cut_estimate(deployment: Deployment, input_tokens: int, chars: int, usage: Usage | None) -> float:
+    """What a stream that broke off cost at least: the input, and the output it showed
+    (or what the provider reported, whichever is more)."""
+    info = deployment.info
+    reported_in = usage.input_tokens + usage.cache_read_input_tokens if usage else 0
+    reported_out = usage.output_tokens if usage else 0
+    out = max(reported_out, math.ceil(chars / CHARS_PER_TOKEN))
+    return max(reported_in, input_tokens) * float(info.input_cost_per_token or 0.0) \
+        + out * float(info.output_cost_per_token or 0.0)

@@ -1,0 +1,156 @@
+"""The per-request hooks of one gateway's budgets: which budgets a request counts
+against, reserve before the call, follow the stream, settle after.
+
+Cache hits: the reservation is made before any cache is asked (``before_call`` runs
+``tryfirst``), so an exhausted budget refuses even a request a cache could have
+answered (whether a budget refuses must not depend on what happens to be cached), and
+a hit then settles at zero: it cost nothing upstream, so it consumes no budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from clasp_gateway import CanonicalRequest, Chunk, Gateway, RequestContext, hookimpl, request_cost
+
+from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_chars, worst_case
+from .errors import refusal_error
+from .periods import Period, current_period
+from .reservations import BudgetRefused, Hold, Reservations, Slot
+from .settings import BudgetSettings, BudgetSpec
+
+HOLD = "clasp_budgets.hold"
+"""``ctx.state`` key of the request's :class:`Hold`."""
+HEADER = "x-clasp-budget-max-tokens"
+_SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def subject_of(scope: str, ctx: RequestContext) -> str | None:
+    """Whom a budget of ``scope`` is for, for this request (None: not applicable)."""
+    principal = ctx.principal
+    if scope == "global":
+        return "*"
+    if scope == "user":
+        return ctx.user
+    if principal is None:
+        return None
+    if scope == "key":
+        return principal.key_id
+    if scope == "team":
+        return principal.team
+    return principal.project
+
+
+def safe_subject(subject: str) -> str:
+    """A subject fit for a state key (a client's user id may be anything)."""
+    return subject if _SAFE.fullmatch(subject) else "h:" + hashlib.sha256(subject.encode()).hexdigest()[:24]
+
+
+class BudgetRuntime:
+    """One app's budgets (registered as a plugin object at start-up)."""
+
+    def __init__(self, gateway: Gateway, settings: BudgetSettings, reservations: Reservations, *,
+                 clock: Callable[[], float] = time.time,
+                 extra_specs: Callable[[], tuple[BudgetSpec, ...]] = tuple) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.reservations = reservations
+        self.clock = clock
+        self.extra_specs = extra_specs
+        """Budgets stored elsewhere (the database), read per request from memory."""
+        self._periods: dict[str, Period] = {}
+
+    # --- which budgets ---------------------------------------------------------------------
+
+    def specs(self, ctx: RequestContext) -> Iterator[BudgetSpec]:
+        yield from self.settings.limits
+        yield from self.extra_specs()
+        if ctx.principal is not None:
+            own = self.settings.for_key(ctx.principal)
+            if own is not None:
+                yield own
+
+    def period(self, kind: str, now: float) -> Period:
+        cached = self._periods.get(kind)
+        if cached is None or (cached.end is not None and now >= cached.end) or now < cached.start:
+            cached = self._periods[kind] = current_period(kind, now)
+        return cached
+
+    def slot(self, spec: BudgetSpec, subject: str, now: float) -> Slot:
+        period = self.period(spec.period, now)
+        return Slot(spec, subject, period, f"budgets:{spec.name}:{spec.scope}:{safe_subject(subject)}:{period.label}")
+
+    def slots_for(self, ctx: RequestContext) -> tuple[Slot, ...]:
+        now = self.clock()
+        out = []
+        for spec in self.specs(ctx):
+            subject = subject_of(spec.scope, ctx)
+            if subject is None or (spec.match is not None and spec.match != subject):
+                continue
+            out.append(self.slot(spec, subject, now))
+        return tuple(out)
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    async def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
+        """Reserve the worst case on every budget the request counts against (waiting
+        while only requests in flight stand in the way), or refuse with no upstream call."""
+        slots = self.slots_for(ctx)
+        if not slots:
+            return None
+        candidates = self.gateway.resolve_model(ctx.public_model).deployments
+        worst = worst_case(request, candidates, self.settings.default_max_tokens)
+        hold = Hold(slots, worst, None)
+        hard = [s.spec.max_wait if s.spec.max_wait is not None else self.settings.max_wait
+                for s in slots if s.spec.hard]
+        try:
+            await self.reservations.admit(hold, max_wait=min(hard, default=0.0),
+                                          lower=lambda h, tokens: set_max_tokens(request, tokens))
+        except BudgetRefused as refused:
+            raise refusal_error(refused, ctx.api, self.clock()) from None
+        ctx.state[HOLD] = hold
+        if hold.lowered is not None:
+            ctx.response_headers[HEADER] = str(hold.lowered)
+        return None
+
+    @hookimpl
+    def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
+        """Count what a stream showed: a cut stream's cost, a running lease's charge."""
+        hold = ctx.state.get(HOLD)
+        if hold is not None:
+            hold.chars += streamed_chars(chunk)
+
+    @hookimpl
+    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        """The request is over: settle its reservation to what it really cost."""
+        if event.get("kind") != "request":
+            return
+        hold: Hold | None = ctx.state.pop(HOLD, None)
+        if hold is None:
+            return
+        await self.reservations.settle(hold, self.actual_cost(ctx, hold, event))
+
+    def actual_cost(self, ctx: RequestContext, hold: Hold, event: dict[str, Any]) -> float:
+        """Every attempt's priced usage; a cut stream at least what it showed; a served
+        answer whose usage never came at its reservation (nothing known is cheaper)."""
+        total = attempt_costs(ctx)
+        committed = next((a for a in reversed(ctx.attempts) if a.first_byte is not None), None)
+        if committed is None:
+            return total
+        if event.get("cut"):
+            priced = 0.0
+            if committed.usage is not None:
+                try:
+                    priced = request_cost(committed.deployment, committed.usage)
+                except (TypeError, ValueError):
+                    priced = 0.0
+            estimate = cut_estimate(committed.deployment, hold.worst.input_tokens, hold.chars, committed.usage)
+            return total - priced + max(priced, estimate)
+        if committed.usage is None and event.get("status") == 200:
+            return total + hold.amount
+        return total
