@@ -154,7 +154,8 @@ class Reservations:
         tokens)`` applies a lowered ``max_tokens`` to the request."""
         hold.amount = hold.charge = hold.worst.amount
         keys = [s.key for s in hold.slots]
-        deadline = self.monotonic() + max_wait
+        hold.started = self.monotonic()
+        deadline = hold.started + max_wait
         waiter: _Waiter | None = None
         try:
             while True:
@@ -164,6 +165,7 @@ class Reservations:
                     return self._admit_locally(hold, exc)
                 self._state_ok()
                 if admission.ok:
+                    hold.started = self.monotonic()  # the stream's rate counts from here
                     self.holds[hold.lease] = hold
                     self.stats["admitted"] += 1
                     return hold
@@ -237,38 +239,47 @@ class Reservations:
 
     def progress_charge(self, hold: Hold) -> float:
         """What the budgets should count if this process died now: what the request
-        served (input, and output so far) plus twice what it could stream until the
-        next renewal at its rate so far; never more than its reservation."""
+        served (input, and output so far) plus what it could stream, at its rate so
+        far, until the next checkpoint (with half again for a late tick); never more
+        than its reservation."""
         worst = hold.worst
         out_tokens = math.ceil(hold.chars / 3.0)
         served = worst.input_cost + out_tokens * worst.output_price
         elapsed = max(1e-3, self.monotonic() - hold.started)
-        margin = out_tokens * worst.output_price / elapsed * self.settings.lease_ttl / 3 * 2
+        margin = out_tokens * worst.output_price / elapsed * self.settings.checkpoint_interval * 1.5
         return min(hold.amount, served + margin)
 
     async def _keep_alive(self) -> None:
-        """Renew the leases of running requests; write settlements an outage held back."""
-        interval = self.settings.lease_ttl / 3
+        """Every ``checkpoint_interval``: renew the leases of running requests with
+        their charges (one state call per set of budgets, however many streams), and
+        write settlements an outage held back."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.checkpoint_interval)
             try:
-                for hold in list(self.holds.values()):
-                    if hold.done or hold.local:
-                        continue
-                    charge = self.progress_charge(hold)
-                    now = time.time()
-                    alive = await self.state.run(
-                        REFRESH, [s.key for s in hold.slots],
-                        [hold.lease, math.ceil(self.settings.lease_ttl * 1000), charge,
-                         *(s.key_ttl_ms(now) for s in hold.slots)])
-                    if alive:
-                        hold.charge = charge
+                await self.checkpoint()
                 await self._flush_pending()
                 self._state_ok()
             except StateUnavailable as exc:
                 self._state_down(exc)
             except Exception:  # the renewals must outlive anything one budget throws
                 log.exception("renewing budget leases failed")
+
+    async def checkpoint(self) -> None:
+        """Renew every running request's lease with its current charge."""
+        groups: dict[tuple[Slot, ...], list[tuple[Hold, float]]] = {}
+        for hold in list(self.holds.values()):
+            if not hold.done and not hold.local:
+                groups.setdefault(hold.slots, []).append((hold, self.progress_charge(hold)))
+        now = time.time()
+        ttl = math.ceil(self.settings.lease_ttl * 1000)
+        for slots, holds in groups.items():
+            args: list[Any] = [ttl, *(s.key_ttl_ms(now) for s in slots)]
+            for hold, charge in holds:
+                args += [hold.lease, charge]
+            alive = await self.state.run(REFRESH, [s.key for s in slots], args)
+            for (hold, charge), renewed in zip(holds, alive, strict=True):
+                if renewed:
+                    hold.charge = charge
 
     # --- settlement ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ reservation is ever left behind and two requests never deadlock each other.
 - :data:`SETTLE`: remove the lease and add the real cost (if the lease had expired and
   been charged, only the difference). Says per budget whether someone waits, so a
   publish (to wake them) is only paid when useful.
-- :data:`REFRESH`: extend a running stream's lease and update its charge.
+- :data:`REFRESH`: extend running streams' leases and update their charges (batched).
 - :data:`SEED`: raise the spend to at least a known figure (rebuilt from the ledger).
 """
 
@@ -129,19 +129,23 @@ def _settle(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[tuple[fl
     return out
 
 
-def _refresh(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> bool:
-    lease, ttl_ms, charge = str(args[0]), int(args[1]), float(args[2])
+def _refresh(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[bool]:
+    """Renew many leases on the same budgets at once (one call per process and tick)."""
+    ttl_ms, n = int(args[0]), len(keys)
+    key_ttls = [int(a) for a in args[1 : 1 + n]]
+    pairs = list(args[1 + n :])
     now = tx.now()
-    alive = True
-    for i, key in enumerate(keys):
-        key_ttl = int(args[3 + i])
+    alive = [True] * (len(pairs) // 2)
+    for key, key_ttl in zip(keys, key_ttls, strict=True):
         doc = _load(tx, key)
         _sweep(doc, now)
-        if lease in doc["l"]:
-            doc["l"][lease][1] = now + ttl_ms / 1000
-            doc["l"][lease][2] = charge
-        else:
-            alive = False
+        for j in range(0, len(pairs), 2):
+            lease = str(pairs[j])
+            if lease in doc["l"]:
+                doc["l"][lease][1] = now + ttl_ms / 1000
+                doc["l"][lease][2] = float(pairs[j + 1])
+            else:
+                alive[j // 2] = False
         _store(tx, key, doc, key_ttl)
     return alive
 
@@ -259,19 +263,23 @@ return out
 """
 
 _REFRESH_LUA = _LUA_COMMON + """
-local lease = 'l:' .. ARGV[1]
-local ttl = tonumber(ARGV[2])
-local alive = 1
-for i = 1, #KEYS do
+local ttl = tonumber(ARGV[1])
+local n = #KEYS
+local alive = {}
+for j = n + 2, #ARGV, 2 do alive[#alive + 1] = 1 end
+for i = 1, n do
   sweep(KEYS[i])
-  local own = redis.call('HGET', KEYS[i], lease)
-  if own then
-    local a = string.match(own, '^(%S+)')
-    redis.call('HSET', KEYS[i], lease, a .. ' ' .. fmt(now + ttl / 1000) .. ' ' .. ARGV[3])
-    expire(KEYS[i], ARGV[3 + i])
-  else
-    alive = 0
+  for j = n + 2, #ARGV, 2 do
+    local lease = 'l:' .. ARGV[j]
+    local own = redis.call('HGET', KEYS[i], lease)
+    if own then
+      local a = string.match(own, '^(%S+)')
+      redis.call('HSET', KEYS[i], lease, a .. ' ' .. fmt(now + ttl / 1000) .. ' ' .. ARGV[j + 1])
+    else
+      alive[(j - n) / 2] = 0
+    end
   end
+  expire(KEYS[i], ARGV[1 + i])
 end
 return alive
 """
@@ -320,6 +328,7 @@ def _decode_status(reply: Any) -> list[tuple[float, float]]:
 
 RESERVE: Script[Admission] = Script("clasp.budgets.reserve", _RESERVE_LUA, _reserve, _decode_admission)
 SETTLE: Script[list[tuple[float, bool]]] = Script("clasp.budgets.settle", _SETTLE_LUA, _settle, _decode_settle)
-REFRESH: Script[bool] = Script("clasp.budgets.refresh", _REFRESH_LUA, _refresh, lambda r: bool(int(r)))
+REFRESH: Script[list[bool]] = Script("clasp.budgets.refresh", _REFRESH_LUA, _refresh,
+                                     lambda r: [bool(int(x)) for x in r])
 SEED: Script[float] = Script("clasp.budgets.seed", _SEED_LUA, _seed, float)
 STATUS: Script[list[tuple[float, float]]] = Script("clasp.budgets.status", _STATUS_LUA, _status, _decode_status)

@@ -3,6 +3,7 @@
 ```yaml
 budgets:
   lease_ttl: 30s          # a reservation a dead replica held is freed (and charged) this long after
+  checkpoint_interval: 1s # running requests renew their leases with what they served so far
   max_wait: 30s           # a request whose worst case only in-flight requests block waits this long
   keys: {on_outage: fail_closed}          # settings for keys' own max_budget_usd
   limits:
@@ -87,6 +88,8 @@ class BudgetSettings:
     limits: tuple[BudgetSpec, ...] = ()
     keys: KeyBudgetDefaults = field(default_factory=KeyBudgetDefaults)
     lease_ttl: float = 30.0
+    checkpoint_interval: float = 1.0
+    """Seconds between renewals of running requests' leases with what they served so far."""
     max_wait: float = 30.0
     poll_interval: float = 1.0
     default_max_tokens: int = 4096
@@ -132,6 +135,7 @@ SECTION = Section({
     "limits": Field(ListOf(LIMIT), []),
     "keys": Field(Section(dict(_COMMON)), {}),
     "lease_ttl": Field(Duration(minimum=1), 30.0),
+    "checkpoint_interval": Field(Duration(minimum=0.05), 1.0),
     "max_wait": Field(Duration(minimum=0), 30.0),
     "poll_interval": Field(Duration(minimum=0.05), 1.0),
     "default_max_tokens": Field(Integer(minimum=1), 4096),
@@ -160,10 +164,13 @@ def parse_settings(config: Config, problems: list[str]) -> BudgetSettings:
         if item.get("scope") == "global" and item.get("match") is not None:
             problems.append(f"budgets.limits.{i}.match: a global budget applies to every request; remove match")
         limits.append(spec_from(item))
+    if raw.get("checkpoint_interval") and raw.get("lease_ttl") and raw["checkpoint_interval"] * 2 > raw["lease_ttl"]:
+        problems.append("budgets.checkpoint_interval: must be at most half of lease_ttl "
+                        f"({raw['lease_ttl']:g}s), or leases of running requests expire between renewals")
     keys = raw.get("keys") or {}
     return BudgetSettings(
         limits=tuple(limits),
         keys=KeyBudgetDefaults(**{**keys, "thresholds": tuple(sorted(keys.get("thresholds") or DEFAULT_THRESHOLDS))}),
-        lease_ttl=float(raw["lease_ttl"]), max_wait=float(raw["max_wait"]),
+        lease_ttl=float(raw["lease_ttl"]), checkpoint_interval=float(raw["checkpoint_interval"]), max_wait=float(raw["max_wait"]),
         poll_interval=float(raw["poll_interval"]), default_max_tokens=int(raw["default_max_tokens"]),
     )
