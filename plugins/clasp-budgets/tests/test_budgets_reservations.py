@@ -5,6 +5,7 @@ settlement, lowering max_tokens, outages, and threshold alerts once across repli
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from clasp_gateway.state.redis import RedisState
 from clasp_gateway.testing import FakeClock
 from clasp_gateway.testing.processes import RedisServer, free_port
 
-NOW = 1_796_000_000.0  # 2026-11-30
+NOW = time.time()  # key TTLs run from the period of the wall clock
 
 
 def slot(name: str = "team-month", usd: float = 1.0, **kw: Any) -> Slot:
