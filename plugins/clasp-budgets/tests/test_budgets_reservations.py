@@ -33,7 +33,7 @@ def slot(name: str = "team-month", usd: float = 1.0, **kw: Any) -> Slot:
 
 def hold(amount: float, *slots: Slot, output_tokens: int = 1000) -> Hold:
     price = amount / output_tokens
-    return Hold(slots or (slot(),), WorstCase(amount, 0, output_tokens, 0.0, price), None)
+    return Hold(slots or (slot(),), WorstCase(amount, 0, output_tokens, 0.0, price, "gpt-4o"), None)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -165,13 +165,13 @@ async def test_checkpoints_renew_leases_with_what_was_served() -> None:
     s = slot(usd=1.0)
     running = await store.admit(hold(0.8, s, output_tokens=1000), max_wait=0, lower=no_lowering)
     clock.advance(2.0)
-    running.chars = 300  # 100 tokens at 0.0008 in 2 s: 0.08 served, 0.02 more per half second
+    running.texts = ["tok " * 100]  # 100 tokens at 0.0008 in 2 s: 0.08 served, 0.02 more per half second
     await store.checkpoint()
-    assert running.charge == pytest.approx(0.08 + 0.04 * 0.5 * 1.5)
+    assert running.tokens in (100, 101) and running.charge == pytest.approx(running.tokens * 0.0008 * 1.125)
     clock.advance(2.9)  # renewed at 1002: still alive at 1004.9
     assert (await store.status([s]))[0] == (0.0, pytest.approx(0.8))
     clock.advance(0.2)  # the process "died": its lease expired, charged what it served
-    assert (await store.status([s]))[0] == (pytest.approx(0.11), 0.0)
+    assert (await store.status([s]))[0] == (pytest.approx(running.charge), 0.0)
 
 
 async def test_outage_fail_closed_refuses_and_fail_open_caps_per_process() -> None:

@@ -5,20 +5,30 @@ which leans high: bytes / 3) at the dearest candidate's input price, plus
 ``max_tokens`` clamped to that candidate's output limit at its output price. The
 real cost after: every attempt that reported usage, priced by the core
 (``request_cost``), fallbacks and server-tool rounds included; a stream cut before
-its usage arrived is charged what it visibly streamed (characters / 3, which leans
-high too), never less than what the provider reported.
+its usage arrived is charged what it visibly streamed (counted with the model's
+tokenizer, at checkpoints and at the end, never per chunk), never less than what the
+provider reported.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from clasp_gateway import CanonicalRequest, Chunk, Deployment, RequestContext, Usage, estimate_tokens, request_cost
-
-CHARS_PER_TOKEN = 3.0
-"""Characters per output token when counting what a cut stream showed (leans high)."""
+from clasp_gateway import (
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    RequestContext,
+    Usage,
+    encoding_for_model,
+    estimate_tokens,
+    get_encoding,
+    request_cost,
+)
 
 
 @dataclass(slots=True)
@@ -30,6 +40,8 @@ class WorstCase:
     output_tokens: int
     input_price: float
     output_price: float
+    model: str = ""
+    """The dearest candidate's upstream model (its tokenizer counts what streamed)."""
 
     @property
     def input_cost(self) -> float:
@@ -43,7 +55,7 @@ class WorstCase:
 
     def with_output(self, tokens: int) -> WorstCase:
         return WorstCase(self.input_cost + tokens * self.output_price, self.input_tokens, tokens,
-                         self.input_price, self.output_price)
+                         self.input_price, self.output_price, self.model)
 
 
 def requested_max_tokens(request: CanonicalRequest) -> int | None:
@@ -64,7 +76,7 @@ def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], defa
         in_price, out_price = float(info.input_cost_per_token or 0.0), float(info.output_cost_per_token or 0.0)
         amount = tokens_in * in_price + out * out_price
         if amount > best.amount or best.amount == 0.0 and best.input_price == 0.0:
-            best = WorstCase(amount, tokens_in, out, in_price, out_price)
+            best = WorstCase(amount, tokens_in, out, in_price, out_price, deployment.model)
     return best
 
 
@@ -76,24 +88,59 @@ def set_max_tokens(request: CanonicalRequest, tokens: int) -> None:
         request["max_tokens"] = tokens
 
 
-def streamed_chars(chunk: Chunk) -> int:
-    """Characters of output in one canonical chunk (text, reasoning, tool arguments)."""
-    total = 0
+def streamed_text(chunk: Chunk, into: list[str]) -> None:
+    """Append the output text of one canonical chunk (text, reasoning, tool arguments)."""
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") if type(choice) is dict else None
         if type(delta) is not dict:
             continue
-        for field in ("content", "reasoning_content"):
-            text = delta.get(field)
-            if type(text) is str:
-                total += len(text)
+        text = delta.get("content")
+        if type(text) is str and text:
+            into.append(text)
+        text = delta.get("reasoning_content")
+        if type(text) is str and text:
+            into.append(text)
         calls = delta.get("tool_calls")
         if calls:
             for call in calls:
                 fn = call.get("function") if type(call) is dict else None
                 if type(fn) is dict:
-                    total += len(fn.get("arguments") or "") + len(fn.get("name") or "")
-    return total
+                    into.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+
+
+_ENCODINGS: dict[str, Any] = {}
+"""Tokenizers loaded so far (by encoding name); loading one takes a second of CPU."""
+_LOADING: set[str] = set()
+
+
+def _load(name: str) -> None:
+    _ENCODINGS[name] = get_encoding(name)
+
+
+def load_tokenizers(models: list[str]) -> None:
+    """Load the tokenizers of ``models`` now (blocking: call it in a thread)."""
+    for name in {encoding_for_model(m) for m in models}:
+        if name not in _ENCODINGS:
+            _LOADING.add(name)
+            _load(name)
+
+
+def count_tokens(model: str, texts: list[str]) -> int:
+    """Tokens of ``texts`` with ``model``'s tokenizer (tiktoken's closest; ~0.1 µs a token).
+
+    The tokenizer is loaded in a thread the first time it is needed (loading it on the
+    event loop would stall every stream of the process for a second); until then the
+    count is characters / 3, which leans high."""
+    if not texts:
+        return 0
+    name = encoding_for_model(model)
+    encoding = _ENCODINGS.get(name)
+    if encoding is None:
+        if name not in _LOADING:
+            _LOADING.add(name)
+            threading.Thread(target=_load, args=(name,), name="clasp-budgets-tokenizer", daemon=True).start()
+        return math.ceil(sum(len(t) for t in texts) / 3)
+    return len(encoding.encode_ordinary("".join(texts)))
 
 
 def attempt_costs(ctx: RequestContext) -> float:
@@ -108,12 +155,12 @@ def attempt_costs(ctx: RequestContext) -> float:
     return total
 
 
-def cut_estimate(deployment: Deployment, input_tokens: int, chars: int, usage: Usage | None) -> float:
+def cut_estimate(deployment: Deployment, input_tokens: int, output_tokens: int, usage: Usage | None) -> float:
     """What a stream that broke off cost at least: the input, and the output it showed
     (or what the provider reported, whichever is more)."""
     info = deployment.info
     reported_in = usage.input_tokens + usage.cache_read_input_tokens if usage else 0
     reported_out = usage.output_tokens if usage else 0
-    out = max(reported_out, math.ceil(chars / CHARS_PER_TOKEN))
+    out = max(reported_out, output_tokens)
     return max(reported_in, input_tokens) * float(info.input_cost_per_token or 0.0) \
         + out * float(info.output_cost_per_token or 0.0)

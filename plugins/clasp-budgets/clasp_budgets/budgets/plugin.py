@@ -6,13 +6,15 @@ with ``max_budget_usd``): ``before_call`` then returns at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-from clasp_gateway import Config, ConfigError, RegisterConfigSection, hookimpl
+from clasp_gateway import Chunk, Config, ConfigError, RegisterConfigSection, RequestContext, hookimpl
 
+from .costs import load_tokenizers
 from .reservations import Reservations
-from .runtime import BudgetRuntime
+from .runtime import BudgetRuntime, count_stream_chunk
 from .settings import parse_settings
 
 RUNTIME = "clasp_budgets.budgets.runtime"
@@ -29,6 +31,12 @@ def validate_config(config: Config) -> list[str]:
     problems: list[str] = []
     parse_settings(config, problems)
     return problems
+
+
+@hookimpl
+def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
+    """What a budgeted stream showed so far (cheap: nothing for a request without budgets)."""
+    count_stream_chunk(ctx, chunk)
 
 
 def alert_sink(app: Any) -> Any:
@@ -56,6 +64,11 @@ async def startup(app: Any, config: Config) -> None:
     app.state.clasp_budgets = runtime
     gateway.pm.register(runtime, name=RUNTIME)
     await reservations.start()
+    if settings.limits:
+        # Budgets apply from the first request: count streams with the real tokenizer
+        # from the start (loading one takes about a second, in a thread). Without
+        # configured limits (only keys' own budgets) it loads at the first budgeted stream.
+        await asyncio.to_thread(load_tokenizers, [d.model for d in config.deployments()])
 
 
 @hookimpl

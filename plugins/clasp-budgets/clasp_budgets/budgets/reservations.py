@@ -40,7 +40,7 @@ from typing import Any
 
 from clasp_gateway import Deployment, StateBackend, StateUnavailable, Subscription
 
-from .costs import WorstCase
+from .costs import WorstCase, count_tokens
 from .periods import Period
 from .scripts import BUSY, EXHAUSTED, REFRESH, RESERVE, SETTLE, STATUS, Admission, Standing
 from .settings import BudgetSettings, BudgetSpec
@@ -49,6 +49,9 @@ log = logging.getLogger("clasp.budgets")
 
 CHANNEL = "budgets:settled"
 """Published (the budget keys, one a line) when a settlement frees room someone waits for."""
+STATE_CALLS = 16
+"""State calls in flight per process: a burst of requests queues here, not in the
+Redis pool, whose wait counts against ``state.timeout`` and would look like an outage."""
 PENDING_LIMIT = 10_000
 """Settlements kept while the state is down (beyond: the oldest are dropped, logged)."""
 
@@ -85,13 +88,18 @@ class Hold:
     charge: float = 0.0
     """The charge last written: what the budgets count if this lease expires."""
     started: float = field(default_factory=time.monotonic)
-    chars: int = 0
-    """Output characters streamed so far (``on_stream_chunk``)."""
+    texts: list[str] = field(default_factory=list)
+    """Output text streamed since it was last counted (``on_stream_chunk``)."""
+    tokens: int = 0
+    """Output tokens counted so far (at checkpoints, and at the end of a cut stream)."""
     local: bool = False
     """Admitted under ``fail_open`` while the state was down (no lease there)."""
     done: bool = False
     lowered: int | None = None
     """``max_tokens`` after lowering, when a budget lowered it."""
+    last_tokens: int = 0
+    last_at: float = 0.0
+    """Output tokens at the previous checkpoint, and when (the recent rate)."""
 
 
 class BudgetRefused(Exception):
@@ -126,6 +134,9 @@ class Reservations:
         self._local_spent: dict[str, float] = {}
         self._outage_logged = False
         self._alerted: set[tuple[str, float]] = set()
+        self._calls = asyncio.Semaphore(STATE_CALLS)
+        self._gaps: list[float] = []
+        self._last_done = 0.0
         self.stats = {"admitted": 0, "waited": 0, "refused": 0, "lowered": 0, "expired_leases": 0}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -152,7 +163,9 @@ class Reservations:
         """Reserve ``hold.worst`` on every slot, waiting while only reservations in
         flight stand in the way; raise :class:`BudgetRefused` otherwise. ``lower(hold,
         tokens)`` applies a lowered ``max_tokens`` to the request."""
-        hold.amount = hold.charge = hold.worst.amount
+        # Charged if this process dies before its first checkpoint: the input (nothing
+        # streamed yet); checkpoints raise it as the answer streams.
+        hold.amount, hold.charge = hold.worst.amount, hold.worst.input_cost
         keys = [s.key for s in hold.slots]
         hold.started = self.monotonic()
         deadline = hold.started + max_wait
@@ -179,7 +192,7 @@ class Reservations:
                     lower(hold, tokens)
                     hold.lowered = tokens
                     hold.worst = hold.worst.with_output(tokens)
-                    hold.amount = hold.charge = hold.worst.amount
+                    hold.amount, hold.charge = hold.worst.amount, hold.worst.input_cost
                     self.stats["lowered"] += 1
                     continue
                 left = deadline - self.monotonic()
@@ -214,7 +227,8 @@ class Reservations:
         args: list[Any] = [hold.lease, hold.amount, math.ceil(self.settings.lease_ttl * 1000), hold.charge]
         for slot in hold.slots:
             args += [-1.0 if slot.limit is None else slot.limit, slot.key_ttl_ms(now)]
-        return await self.state.run(RESERVE, [s.key for s in hold.slots], args)
+        async with self._calls:
+            return await self.state.run(RESERVE, [s.key for s in hold.slots], args)
 
     def _admit_locally(self, hold: Hold, exc: StateUnavailable) -> Hold:
         """The state is down: each hard budget's ``on_outage`` decides."""
@@ -239,15 +253,38 @@ class Reservations:
 
     def progress_charge(self, hold: Hold) -> float:
         """What the budgets should count if this process died now: what the request
-        served (input, and output so far) plus what it could stream, at its rate so
-        far, until the next checkpoint (with half again for a late tick); never more
-        than its reservation."""
+        served (input, and output counted so far) plus half of what it streams, at its
+        recent rate, until the next checkpoint lands; never more than its reservation.
+
+        Why half: a process killed between two checkpoints is killed, on average,
+        half-way; the upstream stops when the connection dies. So the charge is an
+        unbiased estimate whose error per killed stream is at most half a checkpoint's
+        output either way (a lean-high charge would waste a whole one per stream, on
+        every kill). "Until the next checkpoint lands" is measured, not assumed: a busy
+        event loop or a slow store stretches the gap, and the upstream keeps generating
+        meanwhile. Keep ``checkpoint_interval`` short where streams are fast and dear."""
         worst = hold.worst
-        out_tokens = math.ceil(hold.chars / 3.0)
+        now = self.monotonic()
+        out_tokens = self.count(hold)
         served = worst.input_cost + out_tokens * worst.output_price
-        elapsed = max(1e-3, self.monotonic() - hold.started)
-        margin = out_tokens * worst.output_price / elapsed * self.settings.checkpoint_interval * 1.5
+        average = out_tokens / max(1e-3, now - hold.started)
+        recent = (out_tokens - hold.last_tokens) / max(1e-3, now - hold.last_at) if hold.last_at else 0.0
+        hold.last_tokens, hold.last_at = out_tokens, now
+        margin = max(average, recent) * worst.output_price * self.checkpoint_gap() / 2
         return min(hold.amount, served + margin)
+
+    def checkpoint_gap(self) -> float:
+        """Seconds the next checkpoint may take to land: the interval, or the last gap
+        between checkpoints when the process was slower than that."""
+        return max(self.settings.checkpoint_interval, self._gaps[-1]) if self._gaps else self.settings.checkpoint_interval
+
+    @staticmethod
+    def count(hold: Hold) -> int:
+        """Output tokens the request streamed so far (counts the text not yet counted)."""
+        if hold.texts:
+            texts, hold.texts = hold.texts, []
+            hold.tokens += count_tokens(hold.worst.model, texts)
+        return hold.tokens
 
     async def _keep_alive(self) -> None:
         """Every ``checkpoint_interval``: renew the leases of running requests with
@@ -280,6 +317,10 @@ class Reservations:
             for (hold, charge), renewed in zip(holds, alive, strict=True):
                 if renewed:
                     hold.charge = charge
+        done = self.monotonic()
+        if self._last_done:
+            self._gaps = [*self._gaps[-9:], done - self._last_done]
+        self._last_done = done
 
     # --- settlement ----------------------------------------------------------------------
 
@@ -308,8 +349,9 @@ class Reservations:
 
     async def _settle(self, slots: tuple[Slot, ...], lease: str, actual: float, charge: float) -> None:
         now = time.time()
-        result = await self.state.run(SETTLE, [s.key for s in slots],
-                                      [lease, actual, charge, *(s.key_ttl_ms(now) for s in slots)])
+        async with self._calls:
+            result = await self.state.run(SETTLE, [s.key for s in slots],
+                                          [lease, actual, charge, *(s.key_ttl_ms(now) for s in slots)])
         waited = [s.key for s, (_, waiting) in zip(slots, result, strict=True) if waiting]
         if waited:
             with contextlib.suppress(StateUnavailable):

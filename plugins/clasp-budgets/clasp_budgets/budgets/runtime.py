@@ -17,7 +17,7 @@ from typing import Any
 
 from clasp_gateway import CanonicalRequest, Chunk, Gateway, RequestContext, hookimpl, request_cost
 
-from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_chars, worst_case
+from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case
 from .errors import refusal_error
 from .periods import Period, current_period
 from .reservations import BudgetRefused, Hold, Reservations, Slot
@@ -27,6 +27,17 @@ HOLD = "clasp_budgets.hold"
 """``ctx.state`` key of the request's :class:`Hold`."""
 HEADER = "x-clasp-budget-max-tokens"
 _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def count_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
+    """Count what a stream showed (a cut stream's cost, a running lease's charge).
+
+    A module-level hook (in :mod:`.plugin`), not the runtime's: the gateway decides
+    once, before start-up hooks register per-app objects, whether any plugin wants
+    chunks at all."""
+    hold = ctx.state.get(HOLD)
+    if hold is not None:
+        streamed_text(chunk, hold.texts)
 
 
 def subject_of(scope: str, ctx: RequestContext) -> str | None:
@@ -119,13 +130,6 @@ class BudgetRuntime:
         return None
 
     @hookimpl
-    def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
-        """Count what a stream showed: a cut stream's cost, a running lease's charge."""
-        hold = ctx.state.get(HOLD)
-        if hold is not None:
-            hold.chars += streamed_chars(chunk)
-
-    @hookimpl
     async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
         """The request is over: settle its reservation to what it really cost."""
         if event.get("kind") != "request":
@@ -149,7 +153,8 @@ class BudgetRuntime:
                     priced = request_cost(committed.deployment, committed.usage)
                 except (TypeError, ValueError):
                     priced = 0.0
-            estimate = cut_estimate(committed.deployment, hold.worst.input_tokens, hold.chars, committed.usage)
+            estimate = cut_estimate(committed.deployment, hold.worst.input_tokens,
+                                    self.reservations.count(hold), committed.usage)
             return total - priced + max(priced, estimate)
         if committed.usage is None and event.get("status") == 200:
             return total + hold.amount
