@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from clasp_budgets.budgets.costs import WorstCase
+from clasp_budgets.budgets.costs import WorstCase, load_tokenizers
 from clasp_budgets.budgets.periods import current_period
 from clasp_budgets.budgets.reservations import BudgetRefused, Hold, Reservations, Slot
 from clasp_budgets.budgets.scripts import BUSY, EXHAUSTED, FITS, REFRESH, RESERVE, SETTLE
@@ -43,7 +43,7 @@ def backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterat
         yield create_state(StateSettings(backend="memory"), clock=clock), clock
         return
     with redis_server.namespace() as ns:
-        yield RedisState(ns.url, prefix=ns.prefix), None
+        yield RedisState(ns.url, prefix=ns.prefix, timeout=2.0), None  # a loaded CI machine
 
 
 @pytest.fixture
@@ -165,6 +165,7 @@ async def test_checkpoints_renew_leases_with_what_was_served() -> None:
     s = slot(usd=1.0)
     running = await store.admit(hold(0.8, s, output_tokens=1000), max_wait=0, lower=no_lowering)
     clock.advance(2.0)
+    load_tokenizers(["gpt-4o"])
     running.texts = ["tok " * 100]  # 100 tokens at 0.0008 in 2 s: 0.08 served, 0.02 more per half second
     await store.checkpoint()
     assert running.tokens in (100, 101) and running.charge == pytest.approx(running.tokens * 0.0008 * 1.125)
@@ -195,7 +196,7 @@ async def test_outage_fail_closed_refuses_and_fail_open_caps_per_process() -> No
 async def test_thresholds_alert_once_across_replicas(redis_server: RedisServer) -> None:
     with redis_server.namespace() as ns:
         alerts: list[dict[str, Any]] = []
-        replicas = [Reservations(RedisState(ns.url, prefix=ns.prefix), BudgetSettings(), alert=alerts.append)
+        replicas = [Reservations(RedisState(ns.url, prefix=ns.prefix, timeout=2.0), BudgetSettings(), alert=alerts.append)
                     for _ in range(2)]
         s = slot(usd=1.0)
         for i in range(10):  # 10 x 0.1 over two replicas: 100%
