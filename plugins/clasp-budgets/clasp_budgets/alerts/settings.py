@@ -78,7 +78,7 @@ SECTION = Section({
         "timeout": Field(Duration(minimum=0.1, maximum=120), 5.0),
         "retries": Field(Integer(minimum=0, maximum=10), 3),
         "queue": Field(Integer(minimum=1, maximum=100_000), 1000),
-    }), nullable=True),
+    }), None, nullable=True),
     "anomaly": Field(Section({
         "enabled": Field(Boolean(), True),
         "dimensions": Field(ListOf(Choice(*DIMENSIONS)), ["key", "team", "model"]),

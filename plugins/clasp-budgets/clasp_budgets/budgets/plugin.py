@@ -10,8 +10,9 @@ import asyncio
 import logging
 from typing import Any
 
-from clasp_gateway import Chunk, Config, ConfigError, RegisterConfigSection, RequestContext, hookimpl
+from clasp_gateway import Chunk, Config, ConfigError, RegisterConfigSection, RegisterRoute, RequestContext, hookimpl
 
+from .admin import list_budgets
 from .costs import load_tokenizers
 from .reservations import Reservations
 from .runtime import BudgetRuntime, count_stream_chunk
@@ -24,6 +25,11 @@ log = logging.getLogger("clasp.budgets")
 @hookimpl
 def register_config_sections(register: RegisterConfigSection) -> None:
     register("budgets")
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    register("/admin/budgets", list_budgets, methods=["GET"])
 
 
 @hookimpl

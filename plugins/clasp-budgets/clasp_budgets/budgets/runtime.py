@@ -26,6 +26,8 @@ from .settings import BudgetSettings, BudgetSpec
 HOLD = "clasp_budgets.hold"
 """``ctx.state`` key of the request's :class:`Hold`."""
 HEADER = "x-clasp-budget-max-tokens"
+SEEN_LIMIT = 10_000
+"""Subjects remembered per budget for the admin listing (bounded: user ids come from clients)."""
 _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -74,6 +76,8 @@ class BudgetRuntime:
         self.extra_specs = extra_specs
         """Budgets stored elsewhere (the database), read per request from memory."""
         self._periods: dict[str, Period] = {}
+        self._seen: dict[str, dict[str, BudgetSpec]] = {}
+        """Per budget name, the subjects this process served (for the admin listing)."""
 
     # --- which budgets ---------------------------------------------------------------------
 
@@ -103,7 +107,36 @@ class BudgetRuntime:
             if subject is None or (spec.match is not None and spec.match != subject):
                 continue
             out.append(self.slot(spec, subject, now))
+            seen = self._seen.setdefault(spec.name, {})
+            if subject not in seen and len(seen) < SEEN_LIMIT:
+                seen[subject] = spec
         return tuple(out)
+
+    def known_slots(self, asked: dict[str, str | None]) -> list[Slot]:
+        """The budgets to list: each configured one for its subjects (its ``match``,
+        ``*`` for global ones, ``asked[scope]`` and the subjects served so far), and
+        keys' own budgets this process has seen."""
+        now = self.clock()
+        out: dict[str, Slot] = {}
+        for spec in (*self.settings.limits, *self.extra_specs()):
+            subjects: set[str] = set()
+            if spec.scope == "global":
+                subjects.add("*")
+            elif spec.match is not None:
+                subjects.add(spec.match)
+            else:
+                subjects.update(self._seen.get(spec.name, {}))
+                if asked.get(spec.scope):
+                    subjects.add(str(asked[spec.scope]))
+            for subject in sorted(subjects):
+                slot = self.slot(spec, subject, now)
+                out.setdefault(slot.key, slot)
+        for name, seen in self._seen.items():
+            for subject, spec in seen.items():
+                if spec.source == "key":
+                    slot = self.slot(spec, subject, now)
+                    out.setdefault(slot.key, slot)
+        return list(out.values())
 
     # --- hooks -------------------------------------------------------------------------------
 

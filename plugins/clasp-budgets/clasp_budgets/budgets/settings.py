@@ -156,8 +156,8 @@ def parse_settings(config: Config, problems: list[str]) -> BudgetSettings:
     limits = []
     names: set[str] = set()
     for i, item in enumerate(raw.get("limits") or []):
-        if not isinstance(item, dict) or "name" not in item or "usd" not in item:
-            continue
+        if not isinstance(item, dict) or item.get("name") is None or item.get("usd") is None:
+            continue  # already a problem
         if item["name"] in names:
             problems.append(f"budgets.limits.{i}.name: {item['name']!r} is used by another budget")
         names.add(item["name"])
