@@ -49,6 +49,9 @@ The names, by what a plugin does with them:
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
+- **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
+  map (:func:`bundled_price_map_path`) and a newer one installed over it
+  (:func:`price_map_path` in the gateway's :func:`data_dir`, :func:`reload_price_map`).
 """
 
 from .canonical import chunks_to_completion, completion_to_chunk
@@ -145,7 +148,16 @@ from .validation import (
     String,
     did_you_mean,
 )
-from .wire.catalog import ProviderProfile, provider_profile
+from .wire.catalog import (
+    PRICE_MAP_FILE,
+    ProviderProfile,
+    bundled_price_map_path,
+    data_dir,
+    price_map_path,
+    provider_profile,
+    raw_model_entry,
+    reload_price_map,
+)
 from .wire.credentials import RefreshingToken
 from .wire.ndjson import NDJSONDecoder
 from .wire.permissions import UNAVAILABLE_KEY
@@ -199,5 +211,7 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)
+    "PRICE_MAP_FILE", "bundled_price_map_path", "data_dir", "price_map_path", "raw_model_entry", "reload_price_map",
     "__version__",
 ]
