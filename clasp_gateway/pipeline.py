@@ -480,8 +480,7 @@ class Gateway:
             if attempt.usage is not None:
                 try:
                     cost = request_cost(dep, attempt.usage)
-                except Exception as exc:
-                    self.hook_failed("pricing", ctx, "clasp_gateway", exc)
+                except Exception:  # counted once, by the request event's pricing (finish)
                     cost = None
             now, wall = time.perf_counter(), time.time()
             event = {

@@ -151,3 +151,15 @@ def test_a_provider_reported_cost_wins(upstream: FakeUpstream) -> None:
         upstream.queue(Raw(body=orjson.dumps(body), content_type="application/json"))
         assert call(server, "openai").status_code == 200
     assert witness.kind("request")[-1]["cost_usd"] == 0.042 and witness.kind("attempt")[-1]["cost_usd"] == 0.042
+
+
+def test_litellm_response_cost_becomes_the_reported_cost() -> None:
+    from clasp_gateway.wire.litellm_adapter import _with_reported_cost
+
+    class Response:
+        _hidden_params = {"response_cost": 0.0031}
+
+    data = _with_reported_cost(Response(), {"usage": {"prompt_tokens": 3}})
+    assert Usage.from_openai(data["usage"]).cost_usd == 0.0031
+    own = _with_reported_cost(Response(), {"usage": {"prompt_tokens": 3, "cost": 0.5}})
+    assert own["usage"]["cost"] == 0.5  # the provider's own figure stays
