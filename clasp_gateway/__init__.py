@@ -121,7 +121,7 @@ from .state import (
     Subscription,
     create_state,
 )
-from .storage import Database, DatabaseError, MigrationError, StorageSettings
+from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -159,7 +159,6 @@ from .wire.catalog import (
     PRICE_MAP_FILE,
     ProviderProfile,
     bundled_price_map_path,
-    data_dir,
     price_map_path,
     provider_profile,
     raw_model_entry,

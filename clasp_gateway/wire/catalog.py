@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..storage.settings import data_dir
 from ..types import CallMode, ModelInfo
 
 log = logging.getLogger("clasp.catalog")
@@ -152,16 +152,6 @@ def litellm_package_dir() -> Path | None:
 
 PRICE_MAP_FILE = "model_prices.json"
 """The newer LiteLLM-format price map ``clasp prices update`` installs in the data dir."""
-
-
-def data_dir() -> Path:
-    """The gateway's data directory: ``$CLASP_DATA_DIR``, else ``$XDG_DATA_HOME/clasp``
-    (``~/.local/share/clasp``). Not created here."""
-    chosen = os.environ.get("CLASP_DATA_DIR")
-    if chosen:
-        return Path(chosen).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(str(Path.home()), ".local", "share")
-    return Path(base) / "clasp"
 
 
 def price_map_path() -> Path:

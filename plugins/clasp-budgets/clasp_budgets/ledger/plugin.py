@@ -19,7 +19,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from clasp_gateway import Config, ConfigError, RegisterConfigSection, data_dir, hookimpl
+from clasp_gateway import (
+    Config,
+    ConfigError,
+    MigrationRegistration,
+    RegisterConfigSection,
+    RegisterMigrations,
+    data_dir,
+    hookimpl,
+)
 
 from . import MIGRATIONS
 from .runtime import RUNTIME_PLUGIN, LedgerRuntime
@@ -29,11 +37,9 @@ from .writer import LedgerWriter
 log = logging.getLogger("clasp.ledger")
 
 
-@hookimpl(optionalhook=True)
-def register_migrations(register: Any) -> None:
+@hookimpl
+def register_migrations(register: RegisterMigrations) -> None:
     """The branch ``ledger``: ``ledger_requests`` and ``ledger_attempts``."""
-    from clasp_gateway import MigrationRegistration  # type: ignore[attr-defined]  # the core's storage
-
     register(MigrationRegistration(name="ledger", directory=MIGRATIONS))
 
 
@@ -73,13 +79,10 @@ async def _start(app: Starlette, config: Config) -> None:
     if previous is not None:  # a restarted lifespan: flush and replace the old runtime
         pm.unregister(previous)
         await previous.writer.close()
-    database = getattr(gateway, "database", None)
-    if database is None:  # a core without storage (clasp_gateway.Database)
-        log.warning("ledger: this gateway has no database (storage:): the spend ledger is off")
-        return
+    database = gateway.database
     writer = LedgerWriter(database.begin, database.dialect, settings, spool_base(settings))
     writer.start()
-    runtime = LedgerRuntime(writer, settings)
+    runtime = LedgerRuntime(writer, settings, database)
     app.state.ledger = runtime
     pm.register(runtime, name=RUNTIME_PLUGIN)
 
@@ -97,6 +100,9 @@ async def _stop(app: Starlette) -> None:
         return
     app.state.ledger = None
     await runtime.writer.close()
+    # The gateway disposed of its pool before the plugins' shutdown (Gateway.close):
+    # the flush opened a new one; let it go.
+    await runtime.database.dispose()
     pm = app.state.pm
     if pm.get_plugin(RUNTIME_PLUGIN) is runtime:
         pm.unregister(runtime)

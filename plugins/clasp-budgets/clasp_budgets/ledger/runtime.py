@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clasp_gateway import CanonicalRequest, RequestContext, hookimpl
+from clasp_gateway import CanonicalRequest, Database, RequestContext, hookimpl
 
 from .fingerprint import prompt_hash
 from .rows import attempt_row, request_row
@@ -26,9 +26,10 @@ RUNTIME_PLUGIN = "clasp_budgets.ledger.runtime"
 class LedgerRuntime:
     """The ``before_call`` and ``record`` hooks of one app's ledger."""
 
-    def __init__(self, writer: LedgerWriter, settings: LedgerSettings) -> None:
+    def __init__(self, writer: LedgerWriter, settings: LedgerSettings, database: Database) -> None:
         self.writer = writer
         self.settings = settings
+        self.database = database
 
     @hookimpl(tryfirst=True)
     def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
