@@ -185,9 +185,12 @@ def test_no_plugin_no_database_and_no_sqlalchemy() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_a_plugin_may_ask_for_a_database_without_migrations(sqlite_url: str) -> None:
+def test_a_plugin_may_ask_for_a_database_without_migrations(tmp_path: Path) -> None:
     plugin = AsksForADatabase()
-    with GatewayServer(config_from({"models": {}, "storage": {"url": sqlite_url}}), plugins=[plugin]) as server:
+    # A database of its own: the module's has the toys' branches, which this gateway
+    # does not load, while an installed plugin (clasp-budgets' ledger) may migrate.
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    with GatewayServer(config_from({"models": {}, "storage": {"url": url}}), plugins=[plugin]) as server:
         assert server.gateway.has_database and plugin.database is server.gateway.database
         assert not {"notes", "tally"} & {m.name for m in plugin.database.migrations}
 
