@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from clasp_budgets.ledger import ATTEMPTS, REQUESTS
+from clasp_budgets.ledger.settings import parse_settings
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from clasp_budgets.ledger import ATTEMPTS, REQUESTS
-from clasp_budgets.ledger.settings import parse_settings
 from clasp_gateway import ConfigError, RequestContext, hookimpl
 from clasp_gateway.testing import Cut, FakeUpstream, GatewayServer, Text, config_from
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from clasp_budgets.ledger import ATTEMPTS, REQUESTS
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from clasp_budgets.ledger import ATTEMPTS, REQUESTS
 from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayProcesses, PostgresServer, Text
 
 
