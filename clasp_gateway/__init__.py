@@ -125,7 +125,7 @@ from .state import (
     Subscription,
     create_state,
 )
-from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir
+from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -218,6 +218,7 @@ __all__ = [
     "Subscription", "create_state",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

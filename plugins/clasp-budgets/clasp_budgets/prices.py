@@ -146,7 +146,7 @@ def describe(model: str) -> dict[str, Any] | None:
         "source": source,
         "file": str(price_map_path() if source == "installed" else bundled_price_map_path()),
         "per_token": prices,
-        "per_million": {k: (v * 1e6 if _is_price(v) else None) for k, v in prices.items()},
+        "per_million": {k: (v * 1e6 if v is not None and _is_price(v) else None) for k, v in prices.items()},
         "max_input_tokens": entry.get("max_input_tokens"),
         "max_output_tokens": entry.get("max_output_tokens") or entry.get("max_tokens"),
     }

@@ -8,7 +8,9 @@ Registered under the entry point ``budgets_ledger``:
   fingerprint; ``record``: the rows) registered in the app's plugin manager;
 - ``shutdown`` (SIGTERM ends here through the server's lifespan): the flush, within
   ``ledger.shutdown_timeout``; what the database does not take is spooled;
-- ``register_config_sections`` / ``validate_config``: ``ledger:``.
+- ``register_config_sections`` / ``validate_config``: ``ledger:``;
+- ``register_routes``: the admin reports (``/admin/usage``, ``/admin/reports/...``);
+- ``register_commands``: ``clasp report`` and ``clasp prices``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from clasp_gateway import (
     Config,
     ConfigError,
     MigrationRegistration,
+    RegisterCommand,
     RegisterConfigSection,
     RegisterMigrations,
+    RegisterRoute,
     data_dir,
     hookimpl,
 )
@@ -41,6 +45,25 @@ log = logging.getLogger("clasp.ledger")
 def register_migrations(register: RegisterMigrations) -> None:
     """The branch ``ledger``: ``ledger_requests`` and ``ledger_attempts``."""
     register(MigrationRegistration(name="ledger", directory=MIGRATIONS))
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    """The spend reports of the admin API."""
+    from ..reports.routes import ROUTES
+
+    for path, endpoint in ROUTES:
+        register(path, endpoint, methods=["GET"])
+
+
+@hookimpl
+def register_commands(register: RegisterCommand) -> None:
+    """``clasp report`` and ``clasp prices``."""
+    from .. import prices
+    from ..reports import cli
+
+    register("report", cli.main, help="spend by provider, model, key, team...; projections; savings")
+    register("prices", prices.main, help="the price map: update FILE (offline), show MODEL")
 
 
 @hookimpl
