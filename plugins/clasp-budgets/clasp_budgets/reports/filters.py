@@ -67,6 +67,9 @@ class Scope:
     until: float | None = None
     by: list[str] = field(default_factory=list)
     bucket: str | None = None
+    forced: dict[str, str] = field(default_factory=dict)
+    """Filters from the caller's key (a member's own key, a team admin's team), applied
+    on top of :attr:`filters`: a request can narrow them, never widen them."""
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> Scope:
@@ -94,7 +97,7 @@ class Scope:
     def restricted(self, **forced: str) -> Scope:
         """This scope with ``forced`` filters that a caller cannot widen (a member's own
         key, a team admin's team)."""
-        return Scope({**self.filters, **forced}, self.since, self.until, list(self.by), self.bucket)
+        return Scope(dict(self.filters), self.since, self.until, list(self.by), self.bucket, {**self.forced, **forced})
 
 
 def column(name: str, dialect: str) -> ColumnElement[Any]:
@@ -124,7 +127,8 @@ def bucket_expression(bucket: str, dialect: str) -> ColumnElement[Any]:
 
 def where(scope: Scope, dialect: str) -> ColumnElement[bool]:
     """The scope's filters and time range as one condition."""
-    conditions: list[ColumnElement[bool]] = [column(name, dialect) == value for name, value in scope.filters.items()]
+    conditions: list[ColumnElement[bool]] = [
+        column(name, dialect) == value for name, value in [*scope.filters.items(), *scope.forced.items()]]
     if scope.since is not None:
         conditions.append(REQUESTS.c.ts >= scope.since)
     if scope.until is not None:

@@ -66,7 +66,7 @@ async def projection(
         start, end = period_bounds(period, now)
         elapsed = max(now - start, 1.0)
         factor = (end - start) / elapsed
-        ranged = Scope(dict(scope.filters), start, now + 1e-6, list(scope.by), None)
+        ranged = Scope(dict(scope.filters), start, now + 1e-6, list(scope.by), None, dict(scope.forced))
         condition = where(ranged, dialect)
         spent = func.sum(func.coalesce(REQUESTS.c.cost_usd, 0.0))
         total = float((await conn.execute(select(spent).where(condition))).scalar() or 0.0)
