@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from clasp_budgets.ledger import REQUESTS
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from clasp_budgets.ledger import REQUESTS
 from clasp_gateway.testing import GatewayServer, config_from, load_module
 
 reports = load_module(Path(__file__).with_name("test_reports.py"), "clasp_budgets_test_reports_seed")
