@@ -4,6 +4,7 @@ close, a dead process's spool adopted, bounds (queue, spool) and refused rows.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -240,3 +241,29 @@ async def test_torn_line_and_refused_rows(engine: AsyncEngine, tmp_path: Path, c
     rejected = writer.spool.path.with_name(writer.spool.path.name + ".rejected").read_bytes()
     assert b"req_000002" in rejected and not writer.spool.path.exists()
     await writer.close()
+
+
+async def test_a_batch_stuck_at_shutdown_is_spooled_not_lost(tmp_path: Path) -> None:
+    """PostgreSQL with the table locked by another session: the writer's insert hangs;
+    the shutdown deadline passes; the batch it was writing goes to the spool, and a
+    later writer replays it once the lock is gone."""
+    async with support.ledger_engine("postgresql", tmp_path) as engine:
+        base = tmp_path / "ledger-spool.jsonl"
+        locker = await engine.connect()
+        await locker.begin()
+        await locker.execute(text("LOCK TABLE ledger_requests IN ACCESS EXCLUSIVE MODE"))
+        stuck = LedgerWriter(engine.begin, "postgresql", settings(shutdown_timeout=0.5, flush_interval=0.01), base)
+        stuck.start()
+        for n in range(5):
+            add(stuck, n)
+        async with asyncio.timeout(10):
+            while stuck.backlog:  # the task took the batch and is waiting for the lock
+                await asyncio.sleep(0.01)
+        await stuck.close()
+        assert stuck.stats.spooled == 10 and stuck.stats.dropped == 0
+        await locker.rollback()
+        await locker.close()
+        later = LedgerWriter(engine.begin, "postgresql", settings(), base)
+        await later.flush()
+        assert later.stats.replayed == 10 and await count(engine) == 5
+        await later.close()

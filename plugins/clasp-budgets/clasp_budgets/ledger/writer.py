@@ -146,17 +146,19 @@ class LedgerWriter:
         the database has not taken by then goes to the spool."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout):
+                if self._task is not None:  # let it end the batch it is writing
+                    await asyncio.shield(self._task)
                 await self.flush()
         except TimeoutError:
             log.warning("ledger: the database did not take the last rows within %.1fs: spooling %d row(s)",
                         self.settings.shutdown_timeout, len(self._queue))
+        if self._task is not None:
+            self._task.cancel()  # a batch it was writing went back to the queue
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._queue:
             rows = list(self._queue)
             self._queue.clear()
@@ -193,11 +195,17 @@ class LedgerWriter:
                 if not self._queue:
                     return
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.settings.batch_size))]
-                if await self._spool_has_rows() or len(self._queue) > self.settings.max_queue // 2:
-                    # behind the older rows; or the database is too slow for the traffic
-                    await asyncio.to_thread(self._spool_rows, batch)
-                elif not await self._write(batch):
-                    await asyncio.to_thread(self._spool_rows, batch)
+                try:
+                    if await self._spool_has_rows() or len(self._queue) > self.settings.max_queue // 2:
+                        # behind the older rows; or the database is too slow for the traffic
+                        await asyncio.to_thread(self._spool_rows, batch)
+                    elif not await self._write(batch):
+                        await asyncio.to_thread(self._spool_rows, batch)
+                except asyncio.CancelledError:
+                    # Not lost: back to the front of the queue (written or spooled at close;
+                    # written twice at worst, which the insert ignores).
+                    self._queue.extendleft(reversed(batch))
+                    raise
                 if once:
                     return
 
