@@ -257,7 +257,7 @@ async def test_a_batch_stuck_at_shutdown_is_spooled_not_lost(tmp_path: Path) -> 
         for n in range(5):
             add(stuck, n)
         async with asyncio.timeout(10):
-            while stuck.backlog:  # the task took the batch and is waiting for the lock
+            while stuck.backlog:  # noqa: ASYNC110 (until the task took the batch; it waits for the lock)
                 await asyncio.sleep(0.01)
         await stuck.close()
         assert stuck.stats.spooled == 10 and stuck.stats.dropped == 0
