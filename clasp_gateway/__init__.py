@@ -26,7 +26,9 @@ The names, by what a plugin does with them:
 - **Configuration**: :class:`Config`, :func:`resolve_secret`, and the schema helpers
   (:class:`Section`, :class:`Field`, :class:`Integer`...) a plugin's own section is
   checked with.
-- **Routes** (``register_routes``): :func:`authenticate`, :func:`read_json`,
+- **Routes** (``register_routes``): :func:`authenticate`, :func:`require_role` (admin
+  routes under ``/admin/``, whose docstrings make ``GET /admin/openapi.json``), the
+  key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), :func:`read_json`,
   :func:`request_headers`, :func:`json_response`, :func:`error_response`,
   :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
   model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
@@ -42,6 +44,10 @@ The names, by what a plugin does with them:
   (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
   :func:`response_fixer`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
+  SQLAlchemy async Core over ``storage:``), migrations registered as
+  :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
+  :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
   replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
   :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
@@ -50,6 +56,9 @@ The names, by what a plugin does with them:
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
 - **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
+- **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
+  map (:func:`bundled_price_map_path`) and a newer one installed over it
+  (:func:`price_map_path` in the gateway's :func:`data_dir`, :func:`reload_price_map`).
 """
 
 from .canonical import chunks_to_completion, completion_to_chunk
@@ -72,13 +81,16 @@ from .errors import (
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first
+from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CommandRegistration,
     ConfigSectionRegistration,
+    MigrationRegistration,
     ProviderRegistration,
     RegisterCommand,
     RegisterConfigSection,
+    RegisterMigrations,
     RegisterProvider,
     RegisterRequestClass,
     RegisterRoute,
@@ -95,6 +107,7 @@ from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
 from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 from .shell.access import note as note_access
+from .shell.admin import require_role
 from .shell.http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .shell.limits import MAX_OUTPUT_TOKENS, check_message_count
 from .shell.openai_api import list_models as list_openai_models
@@ -113,6 +126,7 @@ from .state import (
     Subscription,
     create_state,
 )
+from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -146,7 +160,15 @@ from .validation import (
     String,
     did_you_mean,
 )
-from .wire.catalog import ProviderProfile, provider_profile
+from .wire.catalog import (
+    PRICE_MAP_FILE,
+    ProviderProfile,
+    bundled_price_map_path,
+    price_map_path,
+    provider_profile,
+    raw_model_entry,
+    reload_price_map,
+)
 from .wire.credentials import RefreshingToken
 from .wire.ndjson import NDJSONDecoder
 from .wire.permissions import UNAVAILABLE_KEY
@@ -183,7 +205,7 @@ __all__ = [
     # routes
     "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
     "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
-    "request_headers", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
+    "check_model_access", "may_use_model", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
     # providers: the call helper and LiteLLM's knowledge
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",
@@ -195,6 +217,9 @@ __all__ = [
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state",
+    # records (clasp_gateway/storage/): gateway.database, plugins' migrations
+    "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools
@@ -202,5 +227,7 @@ __all__ = [
     "is_context_overflow", "tiktoken_cache_dir",
     # prices: what a deployment's usage cost (budgets, the ledger)
     "request_cost",
+    # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)
+    "PRICE_MAP_FILE", "bundled_price_map_path", "data_dir", "price_map_path", "raw_model_entry", "reload_price_map",
     "__version__",
 ]

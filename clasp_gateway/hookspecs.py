@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .registrations import (
         RegisterCommand,
         RegisterConfigSection,
+        RegisterMigrations,
         RegisterProvider,
         RegisterRequestClass,
         RegisterRoute,
@@ -135,6 +136,24 @@ def register_request_classes(register: RegisterRequestClass) -> None:
     ``ctx.request_class``, and every class that matches is in ``ctx.traits``. A
     predicate that raises counts as "no match". Names are unique (built-in ones
     included) (:class:`~clasp_gateway.registrations.RequestClassRegistration`).
+    """
+
+
+@hookspec
+def register_migrations(register: RegisterMigrations) -> None:
+    """Add database migrations: ``register(MigrationRegistration(name="ledger",
+    directory=Path(__file__).parent / "migrations"))``.
+
+    Each registration is its own Alembic branch: ``name`` is its branch label (a
+    lower-case word), ``directory`` holds its revision files, the first with
+    ``down_revision = None`` and ``branch_labels = ("ledger",)``. Write them with
+    ``alembic.op`` (``op.create_table(...)``) and portable types: the same files run on
+    SQLite and PostgreSQL. A gateway with any registration has a database
+    (``gateway.database``, a :class:`~clasp_gateway.storage.Database` over ``storage:``)
+    and upgrades every branch to its head when it starts (``storage.auto_migrate``,
+    default true; replicas starting together take turns), or with ``clasp db upgrade``.
+    One branch per name, one name per directory
+    (:class:`~clasp_gateway.registrations.MigrationRegistration`).
     """
 
 
@@ -273,5 +292,25 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     applied), status, latency and attempts. ``attempt`` and ``request`` events carry
     the request's class (``request_class``, and ``traits`` on the request event: see
     :attr:`~clasp_gateway.types.RequestContext.request_class`). May return an awaitable. An exception is
-    logged and counted, never fails the answer, and other plugins still get the event."""
+    logged and counted, never fails the answer, and other plugins still get the event.
+
+    The ``request`` event's fields: ``request_id``, ``api``, ``public_model``,
+    ``request_class``, ``traits``; who: ``key_id``, ``key_name``, ``team``, ``project``
+    (the key's), ``user`` (``ctx.user``: the person behind a shared key), ``tags``
+    (``ctx.tags``, a dict); where: ``deployment``, ``provider``, ``model``, ``region``
+    (the deployment's ``region:``), all ``None`` when no deployment answered; what:
+    ``stream``, ``status``, ``error``, ``cut`` (the stream was cut: ``usage`` is then
+    the partial usage), ``usage`` (``input_tokens``, ``output_tokens``,
+    ``cache_read_input_tokens``, ``cache_creation_input_tokens``,
+    ``reasoning_tokens``), ``cost_usd`` (a provider-reported cost wins over the price
+    map: ``pipeline.request_cost``), ``cache_hit`` (``"exact"|"semantic"|"stale"`` or
+    ``None``) and ``saved_usd`` (what the hit saved); how: ``latency_ms``, ``ttfb_ms``,
+    ``attempts`` (a list: deployment, ok, error, ms), ``retries`` (attempts on the
+    same deployment as the one before), ``fallbacks`` (attempts on another one);
+    when: ``started_at`` (unix seconds the request started) and ``time`` (when it
+    ended). The ``attempt`` event: ``request_id``, ``attempt`` (1, 2, ... in order),
+    ``public_model``, ``request_class``, ``deployment``, ``provider``, ``model``,
+    ``region``, ``ok``, ``error``, ``upstream_status``, ``ms``, ``ttfb_ms``, ``usage``
+    (the attempt's, zeros for a failed one), ``cost_usd`` (that attempt's cost),
+    ``started_at``, ``time``."""
 
