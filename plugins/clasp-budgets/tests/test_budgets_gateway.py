@@ -64,8 +64,9 @@ class FakeCache:
             "usage": {"prompt_tokens": 100, "completion_tokens": 50}})]
 
 
-def budgets_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
+def budgets_config(upstream: FakeUpstream, storage: str, **extra: Any) -> dict[str, Any]:
     return {
+        "storage": {"url": storage},  # a database of this module's own (the ledger rebuilds spend from it)
         "models": {"gpt-4o": [{"model": "openai/gpt-4o", "api_base": upstream.base_url, "api_key": "sk-fake", **PRICES}]},
         "permissions": {"enabled": False},
         "budgets": {"limits": [
@@ -87,8 +88,8 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: FakeUpstream) -> Iterator[GatewayServer]:
-    with GatewayServer(config_from(budgets_config(upstream)), plugins=[Keys(), FakeCache()]) as server:
+def gateway(upstream: FakeUpstream, sqlite_url: str) -> Iterator[GatewayServer]:
+    with GatewayServer(config_from(budgets_config(upstream, sqlite_url)), plugins=[Keys(), FakeCache()]) as server:
         yield server
 
 
@@ -175,8 +176,8 @@ def test_the_listing_needs_an_admin_and_a_team_admin_sees_its_team(gateway: Gate
     assert set(listing(gateway, "lead-key-000000000000000000")) == {"tight"}
 
 
-def test_configuration_mistakes_are_named(upstream: FakeUpstream) -> None:
-    config = budgets_config(upstream)
+def test_configuration_mistakes_are_named(upstream: FakeUpstream, sqlite_url: str) -> None:
+    config = budgets_config(upstream, sqlite_url)
     config["budgets"]["limits"][0]["perod"] = "daily"
     config["budgets"]["limits"][1]["usd"] = -1
     config["budgets"]["checkpoint_interval"] = "20s"
@@ -192,7 +193,7 @@ def test_spend_survives_a_restart(backend: str, upstream: FakeUpstream, redis_se
     with tempfile.TemporaryDirectory() as tmp, redis_server.namespace() as ns:
         state = ({"backend": "sqlite", "url": f"sqlite:///{Path(tmp) / 'state.db'}"} if backend == "sqlite"
                  else {"backend": "redis", "url": ns.url, "prefix": ns.prefix, "timeout": "2s"})
-        config = config_from(budgets_config(upstream, state=state))
+        config = config_from(budgets_config(upstream, f"sqlite:///{Path(tmp) / 'clasp.db'}", state=state))
         with GatewayServer(config, plugins=[Keys()]) as first:
             assert ask(first, "tight-key-000000000000000000").status_code == 200
         with GatewayServer(config, plugins=[Keys()]) as second:

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-
 from clasp_budgets.budgets.costs import WorstCase, load_tokenizers
 from clasp_budgets.budgets.periods import current_period
 from clasp_budgets.budgets.reservations import BudgetRefused, Hold, Reservations, Slot
 from clasp_budgets.budgets.scripts import BUSY, EXHAUSTED, FITS, REFRESH, RESERVE, SETTLE
 from clasp_budgets.budgets.settings import BudgetSettings, BudgetSpec
+
 from clasp_gateway import StateBackend, create_state
 from clasp_gateway.state import StateSettings
 from clasp_gateway.state.redis import RedisState

@@ -73,7 +73,9 @@ def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], defa
         out = asked or info.max_output_tokens or default_max_tokens
         if info.max_output_tokens:
             out = min(out, info.max_output_tokens)
-        in_price, out_price = float(info.input_cost_per_token or 0.0), float(info.output_cost_per_token or 0.0)
+        # Input written to a provider's prompt cache may cost more than plain input.
+        in_price = max(float(info.input_cost_per_token or 0.0), float(info.cache_creation_input_token_cost or 0.0))
+        out_price = float(info.output_cost_per_token or 0.0)
         amount = tokens_in * in_price + out * out_price
         if amount > best.amount or best.amount == 0.0 and best.input_price == 0.0:
             best = WorstCase(amount, tokens_in, out, in_price, out_price, deployment.model)

@@ -9,6 +9,8 @@ a hit then settles at zero: it cost nothing upstream, so it consumes no budget.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -22,7 +24,10 @@ from .errors import refusal_error
 from .periods import Period, current_period
 from .reservations import BudgetRefused, Hold, Reservations, Slot
 from .settings import BudgetSettings, BudgetSpec
+from .store import DatabaseBudgets, spend_from_ledger
 
+STARTUP_WAIT = 10.0
+"""Seconds the first requests wait for stored budgets and the ledger's spend to load."""
 HOLD = "clasp_budgets.hold"
 """``ctx.state`` key of the request's :class:`Hold`."""
 HEADER = "x-clasp-budget-max-tokens"
@@ -63,27 +68,43 @@ def safe_subject(subject: str) -> str:
     return subject if _SAFE.fullmatch(subject) else "h:" + hashlib.sha256(subject.encode()).hexdigest()[:24]
 
 
+def state_key(spec: BudgetSpec, subject: str, period: Period) -> str:
+    """Where a budget instance's spend lives: per budget (a key's own budget: per key,
+    whatever its name), subject and period."""
+    name = "key" if spec.source == "key" else spec.name
+    return f"budgets:{name}:{spec.scope}:{safe_subject(subject)}:{period.label}"
+
+
 class BudgetRuntime:
     """One app's budgets (registered as a plugin object at start-up)."""
 
-    def __init__(self, gateway: Gateway, settings: BudgetSettings, reservations: Reservations, *,
-                 clock: Callable[[], float] = time.time,
-                 extra_specs: Callable[[], tuple[BudgetSpec, ...]] = tuple) -> None:
+    def __init__(self, gateway: Gateway, settings: BudgetSettings, reservations: Reservations,
+                 stored: DatabaseBudgets, *, clock: Callable[[], float] = time.time) -> None:
         self.gateway = gateway
         self.settings = settings
         self.reservations = reservations
+        self.stored = stored
+        """Budgets of the database (the admin API's), mirrored in memory."""
         self.clock = clock
-        self.extra_specs = extra_specs
-        """Budgets stored elsewhere (the database), read per request from memory."""
+        self.ready = asyncio.Event()
+        """Set once stored budgets are loaded and spend is rebuilt from the ledger."""
         self._periods: dict[str, Period] = {}
         self._seen: dict[str, dict[str, BudgetSpec]] = {}
         """Per budget name, the subjects this process served (for the admin listing)."""
+
+    async def wait_ready(self) -> None:
+        """The first requests after start-up wait (bounded) for stored budgets and the
+        spend rebuilt from the ledger."""
+        if not self.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STARTUP_WAIT):
+                    await self.ready.wait()
 
     # --- which budgets ---------------------------------------------------------------------
 
     def specs(self, ctx: RequestContext) -> Iterator[BudgetSpec]:
         yield from self.settings.limits
-        yield from self.extra_specs()
+        yield from self.stored.specs
         if ctx.principal is not None:
             own = self.settings.for_key(ctx.principal)
             if own is not None:
@@ -97,7 +118,7 @@ class BudgetRuntime:
 
     def slot(self, spec: BudgetSpec, subject: str, now: float) -> Slot:
         period = self.period(spec.period, now)
-        return Slot(spec, subject, period, f"budgets:{spec.name}:{spec.scope}:{safe_subject(subject)}:{period.label}")
+        return Slot(spec, subject, period, state_key(spec, subject, period))
 
     def slots_for(self, ctx: RequestContext) -> tuple[Slot, ...]:
         now = self.clock()
@@ -118,7 +139,7 @@ class BudgetRuntime:
         keys' own budgets this process has seen."""
         now = self.clock()
         out: dict[str, Slot] = {}
-        for spec in (*self.settings.limits, *self.extra_specs()):
+        for spec in (*self.settings.limits, *self.stored.specs):
             subjects: set[str] = set()
             if spec.scope == "global":
                 subjects.add("*")
@@ -131,7 +152,7 @@ class BudgetRuntime:
             for subject in sorted(subjects):
                 slot = self.slot(spec, subject, now)
                 out.setdefault(slot.key, slot)
-        for name, seen in self._seen.items():
+        for seen in self._seen.values():
             for subject, spec in seen.items():
                 if spec.source == "key":
                     slot = self.slot(spec, subject, now)
@@ -144,6 +165,7 @@ class BudgetRuntime:
     async def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
         """Reserve the worst case on every budget the request counts against (waiting
         while only requests in flight stand in the way), or refuse with no upstream call."""
+        await self.wait_ready()
         slots = self.slots_for(ctx)
         if not slots:
             return None
@@ -192,3 +214,27 @@ class BudgetRuntime:
         if committed.usage is None and event.get("status") == 200:
             return total + hold.amount
         return total
+
+
+async def rebuild_spend(runtime: BudgetRuntime, database: object) -> int:
+    """Raise every budget's spend this period to at least what the ledger recorded
+    (``SEED`` keeps the larger figure): a memory state starts empty after a restart,
+    and a Redis without persistence may have lost its counters. Returns how many
+    budget instances were seeded."""
+    from .scripts import SEED
+
+    now = runtime.clock()
+    seeded = 0
+    groups: dict[tuple[str, str], list[BudgetSpec]] = {}
+    for spec in (*runtime.settings.limits, *runtime.stored.specs):
+        groups.setdefault((spec.scope, spec.period), []).append(spec)
+    for (scope, period), specs in groups.items():
+        spent = await spend_from_ledger(database, scope, period, now)
+        for spec in specs:
+            for subject, amount in spent.items():
+                if amount <= 0 or (spec.match is not None and spec.match != subject):
+                    continue
+                slot = runtime.slot(spec, subject, now)
+                await runtime.reservations.state.run(SEED, [slot.key], [amount, slot.key_ttl_ms(now)])
+                seeded += 1
+    return seeded
