@@ -102,7 +102,7 @@ async def startup(app: Any, config: Config) -> None:
     problems: list[str] = []
     settings = parse_settings(config, problems)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(config.source, problems)
     gateway = app.state.gateway
     runtime = AlertsRuntime(settings, gateway.state)
     app.state.clasp_alerts = runtime.sender

@@ -84,7 +84,7 @@ async def startup(app: Any, config: Config) -> None:
     problems: list[str] = []
     settings = parse_settings(config, problems)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(config.source, problems)
     gateway = app.state.gateway
     reservations = Reservations(gateway.state, settings, alert=alert_sink(app))
     stored = DatabaseBudgets(gateway.database, gateway.state)
