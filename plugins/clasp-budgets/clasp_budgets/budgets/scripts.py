@@ -24,10 +24,11 @@ reservation is ever left behind and two requests never deadlock each other.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from clasp_gateway import Script, ScriptTx
 
@@ -61,29 +62,57 @@ class Admission:
 
 
 # --- Python twin: one JSON document per budget -------------------------------------------
+# {"s": spent, "w": waited on until, "l": {lease: [amount, expires, charge]},
+#  "r": the leases' total, "e": the earliest expiry}: "r" and "e" spare a walk over the
+# leases unless one may have expired (orjson: a budget with 32 requests in flight costs
+# microseconds, not a JSON parse of every lease per operation).
 
 def _load(tx: ScriptTx, key: str) -> dict[str, Any]:
     raw = tx.get(key)
     if raw is None:
-        return {"s": 0.0, "l": {}, "w": 0.0}
-    doc: dict[str, Any] = json.loads(raw)
+        return {"s": 0.0, "l": {}, "w": 0.0, "r": 0.0, "e": None}
+    doc: dict[str, Any] = orjson.loads(raw)
     return doc
 
 
 def _store(tx: ScriptTx, key: str, doc: dict[str, Any], ttl_ms: int) -> None:
-    tx.set(key, json.dumps(doc, separators=(",", ":")), ttl=ttl_ms / 1000 if ttl_ms else None)
+    tx.set(key, orjson.dumps(doc), ttl=ttl_ms / 1000 if ttl_ms else None)
 
 
 def _sweep(doc: dict[str, Any], now: float) -> float:
     """Charge expired leases to the spend; returns the open reservations' total."""
-    reserved = 0.0
+    earliest = doc.get("e")
+    if earliest is not None and earliest > now:
+        return max(0.0, float(doc["r"]))
+    reserved, first = 0.0, None
     for lease, (amount, expires, charge) in list(doc["l"].items()):
         if expires <= now:
             doc["s"] += charge
             del doc["l"][lease]
         else:
             reserved += amount
+            first = expires if first is None or expires < first else first
+    doc["r"], doc["e"] = reserved, first
     return reserved
+
+
+def _add_lease(doc: dict[str, Any], lease: str, amount: float, expires: float, charge: float) -> None:
+    old = doc["l"].get(lease)
+    if old is not None:
+        doc["r"] -= old[0]
+    doc["l"][lease] = [amount, expires, charge]
+    doc["r"] = doc.get("r", 0.0) + amount
+    doc["e"] = expires if doc.get("e") is None else min(doc["e"], expires)
+
+
+def _drop_lease(doc: dict[str, Any], lease: str) -> bool:
+    old = doc["l"].pop(lease, None)
+    if old is None:
+        return False
+    doc["r"] = max(0.0, doc.get("r", 0.0) - old[0])
+    if not doc["l"]:
+        doc["r"], doc["e"] = 0.0, None
+    return True
 
 
 def _reserve(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admission:
@@ -106,7 +135,7 @@ def _reserve(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admission:
     ok = all(s.status == FITS for s in standings)
     for key, doc, key_ttl in docs:
         if ok:
-            doc["l"][lease] = [amount, now + ttl_ms / 1000, charge]
+            _add_lease(doc, lease, amount, now + ttl_ms / 1000, charge)
         _store(tx, key, doc, key_ttl)
     return Admission(ok, tuple(standings))
 
@@ -119,8 +148,7 @@ def _settle(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[tuple[fl
         key_ttl = int(args[3 + i])
         doc = _load(tx, key)
         _sweep(doc, now)
-        if lease in doc["l"]:
-            del doc["l"][lease]
+        if _drop_lease(doc, lease):
             doc["s"] += actual
         else:  # expired and charged meanwhile: only the difference
             doc["s"] = max(0.0, doc["s"] + actual - last_charge)
@@ -142,6 +170,7 @@ def _refresh(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[bool]:
         for j in range(0, len(pairs), 2):
             lease = str(pairs[j])
             if lease in doc["l"]:
+                # A later expiry: "e" may now be early, which only costs one walk later.
                 doc["l"][lease][1] = now + ttl_ms / 1000
                 doc["l"][lease][2] = float(pairs[j + 1])
             else:
@@ -167,7 +196,7 @@ def _status(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[tuple[fl
         if raw is None:
             out.append((0.0, 0.0))
             continue
-        doc = json.loads(raw)
+        doc = orjson.loads(raw)
         reserved = _sweep(doc, now)  # read-only: the next write sweeps for real
         out.append((doc["s"], reserved))
     return out
