@@ -206,3 +206,14 @@ async def test_thresholds_alert_once_across_replicas(redis_server: RedisServer) 
         assert crossed == [50.0, 80.0, 100.0]
         for store in replicas:
             await store.state.close()
+
+
+def test_streamed_text_reads_text_reasoning_and_tool_arguments() -> None:
+    from clasp_budgets.budgets.costs import streamed_text
+
+    texts: list[str] = []
+    for delta in ({"content": "a"}, {"role": "assistant", "content": "b"}, {"reasoning_content": "c"},
+                  {"content": None, "tool_calls": [{"index": 0, "function": {"name": "Bash", "arguments": "{}"}}]},
+                  {"content": "d", "tool_calls": [{"index": 0, "function": {"arguments": "e"}}]}):
+        streamed_text({"choices": [{"index": 0, "delta": delta}]}, texts)
+    assert texts == ["a", "b", "c", "Bash{}", "d", "e"]

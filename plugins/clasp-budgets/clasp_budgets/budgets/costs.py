@@ -91,23 +91,29 @@ def set_max_tokens(request: CanonicalRequest, tokens: int) -> None:
 
 
 def streamed_text(chunk: Chunk, into: list[str]) -> None:
-    """Append the output text of one canonical chunk (text, reasoning, tool arguments)."""
-    for choice in chunk.get("choices") or ():
+    """Append the output text of one canonical chunk (text, reasoning, tool arguments).
+    Runs for every streamed chunk: the common one (one choice, text only) is a few
+    dictionary reads."""
+    choices = chunk.get("choices")
+    if not choices:
+        return
+    for choice in choices:
         delta = choice.get("delta") if type(choice) is dict else None
         if type(delta) is not dict:
             continue
         text = delta.get("content")
-        if type(text) is str and text:
+        if text and type(text) is str:
             into.append(text)
-        text = delta.get("reasoning_content")
-        if type(text) is str and text:
-            into.append(text)
-        calls = delta.get("tool_calls")
-        if calls:
-            for call in calls:
-                fn = call.get("function") if type(call) is dict else None
-                if type(fn) is dict:
-                    into.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+        if text is None or len(delta) > 2 or (len(delta) == 2 and "role" not in delta):  # more than text
+            text = delta.get("reasoning_content")
+            if text and type(text) is str:
+                into.append(text)
+            calls = delta.get("tool_calls")
+            if calls:
+                for call in calls:
+                    fn = call.get("function") if type(call) is dict else None
+                    if type(fn) is dict:
+                        into.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
 
 
 _ENCODINGS: dict[str, Any] = {}
