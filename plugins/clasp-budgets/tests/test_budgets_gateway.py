@@ -25,7 +25,7 @@ from clasp_gateway import (
     hookimpl,
 )
 from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from
-from clasp_gateway.testing.processes import RedisServer
+from clasp_gateway.testing.processes import RedisServer, free_port
 
 PRICES = {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-5, "max_output_tokens": 1000}
 # Each answer: 100 input and 50 output tokens, $0.0006.
@@ -199,3 +199,20 @@ def test_spend_survives_a_restart(backend: str, upstream: FakeUpstream, redis_se
         with GatewayServer(config, plugins=[Keys()]) as second:
             assert listing(second)["tight"]["spent_usd"] == pytest.approx(ANSWER_COST)
             assert ask(second, "tight-key-000000000000000000", api="anthropic").status_code == 402
+
+
+def test_state_outage_fails_closed_or_open_per_budget(upstream: FakeUpstream, sqlite_url: str) -> None:
+    dead = {"backend": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "200ms"}
+    config = budgets_config(upstream, sqlite_url, state=dead)
+    config["budgets"]["limits"] = [
+        {"name": "closed", "scope": "team", "match": "tight", "usd": 10},
+        {"name": "open", "scope": "team", "match": "lower", "usd": 10, "on_outage": "fail_open",
+         "local_cap_usd": 0.0015},
+    ]
+    with GatewayServer(config_from(config), plugins=[Keys()]) as server:
+        closed = ask(server, "tight-key-000000000000000000", api="anthropic")
+        assert closed.status_code == 503 and closed.json()["error"]["type"] == "api_error"
+        assert "budget 'closed'" in closed.json()["error"]["message"]
+        assert ask(server, "lower-key-000000000000000000").status_code == 200  # within the local cap
+        refused = ask(server, "lower-key-000000000000000000")  # 0.0006 + a worst case of 0.001: over it
+        assert refused.status_code == 503 and "budget 'open'" in refused.json()["error"]["message"]

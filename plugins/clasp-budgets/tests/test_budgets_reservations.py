@@ -217,3 +217,15 @@ def test_streamed_text_reads_text_reasoning_and_tool_arguments() -> None:
                   {"content": "d", "tool_calls": [{"index": 0, "function": {"arguments": "e"}}]}):
         streamed_text({"choices": [{"index": 0, "delta": delta}]}, texts)
     assert texts == ["a", "b", "c", "Bash{}", "d", "e"]
+
+
+async def test_a_reservation_grows_for_a_dearer_fallback_only_if_it_fits(store: Reservations) -> None:
+    s = slot(usd=1.0)
+    first = await store.admit(hold(0.3, s), max_wait=0, lower=no_lowering)
+    other = await store.admit(hold(0.3, s), max_wait=0, lower=no_lowering)
+    assert await store.top_up(first, 0.6)  # 0.6 + 0.3 in flight: fits
+    assert not await store.top_up(other, 0.5)  # 0.6 + 0.5: does not; the reservation stays 0.3
+    assert other.amount == 0.3 and (await store.status([s]))[0][1] == pytest.approx(0.9)
+    await store.settle(first, 0.1)
+    await store.settle(other, 0.1)
+    assert await store.status([s]) == [(pytest.approx(0.2), 0.0)]

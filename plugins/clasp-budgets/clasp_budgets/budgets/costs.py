@@ -82,6 +82,16 @@ def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], defa
     return best
 
 
+def worst_case_on(worst: WorstCase, deployment: Deployment) -> float:
+    """The same request's worst case on another deployment (its prices and output limit)."""
+    info = deployment.info
+    out = worst.output_tokens
+    if info.max_output_tokens:
+        out = min(out, info.max_output_tokens)
+    in_price = max(float(info.input_cost_per_token or 0.0), float(info.cache_creation_input_token_cost or 0.0))
+    return worst.input_tokens * in_price + out * float(info.output_cost_per_token or 0.0)
+
+
 def set_max_tokens(request: CanonicalRequest, tokens: int) -> None:
     """Lower the request's output limit in place (whichever field it uses)."""
     if "max_completion_tokens" in request:

@@ -249,6 +249,23 @@ class Reservations:
         self.stats["admitted"] += 1
         return hold
 
+    async def top_up(self, hold: Hold, amount: float) -> bool:
+        """Raise a held reservation to ``amount`` (a fallback to a dearer deployment
+        than the route's own), atomically, without waiting; False when it does not fit."""
+        if hold.local or hold.done or amount <= hold.amount:
+            return True
+        previous = hold.amount
+        hold.amount = amount
+        try:
+            admission = await self._reserve(hold)
+        except StateUnavailable as exc:
+            self._state_down(exc)
+            hold.amount = previous
+            return False
+        if not admission.ok:
+            hold.amount = previous
+        return admission.ok
+
     # --- during the call -----------------------------------------------------------------
 
     def progress_charge(self, hold: Hold) -> float:

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clasp_gateway import CanonicalRequest, Chunk, Gateway, RequestContext, hookimpl, request_cost
+from clasp_gateway import CanonicalRequest, Chunk, Deployment, Gateway, RequestContext, hookimpl, request_cost
 
-from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case
+from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case, worst_case_on
 from .errors import refusal_error
 from .periods import Period, current_period
 from .reservations import BudgetRefused, Hold, Reservations, Slot
@@ -183,6 +183,19 @@ class BudgetRuntime:
         if hold.lowered is not None:
             ctx.response_headers[HEADER] = str(hold.lowered)
         return None
+
+    @hookimpl
+    async def before_attempt(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> bool | None:
+        """A candidate dearer than those the reservation was sized for (a routing plugin
+        chose it: ``fallback.tasks``) is tried only if the reservation can grow to its
+        worst case; otherwise it is skipped (no upstream call)."""
+        hold: Hold | None = ctx.state.get(HOLD)
+        if hold is None:
+            return None
+        needed = worst_case_on(hold.worst, deployment)
+        if needed <= hold.amount * (1 + 1e-9):
+            return None
+        return None if await self.reservations.top_up(hold, needed) else False
 
     @hookimpl
     async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
