@@ -10,14 +10,17 @@ from typing import Any
 import httpx
 import pytest
 
-from clasp_gateway import Principal, hookimpl
+from clasp_gateway import KeyPolicy, Principal, hookimpl
 from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from
 
 ADMIN = "store-admin-key-0000000000000"
 LEAD = "store-lead-key-00000000000000"
 MEMBER = "store-member-key-000000000000"
 OTHER = "store-other-key-0000000000000"
+CAPPED = "store-capped-key-000000000000"
 PRINCIPALS = {
+    CAPPED: Principal(key_id="s-capped", name="capped", team="capped",
+                      policy=KeyPolicy(max_budget_usd=0.0015, budget_period="weekly")),
     OTHER: Principal(key_id="s-other", name="other", team="rebuild"),
     ADMIN: Principal(key_id="s-admin", name="admin", team="ops", role="admin"),
     LEAD: Principal(key_id="s-lead", name="lead", team="web", role="team_admin"),
@@ -88,7 +91,9 @@ def test_spend_is_rebuilt_from_the_ledger_after_a_restart_on_memory_state(
     settings = config(upstream, database_url, budgets=budgets, state={"backend": "memory"})
     with GatewayServer(settings, plugins=[Keys()]) as first:
         assert ask(first, OTHER).status_code == 200  # the ledger's row is flushed when the gateway stops
+        assert ask(first, CAPPED).status_code == 200  # a key's own budget
     with GatewayServer(settings, plugins=[Keys()]) as second:
         listed = {b["name"]: b for b in call(second, "GET", "/admin/budgets", ADMIN).json()["budgets"]}
         assert listed["rebuilt"]["spent_usd"] >= ANSWER_COST - 1e-9
         assert ask(second, OTHER).status_code == 402
+        assert ask(second, CAPPED).status_code == 402

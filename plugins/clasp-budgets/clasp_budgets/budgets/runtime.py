@@ -21,7 +21,7 @@ from clasp_gateway import CanonicalRequest, Chunk, Deployment, Gateway, RequestC
 
 from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case, worst_case_on
 from .errors import refusal_error
-from .periods import Period, current_period
+from .periods import PERIODS, Period, current_period
 from .reservations import BudgetRefused, Hold, Reservations, Slot
 from .settings import BudgetSettings, BudgetSpec
 from .store import DatabaseBudgets, spend_from_ledger
@@ -247,6 +247,15 @@ async def rebuild_spend(runtime: BudgetRuntime, database: object) -> int:
             for subject, amount in spent.items():
                 if amount <= 0 or (spec.match is not None and spec.match != subject):
                     continue
+                slot = runtime.slot(spec, subject, now)
+                await runtime.reservations.state.run(SEED, [slot.key], [amount, slot.key_ttl_ms(now)])
+                seeded += 1
+    # Keys' own budgets (static or virtual: which keys have one is not known here), for
+    # every kind of period: a key's budget reads only the one of its own period.
+    for period in PERIODS:
+        spec = BudgetSpec(name="key", usd=0.0, scope="key", period=period, source="key")
+        for subject, amount in (await spend_from_ledger(database, "key", period, now)).items():
+            if amount > 0:
                 slot = runtime.slot(spec, subject, now)
                 await runtime.reservations.state.run(SEED, [slot.key], [amount, slot.key_ttl_ms(now)])
                 seeded += 1
