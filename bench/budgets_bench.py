@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
-
 from clasp_budgets.budgets.reservations import Reservations  # noqa: E402
 from clasp_budgets.budgets.runtime import BudgetRuntime, count_stream_chunk  # noqa: E402
 from clasp_budgets.budgets.settings import BudgetSettings, BudgetSpec  # noqa: E402
+
 from clasp_gateway import (  # noqa: E402
     Attempt,
     Deployment,
@@ -52,6 +53,9 @@ from clasp_gateway.state import StateSettings  # noqa: E402
 DEPLOYMENT = Deployment(id="openai/gpt-4o", provider="openai", model="gpt-4o", api_base="http://127.0.0.1:1/v1",
                         info=ModelInfo(max_output_tokens=16384, input_cost_per_token=2.5e-6,
                                        output_cost_per_token=1e-5))
+
+
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class _Route:
@@ -120,7 +124,7 @@ async def main() -> None:
     parser.add_argument("--output", default="")
     args = parser.parse_args()
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory(dir=SHM) as tmp:
         backends = {
             "memory": lambda: create_state(StateSettings(backend="memory")),
             "sqlite": lambda: create_state(StateSettings(backend="sqlite", path=str(Path(tmp) / "s.db"))),
@@ -136,7 +140,7 @@ async def main() -> None:
                     results[label] = await run(make(), args.requests, chunks, inflight)
                     print(f"{label:36s} {results[label]:8.1f} us CPU per request")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1))
+        await asyncio.to_thread(Path(args.output).write_text, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,9 +159,10 @@ async def test_scripts_agree_on_both_backends(backend: tuple[StateBackend, FakeC
     await state.close()
 
 
-async def test_checkpoints_renew_leases_with_what_was_served() -> None:
+async def test_checkpoints_renew_leases_with_what_was_served(tmp_path: Path) -> None:
+    # Charges matter to other processes only: a shared state (SQLite here, on a clock the test moves).
     clock = FakeClock(1000.0)
-    state = create_state(StateSettings(backend="memory"), clock=clock)
+    state = create_state(StateSettings(backend="sqlite", path=str(tmp_path / "state.db")), clock=clock)
     store = Reservations(state, BudgetSettings(lease_ttl=3.0, checkpoint_interval=0.5), monotonic=clock)
     s = slot(usd=1.0)
     running = await store.admit(hold(0.8, s, output_tokens=1000), max_wait=0, lower=no_lowering)
@@ -173,6 +175,7 @@ async def test_checkpoints_renew_leases_with_what_was_served() -> None:
     assert (await store.status([s]))[0] == (0.0, pytest.approx(0.8))
     clock.advance(0.2)  # the process "died": its lease expired, charged what it served
     assert (await store.status([s]))[0] == (pytest.approx(running.charge), 0.0)
+    await state.close()
 
 
 async def test_outage_fail_closed_refuses_and_fail_open_caps_per_process() -> None:

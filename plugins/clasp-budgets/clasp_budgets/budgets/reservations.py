@@ -321,9 +321,13 @@ class Reservations:
     async def checkpoint(self) -> None:
         """Renew every running request's lease with its current charge."""
         groups: dict[tuple[Slot, ...], list[tuple[Hold, float]]] = {}
+        # A charge only matters to other processes (this one dying); state in this
+        # process dies with it, so there the leases are only renewed, never counted.
+        counted = self.state.shared
         for hold in list(self.holds.values()):
             if not hold.done and not hold.local:
-                groups.setdefault(hold.slots, []).append((hold, self.progress_charge(hold)))
+                charge = self.progress_charge(hold) if counted else hold.charge
+                groups.setdefault(hold.slots, []).append((hold, charge))
         now = time.time()
         ttl = math.ceil(self.settings.lease_ttl * 1000)
         for slots, holds in groups.items():
