@@ -13,12 +13,14 @@ settlement costs one reservation attempt, not one per waiter. A request whose wo
 case does not fit even with nothing in flight is refused at once (the spend only
 grows), or, where a budget opts in, sent with ``max_tokens`` lowered to what is left.
 
-Leases: a reservation carries an expiry (``lease_ttl``), renewed while the request
-runs, and a *charge*: what the request has served so far plus what it could serve
-before the next renewal. A replica killed with SIGKILL stops renewing; the next
-operation on that budget (from any replica) removes the lease and adds its charge to
-the spend, so the budget is neither stranded nor overspent by what the dead replica
-served.
+Leases: a reservation carries an expiry (``lease_ttl``), renewed every
+``checkpoint_interval`` while the request runs (one state call per process and tick,
+however many streams), and a *charge*: the input, the output streamed so far (counted
+with the model's tokenizer) and half of what it streams until the next checkpoint
+(see :meth:`Reservations.progress_charge`). A replica killed with SIGKILL stops
+renewing; the next operation on that budget (from any replica) removes the lease and
+adds its charge to the spend, so the budget is neither stranded nor overspent by
+more than a fraction of a checkpoint's output per stream the dead replica served.
 
 Outages (``StateUnavailable``): each budget's ``on_outage`` decides. ``fail_closed``
 refuses; ``fail_open`` admits within ``local_cap_usd`` spent by this process during
