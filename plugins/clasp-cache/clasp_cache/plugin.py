@@ -50,8 +50,6 @@ def redis_backend(*, limits: BackendLimits, clock: Any = time.time, options: dic
                   gateway: Gateway | None = None, **_: Any) -> CacheBackend:
     """The ``redis`` backend: ``backend_options.url``, else the ``state:`` section's Redis."""
     url = options.get("url")
-    if not url and gateway is not None and gateway.state.kind == "redis":
-        url = gateway.state.settings_url if hasattr(gateway.state, "settings_url") else None
     if not url and gateway is not None:
         state = gateway.config.raw.get("state") or {}
         url = state.get("url") if isinstance(state, dict) else None

@@ -146,7 +146,7 @@ def parse_settings(raw: Any, problems: list[str]) -> CacheSettings:
     )
     routes: list[tuple[str, RoutePolicy]] = []
     for glob, override in (values.get("routes") or {}).items():
-        merged = {
+        merged: dict[str, Any] = {
             "enabled": default.enabled, "ttl": default.ttl, "request_classes": default.request_classes,
             "max_temperature": default.max_temperature, "tool_calls": default.tool_calls,
             "stale_if_error_max_age": default.stale_if_error_max_age,

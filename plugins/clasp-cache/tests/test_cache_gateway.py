@@ -15,7 +15,16 @@ import openai
 import pytest
 
 from clasp_gateway import RequestContext, hookimpl
-from clasp_gateway.testing import Error, FakeClock, FakeUpstream, GatewayServer, Text, ToolCalls, config_from, load_module
+from clasp_gateway.testing import (
+    Error,
+    FakeClock,
+    FakeUpstream,
+    GatewayServer,
+    Text,
+    ToolCalls,
+    config_from,
+    load_module,
+)
 
 support = load_module(Path(__file__).with_name("principals.py"), "clasp_cache_test_principals")
 ALPHA, ALPHA2, BETA = "key-alpha-0123456789abcdef", "key-alpha-2-0123456789abcd", "key-beta-0123456789abcdefg"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
+
 from .base import BackendLimits, BackendStats, CacheBackend, CacheEntry, EntryMeta, Selector, VectorBatch
 
 __all__ = ["MemoryBackend"]

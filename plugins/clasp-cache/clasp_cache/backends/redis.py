@@ -315,7 +315,8 @@ class RedisBackend(CacheBackend):
         if selector.ids:
             return list(selector.ids)
         if selector.scope is not None:
-            members = await self._call("list", lambda: self._redis.smembers(self.prefix + "s:" + selector.scope))
+            scope_key = self.prefix + "s:" + selector.scope
+            members = await self._call("list", lambda: self._redis.smembers(scope_key))
         else:
             members = await self._call("list", lambda: self._redis.zrange(self.prefix + "lru", 0, -1))
         return [m.decode() if isinstance(m, bytes) else m for m in members]
