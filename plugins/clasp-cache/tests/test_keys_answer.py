@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-
 from clasp_cache.answer import Answer, assemble, replay_chunks
 from clasp_cache.keys import RAW_REQUEST_KEY, config_namespace, request_key
+
 from clasp_gateway import Principal, RequestContext, RequestHints
 
 CONVERSATION: dict[str, Any] = {
