@@ -121,6 +121,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         lambda i: request_key(ctx, canonical, route="claude-*", namespace="ns", scope_by="team"), args.lookups)
     # The collector: what on_stream_chunk costs per chunk of a cacheable request.
     runtime = CacheRuntime.__new__(CacheRuntime)
+    runtime.max_chunks = 1 << 30
     chunk = {"choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]}
     pending = Pending(request_key(ctx, canonical, route="*", namespace="ns", scope_by="team"), None, canonical)  # type: ignore[arg-type]
     ctx.state[PENDING_KEY] = pending
