@@ -15,7 +15,7 @@ import sys
 
 from clasp_gateway import ConfigError, Principal, RequestContext, load_config
 
-from .runtime import describe, plan_route
+from .runtime import STRATEGY_KEY, describe, plan_route
 from .settings import parse_settings
 
 
@@ -64,9 +64,12 @@ def main(argv: list[str], config_path: str) -> int:
         print(f"clasp route: no key named {args.key!r} under keys:", file=sys.stderr)
         return 2
     ctx = RequestContext("explain", "openai", model, False, principal=_principal(config, args.key))
+    if route.settings.get("router"):
+        ctx.state[STRATEGY_KEY] = route.settings["router"]
     result = plan_route(ctx, request, list(route.deployments), settings, lambda _: None, lambda _: True,
                         config.deployments())
-    print(f"model {model} -> route {route.pattern}, strategy {settings.strategy}")
+    strategy = route.settings.get("router") or settings.strategy
+    print(f"model {model} -> route {route.pattern}, strategy {strategy}")
     print("candidates:")
     for d in route.deployments:
         print(f"  {describe(d)}")

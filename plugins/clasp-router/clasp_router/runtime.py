@@ -35,6 +35,9 @@ from .strategies import ALIASES, STRATEGIES, VIEW_KEY, RouteView
 
 log = logging.getLogger("clasp.router")
 
+STRATEGY_KEY = "router.strategy"
+"""``ctx.state`` key of a route's own strategy (``router:`` of a pool), over ``router.strategy``."""
+
 PLAN_KEY = "router.plan"
 """``ctx.state`` key of the request's :class:`Plan` (for the explain header)."""
 
@@ -104,6 +107,9 @@ class RouterRuntime:
         return self._route(ctx, request, candidates)
 
     async def _route(self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]) -> list[Deployment]:
+        own = self.gateway.resolve_model(ctx.public_model).settings.get("router")
+        if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
+            ctx.state[STRATEGY_KEY] = own
         route = plan_route(ctx, request, candidates, self.settings, self.measurements.ttfb, self.available,
                            self._catalogue, self.gateway.strategies)
         if isinstance(route, Exception):
@@ -149,7 +155,7 @@ def plan_route(
 ) -> tuple[list[Deployment], Plan] | Exception:
     """The routing decision without side effects beyond ``ctx.state`` (``clasp route
     --explain`` calls it too). Returns the order and its plan, or the 4xx to raise."""
-    strategy = ctx.state.get("router.strategy") or settings.strategy
+    strategy = ctx.state.get(STRATEGY_KEY) or settings.strategy
     plan = Plan(ALIASES.get(strategy, strategy))
     kept = restrict(ctx, candidates)
     if isinstance(kept, Exception):

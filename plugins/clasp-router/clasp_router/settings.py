@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clasp_gateway import Boolean, Choice, Config, ConfigError, Field, Number, Section
+from clasp_gateway import Boolean, Choice, Config, ConfigError, Field, Number, Section, did_you_mean
 
 from .strategies import ALIASES, STRATEGIES
 
@@ -48,7 +48,15 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> RouterSett
     """Validate ``router:``; raise ConfigError listing every problem. ``strategies`` are
     the names other plugins registered."""
     problems: list[str] = []
-    top = _section(strategies).parse(config.raw.get("router"), "router", problems)
+    names = list(strategies)
+    top = _section(names).parse(config.raw.get("router"), "router", problems)
+    known = dict.fromkeys([*STRATEGIES, *ALIASES, *names])
+    for route in config.models:
+        own = route.settings.get("router")
+        if own is not None and own not in known:
+            guess = did_you_mean(str(own), list(known))
+            problems.append(f"models.{route.pattern}.router: {own!r} is not a routing strategy"
+                            + (f"; did you mean {guess!r}?" if guess else "") + f" (strategies: {', '.join(known)})")
     if problems:
         raise ConfigError(config.source, problems)
     return RouterSettings(strategy=top["strategy"], latency_target_ms=top["latency_target_ms"],
