@@ -80,12 +80,19 @@ def startup(app: Starlette, config: Config) -> None:
 
 
 @hookimpl
-def shutdown(app: Starlette) -> None:
-    """Unregister the runtime."""
+def shutdown(app: Starlette) -> Any:
+    """Unregister the runtime and stop its background refresh."""
+    return _stop(app)
+
+
+async def _stop(app: Starlette) -> None:
     runtime = getattr(app.state, "router", None)
-    if runtime is not None and app.state.pm.get_plugin(RUNTIME_PLUGIN) is runtime:
+    if runtime is None:
+        return
+    if app.state.pm.get_plugin(RUNTIME_PLUGIN) is runtime:
         app.state.pm.unregister(runtime)
     app.state.router = None
+    await runtime.shared.close()
 
 
 async def catalogue(request: Request) -> Response:
@@ -98,6 +105,9 @@ async def catalogue(request: Request) -> Response:
     runtime: RouterRuntime | None = getattr(request.app.state, "router", None)
     if runtime is None:
         return error_response(GatewayError("the router has not started", status=503, error_type="api_error"))
+    deployments = runtime.gateway.config.deployments()
+    if runtime.shared.state.shared:
+        await runtime.shared.refresh([d.id for d in deployments])  # what every replica measured
     rows = [entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id))
-            for d in runtime.gateway.config.deployments()]
+            for d in deployments]
     return json_response({"strategy": runtime.settings.strategy, "deployments": rows})

@@ -31,6 +31,7 @@ from .capability import capability_score, estimated_cost, missing, needs_of, sam
 from .catalogue import Measurements, region_of
 from .regions import allowed, restrict
 from .settings import RouterSettings, latency_target
+from .shared import SharedLatency
 from .strategies import ALIASES, STRATEGIES, VIEW_KEY, RouteView
 
 log = logging.getLogger("clasp.router")
@@ -93,6 +94,7 @@ class RouterRuntime:
         self.measurements = Measurements()
         self._availability = availability
         self._catalogue = gateway.config.deployments()
+        self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
 
     def available(self, deployment_id: str) -> bool:
         """Breaker closed (or no clasp-fallback installed: assume available)."""
@@ -107,6 +109,7 @@ class RouterRuntime:
         return self._route(ctx, request, candidates)
 
     async def _route(self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]) -> list[Deployment]:
+        self.shared.maybe_refresh(d.id for d in self._catalogue)  # a background task, at most every few seconds
         own = self.gateway.resolve_model(ctx.public_model).settings.get("router")
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
@@ -130,8 +133,9 @@ class RouterRuntime:
             ctx.response_headers["x-clasp-route"] = plan.why(deployment.id)
 
     @hookimpl
-    def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
-        """Fold a successful attempt's time to first byte and speed into the averages."""
+    async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
+        """Fold a successful attempt's time to first byte and speed into the averages,
+        and share them with the other replicas (throttled)."""
         if not attempt.ok or not attempt.first_byte:
             return
         ttfb_ms = (attempt.first_byte - attempt.started) * 1000
@@ -141,6 +145,7 @@ class RouterRuntime:
         if attempt.ended and out and attempt.ended > attempt.first_byte:
             speed = out / (attempt.ended - attempt.first_byte)
         self.measurements.of(attempt.deployment.id).add(ttfb_ms, speed)
+        await self.shared.publish(attempt.deployment.id)
 
 
 def plan_route(
