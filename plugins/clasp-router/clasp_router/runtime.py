@@ -22,6 +22,7 @@ from clasp_gateway import (
     CanonicalRequest,
     Deployment,
     Gateway,
+    InvalidRequestError,
     RequestContext,
     await_me_maybe,
     hookimpl,
@@ -30,7 +31,7 @@ from clasp_gateway import (
 from .capability import capability_score, estimated_cost, missing, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
 from .regions import allowed, restrict
-from .settings import RouterSettings, latency_target
+from .settings import RouterSettings, cost_ceiling, latency_target
 from .shared import SharedLatency
 from .strategies import ALIASES, STRATEGIES, VIEW_KEY, RouteView
 
@@ -186,8 +187,23 @@ def plan_route(
         plan.note = "no candidate fits, chain kept"
         for d in kept:
             plan.removed.pop(d.id, None)
+    key = ctx.principal.metadata if ctx.principal is not None else None
+    ceiling = cost_ceiling(settings, ctx.headers, key)
+    if ceiling is not None:
+        affordable = [d for d in capable if estimated_cost(d, needs) <= ceiling]
+        if not affordable:
+            cheapest = min(capable, key=lambda d: estimated_cost(d, needs))
+            return InvalidRequestError(
+                f"no deployment of {ctx.public_model!r} can serve this request under its cost ceiling of "
+                f"${ceiling:g} (the cheapest estimate is ${estimated_cost(cheapest, needs):.6g}, on {cheapest.id}); "
+                "lower max_tokens or raise the ceiling"
+            )
+        for d in capable:
+            if d not in affordable:
+                plan.removed[d.id] = "cost-ceiling"
+        capable = affordable
     view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available,
-                     latency_target_ms=latency_target(settings, ctx.headers))
+                     latency_target_ms=latency_target(settings, ctx.headers, key))
     ctx.state[VIEW_KEY] = view
     name = plan.strategy
     ordered = STRATEGIES[name](ctx, capable) if name in STRATEGIES else list(capable)

@@ -139,3 +139,23 @@ def test_similar_capability_fallback_when_the_chain_is_down(start: Callable[...,
         assert gw.text(r) in ("from twin",)
         assert "similar-capability fallback" in r.headers["x-clasp-route"]
         assert r.headers["x-clasp-route"].startswith("twin;")  # the eu twin, never twin-us for this key
+
+
+def test_a_cost_ceiling_filters_and_an_impossible_one_is_a_400(chain_gw: Gateway) -> None:
+    # Estimates with the default 1000 output tokens: small $0.0004, vision $0.004, big $0.04.
+    r = chain_gw.post("/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": IMAGE}]},
+                      **{"x-clasp-max-cost-usd": "0.01"})
+    assert chain_gw.text(r) == "from vision"
+    assert "cost-ceiling:1" in r.headers["x-clasp-route"]  # big is over it
+    r = chain_gw.post("/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": IMAGE}]},
+                      **{"x-clasp-max-cost-usd": "0.001"})
+    assert r.status_code == 400 and "cost ceiling of $0.001" in r.json()["error"]["message"]
+    body = {"model": "mixed", "max_tokens": 1000, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]}
+    r = chain_gw.post("/v1/messages", body, **{"x-clasp-max-cost-usd": "0.001"})
+    assert r.status_code == 400 and r.json()["type"] == "error" and "cost ceiling" in r.json()["error"]["message"]
+    # Nonsense is ignored, not an error: a header only ever tightens.
+    r = chain_gw.post("/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": "hi"}]},
+                      **{"x-clasp-max-cost-usd": "lots"})
+    assert chain_gw.text(r) == "from small"

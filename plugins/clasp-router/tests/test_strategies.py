@@ -97,3 +97,13 @@ def test_plan_filters_regions_then_capabilities() -> None:
     refused = plan_route(ctx(regions=("ap-south-1",)), request, chain, RouterSettings(), lambda _: None,
                          lambda _: True, chain)
     assert isinstance(refused, Exception) and "ap-south-1" in str(getattr(refused, "message", refused))
+
+
+def test_key_settings_and_headers_only_tighten() -> None:
+    from clasp_router.settings import cost_ceiling
+
+    s = RouterSettings(max_request_cost_usd=0.5, latency_target_ms=2000)
+    assert cost_ceiling(s, {}, {"max_request_cost_usd": 0.1}) == 0.1
+    assert cost_ceiling(s, {"x-clasp-max-cost-usd": "0.05"}, {"max_request_cost_usd": 0.1}) == 0.05
+    assert cost_ceiling(s, {"x-clasp-max-cost-usd": "9"}, {"max_request_cost_usd": True}) == 0.5
+    assert latency_target(s, {}, {"latency_target_ms": 700}) == 700
