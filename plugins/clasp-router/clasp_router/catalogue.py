@@ -59,7 +59,9 @@ class Measurements:
         return found.ttfb_ms if found is not None else None
 
 
-def entry(deployment: Deployment, measured: Measured | None, available: bool | None) -> dict[str, Any]:
+def entry(
+    deployment: Deployment, measured: Measured | None, available: bool | None, headroom: float | None = None
+) -> dict[str, Any]:
     """One catalogue row, safe to show: no keys, no headers, no api_base."""
     info = deployment.info
     return {
@@ -77,4 +79,5 @@ def entry(deployment: Deployment, measured: Measured | None, available: bool | N
         "ttfb_ms": None if measured is None or measured.ttfb_ms is None else round(measured.ttfb_ms, 1),
         "tokens_per_s": None if measured is None or measured.tokens_per_s is None else round(measured.tokens_per_s, 1),
         "available": available,
+        "headroom": None if headroom is None else round(headroom, 3),
     }

@@ -108,6 +108,6 @@ async def catalogue(request: Request) -> Response:
     deployments = runtime.gateway.config.deployments()
     if runtime.shared.state.shared:
         await runtime.shared.refresh([d.id for d in deployments])  # what every replica measured
-    rows = [entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id))
+    rows = [entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id), runtime.headroom(d.id))
             for d in deployments]
     return json_response({"strategy": runtime.settings.strategy, "deployments": rows})

@@ -96,6 +96,13 @@ class RouterRuntime:
         self._availability = availability
         self._catalogue = gateway.config.deployments()
         self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
+        self._by_id = {d.id: d for d in self._catalogue}
+        gateway.providers.track_rate_limits()  # headroom for single-key deployments too
+
+    def headroom(self, deployment_id: str) -> float | None:
+        """Share of requests left in the provider's rate-limit window, from its headers."""
+        dep = self._by_id.get(deployment_id)
+        return None if dep is None else self.gateway.providers.headroom(dep)
 
     def available(self, deployment_id: str) -> bool:
         """Breaker closed (or no clasp-fallback installed: assume available)."""
@@ -115,7 +122,7 @@ class RouterRuntime:
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
         route = plan_route(ctx, request, candidates, self.settings, self.measurements.ttfb, self.available,
-                           self._catalogue, self.gateway.strategies)
+                           self._catalogue, self.gateway.strategies, headroom=self.headroom)
         if isinstance(route, Exception):
             raise route
         ordered, plan = route
@@ -158,6 +165,8 @@ def plan_route(
     available: Callable[[str], bool],
     catalogue: list[Deployment],
     registered: dict[str, Any] | None = None,
+    *,
+    headroom: Callable[[str], float | None] | None = None,
 ) -> tuple[list[Deployment], Plan] | Exception:
     """The routing decision without side effects beyond ``ctx.state`` (``clasp route
     --explain`` calls it too). Returns the order and its plan, or the 4xx to raise."""
@@ -202,7 +211,7 @@ def plan_route(
             if d not in affordable:
                 plan.removed[d.id] = "cost-ceiling"
         capable = affordable
-    view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available,
+    view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available, headroom=headroom or (lambda _: None),
                      latency_target_ms=latency_target(settings, ctx.headers, key))
     ctx.state[VIEW_KEY] = view
     name = plan.strategy

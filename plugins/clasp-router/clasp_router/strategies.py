@@ -25,7 +25,8 @@ The meanings (issue 12, the seed's):
     first, cheapest first among them; then the rest by measured time to first byte.
     Without one: unmeasured first (to measure them), then fastest first.
 ``availability``
-    Available (circuit breaker closed) first, then fastest measured, chain order.
+    Available (circuit breaker closed) first, then the most rate-limit headroom (from
+    the providers' headers), then fastest measured, chain order.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class RouteView:
     needs: Needs = field(default_factory=Needs)
     ttfb_ms: Callable[[str], float | None] = _unknown
     available: Callable[[str], bool] = _always
+    headroom: Callable[[str], float | None] = _unknown
+    """Share of requests left in the provider's rate-limit window (``None``: unknown)."""
     latency_target_ms: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     """What the strategy ranked by, per deployment id (for explain)."""
@@ -124,9 +127,17 @@ def latency(ctx: RequestContext, deployments: list[Deployment]) -> list[Deployme
 
 
 def availability(ctx: RequestContext, deployments: list[Deployment]) -> list[Deployment]:
-    """Available first, then fastest measured."""
+    """Available first, then the most rate-limit headroom (unknown counts as full: a
+    provider that sends no headers is not penalised), then fastest measured."""
     view = view_of(ctx)
-    return sorted(deployments, key=lambda d: (not view.available(d.id), view.ttfb_ms(d.id) or 0.0))
+    rooms = {d.id: view.headroom(d.id) for d in deployments}
+    view.scores = {i: r for i, r in rooms.items() if r is not None}
+
+    def key(d: Deployment) -> tuple[bool, float, float]:
+        room = rooms[d.id]
+        return (not view.available(d.id), -(1.0 if room is None else room), view.ttfb_ms(d.id) or 0.0)
+
+    return sorted(deployments, key=key)
 
 
 STRATEGIES: dict[str, Strategy] = {

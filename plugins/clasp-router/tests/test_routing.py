@@ -159,3 +159,20 @@ def test_a_cost_ceiling_filters_and_an_impossible_one_is_a_400(chain_gw: Gateway
     r = chain_gw.post("/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": "hi"}]},
                       **{"x-clasp-max-cost-usd": "lots"})
     assert chain_gw.text(r) == "from small"
+
+
+def test_availability_spreads_by_rate_limit_headroom(start: Callable[..., Gateway]) -> None:
+    from clasp_gateway.testing import openai_limits
+
+    with FakeUpstream("openai") as a, FakeUpstream("openai") as b:
+        a.script = lambda body, rec: Text("from a")
+        b.script = lambda body, rec: Text("from b")
+        a.response_headers = lambda rec: openai_limits(10, reset_requests="60s")  # 2% left
+        b.response_headers = lambda rec: openai_limits(400, reset_requests="60s")  # 80% left
+        gw = start({"m": [deployment(a, "a"), deployment(b, "b")]}, router={"strategy": "availability"})
+        assert gw.text(gw.chat("m")) == "from a"  # nothing known yet: chain order
+        assert gw.text(gw.chat("m")) == "from b"  # a is nearly out, b unknown
+        assert gw.text(gw.chat("m")) == "from b"
+        rows = {d["id"]: d for d in httpx.get(gw.base_url + "/-/catalogue", headers={"x-api-key": GATEWAY_KEY},
+                                              timeout=5).json()["deployments"]}
+        assert rows["a"]["headroom"] == 0.02 and rows["b"]["headroom"] == 0.8
