@@ -1,0 +1,1 @@
+"""The semantic layer of clasp-cache (see the README): a hit for a reworded question, never a wrong one."""
