@@ -73,9 +73,11 @@ from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
+    CacheBackendRegistration,
     CommandRegistration,
     ConfigSectionRegistration,
     ProviderRegistration,
+    RegisterCacheBackend,
     RegisterCommand,
     RegisterConfigSection,
     RegisterProvider,
@@ -163,6 +165,7 @@ __all__ = [
     # hooks and the gateway
     "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
     # typed registration callbacks (register_* hooks) and what they record
+    "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
     "RegisterConfigSection", "RegisterProvider", "RegisterRequestClass", "RegisterRoute", "RegisterRoutingStrategy",
     "RegisterTool", "RegistrationError", "RequestClassRegistration", "RouteRegistration", "RoutingStrategyRegistration",
