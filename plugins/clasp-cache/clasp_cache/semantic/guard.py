@@ -12,7 +12,7 @@ both texts give one); languages equal and in the same order; names (words writte
 capitalised or in CONSTANT/CamelCase in either text) present in both or in neither;
 negations as many; contrast words (add/remove, max/min...) the same when both texts use
 the group; nothing swapped around a directional word ("X to Y" against "Y to X"); no
-two things of one kind (names, numbers...) swapped; and not one content word replaced
+two things of one kind (names, paths...) swapped; and not one content word replaced
 in place by an unrelated one ("which port" against "which host").
 """
 
@@ -188,7 +188,7 @@ def _kind(r: Reading, word: str, names: set[str]) -> str:
 
 
 def _swapped_entities(a: Reading, b: Reading, names: set[str]) -> bool:
-    """Two things of one kind (names, numbers, languages, paths) changed places.
+    """Two things of one kind (names, languages, paths, identifiers) changed places.
 
     "Tokyo ... London" against "London ... Tokyo" is another question; a clause moved to
     the front ("In Python, how..." / "How ... in Python?") is not, so only two things of
@@ -202,7 +202,8 @@ def _swapped_entities(a: Reading, b: Reading, names: set[str]) -> bool:
     seq_b = [w for w in b.content if w in shared]
     if seq_a == seq_b:
         return False
-    entities = [w for w in seq_a if _kind(a, w, names) != "word"]
+    # numbers have their own swap check (a unit that moved to another number)
+    entities = [w for w in seq_a if _kind(a, w, names) not in ("word", "number")]
     for i, x in enumerate(entities):
         for y in entities[i + 1 :]:
             if _kind(a, x, names) == _kind(a, y, names) and seq_b.index(x) > seq_b.index(y):
