@@ -151,9 +151,11 @@ local reset = 0
 if since > seq then since = 0; reset = 1 end
 local ids = redis.call('ZRANGEBYSCORE', p .. 'vs:' .. scope, '(' .. since, '+inf')
 local out = {seq, reset}
-if #ids > 0 then
-  local vecs = redis.call('HMGET', p .. 'v:' .. scope, unpack(ids))
-  for i, id in ipairs(ids) do
+for s = 1, #ids, 1000 do  -- HMGET in chunks: unpack() of 8,000+ ids overflows Lua's stack
+  local chunk = {}
+  for i = s, math.min(s + 999, #ids) do chunk[#chunk + 1] = ids[i] end
+  local vecs = redis.call('HMGET', p .. 'v:' .. scope, unpack(chunk))
+  for i, id in ipairs(chunk) do
     if vecs[i] then table.insert(out, id); table.insert(out, vecs[i]) end
   end
 end

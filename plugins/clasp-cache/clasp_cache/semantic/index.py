@@ -14,8 +14,9 @@ bucket and its ``BITS`` one-bit neighbours. For a pair at cosine 0.86 the chance
 found is about 99% (0.89 at cosine 0.7), and a lookup in a 10,000-row scope compares
 against a few hundred rows.
 
-Rows are float16 (half the memory; cosines within 1e-3), the texts are kept for the
-guard, and a row whose entry turned out gone (evicted, purged) is marked dead.
+Rows are float32 in memory (BLAS-fast products; 1.5 KB a row, bounded by ``Mirrors``),
+float16 in the backend; the texts are kept for the guard, and a row whose entry turned
+out gone (evicted, purged) is marked dead.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .embedder import DIMENSIONS
 
 BRUTE_MAX = 1024
 """Scopes up to this many rows are compared row by row (bounded: at most this many)."""
-TABLES = 8
-BITS = 10
+TABLES = 10
+BITS = 12
 _SEED = 20261206
 
 
@@ -46,9 +47,12 @@ _WEIGHTS = (1 << np.arange(BITS, dtype=np.int64)).astype(np.int64)
 _FLIPS = np.concatenate([[0], 1 << np.arange(BITS)]).astype(np.int64)
 
 
-def codes(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    """The LSH code of each vector in each table: shape (n, TABLES)."""
-    bits = (vectors.astype(np.float32) @ _PLANES.T) > 0
+def codes(vectors: npt.NDArray[np.float32], center: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.int64]:
+    """The LSH code of each vector in each table: shape (n, TABLES). ``center`` (the mean
+    of a scope's vectors) is subtracted first: sentence embeddings share a common
+    direction, and hyperplanes through the origin would split a scope very unevenly."""
+    shifted = vectors.astype(np.float32) if center is None else vectors.astype(np.float32) - center
+    bits = (shifted @ _PLANES.T) > 0
     return (bits.reshape(len(vectors), TABLES, BITS) * _WEIGHTS).sum(axis=2)
 
 
@@ -69,13 +73,14 @@ class ScopeIndex:
         self.capacity = capacity
         self.seq = 0
         """The backend's sequence number this mirror has caught up with."""
-        self._vectors = np.zeros((min(capacity, 64), DIMENSIONS), dtype=np.float16)
+        self._vectors = np.zeros((min(capacity, 64), DIMENSIONS), dtype=np.float32)
+        self._alive = np.zeros(min(capacity, 64), dtype=bool)
         self._ids: list[str] = []
         self._texts: list[str] = []
         self._subscopes: list[bytes] = []
-        self._alive: list[bool] = []
-        self._codes: list[npt.NDArray[np.int64]] = []
         self._buckets: list[dict[int, list[int]]] = [{} for _ in range(TABLES)]
+        self._center: npt.NDArray[np.float32] | None = None
+        """Set (and the buckets built) when the scope first outgrows ``BRUTE_MAX``."""
         self._start = 0
         """Rows before this were dropped (the scope keeps its newest ``capacity``)."""
         self._row_of: dict[str, int] = {}
@@ -85,28 +90,42 @@ class ScopeIndex:
 
     def add(self, entry_id: str, vector: npt.NDArray[np.float32], text: str, subscope: bytes) -> None:
         """Append a row (a re-added id replaces its older row)."""
-        old = self._row_of.pop(entry_id, None)
-        if old is not None:
-            self._alive[old] = False
-        row = len(self._ids)
-        if row >= len(self._vectors):
-            grown = np.zeros((min(max(64, 2 * len(self._vectors)), self.capacity * 2 + 64), DIMENSIONS), dtype=np.float16)
-            grown[: len(self._vectors)] = self._vectors
-            self._vectors = grown
-        self._vectors[row] = vector
-        self._ids.append(entry_id)
-        self._texts.append(text)
-        self._subscopes.append(subscope)
-        self._alive.append(True)
-        code = codes(vector[None, :])[0]
-        self._codes.append(code)
-        for t in range(TABLES):
-            self._buckets[t].setdefault(int(code[t]), []).append(row)
-        self._row_of[entry_id] = row
+        self.add_many([(entry_id, vector, text, subscope)])
+
+    def add_many(self, rows: list[tuple[str, npt.NDArray[np.float32], str, bytes]]) -> None:
+        """Append rows in one go (one matrix product for their LSH codes)."""
+        if not rows:
+            return
+        if len(self._ids) + len(rows) > 2 * self.capacity + 32:
+            self._compact()
+        first = len(self._ids)
+        self._reserve(first + len(rows))
+        block = np.stack([v for _, v, _, _ in rows]).astype(np.float32)
+        self._vectors[first : first + len(rows)] = block
+        for offset, (entry_id, _, text, subscope) in enumerate(rows):
+            row = first + offset
+            old = self._row_of.pop(entry_id, None)
+            if old is not None:
+                self._alive[old] = False
+            self._ids.append(entry_id)
+            self._texts.append(text)
+            self._subscopes.append(subscope)
+            self._alive[row] = True
+            self._row_of[entry_id] = row
+        if self._center is not None:
+            self._bucket(first, block)
+        elif len(self._row_of) > BRUTE_MAX:
+            live = np.flatnonzero(self._alive[: len(self._ids)])
+            self._center = self._vectors[live].mean(axis=0)
+            self._bucket(0, self._vectors[: len(self._ids)])
         while len(self._row_of) > self.capacity:
             self._drop_oldest()
-        if len(self._ids) > 2 * self.capacity + 32:
-            self._compact()
+
+    def _bucket(self, first: int, block: npt.NDArray[np.float32]) -> None:
+        all_codes = codes(block, self._center).tolist()
+        for offset, row_codes in enumerate(all_codes):
+            for t, code in enumerate(row_codes):
+                self._buckets[t].setdefault(code, []).append(first + offset)
 
     def forget(self, entry_id: str) -> None:
         """Mark ``entry_id``'s row dead (its entry is gone from the backend)."""
@@ -118,13 +137,13 @@ class ScopeIndex:
         """The ``k`` live rows most similar to ``query`` with cosine at least ``floor``."""
         if not self._row_of:
             return []
-        if len(self._row_of) <= BRUTE_MAX:
-            rows = np.fromiter(self._row_of.values(), dtype=np.int64, count=len(self._row_of))
+        if self._center is None:
+            rows = np.flatnonzero(self._alive[: len(self._ids)])
         else:
             rows = self._lsh_rows(query)
             if rows.size == 0:
                 return []
-        sims = self._vectors[rows].astype(np.float32) @ query.astype(np.float32)
+        sims = self._vectors[rows] @ query.astype(np.float32)
         keep = sims >= floor
         rows, sims = rows[keep], sims[keep]
         if rows.size > k:
@@ -135,19 +154,30 @@ class ScopeIndex:
                 for i, r in ((int(i), int(rows[i])) for i in order)]
 
     def _lsh_rows(self, query: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-        code = codes(query[None, :])[0]
-        found: list[list[int]] = []
+        code = codes(query[None, :], self._center)[0]
+        found: list[int] = []
         for t in range(TABLES):
             buckets = self._buckets[t]
-            for probe in int(code[t]) ^ _FLIPS:
-                rows = buckets.get(int(probe))
+            for probe in (int(code[t]) ^ _FLIPS).tolist():
+                rows = buckets.get(probe)
                 if rows:
-                    found.append(rows)
+                    found.extend(rows)
         if not found:
             return np.zeros(0, dtype=np.int64)
-        rows_all = np.unique(np.concatenate([np.asarray(r, dtype=np.int64) for r in found]))
-        alive = np.asarray(self._alive, dtype=bool)
-        return rows_all[alive[rows_all]]
+        mask = np.zeros(len(self._ids), dtype=bool)
+        mask[found] = True
+        mask &= self._alive[: len(self._ids)]
+        return np.flatnonzero(mask)
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self._vectors):
+            return
+        size = max(rows, 2 * len(self._vectors))
+        vectors = np.zeros((size, DIMENSIONS), dtype=np.float32)
+        vectors[: len(self._vectors)] = self._vectors
+        alive = np.zeros(size, dtype=bool)
+        alive[: len(self._alive)] = self._alive
+        self._vectors, self._alive = vectors, alive
 
     def _drop_oldest(self) -> None:
         while self._start < len(self._ids) and not self._alive[self._start]:
@@ -158,17 +188,14 @@ class ScopeIndex:
             self._start += 1
 
     def _compact(self) -> None:
-        """Rebuild without dead rows (amortised: only after as many dead rows as live ones)."""
-        live = [(i, self._ids[i]) for i in range(len(self._ids)) if self._alive[i]]
-        vectors = self._vectors[[i for i, _ in live]] if live else np.zeros((0, DIMENSIONS), dtype=np.float16)
-        texts = [self._texts[i] for i, _ in live]
-        subscopes = [self._subscopes[i] for i, _ in live]
-        ids = [entry_id for _, entry_id in live]
+        """Rebuild without dead rows (amortised: only once dead rows outnumber live ones)."""
+        live = np.flatnonzero(self._alive[: len(self._ids)])
+        rows = [(self._ids[i], self._vectors[i].copy(), self._texts[i], self._subscopes[i]) for i in live.tolist()]
         seq = self.seq
-        self.__init__(self.capacity)  # type: ignore[misc]
-        self.seq = seq
-        for entry_id, vector, text, subscope in zip(ids, vectors, texts, subscopes, strict=True):
-            self.add(entry_id, vector.astype(np.float32), text, subscope)
+        fresh = ScopeIndex(self.capacity)
+        fresh.add_many(rows)
+        fresh.seq = seq
+        self.__dict__.update(fresh.__dict__)
 
 
 class Mirrors:

@@ -92,13 +92,17 @@ class SemanticCache:
         except (EmbedderNotReady, EmbedderBusy, ValueError):
             self.stats["skipped"] += 1
             return None
+        return await self.find(scope, key.text, _subscope(key.scope), vector)
+
+    async def find(self, scope: str, text: str, subscope: bytes, vector: Vector) -> CacheEntry | None:
+        """The lookup once the question is embedded: catch the scope's mirror up, search it,
+        judge the best candidates, fetch the first that passes (benches time this part)."""
         index = await self._mirror(scope)
         floor = min(self.matcher.settings.threshold, self.matcher.settings.threshold_reworded)
-        subscope = _subscope(key.scope)
         for candidate in index.search(vector, floor, self.top_k):
             if candidate.subscope != subscope:
                 continue
-            verdict = self.matcher.judge(key.text, candidate.text, candidate.cosine)
+            verdict = self.matcher.judge(text, candidate.text, candidate.cosine)
             if not verdict.hit:
                 self.stats["refused"] += 1
                 continue
@@ -143,11 +147,13 @@ class SemanticCache:
             batch = await self.backend.scope_vectors(scope, since=index.seq)
             if batch.reset:
                 index = self.mirrors.reset(scope)
+            rows = []
             for entry_id, blob in batch.items:
                 decoded = decode_vector(blob)
                 if decoded is not None:
                     subscope, vector, text = decoded
-                    index.add(entry_id, vector, text, subscope)
+                    rows.append((entry_id, vector, text, subscope))
+            index.add_many(rows)
             index.seq = batch.seq
             if batch.items:
                 self.mirrors.trim()
@@ -172,4 +178,10 @@ def build_layer(settings: dict[str, Any], backend: CacheBackend) -> SemanticCach
                          max_scopes=settings["max_scopes"], max_vectors=settings["max_vectors"])
 
 
-__all__ = ["Candidate", "SemanticCache", "build_layer", "decode_vector", "encode_vector"]
+def subscope_of(request: CanonicalRequest) -> bytes | None:
+    """The sub-scope digest of ``request`` (``None`` without a plain question)."""
+    key = split_request(request, tenant="", route="")
+    return None if key is None else _subscope(key.scope)
+
+
+__all__ = ["Candidate", "SemanticCache", "build_layer", "decode_vector", "encode_vector", "subscope_of"]
