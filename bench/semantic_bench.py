@@ -123,7 +123,8 @@ async def lookup_bench(kind: str, url: str | None, texts: list[str], vectors: np
         if kind == "memory":
             backend = MemoryBackend(limits, time.time)
         else:
-            backend = RedisBackend(limits, time.time, url=url, prefix=f"bench:{time.time_ns()}:", max_connections=4)
+            backend = RedisBackend(limits, time.time, url=url, prefix=f"bench:{time.time_ns()}:", max_connections=4,
+                                   timeout=2.0)  # the default 0.25 s is tight on a loaded 2-core machine
         sem = build(settings, backend)
         t = time.perf_counter()
         await fill(sem, backend, scopes, texts, vectors)

@@ -4,7 +4,6 @@ differences (politeness, case, typos, a moved clause) do not."""
 from __future__ import annotations
 
 import pytest
-
 from clasp_cache.semantic.guard import overlap, refusal, similar
 from clasp_cache.semantic.matcher import Matcher, MatcherSettings
 from clasp_cache.semantic.request import split_request

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from clasp_cache.backends.base import BackendLimits, CacheBackend, CacheEntry, EntryMeta, Selector
 from clasp_cache.backends.memory import MemoryBackend
 from clasp_cache.backends.redis import RedisBackend
@@ -19,6 +18,7 @@ from clasp_cache.semantic import SETTINGS, build
 from clasp_cache.semantic.embedder import DIMENSIONS, Embedder
 from clasp_cache.semantic.index import BRUTE_MAX, ScopeIndex
 from clasp_cache.semantic.layer import SemanticCache, decode_vector, encode_vector
+
 from clasp_gateway.testing import FakeClock, RedisServer
 
 LIMITS = BackendLimits(max_entries=100, max_vectors_per_scope=50)
@@ -176,3 +176,22 @@ def test_the_index_finds_near_vectors_past_brute_force_size() -> None:
     assert index.search(base[10], 0.8, 3) == []  # dropped
     index.forget("id600")
     assert all(c.entry_id != "id600" for c in index.search(base[600], 0.5, 3))
+
+
+async def test_scope_vectors_come_in_pages(layer: Any) -> None:
+    """A mirror of a big scope catches up page by page (each reply bounded), on both backends."""
+    _, backend, _ = layer
+    now = backend.clock()
+    for i in range(5):
+        await backend.put(CacheEntry(meta(f"p{i}", "paged", now), b"x"))
+        assert await backend.add_vector("paged", f"p{i}", b"v%d" % i) == i + 1
+    first = await backend.scope_vectors("paged", since=0, limit=2)
+    assert [i for i, _ in first.items] == ["p0", "p1"] and first.more and first.seq == 2
+    second = await backend.scope_vectors("paged", since=first.seq, limit=2)
+    assert [i for i, _ in second.items] == ["p2", "p3"] and second.more and second.seq == 4
+    last = await backend.scope_vectors("paged", since=second.seq, limit=2)
+    assert [i for i, _ in last.items] == ["p4"] and not last.more and last.seq == 5
+    caught_up = await backend.scope_vectors("paged", since=5, limit=2)
+    assert caught_up.items == [] and not caught_up.more and caught_up.seq == 5
+    everything = await backend.scope_vectors("paged")
+    assert len(everything.items) == 5 and not everything.more

@@ -15,9 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from clasp_cache.semantic.embedder import DIMENSIONS, Embedder, EmbedderBusy, EmbedderNotReady, EmbedderSettings, model_path
+from clasp_cache.semantic.embedder import (
+    DIMENSIONS,
+    Embedder,
+    EmbedderBusy,
+    EmbedderNotReady,
+    EmbedderSettings,
+    model_path,
+)
 from clasp_cache.semantic.matcher import Matcher
+
 from clasp_gateway.testing import load_module
 
 ROOT = Path(__file__).resolve().parents[3]

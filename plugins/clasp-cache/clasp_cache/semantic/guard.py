@@ -22,6 +22,7 @@ from collections import Counter
 
 from .tokens import STOPWORDS, Reading, stem
 
+
 def refusal(a: Reading, b: Reading) -> str | None:
     """Why ``b`` must not be answered with ``a``'s answer, or ``None`` when no detail differs."""
     if a.code != b.code:

@@ -39,6 +39,11 @@ from .tokens import for_embedding
 
 log = logging.getLogger("clasp.cache.semantic")
 
+PAGE = 1000
+"""Vectors fetched per round trip when a mirror catches up (about 1.3 MB)."""
+MAX_PAGES = 100
+"""Round trips one lookup may spend catching up (enough for 100,000 vectors)."""
+
 MAGIC = b"csv1"
 _HEADER = struct.Struct("<4s16sH")
 """magic, sub-scope digest (16 bytes), dimensions; then float16 values, then UTF-8 text."""
@@ -144,18 +149,23 @@ class SemanticCache:
             lock = self._locks[scope] = asyncio.Lock()
         async with lock:
             index = self.mirrors.get(scope)
-            batch = await self.backend.scope_vectors(scope, since=index.seq)
-            if batch.reset:
-                index = self.mirrors.reset(scope)
-            rows = []
-            for entry_id, blob in batch.items:
-                decoded = decode_vector(blob)
-                if decoded is not None:
-                    subscope, vector, text = decoded
-                    rows.append((entry_id, vector, text, subscope))
-            index.add_many(rows)
-            index.seq = batch.seq
-            if batch.items:
+            added = False
+            for _ in range(MAX_PAGES):
+                batch = await self.backend.scope_vectors(scope, since=index.seq, limit=PAGE)
+                if batch.reset:
+                    index = self.mirrors.reset(scope)
+                rows = []
+                for entry_id, blob in batch.items:
+                    decoded = decode_vector(blob)
+                    if decoded is not None:
+                        subscope, vector, text = decoded
+                        rows.append((entry_id, vector, text, subscope))
+                index.add_many(rows)
+                index.seq = batch.seq
+                added = added or bool(rows)
+                if not batch.more:
+                    break
+            if added:
                 self.mirrors.trim()
             return index
 
