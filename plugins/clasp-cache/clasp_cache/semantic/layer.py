@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import struct
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ log = logging.getLogger("clasp.cache.semantic")
 
 PAGE = 1000
 """Vectors fetched per round trip when a mirror catches up (about 1.3 MB)."""
+RECENT = 1024
+"""Lookup vectors kept for the ``remember`` that follows a miss (bounded)."""
 MAX_PAGES = 100
 """Round trips one lookup may spend catching up (enough for 100,000 vectors)."""
 
@@ -79,6 +82,8 @@ class SemanticCache:
         self.mirrors = Mirrors(max_scopes=max_scopes, max_vectors=max_vectors,
                                per_scope=backend.limits.max_vectors_per_scope)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._recent: OrderedDict[str, Vector] = OrderedDict()
+        """Vectors of recent lookups by text, so storing a miss's answer does not embed again."""
         self.stats = {"lookups": 0, "hits": 0, "refused": 0, "skipped": 0, "remembered": 0}
         """Counters: lookups made, hits, candidates the matcher refused, lookups skipped
         (no plain question, too long, model loading, queue full)."""
@@ -97,6 +102,9 @@ class SemanticCache:
         except (EmbedderNotReady, EmbedderBusy, ValueError):
             self.stats["skipped"] += 1
             return None
+        self._recent[key.text] = vector  # a miss is remembered soon: embed once
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         return await self.find(scope, key.text, _subscope(key.scope), vector)
 
     async def find(self, scope: str, text: str, subscope: bytes, vector: Vector) -> CacheEntry | None:
@@ -125,12 +133,14 @@ class SemanticCache:
         key = split_request(request, tenant="", route="")
         if key is None or len(key.text) > self.embedder.settings.max_chars:
             return
-        if not self.embedder.ready:
-            await self.embedder.load(self.load_timeout)
-        try:
-            vector = await self.embedder.embed(for_embedding(key.text))
-        except (EmbedderNotReady, EmbedderBusy, ValueError):
-            return
+        vector = self._recent.pop(key.text, None)
+        if vector is None:
+            if not self.embedder.ready:
+                await self.embedder.load(self.load_timeout)
+            try:
+                vector = await self.embedder.embed(for_embedding(key.text))
+            except (EmbedderNotReady, EmbedderBusy, ValueError):
+                return
         if await self.backend.add_vector(meta.scope, meta.id, encode_vector(_subscope(key.scope), vector, key.text)):
             self.stats["remembered"] += 1
 
