@@ -21,10 +21,10 @@ from clasp_gateway import (
     InvalidRequestError,
     PermissionDeniedError,
     Principal,
-    authenticate,
     error_response,
     json_response,
     read_json,
+    require_role,
 )
 
 from .backends.base import CacheUnavailable, EntryMeta, Selector
@@ -34,14 +34,6 @@ __all__ = ["cache_endpoint", "clear_endpoint", "selector_from"]
 RUNTIME_KEY = "clasp_cache.runtime"
 """``app.state`` attribute holding this app's :class:`~clasp_cache.runtime.CacheRuntime`."""
 _FIELDS = ("team", "key", "model", "scope", "older_than", "limit")
-
-
-async def require_admin(request: Request) -> Principal:
-    """The caller, if its key's role is ``admin`` or ``team_admin`` (a shaped 401/403 otherwise)."""
-    principal = await authenticate(request)
-    if principal.role not in ("admin", "team_admin"):
-        raise PermissionDeniedError("this endpoint needs an admin key (role admin or team_admin)")
-    return principal
 
 
 def selector_from(values: dict[str, Any], principal: Principal) -> tuple[Selector, int]:
@@ -106,7 +98,7 @@ async def cache_endpoint(request: Request) -> Response:
     """
     request_id = request.scope["state"]["request_id"]
     try:
-        principal = await require_admin(request)
+        principal = await require_role(request, "admin", "team_admin")
         runtime = _runtime(request)
         selector, limit = selector_from(dict(request.query_params), principal)
         return await _answer(request.method, runtime, selector, limit)
@@ -130,7 +122,7 @@ async def clear_endpoint(request: Request) -> Response:
     """
     request_id = request.scope["state"]["request_id"]
     try:
-        principal = await require_admin(request)
+        principal = await require_role(request, "admin", "team_admin")
         runtime = _runtime(request)
         body = await read_json(request, 65536) if request.headers.get("content-length") not in (None, "0") else {}
         if not isinstance(body, dict):

@@ -88,6 +88,9 @@ class CacheRuntime:
         self.clock = clock
         self.semantic = semantic
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_chunks = max(1024, settings.limits.max_entry_bytes // 16)
+        """Chunks collected per request at most (an answer's pieces are rarely under 16 bytes
+        of stored payload): a longer answer is dropped rather than held in memory."""
         self.stored = 0
         self.hits = 0
         self.misses = 0
@@ -171,7 +174,10 @@ class CacheRuntime:
         """Keep a reference to each chunk of a cacheable request (assembled at the end)."""
         pending = ctx.state.get(PENDING_KEY)
         if pending is not None:
-            pending.chunks.append(chunk)
+            chunks = pending.chunks
+            chunks.append(chunk)
+            if len(chunks) > self.max_chunks:  # bounded: an answer this long is not stored
+                ctx.state[PENDING_KEY] = None
 
     @hookimpl
     def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-
 from clasp_cache.backends.base import BackendLimits, CacheBackend, CacheEntry, CacheUnavailable, EntryMeta, Selector
 from clasp_cache.backends.memory import MemoryBackend
 from clasp_cache.backends.redis import RedisBackend
+
 from clasp_gateway.testing import FakeClock, RedisServer, free_port
 
 LIMITS = BackendLimits(max_entries=5, max_bytes=10_000, max_entry_bytes=4_000, max_vectors_per_scope=3)

@@ -306,6 +306,8 @@ def test_admin_api_lists_and_clears_by_team_and_model(gw: Any, upstream: FakeUps
     assert bad.status_code == 400 and bad.json()["type"] == "error"
     assert httpx.delete(url, headers={"x-api-key": ADMIN}, params={"team": "beta"}).json() == {"deleted": 1}
     assert post(server, ask("q1"), key=ALPHA).headers["x-clasp-cache"] == "exact"
+    paths = httpx.get(server.base_url + "/admin/openapi.json", headers={"x-api-key": ADMIN}).json()["paths"]
+    assert {"get", "delete"} <= set(paths["/admin/cache"]) and "post" in paths["/admin/cache/clear"]
 
 
 def test_clasp_cache_cli_clears_and_reports(gw: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
@@ -327,3 +329,30 @@ def test_clasp_cache_cli_clears_and_reports(gw: Any, upstream: FakeUpstream, mon
     monkeypatch.setenv("CLASP_ADMIN_KEY", ALPHA)
     assert main(["--url", server.base_url, "clear"], "clasp.yaml") == 1
     assert "403" in capsys.readouterr().err
+
+
+def test_an_anthropic_pass_through_answer_is_cached_and_replayed() -> None:
+    """An Anthropic deployment's own events (pass-through) are collected through their
+    canonical view, streamed or whole, and a hit replays as a proper Anthropic answer."""
+    with FakeUpstream("anthropic") as claude:
+        models = {"*": [{"model": "anthropic/claude-sonnet-4-5-20250929", "api_base": claude.base_url,
+                         "api_key": "sk-ant-upstream-1234567890"}]}
+        with GatewayServer(config_from({"models": models, "cache": {}}), plugins=[support.Keys()]) as server:
+            client = anthropic.Anthropic(base_url=server.base_url, api_key=ALPHA, max_retries=0)
+            messages: Any = [{"role": "user", "content": "name a prime"}]
+            claude.queue(Text("Seven."), Text("Eleven."))
+            whole = client.messages.create(model="claude-sonnet-4-5", max_tokens=1000, messages=messages)
+            assert whole.content[0].text == "Seven."  # type: ignore[union-attr]
+            wait_stored(server, 1)
+            raw = client.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=1000,
+                                                           messages=messages, stream=True)
+            assert raw.headers["x-clasp-cache"] == "exact"
+            text = "".join(e.delta.text for e in raw.parse()
+                           if e.type == "content_block_delta" and e.delta.type == "text_delta")
+            assert text == "Seven." and len(claude.requests) == 1
+            other: Any = [{"role": "user", "content": "name another prime"}]
+            with client.messages.stream(model="claude-sonnet-4-5", max_tokens=1000, messages=other) as s:
+                assert s.get_final_text() == "Eleven."
+            wait_stored(server, 2)
+            again = client.messages.create(model="claude-sonnet-4-5", max_tokens=1000, messages=other)
+            assert again.content[0].text == "Eleven." and len(claude.requests) == 2  # type: ignore[union-attr]

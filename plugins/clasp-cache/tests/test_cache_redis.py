@@ -98,3 +98,29 @@ def test_redis_down_bypasses_the_cache_without_an_error(upstream: FakeUpstream) 
         assert len(upstream.requests) == 2
         stats = httpx.get(server.base_url + "/admin/cache", headers={"x-api-key": KEYS[0]["key"]})
         assert stats.status_code == 403  # (a member key; the admin API is for admins)
+
+
+def test_on_redis_a_changed_context_misses_and_the_ttl_expires(upstream: FakeUpstream, redis_server: RedisServer) -> None:
+    import time
+
+    upstream.reset()
+    upstream.queue(Text("v1"), Text("v2"), Text("v3"))
+    with redis_server.namespace() as ns:
+        raw = config(upstream, ns.url, ns.prefix)
+        raw["cache"].update(ttl=1, stale_if_error_max_age=0)
+        with GatewayServer(config_from(raw)) as server:
+            def ask(history: str) -> httpx.Response:
+                body = {"model": "gpt-4o", "messages": [{"role": "user", "content": history},
+                                                         {"role": "assistant", "content": "noted"},
+                                                         {"role": "user", "content": "what did I say?"}]}
+                return httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=30,
+                                  headers={"x-api-key": KEYS[0]["key"]})
+
+            assert ask("the file says A").json()["choices"][0]["message"]["content"] == "v1"
+            wait_for_entries(ns.url, ns.prefix, 1)
+            assert ask("the file says A").headers["x-clasp-cache"] == "exact"
+            assert ask("the file says B").json()["choices"][0]["message"]["content"] == "v2"  # another context
+            time.sleep(1.1)  # Redis keeps its own time: the entry expires there
+            again = ask("the file says A")
+            assert again.headers["x-clasp-cache"] == "miss" and again.json()["choices"][0]["message"]["content"] == "v3"
+            assert len(upstream.requests) == 3

@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-
 from clasp_cache.answer import Answer, assemble, replay_chunks
 from clasp_cache.keys import RAW_REQUEST_KEY, config_namespace, request_key
+
 from clasp_gateway import Principal, RequestContext, RequestHints
 
 CONVERSATION: dict[str, Any] = {
@@ -115,8 +115,10 @@ def test_an_answer_round_trips_and_replays_as_chunks() -> None:
     ]
     answer = Answer.decode(assemble(chunks).encode())
     assert (answer.content, answer.reasoning, answer.finish_reason) == ("Hello", "think", "tool_calls")
-    assert answer.tool_calls == [{"id": "c1", "type": "function", "function": {"name": "Read", "arguments": "{\"a\": 1}"}}]
+    assert answer.tool_calls == [{"id": "c1", "type": "function", "function": {"name": "Read", "arguments": "{\"a\": 1}"},
+                                  "parts": ["{\"a\"", ": 1}"]}]
     replay = replay_chunks(answer, ident="chatcmpl-x", model="gpt-4o", created=1)
     assert assemble(replay).content == "Hello" and assemble(replay).tool_calls == answer.tool_calls
+    assert [c["choices"][0]["delta"].get("content") for c in replay[:4]] == ["", None, "Hel", "lo"]  # the pieces
     assert replay[-1]["usage"]["completion_tokens"] == 0 and replay[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert assemble(chunks[:3]).finish_reason is None  # a cut answer never says how it ended
