@@ -356,3 +356,24 @@ def test_an_anthropic_pass_through_answer_is_cached_and_replayed() -> None:
             wait_stored(server, 2)
             again = client.messages.create(model="claude-sonnet-4-5", max_tokens=1000, messages=other)
             assert again.content[0].text == "Eleven." and len(claude.requests) == 2  # type: ignore[union-attr]
+
+
+def test_without_the_fallback_plugin_the_cache_serves_its_stale_entry_itself(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", "cache")  # no clasp-fallback: on_exhausted is the cache's alone
+    upstream.reset()
+    upstream.queue(Text("kept answer"), Error(503), Error(400))
+    with GatewayServer(config_from({"models": models(upstream.base_url), "cache": CACHE}),
+                       plugins=[support.Keys()]) as server:
+        clock = FakeClock(1_900_000_000.0)
+        runtime = runtime_of(server)
+        runtime.clock = runtime.backend.clock = clock
+        post(server, ask("what time is the standup?"))
+        wait_stored(server, 1)
+        clock.advance(700)
+        stale = post(server, ask("what time is the standup?"))
+        assert stale.status_code == 200 and stale.headers["x-clasp-cache"] == "stale"
+        assert stale.json()["choices"][0]["message"]["content"] == "kept answer"
+        refused = post(server, ask("what time is the standup?"))  # the request's own fault: never masked
+        assert refused.status_code == 400

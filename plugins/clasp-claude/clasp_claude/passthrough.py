@@ -506,9 +506,9 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Respons
                 name, data = chunk["anthropic_event"]
                 seen.observe(name, data)
                 if chunk_hook is not None:
-                    view = canonical_chunk(name, data)
-                    if view is not None:
-                        chunk_hook(ctx, view)
+                    seen_view = canonical_chunk(name, data)
+                    if seen_view is not None:
+                        chunk_hook(ctx, seen_view)
                 builder = builder or MessageBuilder()
                 builder.add([(name, orjson.loads(data))])
         if builder is not None:

@@ -180,8 +180,7 @@ class BackendLimits:
 
     max_entries: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
-    """Payload bytes over all entries (the memory backend; Redis bounds entries, and
-    ``max_entries`` × ``max_entry_bytes`` bounds its bytes)."""
+    """Payload bytes over all entries (both shipped backends evict to stay under it)."""
     max_entry_bytes: int = 1024 * 1024
     """A larger answer is not stored."""
     max_vectors_per_scope: int = 10_000

@@ -3,13 +3,14 @@
 An ``OrderedDict`` in use order (a hit moves its entry to the end; eviction pops from
 the front), a byte count of the payloads, and per-scope indexes for the semantic layer
 and for purges by scope. Everything runs on the event loop without awaiting, so each
-operation is atomic. Expired entries are dropped when met (``get``) and, at most every
-second, by a sweep from the front on ``put`` bounded by the entries it removes.
+operation is atomic. Expired entries are dropped when met (``get``) and by each ``put``
+from a heap ordered by ``keep_until`` (work proportional to what expired, never a scan).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -41,7 +42,8 @@ class MemoryBackend(CacheBackend):
         self._scopes: dict[str, _Scope] = {}
         self._bytes = 0
         self._evictions = 0
-        self._next_sweep = 0.0
+        self._expiry: list[tuple[float, str]] = []
+        """``(keep_until, id)`` heap; items of replaced or removed entries are skipped."""
 
     # --- the request path -------------------------------------------------------------------
 
@@ -64,9 +66,12 @@ class MemoryBackend(CacheBackend):
             entry = CacheEntry(_with_size(entry.meta, size), entry.payload)
         if entry.meta.id in self._entries:
             self._remove(entry.meta.id)
-        if now >= self._next_sweep:
-            self._sweep(now)
+        self._sweep(now)
         self._entries[entry.meta.id] = entry
+        heapq.heappush(self._expiry, (entry.meta.keep_until, entry.meta.id))
+        if len(self._expiry) > 2 * len(self._entries) + 1024:  # mostly items of replaced entries
+            self._expiry = [(e.meta.keep_until, i) for i, e in self._entries.items()]
+            heapq.heapify(self._expiry)
         self._bytes += size
         self._scopes.setdefault(entry.meta.scope, _Scope()).ids.add(entry.meta.id)
         while len(self._entries) > self.limits.max_entries or self._bytes > self.limits.max_bytes:
@@ -148,11 +153,13 @@ class MemoryBackend(CacheBackend):
                 del self._scopes[entry.meta.scope]
 
     def _sweep(self, now: float) -> None:
-        """Drop entries past ``keep_until`` (a full pass, at most once a second)."""
-        self._next_sweep = now + 1.0
-        expired = [i for i, e in self._entries.items() if not e.meta.kept(now)]
-        for entry_id in expired:
-            self._remove(entry_id)
+        """Drop entries past ``keep_until``, earliest first, from the expiry heap."""
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            keep_until, entry_id = heapq.heappop(heap)
+            entry = self._entries.get(entry_id)
+            if entry is not None and entry.meta.keep_until == keep_until:
+                self._remove(entry_id)
 
 
 def _with_size(meta: EntryMeta, size: int) -> EntryMeta:
