@@ -112,3 +112,28 @@ def test_ledger_settings_are_checked() -> None:
         parse_settings(config)
     text = str(caught.value)
     assert "ledger.batch_sise" in text and "did you mean" in text and "ledger.spool_max_bytes" in text
+
+
+def test_a_cache_hit_is_a_row_with_its_saving(sqlite_url: str, tmp_path: Any) -> None:
+    """With clasp-cache on: the second identical request is a hit; its row says so, costs
+    nothing, carries what it saved (the first one's cost) and the same fingerprint."""
+    with FakeUpstream("openai") as upstream:
+        config = config_from({
+            "models": {"m": [{"id": "dep-a", "model": "openai/gpt-4o-mini", "api_base": upstream.base_url,
+                              "api_key": "sk-x", "prices": PRICES}]},
+            "storage": {"url": sqlite_url}, "cache": {"backend": "memory"},
+            "ledger": {"flush_interval": "1h", "spool_path": str(tmp_path / "spool.jsonl")},
+        })
+        server = GatewayServer(config).start()
+        try:
+            upstream.queue(Text("cached answer", usage=(300, 20)))
+            first = post(server, "openai", "what is a ledger?", stream=False)
+            second = post(server, "openai", "what is a ledger?", stream=False)
+            assert second.headers.get("x-clasp-cache") == "exact", second.headers
+        finally:
+            server.stop()
+    rows = {r["request_id"]: r for r in read(async_url(sqlite_url))}
+    miss, hit = rows[first.headers["request-id"]], rows[second.headers["request-id"]]
+    assert miss["cache_hit"] is None and miss["cost_usd"] == pytest.approx((300 * 1 + 20 * 2) / 1e6)
+    assert hit["cache_hit"] == "exact" and hit["cost_usd"] == 0.0
+    assert hit["saved_usd"] == pytest.approx(miss["cost_usd"]) and hit["prompt_hash"] == miss["prompt_hash"]
