@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import case, func, select
 
 from clasp_gateway import InvalidRequestError
 
 from .filters import Filters
-from .reports import WEEK_OFFSET, ledger
+from .reports import WEEK_OFFSET, bucket_of, ledger
 
 WEEK = 7 * 86400
 ENTITIES = {"key": "key_name", "team": "team", "project": "project", "user": "user_id"}
@@ -26,7 +26,7 @@ MAX_ROWS = 5000
 
 
 def _week(column: Any) -> Any:
-    return cast((column - WEEK_OFFSET) / WEEK, Integer) * WEEK + WEEK_OFFSET
+    return bucket_of(column, WEEK, WEEK_OFFSET)
 
 
 async def cohorts(database: Any, filters: Filters, by: str, entity: str = "key") -> dict[str, Any]:
@@ -40,7 +40,7 @@ async def cohorts(database: Any, filters: Filters, by: str, entity: str = "key")
     t = ledger()
     c = t.c
     column = c[ENTITIES[by]]
-    day = cast(c.ts / 86400, Integer)
+    day = bucket_of(c.ts, 86400)
     query = filters.apply(select(
         column.label("value"),
         func.min(c.ts).label("first_seen"),
@@ -68,19 +68,20 @@ async def _first_seen_weeks(database: Any, filters: Filters, entity: str) -> dic
     column = c[ENTITIES[entity]]
     first_seen = select(column.label("entity"), func.min(c.ts).label("first_ts")).where(
         column.is_not(None)).group_by(column).subquery()
+    week = _week(c.ts).label("week")
     active = filters.apply(select(
         column.label("entity"),
-        _week(c.ts).label("week"),
+        week,
         func.count().label("requests"),
         func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"),
-    ), t).where(column.is_not(None)).group_by(column, _week(c.ts)).subquery()
+    ), t).where(column.is_not(None)).group_by(column, week).subquery()
+    firsts = select(first_seen.c.entity, _week(first_seen.c.first_ts).label("cohort")).subquery()
     query = select(
-        _week(first_seen.c.first_ts).label("cohort"), active.c.week, func.count().label("active"),
+        firsts.c.cohort, active.c.week, func.count().label("active"),
         func.sum(active.c.requests).label("requests"), func.sum(active.c.cost_usd).label("cost_usd"),
-    ).select_from(active.join(first_seen, active.c.entity == first_seen.c.entity)).group_by(
-        _week(first_seen.c.first_ts), active.c.week).order_by(_week(first_seen.c.first_ts), active.c.week)
-    sizes_query = select(_week(first_seen.c.first_ts).label("cohort"), func.count().label("size")).group_by(
-        _week(first_seen.c.first_ts))
+    ).select_from(active.join(firsts, active.c.entity == firsts.c.entity)).group_by(
+        firsts.c.cohort, active.c.week).order_by(firsts.c.cohort, active.c.week)
+    sizes_query = select(firsts.c.cohort, func.count().label("size")).group_by(firsts.c.cohort)
     async with database.connect() as conn:
         sizes = {int(r.cohort): int(r.size) for r in await conn.execute(sizes_query)}
         rows = []

@@ -60,7 +60,7 @@ BOOLEANS = ("cut", "stream")
 
 def _normalised(row: Any) -> dict[str, Any]:
     """One row, the same on every database (SQLite answers booleans as 0/1)."""
-    out = dict(row)
+    out = {name: row[name] for name in COLUMNS}
     for name in BOOLEANS:
         if out.get(name) is not None:
             out[name] = bool(out[name])

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import Integer, case, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from .filters import COLUMN_OF, Filters
 
@@ -129,10 +131,33 @@ def bucket_width(filters: Filters, bucket: str | None) -> int:
     return width
 
 
+class floor_of(FunctionElement[int]):
+    """``floor(x)`` as an integer, portable: SQLite may be built without its math
+    functions, and ``CAST(x AS INTEGER)`` truncates there (the floor for the positive
+    values used here) but rounds on PostgreSQL."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(floor_of)
+def _floor_default(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"CAST(FLOOR({compiler.process(element.clauses, **kw)}) AS BIGINT)"
+
+
+@compiles(floor_of, "sqlite")
+def _floor_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+def bucket_of(column: Any, width: int, offset: int = 0) -> Any:
+    """The start of the ``width``-second bucket ``column`` (unix seconds) falls in."""
+    return floor_of((column - offset) / width) * width + offset
+
+
 def _bucket_expr(t: Any, width: int) -> Any:
-    # cast(... as INTEGER) truncates toward zero: the floor for timestamps after 1970.
     offset = WEEK_OFFSET if width % (7 * 86400) == 0 else 0
-    return (cast((t.c.ts - offset) / width, Integer) * width + offset).label("bucket")
+    return bucket_of(t.c.ts, width, offset).label("bucket")
 
 
 async def timeseries(database: Any, filters: Filters, bucket: str | None = None) -> dict[str, Any]:
