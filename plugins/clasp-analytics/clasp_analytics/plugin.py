@@ -55,7 +55,7 @@ def register_routes(register: Callable[..., Any]) -> None:
     admin_api.register(register)
 
 
-@hookimpl(optionalhook=True)  # TODO(merge wt-storage): the hook exists there
+@hookimpl
 def register_migrations(register: Callable[..., Any]) -> None:
     """The ``analytics`` Alembic branch: quality rows and feedback."""
     from clasp_gateway import MigrationRegistration

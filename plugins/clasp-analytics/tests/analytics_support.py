@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import clasp_analytics
+from clasp_gateway import hookimpl
 
 PG_ADMIN_URL = os.environ.get("CLASP_TEST_PG_ADMIN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 ANALYTICS_MIGRATIONS = Path(clasp_analytics.__file__).parent / "migrations"
@@ -128,3 +129,52 @@ def seed_rows() -> list[dict[str, Any]]:
 async def seed_ledger(engine: AsyncEngine, rows: list[dict[str, Any]] | None = None) -> None:
     async with engine.begin() as conn:
         await conn.execute(REQUESTS.insert(), rows if rows is not None else seed_rows())
+
+
+# --- gateways --------------------------------------------------------------------------------
+
+ADMIN_KEY = "sk-analytics-admin-0123456789abcdef0123"
+MEMBER_KEY = "sk-analytics-member-0123456789abcdef012"
+OTHER_KEY = "sk-analytics-other-0123456789abcdef0123"
+
+
+class RoleKeys:
+    """An ``authenticate`` plugin with an admin key and two member keys (the core's
+    static keys gain roles with the admin foundation; this keeps the tests independent of it)."""
+
+    PRINCIPALS = {
+        ADMIN_KEY: ("id_admin", "admin-key", "ops", "admin"),
+        MEMBER_KEY: ("id_member", "member-key", "red", "member"),
+        OTHER_KEY: ("id_other", "other-key", "blue", "member"),
+    }
+
+    @staticmethod
+    def _principal(api_key: str | None) -> Any:
+        from clasp_gateway import AuthenticationError, Principal
+
+        found = RoleKeys.PRINCIPALS.get(api_key or "")
+        if found is None:
+            raise AuthenticationError("invalid API key")
+        key_id, name, team, role = found
+        return Principal(key_id=key_id, name=name, team=team, role=role)
+
+    @hookimpl(tryfirst=True)
+    def authenticate(self, api_key: str | None, headers: dict[str, str], config: Any) -> Any:
+        return self._principal(api_key)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus exposition: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def total(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in found.items() if n == name and want <= lab)
