@@ -118,7 +118,7 @@ from .state import (
     Subscription,
     create_state,
 )
-from .storage import Database, DatabaseError, MigrationError, StorageSettings
+from .storage import Database, DatabaseError, MigrationError, StorageSettings, parse_storage_settings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -203,6 +203,7 @@ __all__ = [
     "Subscription", "create_state",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "parse_storage_settings",  # a plugin command's own Database (clasp export) from clasp.yaml
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools
