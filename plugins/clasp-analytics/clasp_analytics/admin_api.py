@@ -31,6 +31,9 @@ async def _prepare(request: Request) -> tuple[Any, Filters]:
     await require_admin(request)
     if runtime.database is None:
         raise GatewayError("analytics needs the gateway's database (storage:)", status=503, error_type="api_error")
+    if not runtime.has_ledger:
+        raise GatewayError("analytics reads the spend ledger: load clasp-budgets' ledger plugin (budgets_ledger)",
+                           status=503, error_type="api_error")
     filters = parse_filters(request.query_params, max_range_days=runtime.settings.dashboard.max_range_days)
     return runtime, filters
 

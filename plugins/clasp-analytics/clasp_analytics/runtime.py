@@ -37,6 +37,8 @@ class AnalyticsRuntime:
         self.quality = settings.quality.enabled
         self.retry_window = settings.quality.retry_window if self.quality else 0.0
         self.database: Any = getattr(gateway, "database", None)
+        self.has_ledger = any(m.name == "ledger" for m in getattr(gateway, "migrations", ()))
+        """Whether the ledger's tables are registered (clasp-budgets' ledger plugin loaded)."""
         self.quality_rows: BatchWriter | None = None
         if self.quality and self.database is not None:
             from .tables import QUALITY

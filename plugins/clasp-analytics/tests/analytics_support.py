@@ -178,3 +178,30 @@ def total(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     """The sum of ``name``'s samples whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, lab), v in found.items() if n == name and want <= lab)
+
+
+def async_url(url: str) -> str:
+    """The test fixtures' database URL with the async driver the gateway uses."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    return url
+
+
+PLUGINS = "analytics,budgets_ledger,fallback,claude"
+"""What these tests load (whatever else is installed): the ledger's tables come from budgets_ledger."""
+
+
+def seed_into(url: str, rows: list[dict[str, Any]] | None = None) -> None:
+    """Seed the ledger of a (migrated) database, from a test's own thread."""
+    import asyncio
+
+    async def go() -> None:
+        async with engine_at(async_url(url)) as engine:
+            await seed_ledger(engine, rows)
+
+    asyncio.run(go())
+
+
+SECRETS = (ADMIN_KEY, MEMBER_KEY, OTHER_KEY)
