@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.requests import Request
+
 import clasp_gateway
 from clasp_gateway import AuthenticationError, PermissionDeniedError, Principal, authenticate
-from starlette.requests import Request
 
 ADMIN = "admin"
 SESSION_COOKIE = "clasp_admin"

@@ -17,7 +17,7 @@ shared state, so it is the same whichever worker answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -201,7 +201,7 @@ class GatewayMetrics:
 
     # --- the scrape -------------------------------------------------------------------------
 
-    def exposition(self, extra: list[Metric]) -> bytes:
+    def exposition(self, extra: Sequence[Metric]) -> bytes:
         """The text format: every worker's samples (multiprocess) or this process's, plus
         ``extra`` families read at scrape time (breaker states)."""
         if self.multiprocess:
@@ -232,7 +232,7 @@ def breaker_family(states: list[tuple[str, str, str]]) -> GaugeMetricFamily:
 class _Families:
     """A one-scrape collector over ready metric families."""
 
-    def __init__(self, families: list[Metric]) -> None:
+    def __init__(self, families: Sequence[Metric]) -> None:
         self.families = families
 
     def collect(self) -> Iterator[Metric]:

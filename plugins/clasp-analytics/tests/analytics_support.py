@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+import clasp_analytics
 from clasp_budgets.ledger import MIGRATIONS as LEDGER_MIGRATIONS
 from clasp_budgets.ledger import REQUESTS
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import clasp_analytics
 from clasp_gateway import hookimpl
 
 PG_ADMIN_URL = os.environ.get("CLASP_TEST_PG_ADMIN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")

@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
-
 from clasp_analytics import cohorts, export, quality_report, reports
 from clasp_analytics.filters import parse_filters
 from clasp_analytics.tables import FEEDBACK, QUALITY
+
 from clasp_gateway import InvalidRequestError
 from clasp_gateway.testing import load_module
 
