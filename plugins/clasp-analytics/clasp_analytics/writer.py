@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.exc import IntegrityError
 
 log = logging.getLogger("clasp.analytics")
 
@@ -68,6 +69,10 @@ class BatchWriter:
                 try:
                     async with self.database.begin() as conn:
                         await conn.execute(self.table.insert(), rows)
+                except IntegrityError:
+                    # A row already there (a flush whose commit answer was lost): write the
+                    # batch row by row and drop the duplicates, or it would block the queue.
+                    await self._one_by_one(rows)
                 except Exception as exc:
                     if not self.failing:
                         log.error("analytics: writing %s failed (%d rows kept, retried every %gs): %s: %s",
@@ -81,6 +86,14 @@ class BatchWriter:
                     self.pending.popleft()
                 written += len(rows)
             return written
+
+    async def _one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                async with self.database.begin() as conn:
+                    await conn.execute(self.table.insert(), [row])
+            except IntegrityError:
+                log.debug("analytics: %s row already written, dropped", self.table.name)
 
     async def close(self) -> None:
         """Stop the loop and write what is left (once; the database may be gone)."""
