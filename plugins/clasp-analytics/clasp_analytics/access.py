@@ -1,10 +1,9 @@
 """Who may read analytics: admin keys (the dashboard, its API, exports, metrics by
 default) and a scraper's bearer token (``analytics.metrics.auth: token``).
 
-The core's ``require_role`` (from the storage foundation) answers a shaped 401/403 for
-the admin API; until a core without it is gone, the same rule is applied here through
-:func:`clasp_gateway.authenticate` and :attr:`Principal.role`, so the outcome is the
-same either way.
+The role check is the core's :func:`clasp_gateway.require_role` (a shaped 401/403, the
+role from the key's configuration only); this module adds the dashboard's cookie as a
+way to present the key, and the scrape token.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ import hmac
 
 from starlette.requests import Request
 
-import clasp_gateway
-from clasp_gateway import AuthenticationError, PermissionDeniedError, Principal, authenticate
+from clasp_gateway import AuthenticationError, Principal, require_role
 
 ADMIN = "admin"
 SESSION_COOKIE = "clasp_admin"
@@ -40,15 +38,7 @@ def with_cookie_key(request: Request) -> Request:
 async def require_admin(request: Request) -> Principal:
     """The caller's principal when it is an admin key (a header, or the dashboard's
     cookie); else a shaped 401 (no or a wrong key) or 403 (a key without the admin role)."""
-    request = with_cookie_key(request)
-    require_role = getattr(clasp_gateway, "require_role", None)
-    if require_role is not None:
-        principal: Principal = await require_role(request, ADMIN)
-        return principal
-    principal = await authenticate(request)
-    if principal.role != ADMIN:
-        raise PermissionDeniedError("this needs an admin key")
-    return principal
+    return await require_role(with_cookie_key(request), ADMIN)
 
 
 def check_bearer(request: Request, token: str) -> None:

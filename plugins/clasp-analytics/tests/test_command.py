@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-
 from clasp_analytics.command import export_command
+
 from clasp_gateway.testing import load_module
 
 support = load_module(Path(__file__).with_name("analytics_support.py"), "clasp_analytics_test_support")

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-
 from clasp_analytics.settings import parse_settings
 from clasp_analytics.tables import QUALITY
 from clasp_analytics.writer import BatchWriter
+from sqlalchemy import func, select
+
 from clasp_gateway import ConfigError
 from clasp_gateway.testing import config_from, load_module
 
