@@ -56,7 +56,11 @@ def _page(signed_in: bool) -> bytes:
 
 
 async def page_endpoint(request: Request) -> Response:
-    """The dashboard (an admin key: header or cookie), or the login form with 401."""
+    """The dashboard (an admin key: header or cookie), or the login form with 401.
+    ---
+    summary: The analytics dashboard (HTML); without an admin key, its sign-in form with 401
+    responses: {200: {description: the dashboard}, 401: {description: the sign-in form}}
+    """
     request_id = request.scope.get("state", {}).get("request_id")
     try:
         runtime = runtime_of(request)
@@ -76,8 +80,12 @@ async def page_endpoint(request: Request) -> Response:
 
 
 async def login_endpoint(request: Request) -> Response:
-    """``{"key": "..."}``: 204 and the HttpOnly cookie when it is an admin key; else the
-    shaped 401/403 (throttled per client address like every failed key)."""
+    """The admin key in, an HttpOnly cookie out: 204 when it is an admin key, else the
+    shaped 401/403 (throttled per client address like every failed key).
+    ---
+    summary: "Sign in to the dashboard: body {key: <admin key>}"
+    responses: {204: {description: signed in (cookie set)}, 401: {description: not a key}, 403: {description: not an admin key}}
+    """
     body = await read_json(request, MAX_LOGIN_BODY)
     key = body.get("key") if isinstance(body, dict) else None
     if not isinstance(key, str) or not key or len(key) > 1024 or not key.isprintable():
@@ -93,14 +101,22 @@ async def login_endpoint(request: Request) -> Response:
 
 
 async def logout_endpoint(request: Request) -> Response:
-    """Forget the cookie."""
+    """Forget the cookie.
+    ---
+    summary: Sign out of the dashboard
+    responses: {204: {description: the cookie is cleared}}
+    """
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.delete_cookie(SESSION_COOKIE, path="/admin", httponly=True, samesite="strict")
     return response
 
 
 async def asset_endpoint(request: Request) -> Response:
-    """One of the page's files (an allowlist: nothing else under the package is served)."""
+    """One of the page's files (an allowlist: nothing else under the package is served).
+    ---
+    summary: The dashboard's script, stylesheet and vendored chart library (public, no data)
+    responses: {200: {description: the file}, 404: {description: not one of them}}
+    """
     name = request.path_params.get("name", "")
     media_type = ASSETS.get(name)
     if media_type is None:

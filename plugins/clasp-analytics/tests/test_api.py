@@ -148,3 +148,10 @@ def test_no_key_or_secret_in_any_answer(gw: GatewayServer) -> None:
         text = get(gw, f"/admin/analytics/{path}").text
         for secret in (*support.SECRETS, UPSTREAM_KEY):
             assert secret not in text
+
+
+def test_the_admin_endpoints_are_in_the_openapi_document(gw: GatewayServer) -> None:
+    document = httpx.get(gw.base_url + "/admin/openapi.json", headers=ADMIN).json()
+    for name in ("summary", "timeseries", "breakdown", "dimensions", "quality", "cohorts", "export"):
+        assert f"/admin/analytics/{name}" in document["paths"]
+    assert "summary" in document["paths"]["/admin/analytics/summary"]["get"]

@@ -14,7 +14,7 @@ from clasp_gateway.testing import FakeUpstream, GatewayProcesses, Text, load_mod
 
 support = load_module(Path(__file__).with_name("analytics_support.py"), "clasp_analytics_test_support")
 KEY = "sk-analytics-workers-0123456789abcdef01"
-TOKEN = "scrape-token-workers-0123456789abcdef"
+ADMIN_KEY = "sk-analytics-workers-admin-0123456789ab"
 REQUESTS = 40
 
 
@@ -23,13 +23,12 @@ def test_totals_add_up_over_two_workers(fake_upstream: FakeUpstream, tmp_path: P
         fake_upstream.queue(Text("hello", usage=(10, 2)))
     config = {
         "server": {"workers": 2, "log_level": "info"},
-        "keys": [{"key": KEY, "name": "workers", "team": "ops"}],
+        "keys": [{"key": KEY, "name": "workers", "team": "ops"},
+                 {"key": ADMIN_KEY, "name": "admin", "role": "admin"}],
         "models": openai_models(fake_upstream.base_url),
         "storage": {"url": f"sqlite:///{tmp_path / 'clasp.db'}"},
-        "analytics": {"metrics": {"auth": "token", "token": "${CLASP_TEST_SCRAPE_TOKEN}"}},
     }
-    env = {"CLASP_LOAD_PLUGINS": "analytics,fallback", "CLASP_TEST_SCRAPE_TOKEN": TOKEN,
-           "PROMETHEUS_MULTIPROC_DIR": None}
+    env = {"CLASP_LOAD_PLUGINS": "analytics,fallback", "PROMETHEUS_MULTIPROC_DIR": None}
     with GatewayProcesses(config, env=env, ready_timeout=120) as gateways:
         url = gateways[0].base_url
         with httpx.Client(timeout=30) as client:
@@ -43,12 +42,15 @@ def test_totals_add_up_over_two_workers(fake_upstream: FakeUpstream, tmp_path: P
             pids = {p.name.split("_")[-1] for p in directory.glob("counter_*.db")}
             assert len(pids) == 2, f"both workers should have served: {sorted(pids)}"
             for _ in range(6):  # whichever worker answers the scrape, the sums are the same
-                text = client.get(url + "/metrics", headers={"authorization": f"Bearer {TOKEN}",
-                                                             "connection": "close"}).text
+                scraped = client.get(url + "/metrics", headers={"x-api-key": ADMIN_KEY, "connection": "close"})
+                assert scraped.status_code == 200, scraped.text
+                text = scraped.text
                 found = support.samples(text)
                 assert support.total(found, "clasp_requests_total", status="200", team="ops") == REQUESTS
                 assert support.total(found, "clasp_tokens_total", direction="input") == 10 * REQUESTS
                 assert support.total(found, "clasp_requests_in_flight") == 0
+            member = client.get(url + "/metrics", headers={"x-api-key": KEY, "connection": "close"})
+            assert member.status_code == 403  # the default: an admin key
     assert not directory.exists(), "the run's samples directory is removed when the gateway stops"
 
 
