@@ -65,6 +65,20 @@ class LabelGuard:
         return text
 
 
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    """``metric.labels(*labels)``, remembered: prometheus-client validates the labels
+    and takes a lock on every ``labels()`` call, a few microseconds each, and a request
+    touches a dozen series. The children are the same objects it would return."""
+    cache: dict[tuple[str, ...], Any] | None = getattr(metric, "_clasp_children", None)
+    if cache is None:
+        cache = {}
+        metric._clasp_children = cache
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child
+
+
 def multiprocess_dir() -> str | None:
     """The directory workers share their samples in, when running as several workers."""
     return os.environ.get(MULTIPROC_ENV) or None
@@ -136,37 +150,37 @@ class GatewayMetrics:
             labels.append(team)
         if self.settings.key_label:
             labels.append(g("key", event.get("key_name")))
-        self.requests.labels(*labels).inc()
+        _child(self.requests, tuple(labels)).inc()
         latency = event.get("latency_ms")
         if isinstance(latency, int | float):
-            self.duration.labels(model, provider, cls).observe(latency / 1000)
+            _child(self.duration, (model, provider, cls)).observe(latency / 1000)
         ttfb = event.get("ttfb_ms")
         if isinstance(ttfb, int | float):
-            self.ttft.labels(model, provider, cls).observe(ttfb / 1000)
+            _child(self.ttft, (model, provider, cls)).observe(ttfb / 1000)
         spend = (model, provider, team) if team is not None else (model, provider)
         usage = event.get("usage") or {}
         for field, direction in TOKEN_DIRECTIONS:
             count = usage.get(field)
             if count:
-                self.tokens.labels(*spend, direction).inc(count)
+                _child(self.tokens, (*spend, direction)).inc(count)
         output = usage.get("output_tokens") or 0
         if output and isinstance(latency, int | float) and isinstance(ttfb, int | float) and latency > ttfb:
-            self.speed.labels(model, provider).observe(output / ((latency - ttfb) / 1000))
+            _child(self.speed, (model, provider)).observe(output / ((latency - ttfb) / 1000))
         cost = event.get("cost_usd")
         if cost is None:
             if deployment is not None:
-                self.unpriced.labels(model, provider).inc()
+                _child(self.unpriced, (model, provider)).inc()
         elif cost:
-            self.cost.labels(*spend).inc(cost)
+            _child(self.cost, spend).inc(cost)
         hit = event.get("cache_hit", getattr(ctx, "cache_hit", None))
         if hit:
-            self.cache_hits.labels(model, g("cache_kind", hit)).inc()
+            _child(self.cache_hits, (model, g("cache_kind", hit))).inc()
             saved = event.get("saved_usd", getattr(ctx, "saved_usd", 0.0))
             if saved:
-                self.cache_saved.labels(model).inc(saved)
+                _child(self.cache_saved, (model,)).inc(saved)
         self._observe_moves(model, event.get("attempts") or [])
         if event.get("cut"):
-            self.cut.labels(model, provider).inc()
+            _child(self.cut, (model, provider)).inc()
 
     def _observe_moves(self, model: str, attempts: list[dict[str, Any]]) -> None:
         previous: str | None = None
@@ -174,29 +188,30 @@ class GatewayMetrics:
             current = attempt.get("deployment")
             if previous is not None:
                 if current == previous:
-                    self.retries.labels(model).inc()
+                    _child(self.retries, (model,)).inc()
                 else:
-                    self.fallbacks.labels(model, self.guard("deployment", previous),
-                                          self.guard("deployment", current)).inc()
+                    _child(self.fallbacks, (model, self.guard("deployment", previous),
+                                            self.guard("deployment", current))).inc()
             previous = current
 
     def observe_attempt(self, event: dict[str, Any]) -> None:
         """A ``kind: "attempt"`` event: one upstream call."""
         status = event.get("upstream_status")
-        self.attempts.labels(self.guard("deployment", event.get("deployment")), self.guard("provider", event.get("provider")),
-                             "ok" if event.get("ok") else "error", NONE if status is None else str(status)).inc()
+        _child(self.attempts, (self.guard("deployment", event.get("deployment")),
+                               self.guard("provider", event.get("provider")),
+                               "ok" if event.get("ok") else "error", NONE if status is None else str(status))).inc()
 
     def observe_signals(self, model: str | None, request_class: str | None, signals: Iterable[str]) -> None:
         """Quality signals of one answer (see :mod:`.quality`)."""
         for signal in signals:
-            self.quality.labels(self.guard("model", model), self.guard("class", request_class), signal).inc()
+            _child(self.quality, (self.guard("model", model), self.guard("class", request_class), signal)).inc()
 
     def sync_hook_failures(self, failures: dict[str, int]) -> None:
         """Export the gateway's ``hook_failures`` counter (new failures since the last call)."""
         for hook, count in failures.items():
             seen = self._hook_failures_seen.get(hook, 0)
             if count > seen:
-                self.hook_failures.labels(self.guard("hook", hook)).inc(count - seen)
+                _child(self.hook_failures, (self.guard("hook", hook),)).inc(count - seen)
                 self._hook_failures_seen[hook] = count
 
     # --- the scrape -------------------------------------------------------------------------
