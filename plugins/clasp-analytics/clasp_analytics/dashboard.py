@@ -86,6 +86,9 @@ async def login_endpoint(request: Request) -> Response:
     summary: "Sign in to the dashboard: body {key: <admin key>}"
     responses: {204: {description: signed in (cookie set)}, 401: {description: not a key}, 403: {description: not an admin key}}
     """
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        # Another site's form or no-preflight fetch cannot send this: no login CSRF.
+        raise InvalidRequestError("content-type: application/json is required")
     body = await read_json(request, MAX_LOGIN_BODY)
     key = body.get("key") if isinstance(body, dict) else None
     if not isinstance(key, str) or not key or len(key) > 1024 or not key.isprintable():

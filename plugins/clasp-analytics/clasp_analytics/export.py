@@ -30,6 +30,10 @@ COLUMNS = ("request_id", "ts", "api", "public_model", "request_class", "provider
            "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "cache_hit", "saved_usd",
            "ttfb_ms", "duration_ms", "status", "error", "cut", "stream", "attempts", "retries", "fallbacks")
 """The ledger's columns, in this order, in every format."""
+DERIVED = ("output_tokens_per_second",)
+"""Computed per row: output tokens over the time after the first token (or the whole
+duration when no first-token time was recorded)."""
+EXPORTED = COLUMNS + DERIVED
 
 
 def check_format(fmt: str) -> str:
@@ -64,6 +68,9 @@ def _normalised(row: Any) -> dict[str, Any]:
     for name in BOOLEANS:
         if out.get(name) is not None:
             out[name] = bool(out[name])
+    generating = (out.get("duration_ms") or 0.0) - (out.get("ttfb_ms") or 0.0)
+    output = out.get("output_tokens") or 0
+    out["output_tokens_per_second"] = round(output / (generating / 1000), 3) if output and generating > 0 else None
     return out
 
 
@@ -76,11 +83,11 @@ async def encode(fmt: str, batches: AsyncIterator[list[dict[str, Any]]]) -> Asyn
         async for batch in batches:
             yield b"".join(orjson.dumps(row) + b"\n" for row in batch)
     else:
-        async for chunk in _parquet(batches, COLUMNS):
+        async for chunk in _parquet(batches, EXPORTED):
             yield chunk
 
 
-async def _csv(batches: AsyncIterator[list[dict[str, Any]]], columns: tuple[str, ...] = COLUMNS) -> AsyncIterator[bytes]:
+async def _csv(batches: AsyncIterator[list[dict[str, Any]]], columns: tuple[str, ...] = EXPORTED) -> AsyncIterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -137,7 +144,7 @@ def parquet_schema(columns: tuple[str, ...]) -> Any:
 
     ints = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "status",
             "attempts", "retries", "fallbacks"}
-    floats = {"ts", "cost_usd", "saved_usd", "ttfb_ms", "duration_ms"}
+    floats = {"ts", "cost_usd", "saved_usd", "ttfb_ms", "duration_ms", "output_tokens_per_second"}
     bools = {"cut", "stream"}
     return pa.schema([(name, pa.int64() if name in ints else pa.float64() if name in floats
                        else pa.bool_() if name in bools else pa.string()) for name in columns])

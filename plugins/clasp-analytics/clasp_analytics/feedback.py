@@ -84,20 +84,27 @@ def parse_feedback(body: Any, runtime: AnalyticsRuntime) -> tuple[str, float | N
 
 
 async def find_request(runtime: AnalyticsRuntime, request_id: str) -> dict[str, Any] | None:
-    """The served request (its key and route), from this plugin's quality rows, after
-    writing this process's queue (the answer may have just ended)."""
+    """The served request (its key and route): from this plugin's quality rows (after
+    writing this process's queue: the answer may have just ended), else from the ledger."""
     database = runtime.database
-    query = select(QUALITY.c.request_id, QUALITY.c.ts, QUALITY.c.key_id, QUALITY.c.public_model,
-                   QUALITY.c.model, QUALITY.c.deployment).where(QUALITY.c.request_id == request_id)
-    for attempt in range(2):
-        async with database.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        if row is not None:
-            return dict(row)
-        if attempt == 0 and runtime.quality_rows is not None and runtime.quality_rows.pending:
-            await runtime.quality_rows.flush()
-        else:
-            break
+    tables = [QUALITY]
+    if runtime.has_ledger:
+        from .reports import ledger
+
+        tables.append(ledger())
+    for table in tables:
+        c = table.c
+        query = select(c.request_id, c.ts, c.key_id, c.public_model, c.model, c.deployment).where(
+            c.request_id == request_id)
+        for attempt in range(2):
+            async with database.connect() as conn:
+                row = (await conn.execute(query)).mappings().first()
+            if row is not None:
+                return dict(row)
+            if table is QUALITY and attempt == 0 and runtime.quality_rows is not None and runtime.quality_rows.pending:
+                await runtime.quality_rows.flush()
+            else:
+                break
     return None
 
 

@@ -26,6 +26,9 @@ BUCKETS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 WEEK_OFFSET = 4 * 86400
 """1970-01-05 was a Monday: weeks start on Mondays, UTC."""
 MAX_SERIES_POINTS = 2000
+MAX_PERCENTILE_ROWS = 500_000
+"""Past this many requests in a range, per-bucket percentiles are left out (they are
+computed in memory); the totals' percentiles are computed in SQL at any size."""
 MAX_BREAKDOWN_ROWS = 500
 
 
@@ -171,10 +174,12 @@ async def timeseries(database: Any, filters: Filters, bucket: str | None = None)
     async with database.connect() as conn:
         rows = {int(r["bucket"]): _derived({k: v for k, v in r.items() if k != "bucket"})
                 for r in (await conn.execute(query)).mappings()}
-        stream = await conn.stream(filters.apply(select(b, t.c.duration_ms), t).where(t.c.duration_ms.is_not(None))
-                                   .execution_options(yield_per=5000))
-        async for bucket_start, duration in stream:
-            durations.setdefault(int(bucket_start), []).append(float(duration))
+        with_percentiles = sum(r["requests"] for r in rows.values()) <= MAX_PERCENTILE_ROWS
+        if with_percentiles:
+            stream = await conn.stream(filters.apply(select(b, t.c.duration_ms), t)
+                                       .where(t.c.duration_ms.is_not(None)).execution_options(yield_per=5000))
+            async for bucket_start, duration in stream:
+                durations.setdefault(int(bucket_start), []).append(float(duration))
     offset = WEEK_OFFSET if width % (7 * 86400) == 0 else 0
     first = int((filters.since - offset) // width) * width + offset
     points = []
@@ -186,7 +191,9 @@ async def timeseries(database: Any, filters: Filters, bucket: str | None = None)
         point["p95_duration_ms"] = _rank(values, 95)
         points.append({"t": start, **point})
         start += width
-    return {"filters": filters.describe(), "bucket_seconds": width, "points": points}
+    return {"filters": filters.describe(), "bucket_seconds": width, "points": points,
+            "percentiles": "per bucket" if with_percentiles else
+            f"left out: more than {MAX_PERCENTILE_ROWS} requests in the range (narrow it)"}
 
 
 def _rank(values: list[float], p: int) -> float | None:

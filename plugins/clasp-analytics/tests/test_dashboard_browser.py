@@ -63,6 +63,9 @@ def test_the_page_and_its_api_are_401_without_an_admin_key(gw: GatewayServer) ->
         assert httpx.get(gw.base_url + f"/admin/analytics/{path}").status_code == 401
     bad_login = httpx.post(gw.base_url + "/admin/dashboard/login", json={"key": support.MEMBER_KEY})
     assert bad_login.status_code == 403 and "set-cookie" not in bad_login.headers
+    cross_site = httpx.post(gw.base_url + "/admin/dashboard/login", content=f'{{"key": "{support.ADMIN_KEY}"}}',
+                            headers={"content-type": "text/plain"})  # what another site's page could send
+    assert cross_site.status_code == 400 and "set-cookie" not in cross_site.headers
     assert httpx.get(gw.base_url + "/admin/dashboard/assets/../settings.py").status_code == 404
 
 

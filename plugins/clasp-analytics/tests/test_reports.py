@@ -179,6 +179,7 @@ def test_csv_export_streams_every_row(seeded: str) -> None:
     assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(1, 9)]
     assert rows[0]["tags"] == '{"feature":"review"}' and rows[4]["cut"] == "True" and rows[3]["cost_usd"] == ""
     assert sum(int(r["input_tokens"]) for r in rows) == 13500
+    assert rows[0]["output_tokens_per_second"] == "250.0" and rows[3]["output_tokens_per_second"] == ""
 
 
 def test_jsonl_export_with_a_filter(seeded: str) -> None:
@@ -194,7 +195,7 @@ def test_parquet_export_reads_back(seeded: str, tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     path.write_bytes(asyncio.run(_collect("parquet", seeded)))
     table = pq.read_table(path)
-    assert table.num_rows == 8 and table.column_names == list(export.COLUMNS)
+    assert table.num_rows == 8 and table.column_names == list(export.EXPORTED)
     assert sum(table.column("input_tokens").to_pylist()) == 13500
     assert table.column("cut").to_pylist().count(True) == 1
     assert pq.ParquetFile(path).num_row_groups == 3  # batches of 3: streamed, not built whole
