@@ -72,8 +72,10 @@ def gateway() -> Any:
         {"key": TEAM_ADMIN, "name": "lead", "team": "search", "role": "team_admin"},
         {"key": MEMBER, "name": "dev", "team": "search"},
     ]})
-    with GatewayServer(config, plugins=[AdminPlugin()]) as server:
-        yield server
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLASP_LOAD_PLUGINS", "")  # only this test's routes (installed plugins add /admin/ ones)
+        with GatewayServer(config, plugins=[AdminPlugin()]) as server:
+            yield server
 
 
 def get(gateway: Any, path: str, key: str | None, **kwargs: Any) -> httpx.Response:
