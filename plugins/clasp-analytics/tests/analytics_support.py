@@ -24,8 +24,9 @@ from clasp_gateway import hookimpl
 PG_ADMIN_URL = os.environ.get("CLASP_TEST_PG_ADMIN", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 ANALYTICS_MIGRATIONS = Path(clasp_analytics.__file__).parent / "migrations"
 
-T0 = 1_795_996_800.0
-"""A Monday, 00:00 UTC (2026-11-30): week and day buckets start here."""
+T0 = 1_764_547_200.0
+"""A Monday, 00:00 UTC (2025-12-01): week and day buckets start here; a year before the
+tests run, so the requests they make (which the ledger records) never fall in its range."""
 H = 3600.0
 
 

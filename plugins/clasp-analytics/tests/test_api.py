@@ -155,3 +155,18 @@ def test_the_admin_endpoints_are_in_the_openapi_document(gw: GatewayServer) -> N
     for name in ("summary", "timeseries", "breakdown", "dimensions", "quality", "cohorts", "export"):
         assert f"/admin/analytics/{name}" in document["paths"]
     assert "summary" in document["paths"]["/admin/analytics/summary"]["get"]
+
+
+def test_a_live_request_reaches_the_reports_through_the_ledger(gw: GatewayServer, upstream: FakeUpstream) -> None:
+    upstream.queue(Text("counted", usage=(17, 4)))
+    assert chat(gw, OTHER, f"live {time.time()}").status_code == 200
+    now = time.time()
+    window = {"since": str(now - 600), "until": str(now + 60), "key": "other-key"}
+    deadline = time.monotonic() + 15  # the ledger writes in batches, off the hot path
+    totals = get(gw, "/admin/analytics/summary", **window).json()["totals"]
+    while totals["requests"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        totals = get(gw, "/admin/analytics/summary", **window).json()["totals"]
+    assert (totals["requests"], totals["input_tokens"], totals["output_tokens"]) == (1, 17, 4)
+    assert totals["cost_usd"] > 0 and totals["duration_ms"]["p50"] is not None
+    assert get(gw, "/admin/analytics/breakdown", by="team", **window).json()["rows"][0]["value"] == "blue"

@@ -225,5 +225,5 @@ def test_bad_filters_are_400s_naming_the_parameter(params: dict[str, str], messa
 
 
 def test_iso_times_are_utc_by_default() -> None:
-    f = parse_filters({"since": "2026-11-30T00:00:00", "until": "2026-12-01T00:00:00Z"}, max_range_days=400)
+    f = parse_filters({"since": "2025-12-01T00:00:00", "until": "2025-12-02T00:00:00Z"}, max_range_days=400)
     assert (f.since, f.until) == (T0, T0 + 86400)
