@@ -131,6 +131,13 @@
     show("total-retries", t.retries, (v) => int(v) + " retries");
   }
 
+  // Axis ticks with the precision they need: $0.0005 steps must not all read "0.001".
+  function axisValue(v) {
+    if (v === null || v === undefined) return "";
+    if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString("en-US");
+    return String(Number(v.toPrecision(3)));
+  }
+
   function chart(id, labels, colors, xs, ys) {
     const el = $(id);
     const width = Math.max(300, el.clientWidth || 500);
@@ -140,7 +147,8 @@
       return;
     }
     const series = [{}].concat(labels.map((label, i) => ({label: label, stroke: colors[i], width: 2, spanGaps: true})));
-    charts[id] = new window.uPlot({width: width, height: 200, series: series, axes: [{}, {size: 60}]}, data, el);
+    const axes = [{}, {size: 70, values: (u, splits) => splits.map(axisValue)}];
+    charts[id] = new window.uPlot({width: width, height: 200, series: series, axes: axes}, data, el);
   }
 
   function renderSeries(body) {
@@ -152,7 +160,8 @@
     chart("chart-tokens", ["input", "output", "cache read"], ["#2f6fde", "#e08a1e", "#2a9d5b"], xs,
           [col("input_tokens"), col("output_tokens"), col("cache_read_tokens")]);
     chart("chart-latency", ["p50", "p95"], ["#2f6fde", "#c43d3d"], xs, [col("p50_duration_ms"), col("p95_duration_ms")]);
-    chart("chart-cache", ["hit rate"], ["#2a9d5b"], xs, [col("cache_hit_rate")]);
+    const rate = col("cache_hit_rate").map((v) => (v === null ? null : v * 100));
+    chart("chart-cache", ["hit rate %"], ["#2a9d5b"], xs, [rate]);
   }
 
   function renderBreakdown(body) {
