@@ -12,6 +12,8 @@ For each piece, the median over ``--rounds`` of ``process_time`` per call:
   their cost per backend; memory is ~1 µs each);
 - ``on_stream_chunk``: one chunk through the core's per-chunk dispatch
   (``plugins.call_each_sync``) into the stream inspector, times 15 and 200 chunks;
+- ``quality_row_write``: one quality row inserted by the batched writer (SQLite, 500-row
+  batches), off the request's path;
 - multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as with ``server.workers`` > 1):
   the same ``record(request)`` writing to mmapped files.
 
@@ -21,6 +23,7 @@ For each piece, the median over ``--rounds`` of ``process_time`` per call:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -119,7 +122,35 @@ def run(iterations: int, rounds: int) -> dict[str, float]:
         iterations, rounds)
     out["stream_15_chunks_us"] = out["on_stream_chunk_text_us"] * 15
     out["stream_200_chunks_us"] = out["on_stream_chunk_text_us"] * 200
+    out["quality_row_write_us"] = asyncio.run(_writer_cost(rounds))
     return out
+
+
+async def _writer_cost(rounds: int, rows: int = 2000) -> float:
+    """CPU per quality row written by the batched writer into SQLite (500-row batches;
+    aiosqlite's thread included, since process_time counts every thread)."""
+    from clasp_analytics.tables import QUALITY
+    from clasp_analytics.writer import BatchWriter
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    directory = tempfile.mkdtemp(prefix="clasp-analytics-bench-")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{directory}/bench.db")
+    async with engine.begin() as conn:
+        await conn.run_sync(QUALITY.metadata.create_all)
+    samples = []
+    for r in range(rounds):
+        writer = BatchWriter(engine, QUALITY, batch=500)
+        for i in range(rows):
+            writer.add({"request_id": f"req_{r}_{i}", "ts": time.time(), "api": "anthropic", "public_model": "claude",
+                        "request_class": "coding", "provider": "openai", "model": "gpt-4o",
+                        "deployment": "openai/gpt-4o", "key_id": "abc", "key_name": "bench", "team": "platform",
+                        "project": None, "status": 200, "error": False, "truncated": False,
+                        "invalid_tool_json": False, "fingerprint": "f" * 32, "retry_of": None})
+        start = time.process_time()
+        await writer.flush()
+        samples.append((time.process_time() - start) / rows * 1e6)
+    await engine.dispose()
+    return statistics.median(samples)
 
 
 def main() -> int:

@@ -105,12 +105,15 @@ class AnalyticsRuntime:
                                        signals: list[str]) -> None:
         key = FINGERPRINT_PREFIX + (record.fingerprint or "")
         state = self.gateway.state
+        previous: bytes | None = None
         try:
-            previous = await state.get(key)
-            await state.set(key, ctx.request_id, ttl=self.retry_window)
+            # One operation in the common case (a new conversation turn); a retry, rare,
+            # reads the earlier request's id and takes its place for the next retry.
+            if not await state.set(key, ctx.request_id, ttl=self.retry_window, if_absent=True):
+                previous = await state.get(key)
+                await state.set(key, ctx.request_id, ttl=self.retry_window)
         except Exception as exc:  # StateUnavailable: the retry signal is lost, nothing else
             log.debug("analytics: retry check skipped: %s", exc)
-            previous = None
         if previous is not None:
             record.retry_of = previous.decode()
             if self.metrics is not None:

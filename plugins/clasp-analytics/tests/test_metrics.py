@@ -147,3 +147,19 @@ def test_a_scrape_token_instead_of_a_gateway_key(fake_upstream: FakeUpstream, st
     assert httpx.get(gw.base_url + "/metrics", headers={"authorization": "Bearer nope"}).status_code == 401
     ok = httpx.get(gw.base_url + "/metrics", headers={"authorization": "Bearer scrape-token-0123456789abcdef"})
     assert ok.status_code == 200 and "clasp_requests_in_flight" in ok.text
+
+
+def test_a_retry_served_by_another_replica_is_seen(fake_upstream: FakeUpstream, start_gateway: StartGateway,
+                                                   sqlite_url: str, redis_server: Any) -> None:
+    """The conversation fingerprints live in the shared state: two gateways on one Redis."""
+    with redis_server.namespace() as ns:
+        config = {"models": openai_models(fake_upstream.base_url), "storage": {"url": sqlite_url},
+                  "state": {"backend": "redis", "url": ns.url, "prefix": ns.prefix}}
+        first = start_gateway(config, plugins=[support.RoleKeys()])
+        second = start_gateway(config, plugins=[support.RoleKeys()])
+        fake_upstream.queue(Text("one"), Text("two"))
+        assert chat(first, content="the same question").status_code == 200
+        assert chat(second, content="the same question").status_code == 200
+        assert support.total(scrape(second), "clasp_quality_signals_total", signal="retried") == 1
+        assert support.total(scrape(first), "clasp_quality_signals_total", signal="retried") == 0
+        assert any(key.startswith(ns.prefix + "analytics:fp:") for key in ns.keys())
