@@ -13,9 +13,9 @@ The last is found by a conversation fingerprint (a hash of the key, the user and
 canonical messages and system prompt) kept in the gateway's shared state for the window,
 so a retry that another worker or replica serves is still seen. The later request
 records ``retry_of`` (the earlier request's id); reports count the earlier one as retried.
-Streams are read chunk by chunk (:class:`StreamInspector`, a few dict lookups per chunk);
-non-streaming answers carry no finish reason in the request event, so they get the
-error and retry signals only.
+Answers are read chunk by chunk (:class:`StreamInspector`, a few dict lookups per
+chunk): streams as they go out, whole answers through the chunks they are made of (the
+core hands both to ``on_stream_chunk``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def seen(ctx: RequestContext) -> AnswerSeen:
 
 
 class StreamInspector:
-    """``on_stream_chunk``: the finish reason and tool-call arguments of a stream.
+    """``on_stream_chunk``: the finish reason and tool-call arguments of an answer.
 
     Registered only when ``analytics.quality.inspect_streams`` is on, since the core
     skips the per-chunk hook entirely when nobody implements it."""

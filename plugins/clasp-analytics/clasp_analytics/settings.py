@@ -56,8 +56,8 @@ class QualitySettings:
     """The same conversation sent again within this many seconds counts as a retry of
     the first (a user who regenerates an answer they did not like); 0 turns it off."""
     inspect_streams: bool = True
-    """Read streamed answers for truncation and tool calls whose arguments are not JSON
-    (a few microseconds per chunk)."""
+    """Read answers (streamed or whole) for truncation and tool calls whose arguments are
+    not JSON (about a microsecond per chunk)."""
 
 
 @dataclass(slots=True, frozen=True)

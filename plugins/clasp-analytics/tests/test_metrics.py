@@ -163,3 +163,12 @@ def test_a_retry_served_by_another_replica_is_seen(fake_upstream: FakeUpstream, 
         assert support.total(scrape(second), "clasp_quality_signals_total", signal="retried") == 1
         assert support.total(scrape(first), "clasp_quality_signals_total", signal="retried") == 0
         assert any(key.startswith(ns.prefix + "analytics:fp:") for key in ns.keys())
+
+
+def test_whole_answers_are_inspected_too(gateway: Any, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.queue(Text("cut short", finish_reason="length"), ToolCalls([("run", "[1, 2]")]))
+    assert chat(gateway, content="non-stream one").status_code == 200
+    assert chat(gateway, content="non-stream two").status_code == 200
+    found = scrape(gateway)
+    assert support.total(found, "clasp_quality_signals_total", signal="truncated") == 1
+    assert support.total(found, "clasp_quality_signals_total", signal="invalid_tool_json") == 1  # not an object
