@@ -55,6 +55,7 @@ The names, by what a plugin does with them:
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
+- **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
 - **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
   map (:func:`bundled_price_map_path`) and a newer one installed over it
   (:func:`price_map_path` in the gateway's :func:`data_dir`, :func:`reload_price_map`).
@@ -78,7 +79,7 @@ from .errors import (
     UpstreamError,
 )
 from .hookspecs import hookimpl
-from .pipeline import Gateway
+from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first
 from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
@@ -227,6 +228,8 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # prices: what a deployment's usage cost (budgets, the ledger)
+    "request_cost",
     # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)
     "PRICE_MAP_FILE", "bundled_price_map_path", "data_dir", "price_map_path", "raw_model_entry", "reload_price_map",
     "__version__",

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from clasp_gateway import ConfigError, Database, MigrationError, RegistrationError, StorageSettings, hookimpl
 from clasp_gateway.registrations import MigrationRegistration
-from clasp_gateway.storage import VERSION_TABLE
+from clasp_gateway.storage.migrations import version_table
 from clasp_gateway.storage.settings import async_url, storage_problems
 from clasp_gateway.testing import GatewayServer, config_from, load_module
 
@@ -87,7 +87,7 @@ async def test_a_plugin_branch_upgrades_to_its_head(database_url: str) -> None:
     try:
         assert await db.current() == {"notes": None}
         assert await db.upgrade() == {"notes": "n002tags"}
-        assert {"toy_notes", VERSION_TABLE} <= await tables(db)
+        assert {"toy_notes", version_table("notes")} <= await tables(db)
         async with db.begin() as conn:
             await conn.execute(sa.insert(toy_notes.NOTES), [
                 {"body": "hello", "tags": {"project": "api"}, "ts": 1.5},
@@ -121,16 +121,24 @@ async def test_two_plugins_two_branches(database_url: str) -> None:
         async with db.begin() as conn:
             await conn.execute(sa.insert(toy_tally.TALLY).values(name="a", count=1))
         async with db.connect() as conn:
-            versions = sorted((await conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars())
-        assert versions == ["n002tags", "t001tally"]  # one row per branch
+            versions = [(await conn.execute(sa.text(f"SELECT version_num FROM {version_table(name)}"))).scalar()
+                        for name in ("notes", "tally")]
+        assert versions == ["n002tags", "t001tally"]  # one table per branch
     finally:
         await db.dispose()
-    # Without the tally plugin, its row is reported, not lost or fatal.
+    # Without the tally plugin (turned off, or uninstalled) its branch is left alone: the
+    # gateway still starts and upgrades the others.
     alone = Database(settings(database_url), [notes])
     try:
-        assert await alone.current() == {"notes": "n002tags", "(unknown)": "t001tally"}
+        assert await alone.current() == {"notes": "n002tags"}
+        assert await alone.upgrade() == {"notes": "n002tags"}
     finally:
         await alone.dispose()
+    both = Database(settings(database_url), [notes, tally])
+    try:
+        assert await both.current() == {"notes": "n002tags", "tally": "t001tally"}
+    finally:
+        await both.dispose()
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
