@@ -23,4 +23,9 @@ done
 .venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages clasp_gateway plugins >/dev/null || true
 if [ "${1:-}" = "--test" ]; then
   bash scripts/install-claude-code.sh
+  # The dashboard's browser test drives Debian's chromium through Playwright (executable_path).
+  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "install.sh: could not install chromium (the dashboard browser test needs /usr/bin/chromium)" >&2
+  fi
 fi
