@@ -208,6 +208,18 @@ def shutdown(app: Starlette) -> Any:
 
 
 @hookspec
+def prepare_workers(config: Config, workers: int) -> Any:
+    """``clasp serve`` with ``workers`` > 1, in the supervising process, before it starts
+    the worker processes: return a context manager (or ``None``) that is entered around
+    the workers' whole life and exited after the last one stopped.
+
+    For what every worker must share and that only exists per run: an environment
+    variable the workers inherit and a directory to remove at the end (Prometheus
+    multiprocess mode needs both). A worker is a fresh interpreter, so anything set here
+    in ``os.environ`` is there before any worker imports a plugin."""
+
+
+@hookspec
 def asgi_wrapper(config: Config) -> Any:
     """Return a function ``app -> app`` wrapping the whole ASGI app (tracing, custom
     auth), or ``None``."""

@@ -15,18 +15,11 @@ from clasp_budgets.ledger.settings import parse_settings
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from clasp_gateway import ConfigError, RequestContext, hookimpl
+from clasp_gateway import ConfigError
 from clasp_gateway.testing import Cut, FakeUpstream, GatewayServer, Text, config_from
 
 PRICES = {"input": 1, "output": 2}  # USD per million tokens
-
-
-class Tags:
-    """What the keys plugin does: the user and the tags of the request."""
-
-    @hookimpl(tryfirst=True)
-    def before_call(self, ctx: RequestContext, request: Any) -> None:
-        ctx.user, ctx.tags = "alice", {"feature": "ledger"}
+HEADERS = {"x-clasp-user": "alice", "x-clasp-tags": "feature=ledger"}  # the core sets ctx.user and ctx.tags
 
 
 def async_url(url: str) -> str:
@@ -50,8 +43,8 @@ def post(server: GatewayServer, api: str, text: str, *, stream: bool) -> httpx.R
     body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}
     if api == "anthropic":
         body["max_tokens"] = 100
-        return httpx.post(server.base_url + "/v1/messages", json=body, headers=server.headers, timeout=30)
-    return httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=server.headers, timeout=30)
+        return httpx.post(server.base_url + "/v1/messages", json=body, headers=HEADERS | server.headers, timeout=30)
+    return httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=HEADERS | server.headers, timeout=30)
 
 
 def test_rows_of_served_cut_and_repeated_requests(database_url: str, tmp_path: Any) -> None:
@@ -63,7 +56,7 @@ def test_rows_of_served_cut_and_repeated_requests(database_url: str, tmp_path: A
             # nothing is written before shutdown: the flush at shutdown writes it all
             "ledger": {"flush_interval": "1h", "batch_size": 10000, "spool_path": str(tmp_path / "spool.jsonl")},
         })
-        server = GatewayServer(config, plugins=[Tags()]).start()
+        server = GatewayServer(config).start()
         try:
             upstream.queue(Text("hello there", usage=(100, 10)), Text("hello there", usage=(100, 10)),
                            Text("streamed answer", usage=(50, 20)),
@@ -119,3 +112,28 @@ def test_ledger_settings_are_checked() -> None:
         parse_settings(config)
     text = str(caught.value)
     assert "ledger.batch_sise" in text and "did you mean" in text and "ledger.spool_max_bytes" in text
+
+
+def test_a_cache_hit_is_a_row_with_its_saving(sqlite_url: str, tmp_path: Any) -> None:
+    """With clasp-cache on: the second identical request is a hit; its row says so, costs
+    nothing, carries what it saved (the first one's cost) and the same fingerprint."""
+    with FakeUpstream("openai") as upstream:
+        config = config_from({
+            "models": {"m": [{"id": "dep-a", "model": "openai/gpt-4o-mini", "api_base": upstream.base_url,
+                              "api_key": "sk-x", "prices": PRICES}]},
+            "storage": {"url": sqlite_url}, "cache": {"backend": "memory"},
+            "ledger": {"flush_interval": "1h", "spool_path": str(tmp_path / "spool.jsonl")},
+        })
+        server = GatewayServer(config).start()
+        try:
+            upstream.queue(Text("cached answer", usage=(300, 20)))
+            first = post(server, "openai", "what is a ledger?", stream=False)
+            second = post(server, "openai", "what is a ledger?", stream=False)
+            assert second.headers.get("x-clasp-cache") == "exact", second.headers
+        finally:
+            server.stop()
+    rows = {r["request_id"]: r for r in read(async_url(sqlite_url))}
+    miss, hit = rows[first.headers["request-id"]], rows[second.headers["request-id"]]
+    assert miss["cache_hit"] is None and miss["cost_usd"] == pytest.approx((300 * 1 + 20 * 2) / 1e6)
+    assert hit["cache_hit"] == "exact" and hit["cost_usd"] == 0.0
+    assert hit["saved_usd"] == pytest.approx(miss["cost_usd"]) and hit["prompt_hash"] == miss["prompt_hash"]
