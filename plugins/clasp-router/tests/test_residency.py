@@ -1,15 +1,17 @@
 """Residency over every path the gateway chooses deployments on: the chain, the
 similar-capability fallback (test_routing), context fallbacks and the context
-summariser (here). A key restricted to eu-west-1 never reaches a us-east-1 upstream."""
+summariser and every round of a server-tool loop (here). A key restricted to eu-west-1 never reaches a us-east-1 upstream."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
-from clasp_gateway.testing import FakeUpstream, Text
+from clasp_gateway import hookimpl
+from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, ToolCalls, config_from
 
 EU_KEY = "sk-clasp-eu-only-key-0123456789abcdef"
 
@@ -67,3 +69,32 @@ def test_an_unrestricted_key_takes_the_larger_window_anywhere(gw: Any, fakes: di
     r = gw.post("/v1/chat/completions", {"model": "fitme", "max_tokens": 100, "messages": history()})
     assert gw.text(r) == "from long_us"
     assert r.headers["x-clasp-context"] == "rerouted; to=long-us"
+
+
+class Clock:
+    """A server tool the model calls once (each round of the loop is routed again)."""
+
+    @hookimpl
+    def register_tools(self, register: Callable[..., None]) -> None:
+        register("clock", "The time", {"type": "object", "properties": {}}, lambda arguments, ctx: "noon")
+
+
+def test_every_round_of_a_server_tool_loop_stays_in_the_regions(kit: Any) -> None:
+    def script(body: dict[str, Any], rec: Any) -> Any:
+        done = any(m.get("role") == "tool" for m in body.get("messages") or [])
+        return Text("it is noon") if done else ToolCalls([("clock", {})])
+
+    with FakeUpstream("openai") as us, FakeUpstream("openai") as eu:
+        us.script = script
+        eu.script = script
+        config = config_from({
+            "keys": [{"key": EU_KEY, "name": "eu", "regions": ["eu-west-1"]}],
+            "models": {"m": [kit.deployment(us, "us", region="us-east-1"), kit.deployment(eu, "eu", region="eu-west-1")]},
+            "server_tools": {"enabled": ["clock"]},
+        })
+        with GatewayServer(config, plugins=[Clock()]) as server:
+            r = httpx.post(server.base_url + "/v1/chat/completions", headers={"x-api-key": EU_KEY}, timeout=10,
+                           json={"model": "m", "messages": [{"role": "user", "content": "time?"}]})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == "it is noon"
+    assert calls(eu) == 2 and calls(us) == 0  # both rounds in eu-west-1
