@@ -18,6 +18,9 @@ from clasp_gateway import ConfigError, Principal, RequestContext, load_config
 from .runtime import STRATEGY_KEY, describe, plan_route
 from .settings import parse_settings
 
+SCORE_NAMES = {"cost": "est_cost_usd", "latency": "ttfb_ms", "availability": "headroom", "balanced": "score"}
+"""What each strategy's number means, in the printed order."""
+
 
 def _principal(config: object, name: str | None) -> Principal | None:
     if name is None:
@@ -84,7 +87,7 @@ def main(argv: list[str], config_path: str) -> int:
     print("order:")
     for i, d in enumerate(ordered, 1):
         score = plan.scores.get(d.id)
-        extra = f"  score={score:.6g}" if score is not None else ""
+        extra = f"  {SCORE_NAMES.get(plan.strategy, 'score')}={score:.6g}" if score is not None else ""
         print(f"  {i}. {describe(d)}{extra}")
     if plan.note:
         print(f"note: {plan.note}")
