@@ -17,6 +17,7 @@ from clasp_gateway import ConfigError, Principal, RequestContext, load_config
 
 from .runtime import STRATEGY_KEY, describe, plan_route
 from .settings import parse_settings
+from .strategies import STRATEGIES
 
 SCORE_NAMES = {"cost": "est_cost_usd", "latency": "ttfb_ms", "availability": "headroom", "balanced": "score"}
 """What each strategy's number means, in the printed order."""
@@ -43,7 +44,11 @@ def main(argv: list[str], config_path: str) -> int:
         return int(exc.code or 0)
     try:
         config = load_config(args.config or config_path)
-        settings = parse_settings(config)
+        # Another plugin's strategy is accepted here but not run (its plugin is not loaded).
+        section = config.raw.get("router")
+        others = [section.get("strategy")] if isinstance(section, dict) else []
+        others += [r.settings.get("router") for r in config.models]
+        settings = parse_settings(config, [str(n) for n in others if isinstance(n, str)])
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
@@ -91,4 +96,6 @@ def main(argv: list[str], config_path: str) -> int:
         print(f"  {i}. {describe(d)}{extra}")
     if plan.note:
         print(f"note: {plan.note}")
+    if plan.strategy not in STRATEGIES:
+        print(f"note: {plan.strategy!r} is another plugin's strategy: shown in chain order, the gateway runs it")
     return 0

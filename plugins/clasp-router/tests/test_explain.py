@@ -71,3 +71,12 @@ def test_old_strict_configs_get_a_warning_naming_chain() -> None:
 
     create_app(config, pm)
     assert any("strict now means" in w and "chain" in w for w in config.warnings), config.warnings
+
+
+def test_explain_accepts_another_plugins_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "clasp.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "router": {"strategy": "project-hours"}}))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(IMAGE_REQUEST))
+    assert main(["--explain", str(request)], str(config)) == 0
+    assert "'project-hours' is another plugin's strategy" in capsys.readouterr().out
