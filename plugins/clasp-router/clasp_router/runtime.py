@@ -109,11 +109,14 @@ class RouterRuntime:
         source = self._availability()
         return True if source is None else source.available(deployment_id)
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def resolve_route(
         self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]
     ) -> Any:
-        """Regions, capability filter, strategy, similar-capability fallback."""
+        """Regions, capability filter, strategy, similar-capability fallback.
+
+        ``trylast``: the router is the default answer; a plugin that answers
+        ``resolve_route`` itself takes routing over (the core still enforces regions)."""
         return self._route(ctx, request, candidates)
 
     async def _route(self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]) -> list[Deployment]:
