@@ -42,6 +42,10 @@ The names, by what a plugin does with them:
   (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
   :func:`response_fixer`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
+  SQLAlchemy async Core over ``storage:``), migrations registered as
+  :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
+  :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
   replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
   :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
@@ -75,9 +79,11 @@ from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CommandRegistration,
     ConfigSectionRegistration,
+    MigrationRegistration,
     ProviderRegistration,
     RegisterCommand,
     RegisterConfigSection,
+    RegisterMigrations,
     RegisterProvider,
     RegisterRequestClass,
     RegisterRoute,
@@ -112,6 +118,7 @@ from .state import (
     Subscription,
     create_state,
 )
+from .storage import Database, DatabaseError, MigrationError, StorageSettings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -194,6 +201,8 @@ __all__ = [
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state",
+    # records (clasp_gateway/storage/): gateway.database, plugins' migrations
+    "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

@@ -233,11 +233,12 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 
 # --- the core's schema -----------------------------------------------------------------------
 
-CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions")
+CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions",
+                 "storage")
 """Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
 ``classes`` here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
-``state`` in :mod:`.state` and ``permissions`` in :mod:`.permissions`, when the gateway
-is built. Any other top-level key must be declared by a loaded plugin
+``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions` and ``storage`` in
+:mod:`.storage`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
 
 

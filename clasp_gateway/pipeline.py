@@ -46,6 +46,8 @@ from .shell.access import REQUEST_EVENT
 from .shell.guard import AuthThrottle
 from .shell.served import served_models
 from .state import StateBackend, state_from_config
+from .storage import Database, StorageSettings, parse_storage_settings
+from .storage.migrations import check_registrations
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -180,12 +182,35 @@ class Gateway:
         # Credentials without access to their model, found by probes off the hot path
         # (permissions.py): such keys leave rotation, such deployments are skipped.
         self.permissions = PermissionChecker(config, self.providers)
+        # Records (ledger, keys, analytics): a database only when a plugin registered
+        # migrations or asks for one (``database``); SQLAlchemy is not imported otherwise.
+        self.storage: StorageSettings = parse_storage_settings(config)
+        self.migrations = registrations.migrations(pm)
+        check_registrations(self.migrations)
+        self._database: Database | None = Database(self.storage, self.migrations) if self.migrations else None
         self.ready = False
+
+    @property
+    def database(self) -> Database:
+        """The gateway's :class:`~clasp_gateway.storage.Database` (``storage:``),
+        created on first use when no plugin registered migrations: a plugin asks for
+        it in its ``startup`` hook and the gateway opens it in :meth:`start` (asked
+        later, it connects on first use). Disposed of in :meth:`close`."""
+        if self._database is None:
+            self._database = Database(self.storage, self.migrations)
+        return self._database
+
+    @property
+    def has_database(self) -> bool:
+        """Whether a database was registered or asked for (without creating one)."""
+        return self._database is not None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.state.open()
+        if self._database is not None:  # connect, and upgrade every branch (storage.auto_migrate)
+            await self._database.open()
         await self.providers.start(self.config.deployments())
         self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True
@@ -194,6 +219,8 @@ class Gateway:
         self.ready = False
         await self.permissions.close()
         await self.providers.close()
+        if self._database is not None:
+            await self._database.dispose()
         await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
