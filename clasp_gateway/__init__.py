@@ -117,8 +117,10 @@ from .state import (
     StateUnavailable,
     Subscription,
     create_state,
+    parse_state_settings,
 )
 from .storage import Database, DatabaseError, MigrationError, StorageSettings
+from .storage.standalone import database_for
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -200,9 +202,10 @@ __all__ = [
     "redact", "redact_bytes", "register_secret",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
-    "Subscription", "create_state",
+    "Subscription", "create_state", "parse_state_settings",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "database_for",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

@@ -201,19 +201,26 @@ class KeyAuthenticator:
     @hookimpl
     async def authenticate(self, api_key: str | None, headers: dict[str, str], config: Config) -> Principal | None:
         """A virtual key's principal; ``None`` defers to the next plugin (static keys)."""
+        if not is_virtual_key(api_key):
+            if self.static_keys:
+                return None  # a static key (or a wrong one): the core's; nothing to look up
+            if self._started is None or not self._started.done():
+                await self.ensure_started()
+            self._not_ours(api_key)
+            return None
         if self._started is None or not self._started.done():
             await self.ensure_started()
-        if not is_virtual_key(api_key):
-            return self._not_ours(api_key)
         assert api_key is not None
         digest = key_hash(api_key)
         entry = self.cache.get(digest)
         if entry is None:
             if self.cache.is_unknown(digest):
-                return self._not_ours(api_key)
+                self._not_ours(api_key)
+                return None
             entry = await self._load(digest, api_key)
             if entry is None:
-                return self._not_ours(api_key)
+                self._not_ours(api_key)
+                return None
         if entry.status == "revoked":
             raise AuthenticationError("this API key has been revoked")
         now = self.clock()

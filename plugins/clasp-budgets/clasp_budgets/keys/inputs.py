@@ -17,15 +17,13 @@ from typing import Any
 import orjson
 
 from clasp_gateway import (
-    Anything,
     Choice,
     Custom,
     Field,
     Integer,
-    InvalidRequestError,
     Invalid,
+    InvalidRequestError,
     ListOf,
-    MapOf,
     Number,
     Section,
     String,
@@ -71,7 +69,7 @@ def parse_time(value: Any, now: float) -> float:
     except ValueError:
         raise Invalid() from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
 
 
@@ -79,7 +77,7 @@ def iso(ts: float | None) -> str | None:
     """Unix seconds as ISO 8601 UTC (``2026-12-07T10:00:00Z``), for answers and the CLI."""
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _tags(value: Any) -> Any:

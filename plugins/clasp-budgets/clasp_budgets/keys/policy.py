@@ -32,7 +32,7 @@ _WILD = set("*?[")
 _NUMBERS = ("rpm", "tpm", "rpd", "tpd", "max_concurrency", "max_budget_usd")
 
 
-def policy_from_row(row: Mapping[str, Any]) -> KeyPolicy:
+def policy_from_row(row: Mapping[Any, Any]) -> KeyPolicy:
     """The :class:`KeyPolicy` stored in a team or key row (NULL columns: no limit)."""
     return KeyPolicy(
         models=tuple(row.get("models") or ()),

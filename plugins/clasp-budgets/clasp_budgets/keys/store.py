@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -50,7 +50,7 @@ class Found:
     team: Mapping[str, Any] | None
 
 
-def key_status(row: Mapping[str, Any], now: float) -> str:
+def key_status(row: Mapping[Any, Any], now: float) -> str:
     if row.get("revoked_at") is not None:
         return "revoked"
     if row.get("expires_at") is not None and row["expires_at"] <= now:
@@ -58,7 +58,7 @@ def key_status(row: Mapping[str, Any], now: float) -> str:
     return "active"
 
 
-def describe_key(row: Mapping[str, Any], now: float) -> dict[str, Any]:
+def describe_key(row: Mapping[Any, Any], now: float) -> dict[str, Any]:
     """A key as answers show it: everything but its hash."""
     policy = policy_dict(policy_from_row(row))
     policy["expires_at"] = iso(policy["expires_at"])
@@ -71,7 +71,7 @@ def describe_key(row: Mapping[str, Any], now: float) -> dict[str, Any]:
     }
 
 
-def describe_team(row: Mapping[str, Any], keys: int | None = None) -> dict[str, Any]:
+def describe_team(row: Mapping[Any, Any], keys: int | None = None) -> dict[str, Any]:
     policy = policy_dict(policy_from_row(row))
     policy["expires_at"] = iso(policy["expires_at"])
     out = {"name": row["name"], "policy": policy, "metadata": dict(row["metadata"] or {}),
@@ -303,7 +303,7 @@ class KeyStore:
         return list(rows), int(total)
 
 
-def describe_audit(row: Mapping[str, Any]) -> dict[str, Any]:
+def describe_audit(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {"id": row["id"], "ts": iso(row["ts"]), "actor": {"id": row["actor_id"], "name": row["actor_name"],
             "team": row["actor_team"]}, "action": row["action"], "target": row["target"],
             "details": dict(row["details"] or {})}

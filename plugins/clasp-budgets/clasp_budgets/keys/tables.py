@@ -11,7 +11,7 @@ are ceilings for each of its keys: the stricter of the two wins, see :mod:`.poli
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Column, Float, Index, Integer, MetaData, String, Table
 
 METADATA = MetaData()
 
