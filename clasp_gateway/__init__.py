@@ -26,7 +26,9 @@ The names, by what a plugin does with them:
 - **Configuration**: :class:`Config`, :func:`resolve_secret`, and the schema helpers
   (:class:`Section`, :class:`Field`, :class:`Integer`...) a plugin's own section is
   checked with.
-- **Routes** (``register_routes``): :func:`authenticate`, :func:`read_json`,
+- **Routes** (``register_routes``): :func:`authenticate`, :func:`require_role` (admin
+  routes under ``/admin/``, whose docstrings make ``GET /admin/openapi.json``), the
+  key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), :func:`read_json`,
   :func:`request_headers`, :func:`json_response`, :func:`error_response`,
   :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
   model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
@@ -75,6 +77,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
+from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CommandRegistration,
@@ -100,6 +103,7 @@ from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
 from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 from .shell.access import note as note_access
+from .shell.admin import require_role
 from .shell.http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .shell.limits import MAX_OUTPUT_TOKENS, check_message_count
 from .shell.openai_api import list_models as list_openai_models
@@ -191,7 +195,7 @@ __all__ = [
     # routes
     "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
     "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
-    "request_headers", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
+    "check_model_access", "may_use_model", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
     # providers: the call helper and LiteLLM's knowledge
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",

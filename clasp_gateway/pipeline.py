@@ -30,7 +30,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from . import registrations
@@ -38,6 +38,7 @@ from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, call_each, call_each_sync, call_first
+from .policy import admit, check_expiry
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
 from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
@@ -188,6 +189,8 @@ class Gateway:
         self.migrations = registrations.migrations(pm)
         check_registrations(self.migrations)
         self._database: Database | None = Database(self.storage, self.migrations) if self.migrations else None
+        self.clock: Callable[[], float] = time.time
+        """Wall-clock seconds: when keys expire (tests move a ``FakeClock`` instead)."""
         self.ready = False
 
     @property
@@ -232,7 +235,9 @@ class Gateway:
         address = self.guard.address(client, headers)
         self.guard.admit(address)
         try:
-            return await self._identify(headers)
+            principal = await self._identify(headers)
+            check_expiry(principal, self.clock())  # whichever plugin authenticated it
+            return principal
         except AuthenticationError:
             self.guard.failed(address)
             raise
@@ -288,8 +293,11 @@ class Gateway:
         """Find a deployment that answers and return its stream, first chunk in hand
         (with server tools: the stream of the tool loop, see ``server_tools.py``).
 
-        Both APIs come here with the canonical request, so this is where the request
-        is classified (:meth:`classify`), before anything routes it."""
+        Both APIs come here with the canonical request, so this is where the core
+        checks the key may use the model and sets ``ctx.user``/``ctx.tags``
+        (``policy.admit``: before any plugin's ``resolve_route`` or ``before_call``, so
+        no cache can answer a refused request), then classifies it (:meth:`classify`)."""
+        admit(ctx, request)
         self.classify(ctx, request)
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)
