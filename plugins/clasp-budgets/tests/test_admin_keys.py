@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import clasp_budgets.keys.plugin as keys_plugin
 import httpx
 import openai
 import pytest
 import sqlalchemy as sa
+from clasp_budgets.keys.tables import AUDIT, KEYS, TEAMS
 from openapi_spec_validator import validate
 
-import clasp_budgets.keys.plugin as keys_plugin
-from clasp_budgets.keys.tables import AUDIT, KEYS, TEAMS
 from clasp_gateway import database_for
 from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from, openai_models
 

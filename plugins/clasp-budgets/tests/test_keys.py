@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from clasp_budgets.keys.auth import KeyAuthenticator, StoreUnavailable
 from clasp_budgets.keys.cache import Entry, LookupCache
 from clasp_budgets.keys.inputs import key_create, parse_body
@@ -19,6 +18,7 @@ from clasp_budgets.keys.policy import NO_MODEL, combine, glob_within, intersect_
 from clasp_budgets.keys.store import Actor, KeyStore
 from clasp_budgets.keys.tables import AUDIT, KEYS
 from clasp_budgets.keys.tokens import PREFIX, display_prefix, is_virtual_key, key_hash, new_key
+
 from clasp_gateway import (
     AuthenticationError,
     Database,

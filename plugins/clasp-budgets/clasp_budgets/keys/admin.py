@@ -29,8 +29,8 @@ from clasp_gateway import (
     error_response,
     json_response,
     read_json,
+    require_role,
 )
-from clasp_gateway import authenticate as _authenticate
 
 from . import inputs
 from .auth import KeyAuthenticator
@@ -39,13 +39,6 @@ from .store import Actor, describe_audit, describe_key, describe_team
 MAX_BODY = 65536
 RUNTIME = "budgets_keys.runtime"
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-async def require_role(request: Request, *roles: str) -> Principal:  # TEMPORARY until the core's lands
-    principal = await _authenticate(request)
-    if principal.role not in roles:
-        raise PermissionDeniedError(f"this needs a key with role {' or '.join(roles)}")
-    return principal
 
 
 def runtime_of(request: Request) -> KeyAuthenticator:

@@ -32,7 +32,9 @@ from clasp_gateway import (
 ROLES = ("member", "team_admin", "admin")
 PERIODS = ("daily", "weekly", "monthly", "total")
 MAX_METADATA_BYTES = 4096
-MAX_TAGS = 32
+MAX_TAGS = 16
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_TAG_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
 MAX_MODELS = 64
 MAX_LIMIT = 1_000_000_000
 PAGE_DEFAULT = 50
@@ -81,16 +83,18 @@ def iso(ts: float | None) -> str | None:
 
 
 def _tags(value: Any) -> Any:
+    """The rule static keys' ``tags:`` and the ``x-clasp-tags`` header follow (the core's),
+    so a virtual key's tags land in the same analytics dimensions."""
     if not isinstance(value, dict):
         raise Invalid()
     if len(value) > MAX_TAGS:
         raise Invalid(f"at most {MAX_TAGS} tags")
     out: dict[str, str] = {}
     for k, v in value.items():
-        if not (isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", k)):
-            raise Invalid(f"tag name {str(k)[:64]!r}: expected letters, digits, '_', '.', '-' (1 to 64)")
-        if not (isinstance(v, str) and re.fullmatch(r"[ -~]{0,256}", v)):
-            raise Invalid(f"tag {k!r}: expected printable ASCII text of up to 256 characters")
+        if not (isinstance(k, str) and _TAG_NAME.fullmatch(k)):
+            raise Invalid(f"tag name {str(k)[:64]!r}: expected a letter then letters, digits, '_', '.', '-' (64 at most)")
+        if not (isinstance(v, str) and _TAG_VALUE.fullmatch(v)):
+            raise Invalid(f"tag {k!r}: expected letters, digits, _ . : / @ + - (1 to 128)")
         out[k] = v
     return out
 
