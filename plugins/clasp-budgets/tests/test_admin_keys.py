@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from clasp_budgets.keys.tables import AUDIT, KEYS, TEAMS
 from openapi_spec_validator import validate
 
-from clasp_gateway import database_for
+from clasp_gateway import RequestContext, database_for, hookimpl
 from clasp_gateway.testing import FakeUpstream, GatewayServer, Text, config_from, openai_models
 
 ADMIN_KEY = "admin-static-key-Zq81mNw0pLx4"
@@ -46,6 +47,21 @@ class Seen(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage() + (str(record.exc_info) if record.exc_info else ""))
+
+
+class Users:
+    """Who each request was attributed to (``ctx.user``), as the ledger would read it."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    @hookimpl
+    def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        if event.get("kind") == "request":
+            self.seen.append(ctx.user)
+
+
+USERS = Users()
 
 
 class Env:
@@ -77,7 +93,7 @@ def env(database_url: str) -> Iterator[Env]:
             "keys": [{"key": ADMIN_KEY, "name": "ops", "role": "admin"}, {"key": DEV_KEY, "name": "dev"}],
             "storage": {"url": database_url}, "models": openai_models(upstream.base_url),
         })
-        with GatewayServer(config, plugins=[keys_plugin]) as server:
+        with GatewayServer(config, plugins=[keys_plugin, USERS]) as server:
             yield Env(server, upstream, seen, database_url)
     logging.getLogger().removeHandler(seen)
 
@@ -96,12 +112,17 @@ def test_sdks_use_a_virtual_key(env: Env, teams: dict[str, Any]) -> None:
     key = teams["red_member"]["key"]
     env.upstream.queue(Text("hi from anthropic"), Text("hi from openai"))
     message = anthropic.Anthropic(base_url=env.server.base_url, api_key=key, max_retries=0).messages.create(
-        model="claude-sonnet-4-5", max_tokens=20, messages=USER)  # type: ignore[arg-type]
+        model="claude-sonnet-4-5", max_tokens=20, messages=USER,  # type: ignore[arg-type]
+        metadata={"user_id": "mallory"}, extra_headers={"x-clasp-user": "mallory"})
     assert message.content[0].text == "hi from anthropic"  # type: ignore[union-attr]
     chat = openai.OpenAI(base_url=env.server.base_url + "/v1", api_key=key, max_retries=0).chat.completions.create(
         model="gpt-4o", messages=USER)  # type: ignore[arg-type]
     assert chat.choices[0].message.content == "hi from openai"
     assert key not in str(env.upstream.last.headers)  # the upstream gets the provider key, never the client's
+    deadline = time.monotonic() + 10  # the request event may be recorded just after the answer
+    while len(USERS.seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert USERS.seen[-2:] == ["ana", "ana"]  # the key's owner, whatever the client says
     calls = len(env.upstream.requests)
     with pytest.raises(anthropic.PermissionDeniedError):  # the team allows claude-* and gpt-4o only
         anthropic.Anthropic(base_url=env.server.base_url, api_key=key, max_retries=0).messages.create(
@@ -153,6 +174,7 @@ def test_keys_are_listed_paged_and_filtered_without_secrets(env: Env, teams: dic
     ({"name": "x", "role": "root"}, "role: expected one of member, team_admin, admin"),
     ({"name": "x", "models": ["a"] * 65}, "models: at most 64 models"),
     ({"name": "x", "expires_at": "next tuesday"}, "expires_at: expected unix seconds"),
+    ({"name": "x", "expires_at": "2001-01-01"}, "expires_at: must be in the future, got 2001-01-01T00:00:00Z"),
     ({"name": "x", "metadata": {"blob": "x" * 5000}}, "metadata: at most 4096 bytes"),
     ({"name": "x", "team": "no-such-team"}, "no team named 'no-such-team'"),
     (["not", "an", "object"], "body: expected a JSON object"),

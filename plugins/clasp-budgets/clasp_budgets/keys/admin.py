@@ -14,9 +14,11 @@ reads show its display prefix only. Bodies are bounded (64 KiB), pages too
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,6 +37,8 @@ from clasp_gateway import (
 from . import inputs
 from .auth import KeyAuthenticator
 from .store import Actor, describe_audit, describe_key, describe_team
+
+log = logging.getLogger("clasp.keys")
 
 MAX_BODY = 65536
 RUNTIME = "budgets_keys.runtime"
@@ -59,6 +63,10 @@ def shaped(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except GatewayError as exc:
             return error_response(exc)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:  # the database is down: retry later, not a 500
+            log.warning("admin API: the key store is unavailable (%s)", type(exc).__name__)
+            return error_response(GatewayError("the key store is unavailable; retry shortly", status=503,
+                                               headers={"retry-after": "2"}))
 
     return run
 

@@ -75,6 +75,12 @@ def parse_time(value: Any, now: float) -> float:
     return when.timestamp()
 
 
+def _future(when: float, now: float) -> float:
+    if when <= now:
+        raise Invalid(f"must be in the future, got {iso(when)}")
+    return when
+
+
 def iso(ts: float | None) -> str | None:
     """Unix seconds as ISO 8601 UTC (``2026-12-07T10:00:00Z``), for answers and the CLI."""
     if ts is None:
@@ -138,8 +144,8 @@ def policy_fields(now: float) -> dict[str, Field]:
         "max_concurrency": Field(count, nullable=True),
         "max_budget_usd": Field(Number(0, 1e9), nullable=True),
         "budget_period": Field(Choice(*PERIODS), nullable=True),
-        "expires_at": Field(Custom(lambda v: parse_time(v, now), "unix seconds, an ISO 8601 time or a duration "
-                                   "such as '30d'"), nullable=True),
+        "expires_at": Field(Custom(lambda v: _future(parse_time(v, now), now), "unix seconds, an ISO 8601 time or "
+                                   "a duration such as '30d'"), nullable=True),
         "regions": Field(_bounded_list(_REGION, MAX_MODELS, "regions"), nullable=True),
     }
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clasp_gateway import InvalidRequestError, NotFoundError, PermissionDeniedError, Principal
+from clasp_gateway import InvalidRequestError, NotFoundError, PermissionDeniedError, Principal, register_secret
 
 from .inputs import iso
 from .policy import policy_dict, policy_from_row
@@ -138,6 +138,7 @@ class KeyStore:
         """Insert a key; returns the key (the only time it exists in clear) and its row."""
         now = self.clock()
         key = new_key()
+        register_secret(key)  # this process's logs can never show it, whatever goes wrong next
         row = {
             "id": new_id("key"), "key_hash": key_hash(key), "display_prefix": display_prefix(key),
             "name": values["name"], "team": values.get("team"), "user_id": values.get("user_id"),
