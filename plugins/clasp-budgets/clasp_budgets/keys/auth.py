@@ -135,7 +135,10 @@ class KeyAuthenticator:
             except asyncio.CancelledError:
                 pass
         if self._subscription is not None:
-            await self._subscription.close()
+            try:
+                await self._subscription.close()
+            except StateUnavailable:  # the state closed first (shutdown order): nothing left to stop
+                pass
         await self.flush_last_used()
 
     async def _background(self) -> None:
