@@ -165,6 +165,7 @@ class Gateway:
             else:
                 self._exact.setdefault(route.pattern, route)
         self._resolved: dict[str, ModelRoute | None] = {}
+        self._patterns = tuple(route.pattern for route in config.models)
         self.chunk_hook = pm.has_impls("on_stream_chunk")
         self.hook_failures: Counter[str] = Counter()
         """Failures of bookkeeping steps that were isolated from the answer, by hook
@@ -297,7 +298,7 @@ class Gateway:
         checks the key may use the model and sets ``ctx.user``/``ctx.tags``
         (``policy.admit``: before any plugin's ``resolve_route`` or ``before_call``, so
         no cache can answer a refused request), then classifies it (:meth:`classify`)."""
-        admit(ctx, request)
+        admit(ctx, request, lambda name: self.resolve_model(name).pattern, self._patterns)
         self.classify(ctx, request)
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)

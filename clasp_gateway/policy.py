@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import fnmatch
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
@@ -45,18 +46,43 @@ TAG_RULE = (f"at most {MAX_TAGS} tags written name=value, names a letter then le
 # --- the key's policy --------------------------------------------------------------------------
 
 
-def may_use_model(principal: Principal | None, model: str) -> bool:
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def _route_inside(allowed: str, route: str | None, routes: Sequence[str]) -> bool:
+    """Whether the route serving a name is one ``allowed`` means. A glob route must
+    itself lie inside the allowed glob (``claude-*haiku*`` admits the
+    ``claude-*haiku*`` route's names, never ``claude-sonnet-haiku``, which an earlier
+    ``claude-*sonnet*`` route catches), unless the allowed glob singles out no glob
+    route at all (``*haiku*`` over one ``claude-*`` route: the name is all there is).
+    An exact allowed name is the admin's explicit choice."""
+    if route is None or not _is_glob(allowed) or not _is_glob(route):
+        return True
+    if fnmatch.fnmatchcase(route, allowed):
+        return True
+    return not any(fnmatch.fnmatchcase(r, allowed) for r in routes if _is_glob(r))
+
+
+def may_use_model(principal: Principal | None, model: str, *, route: str | None = None,
+                  routes: Sequence[str] = ()) -> bool:
     """Whether ``principal``'s key may ask for the public model name ``model``
-    (``policy.models`` globs; none listed: every model)."""
+    (``policy.models`` globs; none listed: every model). With ``route`` (the pattern
+    of the route that serves ``model``) and ``routes`` (every route pattern), a name
+    matching an allowed glob must also be served by a route inside it (see
+    ``_route_inside``): the gateway checks that before calling anything."""
     if principal is None or not principal.policy.models:
         return True
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in principal.policy.models)
+    return any(fnmatch.fnmatchcase(model, allowed) and _route_inside(allowed, route, routes)
+               for allowed in principal.policy.models)
 
 
-def check_model_access(principal: Principal | None, model: str) -> None:
+def check_model_access(principal: Principal | None, model: str, *, route: str | None = None,
+                       routes: Sequence[str] = ()) -> None:
     """Raise a 403 :class:`~clasp_gateway.PermissionDeniedError` unless the key may
-    use ``model`` (for routes that name a model without calling one: count_tokens)."""
-    if not may_use_model(principal, model):
+    use ``model`` (:func:`may_use_model`; routes that name a model without calling
+    one, such as count_tokens, call it with the name alone)."""
+    if not may_use_model(principal, model, route=route, routes=routes):
         assert principal is not None
         shown = model if _PRINTABLE.fullmatch(model) and len(model) <= 256 else "this model"
         raise PermissionDeniedError(
@@ -139,11 +165,16 @@ def identify(ctx: RequestContext, request: CanonicalRequest) -> None:
     ctx.tags = tags
 
 
-def admit(ctx: RequestContext, request: CanonicalRequest) -> None:
+def admit(ctx: RequestContext, request: CanonicalRequest, resolve: Callable[[str], str], routes: Sequence[str]) -> None:
     """What the core checks before any plugin sees a request: who it is for
-    (:func:`identify`), and that the key may use the model (:func:`check_model_access`)."""
+    (:func:`identify`), and that the key may use the model (:func:`check_model_access`:
+    the name, then the route ``resolve(name)`` serving it; an unknown name is then
+    the resolver's 404)."""
     identify(ctx, request)
-    check_model_access(ctx.principal, ctx.public_model)
+    principal = ctx.principal
+    if principal is not None and principal.policy.models:
+        check_model_access(principal, ctx.public_model)
+        check_model_access(principal, ctx.public_model, route=resolve(ctx.public_model), routes=routes)
 
 
 # --- clasp.yaml: expires ------------------------------------------------------------------------

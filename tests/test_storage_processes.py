@@ -115,3 +115,13 @@ def test_a_served_gateway_logs_its_database_without_the_password(
             assert PASSWORD not in repr(server.gateway.database) + repr(server.gateway.storage)
     assert "notes at n002tags" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
+    url = "sqlite:///" + str(tmp_path / "shared.db")
+    config = {"models": {}, "plugins": {"paths": [NOTES_PLUGIN]}, "storage": {"url": url},
+              "keys": [{"key": "clasp-test-key-0123456789", "name": "tests"}]}
+    with GatewayProcesses(config, count=2, env={"CLASP_LOAD_PLUGINS": None}) as replicas:
+        logs = [replica.log_path.read_text() for replica in replicas]
+    assert sum(log.count("Running upgrade  -> n001notes") for log in logs) == 1
+    assert all("notes at n002tags" in log for log in logs)
