@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import clasp_budgets.keys.plugin as keys_plugin
 import pytest
 import sqlalchemy as sa
 from clasp_budgets.keys.auth import KeyAuthenticator, StoreUnavailable
@@ -21,6 +22,7 @@ from clasp_budgets.keys.tokens import PREFIX, display_prefix, is_virtual_key, ke
 
 from clasp_gateway import (
     AuthenticationError,
+    ConfigError,
     Database,
     InvalidRequestError,
     KeyPolicy,
@@ -322,3 +324,13 @@ async def test_changes_reach_every_subscriber_through_the_state(db: Database) ->
     await here.close()
     await there.close()
     await state.close()
+
+
+def test_the_section_is_checked_like_the_rest_of_the_file(start_gateway: Any) -> None:
+    with pytest.raises(ConfigError) as refused:
+        start_gateway({"models": {}, "virtual_keys": {"cache": {"tll": "5s", "ttl": "forever"}, "max_lookups": 0}},
+                      plugins=[keys_plugin])
+    message = str(refused.value)
+    assert "virtual_keys.cache.tll: unknown key; did you mean 'ttl'?" in message
+    assert "virtual_keys.cache.ttl: expected a duration" in message
+    assert "virtual_keys.max_lookups: expected an integer between 1 and 1000" in message
