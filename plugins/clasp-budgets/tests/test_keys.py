@@ -246,6 +246,18 @@ async def test_a_virtual_key_becomes_a_principal_with_its_teams_limits(db: Datab
     await auth.close()
 
 
+async def test_concurrent_requests_with_a_new_key_share_one_query(db: Database) -> None:
+    clock = FakeClock(time.time())
+    store = CountingStore(db, clock)
+    auth = runtime(store, clock)
+    key, _ = await store.create_key(values(), ADMIN)
+    stranger = new_key()
+    found = await asyncio.gather(*(auth.authenticate(k, {}, None) for k in [key] * 50 + [stranger] * 50))  # type: ignore[arg-type]
+    assert all(p is not None for p in found[:50]) and all(p is None for p in found[50:])
+    assert store.lookups == 2
+    await auth.close()
+
+
 async def test_revoked_and_expired_keys_are_refused_clearly(db: Database) -> None:
     clock = FakeClock(time.time())
     store = CountingStore(db, clock)
