@@ -98,7 +98,7 @@ async def startup(app: Any, config: Config) -> None:
         return
     cache = settings["cache"]
     runtime = KeyAuthenticator(
-        KeyStore(gateway.database), gateway.state, static_keys=bool(config.keys),
+        KeyStore(gateway.database), gateway.state, static_keys=bool(config.keys or config.raw.get("keys")),
         cache=LookupCache(max_entries=cache["max_entries"], ttl=cache["ttl"], negative_ttl=cache["negative_ttl"],
                           stale_if_error=cache["stale_if_error"]),
         last_used_interval=settings["last_used_interval"], lookup_timeout=settings["lookup_timeout"],
