@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import clasp_budgets.keys.plugin as keys_plugin
+import httpx
 import pytest
 import sqlalchemy as sa
 from clasp_budgets.keys.auth import KeyAuthenticator, StoreUnavailable
@@ -31,7 +32,7 @@ from clasp_gateway import (
     create_state,
     database_for,
 )
-from clasp_gateway.testing import FakeClock, config_from
+from clasp_gateway.testing import FakeClock, GatewayServer, config_from
 
 ADMIN = Actor("key_admin", "ops", None)
 
@@ -346,3 +347,18 @@ def test_the_section_is_checked_like_the_rest_of_the_file(start_gateway: Any) ->
     assert "virtual_keys.cache.tll: unknown key; did you mean 'ttl'?" in message
     assert "virtual_keys.cache.ttl: expected a duration" in message
     assert "virtual_keys.max_lookups: expected an integer between 1 and 1000" in message
+
+
+async def test_a_gateway_with_virtual_keys_and_no_static_ones_is_not_open(db: Database, database_url: str) -> None:
+    config = config_from({"models": {}, "storage": {"url": database_url}}, keys=False)
+
+    def models(key: str | None) -> int:
+        with GatewayServer(config, plugins=[keys_plugin]) as gateway:
+            headers = {"x-api-key": key} if key else {}
+            return httpx.get(gateway.base_url + "/v1/models", headers=headers, timeout=30).status_code
+
+    assert await asyncio.to_thread(models, None) == 200  # no key of any kind: open, as configured (and warned)
+    key, _ = await KeyStore(db).create_key(values(), ADMIN)
+    assert await asyncio.to_thread(models, None) == 401
+    assert await asyncio.to_thread(models, "made-up-key-0123456789") == 401
+    assert await asyncio.to_thread(models, key) == 200
