@@ -120,7 +120,7 @@ class KeyAuthenticator:
         if self.state is not None:
             try:
                 self._subscription = await self.state.subscribe(CHANNEL, self._on_change)
-            except StateUnavailable:
+            except Exception:  # StateUnavailable, or a backend's own error: serve on, TTL-bounded
                 log.warning("virtual keys: cannot subscribe to changes on the shared state; other replicas' "
                             "changes reach this one within the cache TTL (%gs)", self.cache.ttl)
         self._task = asyncio.get_running_loop().create_task(self._background(), name="clasp-keys-last-used")
@@ -159,12 +159,16 @@ class KeyAuthenticator:
                 if len(self._used) < 100_000:
                     self._used[key_id] = max(ts, self._used.get(key_id, 0.0))
             self._note_outage(exc)
+        else:
+            self._note_recovery()
 
     async def refresh_live_keys(self) -> None:
         try:
             self.live_keys = await asyncio.wait_for(self.store.has_live_keys(), self.lookup_timeout)
         except Exception as exc:
             self._note_outage(exc)
+        else:
+            self._note_recovery()
 
     # --- changes ------------------------------------------------------------------------
 
@@ -251,9 +255,7 @@ class KeyAuthenticator:
             if stale is not None:
                 return stale
             raise StoreUnavailable() from None
-        if self._outage:
-            self._outage = False
-            log.warning("virtual keys: the key store answers again")
+        self._note_recovery()
         if found is None:
             self.cache.put_unknown(digest)
             return None
@@ -284,6 +286,11 @@ class KeyAuthenticator:
             raise
         finally:
             del self._inflight[digest]
+
+    def _note_recovery(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("virtual keys: the key store answers again")
 
     def _note_outage(self, exc: BaseException) -> None:
         if not self._outage:
