@@ -97,6 +97,9 @@ def test_the_clasp_command_runs_them(config: str) -> None:
     done = subprocess.run([sys.executable, "-m", "clasp_gateway.cli", "teams", "list", "--config", config],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("TEAM"), done.stderr
+    before = subprocess.run([sys.executable, "-m", "clasp_gateway.cli", "-c", config, "keys", "list", "--status", "all"],
+                            capture_output=True, text=True, env=env, timeout=120)  # --config before the command
+    assert before.returncode == 0 and before.stdout.startswith("ID"), before.stderr
     bad = subprocess.run([sys.executable, "-m", "clasp_gateway.cli", "keys", "list", "--config", "/nonexistent.yaml"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
