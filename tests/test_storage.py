@@ -158,7 +158,8 @@ class AsksForADatabase:
         self.database = app.state.gateway.database
 
 
-def test_the_gateway_opens_migrates_and_closes_its_database(sqlite_url: str) -> None:
+def test_the_gateway_opens_migrates_and_closes_its_database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", "")  # only the toys (installed plugins have migrations too)
     config = config_from({"models": {}, "storage": {"url": sqlite_url}})
     server = GatewayServer(config, plugins=[toy_notes, toy_tally]).start()
     try:
@@ -184,7 +185,8 @@ def test_no_plugin_no_database_and_no_sqlalchemy() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_a_plugin_may_ask_for_a_database_without_migrations(sqlite_url: str) -> None:
+def test_a_plugin_may_ask_for_a_database_without_migrations(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", "")  # no installed plugin with migrations of its own
     plugin = AsksForADatabase()
     with GatewayServer(config_from({"models": {}, "storage": {"url": sqlite_url}}), plugins=[plugin]) as server:
         assert server.gateway.has_database and plugin.database is server.gateway.database

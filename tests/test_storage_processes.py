@@ -82,7 +82,8 @@ def test_the_password_stays_out_of_clasp_check_and_errors(tmp_path: Path) -> Non
     # Nothing listens on port 9: the database cannot be reached.
     config = {"models": {}, "plugins": {"paths": [NOTES_PLUGIN]},
               "storage": {"url": "${TEST_DATABASE_URL}", "connect_timeout": "2s"}}
-    env = {"TEST_DATABASE_URL": f"postgresql://clasp:{PASSWORD}@127.0.0.1:9/ledger"}
+    # Only the toy plugin (installed ones register migrations of their own).
+    env = {"TEST_DATABASE_URL": f"postgresql://clasp:{PASSWORD}@127.0.0.1:9/ledger", "CLASP_LOAD_PLUGINS": NOTES_PLUGIN}
     check = clasp("check", "--no-probe", config=config, tmp_path=tmp_path, env=env)
     assert check.returncode == 0, check.stderr
     assert "storage: postgresql+asyncpg://clasp:***@127.0.0.1:9/ledger (migrations: notes)" in check.stdout
