@@ -214,7 +214,12 @@ class Gateway:
     async def start(self) -> None:
         await self.state.open()
         if self._database is not None:  # connect, and upgrade every branch (storage.auto_migrate)
-            await self._database.open()
+            try:
+                await self._database.open()
+            except BaseException:  # the app will not serve: release what start() opened
+                await self._database.dispose()
+                await self.state.close()
+                raise
         await self.providers.start(self.config.deployments())
         self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True

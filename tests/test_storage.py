@@ -237,3 +237,12 @@ def test_a_revision_id_two_plugins_share_is_refused(tmp_path: Path) -> None:
     copy = _plugin_registering("copy", tmp_path)
     with pytest.raises(MigrationError, match="revision id 't001tally' is used by"):
         GatewayServer(config_from({"models": {}}), plugins=[toy_tally, copy])
+
+
+def test_without_auto_migrate_the_gateway_says_the_database_is_behind(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = "sqlite:///" + str(tmp_path / "behind.db")
+    config = config_from({"models": {}, "storage": {"url": url, "auto_migrate": False}})
+    with GatewayServer(config, plugins=[toy_notes]):
+        pass
+    assert "is behind its plugins: notes at nothing (latest n002tags); run `clasp db upgrade`" in caplog.text

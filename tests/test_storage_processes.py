@@ -49,7 +49,7 @@ def test_replicas_starting_together_migrate_once(postgres_server: PostgresServer
     with postgres_server.database() as url:
         config = {"models": {}, "plugins": {"paths": [NOTES_PLUGIN]}, "storage": {"url": url},
                   "keys": [{"key": "clasp-test-key-0123456789", "name": "tests"}]}
-        with GatewayProcesses(config, count=3, env={"CLASP_LOAD_PLUGINS": None}) as replicas:
+        with GatewayProcesses(config, count=2, env={"CLASP_LOAD_PLUGINS": None}) as replicas:
             for replica in replicas:
                 assert httpx.get(replica.base_url + "/ready").status_code == 200
             done = subprocess.run([sys.executable, "-m", "clasp_gateway.cli", "--config", str(replicas.config_path),

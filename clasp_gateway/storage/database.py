@@ -183,8 +183,19 @@ class Database:
         """Check the database answers (:meth:`check`) and, with ``auto_migrate``,
         upgrade every registered branch."""
         await self.check()
-        if self.settings.auto_migrate and self.migrations:
+        if not self.migrations:
+            return
+        if self.settings.auto_migrate:
             await self.upgrade()
+            return
+        from .migrations import heads
+
+        found, latest = await self.current(), heads(self.migrations)
+        behind = [f"{name} at {found.get(name) or 'nothing'} (latest {head})"
+                  for name, head in latest.items() if found.get(name) != head]
+        if behind:  # a plugin querying a table it expects will fail: say why now, once
+            log.warning("database %s is behind its plugins: %s; run `clasp db upgrade` (storage.auto_migrate is "
+                        "false)", self.url, ", ".join(behind))
 
     async def upgrade(self) -> dict[str, str | None]:
         """Upgrade every registered branch to its head; returns each branch's revision
