@@ -12,7 +12,8 @@ created and stored as its SHA-256 only. The pieces, one idea each:
 - :mod:`.auth`: the ``authenticate`` hook, cache invalidation across replicas, the
   batched ``last_used_at`` writes;
 - :mod:`.inputs`: what the admin API and the CLI accept (shared checks, one message style);
-- :mod:`.admin`: the admin REST API under ``/admin/``;
+- :mod:`.admin`: the admin REST API under ``/admin/`` (its routes: :mod:`.admin_keys`,
+  :mod:`.admin_teams`; what they share: :mod:`.web`);
 - :mod:`.cli`: ``clasp keys`` and ``clasp teams``;
 - :mod:`.plugin`: the entry point tying them to the gateway.
 """
