@@ -80,10 +80,12 @@ from .plugins import await_me_maybe, call_each, call_first
 from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
+    CacheBackendRegistration,
     CommandRegistration,
     ConfigSectionRegistration,
     MigrationRegistration,
     ProviderRegistration,
+    RegisterCacheBackend,
     RegisterCommand,
     RegisterConfigSection,
     RegisterMigrations,
@@ -176,6 +178,7 @@ __all__ = [
     # hooks and the gateway
     "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
     # typed registration callbacks (register_* hooks) and what they record
+    "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
     "RegisterConfigSection", "RegisterProvider", "RegisterRequestClass", "RegisterRoute", "RegisterRoutingStrategy",
     "RegisterTool", "RegistrationError", "RequestClassRegistration", "RouteRegistration", "RoutingStrategyRegistration",

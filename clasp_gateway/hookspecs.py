@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .pipeline import Gateway
     from .registrations import (
+        RegisterCacheBackend,
         RegisterCommand,
         RegisterConfigSection,
         RegisterMigrations,
@@ -136,6 +137,21 @@ def register_request_classes(register: RegisterRequestClass) -> None:
     ``ctx.request_class``, and every class that matches is in ``ctx.traits``. A
     predicate that raises counts as "no match". Names are unique (built-in ones
     included) (:class:`~clasp_gateway.registrations.RequestClassRegistration`).
+    """
+
+
+@hookspec
+def register_cache_backends(register: RegisterCacheBackend) -> None:
+    """Add response-cache backends: ``register(name, factory)``.
+
+    ``factory(**kwargs)`` builds the backend a cache plugin keeps its entries in when
+    its configuration names ``name`` (clasp-cache: ``cache.backend``); the keyword
+    arguments are the cache plugin's (clasp-cache passes ``limits``, ``clock``,
+    ``options`` and ``gateway``, and its backends implement
+    ``clasp_cache.backends.base.CacheBackend``). clasp-cache registers ``memory`` and
+    ``redis`` this way; a plugin adds another store (Memcached, a database) without
+    touching it. Names are unique across plugins; ``gateway.cache_backends`` maps each
+    name to its :class:`~clasp_gateway.registrations.CacheBackendRegistration`.
     """
 
 
@@ -276,7 +292,8 @@ def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
 
 @hookspec
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
-    """Called for every canonical chunk sent to the client. Keep it cheap; it is
+    """Called for every canonical chunk sent to the client (and for the chunks a
+    whole, non-streaming answer is assembled from, so a cache sees them). Keep it cheap; it is
     only called when at least one plugin implements it. An exception is logged (once
     per request) and counted; the stream goes on."""
 

@@ -155,6 +155,8 @@ class Gateway:
         extra = {r.name: r.adapter for r in registrations.providers(pm)}
         self.providers = Providers(extra, limits=ReadLimits.of(config.server))
         self.strategies = {r.name: r.strategy for r in registrations.routing_strategies(pm)}
+        self.cache_backends = {r.name: r for r in registrations.cache_backends(pm)}
+        """Response-cache backends by name (``register_cache_backends``), for a cache plugin."""
         # Request classes (classes.py): built-in ones with ``classes:``, plus plugins'.
         self.classifier = registrations.request_classifier(pm, dataclasses.asdict(config.classes))
         self._exact: dict[str, ModelRoute] = {}
@@ -542,6 +544,8 @@ class Gateway:
                 if attempt in ctx.attempts:
                     await self.after_attempt(ctx, attempt)
             deployment = stream.deployment if stream is not None else None
+            if ctx.cache_hit is not None:
+                usage = Usage()  # a cached answer spent nothing upstream (saved: ctx.saved_usd)
             cost: float | None = 0.0
             if deployment is not None and usage is not None:
                 try:
