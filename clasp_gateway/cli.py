@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from . import registrations
@@ -90,6 +92,18 @@ def app_from_env() -> Any:
     return create_app(config)
 
 
+@contextlib.contextmanager
+def _prepared_workers(app: Any, config: Config, workers: int) -> Iterator[None]:
+    """Enter every context manager the ``prepare_workers`` hook returned, around the
+    workers' life (exited in reverse order, even when uvicorn fails)."""
+    pm = app.starlette_app.state.pm
+    with contextlib.ExitStack() as stack:
+        for manager in pm.hook.prepare_workers(config=config, workers=workers):
+            if manager is not None:
+                stack.enter_context(manager)
+        yield
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -122,7 +136,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .state import workers_share_state
 
         os.environ["CLASP_CONFIG"] = os.path.abspath(config.source)
-        with workers_share_state(config, workers):  # without state:, one SQLite file for all workers
+        with workers_share_state(config, workers), _prepared_workers(app, config, workers):
+            # without state:, one SQLite file for all workers; plugins' per-run set-up (prepare_workers)
             uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
         return 0
     log.info("listening on http://%s:%d", host, port)

@@ -208,6 +208,18 @@ def shutdown(app: Starlette) -> Any:
 
 
 @hookspec
+def prepare_workers(config: Config, workers: int) -> Any:
+    """``clasp serve`` with ``workers`` > 1, in the supervising process, before it starts
+    the worker processes: return a context manager (or ``None``) that is entered around
+    the workers' whole life and exited after the last one stopped.
+
+    For what every worker must share and that only exists per run: an environment
+    variable the workers inherit and a directory to remove at the end (Prometheus
+    multiprocess mode needs both). A worker is a fresh interpreter, so anything set here
+    in ``os.environ`` is there before any worker imports a plugin."""
+
+
+@hookspec
 def asgi_wrapper(config: Config) -> Any:
     """Return a function ``app -> app`` wrapping the whole ASGI app (tracing, custom
     auth), or ``None``."""
@@ -309,5 +321,25 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     applied), status, latency and attempts. ``attempt`` and ``request`` events carry
     the request's class (``request_class``, and ``traits`` on the request event: see
     :attr:`~clasp_gateway.types.RequestContext.request_class`). May return an awaitable. An exception is
-    logged and counted, never fails the answer, and other plugins still get the event."""
+    logged and counted, never fails the answer, and other plugins still get the event.
+
+    The ``request`` event's fields: ``request_id``, ``api``, ``public_model``,
+    ``request_class``, ``traits``; who: ``key_id``, ``key_name``, ``team``, ``project``
+    (the key's), ``user`` (``ctx.user``: the person behind a shared key), ``tags``
+    (``ctx.tags``, a dict); where: ``deployment``, ``provider``, ``model``, ``region``
+    (the deployment's ``region:``), all ``None`` when no deployment answered; what:
+    ``stream``, ``status``, ``error``, ``cut`` (the stream was cut: ``usage`` is then
+    the partial usage), ``usage`` (``input_tokens``, ``output_tokens``,
+    ``cache_read_input_tokens``, ``cache_creation_input_tokens``,
+    ``reasoning_tokens``), ``cost_usd`` (a provider-reported cost wins over the price
+    map: ``pipeline.request_cost``), ``cache_hit`` (``"exact"|"semantic"|"stale"`` or
+    ``None``) and ``saved_usd`` (what the hit saved); how: ``latency_ms``, ``ttfb_ms``,
+    ``attempts`` (a list: deployment, ok, error, ms), ``retries`` (attempts on the
+    same deployment as the one before), ``fallbacks`` (attempts on another one);
+    when: ``started_at`` (unix seconds the request started) and ``time`` (when it
+    ended). The ``attempt`` event: ``request_id``, ``attempt`` (1, 2, ... in order),
+    ``public_model``, ``request_class``, ``deployment``, ``provider``, ``model``,
+    ``region``, ``ok``, ``error``, ``upstream_status``, ``ms``, ``ttfb_ms``, ``usage``
+    (the attempt's, zeros for a failed one), ``cost_usd`` (that attempt's cost),
+    ``started_at``, ``time``."""
 

@@ -168,6 +168,10 @@ class VectorBatch:
     reset: bool = False
     """True when ``since`` was ahead of the store (the scope was cleared or the store
     restarted): drop the mirror and rebuild it from ``items``, which is then complete."""
+    more: bool = False
+    """True when ``limit`` cut the batch: ``seq`` is then the last item's sequence number,
+    and the caller asks again with ``since=seq`` for the rest (a 10,000-vector scope in one
+    reply would take longer than a shared store's timeout)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -244,9 +248,10 @@ class CacheBackend(ABC):
         At most ``max_vectors_per_scope`` per scope: the oldest go first."""
 
     @abstractmethod
-    async def scope_vectors(self, scope: str, since: int = 0) -> VectorBatch:
+    async def scope_vectors(self, scope: str, since: int = 0, limit: int | None = None) -> VectorBatch:
         """The scope's vectors added after sequence number ``since`` (``0``: all of the
-        scope's live vectors). An outage answers an empty batch with ``seq=since``."""
+        scope's live vectors), at most ``limit`` of them (the oldest first; ``more`` says
+        whether some are left). An outage answers an empty batch with ``seq=since``."""
 
     # --- administration: raise CacheUnavailable in an outage ----------------------------------
 

@@ -92,13 +92,24 @@ class MemoryBackend(CacheBackend):
             slot.vectors.popitem(last=False)
         return slot.seq
 
-    async def scope_vectors(self, scope: str, since: int = 0) -> VectorBatch:
+    async def scope_vectors(self, scope: str, since: int = 0, limit: int | None = None) -> VectorBatch:
         slot = self._scopes.get(scope)
         if slot is None:
             return VectorBatch(0, [], reset=since > 0)
-        if since > slot.seq:
-            return VectorBatch(slot.seq, [(i, v) for i, (_, v) in slot.vectors.items()], reset=True)
-        return VectorBatch(slot.seq, [(i, v) for i, (s, v) in slot.vectors.items() if s > since])
+        reset = since > slot.seq
+        if reset:
+            since = 0
+        # Vectors are in sequence order (a re-added id moves to the end): walk back from
+        # the newest, so a caught-up mirror costs nothing however big the scope.
+        newer: list[tuple[int, str, bytes]] = []
+        for entry_id, (seq, vector) in reversed(slot.vectors.items()):
+            if seq <= since:
+                break
+            newer.append((seq, entry_id, vector))
+        newer.reverse()
+        if limit is not None and len(newer) > limit:
+            return VectorBatch(newer[limit - 1][0], [(i, v) for _, i, v in newer[:limit]], reset=reset, more=True)
+        return VectorBatch(slot.seq, [(i, v) for _, i, v in newer], reset=reset)
 
     # --- administration -----------------------------------------------------------------------
 

@@ -145,15 +145,26 @@ return seq
 """
 
 _VECTORS = """
-local p, scope, since = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, scope, since, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local seq = tonumber(redis.call('GET', p .. 'vq:' .. scope) or '0')
 local reset = 0
 if since > seq then since = 0; reset = 1 end
-local ids = redis.call('ZRANGEBYSCORE', p .. 'vs:' .. scope, '(' .. since, '+inf')
-local out = {seq, reset}
-if #ids > 0 then
-  local vecs = redis.call('HMGET', p .. 'v:' .. scope, unpack(ids))
-  for i, id in ipairs(ids) do
+local ids
+local more = 0
+if limit > 0 then
+  local scored = redis.call('ZRANGEBYSCORE', p .. 'vs:' .. scope, '(' .. since, '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+  ids = {}
+  for i = 1, math.min(#scored, 2 * limit), 2 do ids[#ids + 1] = scored[i] end
+  if #scored > 2 * limit then more = 1; seq = tonumber(scored[2 * limit]) end
+else
+  ids = redis.call('ZRANGEBYSCORE', p .. 'vs:' .. scope, '(' .. since, '+inf')
+end
+local out = {seq, reset, more}
+for s = 1, #ids, 1000 do  -- HMGET in chunks: unpack() of 8,000+ ids overflows Lua's stack
+  local chunk = {}
+  for i = s, math.min(s + 999, #ids) do chunk[#chunk + 1] = ids[i] end
+  local vecs = redis.call('HMGET', p .. 'v:' .. scope, unpack(chunk))
+  for i, id in ipairs(chunk) do
     if vecs[i] then table.insert(out, id); table.insert(out, vecs[i]) end
   end
 end
@@ -300,14 +311,14 @@ class RedisBackend(CacheBackend):
         except CacheUnavailable:
             return 0
 
-    async def scope_vectors(self, scope: str, since: int = 0) -> VectorBatch:
+    async def scope_vectors(self, scope: str, since: int = 0, limit: int | None = None) -> VectorBatch:
         try:
-            reply = await self._eval("vectors", scope, since)
+            reply = await self._eval("vectors", scope, since, limit or 0)
         except CacheUnavailable:
             return VectorBatch(since, [])
-        seq, reset = int(reply[0]), bool(int(reply[1]))
-        items = [(reply[i].decode(), bytes(reply[i + 1])) for i in range(2, len(reply), 2)]
-        return VectorBatch(seq, items, reset=reset)
+        seq, reset, more = int(reply[0]), bool(int(reply[1])), bool(int(reply[2]))
+        items = [(reply[i].decode(), bytes(reply[i + 1])) for i in range(3, len(reply), 2)]
+        return VectorBatch(seq, items, reset=reset, more=more)
 
     # --- administration: raise CacheUnavailable -----------------------------------------------
 

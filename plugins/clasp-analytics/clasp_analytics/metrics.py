@@ -1,0 +1,254 @@
+"""Prometheus metrics from the gateway's ``record`` events.
+
+Names follow Prometheus' conventions (a ``clasp_`` namespace, base units in the name,
+``_total`` on counters), where LiteLLM's proxy uses ``litellm_requests_metric``,
+``litellm_spend_metric`` and friends. Labels are bounded: the public model, deployment,
+provider, status, request class and team (teams are configured, so few); never a
+request id, never a user, a key only when ``analytics.metrics.key_label`` asks; and each
+label takes at most ``max_label_values`` distinct values per process (later ones are
+``other``), so a client sending random model names cannot grow the series.
+
+With several workers (``server.workers``) every worker writes its samples to files in
+``PROMETHEUS_MULTIPROC_DIR`` (set per run by :mod:`.multiproc`), and a scrape, whichever
+worker answers, adds them up. The circuit breaker gauge is read at scrape time from the
+shared state, so it is the same whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .settings import MetricsSettings
+
+disable_created_metrics()  # no `_created` series: half the exposition, and nobody graphs them
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OTHER = "other"
+UNKNOWN = "unknown"
+NONE = ""
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
+"""Seconds. LLM answers run from a cached 50 ms to a ten-minute agent turn."""
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 40, 80)
+SPEED_BUCKETS = (5, 10, 20, 30, 40, 60, 80, 120, 160, 240, 400, 800)
+"""Output tokens per second, after the first token."""
+TOKEN_DIRECTIONS = (("input_tokens", "input"), ("output_tokens", "output"),
+                    ("cache_read_input_tokens", "cache_read"), ("cache_creation_input_tokens", "cache_write"),
+                    ("reasoning_tokens", "reasoning"))
+
+
+class LabelGuard:
+    """Caps the distinct values of each label: past ``limit``, a value reads ``other``."""
+
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: dict[str, set[str]] = {}
+
+    def __call__(self, label: str, value: Any) -> str:
+        text = NONE if value is None else str(value)
+        seen = self.seen.get(label)
+        if seen is None:
+            seen = self.seen[label] = set()
+        if text in seen:
+            return text
+        if len(seen) >= self.limit:
+            return OTHER
+        seen.add(text)
+        return text
+
+
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    """``metric.labels(*labels)``, remembered: prometheus-client validates the labels
+    and takes a lock on every ``labels()`` call, a few microseconds each, and a request
+    touches a dozen series. The children are the same objects it would return."""
+    cache: dict[tuple[str, ...], Any] | None = getattr(metric, "_clasp_children", None)
+    if cache is None:
+        cache = {}
+        metric._clasp_children = cache
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child
+
+
+def multiprocess_dir() -> str | None:
+    """The directory workers share their samples in, when running as several workers."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class GatewayMetrics:
+    """One app's metrics: the series, how events update them, and the scrape."""
+
+    def __init__(self, settings: MetricsSettings) -> None:
+        self.settings = settings
+        self.guard = LabelGuard(settings.max_label_values)
+        self.multiprocess = multiprocess_dir() is not None
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        request_labels = ["model", "deployment", "provider", "status", "class"]
+        if settings.team_label:
+            request_labels.append("team")
+        if settings.key_label:
+            request_labels.append("key")
+        self.request_labels = tuple(request_labels)
+        spend_labels = ["model", "provider"] + (["team"] if settings.team_label else [])
+        self.requests = Counter("clasp_requests", "Requests that reached the pipeline, by outcome.",
+                                request_labels, registry=r)
+        self.duration = Histogram("clasp_request_duration_seconds", "Whole request, first byte in to last byte out.",
+                                  ["model", "provider", "class"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttft = Histogram("clasp_time_to_first_token_seconds", "Request start to the upstream's first token.",
+                              ["model", "provider", "class"], buckets=TTFT_BUCKETS, registry=r)
+        self.speed = Histogram("clasp_output_tokens_per_second", "Output tokens per second after the first token.",
+                               ["model", "provider"], buckets=SPEED_BUCKETS, registry=r)
+        self.tokens = Counter("clasp_tokens", "Tokens, by direction (input, output, cache_read, cache_write, "
+                              "reasoning).", [*spend_labels, "direction"], registry=r)
+        self.cost = Counter("clasp_cost_usd", "Spend in US dollars (priced requests only).", spend_labels, registry=r)
+        self.unpriced = Counter("clasp_unpriced_requests", "Requests whose cost could not be computed.",
+                                ["model", "provider"], registry=r)
+        self.cache_hits = Counter("clasp_cache_hits", "Answers served from a cache, by kind (exact, semantic, "
+                                  "stale).", ["model", "kind"], registry=r)
+        self.cache_saved = Counter("clasp_cache_saved_usd", "What cache hits saved: the recorded cost of the "
+                                   "answers they replayed.", ["model"], registry=r)
+        self.attempts = Counter("clasp_upstream_attempts", "Upstream attempts, by outcome and upstream status.",
+                                ["deployment", "provider", "outcome", "upstream_status"], registry=r)
+        self.retries = Counter("clasp_retries", "Attempts that retried the deployment just tried.", ["model"], registry=r)
+        self.fallbacks = Counter("clasp_fallbacks", "Moves to another deployment within one request.",
+                                 ["model", "from_deployment", "to_deployment"], registry=r)
+        self.cut = Counter("clasp_streams_cut", "Streams that ended early (upstream broke, client left).",
+                           ["model", "provider"], registry=r)
+        self.quality = Counter("clasp_quality_signals", "Answers with a quality signal: error, truncated, "
+                               "invalid_tool_json, retried.", ["model", "class", "signal"], registry=r)
+        self.feedback = Counter("clasp_feedback", "Feedback received through POST /v1/feedback.", ["model"], registry=r)
+        self.hook_failures = Counter("clasp_hook_failures", "Bookkeeping hooks that raised (the answers went on).",
+                                     ["hook"], registry=r)
+        self.in_flight = Gauge("clasp_requests_in_flight", "Requests being served now.", registry=r,
+                               multiprocess_mode="livesum")
+        self._hook_failures_seen: dict[str, int] = {}
+
+    # --- events ---------------------------------------------------------------------------
+
+    def observe_request(self, event: dict[str, Any], ctx: Any) -> None:
+        """A ``kind: "request"`` event: counts, latency, tokens, cost, cache, fallbacks."""
+        g = self.guard
+        deployment = event.get("deployment")
+        status = event.get("status") or 0
+        public = event.get("public_model")
+        model = g("model", UNKNOWN if deployment is None and status == 404 else public)
+        provider = g("provider", event.get("provider"))
+        cls = g("class", event.get("request_class"))
+        team = g("team", event.get("team")) if self.settings.team_label else None
+        labels = [model, g("deployment", deployment), provider, str(status), cls]
+        if team is not None:
+            labels.append(team)
+        if self.settings.key_label:
+            labels.append(g("key", event.get("key_name")))
+        _child(self.requests, tuple(labels)).inc()
+        latency = event.get("latency_ms")
+        if isinstance(latency, int | float):
+            _child(self.duration, (model, provider, cls)).observe(latency / 1000)
+        ttfb = event.get("ttfb_ms")
+        if isinstance(ttfb, int | float):
+            _child(self.ttft, (model, provider, cls)).observe(ttfb / 1000)
+        spend = (model, provider, team) if team is not None else (model, provider)
+        usage = event.get("usage") or {}
+        for field, direction in TOKEN_DIRECTIONS:
+            count = usage.get(field)
+            if count:
+                _child(self.tokens, (*spend, direction)).inc(count)
+        output = usage.get("output_tokens") or 0
+        if output and isinstance(latency, int | float) and isinstance(ttfb, int | float) and latency > ttfb:
+            _child(self.speed, (model, provider)).observe(output / ((latency - ttfb) / 1000))
+        cost = event.get("cost_usd")
+        if cost is None:
+            if deployment is not None:
+                _child(self.unpriced, (model, provider)).inc()
+        elif cost:
+            _child(self.cost, spend).inc(cost)
+        hit = event.get("cache_hit", getattr(ctx, "cache_hit", None))
+        if hit:
+            _child(self.cache_hits, (model, g("cache_kind", hit))).inc()
+            saved = event.get("saved_usd", getattr(ctx, "saved_usd", 0.0))
+            if saved:
+                _child(self.cache_saved, (model,)).inc(saved)
+        self._observe_moves(model, event.get("attempts") or [])
+        if event.get("cut"):
+            _child(self.cut, (model, provider)).inc()
+
+    def _observe_moves(self, model: str, attempts: list[dict[str, Any]]) -> None:
+        previous: str | None = None
+        for attempt in attempts:
+            current = attempt.get("deployment")
+            if previous is not None:
+                if current == previous:
+                    _child(self.retries, (model,)).inc()
+                else:
+                    _child(self.fallbacks, (model, self.guard("deployment", previous),
+                                            self.guard("deployment", current))).inc()
+            previous = current
+
+    def observe_attempt(self, event: dict[str, Any]) -> None:
+        """A ``kind: "attempt"`` event: one upstream call."""
+        status = event.get("upstream_status")
+        _child(self.attempts, (self.guard("deployment", event.get("deployment")),
+                               self.guard("provider", event.get("provider")),
+                               "ok" if event.get("ok") else "error", NONE if status is None else str(status))).inc()
+
+    def observe_signals(self, model: str | None, request_class: str | None, signals: Iterable[str]) -> None:
+        """Quality signals of one answer (see :mod:`.quality`)."""
+        for signal in signals:
+            _child(self.quality, (self.guard("model", model), self.guard("class", request_class), signal)).inc()
+
+    def sync_hook_failures(self, failures: dict[str, int]) -> None:
+        """Export the gateway's ``hook_failures`` counter (new failures since the last call)."""
+        for hook, count in failures.items():
+            seen = self._hook_failures_seen.get(hook, 0)
+            if count > seen:
+                _child(self.hook_failures, (self.guard("hook", hook),)).inc(count - seen)
+                self._hook_failures_seen[hook] = count
+
+    # --- the scrape -------------------------------------------------------------------------
+
+    def exposition(self, extra: Sequence[Metric]) -> bytes:
+        """The text format: every worker's samples (multiprocess) or this process's, plus
+        ``extra`` families read at scrape time (breaker states)."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        text = generate_latest(registry)
+        if extra:
+            text += generate_latest(_Families(extra))  # type: ignore[arg-type]
+        return text
+
+
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+def breaker_family(states: list[tuple[str, str, str]]) -> GaugeMetricFamily:
+    """``clasp_circuit_breaker_state{deployment,provider,state}``: 1 for each deployment's
+    current state, 0 for the others (the enum pattern, so alerts read ``state="open"``)."""
+    family = GaugeMetricFamily("clasp_circuit_breaker_state", "Circuit breaker state per deployment (1 = current).",
+                               labels=["deployment", "provider", "state"])
+    for deployment, provider, current in states:
+        for state in BREAKER_STATES:
+            family.add_metric([deployment, provider, state], 1.0 if state == current else 0.0)
+    return family
+
+
+class _Families:
+    """A one-scrape collector over ready metric families."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

@@ -1,0 +1,115 @@
+"""Quality signals read from what the gateway sees of an answer.
+
+Per request, without asking anyone:
+
+- ``error``: the request failed (status >= 400, or a stream cut mid-way);
+- ``truncated``: the answer stopped at its token limit (``finish_reason: "length"``);
+- ``invalid_tool_json``: a tool call whose arguments are not a JSON object (the client's
+  agent then fails on it);
+- ``retried``: the same conversation (same key, same messages) was sent again within
+  ``analytics.quality.retry_window``: the user did not take the first answer.
+
+The last is found by a conversation fingerprint (a hash of the key, the user and the
+canonical messages and system prompt) kept in the gateway's shared state for the window,
+so a retry that another worker or replica serves is still seen. The later request
+records ``retry_of`` (the earlier request's id); reports count the earlier one as retried.
+Answers are read chunk by chunk (:class:`StreamInspector`, a few dict lookups per
+chunk): streams as they go out, whole answers through the chunks they are made of (the
+core hands both to ``on_stream_chunk``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl
+
+STATE_KEY = "analytics.quality"
+FINGERPRINT_PREFIX = "analytics:fp:"
+
+
+@dataclass(slots=True)
+class AnswerSeen:
+    """What the stream showed of one answer (kept in ``ctx.state``)."""
+
+    fingerprint: str | None = None
+    finish_reason: str | None = None
+    tool_args: dict[int, list[str]] = field(default_factory=dict)
+    """Argument fragments per tool-call index, joined and parsed once at the end."""
+    retry_of: str | None = None
+
+
+def fingerprint(ctx: RequestContext, request: CanonicalRequest) -> str:
+    """The conversation as sent: who (key, user) and what (messages, tools' names). Two
+    requests with the same fingerprint are the same turn of the same conversation."""
+    principal = ctx.principal
+    who = f"{principal.key_id if principal else ''}\x00{ctx.user or ''}".encode()
+    what = orjson.dumps(request.get("messages") or [], default=str)
+    digest = hashlib.blake2b(who, digest_size=16)
+    digest.update(what)
+    return digest.hexdigest()
+
+
+def seen(ctx: RequestContext) -> AnswerSeen:
+    """This request's record (created on first use)."""
+    record = ctx.state.get(STATE_KEY)
+    if record is None:
+        record = ctx.state[STATE_KEY] = AnswerSeen()
+    return record  # type: ignore[no-any-return]
+
+
+class StreamInspector:
+    """``on_stream_chunk``: the finish reason and tool-call arguments of an answer.
+
+    Registered only when ``analytics.quality.inspect_streams`` is on, since the core
+    skips the per-chunk hook entirely when nobody implements it."""
+
+    @hookimpl
+    def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        choice = choices[0]
+        reason = choice.get("finish_reason")
+        delta = choice.get("delta")
+        if reason is None and not (delta and delta.get("tool_calls")):
+            return
+        record = seen(ctx)
+        if reason:
+            record.finish_reason = reason
+        if delta:
+            for call in delta.get("tool_calls") or ():
+                arguments = (call.get("function") or {}).get("arguments")
+                if arguments:
+                    record.tool_args.setdefault(call.get("index", 0), []).append(arguments)
+
+
+def invalid_tool_json(record: AnswerSeen) -> bool:
+    """Whether a tool call's arguments, put together, are not a JSON object."""
+    for parts in record.tool_args.values():
+        try:
+            value = orjson.loads("".join(parts))
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(value, dict):
+            return True
+    return False
+
+
+def signals_of(event: dict[str, Any], record: AnswerSeen | None) -> list[str]:
+    """The quality signals of a finished request (``retried`` is the earlier request's:
+    see the module docstring; the later one carries ``retry_of``)."""
+    out: list[str] = []
+    status = event.get("status") or 0
+    if status >= 400 or event.get("cut"):
+        out.append("error")
+    if record is not None:
+        if record.finish_reason == "length":
+            out.append("truncated")
+        if record.tool_args and invalid_tool_json(record):
+            out.append("invalid_tool_json")
+    return out

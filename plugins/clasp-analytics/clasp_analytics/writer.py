@@ -1,0 +1,107 @@
+"""Rows written off the hot path: queued per request, inserted in batches.
+
+A request adds its quality row to a bounded in-memory queue (no I/O, no await); a
+background task inserts what is queued every ``interval`` seconds or as soon as
+``batch`` rows wait, in one transaction. While the database is down the rows stay
+queued (up to ``max_pending``; past that the oldest are dropped and counted), the
+failure is logged once per outage, and the next flush retries. ``close`` (the app's
+shutdown, SIGTERM included) flushes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.exc import IntegrityError
+
+log = logging.getLogger("clasp.analytics")
+
+
+class BatchWriter:
+    """Inserts rows into ``table`` through ``database`` (a ``clasp_gateway.Database``)."""
+
+    def __init__(self, database: Any, table: Table, *, interval: float = 1.0, batch: int = 500,
+                 max_pending: int = 50_000) -> None:
+        self.database = database
+        self.table = table
+        self.interval = interval
+        self.batch = batch
+        self.pending: deque[dict[str, Any]] = deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.failing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Queue a row (never blocks, never raises)."""
+        if len(self.pending) >= self.max_pending:
+            self.pending.popleft()
+            self.dropped += 1
+        self.pending.append(row)
+        if len(self.pending) >= self.batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"clasp-analytics-{self.table.name}")
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Insert everything queued now; returns how many rows were written (0 when the
+        database failed: the rows stay queued for the next flush)."""
+        async with self._lock:
+            written = 0
+            while self.pending:
+                rows = [self.pending[i] for i in range(min(self.batch, len(self.pending)))]
+                try:
+                    async with self.database.begin() as conn:
+                        await conn.execute(self.table.insert(), rows)
+                except IntegrityError:
+                    # A row already there (a flush whose commit answer was lost): write the
+                    # batch row by row and drop the duplicates, or it would block the queue.
+                    await self._one_by_one(rows)
+                except Exception as exc:
+                    if not self.failing:
+                        log.error("analytics: writing %s failed (%d rows kept, retried every %gs): %s: %s",
+                                  self.table.name, len(self.pending), self.interval, type(exc).__name__, exc)
+                    self.failing = True
+                    return written
+                if self.failing:
+                    log.info("analytics: writing %s works again", self.table.name)
+                    self.failing = False
+                for _ in rows:
+                    self.pending.popleft()
+                written += len(rows)
+            return written
+
+    async def _one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                async with self.database.begin() as conn:
+                    await conn.execute(self.table.insert(), [row])
+            except IntegrityError:
+                log.debug("analytics: %s row already written, dropped", self.table.name)
+
+    async def close(self) -> None:
+        """Stop the loop and write what is left (once; the database may be gone)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        if self.pending:
+            log.error("analytics: %d %s rows could not be written at shutdown", len(self.pending), self.table.name)

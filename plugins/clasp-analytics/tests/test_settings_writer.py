@@ -1,0 +1,97 @@
+"""The ``analytics:`` section's checks, and the batched writer when the database fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clasp_analytics.settings import parse_settings
+from clasp_analytics.tables import QUALITY
+from clasp_analytics.writer import BatchWriter
+from sqlalchemy import func, select
+
+from clasp_gateway import ConfigError
+from clasp_gateway.testing import config_from, load_module
+
+support = load_module(Path(__file__).with_name("analytics_support.py"), "clasp_analytics_test_support")
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = parse_settings(config_from({"models": {}}))
+    assert settings.metrics.auth == "admin" and not settings.metrics.key_label
+    assert settings.quality.retry_window == 300 and settings.export.batch_rows == 2000
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"metrics": {"auht": "none"}}, "analytics.metrics.auht: unknown key; did you mean 'auth'?"),
+    ({"metrics": {"auth": "open"}}, "analytics.metrics.auth: expected one of admin, token, none"),
+    ({"metrics": {"auth": "token"}}, "analytics.metrics.token: required with auth: token"),
+    ({"quality": {"retry_window": "soon"}}, "analytics.quality.retry_window: expected a duration"),
+    ({"export": {"batch_rows": 0}}, "analytics.export.batch_rows"),
+])
+def test_mistakes_are_named(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(config_from({"models": {}, "analytics": section}))
+    assert any(message in p for p in raised.value.problems), raised.value.problems
+
+
+def row(i: int) -> dict[str, Any]:
+    return {"request_id": f"w{i}", "ts": 1.0 * i, "status": 200, "error": False, "truncated": False,
+            "invalid_tool_json": False}
+
+
+class FlakyDatabase:
+    """The engine, or an outage while ``down`` is set."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.down = False
+
+    def begin(self) -> Any:
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        return self.engine.begin()
+
+
+def test_rows_wait_out_an_outage_and_are_written_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> int:
+        url, _ = await support.create_database("sqlite", tmp_path)
+        async with support.engine_at(url) as engine:
+            db = FlakyDatabase(engine)
+            writer = BatchWriter(db, QUALITY, batch=3, max_pending=5)
+            db.down = True
+            for i in range(7):
+                writer.add(row(i))
+            assert await writer.flush() == 0 and await writer.flush() == 0
+            assert len(writer.pending) == 5 and writer.dropped == 2  # bounded: the oldest go first
+            db.down = False
+            assert await writer.flush() == 5
+            await writer.close()
+            async with engine.connect() as conn:
+                return int((await conn.execute(select(func.count()).select_from(QUALITY))).scalar() or 0)
+
+    caplog.set_level(logging.INFO, logger="clasp.analytics")
+    assert asyncio.run(go()) == 5
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1  # once per outage
+    assert any("works again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_row_already_written_does_not_block_the_queue(tmp_path: Path) -> None:
+    async def go() -> int:
+        url, _ = await support.create_database("sqlite", tmp_path)
+        async with support.engine_at(url) as engine:
+            writer = BatchWriter(FlakyDatabase(engine), QUALITY, batch=10)
+            writer.add(row(1))
+            await writer.flush()
+            for i in (1, 2, 3):  # w1 again, in a batch with new rows
+                writer.add(row(i))
+            await writer.flush()
+            assert not writer.pending
+            async with engine.connect() as conn:
+                return int((await conn.execute(select(func.count()).select_from(QUALITY))).scalar() or 0)
+
+    assert asyncio.run(go()) == 3
