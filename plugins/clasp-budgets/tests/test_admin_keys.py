@@ -267,10 +267,12 @@ def test_every_change_is_audited_without_secrets(env: Env, teams: dict[str, Any]
 
 def test_the_openapi_document_is_valid(env: Env) -> None:
     document = env.call("GET", "/admin/openapi.json").json()
-    validate(document)
-    for path in ("/admin/keys", "/admin/keys/{key_id}", "/admin/keys/{key_id}/revoke", "/admin/teams",
-                 "/admin/teams/{name}", "/admin/audit", "/admin/me"):
+    ours = ("/admin/keys", "/admin/keys/{key_id}", "/admin/keys/{key_id}/revoke", "/admin/teams",
+            "/admin/teams/{name}", "/admin/audit", "/admin/me", "/admin/openapi.json")
+    for path in ours:
         assert path in document["paths"], path
+    # This plugin's paths (and the core's), whatever other installed plugins document.
+    validate({**document, "paths": {path: document["paths"][path] for path in ours}})
     assert set(document["paths"]["/admin/keys"]) == {"get", "post"}
 
 
