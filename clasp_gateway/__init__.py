@@ -127,8 +127,10 @@ from .state import (
     StateUnavailable,
     Subscription,
     create_state,
+    parse_state_settings,
 )
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
+from .storage.standalone import database_for
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -219,10 +221,10 @@ __all__ = [
     "redact", "redact_bytes", "register_secret",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
-    "Subscription", "create_state",
+    "Subscription", "create_state", "parse_state_settings",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
-    "parse_storage_settings",
+    "database_for", "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

@@ -98,9 +98,9 @@ async def openapi_endpoint(request: Request) -> Response:
     ---
     summary: The admin API's OpenAPI document (this one)
     responses:
-      200: {description: an OpenAPI 3 document of every /admin/ route}
-      401: {description: no key, or a wrong one}
-      403: {description: a key that is neither admin nor team_admin}
+      200: {description: "an OpenAPI 3 document of every /admin/ route"}
+      401: {description: "no key, or a wrong one"}
+      403: {description: "a key that is neither admin nor team_admin"}
     """
     from .. import __version__
 
