@@ -31,6 +31,7 @@ from typing import Any
 __all__ = ["CacheUse", "PromptCache", "render_prompt"]
 
 BYTES_PER_TOKEN = 4
+BILLING_PREFIX = "x-anthropic-billing-header:"
 LOOKBACK_BLOCKS = 20
 """Anthropic checks for a cached prefix at up to 20 block boundaries before a breakpoint."""
 
@@ -78,6 +79,8 @@ def _anthropic_blocks(body: dict[str, Any]) -> list[Block]:
     if isinstance(system, str):
         blocks.append(Block(_dump(system)))
     for block in system if isinstance(system, list) else ():
+        if isinstance(block, dict) and str(block.get("text", "")).startswith(BILLING_PREFIX):
+            continue  # Claude Code's per-request billing line: Anthropic's own, not prompt
         if isinstance(block, dict):
             blocks.append(Block(_dump(_without(block, "cache_control")), "cache_control" in block))
     for msg in body.get("messages") or ():
