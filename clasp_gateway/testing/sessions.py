@@ -43,15 +43,18 @@ def _prose(rng: random.Random, words: int) -> str:
     return " ".join(out)
 
 
-def claude_code_system(seed: int = 0, *, prompt_words: int = 2200) -> list[dict[str, Any]]:
-    """The ``system`` blocks (the billing line is added per request by the session)."""
+def claude_code_system(seed: int = 0, *, session: int = 0, prompt_words: int = 2200) -> list[dict[str, Any]]:
+    """The ``system`` blocks (the billing line is added per request by the session):
+    the same instructions for a team (``seed``), then the session's environment (its
+    working directory and git state: per user and session, as Claude Code's)."""
     rng = random.Random(f"system-{seed}")
+    env = (f"\n\n<env>\nWorking directory: /home/dev{session}/project\nIs directory a git repo: Yes\n"
+           f"Platform: linux\nToday's date: 2026-12-0{1 + session % 9}\n</env>\n"
+           f"gitStatus: Current branch: feature-{session}\n")
     return [
         {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
          "cache_control": {"type": "ephemeral"}},
-        {"type": "text", "text": _prose(rng, prompt_words)
-         + "\n\n<env>\nWorking directory: /home/dev/project\nIs directory a git repo: Yes\nPlatform: linux\n</env>",
-         "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": _prose(rng, prompt_words) + env, "cache_control": {"type": "ephemeral"}},
     ]
 
 
@@ -102,7 +105,7 @@ def claude_code_session(
     round than the last). ``team_seed`` picks the system prompt and tools (shared by a
     team's sessions), ``seed`` the question and the tool outputs."""
     rng = random.Random(f"session-{team_seed}-{seed}")
-    system = claude_code_system(team_seed)
+    system = claude_code_system(team_seed, session=seed)
     tools = claude_code_tools(team_seed)
     history: list[dict[str, Any]] = [{
         "role": "user",
