@@ -59,7 +59,7 @@ def test_claude_code_session_caches_on_bedrock(stack: tuple[Any, GatewayServer])
     assert body["messages"][-1]["content"][-1] == {"cachePoint": {"type": "default"}}
     assert orjson.dumps(body).count(b"cachePoint") == 2
     # Byte-stable: each turn's prompt begins the next one's.
-    for before, after in zip(cache.prompts, cache.prompts[1:]):
+    for before, after in zip(cache.prompts, cache.prompts[1:], strict=False):
         assert after.startswith(before)
     # Writes on the first turn, reads (and the new turn's writes) after, as Anthropic usage.
     assert cache.uses[0].written > 0 and cache.uses[0].read == 0

@@ -71,7 +71,7 @@ def test_claude_code_session_caches_on_vertex(stack: tuple[Any, GatewayServer], 
     else:
         assert sent["system"][-1]["cache_control"] == {"type": "ephemeral"}
         assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
-    for before, after in zip(cache.prompts, cache.prompts[1:]):
+    for before, after in zip(cache.prompts, cache.prompts[1:], strict=False):
         assert after.startswith(before)
     for usage, use in zip(usages, cache.uses, strict=True):
         assert usage["cache_read_input_tokens"] == use.read
