@@ -35,9 +35,8 @@ leading system messages), never from text a client chooses to send as a key.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from ..types import CanonicalRequest
 
@@ -46,8 +45,8 @@ __all__ = ["MARK", "has_marks", "marks_on_parts", "prompt_cache_key", "stable_pr
 MARK = "cache_control"
 """The key of a cache breakpoint in the canonical request."""
 
-PROMPT_CACHE_KEY_MIN_BYTES = 4096
-"""Below about 1,024 tokens (OpenAI's minimum cached prefix), no key is worth sending."""
+PROMPT_CACHE_KEY_MIN_CHARS = 4096
+"""A system prompt under about 1,024 tokens (OpenAI's minimum cached prefix) gets no key."""
 
 
 def _part_marked(content: Any) -> bool:
@@ -135,31 +134,44 @@ def marks_on_parts(body: CanonicalRequest) -> CanonicalRequest:
     return {**body, "messages": out_messages}
 
 
-def stable_prefix(body: CanonicalRequest) -> bytes:
-    """The part of a request that stays the same across a conversation's turns: the
-    tools and the leading system messages, serialised without breakpoints."""
-    head: list[Any] = []
+def stable_prefix(body: CanonicalRequest) -> str:
+    """What identifies the part of a request that stays the same across a
+    conversation's turns: the leading system messages and the tools' names. (The
+    tools' schemas are left out: hashing them costs ~60 µs a request for a routing
+    hint that the system prompt already makes specific.)"""
+    parts: list[str] = []
     for msg in body.get("messages") or ():
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "developer"):
             break
-        head.append(msg.get("content"))
-    tools = [_unmarked_tool(t) for t in body.get("tools") or ()]
-    try:
-        return orjson.dumps([tools, head])
-    except TypeError:
-        return b""
+        content = msg.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    for tool in body.get("tools") or ():
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        parts.append(f"tool:{name}" if isinstance(name, str) else "tool")
+    return "\x00".join(parts)
+
+
+@lru_cache(maxsize=1024)
+def _digest(tenant: str, prefix: str) -> str:
+    # Memoised: a session sends the same prefix every turn, and Python's string hash
+    # and equality (what the cache costs) are far cheaper than SHA-256 over ~15 KB.
+    digest = hashlib.sha256()
+    digest.update(tenant.encode("utf-8", "surrogatepass"))
+    digest.update(b"\0")
+    digest.update(prefix.encode("utf-8", "surrogatepass"))
+    return "clasp-" + digest.hexdigest()[:32]
 
 
 def prompt_cache_key(tenant: str, body: CanonicalRequest) -> str | None:
     """OpenAI's ``prompt_cache_key`` for ``body``: a digest of the tenant (team or key)
     and :func:`stable_prefix`, so requests that share a long prefix land on the same
     cache, and two tenants never share a key. ``None`` when the prefix is too short to
-    be cached (or empty)."""
+    be cached."""
     prefix = stable_prefix(body)
-    if len(prefix) < PROMPT_CACHE_KEY_MIN_BYTES:
+    if len(prefix) < PROMPT_CACHE_KEY_MIN_CHARS:
         return None
-    digest = hashlib.sha256()
-    digest.update(tenant.encode("utf-8"))
-    digest.update(b"\0")
-    digest.update(prefix)
-    return "clasp-" + digest.hexdigest()[:32]
+    return _digest(tenant, prefix)
