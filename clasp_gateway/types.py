@@ -321,6 +321,13 @@ class UpstreamStream:
         self._rest = rest
         self._closer = closer
 
+    @property
+    def first_chunks(self) -> list[Chunk]:
+        """The chunks already received when the deployment was chosen, not yet
+        iterated (empty once iteration began). A format plugin reads what the provider
+        reported up front from them (Anthropic's prompt usage, for ``message_start``)."""
+        return self._first
+
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()
 

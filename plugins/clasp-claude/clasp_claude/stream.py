@@ -346,6 +346,17 @@ class StreamTranslator:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def prime(self, chunks: Sequence[dict[str, Any]]) -> None:
+        """Take the usage the provider reported before the answer (in ``chunks``, the
+        ones already received: :attr:`UpstreamStream.first_chunks`), so that
+        ``message_start`` shows the provider's own input and cache figures."""
+        if self._started:
+            return
+        for chunk in chunks:
+            usage = chunk.get("usage") if isinstance(chunk, dict) else None
+            if usage and isinstance(usage, dict):
+                self._usage = Usage.from_openai(usage)
+
     def start(self) -> list[Event]:
         """The ``message_start`` event (once; later calls return nothing)."""
         if self._started:

@@ -47,17 +47,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Gatew
             mp.undo()
 
 
-def _usage(gateway: GatewayServer, body: dict[str, Any]) -> dict[str, Any]:
+def _usage(gateway: GatewayServer, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """message_start's usage and the final message_delta's."""
     response = httpx.post(f"{gateway.base_url}/v1/messages?beta=true", json=body, timeout=60,
                           headers={"x-api-key": GATEWAY_KEY, "anthropic-version": "2023-06-01"})
     assert response.status_code == 200, response.text
+    start: dict[str, Any] = {}
     usage: dict[str, Any] = {}
     for line in response.text.splitlines():
         if line.startswith("data: "):
             event = orjson.loads(line[6:])
-            if event["type"] == "message_delta":
+            if event["type"] == "message_start":
+                start = event["message"]["usage"]
+            elif event["type"] == "message_delta":
                 usage = event["usage"]
-    return usage
+    return start, usage
 
 
 @pytest.mark.parametrize(("publisher", "model"), [("google", "gemini-session"), ("anthropic", "claude-session")])
@@ -73,7 +77,10 @@ def test_claude_code_session_caches_on_vertex(stack: tuple[Any, GatewayServer], 
         assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     for before, after in zip(cache.prompts, cache.prompts[1:], strict=False):
         assert after.startswith(before)
-    for usage, use in zip(usages, cache.uses, strict=True):
+    for (start, usage), use in zip(usages, cache.uses, strict=True):
+        if publisher == "anthropic":  # Claude reports the prompt before the answer: message_start shows it
+            assert (start["input_tokens"], start["cache_read_input_tokens"], start["cache_creation_input_tokens"]) \
+                == (use.prompt_tokens - use.read - use.written, use.read, use.written)
         assert usage["cache_read_input_tokens"] == use.read
         assert usage["cache_creation_input_tokens"] == use.written
         assert usage["input_tokens"] == use.prompt_tokens - use.read - use.written
