@@ -555,6 +555,7 @@ class Gateway:
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "cache_read_input_tokens": usage.cache_read_input_tokens,
+                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
             },
             "cost_usd": cost,
