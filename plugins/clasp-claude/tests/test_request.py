@@ -1162,3 +1162,40 @@ def test_integral_floats_are_accepted_as_integers() -> None:
     t = to_canonical(body(max_tokens=1024.0, thinking={"type": "enabled", "budget_tokens": 2048.0}))
     assert t.body["max_tokens"] == 1024 and type(t.body["max_tokens"]) is int
     assert t.hints.thinking_budget == 2048
+
+
+# -- cache breakpoints ---------------------------------------------------------------------
+
+
+def test_breakpoints_travel_in_litellms_convention() -> None:
+    t = to_canonical(body(
+        system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral", "ttl": "1h", "extra": 1}}],
+        tools=[{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+        messages=[
+            {"role": "user", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64},
+                 "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": {"type": "ephemeral"}}]},
+        ],
+    ))
+    system, image_msg, answer, question = t.body["messages"]
+    assert system["cache_control"] == {"type": "ephemeral", "ttl": "1h"}  # only type and ttl travel
+    assert image_msg["content"][-1]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in image_msg
+    assert answer["cache_control"] == {"type": "ephemeral"}
+    assert question == {"role": "user", "content": "q", "cache_control": {"type": "ephemeral"}}
+    assert t.body["tools"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in t.body["tools"][0]["function"]
+    assert strip_marks(t.body)["messages"][3] == {"role": "user", "content": "q"}
+
+
+@pytest.mark.parametrize(("mark", "message"), [
+    ("yes", "system.0.cache_control: expected an object, got string"),
+    ({"type": "persistent"}, "system.0.cache_control.type: expected 'ephemeral', got 'persistent'"),
+    ({"type": "ephemeral", "ttl": "2d"}, "system.0.cache_control.ttl: expected '5m' or '1h', got '2d'"),
+])
+def test_bad_breakpoints_are_a_400_naming_the_field(mark: Any, message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        to_canonical(body(system=[{"type": "text", "text": "S", "cache_control": mark}]))
+    assert info.value.message == message
