@@ -7,7 +7,8 @@ Two kinds, as the real services work:
   The prompt, rendered in the order the provider reads it (tools, then the system
   prompt, then the messages), is cached as it is sent; a later request of the same
   model reads from cache the longest prefix it shares byte for byte with an earlier
-  one, in whole units (OpenAI: 128 tokens once 1,024 match; DeepSeek: 64).
+  one, in whole units (OpenAI: 128 tokens once 1,024 match; DeepSeek: 64; Gemini:
+  from 2,048).
 - **breakpoints** (Anthropic, Bedrock cache points, Claude on Vertex): explicit. Each
   ``cache_control`` / ``cachePoint`` writes the prompt up to it; a later request reads
   the longest written prefix that ends at one of its block boundaries within 20 blocks
@@ -160,7 +161,7 @@ class PromptCache:
     ``api``: how the provider's request is rendered (:func:`render_prompt`);
     ``kind``: ``"prefix"`` or ``"breakpoints"``; ``min_tokens`` and ``unit``: the
     smallest cached prefix and its granularity (OpenAI 1,024 and 128, DeepSeek 64 and
-    64, Gemini 1,024 and 1, Anthropic 1,024 and 1).
+    64, Gemini 2.5 2,048 and 1, Anthropic 1,024 and 1).
     """
 
     api: str = "openai"

@@ -697,8 +697,8 @@ def default_prompt_cache(flavor: str) -> PromptCache:
     """The prompt cache a provider has, as the fake of ``flavor`` applies it."""
     if flavor == "anthropic":
         return PromptCache(api="anthropic", kind="breakpoints", min_tokens=1024, unit=1)
-    if flavor == "gemini":
-        return PromptCache(api="gemini", kind="prefix", min_tokens=1024, unit=1)
+    if flavor == "gemini":  # Gemini 2.5's implicit cache: from 2,048 tokens (ai.google.dev, 2026)
+        return PromptCache(api="gemini", kind="prefix", min_tokens=2048, unit=1)
     if flavor == "deepseek":
         return PromptCache(api="openai", kind="prefix", min_tokens=64, unit=64)
     return PromptCache(api="openai", kind="prefix", min_tokens=1024, unit=128)

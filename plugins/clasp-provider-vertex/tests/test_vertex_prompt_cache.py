@@ -29,7 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Gatew
     mp.setenv("CLASP_LOAD_PLUGINS", "claude,provider_vertex")
     with fake.FakeVertex(KEY.public_key()) as gcp:
         gcp.prompt_caches = {
-            "google": PromptCache(api="gemini", kind="prefix", min_tokens=1024, unit=1),
+            "google": PromptCache(api="gemini", kind="prefix", min_tokens=2048, unit=1),
             "anthropic": PromptCache(api="anthropic", kind="breakpoints", min_tokens=1024, unit=1),
         }
         key_file = tmp_path_factory.mktemp("vertex") / "sa.json"
