@@ -31,8 +31,12 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, GatewayServer]
         aws.prompt_cache = PromptCache(api="bedrock", kind="breakpoints", min_tokens=1024, unit=1)
         deployment = {"model": f"bedrock/{MODEL}", "region": fake.REGION, "api_base": aws.base_url,
                       "max_output_tokens": 8192}
-        with GatewayServer(config_from({"models": {"*": [deployment]}})) as gateway:
+        gateway = GatewayServer(config_from({"models": {"*": [deployment]}}))
+        try:
+            gateway.start(timeout=180)  # imports LiteLLM: slow on a busy machine
             yield aws, gateway
+        finally:
+            gateway.stop()
 
 
 def _final_usage(gateway: GatewayServer, body: dict[str, Any]) -> dict[str, Any]:

@@ -40,10 +40,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Gatew
                     "vertex_credentials": f"file:{key_file}", "max_output_tokens": 4096}
 
         models = {"claude-*": [vertex(CLAUDE)], "*": [vertex(GEMINI)]}
+        gateway = GatewayServer(config_from({"models": models}))
         try:
-            with GatewayServer(config_from({"models": models})) as gateway:
-                yield gcp, gateway
+            gateway.start(timeout=180)  # imports LiteLLM: slow on a busy machine
+            yield gcp, gateway
         finally:
+            gateway.stop()
             mp.undo()
 
 
