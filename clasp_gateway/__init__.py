@@ -26,7 +26,9 @@ The names, by what a plugin does with them:
 - **Configuration**: :class:`Config`, :func:`resolve_secret`, and the schema helpers
   (:class:`Section`, :class:`Field`, :class:`Integer`...) a plugin's own section is
   checked with.
-- **Routes** (``register_routes``): :func:`authenticate`, :func:`read_json`,
+- **Routes** (``register_routes``): :func:`authenticate`, :func:`require_role` (admin
+  routes under ``/admin/``, whose docstrings make ``GET /admin/openapi.json``), the
+  key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), :func:`read_json`,
   :func:`request_headers`, :func:`json_response`, :func:`error_response`,
   :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
   model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
@@ -43,6 +45,10 @@ The names, by what a plugin does with them:
   :func:`response_fixer`); the request's prompt-cache breakpoints
   (:func:`has_marks`, :func:`strip_marks`, :func:`prompt_cache_key`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
+  SQLAlchemy async Core over ``storage:``), migrations registered as
+  :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
+  :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
   replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
   :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
@@ -72,13 +78,16 @@ from .errors import (
 from .hookspecs import hookimpl
 from .pipeline import Gateway
 from .plugins import await_me_maybe, call_each, call_first
+from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CommandRegistration,
     ConfigSectionRegistration,
+    MigrationRegistration,
     ProviderRegistration,
     RegisterCommand,
     RegisterConfigSection,
+    RegisterMigrations,
     RegisterProvider,
     RegisterRequestClass,
     RegisterRoute,
@@ -95,6 +104,7 @@ from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
 from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 from .shell.access import note as note_access
+from .shell.admin import require_role
 from .shell.http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
 from .shell.limits import MAX_OUTPUT_TOKENS, check_message_count
 from .shell.openai_api import list_models as list_openai_models
@@ -113,6 +123,7 @@ from .state import (
     Subscription,
     create_state,
 )
+from .storage import Database, DatabaseError, MigrationError, StorageSettings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -184,7 +195,7 @@ __all__ = [
     # routes
     "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
     "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
-    "request_headers", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
+    "check_model_access", "may_use_model", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
     # providers: the call helper and LiteLLM's knowledge
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",
@@ -198,6 +209,8 @@ __all__ = [
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state",
+    # records (clasp_gateway/storage/): gateway.database, plugins' migrations
+    "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

@@ -1,4 +1,4 @@
-"""The ``clasp`` command: ``serve``, ``check``, ``plugins``, ``code`` and plugin commands."""
+"""The ``clasp`` command: ``serve``, ``check``, ``plugins``, ``code``, ``db`` and plugin commands."""
 
 from __future__ import annotations
 
@@ -44,10 +44,12 @@ def setup_logging(level: str = "info") -> None:
 
 def _load(path: str | None) -> Config:
     from .state import parse_state_settings
+    from .storage.settings import parse_storage_settings
 
     try:
         config = load_config(path)
         parse_state_settings(config)  # a bad state: section stops here, not in a traceback
+        parse_storage_settings(config)  # idem storage:
         return config
     except ConfigError as exc:
         print(f"clasp: {exc}", file=sys.stderr)
@@ -148,6 +150,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{config.source}: valid ({len(config.models)} model route(s), {len(config.deployments())} deployment(s))")
     for warning in config.warnings:
         print(f"  warning: {warning}")
+    gateway = app.starlette_app.state.gateway
+    if gateway.has_database:  # the URL without its password
+        branches = ", ".join(r.name for r in gateway.migrations) or "none"
+        print(f"  storage: {gateway.database.url} (migrations: {branches})")
     status = 0
     opened = _open_gateway(config, app, args.host or config.server.host)
     if opened is not None:
@@ -187,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks", parents=[common])
     plugins.set_defaults(func=cmd_plugins)
+    from .storage.cli import add_parser as add_db_parser
+
+    add_db_parser(sub, common)
     sub.add_parser("code", help="start Claude Code on this gateway (see `clasp code --help`)", add_help=False)
 
     # Plugin commands: only loaded when the name is not a built-in one.
     argv = list(sys.argv[1:] if argv is None else argv)
-    builtin = {"serve", "check", "plugins", "code", "-h", "--help"}
+    builtin = {"serve", "check", "plugins", "code", "db", "-h", "--help"}
     command = next((a for a in argv if not a.startswith("-")), None)
     if command == "code":  # its own options; the rest goes to claude (claude_code.py)
         from .claude_code import main as code_main

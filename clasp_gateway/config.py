@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ import yaml
 from .classes import BACKGROUND_MAX_TOKENS, LONG_CONTEXT_TOKENS
 from .redact import register_secret
 from .registrations import RegistrationError, config_sections, sections_declared_by
-from .types import Deployment, Secret, Timeouts
+from .types import Deployment, KeyPolicy, Secret, Timeouts
 from .validation import (
     Anything,
     Boolean,
@@ -76,12 +77,17 @@ class ConfigError(Exception):
 
 @dataclass(slots=True)
 class ApiKey:
-    """A gateway key that clients present (``x-api-key`` or ``Authorization: Bearer``)."""
+    """A gateway key that clients present (``x-api-key`` or ``Authorization: Bearer``),
+    with what it may do (``role``, ``policy``) and how its requests are labelled."""
 
     secret: Secret
     name: str
     team: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    role: str = "member"
+    project: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
 
 
 @dataclass(slots=True)
@@ -233,11 +239,12 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 
 # --- the core's schema -----------------------------------------------------------------------
 
-CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions")
+CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions",
+                 "storage")
 """Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
 ``classes`` here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
-``state`` in :mod:`.state` and ``permissions`` in :mod:`.permissions`, when the gateway
-is built. Any other top-level key must be declared by a loaded plugin
+``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions` and ``storage`` in
+:mod:`.storage`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
 
 
@@ -282,13 +289,69 @@ CLASSES = Section({
 }, into=ClassesConfig)
 """``classes:`` (defaults: :class:`ClassesConfig`)."""
 
+def _glob(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable() \
+            or value.count("[") != value.count("]"):
+        raise Invalid()
+    return value
+
+
+def _expiry(value: Any) -> float:
+    from .policy import parse_expiry
+
+    try:
+        return parse_expiry(value)
+    except ValueError:
+        raise Invalid() from None
+
+
+def _tag_map(value: Any) -> dict[str, str]:
+    from .policy import check_tag_map
+
+    try:
+        return check_tag_map(value)
+    except ValueError as exc:
+        raise Invalid(f"expected {exc}") from None
+
+
+KEY_ROLES = ("admin", "team_admin", "member")
+BUDGET_PERIODS = ("daily", "weekly", "monthly", "total")
+
 KEY = Section({
     "key": Field(Reference(), required="e.g. `${CLASP_API_KEY}`"),
     "name": String(non_empty=True),
     "team": String(non_empty=True),
     "metadata": Field(MapOf(Anything()), factory=dict),
+    "role": Field(Choice(*KEY_ROLES), "member"),
+    "project": String(non_empty=True, pattern=r"[ -~]{1,128}", expected="a project name (printable, 128 at most)"),
+    "tags": Field(Custom(_tag_map, "a mapping of tag name to value"), factory=dict),
+    "models": ListOf(Custom(_glob, "a model name or glob such as claude-*haiku*"), non_empty=True, single=True),
+    "rpm": Integer(1, example=60),
+    "tpm": Integer(1, example=100000),
+    "rpd": Integer(1, example=1000),
+    "tpd": Integer(1, example=1000000),
+    "max_concurrency": Integer(1, example=4),
+    "max_budget_usd": Number(above=0),
+    "budget_period": Choice(*BUDGET_PERIODS),
+    "expires": Custom(_expiry, "an ISO date or date-time such as 2027-01-31 or 2027-01-31T18:00:00Z"),
+    "regions": ListOf(String(non_empty=True), non_empty=True, single=True),
 })
-"""One entry of ``keys:``."""
+"""One entry of ``keys:``: the key, who it belongs to, and what it may do (its
+:class:`~clasp_gateway.types.KeyPolicy`: the core enforces ``models`` and ``expires``,
+the plugin owning limits and budgets the rest)."""
+
+
+def _policy(v: dict[str, Any], path: str, problems: list[str]) -> KeyPolicy:
+    period = v.get("budget_period")
+    if period is not None and v.get("max_budget_usd") is None:
+        problems.append(f"{path}.budget_period: needs max_budget_usd (the spend allowed per {period} period)")
+    if v.get("max_budget_usd") is not None and period is None:
+        period = "total"  # a budget without a period never resets
+    return KeyPolicy(
+        models=tuple(v.get("models") or ()), rpm=v.get("rpm"), tpm=v.get("tpm"), rpd=v.get("rpd"), tpd=v.get("tpd"),
+        max_concurrency=v.get("max_concurrency"), max_budget_usd=v.get("max_budget_usd"), budget_period=period,
+        expires_at=v.get("expires"), regions=tuple(v.get("regions") or ()),
+    )
 
 ROUTE = Section({
     "deployments": Field(Anything("a list of deployments"), required="a list of deployments, each with `model:`"),
@@ -532,11 +595,15 @@ def _keys(raw_keys: Any, problems: list[str], warnings: list[str]) -> tuple[list
     if not isinstance(raw_keys, list):
         problems.append(f"keys: expected a list of {{key, name, team}}, got {type(raw_keys).__name__}")
         return keys, key_problems
+    now = time.time()
     for i, entry in enumerate(raw_keys):
         v = KEY.parse(entry, f"keys.{i}", problems)
+        policy = _policy(v, f"keys.{i}", problems)
         if v["key"] is None:
             continue
         name = v["name"] or f"key-{i}"
+        if policy.expires_at is not None and policy.expires_at <= now:
+            warnings.append(f"keys.{i} ({name}) expired on {entry.get('expires')}: it is refused (401)")
         secret = resolve_secret(v["key"])
         if not secret.value:
             key_problems.append(secret.hint)
@@ -546,7 +613,8 @@ def _keys(raw_keys: Any, problems: list[str], warnings: list[str]) -> tuple[list
         if weak:  # name the key, never show it
             warnings.append(f"keys.{i} ({name}): weak key ({weak}): anyone who guesses it can spend your provider "
                             "budget; use a long random value, e.g. `openssl rand -hex 32`")
-        keys.append(ApiKey(secret=secret, name=name, team=v["team"], metadata=v["metadata"]))
+        keys.append(ApiKey(secret=secret, name=name, team=v["team"], metadata=v["metadata"], role=v["role"],
+                           project=v["project"], tags=v["tags"], policy=policy))
     if raw_keys and not keys:
         warnings.append("no gateway key resolved: every request will be refused (401) until you "
                         + " or ".join(key_problems))

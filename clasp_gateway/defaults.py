@@ -25,7 +25,8 @@ def _key_table(config: Config) -> dict[bytes, Principal]:
             assert key.secret.value
             digest = hashlib.sha256(key.secret.value.encode()).digest()
             table[digest] = Principal(
-                key_id=digest.hex()[:12], name=key.name, team=key.team, metadata=dict(key.metadata)
+                key_id=digest.hex()[:12], name=key.name, team=key.team, metadata=dict(key.metadata),
+                role=key.role, project=key.project, tags=dict(key.tags), policy=key.policy,
             )
         _tables.clear()
         _tables[id(config)] = table
@@ -34,7 +35,10 @@ def _key_table(config: Config) -> dict[bytes, Principal]:
 
 @hookimpl(trylast=True)
 def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Principal:
-    """Accept the keys listed under ``keys:``; with none configured, accept anyone."""
+    """Accept the keys listed under ``keys:``, each with its role, project, tags and
+    :class:`~clasp_gateway.types.KeyPolicy` from clasp.yaml (the core then refuses an
+    expired key and a model outside ``policy.models``); with none configured, accept
+    anyone (as a ``member`` without limits)."""
     if not config.keys and not config.raw.get("keys"):
         return Principal(key_id="anonymous", name="anonymous")
     if not api_key:

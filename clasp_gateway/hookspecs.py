@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .registrations import (
         RegisterCommand,
         RegisterConfigSection,
+        RegisterMigrations,
         RegisterProvider,
         RegisterRequestClass,
         RegisterRoute,
@@ -135,6 +136,24 @@ def register_request_classes(register: RegisterRequestClass) -> None:
     ``ctx.request_class``, and every class that matches is in ``ctx.traits``. A
     predicate that raises counts as "no match". Names are unique (built-in ones
     included) (:class:`~clasp_gateway.registrations.RequestClassRegistration`).
+    """
+
+
+@hookspec
+def register_migrations(register: RegisterMigrations) -> None:
+    """Add database migrations: ``register(MigrationRegistration(name="ledger",
+    directory=Path(__file__).parent / "migrations"))``.
+
+    Each registration is its own Alembic branch: ``name`` is its branch label (a
+    lower-case word), ``directory`` holds its revision files, the first with
+    ``down_revision = None`` and ``branch_labels = ("ledger",)``. Write them with
+    ``alembic.op`` (``op.create_table(...)``) and portable types: the same files run on
+    SQLite and PostgreSQL. A gateway with any registration has a database
+    (``gateway.database``, a :class:`~clasp_gateway.storage.Database` over ``storage:``)
+    and upgrades every branch to its head when it starts (``storage.auto_migrate``,
+    default true; replicas starting together take turns), or with ``clasp db upgrade``.
+    One branch per name, one name per directory
+    (:class:`~clasp_gateway.registrations.MigrationRegistration`).
     """
 
 

@@ -30,7 +30,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from . import registrations
@@ -38,6 +38,7 @@ from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, call_each, call_each_sync, call_first
+from .policy import admit, check_expiry
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
 from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
@@ -46,6 +47,8 @@ from .shell.access import REQUEST_EVENT
 from .shell.guard import AuthThrottle
 from .shell.served import served_models
 from .state import StateBackend, state_from_config
+from .storage import Database, StorageSettings, parse_storage_settings
+from .storage.migrations import check_registrations
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -162,6 +165,7 @@ class Gateway:
             else:
                 self._exact.setdefault(route.pattern, route)
         self._resolved: dict[str, ModelRoute | None] = {}
+        self._patterns = tuple(route.pattern for route in config.models)
         self.chunk_hook = pm.has_impls("on_stream_chunk")
         self.hook_failures: Counter[str] = Counter()
         """Failures of bookkeeping steps that were isolated from the answer, by hook
@@ -180,12 +184,42 @@ class Gateway:
         # Credentials without access to their model, found by probes off the hot path
         # (permissions.py): such keys leave rotation, such deployments are skipped.
         self.permissions = PermissionChecker(config, self.providers)
+        # Records (ledger, keys, analytics): a database only when a plugin registered
+        # migrations or asks for one (``database``); SQLAlchemy is not imported otherwise.
+        self.storage: StorageSettings = parse_storage_settings(config)
+        self.migrations = registrations.migrations(pm)
+        check_registrations(self.migrations)
+        self._database: Database | None = Database(self.storage, self.migrations) if self.migrations else None
+        self.clock: Callable[[], float] = time.time
+        """Wall-clock seconds: when keys expire (tests move a ``FakeClock`` instead)."""
         self.ready = False
+
+    @property
+    def database(self) -> Database:
+        """The gateway's :class:`~clasp_gateway.storage.Database` (``storage:``),
+        created on first use when no plugin registered migrations: a plugin asks for
+        it in its ``startup`` hook and the gateway opens it in :meth:`start` (asked
+        later, it connects on first use). Disposed of in :meth:`close`."""
+        if self._database is None:
+            self._database = Database(self.storage, self.migrations)
+        return self._database
+
+    @property
+    def has_database(self) -> bool:
+        """Whether a database was registered or asked for (without creating one)."""
+        return self._database is not None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.state.open()
+        if self._database is not None:  # connect, and upgrade every branch (storage.auto_migrate)
+            try:
+                await self._database.open()
+            except BaseException:  # the app will not serve: release what start() opened
+                await self._database.dispose()
+                await self.state.close()
+                raise
         await self.providers.start(self.config.deployments())
         self.permissions.start()  # in the background: serving does not wait for the probes
         self.ready = True
@@ -194,6 +228,8 @@ class Gateway:
         self.ready = False
         await self.permissions.close()
         await self.providers.close()
+        if self._database is not None:
+            await self._database.dispose()
         await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
@@ -205,7 +241,9 @@ class Gateway:
         address = self.guard.address(client, headers)
         self.guard.admit(address)
         try:
-            return await self._identify(headers)
+            principal = await self._identify(headers)
+            check_expiry(principal, self.clock())  # whichever plugin authenticated it
+            return principal
         except AuthenticationError:
             self.guard.failed(address)
             raise
@@ -261,8 +299,11 @@ class Gateway:
         """Find a deployment that answers and return its stream, first chunk in hand
         (with server tools: the stream of the tool loop, see ``server_tools.py``).
 
-        Both APIs come here with the canonical request, so this is where the request
-        is classified (:meth:`classify`), before anything routes it."""
+        Both APIs come here with the canonical request, so this is where the core
+        checks the key may use the model and sets ``ctx.user``/``ctx.tags``
+        (``policy.admit``: before any plugin's ``resolve_route`` or ``before_call``, so
+        no cache can answer a refused request), then classifies it (:meth:`classify`)."""
+        admit(ctx, request, lambda name: self.resolve_model(name).pattern, self._patterns)
         self.classify(ctx, request)
         if self.server_tools is not None:
             tools = self.server_tools.for_request(ctx, request)

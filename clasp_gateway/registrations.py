@@ -23,10 +23,12 @@ to that plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .classes import Classifier, Predicate, RequestClass, build_classifier
@@ -42,9 +44,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandRegistration",
     "ConfigSectionRegistration",
+    "MigrationRegistration",
     "ProviderRegistration",
     "RegisterCommand",
     "RegisterConfigSection",
+    "RegisterMigrations",
     "RegisterProvider",
     "RegisterRequestClass",
     "RegisterRoute",
@@ -57,6 +61,7 @@ __all__ = [
     "ToolRegistration",
     "commands",
     "config_sections",
+    "migrations",
     "providers",
     "request_classes",
     "request_classifier",
@@ -163,6 +168,20 @@ class RequestClassRegistration:
     plugin: str
 
 
+@dataclass(slots=True, frozen=True)
+class MigrationRegistration:
+    """A plugin's database migrations (``register_migrations``): an Alembic branch.
+
+    ``name`` is the branch label (``"ledger"``): the first revision in ``directory``
+    has ``down_revision = None`` and ``branch_labels = ("ledger",)``, later ones follow
+    it. ``directory`` holds the revision files (``Path(__file__).parent /
+    "migrations"``). ``plugin`` is filled in by ``register``."""
+
+    name: str
+    directory: Path
+    plugin: str = ""
+
+
 # --- the register callables, as plugins see them --------------------------------------------------
 
 
@@ -206,6 +225,15 @@ class RegisterConfigSection(Protocol):
     def __call__(self, name: str) -> ConfigSectionRegistration: ...
 
 
+class RegisterMigrations(Protocol):
+    """``register`` of ``register_migrations``: ``register(MigrationRegistration(name=...,
+    directory=...))``, or ``register(name, directory)``."""
+
+    def __call__(
+        self, registration: MigrationRegistration | str, directory: Path | str | None = None
+    ) -> MigrationRegistration: ...
+
+
 class RegisterRequestClass(Protocol):
     """``register`` of ``register_request_classes``."""
 
@@ -220,6 +248,7 @@ _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _COMMAND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _SECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_BRANCH_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class _Bad(Exception):
@@ -328,6 +357,34 @@ def _section_register(plugin: str, out: list[ConfigSectionRegistration]) -> Regi
     return register
 
 
+def _migrations_register(plugin: str, out: list[MigrationRegistration]) -> RegisterMigrations:
+    def register(
+        registration: MigrationRegistration | str, directory: Path | str | None = None
+    ) -> MigrationRegistration:
+        """Add the Alembic branch ``registration.name`` whose revisions are in ``registration.directory``."""
+        where: Any
+        if isinstance(registration, MigrationRegistration):
+            if directory is not None:
+                raise _Bad("pass a MigrationRegistration, or a name and a directory, not both")
+            name, where = registration.name, registration.directory
+        else:
+            name, where = registration, directory
+        _name(name, "migration branch", _BRANCH_NAME,
+              "must be a lower-case word such as 'ledger' (letters, digits, _; 32 at most)")
+        if not isinstance(where, (str, Path)):
+            raise _Bad(f"the directory of migration branch {name!r} must be a path, got {type(where).__name__}")
+        path = Path(where)
+        if not path.is_dir():
+            raise _Bad(f"the directory of migration branch {name!r} does not exist: {path}")
+        record = dataclasses.replace(
+            registration if isinstance(registration, MigrationRegistration) else MigrationRegistration(name, path),
+            directory=path.absolute(), plugin=plugin)
+        out.append(record)
+        return record
+
+    return register
+
+
 def _class_register(plugin: str, out: list[RequestClassRegistration]) -> RegisterRequestClass:
     def register(
         name: str, predicate: Predicate, description: str = "", after: str | None = None
@@ -354,6 +411,7 @@ _USAGE = {
     "register_tools": "register(name, description, input_schema, handler)",
     "register_config_sections": "register(name)",
     "register_request_classes": "register(name, predicate, description='', after=None)",
+    "register_migrations": "register(MigrationRegistration(name='ledger', directory=Path(...)))",
 }
 
 _WHAT = {
@@ -364,6 +422,7 @@ _WHAT = {
     "register_tools": "a tool named",
     "register_config_sections": "the config section",
     "register_request_classes": "a request class named",
+    "register_migrations": "the migration branch",
 }
 
 
@@ -480,6 +539,12 @@ def sections_declared_by(function: Callable[..., Any], plugin: str) -> list[Conf
 def request_classes(pm: PluginManager) -> list[RequestClassRegistration]:
     """The request classes plugins add (``register_request_classes``), unique by name."""
     return _collect(pm, "register_request_classes", _class_register, lambda r: (r.name,))
+
+
+def migrations(pm: PluginManager) -> list[MigrationRegistration]:
+    """The database migrations plugins add (``register_migrations``): one branch per
+    name, one name per directory."""
+    return _collect(pm, "register_migrations", _migrations_register, lambda r: (r.name, r.directory))
 
 
 def request_classifier(pm: PluginManager, settings: Mapping[str, Any]) -> Classifier:

@@ -21,6 +21,7 @@ from ..errors import ApiError, GatewayError, NotFoundError
 from ..pipeline import Gateway, new_request_id
 from ..plugins import PluginManager, call_each
 from . import access, openai_api
+from .admin import openapi_endpoint
 from .http import authenticate, error_response, json_response
 from .served import claude_code_endpoint
 
@@ -184,6 +185,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", openai_api.retrieve_model, methods=["GET"]),
         Route("/-/claude-code", claude_code_endpoint, methods=["GET"]),
+        # The admin API's document, from the docstrings of plugins' /admin/ routes (admin.py).
+        Route("/admin/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
 
     @asynccontextmanager

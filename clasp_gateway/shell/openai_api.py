@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from ..canonical import chunks_to_completion
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
+from ..policy import may_use_model
 from ..types import KEEPALIVE, Chunk, RequestContext, RequestHints, UpstreamStream, Usage
 from ..wire.params import check_params
 from .access import note
@@ -159,11 +160,12 @@ async def list_models(request: Request) -> Response:
     with a display name and a description naming the real model (``served.py``)."""
     gateway = request.app.state.gateway
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
     except GatewayError as exc:
         return error_response(exc, "openai", request.scope["state"]["request_id"])
     created, _ = created_timestamps()
-    return json_response({"object": "list", "data": [m.openai(created) for m in served_models(gateway.config)]})
+    served = [m for m in served_models(gateway.config) if may_use_model(principal, m.id)]  # the key's own
+    return json_response({"object": "list", "data": [m.openai(created) for m in served]})
 
 
 async def retrieve_model(request: Request) -> Response:
@@ -172,9 +174,9 @@ async def retrieve_model(request: Request) -> Response:
     gateway = request.app.state.gateway
     request_id = request.scope["state"]["request_id"]
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
         model = describe_model(gateway.config, request.path_params["model_id"])
-        if model is None:
+        if model is None or not may_use_model(principal, model.id):
             raise NotFoundError(f"model {request.path_params['model_id']!r} is not served by this gateway")
     except GatewayError as exc:
         return error_response(exc, "openai", request_id)

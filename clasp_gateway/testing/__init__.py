@@ -35,10 +35,14 @@ What is here, by use:
   machine's, or a ``redis-server`` of its own, stopped after; a fresh key prefix per
   test with :meth:`RedisServer.namespace`), and :class:`GatewayProcesses`, real
   ``clasp serve`` processes on one configuration (workers, replicas).
+- **Databases** (:mod:`.databases`): :func:`postgres_server` (the machine's PostgreSQL,
+  started when down; :meth:`PostgresServer.database` creates a fresh database and
+  drops it after) and :func:`sqlite_file`, for a plugin's storage on both dialects.
 - **Time** (:mod:`.clock`): :class:`FakeClock`, a clock a test moves, for components
   that take one (windows, cooldowns, expiries are tested without sleeping).
 - **pytest fixtures** (:mod:`.pytest_plugin`, loaded by the ``pytest11`` entry point):
-  ``fake_upstream``, ``start_gateway`` (typed :data:`StartGateway`), ``redis_server``.
+  ``fake_upstream``, ``start_gateway`` (typed :data:`StartGateway`), ``redis_server``,
+  ``postgres_server``, ``postgres_url``, ``sqlite_url`` and ``database_url`` (both dialects).
 
 Nothing here imports pytest but :mod:`.pytest_plugin`, and the gateway never imports
 this package: it costs nothing at run time.
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 from .apps import AppThread, load_module
 from .clock import FakeClock
+from .databases import PostgresServer, postgres_server, sqlite_file
 from .fakes import (
     FLAVORS,
     CacheUse,
@@ -100,6 +105,8 @@ __all__ = [
     "CacheUse", "PromptCache", "render_prompt",
     # a gateway in a thread
     "GATEWAY_KEY", "UPSTREAM_KEY", "GatewayServer", "StartGateway", "config_from", "openai_models", "plugin_manager",
+    # real databases: a fresh PostgreSQL database, a SQLite file
+    "PostgresServer", "postgres_server", "sqlite_file",
     # time that moves when told
     "FakeClock",
     # real processes: Redis, clasp serve

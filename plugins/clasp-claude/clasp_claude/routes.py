@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -23,11 +24,13 @@ from clasp_gateway import (
     Usage,
     authenticate,
     check_message_count,
+    check_model_access,
     created_timestamps,
     describe_model,
     error_response,
     json_response,
     list_openai_models,
+    may_use_model,
     note_access,
     read_json,
     request_headers,
@@ -53,6 +56,13 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
+def _client_user(raw: Any) -> str | None:
+    """The client's ``metadata.user_id`` (for ``ctx.user``; checked by ``to_canonical``)."""
+    metadata = raw.get("metadata") if isinstance(raw, dict) else None
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user if isinstance(user, str) and user else None
+
+
 async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
     """``POST /v1/messages``."""
     gateway = _gateway(request)
@@ -67,7 +77,7 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
         ctx = RequestContext(
             request_id=request_id, api="anthropic", public_model=raw["model"],
             client_stream=bool(raw.get("stream")), principal=principal, headers=headers,
-            hints=translated.hints,
+            hints=translated.hints, user=_client_user(raw),  # the core's x-clasp-user wins
         )
         note_access(request, ctx=ctx)
         # An Anthropic deployment gets the client's own request (passthrough.py).
@@ -173,11 +183,12 @@ async def count_tokens_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
         raw = await read_json(request, gateway.config.server.max_request_bytes)
         check_message_count(raw, gateway.config.server.max_messages)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
             raise InvalidRequestError("model: required, a non-empty string")
+        check_model_access(principal, raw["model"])  # the key's models: allowlist
         route = gateway.resolve_model(raw["model"])
         target = route.deployments[0].model if route.deployments else raw["model"]
         # Tokenizing a long conversation takes milliseconds: keep it off the event loop.
@@ -197,11 +208,11 @@ async def list_models_endpoint(request: Request) -> Response:
         return await list_openai_models(request)
     gateway = _gateway(request)
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope["state"]["request_id"])
     _, created_at = created_timestamps()
-    data = [m.anthropic(created_at) for m in served_models(gateway.config)]
+    data = [m.anthropic(created_at) for m in served_models(gateway.config) if may_use_model(principal, m.id)]
     return json_response({
         "data": data,
         "has_more": False,
@@ -218,10 +229,10 @@ async def model_endpoint(request: Request) -> Response:
     gateway = _gateway(request)
     request_id = request.scope["state"]["request_id"]
     try:
-        await authenticate(request)
+        principal = await authenticate(request)
         name = request.path_params["model_id"]
         model = describe_model(gateway.config, name)
-        if model is None:
+        if model is None or not may_use_model(principal, model.id):
             raise NotFoundError(f"model {name!r} is not served by this gateway")
     except GatewayError as exc:
         return error_response(exc, "anthropic", request_id)

@@ -1,0 +1,1 @@
+"""Toy plugins with database migrations, for the storage tests (each its own branch)."""
