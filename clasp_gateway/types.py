@@ -8,6 +8,7 @@ travels in these slotted dataclasses.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -179,6 +180,9 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    """What the provider itself reported the call cost (OpenRouter's ``usage.cost``,
+    LiteLLM's ``response_cost``), when it did: it wins over the gateway's price map."""
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
@@ -192,6 +196,7 @@ class Usage:
         ``cache_creation_input_tokens`` (LiteLLM's name; Bedrock, Anthropic) or
         ``prompt_tokens_details.cache_creation_tokens`` / ``cache_write_tokens``
         (LiteLLM, OpenRouter). ``input_tokens`` here excludes both, as Anthropic's does.
+        A finite ``cost`` (OpenRouter) is kept as :attr:`cost_usd`.
         """
         if not usage:
             return cls()
@@ -205,12 +210,18 @@ class Usage:
             or _count(details.get("cache_write_tokens"))
         out_details = usage.get("completion_tokens_details") or {}
         reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+        cost = usage.get("cost")
+        reported = (
+            float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool)
+            and math.isfinite(cost) and cost >= 0 else None
+        )
         return cls(
             input_tokens=max(0, prompt - cached - written),
             output_tokens=_count(usage.get("completion_tokens")),
             cache_read_input_tokens=cached,
             cache_creation_input_tokens=written,
             reasoning_tokens=reasoning,
+            cost_usd=reported,
         )
 
 
