@@ -271,8 +271,7 @@ def test_the_openapi_document_is_valid(env: Env) -> None:
             "/admin/teams/{name}", "/admin/audit", "/admin/me", "/admin/openapi.json")
     for path in ours:
         assert path in document["paths"], path
-    # This plugin's paths (and the core's), whatever other installed plugins document.
-    validate({**document, "paths": {path: document["paths"][path] for path in ours}})
+    validate(document)  # the whole document: every installed plugin's admin routes too
     assert set(document["paths"]["/admin/keys"]) == {"get", "post"}
 
 
