@@ -24,7 +24,6 @@ Their docstrings carry OpenAPI YAML after a ``---`` line (Starlette's
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 from starlette.requests import Request
