@@ -275,6 +275,7 @@ async def test_lease_ttl_frees_slots_a_dead_replica_held() -> None:
     from clasp_budgets.limits.settings import LimitSet, LimitsSettings
     from clasp_budgets.limits.shape import LimitExceeded
     from clasp_budgets.limits.store import Store
+
     from clasp_gateway import RequestContext, StateSettings, create_state
 
     clock = FakeClock()
@@ -293,8 +294,9 @@ async def test_lease_ttl_frees_slots_a_dead_replica_held() -> None:
 
 
 def test_bad_limits_config_is_a_clear_error() -> None:
-    from clasp_gateway import ConfigError
     from clasp_budgets.limits.settings import parse_settings
+
+    from clasp_gateway import ConfigError
 
     config = config_from({"models": {}, "limits": {"teams": {"qa": {"rpn": 3}}, "runaway": {"multiplier": 0.5}}})
     with pytest.raises(ConfigError) as caught:

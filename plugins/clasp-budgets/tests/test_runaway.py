@@ -18,6 +18,7 @@ from clasp_budgets.limits.runaway import Detector  # noqa: E402
 from clasp_budgets.limits.runtime import LimitsRuntime  # noqa: E402
 from clasp_budgets.limits.settings import LimitsSettings, RunawaySettings  # noqa: E402
 from clasp_budgets.limits.shape import LimitExceeded  # noqa: E402
+
 from clasp_gateway import Principal, RequestContext, StateSettings, create_state  # noqa: E402
 from clasp_gateway.testing import GATEWAY_KEY, FakeClock, FakeUpstream, GatewayServer, config_from, openai_models  # noqa: E402
 
@@ -98,7 +99,7 @@ async def test_per_user_behind_a_shared_key_and_two_replicas_alert_once() -> Non
     clock = FakeClock(START)
     shared = create_state(StateSettings(backend="memory"), clock=clock)
     one, two = runtime(clock, shared, multiplier=5, floor_rpm=20), runtime(clock, shared, multiplier=5, floor_rpm=20)
-    for minute in range(10):  # alice steady at 4 rpm, through both replicas
+    for _minute in range(10):  # alice steady at 4 rpm, through both replicas
         for i in range(4):
             await (one if i % 2 else two).before_call(ctx("team-key", "alice"), {"messages": []})
             clock.advance(15)

@@ -148,9 +148,9 @@ class Limiter:
     async def _undo(self, backend: StateBackend, counted: list[tuple[str, float, float]], slots: list[str],
                     *, quiet: bool = False) -> None:
         for key, window, cost in counted:
-            await self.store.on(backend, lambda b, k=key, w=window, c=cost: b.hit(k, UNLIMITED, w, cost=-c))
+            await self.store.quietly(backend.hit(key, UNLIMITED, window, cost=-cost))
         for key in slots:
-            await self.store.on(backend, lambda b, k=key: b.add_within(k, -1, None, ttl=self.settings.lease_ttl))
+            await self.store.quietly(backend.add_within(key, -1, None, ttl=self.settings.lease_ttl))
 
     async def settle(self, admission: Admission, used_tokens: int | None) -> None:
         """The request ended (however): release its slots, correct its token counts to
@@ -160,12 +160,12 @@ class Limiter:
         admission.settled = True
         backend = admission.backend
         for key in admission.slots:
-            await self.store.on(backend, lambda b, k=key: b.add_within(k, -1, None, ttl=self.settings.lease_ttl))
+            await self.store.quietly(backend.add_within(key, -1, None, ttl=self.settings.lease_ttl))
         if used_tokens is not None:
             for key, window, counted in admission.tokens:
                 delta = float(used_tokens) - counted
                 if delta:
-                    await self.store.on(backend, lambda b, k=key, w=window, d=delta: b.hit(k, UNLIMITED, w, cost=d))
+                    await self.store.quietly(backend.hit(key, UNLIMITED, window, cost=delta))
 
 
 def _noun(kind: str) -> str:

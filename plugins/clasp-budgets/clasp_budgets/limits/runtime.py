@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import methodcaller
 from typing import Any
 
 import httpx
@@ -37,6 +38,8 @@ ADMISSION = "clasp.limits.admission"
 PAUSE = NS + "pause:"
 FLAG = NS + "rw:flag:"
 COUNT = NS + "rw:"
+COUNT_TTL = 180.0
+"""Per-minute runaway counters live three minutes (this one and the previous are read)."""
 WEBHOOK_TIMEOUT = 5.0
 MAX_WEBHOOKS_IN_FLIGHT = 32
 
@@ -115,7 +118,7 @@ class LimitsRuntime:
 
     async def _refuse_if_paused(self, ctx: RequestContext, subjects: list[tuple[str, str]]) -> None:
         for subject, label in subjects:
-            raw, _ = await self.store.run(lambda b, s=subject: b.get(PAUSE + s))
+            raw, _ = await self.store.run(methodcaller("get", PAUSE + subject))
             if raw is None:
                 continue
             until_text, _, why = raw.decode("utf-8", "replace").partition(" ")
@@ -132,7 +135,7 @@ class LimitsRuntime:
         minute, fraction = self.detector.minute()
         for subject, label in subjects:
             key = f"{COUNT}{subject}:{series}:{minute}"
-            total, _ = await self.store.run(lambda b, k=key: b.incr(k, amount, ttl=180))
+            total, _ = await self.store.run(methodcaller("incr", key, amount, ttl=COUNT_TTL))
             flag = self.detector.observe(subject, series, minute, fraction, float(total))
             if flag is not None:
                 await self._flagged(ctx, flag, label)
@@ -141,13 +144,13 @@ class LimitsRuntime:
         """Alert once per episode across replicas; pause when configured."""
         assert self.runaway is not None
         first, _ = await self.store.run(
-            lambda b: b.set(FLAG + flag.subject, flag.describe(), ttl=self.runaway.episode, if_absent=True))  # type: ignore[union-attr]
+            methodcaller("set", FLAG + flag.subject, flag.describe(), ttl=self.runaway.episode, if_absent=True))
         if not first:
             return
         until = self.clock() + self.runaway.pause_for if self.runaway.pause else None
         if until is not None:
             value = f"{until!r} {flag.describe()}"
-            await self.store.run(lambda b: b.set(PAUSE + flag.subject, value, ttl=self.runaway.pause_for))  # type: ignore[union-attr]
+            await self.store.run(methodcaller("set", PAUSE + flag.subject, value, ttl=self.runaway.pause_for))
         alert = {"alert": "runaway", "subject": label, "series": flag.series, "rate": flag.rate,
                  "usual": flag.usual, "threshold": flag.threshold, "request_id": ctx.request_id,
                  "paused_until": until, "time": self.clock()}
@@ -171,7 +174,7 @@ class LimitsRuntime:
 
     async def unpause(self, subject: str) -> bool:
         """Lift a pause (and end the episode, so a new runaway alerts again)."""
-        removed, _ = await self.store.run(lambda b: b.delete(PAUSE + subject, FLAG + subject))
+        removed, _ = await self.store.run(methodcaller("delete", PAUSE + subject, FLAG + subject))
         return bool(removed)
 
 

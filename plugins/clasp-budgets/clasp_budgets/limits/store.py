@@ -58,11 +58,12 @@ class Store:
                 return result, self.shared
         return await op(self.local), self.local
 
-    async def on(self, backend: StateBackend, op: Callable[[StateBackend], Awaitable[T]]) -> T | None:
-        """``op`` on the backend an admission used (a release or a correction): never raises
-        for an outage (a slot a lost release would hold frees at its lease TTL)."""
+    @staticmethod
+    async def quietly(call: Awaitable[T]) -> T | None:
+        """A release or a correction on the backend an admission used: never raises for an
+        outage (a slot a lost release would hold frees at its lease TTL)."""
         try:
-            return await op(backend)
+            return await call
         except StateUnavailable:
             return None
 
