@@ -99,9 +99,15 @@ _SECTION = Section({
 
 
 def parse_settings(config: Config) -> LimitsSettings:
-    """Validate ``limits:``; raise ConfigError listing every problem."""
+    """Validate ``limits:``; raise ConfigError listing every problem.
+
+    Without a ``limits:`` section only the keys' own limits apply: runaway detection
+    (which counts every request) is on by default only once the section exists."""
     problems: list[str] = []
-    settings = _SECTION.parse(config.raw.get("limits"), "limits", problems)
+    raw = config.raw.get("limits")
+    if raw is None:
+        return LimitsSettings(runaway=RunawaySettings(enabled=False))
+    settings = _SECTION.parse(raw, "limits", problems)
     if problems:
         raise ConfigError(config.source, problems)
     assert isinstance(settings, LimitsSettings)
