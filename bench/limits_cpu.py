@@ -17,6 +17,7 @@ import time
 
 from clasp_budgets.limits.runtime import LimitsRuntime
 from clasp_budgets.limits.settings import LimitSet, LimitsSettings, RunawaySettings
+
 from clasp_gateway import KeyPolicy, Principal, RequestContext, StateSettings, create_state
 
 BIG = 10**12

@@ -248,7 +248,7 @@ def test_concurrency_slot_released_on_every_exit_path(gateway: Callable[..., Gw]
     thread.join()
     wait_for(lambda: not gw.slots())
     # client disconnect mid-stream
-    up.queue(Hang(30, reply=Text("never"), after_chunks=1))
+    up.queue(Text("a slow answer the client leaves " * 40, chunk_size=8, chunk_delay=0.2))
 
     def walk_away() -> None:
         with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=10,

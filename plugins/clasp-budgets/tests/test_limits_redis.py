@@ -101,3 +101,37 @@ def test_redis_down_then_back(up: FakeUpstream, own_redis: RedisServer, caplog: 
             assert [r for r in caplog.records if r.name == "clasp.limits" and "is back" in r.getMessage()]
             assert any(k.endswith(":rpm") for k in ns.keys())
             assert len([r for r in caplog.records if r.name == "clasp.limits" and "unavailable" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_admit_script_twins_agree(backend: str) -> None:
+    """The atomic admission (Lua on Redis, Python elsewhere): all or nothing, and its data
+    stays readable by the core's hit/add_within (corrections and releases)."""
+    from clasp_budgets.limits.admit import ADMIT
+
+    from clasp_gateway import Secret, StateSettings, create_state
+
+    with redis_server() as redis, redis.namespace() as ns:
+        settings = (StateSettings(backend="redis", url=Secret(ns.url, ns.url), prefix=ns.prefix) if backend == "redis"
+                    else StateSettings(backend="memory"))
+        state = create_state(settings)
+        await state.open()
+        try:
+            keys = ["limits:t:rpm", "limits:t:tpm", "limits:t:concurrency"]
+            args = [2, 2, 60, 1, 100, 60, 40, 3, 60_000]  # rpm 2, tpm 100 (cost 40), 3 slots
+            first = await state.run(ADMIT, keys, args)
+            assert first.ok and first.failed == -1 and first.counts == (1.0, 40.0)
+            second = await state.run(ADMIT, keys, args)
+            assert second.ok and second.counts[1] == 80.0
+            third = await state.run(ADMIT, keys, args)  # rpm full (and tpm too): nothing counted
+            assert not third.ok and third.failed == 0 and 0 < third.retry_after <= 120
+            assert (await state.add_within("limits:t:concurrency", 0, None)).total == 2.0
+            # A correction and a release through the core's own operations on the same keys.
+            assert (await state.hit("limits:t:tpm", 1e18, 60, cost=-70)).count == pytest.approx(10.0, abs=1)
+            assert (await state.add_within("limits:t:concurrency", -1, None)).total == 1.0
+            slots = ["limits:u:concurrency"]
+            assert (await state.run(ADMIT, slots, [0, 1, 60_000])).ok
+            refused = await state.run(ADMIT, slots, [0, 1, 60_000])
+            assert not refused.ok and refused.failed == 0 and refused.counts == ()
+        finally:
+            await state.close()

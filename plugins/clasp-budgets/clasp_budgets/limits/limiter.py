@@ -8,18 +8,21 @@ admission; tokens count an estimate at admission (the input estimate plus
 when the request ends. Concurrency is a total per scope (``add_within`` +1, -1 on every
 exit path) with a lease TTL, so slots a killed replica held free themselves.
 
-A refusal undoes what the admission already counted, so a refused request costs the
-client nothing against its other limits.
+Admission is one atomic script (:mod:`.admit`): every window and slot fits and is
+counted, or nothing is, so a refused request costs the client nothing against its other
+limits, and it is one round trip to Redis whatever the number of limits.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from clasp_gateway import RequestContext, StateBackend, estimate_tokens
 
+from .admit import ADMIT
 from .settings import LimitSet, LimitsSettings, limits_of
 from .shape import Headroom, LimitExceeded, headroom_headers, refusal, tightest
 from .store import Store
@@ -102,55 +105,48 @@ class Limiter:
         return admission
 
     async def _admit(self, backend: StateBackend, api: str, scopes: list[Scope], estimate: int) -> Admission:
-        admission = Admission(backend, estimate)
-        counted: list[tuple[str, float, float]] = []
-        rooms: list[Headroom] = []
-        wall = time.time()
-        try:
-            for scope in scopes:
-                base = f"{NS}{scope.kind}:{scope.ident}:"
-                for kind, window, tokens in WINDOWS:
-                    limit = getattr(scope.limits, kind)
-                    if limit is None:
-                        continue
-                    allowed = self.store.scaled(limit, backend)
-                    cost = min(float(estimate), allowed) if tokens else 1.0
-                    key = base + kind
-                    result = await backend.hit(key, allowed, window, cost=cost)
-                    if not result.ok:
-                        room = Headroom(kind, allowed, max(0.0, allowed - result.count), result.retry_after)
-                        raise refusal(api, f"rate limit of {scope.label}: {limit} {_noun(kind)} "
-                                      f"(retry in {max(1, round(result.retry_after))}s)", room, rooms + [room])
-                    counted.append((key, window, cost))
-                    if tokens:
-                        admission.tokens.append((key, window, cost))
-                    rooms.append(Headroom(kind, allowed, allowed - result.count, window - wall % window))
-                limit = scope.limits.max_concurrency
+        """One atomic script (:data:`~.admit.ADMIT`): every window and slot, or nothing."""
+        keys: list[str] = []
+        args: list[float | int] = [0]
+        windows: list[tuple[Scope, str, float, float, float]] = []  # scope, kind, allowed, window, cost
+        slots: list[tuple[Scope, str, float]] = []
+        for scope in scopes:
+            base = f"{NS}{scope.kind}:{scope.ident}:"
+            for kind, window, tokens in WINDOWS:
+                limit = getattr(scope.limits, kind)
                 if limit is not None:
                     allowed = self.store.scaled(limit, backend)
-                    key = base + "concurrency"
-                    reservation = await backend.add_within(key, 1, allowed, ttl=self.settings.lease_ttl)
-                    if not reservation.ok:
-                        raise LimitExceeded(
-                            f"concurrency limit of {scope.label}: {limit} requests in flight at once",
-                            kind="concurrency", headers={"retry-after": "1"})
-                    admission.slots.append(key)
-        except LimitExceeded:
-            await self._undo(backend, counted, admission.slots)
-            raise
-        except BaseException:  # an outage mid-way: undo where possible, then let the store fall back
-            await self._undo(backend, counted, admission.slots, quiet=True)
-            raise
+                    cost = min(float(estimate), allowed) if tokens else 1.0
+                    keys.append(base + kind)
+                    args += [allowed, window, cost]
+                    windows.append((scope, kind, allowed, window, cost))
+            if scope.limits.max_concurrency is not None:
+                slots.append((scope, base + "concurrency", self.store.scaled(scope.limits.max_concurrency, backend)))
+        args[0] = len(windows)
+        lease_ms = math.ceil(self.settings.lease_ttl * 1000)
+        for _, key, allowed in slots:
+            keys.append(key)
+            args += [allowed, lease_ms]
+        result = await backend.run(ADMIT, keys, args)
+        wall = time.time()
+        rooms = [Headroom(kind, allowed, allowed - count, window - wall % window)
+                 for (_, kind, allowed, window, _), count in zip(windows, result.counts, strict=False)]
+        if not result.ok:
+            if result.failed >= len(windows):
+                scope, _, _ = slots[result.failed - len(windows)]
+                raise LimitExceeded(
+                    f"concurrency limit of {scope.label}: {scope.limits.max_concurrency} requests in flight at once",
+                    kind="concurrency", headers={"retry-after": "1"})
+            scope, kind, allowed, _, _ = windows[result.failed]
+            room = Headroom(kind, allowed, max(0.0, rooms[-1].remaining), result.retry_after)
+            raise refusal(api, f"rate limit of {scope.label}: {getattr(scope.limits, kind)} {_noun(kind)} "
+                          f"(retry in {max(1, round(result.retry_after))}s)", room, rooms[:-1] + [room])
+        admission = Admission(backend, estimate)
+        admission.tokens = [(keys[i], w[3], w[4]) for i, w in enumerate(windows) if w[1] in ("tpm", "tpd")]
+        admission.slots = [key for _, key, _ in slots]
         admission.headers = headroom_headers(api, tightest(rooms, frozenset({"rpm", "rpd"})),
                                              tightest(rooms, frozenset({"tpm", "tpd"})), wall)
         return admission
-
-    async def _undo(self, backend: StateBackend, counted: list[tuple[str, float, float]], slots: list[str],
-                    *, quiet: bool = False) -> None:
-        for key, window, cost in counted:
-            await self.store.quietly(backend.hit(key, UNLIMITED, window, cost=-cost))
-        for key in slots:
-            await self.store.quietly(backend.add_within(key, -1, None, ttl=self.settings.lease_ttl))
 
     async def settle(self, admission: Admission, used_tokens: int | None) -> None:
         """The request ended (however): release its slots, correct its token counts to
