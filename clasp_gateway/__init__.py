@@ -55,6 +55,10 @@ The names, by what a plugin does with them:
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Server tools** (``register_tools``): :class:`ToolContext`.
+- **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
+- **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
+  map (:func:`bundled_price_map_path`) and a newer one installed over it
+  (:func:`price_map_path` in the gateway's :func:`data_dir`, :func:`reload_price_map`).
 """
 
 from .canonical import chunks_to_completion, completion_to_chunk
@@ -75,15 +79,17 @@ from .errors import (
     UpstreamError,
 )
 from .hookspecs import hookimpl
-from .pipeline import Gateway
+from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first
 from .policy import check_model_access, may_use_model
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
+    CacheBackendRegistration,
     CommandRegistration,
     ConfigSectionRegistration,
     MigrationRegistration,
     ProviderRegistration,
+    RegisterCacheBackend,
     RegisterCommand,
     RegisterConfigSection,
     RegisterMigrations,
@@ -122,7 +128,7 @@ from .state import (
     Subscription,
     create_state,
 )
-from .storage import Database, DatabaseError, MigrationError, StorageSettings
+from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -156,7 +162,15 @@ from .validation import (
     String,
     did_you_mean,
 )
-from .wire.catalog import ProviderProfile, provider_profile
+from .wire.catalog import (
+    PRICE_MAP_FILE,
+    ProviderProfile,
+    bundled_price_map_path,
+    price_map_path,
+    provider_profile,
+    raw_model_entry,
+    reload_price_map,
+)
 from .wire.credentials import RefreshingToken
 from .wire.ndjson import NDJSONDecoder
 from .wire.permissions import UNAVAILABLE_KEY
@@ -174,6 +188,7 @@ __all__ = [
     # hooks and the gateway
     "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
     # typed registration callbacks (register_* hooks) and what they record
+    "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
     "RegisterConfigSection", "RegisterProvider", "RegisterRequestClass", "RegisterRoute", "RegisterRoutingStrategy",
     "RegisterTool", "RegistrationError", "RequestClassRegistration", "RouteRegistration", "RoutingStrategyRegistration",
@@ -207,10 +222,15 @@ __all__ = [
     "Subscription", "create_state",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # prices: what a deployment's usage cost (budgets, the ledger)
+    "request_cost",
+    # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)
+    "PRICE_MAP_FILE", "bundled_price_map_path", "data_dir", "price_map_path", "raw_model_entry", "reload_price_map",
     "__version__",
 ]

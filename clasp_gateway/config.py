@@ -386,6 +386,22 @@ in ``Deployment.settings``: secrets stay references until the provider resolves 
 _SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", *_PROVIDER_KEYS)
 """Deployment keys kept in ``Deployment.settings`` for the modules that read them."""
 
+PRICES = Section({
+    "input": Number(0),
+    "output": Number(0),
+    "cache_read": Number(0),
+    "cache_write": Number(0),
+    "per": Field(Choice("token", "million", expected="token or million (the unit the prices are for)"), "million"),
+})
+"""A deployment's ``prices:`` (USD, per million tokens unless ``per: token``): input,
+output, cache-read and cache-write rates replacing LiteLLM's price map for it. Each
+may instead be given as LiteLLM's per-token key (``input_cost_per_token``...), not both."""
+
+_PRICE_KEYS = (
+    ("input", "input_cost_per_token"), ("output", "output_cost_per_token"),
+    ("cache_read", "cache_read_input_token_cost"), ("cache_write", "cache_creation_input_token_cost"),
+)
+
 DEPLOYMENT = Section({
     "model": Field(String(non_empty=True), required="e.g. `openai/gpt-4o` or `ollama/qwen2.5-coder`"),
     "id": String(non_empty=True),
@@ -415,6 +431,7 @@ DEPLOYMENT = Section({
     "output_cost_per_token": Number(0),
     "cache_read_input_token_cost": Number(0),
     "cache_creation_input_token_cost": Number(0),
+    "prices": PRICES,
     "text_tool_calls": Anything("true, false or auto"),  # checked by textcalls.py when the gateway is built
     "schema_dialect": Choice("none", "openai", "gemini", "strict"),
     **_PROVIDER_KEYS,
@@ -484,6 +501,14 @@ def _deployment(raw: Any, path: str, problems: list[str]) -> Deployment | None:
 
     info = catalog.model_info(provider, v["base_model"] or model_name)
     overrides = {k: v[k] for k in _INFO_OVERRIDES if v[k] is not None}
+    prices = v["prices"] or {}
+    scale = 1e-6 if prices.get("per", "million") == "million" else 1.0
+    for short, per_token in _PRICE_KEYS:
+        if prices.get(short) is None:
+            continue
+        if v[per_token] is not None:
+            problems.append(f"{path}.prices.{short}: {per_token} gives this price too; give it once")
+        overrides[per_token] = prices[short] * scale
     if overrides:
         info = dataclasses.replace(info, **overrides)
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .pipeline import Gateway
     from .registrations import (
+        RegisterCacheBackend,
         RegisterCommand,
         RegisterConfigSection,
         RegisterMigrations,
@@ -136,6 +137,21 @@ def register_request_classes(register: RegisterRequestClass) -> None:
     ``ctx.request_class``, and every class that matches is in ``ctx.traits``. A
     predicate that raises counts as "no match". Names are unique (built-in ones
     included) (:class:`~clasp_gateway.registrations.RequestClassRegistration`).
+    """
+
+
+@hookspec
+def register_cache_backends(register: RegisterCacheBackend) -> None:
+    """Add response-cache backends: ``register(name, factory)``.
+
+    ``factory(**kwargs)`` builds the backend a cache plugin keeps its entries in when
+    its configuration names ``name`` (clasp-cache: ``cache.backend``); the keyword
+    arguments are the cache plugin's (clasp-cache passes ``limits``, ``clock``,
+    ``options`` and ``gateway``, and its backends implement
+    ``clasp_cache.backends.base.CacheBackend``). clasp-cache registers ``memory`` and
+    ``redis`` this way; a plugin adds another store (Memcached, a database) without
+    touching it. Names are unique across plugins; ``gateway.cache_backends`` maps each
+    name to its :class:`~clasp_gateway.registrations.CacheBackendRegistration`.
     """
 
 
@@ -276,7 +292,8 @@ def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
 
 @hookspec
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
-    """Called for every canonical chunk sent to the client. Keep it cheap; it is
+    """Called for every canonical chunk sent to the client (and for the chunks a
+    whole, non-streaming answer is assembled from, so a cache sees them). Keep it cheap; it is
     only called when at least one plugin implements it. An exception is logged (once
     per request) and counted; the stream goes on."""
 
@@ -292,5 +309,25 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     applied), status, latency and attempts. ``attempt`` and ``request`` events carry
     the request's class (``request_class``, and ``traits`` on the request event: see
     :attr:`~clasp_gateway.types.RequestContext.request_class`). May return an awaitable. An exception is
-    logged and counted, never fails the answer, and other plugins still get the event."""
+    logged and counted, never fails the answer, and other plugins still get the event.
+
+    The ``request`` event's fields: ``request_id``, ``api``, ``public_model``,
+    ``request_class``, ``traits``; who: ``key_id``, ``key_name``, ``team``, ``project``
+    (the key's), ``user`` (``ctx.user``: the person behind a shared key), ``tags``
+    (``ctx.tags``, a dict); where: ``deployment``, ``provider``, ``model``, ``region``
+    (the deployment's ``region:``), all ``None`` when no deployment answered; what:
+    ``stream``, ``status``, ``error``, ``cut`` (the stream was cut: ``usage`` is then
+    the partial usage), ``usage`` (``input_tokens``, ``output_tokens``,
+    ``cache_read_input_tokens``, ``cache_creation_input_tokens``,
+    ``reasoning_tokens``), ``cost_usd`` (a provider-reported cost wins over the price
+    map: ``pipeline.request_cost``), ``cache_hit`` (``"exact"|"semantic"|"stale"`` or
+    ``None``) and ``saved_usd`` (what the hit saved); how: ``latency_ms``, ``ttfb_ms``,
+    ``attempts`` (a list: deployment, ok, error, ms), ``retries`` (attempts on the
+    same deployment as the one before), ``fallbacks`` (attempts on another one);
+    when: ``started_at`` (unix seconds the request started) and ``time`` (when it
+    ended). The ``attempt`` event: ``request_id``, ``attempt`` (1, 2, ... in order),
+    ``public_model``, ``request_class``, ``deployment``, ``provider``, ``model``,
+    ``region``, ``ok``, ``error``, ``upstream_status``, ``ms``, ``ttfb_ms``, ``usage``
+    (the attempt's, zeros for a failed one), ``cost_usd`` (that attempt's cost),
+    ``started_at``, ``time``."""
 

@@ -124,22 +124,51 @@ def commits(chunk: Chunk) -> bool:
 
 
 def request_cost(deployment: Deployment, usage: Usage) -> float:
-    """What ``usage`` cost on ``deployment``, in USD, from its prices.
+    """What ``usage`` cost on ``deployment``, in USD.
+
+    A cost the provider reported (:attr:`Usage.cost_usd`: OpenRouter's ``usage.cost``,
+    LiteLLM's ``response_cost``) wins. Otherwise the deployment's prices
+    (:class:`ModelInfo`: LiteLLM's price map, overridden per deployment in clasp.yaml):
+    input and output tokens at their rates, cache reads at the cache-read rate and
+    cache writes (``cache_creation_input_tokens``) at the cache-write rate, each
+    falling back to the input rate when the map has none.
 
     Raises (``TypeError``, ``ValueError``) when a price is not a finite number: the
     caller records the request without a cost rather than a wrong one."""
+    if usage.cost_usd is not None:
+        reported = usage.cost_usd
+        if isinstance(reported, (int, float)) and not isinstance(reported, bool) and math.isfinite(reported):
+            return float(reported)
     info = deployment.info
-    cached_rate = info.cache_read_input_token_cost
+    read_rate = info.cache_read_input_token_cost
+    write_rate = info.cache_creation_input_token_cost
     cost = (
         usage.input_tokens * info.input_cost_per_token
         + usage.output_tokens * info.output_cost_per_token
-        + usage.cache_read_input_tokens * (cached_rate if cached_rate is not None else info.input_cost_per_token)
+        + usage.cache_read_input_tokens * (read_rate if read_rate is not None else info.input_cost_per_token)
+        + usage.cache_creation_input_tokens * (write_rate if write_rate is not None else info.input_cost_per_token)
     )
     if isinstance(cost, bool) or not isinstance(cost, (int, float)):
         raise TypeError(f"prices of {deployment.id} give a {type(cost).__name__}, not a number")
     if not math.isfinite(cost):
         raise ValueError(f"prices of {deployment.id} give {cost}")
     return float(cost)
+
+
+def retries_and_fallbacks(attempts: list[Attempt]) -> tuple[int, int]:
+    """``(retries, fallbacks)`` of a request: an attempt on the same deployment as the
+    one before it is a retry, one on another deployment a fallback."""
+    retries = fallbacks = 0
+    previous: str | None = None
+    for attempt in attempts:
+        current = attempt.deployment.id
+        if previous is not None:
+            if current == previous:
+                retries += 1
+            else:
+                fallbacks += 1
+        previous = current
+    return retries, fallbacks
 
 
 def new_request_id() -> str:
@@ -155,6 +184,8 @@ class Gateway:
         extra = {r.name: r.adapter for r in registrations.providers(pm)}
         self.providers = Providers(extra, limits=ReadLimits.of(config.server))
         self.strategies = {r.name: r.strategy for r in registrations.routing_strategies(pm)}
+        self.cache_backends = {r.name: r for r in registrations.cache_backends(pm)}
+        """Response-cache backends by name (``register_cache_backends``), for a cache plugin."""
         # Request classes (classes.py): built-in ones with ``classes:``, plus plugins'.
         self.classifier = registrations.request_classifier(pm, dataclasses.asdict(config.classes))
         self._exact: dict[str, ModelRoute] = {}
@@ -487,20 +518,38 @@ class Gateway:
                         ctx=ctx, attempt=attempt)
         try:
             dep = attempt.deployment
+            usage = attempt.usage or Usage()
+            cost: float | None = 0.0
+            if attempt.usage is not None:
+                try:
+                    cost = request_cost(dep, attempt.usage)
+                except Exception:  # counted once, by the request event's pricing (finish)
+                    cost = None
+            now, wall = time.perf_counter(), time.time()
             event = {
                 "kind": "attempt",
                 "request_id": ctx.request_id,
+                "attempt": next((i for i, a in enumerate(ctx.attempts, 1) if a is attempt), len(ctx.attempts) + 1),
                 "public_model": ctx.public_model,
                 "request_class": ctx.request_class,
                 "deployment": dep.id,
                 "provider": dep.provider,
                 "model": dep.model,
+                "region": dep.settings.get("region"),
                 "ok": attempt.ok,
                 "error": getattr(attempt.error, "message", None) if attempt.error else None,
                 "upstream_status": getattr(attempt.error, "upstream_status", None) if attempt.error else 200,
-                "ms": ((attempt.ended or time.perf_counter()) - attempt.started) * 1000,
+                "ms": ((attempt.ended or now) - attempt.started) * 1000,
                 "ttfb_ms": (attempt.first_byte - attempt.started) * 1000 if attempt.first_byte else None,
-                "time": time.time(),
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_input_tokens": usage.cache_read_input_tokens,
+                    "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                },
+                "cost_usd": cost,
+                "started_at": wall - (now - attempt.started),
+                "time": wall,
             }
         except Exception as exc:
             self.hook_failed("build_event", ctx, "clasp_gateway", exc)
@@ -542,6 +591,8 @@ class Gateway:
                 if attempt in ctx.attempts:
                     await self.after_attempt(ctx, attempt)
             deployment = stream.deployment if stream is not None else None
+            if ctx.cache_hit is not None:
+                usage = Usage()  # a cached answer spent nothing upstream (saved: ctx.saved_usd)
             cost: float | None = 0.0
             if deployment is not None and usage is not None:
                 try:
@@ -573,10 +624,14 @@ class Gateway:
         *,
         cost: float | None,
     ) -> dict[str, Any]:
-        """The ``kind: "request"`` event. ``cost``: from :func:`request_cost`, ``None``
-        when the deployment's prices could not be applied."""
+        """The ``kind: "request"`` event (its fields: the ``record`` hook's docstring).
+        ``cost``: from :func:`request_cost`, ``None`` when the deployment's prices could
+        not be applied."""
         usage = usage or Usage()
         first_byte = next((a.first_byte for a in reversed(ctx.attempts) if a.first_byte), None)
+        principal = ctx.principal
+        retries, fallbacks = retries_and_fallbacks(ctx.attempts)
+        wall = time.time()
         return {
             "kind": "request",
             "request_id": ctx.request_id,
@@ -585,9 +640,13 @@ class Gateway:
             "deployment": deployment.id if deployment else None,
             "provider": deployment.provider if deployment else None,
             "model": deployment.model if deployment else None,
-            "key_id": ctx.principal.key_id if ctx.principal else None,
-            "key_name": ctx.principal.name if ctx.principal else None,
-            "team": ctx.principal.team if ctx.principal else None,
+            "region": deployment.settings.get("region") if deployment else None,
+            "key_id": principal.key_id if principal else None,
+            "key_name": principal.name if principal else None,
+            "team": principal.team if principal else None,
+            "project": principal.project if principal else None,
+            "user": ctx.user,
+            "tags": dict(ctx.tags),
             "stream": ctx.client_stream,
             "status": status,
             "error": f"{type(error).__name__}: {getattr(error, 'message', error)}" if error else None,
@@ -596,9 +655,12 @@ class Gateway:
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "cache_read_input_tokens": usage.cache_read_input_tokens,
+                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
             },
             "cost_usd": cost,
+            "cache_hit": ctx.cache_hit,
+            "saved_usd": ctx.saved_usd,
             "latency_ms": (ended - ctx.started) * 1000,
             "ttfb_ms": (first_byte - ctx.started) * 1000 if first_byte else None,
             "attempts": [
@@ -610,7 +672,10 @@ class Gateway:
                 }
                 for a in ctx.attempts
             ],
+            "retries": retries,
+            "fallbacks": fallbacks,
             "request_class": ctx.request_class,
             "traits": sorted(ctx.traits),
-            "time": time.time(),
+            "started_at": wall - (time.perf_counter() - ctx.started),
+            "time": wall,
         }

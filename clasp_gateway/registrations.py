@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from .types import Deployment, RequestContext
 
 __all__ = [
+    "CacheBackendRegistration",
     "CommandRegistration",
     "ConfigSectionRegistration",
     "MigrationRegistration",
     "ProviderRegistration",
+    "RegisterCacheBackend",
     "RegisterCommand",
     "RegisterConfigSection",
     "RegisterMigrations",
@@ -59,6 +61,7 @@ __all__ = [
     "RouteRegistration",
     "RoutingStrategyRegistration",
     "ToolRegistration",
+    "cache_backends",
     "commands",
     "config_sections",
     "migrations",
@@ -90,6 +93,10 @@ CommandFunction = Callable[[list[str], str], Any]
 
 ToolHandler = Callable[[dict[str, Any], Any], Any]
 """``handler(arguments, ctx: ToolContext) -> str`` (or an awaitable of one)."""
+
+CacheBackendFactory = Callable[..., Any]
+"""``factory(**kwargs) -> backend``: the keyword arguments are the cache plugin's
+(clasp-cache: ``limits``, ``clock``, ``options``, ``gateway``)."""
 
 
 # --- the records --------------------------------------------------------------------------------
@@ -169,6 +176,15 @@ class RequestClassRegistration:
 
 
 @dataclass(slots=True, frozen=True)
+class CacheBackendRegistration:
+    """A response-cache backend, by name (``register_cache_backends``)."""
+
+    name: str
+    factory: CacheBackendFactory
+    plugin: str
+
+
+@dataclass(slots=True, frozen=True)
 class MigrationRegistration:
     """A plugin's database migrations (``register_migrations``): an Alembic branch.
 
@@ -240,6 +256,12 @@ class RegisterRequestClass(Protocol):
     def __call__(
         self, name: str, predicate: Predicate, description: str = "", after: str | None = None
     ) -> RequestClassRegistration: ...
+
+
+class RegisterCacheBackend(Protocol):
+    """``register`` of ``register_cache_backends``."""
+
+    def __call__(self, name: str, factory: CacheBackendFactory) -> CacheBackendRegistration: ...
 
 
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -403,6 +425,18 @@ def _class_register(plugin: str, out: list[RequestClassRegistration]) -> Registe
     return register
 
 
+def _cache_backend_register(plugin: str, out: list[CacheBackendRegistration]) -> RegisterCacheBackend:
+    def register(name: str, factory: CacheBackendFactory) -> CacheBackendRegistration:
+        """Add the response-cache backend ``name``, built by ``factory(**kwargs)``."""
+        _name(name, "cache backend name", _PROVIDER_NAME, "must be a word such as 'redis' (letters, digits, _ . -)")
+        _callable(factory, f"the factory of cache backend {name!r}")
+        record = CacheBackendRegistration(name, factory, plugin)
+        out.append(record)
+        return record
+
+    return register
+
+
 _USAGE = {
     "register_routes": "register(path, endpoint, methods=['POST'], name=None)",
     "register_providers": "register(name, adapter)",
@@ -411,6 +445,7 @@ _USAGE = {
     "register_tools": "register(name, description, input_schema, handler)",
     "register_config_sections": "register(name)",
     "register_request_classes": "register(name, predicate, description='', after=None)",
+    "register_cache_backends": "register(name, factory)",
     "register_migrations": "register(MigrationRegistration(name='ledger', directory=Path(...)))",
 }
 
@@ -422,6 +457,7 @@ _WHAT = {
     "register_tools": "a tool named",
     "register_config_sections": "the config section",
     "register_request_classes": "a request class named",
+    "register_cache_backends": "a cache backend named",
     "register_migrations": "the migration branch",
 }
 
@@ -539,6 +575,11 @@ def sections_declared_by(function: Callable[..., Any], plugin: str) -> list[Conf
 def request_classes(pm: PluginManager) -> list[RequestClassRegistration]:
     """The request classes plugins add (``register_request_classes``), unique by name."""
     return _collect(pm, "register_request_classes", _class_register, lambda r: (r.name,))
+
+
+def cache_backends(pm: PluginManager) -> list[CacheBackendRegistration]:
+    """The response-cache backends plugins add (``register_cache_backends``), unique by name."""
+    return _collect(pm, "register_cache_backends", _cache_backend_register, lambda r: (r.name,))
 
 
 def migrations(pm: PluginManager) -> list[MigrationRegistration]:

@@ -8,6 +8,7 @@ travels in these slotted dataclasses.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -179,24 +180,41 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    """What the provider itself reported the call cost (OpenRouter's ``usage.cost``,
+    LiteLLM's ``response_cost``), when it did: it wins over the gateway's price map."""
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
-        """Convert an OpenAI ``usage`` object (prompt tokens include cached ones)."""
+        """Convert an OpenAI ``usage`` object (prompt tokens include cached reads and,
+        where the provider reports them, cache writes: LiteLLM's
+        ``cache_creation_input_tokens``). A finite ``cost`` (OpenRouter) is kept as
+        :attr:`cost_usd`."""
         if not usage:
             return cls()
         prompt = int(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
         cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        written = usage.get("cache_creation_input_tokens")
+        if not isinstance(written, int) and isinstance(details, dict):
+            written = details.get("cache_creation_tokens")
+        created = written if isinstance(written, int) and not isinstance(written, bool) and written > 0 else 0
         out_details = usage.get("completion_tokens_details") or {}
         reasoning = (
             int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0
         )
+        cost = usage.get("cost")
+        reported = (
+            float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool)
+            and math.isfinite(cost) and cost >= 0 else None
+        )
         return cls(
-            input_tokens=max(0, prompt - cached),
+            input_tokens=max(0, prompt - cached - created),
             output_tokens=int(usage.get("completion_tokens") or 0),
             cache_read_input_tokens=cached,
+            cache_creation_input_tokens=created,
             reasoning_tokens=reasoning,
+            cost_usd=reported,
         )
 
 

@@ -7,10 +7,16 @@ cd "$(dirname "$0")/.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-PLUGINS=()
-for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && PLUGINS+=(-e "$p"); done
 EXTRA=""
 [ "${1:-}" = "--test" ] && EXTRA="[test]"
+PLUGINS=()
+for p in plugins/*/; do
+  [ -f "$p/pyproject.toml" ] || continue
+  spec="${p%/}"
+  # Optional extras the test suite exercises (clasp-cache[semantic]: CPU torch from the local wheel).
+  [ -n "$EXTRA" ] && [ "$spec" = plugins/clasp-cache ] && spec="$spec[semantic]"
+  PLUGINS+=(-e "$spec")
+done
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".${EXTRA}" "${PLUGINS[@]}"
 # PYTHONDONTWRITEBYTECODE=1 is set on these machines: compile once here, or every
 # process pays `import litellm` from source (over a minute of CPU).

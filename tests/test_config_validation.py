@@ -237,7 +237,7 @@ def test_a_misspelt_api_base_is_refused_instead_of_sending_the_key_to_the_defaul
         (with_models(extra="model: {}\n"), "model: unknown section; did you mean 'models'?"),
         (with_models(keys=False) + f"Keys:\n  - {{key: {KEY}, name: ci}}\n", "Keys: unknown section; did you mean 'keys'?"),
         (with_models(extra="servr: {port: 4001}\n"), "servr: unknown section; did you mean 'server'?"),
-        (with_models(extra="budgets: {monthly: 100}\n"), "budgets: unknown section (expected one of:"),
+        (with_models(extra="quotas: {monthly: 100}\n"), "quotas: unknown section (expected one of:"),
     ],
 )
 def test_unknown_top_level_sections_are_errors_with_a_suggestion(tmp_path: Path, text: str, expected: str) -> None:

@@ -444,7 +444,7 @@ def test_a_plugin_failing_in_bookkeeping_never_breaks_the_answer(
         assert answer_text(api, stream, response) == "a whole answer, despite the plugin"
         if stream:
             assert ended_cleanly(api, response)
-        failed = hooks + (stream_hooks if stream else [])
+        failed = hooks + stream_hooks  # on_stream_chunk sees a whole answer's chunks too
         assert sorted(server.gateway.hook_failures) == sorted(failed)
         # Logged once per request, hook and plugin (not once per chunk), with the request id.
         logs = _failure_logs(caplog, response.headers["request-id"])
@@ -476,7 +476,7 @@ def test_bookkeeping_failures_are_public_for_a_metrics_plugin(upstream: FakeUpst
     with serving(chain(upstream.base_url), BrokenBookkeeping()) as server:
         assert dict(server.gateway.hook_failures) == {}
         assert call(server, "openai").status_code == 200
-        assert set(server.gateway.hook_failures) == {"after_attempt", "record"}
+        assert set(server.gateway.hook_failures) == {"after_attempt", "record", "on_stream_chunk"}
         assert httpx.get(server.base_url + "/health").status_code == 200
 
 

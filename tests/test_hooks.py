@@ -60,6 +60,10 @@ class Recorder:
         register("hello", lambda argv, config_path: 0, "say hello")
 
     @hookimpl
+    def register_cache_backends(self, register: Callable[..., None]) -> None:
+        register("dict", lambda **options: dict(options))
+
+    @hookimpl
     def startup(self, app: Any, config: Any) -> Any:
         async def start() -> None:
             self.calls.append("startup")
@@ -172,6 +176,8 @@ def test_registration_and_lifecycle_hooks(setup: Any) -> None:
     response = httpx.get(server.base_url + "/x-hello")
     assert response.text == "hello from a plugin" and response.headers["x-wrapped"] == "yes"
     assert "reverse" in server.gateway.strategies
+    backend = server.gateway.cache_backends["dict"]  # what a cache plugin builds its store with
+    assert backend.plugin == "recorder" and backend.factory(limits=1) == {"limits": 1}
     assert [(r.name, r.help, r.plugin) for r in registrations.commands(server.gateway.pm)] == [
         ("hello", "say hello", "recorder")]
     assert chat(server, "hi", model="echo") == "echo: hi"

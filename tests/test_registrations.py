@@ -149,6 +149,13 @@ CASES = [
           (("review", predicate), {"after": 3}, "after= of request class 'review' must be a class name or None"),
           (("review", predicate, 5), {}, "description of request class 'review' must be a string")],
          "a request class named 'review'"),
+    Case("register_cache_backends", registrations.cache_backends,
+         {"name": "memcached", "factory": command},
+         {"name": "memcached", "factory": command},
+         [(("memcached", "not callable"), {}, "the factory of cache backend 'memcached' must be callable, got str"),
+          (("mem cached", command), {}, "cache backend name 'mem cached' must be a word"),
+          (("memcached",), {}, "missing 1 required positional argument: 'factory' (call register(name, factory))")],
+         "a cache backend named 'memcached'"),
 ]
 IDS = [c.hook for c in CASES]
 BAD = [pytest.param(c, args, kwargs, message, id=f"{c.hook}-{i}") for c in CASES

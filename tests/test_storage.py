@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from clasp_gateway import ConfigError, Database, MigrationError, RegistrationError, StorageSettings, hookimpl
 from clasp_gateway.registrations import MigrationRegistration
-from clasp_gateway.storage import VERSION_TABLE
+from clasp_gateway.storage.migrations import version_table
 from clasp_gateway.storage.settings import async_url, storage_problems
 from clasp_gateway.testing import GatewayServer, config_from, load_module
 
@@ -87,7 +87,7 @@ async def test_a_plugin_branch_upgrades_to_its_head(database_url: str) -> None:
     try:
         assert await db.current() == {"notes": None}
         assert await db.upgrade() == {"notes": "n002tags"}
-        assert {"toy_notes", VERSION_TABLE} <= await tables(db)
+        assert {"toy_notes", version_table("notes")} <= await tables(db)
         async with db.begin() as conn:
             await conn.execute(sa.insert(toy_notes.NOTES), [
                 {"body": "hello", "tags": {"project": "api"}, "ts": 1.5},
@@ -121,16 +121,24 @@ async def test_two_plugins_two_branches(database_url: str) -> None:
         async with db.begin() as conn:
             await conn.execute(sa.insert(toy_tally.TALLY).values(name="a", count=1))
         async with db.connect() as conn:
-            versions = sorted((await conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars())
-        assert versions == ["n002tags", "t001tally"]  # one row per branch
+            versions = [(await conn.execute(sa.text(f"SELECT version_num FROM {version_table(name)}"))).scalar()
+                        for name in ("notes", "tally")]
+        assert versions == ["n002tags", "t001tally"]  # one table per branch
     finally:
         await db.dispose()
-    # Without the tally plugin, its row is reported, not lost or fatal.
+    # Without the tally plugin (turned off, or uninstalled) its branch is left alone: the
+    # gateway still starts and upgrades the others.
     alone = Database(settings(database_url), [notes])
     try:
-        assert await alone.current() == {"notes": "n002tags", "(unknown)": "t001tally"}
+        assert await alone.current() == {"notes": "n002tags"}
+        assert await alone.upgrade() == {"notes": "n002tags"}
     finally:
         await alone.dispose()
+    both = Database(settings(database_url), [notes, tally])
+    try:
+        assert await both.current() == {"notes": "n002tags", "tally": "t001tally"}
+    finally:
+        await both.dispose()
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
@@ -164,7 +172,8 @@ def test_the_gateway_opens_migrates_and_closes_its_database(sqlite_url: str) -> 
     try:
         db: Database = server.gateway.database
         assert server.gateway.has_database and db.dialect == "sqlite"
-        assert sorted(r.name for r in server.gateway.migrations) == ["notes", "tally"]
+        # (installed plugins' branches, e.g. clasp-budgets' ``ledger``, come too)
+        assert {"notes", "tally"} <= {r.name for r in server.gateway.migrations}
         assert db._engine is not None  # opened (and migrated) by Gateway.start
     finally:
         server.stop()
@@ -184,11 +193,14 @@ def test_no_plugin_no_database_and_no_sqlalchemy() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_a_plugin_may_ask_for_a_database_without_migrations(sqlite_url: str) -> None:
+def test_a_plugin_may_ask_for_a_database_without_migrations(tmp_path: Path) -> None:
     plugin = AsksForADatabase()
-    with GatewayServer(config_from({"models": {}, "storage": {"url": sqlite_url}}), plugins=[plugin]) as server:
+    # A database of its own: the module's has the toys' branches, which this gateway
+    # does not load, while an installed plugin (clasp-budgets' ledger) may migrate.
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    with GatewayServer(config_from({"models": {}, "storage": {"url": url}}), plugins=[plugin]) as server:
         assert server.gateway.has_database and plugin.database is server.gateway.database
-        assert plugin.database.migrations == []
+        assert not {"notes", "tally"} & {m.name for m in plugin.database.migrations}
 
 
 # --- registrations -----------------------------------------------------------------------------

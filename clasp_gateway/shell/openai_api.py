@@ -96,10 +96,13 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream) -> Response:
     chunks = []
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     try:
         async for chunk in upstream:
             if chunk is not KEEPALIVE:
                 chunks.append(chunk)
+                if chunk_hook is not None:  # a whole answer's chunks too (a cache stores them)
+                    chunk_hook(ctx, chunk)
         completion = chunks_to_completion(chunks, ctx.public_model)
         usage = Usage.from_openai(completion.get("usage"))
     except Exception as exc:

@@ -5,12 +5,14 @@ A plugin registers its migrations directory (``register_migrations``,
 :class:`~clasp_gateway.registrations.MigrationRegistration`): each is an Alembic
 branch labelled with the registration's name, whose first revision has
 ``down_revision = None`` and ``branch_labels = ("<name>",)``. The core builds one
-Alembic ``ScriptDirectory`` over every registered directory and drives Alembic's
+Alembic ``ScriptDirectory`` per registered directory and drives Alembic's
 ``EnvironmentContext`` itself (what an ``env.py`` would do), so ``alembic.op`` works
 in migration files as usual. Every branch goes to its head at once (``heads``), in
-one transaction, with the revisions recorded in the table ``clasp_alembic_version``
-(one row per branch; the name keeps clear of a team's own ``alembic_version`` in the
-same database).
+one transaction. Each branch records its revision in a table of its own,
+``clasp_alembic_version_<name>`` (the prefix keeps clear of a team's own
+``alembic_version`` in the same database): a branch whose plugin is not loaded (turned
+off with ``CLASP_LOAD_PLUGINS``, or uninstalled) is then simply left alone, where one
+shared table would make Alembic refuse every upgrade over a revision it cannot find.
 
 Several replicas start together: on PostgreSQL the upgrade runs behind a
 transaction-level advisory lock (:data:`LOCK_KEY`), so the first upgrades and the
@@ -37,7 +39,7 @@ log = logging.getLogger("clasp.storage")
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin of Alembic's own
 
 VERSION_TABLE = "clasp_alembic_version"
-"""Where the revision of each branch is recorded."""
+"""The prefix of each branch's version table (:func:`version_table`)."""
 
 LOCK_KEY = 0x636C_6173_7000
 """The PostgreSQL advisory lock key the upgrade holds ("clasp" in ASCII, shifted)."""
@@ -105,6 +107,11 @@ def script_directory(registrations: Sequence[MigrationRegistration]) -> ScriptDi
     return script
 
 
+def version_table(name: str) -> str:
+    """The table where the branch ``name`` records its revision."""
+    return f"{VERSION_TABLE}_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"[:63]
+
+
 def _directory_of(revision: Any) -> Path:
     return Path(revision.path).absolute().parent
 
@@ -117,26 +124,28 @@ def _branch_of(script: ScriptDirectory, revision: str, registrations: Sequence[M
     return "?"
 
 
-def _run_upgrade(connection: Any, script: ScriptDirectory) -> None:
-    """What an ``env.py`` does for ``alembic upgrade heads``, on ``connection`` (sync,
-    inside the caller's transaction: Alembic then adds none of its own)."""
+def _run_upgrade(connection: Any, branches: list[tuple[ScriptDirectory, str]]) -> None:
+    """What an ``env.py`` does for ``alembic upgrade heads``, branch by branch, on
+    ``connection`` (sync, inside the caller's transaction: Alembic then adds none of its
+    own)."""
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
 
-    def steps(rev: Any, _context: Any) -> Any:
-        return script._upgrade_revs("heads", rev)
+    for script, table in branches:
+        def steps(rev: Any, _context: Any, script: ScriptDirectory = script) -> Any:
+            return script._upgrade_revs("heads", rev)
 
-    with EnvironmentContext(Config(), script, fn=steps, destination_rev="heads") as env:
-        env.configure(connection=connection, version_table=VERSION_TABLE, transactional_ddl=True)
-        with env.begin_transaction():
-            env.run_migrations()
+        with EnvironmentContext(Config(), script, fn=steps, destination_rev="heads") as env:
+            env.configure(connection=connection, version_table=table, transactional_ddl=True)
+            with env.begin_transaction():
+                env.run_migrations()
 
 
-def _current_heads(connection: Any) -> tuple[str, ...]:
+def _current_heads(connection: Any, tables: list[str]) -> list[tuple[str, ...]]:
     from alembic.runtime.migration import MigrationContext
 
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return tuple(context.get_current_heads())
+    return [tuple(MigrationContext.configure(connection, opts={"version_table": table}).get_current_heads())
+            for table in tables]
 
 
 async def upgrade(db: Database) -> dict[str, str | None]:
@@ -148,36 +157,32 @@ async def upgrade(db: Database) -> dict[str, str | None]:
 
     if not db.migrations:
         return {}
-    script = script_directory(db.migrations)
+    script_directory(db.migrations)  # checks the whole set (ids unique across plugins)
+    branches = [(script_directory([reg]), version_table(reg.name)) for reg in db.migrations]
     try:
         async with db.begin() as conn:
             if db.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-            await conn.run_sync(_run_upgrade, script)
+            await conn.run_sync(_run_upgrade, branches)
     except MigrationError:
         raise
     except Exception as exc:
         raise MigrationError(f"migrating the database at {db.url} failed (nothing was changed on PostgreSQL): "
                              f"{describe_error(exc)}") from exc
-    found = await current(db, script)
+    found = await current(db)
     log.info("database %s: %s", db.url, ", ".join(f"{name} at {rev}" for name, rev in found.items()))
     return found
 
 
-async def current(db: Database, script: ScriptDirectory | None = None) -> dict[str, str | None]:
-    """Each registered branch's revision in ``db`` (``None``: never migrated)."""
+async def current(db: Database) -> dict[str, str | None]:
+    """Each registered branch's revision in ``db`` (``None``: never migrated).
+    Branches of plugins not loaded now are not looked at (their tables stay as they are)."""
     if not db.migrations:
         return {}
-    script = script or script_directory(db.migrations)
+    names = [reg.name for reg in db.migrations]
     async with db.connect() as conn:
-        heads = await conn.run_sync(_current_heads)
-    found: dict[str, str | None] = {reg.name: None for reg in db.migrations}
-    for head in heads:
-        try:
-            found[_branch_of(script, head, db.migrations)] = head
-        except Exception:  # a revision of a plugin no longer installed
-            found.setdefault("(unknown)", head)
-    return found
+        found = await conn.run_sync(_current_heads, [version_table(name) for name in names])
+    return {name: (heads[0] if heads else None) for name, heads in zip(names, found, strict=True)}
 
 
 def heads(registrations: Sequence[MigrationRegistration]) -> dict[str, str | None]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..storage.settings import data_dir
 from ..types import CallMode, ModelInfo
 
 log = logging.getLogger("clasp.catalog")
@@ -149,20 +150,56 @@ def litellm_package_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-@lru_cache(maxsize=1)
-def _model_table() -> dict[str, Any]:
+PRICE_MAP_FILE = "model_prices.json"
+"""The newer LiteLLM-format price map ``clasp prices update`` installs in the data dir."""
+
+
+def price_map_path() -> Path:
+    """Where an installed price map lives (``<data dir>/model_prices.json``): read at
+    start-up over LiteLLM's bundled map, entry by entry (the bundled one ages)."""
+    return data_dir() / PRICE_MAP_FILE
+
+
+def bundled_price_map_path() -> Path | None:
+    """LiteLLM's bundled map (``model_prices_and_context_window_backup.json``)."""
     root = litellm_package_dir()
-    if root is None:
-        log.warning("litellm is not installed: model limits and prices are unknown")
-        return {}
-    path = root / "model_prices_and_context_window_backup.json"
+    return None if root is None else root / "model_prices_and_context_window_backup.json"
+
+
+def _read_map(path: Path) -> dict[str, Any]:
     try:
-        table: dict[str, Any] = orjson.loads(path.read_bytes())
+        table = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        log.warning("cannot read LiteLLM's model catalogue %s: %s", path, exc)
+        log.warning("cannot read the model catalogue %s: %s", path, exc)
+        return {}
+    if not isinstance(table, dict):
+        log.warning("the model catalogue %s is not a JSON object: ignored", path)
         return {}
     table.pop("sample_spec", None)
     return table
+
+
+@lru_cache(maxsize=1)
+def _model_table() -> dict[str, Any]:
+    bundled = bundled_price_map_path()
+    if bundled is None:
+        log.warning("litellm is not installed: model limits and prices are unknown")
+        table: dict[str, Any] = {}
+    else:
+        table = _read_map(bundled)
+    installed = price_map_path()
+    if installed.is_file():
+        newer = {k: v for k, v in _read_map(installed).items() if isinstance(v, dict)}
+        table.update(newer)
+        log.info("model prices: %d entries from %s over LiteLLM's bundled map", len(newer), installed)
+    return table
+
+
+def reload_price_map() -> None:
+    """Forget the catalogue read so far: the next lookup reads the bundled and the
+    installed maps again (after ``clasp prices update``, in the same process)."""
+    _model_table.cache_clear()
+    model_info.cache_clear()
 
 
 def raw_model_entry(provider: str, model: str) -> dict[str, Any] | None:

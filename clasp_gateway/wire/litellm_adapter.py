@@ -242,11 +242,13 @@ class LiteLLMAdapter:
                 params["azure_ad_token"] = bearer
             result = await rotate_keys(pool, deployment.id, call)
             if not stream:
-                yield completion_to_chunk(result.model_dump())
+                yield completion_to_chunk(_with_reported_cost(result, result.model_dump()))
                 return
             finished = False
             async for chunk in result:
                 data = chunk.model_dump(exclude_none=True)
+                if data.get("usage"):
+                    _with_reported_cost(chunk, data)
                 for choice in data.get("choices") or ():
                     if choice.get("finish_reason"):
                         finished = True
@@ -260,3 +262,15 @@ class LiteLLMAdapter:
             raise
         except Exception as exc:  # LiteLLM maps provider errors to its own classes
             raise _litellm_error(exc, deployment) from None
+
+
+def _with_reported_cost(response: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Put LiteLLM's ``response_cost`` (its hidden params) into ``data["usage"]["cost"]``,
+    where :meth:`~clasp_gateway.types.Usage.from_openai` reads a provider-reported
+    cost, unless the provider reported one itself."""
+    hidden = getattr(response, "_hidden_params", None)
+    cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    usage = data.get("usage")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and isinstance(usage, dict):
+        usage.setdefault("cost", float(cost))
+    return data

@@ -411,6 +411,39 @@ def canonical_chunk(name: str, data: bytes) -> Chunk | None:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
 
 
+def canonical_message(data: bytes) -> list[Chunk]:
+    """A canonical view of a whole Anthropic message, for ``on_stream_chunk`` (text,
+    thinking, tool calls, then the finish reason and output tokens)."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(message, dict):
+        return []
+    out: list[Chunk] = []
+    for index, block in enumerate(message.get("content") or ()):
+        if not isinstance(block, dict):
+            continue
+        delta: dict[str, Any] | None = None
+        if block.get("type") == "text":
+            delta = {"content": block.get("text") or ""}
+        elif block.get("type") == "thinking":
+            delta = {"reasoning_content": block.get("thinking") or ""}
+        elif block.get("type") == "tool_use":
+            delta = {"tool_calls": [{"index": index, "id": block.get("id"), "type": "function", "function": {
+                "name": block.get("name"), "arguments": orjson.dumps(block.get("input") or {}).decode()}}]}
+        if delta is not None:
+            out.append({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    reason = message.get("stop_reason")
+    finish: Chunk = {"choices": [{"index": 0, "delta": {},
+                                  "finish_reason": _FINISH.get(reason, reason) if isinstance(reason, str) else None}]}
+    usage = message.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+        finish["usage"] = {"completion_tokens": usage["output_tokens"]}
+    out.append(finish)
+    return out
+
+
 class PassthroughEncoder(StreamEncoder):
     """Anthropic's events written as they came (only the usage is read, for the books),
     ``ping`` keep-alives, a clean ``error`` event when the stream is cut."""
@@ -458,6 +491,7 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Respons
     seen = PassthroughUsage()
     body = b""
     builder: MessageBuilder | None = None
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     try:
         async for chunk in upstream:
             if chunk is KEEPALIVE:
@@ -465,9 +499,16 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: Any) -> Respons
             if chunk.get("anthropic_message") is not None:
                 body = chunk["anthropic_message"]
                 seen.take_message(body)
+                if chunk_hook is not None:
+                    for view in canonical_message(body):
+                        chunk_hook(ctx, view)
             elif chunk.get("anthropic_event") is not None:
                 name, data = chunk["anthropic_event"]
                 seen.observe(name, data)
+                if chunk_hook is not None:
+                    seen_view = canonical_chunk(name, data)
+                    if seen_view is not None:
+                        chunk_hook(ctx, seen_view)
                 builder = builder or MessageBuilder()
                 builder.add([(name, orjson.loads(data))])
         if builder is not None:

@@ -156,11 +156,14 @@ async def _complete(
     gateway: Gateway, ctx: RequestContext, upstream: UpstreamStream, translator: StreamTranslator
 ) -> Response:
     builder = MessageBuilder()
+    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
     try:
         builder.add(translator.start())
         async for chunk in upstream:
             if chunk is KEEPALIVE:
                 continue
+            if chunk_hook is not None:  # plugins see a whole answer's chunks too (a cache)
+                chunk_hook(ctx, chunk)
             builder.add(translator.feed(chunk))
             if translator.done:
                 break

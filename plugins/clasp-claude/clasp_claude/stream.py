@@ -337,6 +337,7 @@ class StreamTranslator:
             cache_read_input_tokens=u.cache_read_input_tokens,
             cache_creation_input_tokens=u.cache_creation_input_tokens,
             reasoning_tokens=u.reasoning_tokens,
+            cost_usd=u.cost_usd,
         )
         if u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens == 0:
             out.input_tokens = self.input_tokens  # placeholder zeros from the provider

@@ -4,8 +4,9 @@ In order of preference:
 
 1. **Stale-if-error.** A cache plugin that, during ``before_call``, found an entry
    too old to serve but young enough to serve in an outage puts its canonical chunks
-   in ``ctx.state[STALE_KEY]``. It is served with ``x-clasp-degraded: stale``. (There
-   is no cache plugin yet; this key is the contract it fills.)
+   in ``ctx.state[STALE_KEY]``. It is served with ``x-clasp-degraded: stale``
+   (clasp-cache fills it, within ``cache.stale_if_error_max_age``, and marks the answer
+   ``x-clasp-cache: stale``).
 2. **A configured default response** (``fallback.default_response``), streamed as an
    ordinary answer with ``x-clasp-degraded: default-response``.
 3. **A clear 529** ``overloaded_error`` naming every deployment and why it failed or was

@@ -1,0 +1,1 @@
+"""Alembic branch ``budgets``: budgets created through the admin API."""

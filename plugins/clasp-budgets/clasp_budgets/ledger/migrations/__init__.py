@@ -1,0 +1,1 @@
+"""Alembic version directory of the branch ``ledger`` (Alembic skips this file)."""
