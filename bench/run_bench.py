@@ -635,14 +635,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 port = free_port()
                 cfg = tmp / f"{name}.yaml"
                 clasp_config(cfg, port, up_port, args.log_level, args.b_config if name == "clasp-b" else "")
-                clasp = gateway_target(name, port, {"x-api-key": GATEWAY_KEY})
-                cenv = {**env, "CLASP_BENCH_KEY": GATEWAY_KEY, "CLASP_BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+                # Each gateway's default database (virtual keys, ledger) in its own directory of the run.
+                cenv = {**env, "CLASP_BENCH_KEY": GATEWAY_KEY, "CLASP_BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+                        "CLASP_DATA_DIR": str(tmp / f"{name}-data")}
                 if src:
                     # Another tree of the gateway (a copy, a worktree) ahead of the editable install.
                     root = Path(src).resolve()  # noqa: ASYNC240 (start-up, not under load)
                     plugins = sorted((root / "plugins").glob("*"))  # noqa: ASYNC240
                     paths = [str(root)] + [str(p) for p in plugins if (p / "pyproject.toml").exists()]  # noqa: ASYNC240
                     cenv["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+                key = GATEWAY_KEY
+                if name == "clasp-b" and args.b_virtual_key:
+                    # clasp-b's clients present a virtual key (clasp-budgets), made on its database.
+                    made = await asyncio.to_thread(
+                        subprocess.run, [args.clasp, "keys", "create", "--name", "bench", "--config", str(cfg)],
+                        capture_output=True, text=True, env=cenv, timeout=300)
+                    if made.returncode != 0:
+                        raise SystemExit(f"clasp keys create failed: {made.stderr}")
+                    key = made.stdout.strip()
+                clasp = gateway_target(name, port, {"x-api-key": key})
                 cmd = [args.clasp, "--config", str(cfg), "serve"]
                 if args.cprofile and name == "clasp":
                     python = str(Path(args.clasp).parent / "python")
@@ -792,6 +803,9 @@ def main() -> int:
     p.add_argument("--b-config", default="", metavar="YAML",
                    help="top-level YAML added to clasp-b's clasp.yaml only, e.g. 'state: {backend: sqlite}' "
                         "(with --ab: the same tree under two configurations)")
+    p.add_argument("--b-virtual-key", action="store_true",
+                   help="clasp-b's requests present a virtual key (clasp keys create on its database) instead of "
+                        "the static key: with --ab, the CPU of a cached virtual-key lookup against a static key")
     p.add_argument("--litellm-venv", default=DEFAULT_LITELLM_VENV, help="venv holding the LiteLLM proxy")
     p.add_argument("--profile", metavar="DIR", help="sample the clasp gateway with py-spy during each measurement; "
                    "writes DIR/clasp-CASE-cCONC.txt (collapsed stacks; summarize with profile_summary.py)")

@@ -42,7 +42,8 @@ The names, by what a plugin does with them:
   (:func:`provider_profile`) and health (:func:`probe_deployment`); LiteLLM's provider
   knowledge through the transform path
   (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
-  :func:`response_fixer`).
+  :func:`response_fixer`); the request's prompt-cache breakpoints
+  (:func:`has_marks`, :func:`strip_marks`, :func:`prompt_cache_key`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
 - **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
   SQLAlchemy async Core over ``storage:``), migrations registered as
@@ -127,8 +128,10 @@ from .state import (
     StateUnavailable,
     Subscription,
     create_state,
+    parse_state_settings,
 )
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
+from .storage.standalone import database_for
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -175,6 +178,7 @@ from .wire.credentials import RefreshingToken
 from .wire.ndjson import NDJSONDecoder
 from .wire.permissions import UNAVAILABLE_KEY
 from .wire.probe import ProbeResult, probe_deployment
+from .wire.prompt_cache import has_marks, prompt_cache_key, strip_marks
 from .wire.providers import ProviderAdapter, Providers
 from .wire.quirks import prepare_body, response_fixer
 from .wire.reads import FrameTooLarge, ReadLimits
@@ -213,16 +217,18 @@ __all__ = [
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",
     "probe_deployment", "provider_profile", "response_fixer",
+    # provider prompt caches: the canonical request's cache breakpoints (wire/prompt_cache.py)
+    "has_marks", "prompt_cache_key", "strip_marks",
     # token-based credentials (OAuth, Azure AD): fetched before they expire, one refresh at a time
     "RefreshingToken",
     # secrets
     "redact", "redact_bytes", "register_secret",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
-    "Subscription", "create_state",
+    "Subscription", "create_state", "parse_state_settings",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
-    "parse_storage_settings",
+    "database_for", "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
     # tokens, context, schemas, server tools

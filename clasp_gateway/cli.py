@@ -216,11 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     # Plugin commands: only loaded when the name is not a built-in one.
     argv = list(sys.argv[1:] if argv is None else argv)
     builtin = {"serve", "check", "plugins", "code", "db", "-h", "--help"}
-    command = next((a for a in argv if not a.startswith("-")), None)
+    # The first word that is not an option or the value of --config/-c (``clasp -c x.yaml keys list``).
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in ("--config", "-c"))),
+              None)
+    command = argv[at] if at is not None else None
     if command == "code":  # its own options; the rest goes to claude (claude_code.py)
         from .claude_code import main as code_main
 
-        at = argv.index("code")
+        assert at is not None
         top = argparse.ArgumentParser(add_help=False, parents=[common])
         config = getattr(top.parse_known_args(argv[:at])[0], "config", None)
         return code_main(argv[at + 1:], config)
@@ -235,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"clasp: {exc}", file=sys.stderr)
             return 2
         if found is not None:
-            rest = argv[argv.index(command) + 1:]
-            return int(found.function(rest, os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
+            assert at is not None
+            top = argparse.ArgumentParser(add_help=False, parents=[common])
+            config = getattr(top.parse_known_args(argv[:at])[0], "config", None)
+            return int(found.function(argv[at + 1:], config or os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None

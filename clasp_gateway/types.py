@@ -186,36 +186,50 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
-        """Convert an OpenAI ``usage`` object (prompt tokens include cached reads and,
-        where the provider reports them, cache writes: LiteLLM's
-        ``cache_creation_input_tokens``). A finite ``cost`` (OpenRouter) is kept as
-        :attr:`cost_usd`."""
+        """Convert a canonical (OpenAI-shaped) ``usage`` object.
+
+        In the canonical usage, as in OpenAI's and LiteLLM's, ``prompt_tokens``
+        counts every input token, cached reads and cache writes included; what the
+        provider's prompt cache did is in ``prompt_tokens_details.cached_tokens``
+        (reads: OpenAI, Azure, vLLM, Gemini and Anthropic through LiteLLM) or
+        DeepSeek's ``prompt_cache_hit_tokens``, and writes in
+        ``cache_creation_input_tokens`` (LiteLLM's name; Bedrock, Anthropic) or
+        ``prompt_tokens_details.cache_creation_tokens`` / ``cache_write_tokens``
+        (LiteLLM, OpenRouter). ``input_tokens`` here excludes both, as Anthropic's does.
+        A finite ``cost`` (OpenRouter) is kept as :attr:`cost_usd`.
+        """
         if not usage:
             return cls()
-        prompt = int(usage.get("prompt_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-        written = usage.get("cache_creation_input_tokens")
-        if not isinstance(written, int) and isinstance(details, dict):
-            written = details.get("cache_creation_tokens")
-        created = written if isinstance(written, int) and not isinstance(written, bool) and written > 0 else 0
+        prompt = _count(usage.get("prompt_tokens"))
+        details = usage.get("prompt_tokens_details")
+        if not isinstance(details, dict):
+            details = {}
+        cached = _count(details.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens")) \
+            or _count(usage.get("cache_read_input_tokens"))
+        written = _count(usage.get("cache_creation_input_tokens")) or _count(details.get("cache_creation_tokens")) \
+            or _count(details.get("cache_write_tokens"))
         out_details = usage.get("completion_tokens_details") or {}
-        reasoning = (
-            int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0
-        )
+        reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
         cost = usage.get("cost")
         reported = (
             float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool)
             and math.isfinite(cost) and cost >= 0 else None
         )
         return cls(
-            input_tokens=max(0, prompt - cached - created),
-            output_tokens=int(usage.get("completion_tokens") or 0),
+            input_tokens=max(0, prompt - cached - written),
+            output_tokens=_count(usage.get("completion_tokens")),
             cache_read_input_tokens=cached,
-            cache_creation_input_tokens=created,
+            cache_creation_input_tokens=written,
             reasoning_tokens=reasoning,
             cost_usd=reported,
         )
+
+
+def _count(value: Any) -> int:
+    """A token count from a provider's usage (``None``, a bool or junk count as 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return max(0, int(value))
 
 
 @dataclass(slots=True)
@@ -317,6 +331,13 @@ class UpstreamStream:
         self._first = first
         self._rest = rest
         self._closer = closer
+
+    @property
+    def first_chunks(self) -> list[Chunk]:
+        """The chunks already received when the deployment was chosen, not yet
+        iterated (empty once iteration began). A format plugin reads what the provider
+        reported up front from them (Anthropic's prompt usage, for ``message_start``)."""
+        return self._first
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from clasp_claude.request import to_canonical
 
+from clasp_gateway import strip_marks
 from clasp_gateway.config import ConfigError
 from clasp_gateway.errors import UpstreamError
 from clasp_gateway.shaping.context import (
@@ -116,8 +117,9 @@ def agentic_session(steps: int, *, lines: int = 12) -> list[dict[str, Any]]:
 
 
 def canonical(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The canonical messages as an OpenAI upstream gets them (cache breakpoints stripped)."""
     body = {"model": MODEL, "max_tokens": 1000, "system": SYSTEM, "tools": TOOLS, "messages": messages}
-    return list(to_canonical(body).body["messages"])
+    return list(strip_marks(to_canonical(body).body)["messages"])
 
 
 # --- what makes a trimmed history valid --------------------------------------------------------

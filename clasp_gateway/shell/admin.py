@@ -23,6 +23,7 @@ Their docstrings carry OpenAPI YAML after a ``---`` line (Starlette's
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -81,7 +82,30 @@ def openapi_document(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     })
     schema: dict[str, Any] = _string_keys(generator.get_schema(_admin_routes(routes)))
     schema.setdefault("paths", {})
+    for path, operations in schema["paths"].items():
+        for operation in operations.values() if isinstance(operations, dict) else ():
+            if not isinstance(operation, dict):
+                continue
+            parameters = operation.setdefault("parameters", [])
+            declared = {p.get("name") for p in parameters if isinstance(p, dict) and p.get("in") == "path"}
+            parameters.extend({"name": name, "in": "path"} for name in re.findall(r"{(\w+)(?::\w+)?}", path)
+                              if name not in declared)
+            for parameter in parameters:
+                _complete_parameter(parameter)
+            if not parameters:
+                del operation["parameters"]
     return schema
+
+
+def _complete_parameter(parameter: Any) -> None:
+    """What OpenAPI requires and a docstring may leave out: a parameter's ``schema``
+    (a string unless said otherwise) and ``required: true`` on path parameters."""
+    if not isinstance(parameter, dict):
+        return
+    if "schema" not in parameter and "content" not in parameter:
+        parameter["schema"] = {"type": "string"}
+    if parameter.get("in") == "path":
+        parameter["required"] = True
 
 
 def _string_keys(value: Any) -> Any:
@@ -98,9 +122,9 @@ async def openapi_endpoint(request: Request) -> Response:
     ---
     summary: The admin API's OpenAPI document (this one)
     responses:
-      200: {description: an OpenAPI 3 document of every /admin/ route}
-      401: {description: no key, or a wrong one}
-      403: {description: a key that is neither admin nor team_admin}
+      200: {description: "an OpenAPI 3 document of every /admin/ route"}
+      401: {description: "no key, or a wrong one"}
+      403: {description: "a key that is neither admin nor team_admin"}
     """
     from .. import __version__
 

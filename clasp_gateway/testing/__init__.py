@@ -25,7 +25,8 @@ What is here, by use:
   decides per request (:func:`by_key`: per API key, :func:`limits_by_key` and
   :func:`openai_limits`: rate-limit headers). :class:`FakeTokenEndpoint` is an Entra
   ID (Azure AD) token endpoint; :func:`register_flavor` with a :class:`FlavorSpec`
-  adds a provider.
+  adds a provider. ``FakeUpstream(prompt_cache=True)`` caches prompts as the provider
+  does (:class:`PromptCache`) and reports it in the provider's usage fields.
 - **A gateway in a thread** (:mod:`.gateway`): :class:`GatewayServer` serves a
   :func:`config_from` configuration (with the client key :data:`GATEWAY_KEY`) with the
   installed plugins plus ``plugins=[...]``; :func:`openai_models` points model names
@@ -54,6 +55,7 @@ from .clock import FakeClock
 from .databases import PostgresServer, postgres_server, sqlite_file
 from .fakes import (
     FLAVORS,
+    CacheUse,
     Cut,
     Error,
     FakeTokenEndpoint,
@@ -61,6 +63,7 @@ from .fakes import (
     Hang,
     Html,
     Malformed,
+    PromptCache,
     Raw,
     Reasoning,
     Recorded,
@@ -71,6 +74,7 @@ from .fakes import (
     by_key,
     limits_by_key,
     openai_limits,
+    render_prompt,
 )
 from .fakes.flavors import FlavorSpec, register_flavor
 from .gateway import (
@@ -97,6 +101,8 @@ __all__ = [
     "AppThread", "FLAVORS", "load_module", "FakeTokenEndpoint", "FakeUpstream", "FlavorSpec", "Recorded", "register_flavor",
     "Cut", "Error", "Hang", "Html", "Malformed", "Raw", "Reasoning", "Reply", "Script", "Text", "ToolCalls",
     "by_key", "limits_by_key", "openai_limits",
+    # providers' prompt caches in the fakes (FakeUpstream(prompt_cache=True))
+    "CacheUse", "PromptCache", "render_prompt",
     # a gateway in a thread
     "GATEWAY_KEY", "UPSTREAM_KEY", "GatewayServer", "StartGateway", "config_from", "openai_models", "plugin_manager",
     # real databases: a fresh PostgreSQL database, a SQLite file

@@ -64,13 +64,21 @@ class ProviderProfile:
     tool_names_start_with_letter: bool = False
     """Tool names must start with a letter or ``_`` (Gemini); others travel as
     ``t.<name>`` (a dot never occurs in a client's tool name) and come back as sent."""
+    cache_control: str = "strip"
+    """What becomes of the request's cache breakpoints (:mod:`.prompt_cache`):
+    "strip" (OpenAI-compatible APIs reject the field; automatic prefix caches need
+    none), "keep" (the provider's transform maps them: Anthropic, and LiteLLM or a
+    plugin for providers the gateway has no profile of, such as Bedrock or Vertex) or
+    "parts" (on content parts, for the models that cache: OpenRouter)."""
+    prompt_cache_key: bool = False
+    """Takes OpenAI's ``prompt_cache_key`` (a routing hint for its prefix cache)."""
 
 
 _OPENAI_COMPATIBLE: dict[str, ProviderProfile] = {
     p.name: p
     for p in (
         ProviderProfile("openai", default_api_base="https://api.openai.com/v1", default_base_env="OPENAI_BASE_URL",
-                        default_key_env="OPENAI_API_KEY", reasoning_param="reasoning_effort"),
+                        default_key_env="OPENAI_API_KEY", reasoning_param="reasoning_effort", prompt_cache_key=True),
         ProviderProfile("azure", default_base_env="AZURE_API_BASE", default_key_env="AZURE_API_KEY",
                         default_api_version="2024-10-21", needs_api_base=True, auth="api-key",
                         path_style="azure", reasoning_param="reasoning_effort"),
@@ -92,7 +100,7 @@ _OPENAI_COMPATIBLE: dict[str, ProviderProfile] = {
                         supports_stream_usage=False, tool_call_ids="alnum9",
                         unsupported_params=frozenset({"user", "stream_options", "top_k", "seed"})),
         ProviderProfile("openrouter", default_api_base="https://openrouter.ai/api/v1", default_key_env="OPENROUTER_API_KEY",
-                        accepts_top_k=True, reasoning_param="reasoning_effort"),
+                        accepts_top_k=True, reasoning_param="reasoning_effort", cache_control="parts"),
         ProviderProfile("together_ai", default_api_base="https://api.together.xyz/v1", default_key_env="TOGETHERAI_API_KEY",
                         accepts_top_k=True),
         ProviderProfile("fireworks_ai", default_api_base="https://api.fireworks.ai/inference/v1",
@@ -129,7 +137,7 @@ _TRANSFORM: dict[str, ProviderProfile] = {
         ProviderProfile("anthropic", mode="transform", default_api_base="https://api.anthropic.com",
                         default_base_env="ANTHROPIC_API_BASE", default_key_env="ANTHROPIC_API_KEY",
                         auth="x-api-key", api_route="v1/messages", supports_stream_usage=False,
-                        accepts_top_k=True, reasoning_param="reasoning_effort"),
+                        accepts_top_k=True, reasoning_param="reasoning_effort", cache_control="keep"),
     )
 }
 
@@ -139,7 +147,9 @@ def provider_profile(provider: str) -> ProviderProfile:
     profile = _OPENAI_COMPATIBLE.get(provider) or _TRANSFORM.get(provider)
     if profile is not None:
         return profile
-    return ProviderProfile(provider, mode="litellm", schema_dialect="openai")
+    # LiteLLM's catch-all maps or drops breakpoints per provider itself; a provider
+    # plugin (Bedrock, Vertex) maps them for its own API.
+    return ProviderProfile(provider, mode="litellm", schema_dialect="openai", cache_control="keep")
 
 
 def litellm_package_dir() -> Path | None:

@@ -26,10 +26,12 @@ import aiohttp
 from ..errors import ConfigurationError
 from ..redact import install_redaction
 from ..types import KEEPALIVE, CanonicalRequest, Chunk, Deployment, RequestContext
+from .catalog import provider_profile
 from .credentials import Credentials
 from .direct import OpenAICompatible
 from .litellm_adapter import LiteLLMAdapter
 from .params import upstream_params
+from .prompt_cache import prompt_cache_key
 from .quirks import response_fixer
 from .reads import ReadLimits
 from .transform import TransformAdapter
@@ -163,6 +165,8 @@ class Providers:
             )
         # Only canonical parameters go upstream, whatever the client sent (params.py).
         body = upstream_params(body, deployment)
+        if ctx is not None and provider_profile(deployment.provider).prompt_cache_key:
+            _add_prompt_cache_key(body, deployment, ctx)
         name = deployment.provider
         if name in self.extra:
             adapter = self.extra[name]
@@ -178,6 +182,20 @@ class Providers:
                 chunks = adapter.open(deployment, body, stream=stream)
         fix = response_fixer(deployment)
         return chunks if fix is None else _fixed(chunks, fix)
+
+
+def _add_prompt_cache_key(body: CanonicalRequest, deployment: Deployment, ctx: RequestContext) -> None:
+    """OpenAI's ``prompt_cache_key``: requests of one tenant with the same long prefix
+    (Claude Code's system prompt and tools) are routed to the same prefix cache. From
+    the tenant and the prefix only: a client's own ``prompt_cache_key`` is not a
+    canonical parameter and never reaches here; an operator's ``extra_body`` wins."""
+    if "prompt_cache_key" in deployment.extra_body:
+        return
+    principal = ctx.principal
+    tenant = (principal.team or principal.key_id) if principal is not None else ""
+    key = prompt_cache_key(tenant or "-", body)
+    if key is not None:
+        body["prompt_cache_key"] = key
 
 
 def _accepts_ctx(adapter: Any) -> bool:

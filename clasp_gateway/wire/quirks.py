@@ -19,6 +19,7 @@ from typing import Any
 
 from ..types import CanonicalRequest, Chunk, Deployment, RequestHints
 from .catalog import ProviderProfile, provider_profile
+from .prompt_cache import marks_on_parts, strip_marks
 
 # OpenAI reasoning models take max_completion_tokens and refuse temperature/top_p.
 _OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
@@ -107,9 +108,25 @@ def prepare_body(
         out["messages"] = _history_for(out.get("messages") or [], profile)
     if profile.tool_names_start_with_letter and out.get("tools"):
         _letter_led_names(out)
+    out = _breakpoints_for(out, profile, deployment.model)
     if deployment.extra_body:
         out.update(deployment.extra_body)
     return out
+
+
+# OpenRouter caches (and accepts cache_control on content parts) for these model families.
+_OPENROUTER_CACHING = ("claude", "gemini", "minimax", "glm", "z-ai")
+
+
+def _breakpoints_for(out: CanonicalRequest, profile: ProviderProfile, model: str) -> CanonicalRequest:
+    """The request's cache breakpoints as the provider takes them (see
+    :mod:`.prompt_cache`): kept, moved onto content parts, or removed."""
+    mode = profile.cache_control
+    if mode == "keep":
+        return out
+    if mode == "parts" and any(family in model.lower() for family in _OPENROUTER_CACHING):
+        return marks_on_parts(out)
+    return strip_marks(out)
 
 
 # --- history the provider would refuse ---------------------------------------------------

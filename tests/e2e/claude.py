@@ -73,6 +73,7 @@ ALLOWED_TOP_LEVEL = frozenset(
         "top_k",
         "stop",
         "reasoning_effort",
+        "prompt_cache_key",  # OpenAI's prefix-cache routing hint (the gateway's, from tenant and prefix)
     }
 )
 # Anthropic-only keys that must never reach an OpenAI-compatible upstream, at any depth.

@@ -82,13 +82,16 @@ class AnthropicWire(Wire):
         return "msg_01" + _rand(ctx.rng, _ALNUM, 22)
 
     def usage(self, turn: Turn, output: int | None = None) -> dict[str, Any]:
-        return {
-            "input_tokens": turn.prompt_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+        usage: dict[str, Any] = {
+            "input_tokens": turn.prompt_tokens - turn.cache_read - turn.cache_write,
+            "cache_creation_input_tokens": turn.cache_write,
+            "cache_read_input_tokens": turn.cache_read,
             "output_tokens": turn.completion_tokens if output is None else output,
             "service_tier": "standard",
         }
+        if turn.cache_write:
+            usage["cache_creation"] = {"ephemeral_5m_input_tokens": turn.cache_write, "ephemeral_1h_input_tokens": 0}
+        return usage
 
     def _blocks(self, turn: Turn, ctx: Ctx) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []

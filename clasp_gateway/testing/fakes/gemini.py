@@ -100,6 +100,9 @@ class GeminiWire(Wire):
         }
         if turn.reasoning_tokens:
             usage["thoughtsTokenCount"] = turn.reasoning_tokens
+        if turn.cache_read:  # implicit (or explicit) context caching
+            usage["cachedContentTokenCount"] = turn.cache_read
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": turn.cache_read}]
         return usage
 
     def _call_parts(self, turn: Turn, ctx: Ctx) -> list[dict[str, Any]]:

@@ -73,8 +73,8 @@ class DeepSeekWire(OpenAIWire):
 
     def usage(self, turn: Turn) -> dict:
         usage = super().usage(turn)
-        usage["prompt_cache_hit_tokens"] = 0
-        usage["prompt_cache_miss_tokens"] = turn.prompt_tokens
+        usage["prompt_cache_hit_tokens"] = turn.cache_read
+        usage["prompt_cache_miss_tokens"] = turn.prompt_tokens - turn.cache_read
         usage.pop("prompt_tokens_details", None)
         usage["completion_tokens_details"] = {"reasoning_tokens": turn.reasoning_tokens}
         return usage

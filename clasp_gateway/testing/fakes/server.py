@@ -29,6 +29,7 @@ from aiohttp.web_request import BaseRequest
 from ..processes import free_port
 from .flavors import EXTRA_FLAVORS, FlavorSpec
 from .fragment import fragment_event
+from .prompt_cache import PromptCache
 from .record import Recorded
 from .replies import Cut, Error, Hang, Html, Malformed, Raw, Reasoning, Reply, Script, Text, ToolCalls
 from .wire import AzureWire, Ctx, OllamaNativeWire, OllamaWire, OpenAIWire, Wire, html_page
@@ -76,6 +77,11 @@ class FakeUpstream:
             rate-limit headers a provider sends for the key the request used.
         seed: seed for ids and fragmentation (runs are reproducible).
         host, port: where to listen (port 0 = any free port).
+        prompt_cache: ``True`` to cache prompts as the provider does (OpenAI-style
+            automatic prefix caching for OpenAI-compatible flavors, DeepSeek's 64-token
+            units, Gemini's implicit caching, Anthropic's breakpoints) and report it in
+            the provider's usage fields; or a :class:`PromptCache` of one's own.
+            ``fake.prompt_cache.prompts`` then holds every rendered prompt.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         response_headers: Callable[[Recorded], dict[str, str] | None] | None = None,
+        prompt_cache: PromptCache | bool | None = None,
     ) -> None:
         spec: FlavorSpec | None = EXTRA_FLAVORS.get(flavor)
         if flavor not in FLAVORS and spec is None:
@@ -110,6 +117,9 @@ class FakeUpstream:
         self.seed = seed
         self.host = host
         self.port = port
+        self.prompt_cache: PromptCache | None = (
+            default_prompt_cache(flavor) if prompt_cache is True else prompt_cache or None
+        )
         self.requests: list[Recorded] = []
         self.errors: list[BaseException] = []
         self.script: Script | None = None
@@ -437,6 +447,10 @@ class FakeUpstream:
                 return self._json(404, AzureWire().deployment_not_found(), wire)
         if route not in ("chat", "native_chat"):
             return self._info(route)
+        refused = self._refuse_cache_control(rec, wire)
+        if refused is not None:
+            return await self._serve(request, refused, wire, ctx)
+        self._account(rec, ctx)
         return await self._serve(request, self._next_reply(rec), wire, ctx)
 
     async def _dispatch_spec(self, spec: FlavorSpec, request: BaseRequest, rec: Recorded, n: int) -> web.StreamResponse:
@@ -461,8 +475,30 @@ class FakeUpstream:
             status, body = spec.info(route, self.models) if spec.info is not None else (404, {})
             return self._json(status, body, wire)
         refusal = spec.check(rec, ctx) if spec.check is not None else None
+        if refusal is None:
+            refusal = self._refuse_cache_control(rec, wire)
+        if refusal is None:
+            self._account(rec, ctx)
         reply = refusal if refusal is not None else self._next_reply(rec)
         return await self._serve(request, reply, wire, ctx)
+
+    def _account(self, rec: Recorded, ctx: Ctx) -> None:
+        """Let the provider's prompt cache see the request (its usage reports it)."""
+        if self.prompt_cache is not None:
+            ctx.cache = self.prompt_cache.account(rec.json, ctx.model)
+
+    @staticmethod
+    def _refuse_cache_control(rec: Recorded, wire: Wire) -> Reply | None:
+        """OpenAI-compatible APIs validate messages and tools strictly: an Anthropic
+        ``cache_control`` anywhere in them is a 400 (OpenAI's wording)."""
+        if not isinstance(wire, (OpenAIWire, OllamaWire)):
+            return None
+        where = cache_control_path(rec.json)
+        if where is None:
+            return None
+        return Error(400, body={"error": {
+            "message": f"Additional properties are not allowed ('cache_control' was unexpected) - '{where}'",
+            "type": "invalid_request_error", "param": where, "code": None}})
 
     def _next_reply(self, rec: Recorded) -> Reply:
         with self._cond:
@@ -638,3 +674,31 @@ class FakeUpstream:
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.002)  # let the kernel hand the last segment over before the RST
         return self._abort(request, resp)
+
+
+def cache_control_path(body: dict[str, Any]) -> str | None:
+    """Where a ``cache_control`` key sits in a chat body's messages or tools, or ``None``."""
+    for i, msg in enumerate(body.get("messages") or ()):
+        if not isinstance(msg, dict):
+            continue
+        if "cache_control" in msg:
+            return f"messages.[{i}]"
+        content = msg.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and "cache_control" in part:
+                return f"messages.[{i}].content.[{j}]"
+    for i, tool in enumerate(body.get("tools") or ()):
+        if isinstance(tool, dict) and ("cache_control" in tool or "cache_control" in (tool.get("function") or {})):
+            return f"tools.[{i}]"
+    return None
+
+
+def default_prompt_cache(flavor: str) -> PromptCache:
+    """The prompt cache a provider has, as the fake of ``flavor`` applies it."""
+    if flavor == "anthropic":
+        return PromptCache(api="anthropic", kind="breakpoints", min_tokens=1024, unit=1)
+    if flavor == "gemini":  # Gemini 2.5's implicit cache: from 2,048 tokens (ai.google.dev, 2026)
+        return PromptCache(api="gemini", kind="prefix", min_tokens=2048, unit=1)
+    if flavor == "deepseek":
+        return PromptCache(api="openai", kind="prefix", min_tokens=64, unit=64)
+    return PromptCache(api="openai", kind="prefix", min_tokens=1024, unit=128)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from .prompt_cache import CacheUse
 from .replies import Reasoning, Text, ToolCalls
 
 __all__ = [
@@ -77,6 +78,8 @@ class Ctx:
     api_version: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
     """Added to the response headers (``FakeUpstream(response_headers=...)``)."""
+    cache: CacheUse | None = None
+    """What the provider's prompt cache did for this request (``FakeUpstream(prompt_cache=...)``)."""
 
 
 @dataclass
@@ -105,6 +108,10 @@ class Turn:
     calls: list[Call] = field(default_factory=list)
     call_pieces: list[list[str]] = field(default_factory=list)
     interleave: bool = False
+    cache_read: int = 0
+    """Prompt tokens read from the provider's prompt cache (included in ``prompt_tokens``)."""
+    cache_write: int = 0
+    """Prompt tokens written to it (breakpoint caches; included in ``prompt_tokens``)."""
 
 
 def _rand(rng: random.Random, alphabet: str, n: int) -> str:
@@ -192,7 +199,16 @@ class Wire:
         return split_fixed(text, default)
 
     def turn(self, reply: Text | ToolCalls | Reasoning, ctx: Ctx) -> Turn:
-        """Normalise a content reply: ids, argument strings, pieces, usage."""
+        """Normalise a content reply: ids, argument strings, pieces, usage (the
+        prompt cache's figures when the fake has one and the reply sets no usage)."""
+        turn = self._turn(reply, ctx)
+        if ctx.cache is not None and reply.usage is None:
+            turn.prompt_tokens = ctx.cache.prompt_tokens
+            turn.cache_read = ctx.cache.read
+            turn.cache_write = ctx.cache.written
+        return turn
+
+    def _turn(self, reply: Text | ToolCalls | Reasoning, ctx: Ctx) -> Turn:
         prompt = len(json.dumps(ctx.messages)) // 4
         if isinstance(reply, Text):
             completion = max(1, len(reply.text) // 4)
@@ -310,7 +326,7 @@ class OpenAIWire(Wire):
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
             "total_tokens": turn.prompt_tokens + turn.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": turn.cache_read, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": turn.reasoning_tokens,
                 "audio_tokens": 0,

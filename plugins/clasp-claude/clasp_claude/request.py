@@ -28,7 +28,11 @@ any OpenAI-compatible upstream:
 - Thinking, effort and ``top_k`` travel in :class:`RequestHints`, never in the body;
   stop sequences are enforced by the gateway (``stream.py``), not sent upstream, so
   the matched sequence can be reported as Anthropic does.
-- Anthropic-only fields (``cache_control``, ``context_management``, ``output_config``,
+- ``cache_control`` breakpoints travel in LiteLLM's convention
+  (:mod:`clasp_gateway.wire.prompt_cache`): on a tool entry, on the system message, and
+  on the last canonical message (or its last content part) made from a marked
+  Anthropic message; the core strips or maps them per provider.
+- Other Anthropic-only fields (``context_management``, ``output_config``,
   ``container``, ``mcp_servers``, ``service_tier``, ``defer_loading``, ``citations``,
   unknown keys...) are never copied: the body is built from scratch.
 """
@@ -79,6 +83,9 @@ def upstream_user(user_id: str) -> str:
     tracking working (same user, same value) without revealing anything.
     """
     return "clasp-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
+
+CACHE_CONTROL = "cache_control"
+"""A breakpoint's key, in Anthropic's blocks and in the canonical request alike."""
 
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TOOL_NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]")
@@ -329,7 +336,10 @@ class _Converter:
         text = _system_text(content, path)
         if not text:
             return
-        msg = {"role": "system", "content": text}
+        msg: dict[str, Any] = {"role": "system", "content": text}
+        mark = _last_mark(content, path)
+        if mark is not None:
+            msg[CACHE_CONTROL] = mark
         if self.pending:
             # OpenAI wants tool messages directly after the tool calls.
             self.deferred.append(msg)
@@ -343,6 +353,13 @@ class _Converter:
             return
         if not isinstance(content, list):
             _fail(f"{path}.content", f"expected a string or an array of content blocks, got {_kind(content)}")
+        start = len(self.out)
+        mark = _last_mark(content, f"{path}.content")
+        self._user_blocks(content, path)
+        if mark is not None and len(self.out) > start:
+            _set_mark(self.out[-1], mark)
+
+    def _user_blocks(self, content: list[Any], path: str) -> None:
         tool_msgs: list[dict[str, Any]] = []
         tool_parts: list[dict[str, Any]] = []  # images/files returned by tools
         parts: list[dict[str, Any]] = []
@@ -443,6 +460,9 @@ class _Converter:
         if calls:
             msg["tool_calls"] = calls
             self.pending = [c["id"] for c in calls]
+        mark = _last_mark(content, f"{path}.content")
+        if mark is not None:
+            msg[CACHE_CONTROL] = mark
         self.out.append(msg)
 
 
@@ -461,6 +481,46 @@ def _block_type(block: Any, path: str) -> str:
     if not isinstance(btype, str):
         _fail(f"{path}.type", "missing or not a string")
     return btype
+
+
+def _mark_of(block: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A block's ``cache_control`` as the canonical breakpoint (``type`` and ``ttl``
+    only: nothing else a client writes there travels), or ``None``."""
+    mark = block.get(CACHE_CONTROL)
+    if mark is None:
+        return None
+    mark = _need_dict(mark, f"{path}.{CACHE_CONTROL}")
+    mtype = mark.get("type", "ephemeral")
+    if mtype != "ephemeral":
+        _fail(f"{path}.{CACHE_CONTROL}.type", f"expected 'ephemeral', got {mtype!r}")
+    out: dict[str, Any] = {"type": "ephemeral"}
+    ttl = mark.get("ttl")
+    if ttl is not None:
+        if ttl not in ("5m", "1h"):
+            _fail(f"{path}.{CACHE_CONTROL}.ttl", f"expected '5m' or '1h', got {ttl!r}")
+        out["ttl"] = ttl
+    return out
+
+
+def _last_mark(content: Any, path: str) -> dict[str, Any] | None:
+    """The last breakpoint among a message's blocks (one breakpoint per canonical
+    message: a mark inside it moves to its end, which caches at least as much)."""
+    found = None
+    if isinstance(content, list):
+        for i, block in enumerate(content):
+            if isinstance(block, dict) and CACHE_CONTROL in block:
+                found = _mark_of(block, f"{path}.{i}") or found
+    return found
+
+
+def _set_mark(msg: dict[str, Any], mark: dict[str, Any]) -> None:
+    """Put a breakpoint at the end of a canonical message: on its last content part
+    when its content is a list, else on the message."""
+    content = msg.get("content")
+    if isinstance(content, list) and content and isinstance(content[-1], dict):
+        content[-1] = {**content[-1], CACHE_CONTROL: mark}
+    else:
+        msg[CACHE_CONTROL] = mark
 
 
 def _system_text(content: Any, path: str) -> str:
@@ -674,7 +734,11 @@ def _convert_tools(tools: Any, conv: _Converter) -> list[dict[str, Any]]:
             _fail(f"{path}.name", f"tool names must be unique; {fn['name']!r} is repeated")
         seen.add(fn["name"])
         fn["name"] = conv.name(fn["name"])
-        out.append({"type": "function", "function": fn})
+        entry: dict[str, Any] = {"type": "function", "function": fn}
+        mark = _mark_of(tool, path)
+        if mark is not None:
+            entry[CACHE_CONTROL] = mark
+        out.append(entry)
     return out
 
 
@@ -789,7 +853,11 @@ def to_canonical(body: Any, *, require_max_tokens: bool = True) -> Translated:
     if system is not None:
         text = _system_text(system, "system")
         if text:
-            conv.out.append({"role": "system", "content": text})
+            system_msg: dict[str, Any] = {"role": "system", "content": text}
+            mark = _last_mark(system, "system")
+            if mark is not None:
+                system_msg[CACHE_CONTROL] = mark
+            conv.out.append(system_msg)
 
     for i, msg in enumerate(messages):
         path = f"messages.{i}"

@@ -108,6 +108,7 @@ async def messages_endpoint(request: Request) -> Response | EventStreamResponse:
         stop_sequences=translated.stop_sequences,
         tool_names=translated.tool_names,
     )
+    translator.prime(upstream.first_chunks)  # usage reported up front: message_start shows it
     if ctx.client_stream:
         return serve_stream(gateway, ctx, upstream, AnthropicEncoder(translator))
     return await _complete(gateway, ctx, upstream, translator)

@@ -347,11 +347,32 @@ class StreamTranslator:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def prime(self, chunks: Sequence[dict[str, Any]]) -> None:
+        """Take the usage the provider reported before the answer (in ``chunks``, the
+        ones already received: :attr:`UpstreamStream.first_chunks`), so that
+        ``message_start`` shows the provider's own input and cache figures."""
+        if self._started:
+            return
+        for chunk in chunks:
+            usage = chunk.get("usage") if isinstance(chunk, dict) else None
+            if usage and isinstance(usage, dict):
+                self._usage = Usage.from_openai(usage)
+
     def start(self) -> list[Event]:
         """The ``message_start`` event (once; later calls return nothing)."""
         if self._started:
             return []
         self._started = True
+        # The upstream's own figures when they came with (or before) the first chunk
+        # (Anthropic and Gemini report the prompt's usage at once); otherwise the
+        # estimate, which the final ``message_delta`` replaces.
+        known = self._usage
+        fresh, read, written = (
+            (known.input_tokens, known.cache_read_input_tokens, known.cache_creation_input_tokens)
+            if known is not None and known.input_tokens + known.cache_read_input_tokens
+            + known.cache_creation_input_tokens > 0
+            else (self.input_tokens, 0, 0)
+        )
         return [
             (
                 "message_start",
@@ -366,10 +387,10 @@ class StreamTranslator:
                         "stop_reason": None,
                         "stop_sequence": None,
                         "usage": {
-                            "input_tokens": self.input_tokens,
+                            "input_tokens": fresh,
                             "output_tokens": 1,
-                            "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": 0,
+                            "cache_creation_input_tokens": written,
+                            "cache_read_input_tokens": read,
                         },
                     },
                 },
@@ -380,13 +401,14 @@ class StreamTranslator:
         """Translate one upstream chunk. Returns ``[]`` after a stop-sequence match."""
         if self._finished or self._stopped:
             return []
-        out = self.start() if not self._started else []
         if not isinstance(chunk, dict):
-            return out
+            return self.start() if not self._started else []
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
-            # Usage may ride on any chunk (usually the last, with empty choices).
+            # Usage may ride on any chunk (usually the last, with empty choices; the
+            # first for providers that report the prompt at once: message_start's).
             self._usage = Usage.from_openai(usage)
+        out = self.start() if not self._started else []
         choices = chunk.get("choices")
         if not choices or not isinstance(choices, list):
             return out  # Azure's first chunk, usage-only chunks

@@ -18,7 +18,7 @@ from clasp_claude.request import (
     upstream_user,
 )
 
-from clasp_gateway import build_classifier, request_features
+from clasp_gateway import build_classifier, request_features, strip_marks
 from clasp_gateway.errors import InvalidRequestError
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -169,8 +169,14 @@ def test_claude_code_conversation_exact() -> None:
         {
             "role": "system",
             "content": "You are Claude Code, Anthropic's official CLI for Claude.\n\nUse the tools available to you.",
+            # Breakpoints in LiteLLM's convention: the last one of a message, at its end.
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
         },
-        {"role": "user", "content": "<system-reminder>Today is Monday.</system-reminder>\n\nFix the typo in a.py"},
+        {
+            "role": "user",
+            "content": "<system-reminder>Today is Monday.</system-reminder>\n\nFix the typo in a.py",
+            "cache_control": {"type": "ephemeral"},
+        },
         {
             "role": "assistant",
             "content": "Let me look at the file.",
@@ -188,6 +194,7 @@ def test_claude_code_conversation_exact() -> None:
             "role": "tool",
             "tool_call_id": "toolu_01B",
             "content": TOOL_ERROR_PREFIX + "<tool_use_error>Not found</tool_use_error>",
+            "cache_control": {"type": "ephemeral"},  # the marked message's last part
         },
         {"role": "system", "content": "The user changed the working directory."},
         {
@@ -233,6 +240,7 @@ def test_claude_code_conversation_exact() -> None:
                 "description": "Edits a file",
                 "parameters": {k: v for k, v in EDIT_SCHEMA.items() if k != "$schema"},
             },
+            "cache_control": {"type": "ephemeral"},
         },
         {
             "type": "function",
@@ -256,7 +264,9 @@ def test_claude_code_conversation_exact() -> None:
 
 
 def test_no_anthropic_only_field_leaks() -> None:
-    dumped = orjson.dumps(to_canonical(copy.deepcopy(CLAUDE_CODE_REQUEST)).body).decode()
+    # Breakpoints travel in the canonical request (LiteLLM's convention); the core
+    # strips them for providers that reject them (tests/test_prompt_cache.py).
+    dumped = orjson.dumps(strip_marks(to_canonical(copy.deepcopy(CLAUDE_CODE_REQUEST)).body)).decode()
     for word in (
         "cache_control",
         "context_management",
@@ -525,7 +535,7 @@ def test_system_string_and_blocks() -> None:
             {"type": "text", "text": "B", "cache_control": {"type": "ephemeral"}},
         ]
     )
-    assert out[0] == {"role": "system", "content": "A\n\nB"}
+    assert out[0] == {"role": "system", "content": "A\n\nB", "cache_control": {"type": "ephemeral"}}
     assert msgs(system="")[0]["role"] == "user"
     assert msgs(system=[])[0]["role"] == "user"
 
@@ -1152,3 +1162,40 @@ def test_integral_floats_are_accepted_as_integers() -> None:
     t = to_canonical(body(max_tokens=1024.0, thinking={"type": "enabled", "budget_tokens": 2048.0}))
     assert t.body["max_tokens"] == 1024 and type(t.body["max_tokens"]) is int
     assert t.hints.thinking_budget == 2048
+
+
+# -- cache breakpoints ---------------------------------------------------------------------
+
+
+def test_breakpoints_travel_in_litellms_convention() -> None:
+    t = to_canonical(body(
+        system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral", "ttl": "1h", "extra": 1}}],
+        tools=[{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+        messages=[
+            {"role": "user", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64},
+                 "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": {"type": "ephemeral"}}]},
+        ],
+    ))
+    system, image_msg, answer, question = t.body["messages"]
+    assert system["cache_control"] == {"type": "ephemeral", "ttl": "1h"}  # only type and ttl travel
+    assert image_msg["content"][-1]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in image_msg
+    assert answer["cache_control"] == {"type": "ephemeral"}
+    assert question == {"role": "user", "content": "q", "cache_control": {"type": "ephemeral"}}
+    assert t.body["tools"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in t.body["tools"][0]["function"]
+    assert strip_marks(t.body)["messages"][3] == {"role": "user", "content": "q"}
+
+
+@pytest.mark.parametrize(("mark", "message"), [
+    ("yes", "system.0.cache_control: expected an object, got string"),
+    ({"type": "persistent"}, "system.0.cache_control.type: expected 'ephemeral', got 'persistent'"),
+    ({"type": "ephemeral", "ttl": "2d"}, "system.0.cache_control.ttl: expected '5m' or '1h', got '2d'"),
+])
+def test_bad_breakpoints_are_a_400_naming_the_field(mark: Any, message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        to_canonical(body(system=[{"type": "text", "text": "S", "cache_control": mark}]))
+    assert info.value.message == message

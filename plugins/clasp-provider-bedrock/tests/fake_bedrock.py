@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import hmac
 import re
 import struct
@@ -34,7 +35,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from clasp_gateway.testing import AppThread
+from clasp_gateway.testing import AppThread, PromptCache
 
 __all__ = ["Answer", "FakeBedrock", "Failure", "Received", "encode_message"]
 
@@ -180,6 +181,9 @@ class FakeBedrock:
         self.rejected: list[str] = []
         """Why each refused request was refused (signature, token...)."""
         self.script: Callable[[Received], Reply] | None = None
+        self.prompt_cache: PromptCache | None = None
+        """When set, Bedrock's prompt caching (``cachePoint`` blocks) decides the usage of
+        every answer that does not set its own cache counts."""
         self._queue: deque[Reply] = deque()
         self._server = AppThread(self._app, name="FakeBedrock")
         self.port = 0
@@ -253,6 +257,10 @@ class FakeBedrock:
         reply = self._queue.popleft() if self._queue else (self.script(received) if self.script else Answer("ok"))
         if isinstance(reply, Failure):
             return self._error(reply)
+        if self.prompt_cache is not None and not (reply.cache_read or reply.cache_write):
+            use = self.prompt_cache.account(body, model)
+            reply = dataclasses.replace(reply, usage=(use.prompt_tokens - use.read - use.written, reply.usage[1]),
+                                        cache_read=use.read, cache_write=use.written)
         if not stream:
             return web.json_response(self._whole(reply))
         response = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})

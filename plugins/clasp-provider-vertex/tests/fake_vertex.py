@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from clasp_gateway.testing import AppThread
+from clasp_gateway.testing import AppThread, PromptCache
 
 __all__ = ["Answer", "FakeVertex", "Failure", "Received", "keygen"]
 
@@ -71,6 +72,11 @@ class Answer:
     usage: tuple[int, int] = (20, 5)
     end: bool = True
     error: tuple[int, str, str] | None = None
+    cache_read: int = 0
+    """Prompt tokens read from cache: Gemini's ``cachedContentTokenCount`` (inside
+    ``promptTokenCount``), Anthropic's ``cache_read_input_tokens`` (beside ``input_tokens``)."""
+    cache_write: int = 0
+    """Anthropic's ``cache_creation_input_tokens``."""
 
 
 @dataclass
@@ -133,6 +139,9 @@ class FakeVertex:
         """Models the service account may not call (403 PERMISSION_DENIED)."""
         self.requests: list[Received] = []
         self.script: Callable[[Received], Reply] | None = None
+        self.prompt_caches: dict[str, PromptCache] = {}
+        """Per publisher (``google``: implicit prefix caching, ``anthropic``: breakpoints),
+        the prompt cache that decides the usage of answers that set no cache counts."""
         self._queue: deque[Reply] = deque()
         self._server = AppThread(self._app, name="FakeVertex")
         self.port = 0
@@ -215,6 +224,12 @@ class FakeVertex:
         reply = self._queue.popleft() if self._queue else (self.script(received) if self.script else Answer("ok"))
         if isinstance(reply, Failure):
             return self._error(reply)
+        cache = self.prompt_caches.get(publisher)
+        if cache is not None and not (reply.cache_read or reply.cache_write):
+            use = cache.account(body, model)
+            reported = use.prompt_tokens if publisher == "google" else use.prompt_tokens - use.read - use.written
+            reply = dataclasses.replace(reply, usage=(reported, reply.usage[1]), cache_read=use.read,
+                                        cache_write=use.written)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         events = self._anthropic(reply, model) if publisher == "anthropic" else self._gemini(reply, model)
@@ -240,16 +255,20 @@ class FakeVertex:
         final: dict[str, Any] = {"finishReason": "STOP", "index": 0}
         if parts:
             final["content"] = {"role": "model", "parts": parts}
-        out.append(("", {"candidates": [final], "modelVersion": model, "usageMetadata": {
-            "promptTokenCount": reply.usage[0], "candidatesTokenCount": reply.usage[1],
-            "totalTokenCount": sum(reply.usage)}}))
+        usage: dict[str, Any] = {"promptTokenCount": reply.usage[0], "candidatesTokenCount": reply.usage[1],
+                                 "totalTokenCount": sum(reply.usage)}
+        if reply.cache_read:
+            usage["cachedContentTokenCount"] = reply.cache_read
+        out.append(("", {"candidates": [final], "modelVersion": model, "usageMetadata": usage}))
         return out
 
     @staticmethod
     def _anthropic(reply: Answer, model: str) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": {
             "id": "msg_vrtx_01", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "usage": {"input_tokens": reply.usage[0], "output_tokens": 1}}})]
+            "stop_reason": None, "usage": {"input_tokens": reply.usage[0], "output_tokens": 1,
+                                           "cache_creation_input_tokens": reply.cache_write,
+                                           "cache_read_input_tokens": reply.cache_read}}})]
         block = 0
         if reply.text:
             out.append(("content_block_start", {"type": "content_block_start", "index": 0,

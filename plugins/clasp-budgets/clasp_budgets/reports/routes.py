@@ -62,8 +62,8 @@ async def usage(request: Request) -> Response:
       - {name: team, in: query, schema: {type: string}, description: "a filter; any dimension works the same"}
     responses:
       200: {description: "{total: {...}, groups: [{<dimensions>, requests, errors, cost_usd, ...}]}"}
-      400: {description: an unknown dimension, bucket or date}
-      401: {description: no key, or a wrong one}
+      400: {description: "an unknown dimension, bucket or date"}
+      401: {description: "no key, or a wrong one"}
     """
     principal = await _caller(request)
     scope = scope_for(request, principal)

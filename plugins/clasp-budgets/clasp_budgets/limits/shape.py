@@ -1,0 +1,98 @@
+"""A limit hit as the client's API says it (429, ``retry-after``), and the headers that
+tell a client its headroom on every answer.
+
+Anthropic routes get ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``
+(reset as RFC 3339, like Anthropic's API); OpenAI routes get
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (reset as ``"12s"``/``"1m30s"``,
+like OpenAI's). The body is the route's error shape: Anthropic ``rate_limit_error``,
+OpenAI ``code: rate_limit_exceeded``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from clasp_gateway import RateLimitError
+
+TOKEN_KINDS = frozenset({"tpm", "tpd"})
+
+
+@dataclass(slots=True, frozen=True)
+class Headroom:
+    """One limit's state after an admission (or a refusal)."""
+
+    kind: str
+    """``rpm``, ``rpd``, ``tpm`` or ``tpd``."""
+    limit: float
+    remaining: float
+    reset: float
+    """Seconds until the window frees (a refusal) or rolls over (an admission)."""
+
+
+class LimitExceeded(RateLimitError):
+    """A 429 a limit (or a runaway pause) refused; never reaches upstream."""
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers, retryable=False)
+        self.kind = kind
+
+    def openai_body(self) -> dict[str, Any]:
+        body = super().openai_body()
+        body["error"]["type"] = "tokens" if self.kind in TOKEN_KINDS else "requests"
+        body["error"]["code"] = "rate_limit_exceeded"
+        return body
+
+
+def _openai_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{math.ceil(seconds * 1000) / 1000:g}s"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{rest}s"
+
+
+def headroom_headers(api: str, requests: Headroom | None, tokens: Headroom | None,
+                     now: float | None = None) -> dict[str, str]:
+    """The ratelimit headers of ``api`` (``anthropic`` or ``openai``) for the tightest
+    request and token limits (``None``: that kind has no limit)."""
+    out: dict[str, str] = {}
+    wall = time.time() if now is None else now
+    for noun, room in (("requests", requests), ("tokens", tokens)):
+        if room is None:
+            continue
+        limit, remaining = str(int(room.limit)), str(max(0, int(room.remaining)))
+        if api == "openai":
+            out[f"x-ratelimit-limit-{noun}"] = limit
+            out[f"x-ratelimit-remaining-{noun}"] = remaining
+            out[f"x-ratelimit-reset-{noun}"] = _openai_duration(room.reset)
+        else:
+            out[f"anthropic-ratelimit-{noun}-limit"] = limit
+            out[f"anthropic-ratelimit-{noun}-remaining"] = remaining
+            out[f"anthropic-ratelimit-{noun}-reset"] = datetime.fromtimestamp(
+                wall + max(0.0, room.reset), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+def tightest(rooms: list[Headroom], kinds: frozenset[str]) -> Headroom | None:
+    """The limit of ``kinds`` with the least remaining (ties: the shorter window's)."""
+    best: Headroom | None = None
+    for room in rooms:
+        if room.kind in kinds and (best is None or room.remaining < best.remaining):
+            best = room
+    return best
+
+
+def refusal(api: str, message: str, room: Headroom, rooms: list[Headroom]) -> LimitExceeded:
+    """The 429 for a refused ``room``: ``retry-after`` in whole seconds (at least 1)."""
+    headers = headroom_headers(
+        api,
+        room if room.kind not in TOKEN_KINDS else tightest(rooms, frozenset({"rpm", "rpd"})),
+        room if room.kind in TOKEN_KINDS else tightest(rooms, TOKEN_KINDS),
+    )
+    headers["retry-after"] = str(max(1, math.ceil(room.reset)))
+    return LimitExceeded(message, kind=room.kind, headers=headers)
