@@ -28,7 +28,7 @@ The names, by what a plugin does with them:
   checked with.
 - **Routes** (``register_routes``): :func:`authenticate`, :func:`require_role` (admin
   routes under ``/admin/``, whose docstrings make ``GET /admin/openapi.json``), the
-  key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), :func:`read_json`,
+  key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), residency (:func:`region_allowed`, :func:`inside_regions`), :func:`read_json`,
   :func:`request_headers`, :func:`json_response`, :func:`error_response`,
   :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
   model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
@@ -82,7 +82,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first
-from .policy import check_model_access, may_use_model
+from .policy import check_model_access, inside_regions, may_use_model, region_allowed
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
     CacheBackendRegistration,
@@ -212,7 +212,7 @@ __all__ = [
     # routes
     "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
     "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
-    "check_model_access", "may_use_model", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
+    "check_model_access", "inside_regions", "may_use_model", "region_allowed", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
     # providers: the call helper and LiteLLM's knowledge
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
     "ReadLimits", "SSEDecoder", "TransformAdapter", "Upstream", "UpstreamRequest", "parse_retry_after", "prepare_body",

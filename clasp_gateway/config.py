@@ -354,11 +354,16 @@ def _policy(v: dict[str, Any], path: str, problems: list[str]) -> KeyPolicy:
     )
 
 ROUTE = Section({
-    "deployments": Field(Anything("a list of deployments"), required="a list of deployments, each with `model:`"),
+    "deployments": Anything("a list of deployments"),
     "context": Anything("a mapping"),            # checked by context.py when the gateway is built
     "context_fallback": Anything("a list"),      # idem
+    # A pool: deployment ids (or provider/model names) of other routes, or deployment
+    # entries; a routing plugin picks among them per request (``router:`` names its
+    # strategy, checked by that plugin).
+    "pool": Anything("a list of deployment ids, provider/model names or deployment entries"),
+    "router": String(non_empty=True, expected="a routing strategy name"),
 })
-"""A route written as a mapping (``deployments:`` plus per-route settings)."""
+"""A route written as a mapping (``deployments:`` or ``pool:``, plus per-route settings)."""
 
 _INFO_OVERRIDES = (
     "max_input_tokens", "max_output_tokens", "supports_tools", "supports_parallel_tool_calls",
@@ -701,6 +706,7 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
     keys, key_problems = _keys(data.get("keys"), problems, warnings)
 
     models: list[ModelRoute] = []
+    pending_pools: list[tuple[ModelRoute, list[tuple[int, str]], str]] = []
     by_id: dict[str, tuple[Any, Deployment]] = {}
     raw_models = data.get("models")
     if raw_models is not None and not isinstance(raw_models, dict):
@@ -713,13 +719,31 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
             problems.append(f"{path}: expected a list of deployments; this looks like one deployment: "
                             "write it as a list item (`- model: ...`)")
             continue
+        pool_refs: list[tuple[int, str]] = []
         if isinstance(deps, dict):
             ROUTE.parse(deps, path, problems)
-            settings = {k: deps[k] for k in ("context", "context_fallback") if k in deps}
-            deps = deps.get("deployments")
-            path = f"{path}.deployments" if isinstance(deps, list) else path
-            if deps is None:
-                continue  # reported by ROUTE
+            settings = {k: deps[k] for k in ("context", "context_fallback", "router") if k in deps}
+            if ("deployments" in deps) == ("pool" in deps):
+                problems.append(f"{path}: expected either `deployments:` (a list of deployments, each with `model:`) "
+                                "or `pool:` (deployment ids or entries)")
+                continue
+            if "pool" in deps:
+                pool = deps["pool"]
+                if not isinstance(pool, list) or not pool:
+                    problems.append(f"{path}.pool: expected a non-empty list of deployment ids, provider/model names "
+                                    "or deployment entries")
+                    continue
+                settings["pool"] = True
+                pool_refs = [(i, str(item)) for i, item in enumerate(pool) if isinstance(item, str)]
+                deps = [item for item in pool if not isinstance(item, str)]
+                path = f"{path}.pool"
+                if not deps:
+                    models.append(ModelRoute(str(pattern), [], settings))
+                    pending_pools.append((models[-1], pool_refs, path))
+                    continue
+            else:
+                deps = deps.get("deployments")
+                path = f"{path}.deployments" if isinstance(deps, list) else path
         if isinstance(deps, dict):
             deps = [deps]
         if not isinstance(deps, list) or not deps:
@@ -745,6 +769,21 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
                 by_id[dep.id] = (fingerprint, dep)
             chain.append(dep)
         models.append(ModelRoute(str(pattern), chain, settings))
+        if pool_refs:
+            pending_pools.append((models[-1], pool_refs, path))
+
+    # Pools name deployments of other routes: resolved once every route is read.
+    by_ref: dict[str, Deployment] = {}
+    for _, known in by_id.values():
+        by_ref.setdefault(f"{known.provider}/{known.model}", known)
+    for route, refs, where in pending_pools:
+        for position, ref in refs:
+            found = by_id[ref][1] if ref in by_id else by_ref.get(ref)
+            if found is None:
+                names = ", ".join(sorted(by_id)) or "none configured"
+                problems.append(f"{where}.{position}: {ref!r} is not a deployment under models: (known: {names})")
+            elif found not in route.deployments:
+                route.deployments.insert(min(position, len(route.deployments)), found)
 
     if problems:
         raise ConfigError(source, problems)

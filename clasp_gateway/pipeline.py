@@ -38,7 +38,7 @@ from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .plugins import PluginManager, call_each, call_each_sync, call_first
-from .policy import admit, check_expiry
+from .policy import admit, check_expiry, inside_regions
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
 from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
@@ -353,6 +353,8 @@ class Gateway:
         ordered = await call_first(self.pm.hook.resolve_route, ctx=ctx, request=request, candidates=candidates)
         if ordered is not None:
             candidates = list(ordered)
+        # Residency, whatever ordered the candidates: never outside the key's regions.
+        candidates = inside_regions(ctx, candidates)
         if not continuation:
             chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
             if chunks:
@@ -360,7 +362,7 @@ class Gateway:
 
         # Fit the context window: maybe reorder for a larger window; bodies per candidate.
         plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
-        candidates = plan.candidates
+        candidates = inside_regions(ctx, plan.candidates)  # context fallbacks are candidates too
         overflow_retried = False
         last_error: GatewayError | None = None
         for position, deployment in enumerate(candidates):

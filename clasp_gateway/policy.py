@@ -7,8 +7,11 @@ first, a plugin forgetting): an expired key is a 401 (:func:`check_expiry`, in
 ``Gateway.authenticate``), and a model outside ``policy.models`` is a 403 before any
 plugin sees the request (:func:`check_model_access`, first thing in
 ``Gateway.open``: no ``resolve_route``, no ``before_call``, no upstream call).
-``/v1/models`` lists only what the key may use (:func:`may_use_model`). Limits,
-budgets and regions are enforced by the plugin that owns them (clasp-budgets).
+``/v1/models`` lists only what the key may use (:func:`may_use_model`). Residency is
+enforced here too (:func:`region_allowed`, :func:`inside_regions`): whatever orders the
+candidates (a routing plugin, context fallbacks, the summariser), a key restricted to
+regions is never served outside them. Limits and budgets are enforced by the plugin
+that owns them (clasp-budgets).
 
 Who a request is for (:func:`identify`): ``ctx.user`` is the ``x-clasp-user``
 header, else what the client's body says (Anthropic ``metadata.user_id``, OpenAI
@@ -27,7 +30,33 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from .types import CanonicalRequest, Principal, RequestContext
+from .types import CanonicalRequest, Deployment, Principal, RequestContext
+
+
+def region_allowed(ctx: RequestContext, deployment: Deployment) -> bool:
+    """Whether ``deployment`` may serve ``ctx``: the key's ``policy.regions`` (empty:
+    anywhere) includes the deployment's ``region:``. A deployment without a region is
+    outside every restriction (where it runs is unknown)."""
+    principal = ctx.principal
+    regions = principal.policy.regions if principal is not None else ()
+    return not regions or deployment.settings.get("region") in regions
+
+
+def inside_regions(ctx: RequestContext, candidates: Sequence[Deployment]) -> list[Deployment]:
+    """The candidates ``ctx`` may be served by; a 403 saying so when none is left."""
+    principal = ctx.principal
+    regions = principal.policy.regions if principal is not None else ()
+    if not regions:
+        return list(candidates)
+    kept = [d for d in candidates if d.settings.get("region") in regions]
+    if not kept and candidates:
+        where = sorted({str(d.settings.get("region") or "no region") for d in candidates})
+        raise PermissionDeniedError(
+            f"model {ctx.public_model!r} cannot be served inside this key's regions ({', '.join(regions)}): "
+            f"its deployments run in {', '.join(where)}"
+        )
+    return kept
+
 
 USER_HEADER = "x-clasp-user"
 TAGS_HEADER = "x-clasp-tags"

@@ -423,7 +423,7 @@ def test_fallback_checks_its_section_with_the_registered_strategies(tmp_path: Pa
     found = problems(tmp_path, with_models(extra="fallback: {strategy: fastest, retry: {attemps: 2}}\n"))
     assert sorted(found) == [
         "fallback.retry.attemps: unknown key; did you mean 'attempts'?",
-        "fallback.strategy: expected one of strict, cost, balanced, got 'fastest'",
+        "fallback.strategy: expected one of chain, strict, cost, balanced, got 'fastest'",
     ]
 
     class Fastest:
@@ -440,7 +440,7 @@ def test_fallback_checks_its_section_with_the_registered_strategies(tmp_path: Pa
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ("fallback: {strategy: fastest}\n", "fallback.strategy: expected one of strict, cost, balanced, got 'fastest'"),
+        ("fallback: {strategy: fastest}\n", "fallback.strategy: expected one of chain, strict, cost, balanced, got 'fastest'"),
         ("context: {trim_to: 5}\n", "context.trim_to: expected a fraction of the budget between 0.1 and 1, got 5"),
         ("context: {summarize_with: ghost}\n", "context.summarize_with: 'ghost' is neither a deployment id"),
         ("server_tools: {enabled: [no_such_tool]}\n", "server_tools.enabled: no plugin registers a tool named 'no_such_tool'"),
@@ -463,7 +463,8 @@ def test_serve_refuses_a_bad_plugin_section_before_listening(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=60)
     out = done.stdout + done.stderr
     assert done.returncode == 2, out
-    assert "fallback.strategy: expected one of strict, cost, balanced, got 'fastest'" in out
+    # Installed routing plugins (clasp-router) add their strategies to the list.
+    assert "fallback.strategy: expected one of chain, strict, cost, balanced" in out and "got 'fastest'" in out
     assert "listening" not in out and "Traceback" not in out
 
 

@@ -55,7 +55,8 @@ def spy() -> Spy:
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeUpstream, spy: Spy) -> Any:
-    config = config_from({"models": openai_models(upstream.base_url, MODELS), "keys": [
+    # The deployments run in "eu": the limited key's regions (the core enforces residency).
+    config = config_from({"models": openai_models(upstream.base_url, MODELS, region="eu"), "keys": [
         {"key": LIMITED, "name": "ci", "team": "qa", "project": "billing", "models": ["claude-*haiku*", "gpt-4o-mini"],
          "tags": {"env": "ci", "project": "billing"}, "rpm": 60, "tpd": 100000, "max_concurrency": 2,
          "max_budget_usd": 25, "budget_period": "monthly", "regions": ["eu"]},

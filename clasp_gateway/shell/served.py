@@ -74,7 +74,7 @@ CLAUDE_CODE_MAX_TOKENS: dict[str, int] = {
 CLAUDE_CODE_MAX_TOKENS_DEFAULT = 128_000
 """Assumed for a name not measured: the most Claude Code asks for."""
 
-_STRICT = (None, "strict")
+_STRICT = (None, "strict", "chain")
 
 
 def route_for(config: Config, name: str) -> ModelRoute | None:

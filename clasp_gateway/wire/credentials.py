@@ -235,11 +235,29 @@ class KeyPool:
         self.settings = settings or KeyPoolSettings()
         self.slots = [KeySlot(s, i, seen_value=s.value) for i, s in enumerate(secrets)]
         self._cursor = 0
+        self.always_track = False
+        """Parse rate-limit headers even with one key (a routing plugin reads the headroom)."""
 
     @property
     def tracks_limits(self) -> bool:
-        """Whether response headers are worth parsing: with one key there is no choice."""
-        return len(self.slots) > 1
+        """Whether response headers are worth parsing: with one key there is no choice
+        of key, unless a router wants the headroom (:meth:`headroom`)."""
+        return self.always_track or len(self.slots) > 1
+
+    def headroom(self) -> float | None:
+        """The share (0..1) of requests left in the current rate-limit windows over the
+        keys that reported a request limit, or ``None`` when none did (the provider sends
+        no such headers, or nothing was parsed yet)."""
+        now = self.clock()
+        left = total = 0
+        for slot in self.slots:
+            limits = slot.limits
+            if limits is None or not limits.requests_limit:
+                continue
+            remaining = limits.remaining("requests", now)
+            total += limits.requests_limit
+            left += limits.requests_limit if remaining is None else max(0, min(remaining, limits.requests_limit))
+        return None if total == 0 else left / total
 
     def _near_limit(self, slot: KeySlot, need_tokens: int, now: float) -> bool:
         limits = slot.limits
@@ -593,6 +611,8 @@ class Credentials:
         self._files: dict[str, list[Secret]] = {}
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
         self._interval = KeyPoolSettings().reread_interval
+        self.track_limits = False
+        """Parse rate-limit headers for every pool (set by :meth:`Providers.track_rate_limits`)."""
 
     def pool(self, deployment: Deployment) -> KeyPool:
         """The key pool of ``deployment`` (created on first use).
@@ -607,10 +627,17 @@ class Credentials:
         found = self._pools.get(ident)
         if found is None:
             found = KeyPool(deployment.id, deployment.keys, credential_settings(deployment).key_pool)
+            found.always_track = self.track_limits
             self._pools[ident] = found
         if len(self._by_object) < 10_000:
             self._by_object[id(deployment)] = (deployment, found)
         return found
+
+    def track_all_limits(self) -> None:
+        """Parse rate-limit headers for every pool, existing and future."""
+        self.track_limits = True
+        for pool in self._pools.values():
+            pool.always_track = True
 
     def token_source(self, deployment: Deployment) -> AzureADTokens | None:
         """The Azure AD token source of ``deployment``, or ``None`` without ``azure_ad``."""

@@ -91,6 +91,19 @@ class Providers:
         """The worker's pooled upstream session (started on first use)."""
         return await self.upstream.start()
 
+    def track_rate_limits(self) -> None:
+        """Read rate-limit headers of every response (one pass over its headers), not
+        only for deployments with several keys: for a routing plugin that spreads load
+        by :meth:`headroom`."""
+        self.credentials.track_all_limits()
+
+    def headroom(self, deployment: Deployment) -> float | None:
+        """The share (0..1) of ``deployment``'s requests left in its providers' current
+        rate-limit windows, as the last responses said; ``None`` when unknown (no such
+        headers, nothing parsed yet, or only for deployments with several keys unless
+        :meth:`track_rate_limits` was called)."""
+        return self.credentials.pool(deployment).headroom()
+
     def builtin_for(self, deployment: Deployment) -> ProviderAdapter:
         """The built-in adapter for ``deployment.mode`` (ignoring plugin adapters)."""
         if deployment.mode == "direct":

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...config import Config, ModelRoute
 from ...errors import UpstreamError
+from ...policy import region_allowed
 from ...types import CanonicalRequest, Deployment, RequestContext
 from ..tokens import encoding_for_model, message_tokens
 from .groups import INSTRUCTION_ROLES, MAX_RUNS, Boundary, keep_messages, plan_trim, role
@@ -230,7 +231,8 @@ class ContextPlan:
             return
         if await self._fits_whole(first) is not False:
             return
-        alternatives = [d for d in self.candidates[1:]] + [d for d in self.settings.fallback if d not in self.candidates]
+        alternatives = [d for d in self.candidates[1:]] + [
+            d for d in self.settings.fallback if d not in self.candidates and region_allowed(self.ctx, d)]
         for deployment in alternatives:
             if await self._fits_whole(deployment):
                 self._rerouted = deployment

@@ -14,6 +14,7 @@ from typing import Any
 
 from ...canonical import chunks_to_completion
 from ...errors import GatewayError
+from ...policy import region_allowed
 from ...types import KEEPALIVE, CanonicalRequest, Deployment, RequestContext, RequestHints, Usage
 from ...wire.quirks import prepare_body
 from .groups import role
@@ -61,6 +62,8 @@ class Summarizer:
         """One short summary of ``messages`` (continuing ``previous``), or None if no
         summariser answered (the caller then trims without one)."""
         for deployment in settings.summarizers:
+            if not region_allowed(ctx, deployment):  # residency: the transcript stays in the key's regions
+                continue
             window = deployment.info.max_input_tokens or SUMMARIZER_WINDOW
             limit_chars = max(2_000, int((window - settings.summary_max_tokens - 600) * CHARS_PER_TOKEN * 0.9))
             transcript = render_transcript(messages, limit_chars, previous)

@@ -261,12 +261,13 @@ def test_ttl_then_stale_if_error_when_every_provider_is_down(gw: Any, upstream: 
 
 def test_an_entry_is_served_only_to_keys_allowed_its_region(gw: Any, upstream: FakeUpstream) -> None:
     server, _, _ = gw
-    upstream.queue(Text("made in us"), Text("made in eu"))
+    upstream.queue(Text("made in us"))
     assert post(server, {**ask("hi"), "model": "us-model"}, key=ALPHA).status_code == 200
     wait_stored(server, 1)
     eu = post(server, {**ask("hi"), "model": "us-model"}, key=EU_ONLY)  # same team, but eu only
-    assert eu.headers["x-clasp-cache"] == "miss"
-    assert len(upstream.requests) == 2
+    # us-model runs only in us: the core refuses it (residency) before the cache or any upstream.
+    assert eu.status_code == 403 and "regions" in eu.json()["error"]["message"]
+    assert len(upstream.requests) == 1
     entries = runtime_of(server).backend._entries
     assert sorted(e.meta.region for e in entries.values()) == ["us"]  # the eu answer replaced nothing
 

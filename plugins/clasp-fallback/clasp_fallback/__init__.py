@@ -20,7 +20,7 @@ from clasp_gateway import Config, ConfigError, hookimpl
 from .degrade import STALE_KEY
 from .health import providers_health
 from .runtime import FallbackRuntime
-from .settings import FallbackSettings, parse_settings
+from .settings import FallbackSettings, parse_settings, strict_warning
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,9 @@ def validate_config(config: Config, gateway: Any) -> list[str] | None:
         parse_settings(config, gateway.strategies, gateway.classifier.names)
     except ConfigError as exc:
         return exc.problems
+    warning = strict_warning(config, gateway.strategies)
+    if warning is not None and warning not in config.warnings:
+        config.warnings.append(warning)  # `clasp check` prints it, `clasp serve` logs it
     return None
 
 

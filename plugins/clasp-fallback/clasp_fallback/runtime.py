@@ -42,7 +42,7 @@ from .classify import Failure, classify
 from .degrade import Skip, exhausted_answer
 from .health import HealthChecker
 from .retry import RetryBudget, backoff_delay, retry_after_delay
-from .settings import BUILTIN_STRATEGIES, FallbackSettings
+from .settings import FallbackSettings
 from .stats import CheckResult, Stats
 from .strategy import chain_for, custom_order, order
 
@@ -113,6 +113,12 @@ class FallbackRuntime:
         if self.own_state is not None:
             await self.own_state.close()
 
+    def available(self, deployment_id: str) -> bool:
+        """Whether ``deployment_id``'s circuit breaker lets requests through (closed), as
+        this replica last saw it: the public surface routing plugins (clasp-router) read
+        for availability, without reaching into the breaker store."""
+        return self.breakers.peek(deployment_id).healthy
+
     # --- per request --------------------------------------------------------------------------
 
     def request_state(self, ctx: RequestContext) -> RequestState:
@@ -138,9 +144,11 @@ class FallbackRuntime:
     ) -> list[Deployment]:
         routed = await await_me_maybe(inner) if inner is not None else None
         ordered = list(routed) if routed is not None else list(candidates)
-        if self.settings.strategy not in BUILTIN_STRATEGIES:
-            ordered = await custom_order(self.gateway.strategies[self.settings.strategy], ctx, ordered)
-        ordered = order(request, ordered, self.settings, self.breakers.peek, self.stats)
+        registered = self.gateway.strategies.get(self.settings.strategy)
+        if registered is not None:  # a plugin's (clasp-router's strict/cost/balanced win over ours)
+            ordered = await custom_order(registered, ctx, ordered)
+        else:
+            ordered = order(request, ordered, self.settings, self.breakers.peek, self.stats)
         ctx.state[STATE_KEY] = RequestState(ordered)
         return ordered
 

@@ -37,7 +37,17 @@ from clasp_gateway import (
     resolve_secret,
 )
 
-BUILTIN_STRATEGIES = ("strict", "cost", "balanced")
+BUILTIN_STRATEGIES = ("chain", "strict", "cost", "balanced")
+"""Strategies this plugin runs itself when no plugin registers the name. ``chain`` is the
+file order. ``strict`` is the same-capability fallback of clasp-router when that plugin
+is installed (it registers ``strict``, ``cost`` and ``balanced`` with the seed's
+capability meanings, and a registered name wins over the built-in); without it,
+``strict`` keeps its old meaning, the file order, and :func:`strict_warning` says so."""
+
+STRICT_RENAMED = (
+    "fallback.strategy: strict now means 'every fallback has the same capabilities' (tools, vision, "
+    "context and output room, reasoning), as clasp-router defines it; the file order is called `chain`. "
+)
 HEALTH_METHODS = ("auto", "models", "call")
 ERROR_CLASSES = ("connect", "timeout", "protocol")
 DEFAULT_RETRY_ON = ("429", "500", "502", "503", "504", "529", "connect")
@@ -134,7 +144,7 @@ class BalanceWeights:
 class FallbackSettings:
     """The whole validated ``fallback:`` section."""
 
-    strategy: str = "strict"
+    strategy: str = "chain"
     weights: BalanceWeights = field(default_factory=BalanceWeights)
     retry: RetrySettings = field(default_factory=RetrySettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
@@ -216,7 +226,7 @@ TASK = Section({
 
 def _section(strategies: Iterable[str]) -> Section:
     return Section({
-        "strategy": Field(Choice(*BUILTIN_STRATEGIES, *strategies), "strict"),
+        "strategy": Field(Choice(*dict.fromkeys([*BUILTIN_STRATEGIES, *strategies])), "chain"),
         "weights": WEIGHTS,
         "retry": RETRY,
         "breaker": BREAKER,
@@ -224,6 +234,16 @@ def _section(strategies: Iterable[str]) -> Section:
         "tasks": Field(MapOf(Anything(), expected="a mapping of request class -> list of deployments"), factory=dict),
         "default_response": Field(String(non_empty=True, expected="the text to answer with"), None),
     })
+
+
+def strict_warning(config: Config, strategies: Iterable[str]) -> str | None:
+    """The warning for an old ``strategy: strict`` (it changed meaning with clasp-router)."""
+    section = config.raw.get("fallback")
+    if not isinstance(section, dict) or section.get("strategy") != "strict":
+        return None
+    if "strict" in set(strategies):
+        return STRICT_RENAMED + "Write `strategy: chain` to keep the file order."
+    return STRICT_RENAMED + "clasp-router is not installed, so it still means the file order here: write `chain`."
 
 
 def parse_settings(

@@ -3,10 +3,12 @@
 1. The chain: the public model's deployments (clasp.yaml order), or the chain of the
    request's class (``fallback.tasks``, keyed by ``ctx.request_class``: the core's one
    classification), optionally followed by the model's chain.
-2. The strategy: ``strict`` keeps the chain order; ``cost`` puts the cheapest healthy
-   deployment first; ``balanced`` puts healthy ones first, ordered by a weighted mix
-   of recent latency, error rate and cost; any other name is a strategy registered by
-   a plugin (``register_routing_strategies``).
+2. The strategy: a name a plugin registered (``register_routing_strategies``; clasp-router
+   registers ``chain``, ``strict``, ``cost``, ``balanced``, ``latency``, ``availability``
+   with the seed's capability meanings) wins; else the built-in ones: ``chain`` (and the
+   old ``strict``) keep the chain order; ``cost`` puts the cheapest healthy deployment
+   first; ``balanced`` puts healthy ones first, ordered by a weighted mix of recent
+   latency, error rate and cost.
 Context windows are the core's business (``clasp_gateway/context.py`` reroutes a request
 that does not fit, or trims it, after this ordering); this module only reuses its
 token estimate for cost.
@@ -108,7 +110,7 @@ def order(
     peek: Callable[[str], BreakerView],
     stats: Stats,
 ) -> list[Deployment]:
-    """Apply the built-in strategy (``strict`` keeps the order)."""
+    """Apply the built-in strategy (``chain`` and ``strict`` keep the order)."""
     if settings.strategy == "cost":
         return by_cost(candidates, peek, estimate_tokens(request), output_budget(request))
     if settings.strategy == "balanced":

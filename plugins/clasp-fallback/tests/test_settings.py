@@ -30,7 +30,7 @@ def problems(section: Any, strategies: tuple[str, ...] = ()) -> list[str]:
 
 def test_defaults_without_a_section() -> None:
     s = parse_settings(config_from({"models": MODELS}))
-    assert s.strategy == "strict" and s.retry.attempts == 1 and s.retry.on == frozenset(DEFAULT_RETRY_ON)
+    assert s.strategy == "chain" and s.retry.attempts == 1 and s.retry.on == frozenset(DEFAULT_RETRY_ON)
     assert s.breaker.failures == 5 and s.breaker.redis_url is None and s.health.interval == 0
     assert s.default_response is None and s.tasks == {}
 
@@ -69,7 +69,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
     })
     expected = [
         "fallback.retries: unknown key",
-        "fallback.strategy: expected one of strict, cost, balanced, got 'fastest'",
+        "fallback.strategy: expected one of chain, strict, cost, balanced, got 'fastest'",
         "fallback.retry.attempts: expected an integer >= 0, got -1",
         "fallback.retry.base_delay: expected a duration",
         "fallback.retry.on.0: expected an HTTP status",
