@@ -117,10 +117,16 @@ class CacheRuntime:
             return None
         return policy
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(trylast=True)
     async def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> list[Chunk] | None:
-        """A fresh entry answers (no upstream call, no budget reserved); a stale one is
-        left for ``on_exhausted``; otherwise the request is marked for storing."""
+        """A fresh entry answers (no upstream call); a stale one is left for
+        ``on_exhausted``; otherwise the request is marked for storing.
+
+        ``trylast``: ``before_call`` is first-answer-wins, so every plugin after the one
+        that answers is skipped. The cache answers last, after the plugins that only
+        look (key attribution, rate limits, budgets, the ledger's fingerprint, analytics):
+        a hit still counts against rate limits, settles its budget reservation at zero,
+        and is attributed like any other request."""
         policy = self.cacheable(ctx, request)
         if policy is None:
             return None
