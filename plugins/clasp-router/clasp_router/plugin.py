@@ -14,13 +14,24 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway import Config, ConfigError, GatewayError, authenticate, error_response, hookimpl, json_response
+from clasp_gateway import (
+    Chunk,
+    Config,
+    ConfigError,
+    GatewayError,
+    RequestContext,
+    authenticate,
+    error_response,
+    hookimpl,
+    json_response,
+)
 
 from .catalogue import entry
 from .explain import main as explain_main
-from .runtime import Availability, RouterRuntime
+from .learning import watch_chunk
+from .runtime import Availability, BudgetView, RouterRuntime
 from .settings import parse_settings
-from .strategies import STRATEGIES
+from .registry import STRATEGIES
 
 RUNTIME_PLUGIN = "router.runtime"
 
@@ -74,7 +85,10 @@ def startup(app: Starlette, config: Config) -> None:
         # clasp-fallback starts in any order next to us: look it up per request.
         return getattr(app.state, "fallback", None)
 
-    runtime = RouterRuntime(gateway, settings, availability)
+    def budgets() -> BudgetView | None:
+        return getattr(app.state, "budget_remaining", None)  # clasp-budgets, when installed
+
+    runtime = RouterRuntime(gateway, settings, availability, budgets)
     app.state.router = runtime
     pm.register(runtime, name=RUNTIME_PLUGIN)
 
@@ -93,6 +107,15 @@ async def _stop(app: Starlette) -> None:
         app.state.pm.unregister(runtime)
     app.state.router = None
     await runtime.shared.close()
+    await runtime.learner.close()
+
+
+@hookimpl
+def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
+    """The learner reads an answer's finish reason and tool calls (truncation, invalid
+    tool JSON). Module level: the core decides before start-up whether anyone wants
+    chunks; for requests no learned strategy routed, it is one dict lookup."""
+    watch_chunk(ctx, chunk)
 
 
 async def catalogue(request: Request) -> Response:

@@ -30,15 +30,20 @@ from clasp_gateway import (
 
 from .capability import capability_score, estimated_cost, missing, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
+from .learning import Learner
 from .regions import allowed, restrict
+from .registry import ALIASES, LEARNED, STRATEGIES
 from .settings import RouterSettings, cost_ceiling, latency_target
 from .shared import SharedLatency
-from .strategies import ALIASES, STRATEGIES, VIEW_KEY, RouteView
+from .strategies import VIEW_KEY, RouteView
 
 log = logging.getLogger("clasp.router")
 
 STRATEGY_KEY = "router.strategy"
 """``ctx.state`` key of a route's own strategy (``router:`` of a pool), over ``router.strategy``."""
+
+LEARN_VIEW_KEY = "router.learn.view"
+"""``ctx.state`` key of the learner's view, for a request a learned strategy routes."""
 
 PLAN_KEY = "router.plan"
 """``ctx.state`` key of the request's :class:`Plan` (for the explain header)."""
@@ -51,6 +56,13 @@ class Availability(Protocol):
     circuit breaker letting requests through."""
 
     def available(self, deployment_id: str) -> bool: ...
+
+
+class BudgetView(Protocol):
+    """What the router asks clasp-budgets (``app.state.budget_remaining``): the smallest
+    share left of the budgets a request counts against (``None``: none known)."""
+
+    def remaining_fraction(self, ctx: RequestContext) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -89,14 +101,17 @@ class Plan:
 class RouterRuntime:
     """The router of one gateway app (registered in that app's plugin manager)."""
 
-    def __init__(self, gateway: Gateway, settings: RouterSettings, availability: Callable[[], Availability | None]):
+    def __init__(self, gateway: Gateway, settings: RouterSettings, availability: Callable[[], Availability | None],
+                 budgets: Callable[[], BudgetView | None] = lambda: None):
         self.gateway = gateway
+        self._budgets = budgets
         self.settings = settings
         self.measurements = Measurements()
         self._availability = availability
         self._catalogue = gateway.config.deployments()
         self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
         self._by_id = {d.id: d for d in self._catalogue}
+        self.learner = Learner(settings.learn, self._catalogue, gateway.state, lambda: gateway.clock())
         gateway.providers.track_rate_limits()  # headroom for single-key deployments too
 
     def headroom(self, deployment_id: str) -> float | None:
@@ -124,6 +139,11 @@ class RouterRuntime:
         own = self.gateway.resolve_model(ctx.public_model).settings.get("router")
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
+        name = ctx.state.get(STRATEGY_KEY) or self.settings.strategy
+        if ALIASES.get(name, name) in LEARNED:
+            budgets = self._budgets()
+            left = budgets.remaining_fraction(ctx) if budgets is not None else None
+            ctx.state[LEARN_VIEW_KEY] = await self.learner.prepare(ctx, request, left)
         route = plan_route(ctx, request, candidates, self.settings, self.measurements.ttfb, self.available,
                            self._catalogue, self.gateway.strategies, headroom=self.headroom)
         if isinstance(route, Exception):
@@ -146,7 +166,9 @@ class RouterRuntime:
     @hookimpl
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         """Fold a successful attempt's time to first byte and speed into the averages,
-        and share them with the other replicas (throttled)."""
+        and share them with the other replicas (throttled); a failed one is an outcome
+        for the learner."""
+        self.learner.attempt_ended(ctx, attempt)
         if not attempt.ok or not attempt.first_byte:
             return
         ttfb_ms = (attempt.first_byte - attempt.started) * 1000
@@ -157,6 +179,15 @@ class RouterRuntime:
             speed = out / (attempt.ended - attempt.first_byte)
         self.measurements.of(attempt.deployment.id).add(ttfb_ms, speed)
         await self.shared.publish(attempt.deployment.id)
+
+    @hookimpl
+    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        """The learner's outcomes: the request's answer, and feedback on an earlier one."""
+        kind = event.get("kind")
+        if kind == "request":
+            await self.learner.finished(ctx, event)
+        elif kind == "feedback":
+            await self.learner.feedback(event)
 
 
 def plan_route(
@@ -215,7 +246,7 @@ def plan_route(
                 plan.removed[d.id] = "cost-ceiling"
         capable = affordable
     view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available, headroom=headroom or (lambda _: None),
-                     latency_target_ms=latency_target(settings, ctx.headers, key))
+                     latency_target_ms=latency_target(settings, ctx.headers, key), learn=ctx.state.get(LEARN_VIEW_KEY))
     ctx.state[VIEW_KEY] = view
     name = plan.strategy
     ordered = STRATEGIES[name](ctx, capable) if name in STRATEGIES else list(capable)
@@ -223,6 +254,10 @@ def plan_route(
         for d in capable:
             if d not in ordered:
                 plan.removed[d.id] = "strict"
+    if view.learn is not None and name in LEARNED:
+        for ident in view.learn.removed:
+            plan.removed[ident] = "min-tier"
+        plan.note = "; ".join(view.learn.why)
     if settings.similar_fallback and ordered and not any(available(d.id) for d in ordered):
         seen = {d.id for d in candidates}
         primary = ordered[0]

@@ -8,17 +8,20 @@
       max_request_cost_usd: 0.50  # estimated cost ceiling per request (a key or header may lower it)
       similar_fallback: true      # every chain candidate unavailable: try similar deployments
       explain: true               # the x-clasp-route response header
+      learn: {...}                # the cheapest-capable strategy's learning (see .learn_settings)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clasp_gateway import Boolean, Choice, Config, ConfigError, Field, Number, Section, did_you_mean
 
-from .strategies import ALIASES, STRATEGIES
+from .learn_settings import SECTION as LEARN_SECTION
+from .learn_settings import LearnSettings, learn_settings
+from .registry import ALIASES, STRATEGIES
 
 LATENCY_HEADER = "x-clasp-latency-target-ms"
 """A request header that sets (only lowers) the latency target, in milliseconds."""
@@ -41,6 +44,7 @@ class RouterSettings:
     max_request_cost_usd: float | None = None
     similar_fallback: bool = True
     explain: bool = True
+    learn: LearnSettings = field(default_factory=LearnSettings)
 
 
 def _section(strategies: Iterable[str]) -> Section:
@@ -51,6 +55,7 @@ def _section(strategies: Iterable[str]) -> Section:
         "max_request_cost_usd": Field(Number(above=0, maximum=MAX_COST_USD), None),
         "similar_fallback": Field(Boolean(), True),
         "explain": Field(Boolean(), True),
+        "learn": Field(LEARN_SECTION),
     })
 
 
@@ -67,11 +72,19 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> RouterSett
             guess = did_you_mean(str(own), list(known))
             problems.append(f"models.{route.pattern}.router: {own!r} is not a routing strategy"
                             + (f"; did you mean {guess!r}?" if guess else "") + f" (strategies: {', '.join(known)})")
+    learn = top.get("learn") or {}
+    ids = [d.id for d in config.deployments()]
+    for ident in (learn.get("tiers") or {}):
+        if ident not in ids:
+            guess = did_you_mean(str(ident), ids)
+            problems.append(f"router.learn.tiers.{ident}: not a deployment id"
+                            + (f"; did you mean {guess!r}?" if guess else "") + f" (deployments: {', '.join(ids)})")
     if problems:
         raise ConfigError(config.source, problems)
     return RouterSettings(strategy=top["strategy"], latency_target_ms=top["latency_target_ms"],
                           max_request_cost_usd=top["max_request_cost_usd"],
-                          similar_fallback=top["similar_fallback"], explain=top["explain"])
+                          similar_fallback=top["similar_fallback"], explain=top["explain"],
+                          learn=learn_settings(learn))
 
 
 def _tightest(configured: float | None, *asked: Any, maximum: float) -> float | None:

@@ -33,7 +33,7 @@ def pool_gw(start: Callable[..., Any], ups: dict[str, FakeUpstream], kit: Any) -
 def test_a_pool_picks_the_cheapest_capable(pool_gw: Any) -> None:
     r = pool_gw.chat("claude-sonnet-4-6", "hello")
     assert pool_gw.text(r) == "from small"
-    assert r.headers["x-clasp-route"].startswith("small; strategy=cost; rank=1/3")
+    assert r.headers["x-clasp-route"].startswith("small; strategy=cheapest-capable; rank=1/3")
     assert pool_gw.text(pool_gw.chat("claude-sonnet-4-6", IMAGE)) == "from vision"
 
 
