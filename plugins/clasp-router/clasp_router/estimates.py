@@ -143,13 +143,16 @@ class Estimates:
         return cur[0] * factor, cur[1] * factor
 
     def prior_mean(self, deployment_id: str, request_class: str, bucket: int) -> float:
-        """An unseen arm's prior: its easier neighbour's mean when that one has data,
-        else the class-level mean when it has, else the optimistic prior."""
+        """An arm's prior: its easier neighbour's mean when that one has data, else what
+        the class's other buckets showed (the class-level counts minus this bucket's:
+        the same outcomes never count twice), else the optimistic prior."""
         if bucket > 0:
             s, f = self.counts(arm_key(deployment_id, request_class, bucket - 1))
             if s + f >= 1.0:
                 return self.mean(deployment_id, request_class, bucket - 1)
         s, f = self.counts(arm_key(deployment_id, request_class, "*"))
+        own_s, own_f = self.counts(arm_key(deployment_id, request_class, bucket))
+        s, f = max(0.0, s - own_s), max(0.0, f - own_f)
         if s + f >= 1.0:
             return (s + self.prior * PRIOR_STRENGTH) / (s + f + PRIOR_STRENGTH)
         return self.prior

@@ -8,8 +8,9 @@ not take that answer, so it failed silently, and this try goes a tier up).
 Outcomes, all after the answer (never on the hot path):
 
 - a failed attempt (``after_attempt``): an error, a timeout, a cut stream; a fallback
-  to the next candidate is therefore a failure of the one before. Rate limits (429)
-  and overload (529) say nothing about ability and are not counted;
+  to the next candidate is therefore a failure of the one before (once per deployment
+  and request: retrying it is the same failure). Rate limits (429) and overload (529)
+  say nothing about ability and are not counted;
 - the answer itself (``record``, the request event): a success, unless it stopped at
   its token limit (``finish_reason: length``, outside background calls) or a tool
   call's arguments were not a JSON object (both read from the stream by
@@ -79,6 +80,9 @@ class Ticket:
     """The record of the earlier answer to this turn (a retry), if any."""
     finish_reason: str | None = None
     tool_args: dict[int, list[str]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    """Deployments already counted as failed in this request (a retry of the same
+    deployment after an error is one failure, not two)."""
 
 
 def turn_fingerprint(ctx: RequestContext, request: CanonicalRequest, f: RequestFeatures) -> str:
@@ -213,8 +217,9 @@ class Learner:
         if ticket is None or attempt.ok:
             return
         status = getattr(attempt.error, "upstream_status", None) or getattr(attempt.error, "status", None)
-        if status in NOT_ABILITY:
+        if status in NOT_ABILITY or attempt.deployment.id in ticket.failed:
             return
+        ticket.failed.add(attempt.deployment.id)
         self.estimates.observe(attempt.deployment.id, ticket.request_class, ticket.bucket, 0.0, 1.0)
 
     async def finished(self, ctx: RequestContext, event: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clasp.budgets")
 
-REFRESH_EVERY = 2.0
+REFRESH_EVERY = 1.0
 """Seconds a budget's share left is trusted before it is read again (in the background)."""
 KNOWN_LIMIT = 10_000
 """Budget instances remembered (users come from clients: bounded, oldest out)."""
