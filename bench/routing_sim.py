@@ -57,6 +57,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "plugins" / "clasp-router"))
 
+from clasp_router.learn_settings import LearnPolicy, LearnSettings  # noqa: E402
+from clasp_router.learning import Learner, watch_chunk  # noqa: E402
+from clasp_router.runtime import LEARN_VIEW_KEY, plan_route  # noqa: E402
+from clasp_router.settings import RouterSettings  # noqa: E402
+
 from clasp_gateway import (  # noqa: E402
     Attempt,
     Deployment,
@@ -65,14 +70,10 @@ from clasp_gateway import (  # noqa: E402
     RequestContext,
     StateSettings,
     UpstreamError,
-    create_state,
     build_classifier,
+    create_state,
     request_features,
 )
-from clasp_router.learn_settings import LearnPolicy, LearnSettings  # noqa: E402
-from clasp_router.learning import Learner, watch_chunk  # noqa: E402
-from clasp_router.runtime import LEARN_VIEW_KEY, plan_route  # noqa: E402
-from clasp_router.settings import RouterSettings  # noqa: E402
 
 CLIENT_RETRIES = 2
 """A client that got a wrong answer tries the same turn this many more times."""
@@ -396,8 +397,10 @@ def curve(flags: list[int], costs: list[float], block: int) -> list[dict[str, fl
 
 
 def routing_cpu(iterations: int = 3000) -> dict[str, float]:
-    """process_time per request of the learned route (prepare + plan_route) with 20
-    candidates, on a coding turn, after the estimates hold data for all of them."""
+    """process_time per request of the learned route (the learner's prepare, then
+    plan_route: regions, capability filter, strategy) with 20 candidates, on a coding
+    turn of a long conversation, after the estimates hold data for all of them; beside
+    it, interleaved, plan_route with the plain ``cost`` strategy (no learning)."""
     models = [FakeModel(f"m{i:02d}", 0.1 * (i + 1), 0.4 * (i + 1), i / 20) for i in range(20)]
     sim = Simulation(make_tasks(50, 3), models)
     learn = LearnSettings()
@@ -411,16 +414,26 @@ def routing_cpu(iterations: int = 3000) -> dict[str, float]:
     task = next(t for t in sim.tasks if t.request_class == "coding")
     ctxs = [sim.context(task, f"r{i}") for i in range(iterations)]
 
-    async def loop() -> float:
+    cheapest = RouterSettings(strategy="cost")
+
+    async def loop(learned: bool) -> float:
         started = time.process_time()
         for ctx in ctxs:
-            ctx.state[LEARN_VIEW_KEY] = await learner.prepare(ctx, task.body)
-            plan_route(ctx, task.body, sim.deployments, settings, lambda _: None, lambda _: True, sim.deployments)
+            ctx.state.clear()
+            if learned:
+                ctx.state[LEARN_VIEW_KEY] = await learner.prepare(ctx, task.body)
+            plan_route(ctx, task.body, sim.deployments, settings if learned else cheapest, lambda _: None,
+                       lambda _: True, sim.deployments)
         return time.process_time() - started
 
-    rounds = [asyncio.run(loop()) / iterations * 1e3 for _ in range(5)]
-    return {"candidates": 20, "ms_per_request_median": round(statistics.median(rounds), 4),
-            "ms_per_request_min": round(min(rounds), 4), "request_kb": round(len(json.dumps(task.body)) / 1024, 1)}
+    rounds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(5):  # interleaved: the machine's load hits both alike
+        for learned in (True, False):
+            rounds[learned].append(asyncio.run(loop(learned)) / iterations * 1e3)
+    return {"candidates": 20, "ms_per_request_median": round(statistics.median(rounds[True]), 4),
+            "ms_per_request_min": round(min(rounds[True]), 4),
+            "cost_strategy_ms_per_request_median": round(statistics.median(rounds[False]), 4),
+            "request_kb": round(len(json.dumps(task.body)) / 1024, 1)}
 
 
 async def simulate(requests: int, seed: int) -> dict[str, Any]:

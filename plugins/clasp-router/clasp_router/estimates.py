@@ -44,6 +44,9 @@ PRIOR_STRENGTH = 2.0
 """Pseudo-observations of a prior: two outcomes are enough to move away from it."""
 FORGET_BELOW = 0.05
 """An arm whose decayed counts sum below this is dropped (it is back to its prior)."""
+MEAN_TTL = 1.0
+"""Seconds a computed mean is reused while its deployment and class saw no new outcome
+(the decay over a second is negligible: half-lives are hours)."""
 
 _MERGE_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -131,6 +134,10 @@ class Estimates:
         """Deltas not yet sent to the state: [successes, failures, time], decayed like the
         arms, so deltas held back by an outage do not arrive as fresh news."""
         self.synced_at = float("-inf")
+        self._versions: dict[tuple[str, str], int] = {}
+        """(deployment, class) -> bumped by every outcome there (invalidates cached means)."""
+        self._means: dict[tuple[str, str, int], tuple[int, float, float]] = {}
+        """(deployment, class, bucket) -> (version, computed at, mean)."""
 
     # --- reading (the hot path) --------------------------------------------------------------
 
@@ -142,31 +149,65 @@ class Estimates:
         factor = 0.5 ** (max(0.0, self.clock() - cur[2]) / self.half_life)
         return cur[0] * factor, cur[1] * factor
 
-    def prior_mean(self, deployment_id: str, request_class: str, bucket: int) -> float:
-        """An arm's prior: its easier neighbour's mean when that one has data, else what
-        the class's other buckets showed (the class-level counts minus this bucket's:
-        the same outcomes never count twice), else the optimistic prior."""
-        if bucket > 0:
-            s, f = self.counts(arm_key(deployment_id, request_class, bucket - 1))
-            if s + f >= 1.0:
-                return self.mean(deployment_id, request_class, bucket - 1)
-        s, f = self.counts(arm_key(deployment_id, request_class, "*"))
-        own_s, own_f = self.counts(arm_key(deployment_id, request_class, bucket))
-        s, f = max(0.0, s - own_s), max(0.0, f - own_f)
-        if s + f >= 1.0:
-            return (s + self.prior * PRIOR_STRENGTH) / (s + f + PRIOR_STRENGTH)
-        return self.prior
-
     def posterior(self, deployment_id: str, request_class: str, bucket: int) -> tuple[float, float]:
-        """Beta(alpha, beta) of the fine arm."""
-        s, f = self.counts(arm_key(deployment_id, request_class, bucket))
-        p = self.prior_mean(deployment_id, request_class, bucket)
+        """Beta(alpha, beta) of the fine arm ``deployment|class|bucket``.
+
+        Its prior (``PRIOR_STRENGTH`` pseudo-outcomes) has the mean of, first found:
+        the easier neighbour bucket's estimate (the model that fails easy coding turns
+        fails harder ones), itself on the class prior; else the class prior: what the
+        class's other buckets showed (the class-level counts minus this bucket's, so
+        no outcome counts twice), else the optimistic prior. Three dict reads: it runs
+        for every candidate of every request a learned strategy routes."""
+        arms = self.arms
+        now = self.clock()
+        half_life = self.half_life
+
+        def decayed(key: str) -> tuple[float, float]:
+            cur = arms.get(key)
+            if cur is None:
+                return 0.0, 0.0
+            factor = 0.5 ** (max(0.0, now - cur[2]) / half_life)
+            return cur[0] * factor, cur[1] * factor
+
+        prefix = f"{deployment_id}|{request_class}|"
+        s, f = decayed(prefix + str(bucket))
+        cs, cf = decayed(prefix + "*")
+        cs, cf = max(0.0, cs - s), max(0.0, cf - f)
+        p = self.prior
+        if cs + cf >= 1.0:
+            p = (cs + p * PRIOR_STRENGTH) / (cs + cf + PRIOR_STRENGTH)
+        if bucket > 0:
+            ns, nf = decayed(prefix + str(bucket - 1))
+            if ns + nf >= 1.0:
+                p = (ns + p * PRIOR_STRENGTH) / (ns + nf + PRIOR_STRENGTH)
         return s + p * PRIOR_STRENGTH, f + (1 - p) * PRIOR_STRENGTH
 
     def mean(self, deployment_id: str, request_class: str, bucket: int) -> float:
         """The estimated success rate (posterior mean)."""
         a, b = self.posterior(deployment_id, request_class, bucket)
         return a / (a + b)
+
+    def means(self, deployment_ids: list[str], request_class: str, bucket: int) -> dict[str, float]:
+        """:meth:`mean` of each deployment, reusing what was computed in the last
+        ``MEAN_TTL`` seconds when the deployment saw no outcome in this class since
+        (the common case: a request costs a few dict reads per candidate)."""
+        now = self.clock()
+        cache = self._means
+        versions = self._versions
+        out = {}
+        for ident in deployment_ids:
+            version = versions.get((ident, request_class), 0)
+            key = (ident, request_class, bucket)
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version and now - hit[1] < MEAN_TTL:
+                out[ident] = hit[2]
+                continue
+            a, b = self.posterior(ident, request_class, bucket)
+            out[ident] = mean = a / (a + b)
+            if len(cache) >= MAX_ARMS:
+                cache.clear()
+            cache[key] = (version, now, mean)
+        return out
 
     def sample(self, deployment_id: str, request_class: str, bucket: int) -> float:
         """A Thompson sample of the success rate."""
@@ -184,6 +225,8 @@ class Estimates:
         """Add an outcome (or a correction: ``-1, +1`` turns a counted success into a
         failure, when a retry or a feedback shows the answer was wrong)."""
         now = self.clock()
+        version = (deployment_id, request_class)
+        self._versions[version] = self._versions.get(version, 0) + 1
         for arm in (arm_key(deployment_id, request_class, bucket), arm_key(deployment_id, request_class, "*")):
             cur = self.arms.get(arm)
             if cur is None:
@@ -262,4 +305,5 @@ class Estimates:
         if len(fresh) > MAX_ARMS:
             fresh = dict(sorted(fresh.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:MAX_ARMS])
         self.arms = fresh
+        self._means.clear()  # other replicas' outcomes are in
 

@@ -39,6 +39,7 @@ from clasp_gateway import (
 from .capability import estimated_cost, needs_of
 from .difficulty import difficulty_points
 from .estimates import STATE_KEY as ESTIMATES_KEY
+from .learned import LearnView
 from .learning import Learner
 from .registry import ALIASES, LEARNED, STRATEGIES
 from .runtime import LEARN_VIEW_KEY, STRATEGY_KEY, describe, plan_route
@@ -84,12 +85,20 @@ def _learning(config: Config, settings: RouterSettings, ctx: RequestContext, req
     learn = dataclasses.replace(settings.learn, teams={}, policy=dataclasses.replace(
         settings.learn.policy_for(ctx.principal.team if ctx.principal else None), explore=0.0))
     stored, source = asyncio.run(_stored_estimates(config))
-    learner = Learner(learn, config.deployments(), create_state(StateSettings()), lambda: 0.0)
-    if stored is not None:
-        for arms in stored["arms"].values():  # their age is unknown here: read as they stand
-            arms[2] = 0.0
-        learner.estimates.load({"now": 0.0, "arms": stored["arms"]})
-    view = asyncio.run(learner.prepare(ctx, request))
+
+    async def prepared() -> LearnView:
+        # The learner reads the estimates the way a replica does: from a (memory) state
+        # holding the stored document, their age unknown here (read as they stand).
+        state = create_state(StateSettings(), clock=lambda: 0.0)
+        learner = Learner(learn, config.deployments(), state, lambda: 0.0)
+        if stored is not None:
+            arms = {arm: [v[0], v[1], 0.0] for arm, v in stored["arms"].items()
+                    if isinstance(v, list) and len(v) == 3}
+            await state.set(ESTIMATES_KEY, orjson.dumps(arms))
+        await learner.estimates.sync(state)
+        return await learner.prepare(ctx, request)
+
+    view = asyncio.run(prepared())
     ctx.state[LEARN_VIEW_KEY] = view
     policy = view.policy
     floors = ", ".join(f"{k}={v}" for k, v in sorted(policy.min_tier.items())) or "none"
@@ -143,9 +152,7 @@ def main(argv: list[str], config_path: str) -> int:
         print(f"clasp route: no key named {args.key!r} under keys:", file=sys.stderr)
         return 2
     ctx = RequestContext("explain", "openai", model, False, principal=_principal(config, args.key))
-    thresholds = config.raw.get("classes") if isinstance(config.raw.get("classes"), dict) else {}
-    classifier = build_classifier({k: v for k, v in thresholds.items()
-                                   if k in ("background_max_tokens", "long_context_tokens")})
+    classifier = build_classifier(dataclasses.asdict(config.classes))  # built-in classes (plugins' are not loaded)
     ctx.request_class, ctx.traits = classifier.classify(request_features(request))
     if route.settings.get("router"):
         ctx.state[STRATEGY_KEY] = route.settings["router"]

@@ -30,10 +30,9 @@ state) the same rule runs on the priors.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from clasp_gateway import Deployment, RequestContext
+from clasp_gateway import Deployment, RequestContext, RequestFeatures
 
 from .capability import estimated_cost
 from .estimates import Estimates
@@ -55,6 +54,8 @@ class LearnView:
     budget_left: float | None = None
     """The smallest share left of the key's budgets (``None``: no budget known)."""
     rng: random.Random = field(default_factory=random.Random)
+    features: RequestFeatures | None = None
+    """The request's features, gathered once for the learner and the capability filter."""
     why: list[str] = field(default_factory=list)
     """What decided (for ``x-clasp-route`` and ``clasp route --explain``)."""
     removed: list[str] = field(default_factory=list)
@@ -63,82 +64,96 @@ class LearnView:
 
 
 def cheapest_capable(ctx: RequestContext, deployments: list[Deployment]) -> list[Deployment]:
-    """The learned choice first, then stronger tiers, then the rest (see the module)."""
+    """The learned choice first, then stronger tiers, then the rest (see the module).
+
+    Written for the hot path: one row per candidate (deployment, tier, cost, estimate),
+    computed once; the rest is list work on those rows."""
     view = view_of(ctx)
     lv = view.learn
     if lv is None or not deployments:
         return cost(ctx, deployments)
     policy = lv.policy
-    cls, bucket, est = lv.request_class, lv.bucket, lv.estimates
-    tiers = lv.tiers
-    costs = {d.id: estimated_cost(d, view.needs) for d in deployments}
-    means = {d.id: est.mean(d.id, cls, bucket) for d in deployments}
+    cls, bucket, est, why = lv.request_class, lv.bucket, lv.estimates, lv.why
+    needs, tier_of = view.needs, lv.tiers
+    means = est.means([d.id for d in deployments], cls, bucket)
     view.scores = means
-
-    def tier(d: Deployment) -> int:
-        return tiers.get(d.id, 0)
+    rows = [(d, tier_of.get(d.id, 0), estimated_cost(d, needs), means[d.id]) for d in deployments]
 
     floor = policy.min_tier.get(cls, 0)
-    kept = [d for d in deployments if tier(d) >= floor]
+    kept = [r for r in rows if r[1] >= floor]
     if not kept:  # nobody reaches the floor: the strongest there is
-        top = max(tier(d) for d in deployments)
-        kept = [d for d in deployments if tier(d) == top]
-    if len(kept) < len(deployments):
-        lv.removed = [d.id for d in deployments if d not in kept]
-        lv.why.append(f"min_tier={floor}")
+        top = max(r[1] for r in rows)
+        kept = [r for r in rows if r[1] == top]
+    if len(kept) < len(rows):
+        kept_ids = {r[0].id for r in kept}
+        lv.removed = [r[0].id for r in rows if r[0].id not in kept_ids]
+        why.append(f"min_tier={floor}")
     pool = kept
     if lv.retry_tier is not None:
-        above = [d for d in pool if tier(d) > lv.retry_tier]
+        above = [r for r in pool if r[1] > lv.retry_tier]
         if above:
             pool = above
-            lv.why.append(f"retry above tier {lv.retry_tier}")
+            why.append(f"retry above tier {lv.retry_tier}")
         else:
-            lv.why.append("retry, no stronger tier")
+            why.append("retry, no stronger tier")
     target_ms = view.latency_target_ms
     if target_ms is not None:
-        within = [d for d in pool if (ms := view.ttfb_ms(d.id)) is None or ms <= target_ms]
+        within = [r for r in pool if (ms := view.ttfb_ms(r[0].id)) is None or ms <= target_ms]
         if within and len(within) < len(pool):
             pool = within
-            lv.why.append("latency target")
-    choosable = [d for d in pool if view.available(d.id)] or pool
+            why.append("latency target")
+    down = {r[0].id for r in rows if not view.available(r[0].id)}
+    choosable = [r for r in pool if r[0].id not in down] if down else pool
+    choosable = choosable or pool
     target = policy.success_target
     low = lv.budget_left is not None and lv.budget_left < policy.budget_low
     if low:
         target = min(target, policy.budget_target)
-        lv.why.append(f"budget low ({lv.budget_left:.0%} left)")
+        why.append(f"budget low ({lv.budget_left:.0%} left)")
     lv.explored = not low and policy.explore > 0 and lv.rng.random() < policy.explore
-    if lv.explored:
-        values = {d.id: est.sample(d.id, cls, bucket) for d in choosable}
-        lv.why.append("explore")
-    else:
-        values = {d.id: means[d.id] for d in choosable}
-    good = [d for d in choosable if values[d.id] >= target]
+    if lv.explored:  # Thompson samples stand in for the estimates
+        choosable = [(r[0], r[1], r[2], est.sample(r[0].id, cls, bucket)) for r in choosable]
+        why.append("explore")
+    good = [r for r in choosable if r[3] >= target]
     if good:
-        expected = expected_costs(good, values, costs, tier, 0.0 if low else policy.failure_weight)
-        chosen = min(good, key=lambda d: (expected[d.id], costs[d.id], tier(d)))
+        expected = expected_costs(good, 0.0 if low else policy.failure_weight)
+        chosen = min(zip(expected, good, strict=True), key=lambda pair: (pair[0], pair[1][2], pair[1][1]))[1]
     else:
-        chosen = max(choosable, key=lambda d: (values[d.id], -costs[d.id]))
-        lv.why.append("none reaches the target")
-    lv.why.insert(0, f"{cls}/{bucket} p={means[chosen.id]:.2f} target={target:.2f}")
-    mine = tier(chosen)
-    rest = [d for d in kept if d is not chosen]
-    stronger = sorted((d for d in rest if tier(d) > mine), key=lambda d: (tier(d), costs[d.id]))
-    weaker = sorted((d for d in rest if tier(d) <= mine), key=lambda d: (-means[d.id], costs[d.id]))
-    ordered = [chosen, *stronger, *weaker]
-    return sorted(ordered, key=lambda d: not view.available(d.id))  # stable: available first
+        chosen = max(choosable, key=lambda r: (r[3], -r[2]))
+        why.append("none reaches the target")
+    why.insert(0, f"{cls}/{bucket} p={means[chosen[0].id]:.2f} target={target:.2f}")
+    mine = chosen[1]
+    first = chosen[0]
+    stronger = sorted((r for r in kept if r[1] > mine and r[0] is not first), key=lambda r: (r[1], r[2]))
+    weaker = sorted((r for r in kept if r[1] <= mine and r[0] is not first), key=lambda r: (-r[3], r[2]))
+    ordered = [first, *(r[0] for r in stronger), *(r[0] for r in weaker)]
+    if not down:
+        return ordered
+    return sorted(ordered, key=lambda d: d.id in down)  # stable: available first
 
 
-def expected_costs(candidates: list[Deployment], success: dict[str, float], costs: dict[str, float],
-                   tier: Callable[[Deployment], int], failure_weight: float) -> dict[str, float]:
-    """What choosing each candidate is expected to cost: its own price, plus, when it
-    fails (``1 - success``), the escalation to the cheapest stronger candidate and a
-    penalty for the failure itself (``failure_weight`` times that escalation: the
-    user's lost turn). The strongest escalates to itself."""
-    out = {}
-    for d in candidates:
-        up = [costs[o.id] for o in candidates if tier(o) > tier(d)]
-        escalation = min(up) if up else costs[d.id]
-        out[d.id] = costs[d.id] + (1 - success[d.id]) * escalation * (1 + failure_weight)
+Row = tuple[Deployment, int, float, float]
+"""A candidate as the strategy sees it: (deployment, tier, estimated cost, success)."""
+
+
+def expected_costs(rows: list[Row], failure_weight: float) -> list[float]:
+    """What choosing each row is expected to cost: its own price, plus, when it fails
+    (``1 - success``), the escalation to the cheapest row of a higher tier and a penalty
+    for the failure itself (``failure_weight`` times that escalation: the user's lost
+    turn). The strongest escalates to itself. One pass from the top tier down."""
+    out = [0.0] * len(rows)
+    weight = 1 + failure_weight
+    above: float | None = None  # the cheapest of a strictly higher tier
+    level: int | None = None
+    level_min: float | None = None  # the cheapest of the tier being walked
+    for i in sorted(range(len(rows)), key=lambda k: -rows[k][1]):
+        _, tier, own, success = rows[i]
+        if tier != level:
+            if level_min is not None:
+                above = level_min if above is None else min(above, level_min)
+            level, level_min = tier, None
+        out[i] = own + (1 - success) * (own if above is None else above) * weight
+        level_min = own if level_min is None or own < level_min else level_min
     return out
 
 

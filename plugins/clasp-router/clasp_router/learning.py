@@ -185,7 +185,7 @@ class Learner:
         self.maybe_sync()
         return LearnView(self.estimates, self.settings.policy_for(team), self.tiers, request_class, ticket.bucket,
                          retry_tier=retry_tier if isinstance(retry_tier, int) else None,
-                         budget_left=budget_left, rng=self.rng)
+                         budget_left=budget_left, rng=self.rng, features=f)
 
     async def _turn(self, fingerprint: str) -> dict[str, Any] | None:
         found = self.turns.get(fingerprint)

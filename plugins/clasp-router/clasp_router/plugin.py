@@ -29,9 +29,9 @@ from clasp_gateway import (
 from .catalogue import entry
 from .explain import main as explain_main
 from .learning import watch_chunk
+from .registry import STRATEGIES
 from .runtime import Availability, BudgetView, RouterRuntime
 from .settings import parse_settings
-from .registry import STRATEGIES
 
 RUNTIME_PLUGIN = "router.runtime"
 

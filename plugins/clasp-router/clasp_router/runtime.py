@@ -28,7 +28,7 @@ from clasp_gateway import (
     hookimpl,
 )
 
-from .capability import capability_score, estimated_cost, missing, needs_of, same_capabilities
+from .capability import capability_score, estimated_cost, missing, needs_from, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
 from .learning import Learner
 from .regions import allowed, restrict
@@ -209,10 +209,13 @@ def plan_route(
     kept = restrict(ctx, candidates)
     if isinstance(kept, Exception):
         return kept
+    kept_ids = {d.id for d in kept}  # ids: comparing deployments field by field is slow
     for d in candidates:
-        if d not in kept:
+        if d.id not in kept_ids:
             plan.removed[d.id] = "region"
-    needs = needs_of(request, ctx.hints)
+    learn = ctx.state.get(LEARN_VIEW_KEY)
+    features = getattr(learn, "features", None)
+    needs = needs_from(features) if features is not None else needs_of(request, ctx.hints)
     capable = []
     for d in kept:
         reason = missing(d, needs)
@@ -241,18 +244,20 @@ def plan_route(
                 f"${ceiling:g} (the cheapest estimate is ${estimated_cost(cheapest, needs):.6g}, on {cheapest.id}); "
                 "lower max_tokens or raise the ceiling"
             )
+        affordable_ids = {d.id for d in affordable}
         for d in capable:
-            if d not in affordable:
+            if d.id not in affordable_ids:
                 plan.removed[d.id] = "cost-ceiling"
         capable = affordable
     view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available, headroom=headroom or (lambda _: None),
-                     latency_target_ms=latency_target(settings, ctx.headers, key), learn=ctx.state.get(LEARN_VIEW_KEY))
+                     latency_target_ms=latency_target(settings, ctx.headers, key), learn=learn)
     ctx.state[VIEW_KEY] = view
     name = plan.strategy
     ordered = STRATEGIES[name](ctx, capable) if name in STRATEGIES else list(capable)
     if name == "strict":
+        ordered_ids = {d.id for d in ordered}
         for d in capable:
-            if d not in ordered:
+            if d.id not in ordered_ids:
                 plan.removed[d.id] = "strict"
     if view.learn is not None and name in LEARNED:
         for ident in view.learn.removed:
