@@ -16,11 +16,14 @@
         feedback_fail_metrics: [tests_passed, accepted]   # a metric false marks it failed
         budget_low: 0.2         # under this share of a budget left, move to cheaper models
         budget_target: 0.6      # the success target while a budget runs low
+        scope: global           # global: every team's outcomes teach everyone; team: each team learns its own
         teams:
           research: {success_target: 0.95, explore: 0, min_tier: {coding: 2}}
 
 A team's entry overrides the policy keys it names (``success_target``, ``explore``,
 ``min_tier``, ``budget_low``, ``budget_target``); the rest are the top level's.
+``scope: team`` keeps each team's estimates apart (slower to learn, but one team's
+feedback and retries never move another's routing; keys without a team learn together).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from clasp_gateway import Duration, Field, Integer, ListOf, MapOf, Number, Section, String
+from clasp_gateway import Choice, Duration, Field, Integer, ListOf, MapOf, Number, Section, String
 
 MAX_TIER = 99
 
@@ -59,6 +62,7 @@ class LearnSettings:
     feedback_window: float = 86_400.0
     feedback_fail_below: float = 0.0
     feedback_fail_metrics: tuple[str, ...] = ("tests_passed", "accepted")
+    scope: str = "global"
 
     def policy_for(self, team: str | None) -> LearnPolicy:
         """The team's policy (the top level's when the team has none)."""
@@ -88,6 +92,7 @@ SECTION = Section({
     "feedback_window": Duration(0, 30 * 86_400),
     "feedback_fail_below": Number(-1_000_000, 1_000_000),
     "feedback_fail_metrics": ListOf(String(non_empty=True), single=True),
+    "scope": Choice("global", "team"),
 })
 """The schema of ``router.learn:`` (a key not given parses as ``None``: the default)."""
 

@@ -56,6 +56,8 @@ class LearnView:
     rng: random.Random = field(default_factory=random.Random)
     features: RequestFeatures | None = None
     """The request's features, gathered once for the learner and the capability filter."""
+    arm_prefix: str = ""
+    """Prefix of the estimates' arm names: ``team@`` when ``learn.scope`` is ``team``."""
     why: list[str] = field(default_factory=list)
     """What decided (for ``x-clasp-route`` and ``clasp route --explain``)."""
     removed: list[str] = field(default_factory=list)
@@ -75,7 +77,9 @@ def cheapest_capable(ctx: RequestContext, deployments: list[Deployment]) -> list
     policy = lv.policy
     cls, bucket, est, why = lv.request_class, lv.bucket, lv.estimates, lv.why
     needs, tier_of = view.needs, lv.tiers
-    means = est.means([d.id for d in deployments], cls, bucket)
+    prefix = lv.arm_prefix
+    learned = est.means([prefix + d.id for d in deployments], cls, bucket)
+    means = {d.id: learned[prefix + d.id] for d in deployments} if prefix else learned
     view.scores = means
     rows = [(d, tier_of.get(d.id, 0), estimated_cost(d, needs), means[d.id]) for d in deployments]
 
@@ -112,7 +116,7 @@ def cheapest_capable(ctx: RequestContext, deployments: list[Deployment]) -> list
         why.append(f"budget low ({lv.budget_left:.0%} left)")
     lv.explored = not low and policy.explore > 0 and lv.rng.random() < policy.explore
     if lv.explored:  # Thompson samples stand in for the estimates
-        choosable = [(r[0], r[1], r[2], est.sample(r[0].id, cls, bucket)) for r in choosable]
+        choosable = [(r[0], r[1], r[2], est.sample(prefix + r[0].id, cls, bucket)) for r in choosable]
         why.append("explore")
     good = [r for r in choosable if r[3] >= target]
     if good:

@@ -22,8 +22,12 @@ Outcomes, all after the answer (never on the hot path):
 
 Turn and request records live in a bounded local memory and, when the state is
 shared (Redis, SQLite), in the state too (with TTLs), so a retry or a feedback that
-another replica receives still finds the answer it is about. The estimates
-themselves: :mod:`.estimates`.
+another replica receives still finds the answer it is about: with a shared state,
+a learned request whose turn this replica has not seen costs one state read before
+routing (async, within the state's timeout; an outage skips it), and two writes after
+the answer. One-token probes (``max_tokens: 1``, Claude Code's quota check) are
+never taken for retries: Claude Code sends the same probe at every start. A cached answer (clasp-cache) says
+nothing about a model and is not counted. The estimates themselves: :mod:`.estimates`.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class Ticket:
     """The record of the earlier answer to this turn (a retry), if any."""
     finish_reason: str | None = None
     tool_args: dict[int, list[str]] = field(default_factory=dict)
+    prefix: str = ""
+    """The arm prefix (``team@`` with ``learn.scope: team``)."""
     failed: set[str] = field(default_factory=set)
     """Deployments already counted as failed in this request (a retry of the same
     deployment after an error is one failure, not two)."""
@@ -177,15 +183,17 @@ class Learner:
         """The request's :class:`LearnView` (and its :class:`Ticket` in ``ctx.state``)."""
         f = request_features(request, ctx.hints)
         request_class = ctx.request_class or "question"
-        ticket = Ticket(request_class, bucket_of(f), turn_fingerprint(ctx, request, f))
-        ticket.retry_of = await self._turn(ticket.fingerprint)
-        ctx.state[TICKET] = ticket
         team = ctx.principal.team if ctx.principal is not None else None
+        prefix = f"{team or '-'}@" if self.settings.scope == "team" else ""
+        ticket = Ticket(request_class, bucket_of(f), turn_fingerprint(ctx, request, f), prefix=prefix)
+        if f.max_tokens is None or f.max_tokens > 1:
+            ticket.retry_of = await self._turn(ticket.fingerprint)
+        ctx.state[TICKET] = ticket
         retry_tier = ticket.retry_of.get("t") if ticket.retry_of else None
         self.maybe_sync()
         return LearnView(self.estimates, self.settings.policy_for(team), self.tiers, request_class, ticket.bucket,
                          retry_tier=retry_tier if isinstance(retry_tier, int) else None,
-                         budget_left=budget_left, rng=self.rng, features=f)
+                         budget_left=budget_left, rng=self.rng, features=f, arm_prefix=prefix)
 
     async def _turn(self, fingerprint: str) -> dict[str, Any] | None:
         found = self.turns.get(fingerprint)
@@ -220,25 +228,25 @@ class Learner:
         if status in NOT_ABILITY or attempt.deployment.id in ticket.failed:
             return
         ticket.failed.add(attempt.deployment.id)
-        self.estimates.observe(attempt.deployment.id, ticket.request_class, ticket.bucket, 0.0, 1.0)
+        self.estimates.observe(ticket.prefix + attempt.deployment.id, ticket.request_class, ticket.bucket, 0.0, 1.0)
 
     async def finished(self, ctx: RequestContext, event: dict[str, Any]) -> None:
         """The request event: the answer's outcome, a retry's correction, the records."""
         ticket: Ticket | None = ctx.state.pop(TICKET, None)
-        if ticket is None:
+        if ticket is None or event.get("cache_hit"):
             return
         answered = event.get("deployment")
         success = False
         if answered and (event.get("status") or 0) < 400 and not event.get("cut"):
             truncated = ticket.finish_reason == "length" and ticket.request_class != "background"
             success = not truncated and not invalid_tool_json(ticket)
-            self.estimates.observe(answered, ticket.request_class, ticket.bucket,
+            self.estimates.observe(ticket.prefix + answered, ticket.request_class, ticket.bucket,
                                    1.0 if success else 0.0, 0.0 if success else 1.0)
         previous = ticket.retry_of
         if previous is not None and isinstance(previous.get("r"), str):
             await self._correct_request(previous["r"])  # the earlier answer did not do
         if answered:
-            record = {"d": answered, "c": ticket.request_class, "b": ticket.bucket,
+            record = {"d": ticket.prefix + answered, "c": ticket.request_class, "b": ticket.bucket,
                       "t": self.tiers.get(answered, 0), "ok": success, "r": ctx.request_id}
             self.turns.put(ticket.fingerprint, {"r": ctx.request_id, "t": record["t"]})
             self.requests.put(ctx.request_id, record)

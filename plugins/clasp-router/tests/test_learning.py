@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,6 +44,16 @@ CODING = {"model": "m", "messages": [{"role": "user", "content": "fix the bug"}]
           "tools": [{"type": "function", "function": {"name": "edit", "parameters": {"type": "object"}}}]}
 
 
+LOOPS: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def close_loops() -> Iterator[None]:
+    yield
+    while LOOPS:
+        LOOPS.pop().close()
+
+
 class Rig:
     """A learner and the router's planning, driven the way the plugin's hooks drive them."""
 
@@ -55,6 +66,7 @@ class Rig:
                                lambda: self.clock[0], rng=random.Random(5))
         self.count = 0
         self.loop = asyncio.new_event_loop()  # one loop, as in a gateway: background syncs run between calls
+        LOOPS.append(self.loop)
 
     def run(self, awaitable: Any) -> Any:
         return self.loop.run_until_complete(awaitable)
@@ -289,3 +301,37 @@ def test_learn_settings_report_every_mistake_at_once() -> None:
     assert learn.half_life == 7200 and learn.tiers == {"a": 3}
     assert learn.policy_for("red").explore == 0 and learn.policy_for("red").success_target == 0.7
     assert learn.policy_for("red").min_tier == {"coding": 1} and learn.policy_for("blue") is learn.policy
+
+
+def test_repeated_probes_are_not_retries_and_cached_answers_teach_nothing() -> None:
+    rig = Rig()
+    probe = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
+    for _ in range(3):  # Claude Code sends the same probe at every start
+        ctx = rig.ctx(probe, request_class="background")
+        order, plan = rig.route(ctx, probe)
+        assert order[0] == "cheap" and "retry" not in plan.note
+        rig.answer(ctx, "cheap")
+    assert rig.counts("cheap", probe, "background") == (3.0, 0.0)
+    ctx = rig.ctx(question(40))
+    rig.route(ctx, question(40))
+    rig.run(rig.learner.finished(ctx, {"kind": "request", "deployment": "cheap", "status": 200, "cache_hit": "exact"}))
+    assert rig.counts("cheap", question(40)) == (0.0, 0.0)
+
+
+def test_with_team_scope_one_teams_outcomes_do_not_move_another() -> None:
+    rig = Rig(LearnPolicy(explore=0.0, success_target=0.7), scope="team")
+    for n in range(2):
+        ctx = rig.ctx(question(50 + n), team="red")
+        rig.route(ctx, question(50 + n))
+        rig.fail_attempt(ctx, "cheap")
+        rig.answer(ctx, "mid")
+    assert rig.route(rig.ctx(question(60), team="red"), question(60))[0][0] == "mid"
+    assert rig.route(rig.ctx(question(61), team="blue"), question(61))[0][0] == "cheap"
+    assert rig.learner.estimates.counts("red@cheap|question|0") == (0.0, 2.0)
+    shared = Rig(LearnPolicy(explore=0.0, success_target=0.7))
+    for n in range(2):
+        ctx = shared.ctx(question(50 + n), team="red")
+        shared.route(ctx, question(50 + n))
+        shared.fail_attempt(ctx, "cheap")
+        shared.answer(ctx, "mid")
+    assert shared.route(shared.ctx(question(61), team="blue"), question(61))[0][0] == "mid"
