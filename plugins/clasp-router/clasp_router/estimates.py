@@ -134,10 +134,10 @@ class Estimates:
         """Deltas not yet sent to the state: [successes, failures, time], decayed like the
         arms, so deltas held back by an outage do not arrive as fresh news."""
         self.synced_at = float("-inf")
-        self._versions: dict[tuple[str, str], int] = {}
-        """(deployment, class) -> bumped by every outcome there (invalidates cached means)."""
-        self._means: dict[tuple[str, str, int], tuple[int, float, float]] = {}
-        """(deployment, class, bucket) -> (version, computed at, mean)."""
+        self._versions: dict[str, dict[str, int]] = {}
+        """Class -> deployment -> bumped by every outcome there (invalidates cached means)."""
+        self._means: dict[tuple[str, int], dict[str, tuple[int, float, float]]] = {}
+        """(class, bucket) -> deployment -> (version, computed at, mean)."""
 
     # --- reading (the hot path) --------------------------------------------------------------
 
@@ -192,13 +192,16 @@ class Estimates:
         ``MEAN_TTL`` seconds when the deployment saw no outcome in this class since
         (the common case: a request costs a few dict reads per candidate)."""
         now = self.clock()
-        cache = self._means
-        versions = self._versions
+        cache = self._means.get((request_class, bucket))
+        if cache is None:
+            if len(self._means) >= MAX_ARMS:  # classes come from the classifier: bounded anyway
+                self._means.clear()
+            cache = self._means[(request_class, bucket)] = {}
+        versions = self._versions.get(request_class) or {}
         out = {}
         for ident in deployment_ids:
-            version = versions.get((ident, request_class), 0)
-            key = (ident, request_class, bucket)
-            hit = cache.get(key)
+            version = versions.get(ident, 0)
+            hit = cache.get(ident)
             if hit is not None and hit[0] == version and now - hit[1] < MEAN_TTL:
                 out[ident] = hit[2]
                 continue
@@ -206,7 +209,7 @@ class Estimates:
             out[ident] = mean = a / (a + b)
             if len(cache) >= MAX_ARMS:
                 cache.clear()
-            cache[key] = (version, now, mean)
+            cache[ident] = (version, now, mean)
         return out
 
     def sample(self, deployment_id: str, request_class: str, bucket: int) -> float:
@@ -225,8 +228,8 @@ class Estimates:
         """Add an outcome (or a correction: ``-1, +1`` turns a counted success into a
         failure, when a retry or a feedback shows the answer was wrong)."""
         now = self.clock()
-        version = (deployment_id, request_class)
-        self._versions[version] = self._versions.get(version, 0) + 1
+        versions = self._versions.setdefault(request_class, {})
+        versions[deployment_id] = versions.get(deployment_id, 0) + 1
         for arm in (arm_key(deployment_id, request_class, bucket), arm_key(deployment_id, request_class, "*")):
             cur = self.arms.get(arm)
             if cur is None:
