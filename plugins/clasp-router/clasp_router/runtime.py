@@ -234,7 +234,8 @@ def plan_route(
         for d in kept:
             plan.removed.pop(d.id, None)
     key = ctx.principal.metadata if ctx.principal is not None else None
-    ceiling = cost_ceiling(settings, ctx.headers, key)
+    team = ctx.principal.team if ctx.principal is not None else None
+    ceiling = cost_ceiling(settings, ctx.headers, key, team)
     if ceiling is not None:
         affordable = [d for d in capable if estimated_cost(d, needs) <= ceiling]
         if not affordable:
@@ -250,7 +251,7 @@ def plan_route(
                 plan.removed[d.id] = "cost-ceiling"
         capable = affordable
     view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available, headroom=headroom or (lambda _: None),
-                     latency_target_ms=latency_target(settings, ctx.headers, key), learn=learn)
+                     latency_target_ms=latency_target(settings, ctx.headers, key, team), learn=learn)
     ctx.state[VIEW_KEY] = view
     name = plan.strategy
     ordered = STRATEGIES[name](ctx, capable) if name in STRATEGIES else list(capable)

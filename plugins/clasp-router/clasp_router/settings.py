@@ -9,6 +9,8 @@
       similar_fallback: true      # every chain candidate unavailable: try similar deployments
       explain: true               # the x-clasp-route response header
       learn: {...}                # the cheapest-capable strategy's learning (see .learn_settings)
+      teams:                      # a team's own limits (a key or a header may lower them further)
+        interns: {max_request_cost_usd: 0.05, latency_target_ms: 5000}
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clasp_gateway import Boolean, Choice, Config, ConfigError, Field, Number, Section, did_you_mean
+from clasp_gateway import Boolean, Choice, Config, ConfigError, Field, MapOf, Number, Section, did_you_mean
 
 from .learn_settings import SECTION as LEARN_SECTION
 from .learn_settings import LearnSettings, learn_settings
@@ -45,6 +47,8 @@ class RouterSettings:
     similar_fallback: bool = True
     explain: bool = True
     learn: LearnSettings = field(default_factory=LearnSettings)
+    teams: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Team name -> its ``latency_target_ms`` and ``max_request_cost_usd``."""
 
 
 def _section(strategies: Iterable[str]) -> Section:
@@ -56,6 +60,10 @@ def _section(strategies: Iterable[str]) -> Section:
         "similar_fallback": Field(Boolean(), True),
         "explain": Field(Boolean(), True),
         "learn": Field(LEARN_SECTION),
+        "teams": Field(MapOf(Section({
+            "latency_target_ms": Number(above=0, maximum=MAX_LATENCY_TARGET_MS),
+            "max_request_cost_usd": Number(above=0, maximum=MAX_COST_USD),
+        }), expected="a mapping of team name to latency_target_ms and max_request_cost_usd"), {}),
     })
 
 
@@ -84,7 +92,9 @@ def parse_settings(config: Config, strategies: Iterable[str] = ()) -> RouterSett
     return RouterSettings(strategy=top["strategy"], latency_target_ms=top["latency_target_ms"],
                           max_request_cost_usd=top["max_request_cost_usd"],
                           similar_fallback=top["similar_fallback"], explain=top["explain"],
-                          learn=learn_settings(learn))
+                          learn=learn_settings(learn),
+                          teams={name: {k: v for k, v in (own or {}).items() if v is not None}
+                                 for name, own in (top.get("teams") or {}).items()})
 
 
 def _tightest(configured: float | None, *asked: Any, maximum: float) -> float | None:
@@ -103,15 +113,21 @@ def _tightest(configured: float | None, *asked: Any, maximum: float) -> float | 
     return best
 
 
-def latency_target(settings: RouterSettings, headers: dict[str, str], key: dict[str, Any] | None = None) -> float | None:
-    """The request's latency target (ms): ``router.latency_target_ms``, the key's
-    ``latency_target_ms``, the ``x-clasp-latency-target-ms`` header; the smallest wins."""
-    return _tightest(settings.latency_target_ms, (key or {}).get(LATENCY_KEY), headers.get(LATENCY_HEADER),
+def latency_target(settings: RouterSettings, headers: dict[str, str], key: dict[str, Any] | None = None,
+                   team: str | None = None) -> float | None:
+    """The request's latency target (ms): ``router.latency_target_ms``, the team's
+    (``router.teams``), the key's ``latency_target_ms``, the
+    ``x-clasp-latency-target-ms`` header; the smallest wins."""
+    own = settings.teams.get(team or "", {}).get(LATENCY_KEY)
+    return _tightest(settings.latency_target_ms, own, (key or {}).get(LATENCY_KEY), headers.get(LATENCY_HEADER),
                      maximum=MAX_LATENCY_TARGET_MS)
 
 
-def cost_ceiling(settings: RouterSettings, headers: dict[str, str], key: dict[str, Any] | None = None) -> float | None:
-    """The request's cost ceiling ($): ``router.max_request_cost_usd``, the key's
-    ``max_request_cost_usd``, the ``x-clasp-max-cost-usd`` header; the smallest wins."""
-    return _tightest(settings.max_request_cost_usd, (key or {}).get(COST_KEY), headers.get(COST_HEADER),
+def cost_ceiling(settings: RouterSettings, headers: dict[str, str], key: dict[str, Any] | None = None,
+                 team: str | None = None) -> float | None:
+    """The request's cost ceiling ($): ``router.max_request_cost_usd``, the team's
+    (``router.teams``), the key's ``max_request_cost_usd``, the ``x-clasp-max-cost-usd``
+    header; the smallest wins."""
+    own = settings.teams.get(team or "", {}).get(COST_KEY)
+    return _tightest(settings.max_request_cost_usd, own, (key or {}).get(COST_KEY), headers.get(COST_HEADER),
                      maximum=MAX_COST_USD)

@@ -335,3 +335,21 @@ def test_with_team_scope_one_teams_outcomes_do_not_move_another() -> None:
         shared.fail_attempt(ctx, "cheap")
         shared.answer(ctx, "mid")
     assert shared.route(shared.ctx(question(61), team="blue"), question(61))[0][0] == "mid"
+
+
+def test_a_teams_latency_target_and_cost_ceiling_are_only_ever_lowered() -> None:
+    from clasp_router.settings import cost_ceiling, latency_target
+
+    models = {"m": [{"id": "a", "model": "openai/gpt-4o", "api_key": "sk-x-123456789012345"}]}
+    settings = parse_settings(config_from({"models": models, "router": {
+        "max_request_cost_usd": 1.0, "teams": {"interns": {"max_request_cost_usd": 0.05, "latency_target_ms": 4000}}}}))
+    assert cost_ceiling(settings, {}, None, "interns") == 0.05
+    assert cost_ceiling(settings, {}, None, "staff") == 1.0
+    assert cost_ceiling(settings, {"x-clasp-max-cost-usd": "0.5"}, None, "interns") == 0.05  # a header cannot raise it
+    assert cost_ceiling(settings, {"x-clasp-max-cost-usd": "0.01"}, {"max_request_cost_usd": 0.02}, "interns") == 0.01
+    assert latency_target(settings, {"x-clasp-latency-target-ms": "9000"}, None, "interns") == 4000
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(config_from({"models": models, "router": {"teams": {"x": {"max_request_cost_usd": -1,
+                                                                                  "colour": 1}}}}))
+    assert any("router.teams.x.max_request_cost_usd" in p for p in caught.value.problems)
+    assert any("router.teams.x.colour" in p for p in caught.value.problems)
