@@ -263,7 +263,7 @@ def plan_route(
     if view.learn is not None and name in LEARNED:
         for ident in view.learn.removed:
             plan.removed[ident] = "min-tier"
-        plan.note = "; ".join(view.learn.why)
+        plan.note = "; ".join([*view.learn.why, *([plan.note] if plan.note else [])])
     if settings.similar_fallback and ordered and not any(available(d.id) for d in ordered):
         seen = {d.id for d in candidates}
         primary = ordered[0]
