@@ -89,7 +89,9 @@ def register_routing_strategies(register: RegisterRoutingStrategy) -> None:
 def register_commands(register: RegisterCommand) -> None:
     """Add ``clasp`` CLI sub-commands: ``register(name, function, help="")`` where
     ``function(argv: list[str], config_path: str) -> int``. Names are unique across
-    plugins (:class:`~clasp_gateway.registrations.CommandRegistration`)."""
+    plugins (:class:`~clasp_gateway.registrations.CommandRegistration`). A two-word
+    name (``"report experiment"``) adds a sub-command beside another plugin's command:
+    ``clasp report experiment X`` runs it with ``["X"]``, before ``report`` is asked."""
 
 
 @hookspec
