@@ -14,7 +14,7 @@ import pytest
 
 from clasp_gateway import ConfigError, hookimpl
 from clasp_gateway.shaping.long_answers import DEFAULT_PROMPT, parse_settings
-from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, GatewayServer, Text, ToolCalls, config_from
+from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Text, ToolCalls, config_from
 
 UPSTREAM_KEY = "sk-upstream-long-answers-0123456789"
 
@@ -52,7 +52,7 @@ def parts(*texts: str, last_finish: str = "stop") -> Any:
     def script(body: dict[str, Any], rec: Any) -> Any:
         said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "assistant"), "")
         n, joined = 0, ""
-        while n < len(texts) - 1 and joined + texts[n] == said[: len(joined) + len(texts[n])] and said:
+        while n < len(texts) - 1 and said and said.startswith((joined + texts[n]).rstrip()):
             joined += texts[n]
             n += 1
         text = texts[min(n, len(texts) - 1)]
@@ -222,3 +222,40 @@ def test_settings_report_every_mistake_at_once() -> None:
         parse_settings(config)
     text = "\n".join(info.value.problems)
     assert "long_answers.max_continuations" in text and "long_answers.style" in text and "long_answers.oops" in text
+
+
+def test_prefix_style_sends_the_partial_answer_as_a_trailing_assistant_message(up: FakeUpstream) -> None:
+    up.script = parts("Half an answer.  ", "The rest.")
+    config = config_from({"models": {"m": [dep(up, "small", 50)]},
+                          "long_answers": {"max_continuations": 1, "style": "prefix"}})
+    with GatewayServer(config) as server:
+        r = httpx.post(server.base_url + "/v1/messages", headers={"x-api-key": GATEWAY_KEY}, timeout=10,
+                       json={"model": "m", "max_tokens": 500, "messages": [{"role": "user", "content": "write"}]})
+    assert r.json()["content"][0]["text"] == "Half an answer.  The rest."
+    assert completions(up)[1]["messages"][-1] == {"role": "assistant", "content": "Half an answer."}  # no trailing space
+
+
+def test_a_continuation_on_an_anthropic_deployment_sends_the_gateways_body_not_the_clients() -> None:
+    """The first part comes from an OpenAI-style deployment; the second, after that one
+    fails, from Anthropic, which is otherwise sent the client's own request (pass-through):
+    here it must get the conversation with the partial answer."""
+    with FakeUpstream("openai") as gpt, FakeUpstream("anthropic") as claude:
+        gpt.script = lambda body, rec: (Text("Cut here ", finish_reason="length", usage=(10, 50))
+                                        if len(body.get("messages") or []) == 1 else Error(500, {"error": {"message": "down"}}))
+        claude.script = lambda body, rec: Text("and finished.", usage=(12, 20))
+        config = config_from({
+            "models": {"m": [dep(gpt, "gpt", 50),
+                             {"id": "claude", "model": "anthropic/claude-sonnet-4-5-20250929", "api_base": claude.base_url,
+                              "api_key": UPSTREAM_KEY}]},
+            "long_answers": {"max_continuations": 1},
+        })
+        with GatewayServer(config) as server:
+            r = httpx.post(server.base_url + "/v1/messages", timeout=10,
+                           headers={"x-api-key": GATEWAY_KEY, "anthropic-version": "2023-06-01"},
+                           json={"model": "m", "max_tokens": 500, "messages": [{"role": "user", "content": "write"}]})
+        assert r.status_code == 200, r.text
+        assert not gpt.errors and not claude.errors
+        assert r.json()["content"][0]["text"] == "Cut here and finished." and r.json()["stop_reason"] == "end_turn"
+        sent = [x.json for x in claude.requests if x.path.startswith("/v1/messages")]
+        assert len(sent) == 1 and len(sent[0]["messages"]) == 3  # the question, the partial answer, "continue"
+        assert sent[0]["messages"][1]["role"] == "assistant" and sent[0]["max_tokens"] == 450
