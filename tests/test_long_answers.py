@@ -259,3 +259,26 @@ def test_a_continuation_on_an_anthropic_deployment_sends_the_gateways_body_not_t
         sent = [x.json for x in claude.requests if x.path.startswith("/v1/messages")]
         assert len(sent) == 1 and len(sent[0]["messages"]) == 3  # the question, the partial answer, "continue"
         assert sent[0]["messages"][1]["role"] == "assistant" and sent[0]["max_tokens"] == 450
+
+
+def test_a_streamed_answer_on_the_openai_route_is_one_stream_with_the_summed_usage(up: FakeUpstream) -> None:
+    up.script = parts("Alpha ", "beta ", "gamma.")
+    server = serve({"m": [dep(up, "small", 50)]}, [])
+    try:
+        with httpx.stream("POST", server.base_url + "/v1/chat/completions", timeout=10,
+                          headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                          json={"model": "m", "max_tokens": 1000, "stream": True,
+                                "stream_options": {"include_usage": True},
+                                "messages": [{"role": "user", "content": "write"}]}) as r:
+            raw = r.read().decode()
+    finally:
+        server.stop()
+    data = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
+    chunks = [json.loads(d) for d in data[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert text == "Alpha beta gamma."
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0].get("finish_reason")]
+    assert finishes == ["stop"]
+    assert [c["usage"] for c in chunks if c.get("usage")][-1]["completion_tokens"] == 150
+    assert sum(1 for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("role")) <= 1
