@@ -147,11 +147,6 @@ def text(r: httpx.Response) -> str:
     return str(r.json()["choices"][0]["message"]["content"])
 
 
-@pytest.fixture(scope="module")
-def us_calls_before(ups: dict[str, FakeUpstream]) -> dict[str, int]:
-    return {}
-
-
 def test_every_path_stays_in_the_keys_regions(gw: GatewayServer, ups: dict[str, FakeUpstream]) -> None:
     before = {n: calls(u) for n, u in ups.items()}
     # A chain whose first deployment is outside; a pool whose cheapest one is.
