@@ -106,6 +106,7 @@ from .registrations import (
     ToolRegistration,
 )
 from .shaping.context import estimate_tokens, is_context_overflow
+from .shaping.long_answers import CONTINUED_HEADER, REWRITTEN_KEY
 from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
 from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
@@ -234,6 +235,8 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # long answers (shaping/long_answers.py): a body the gateway wrote, the header saying so
+    "CONTINUED_HEADER", "REWRITTEN_KEY",
     # prices: what a deployment's usage cost (budgets, the ledger)
     "request_cost",
     # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)

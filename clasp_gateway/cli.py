@@ -233,15 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm = PluginManager()
             pm.load()
-            found = next((r for r in registrations.commands(pm) if r.name == command), None)
+            assert at is not None
+            known = registrations.commands(pm)
+            # A two-word command ("report experiment") first, then the one-word one.
+            words = 2 if at + 1 < len(argv) else 1
+            found = next((r for r in known if r.name == f"{command} {argv[at + 1]}"), None) if words == 2 else None
+            if found is None:
+                words = 1
+                found = next((r for r in known if r.name == command), None)
         except RuntimeError as exc:  # a plugin that fails to load or registers badly: say which
             print(f"clasp: {exc}", file=sys.stderr)
             return 2
         if found is not None:
-            assert at is not None
             top = argparse.ArgumentParser(add_help=False, parents=[common])
             config = getattr(top.parse_known_args(argv[:at])[0], "config", None)
-            return int(found.function(argv[at + 1:], config or os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
+            return int(found.function(argv[at + words:], config or os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None

@@ -240,11 +240,11 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 # --- the core's schema -----------------------------------------------------------------------
 
 CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions",
-                 "storage")
+                 "storage", "long_answers")
 """Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
 ``classes`` here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
-``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions` and ``storage`` in
-:mod:`.storage`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
+``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions`, ``storage`` in
+:mod:`.storage` and ``long_answers`` in :mod:`.shaping.long_answers`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
 
 
