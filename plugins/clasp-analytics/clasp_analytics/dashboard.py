@@ -20,9 +20,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway import GatewayError, InvalidRequestError, error_response, read_json
+from clasp_gateway import GatewayError, InvalidRequestError, error_response, is_https, read_json
 
-from .access import SESSION_COOKIE, require_admin
+from .access import SESSION_COOKIE, require_viewer
 from .scrape import runtime_of
 
 PAGE = "/admin/dashboard"
@@ -70,7 +70,7 @@ async def page_endpoint(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc, "anthropic", request_id)
     try:
-        await require_admin(request)
+        await require_viewer(request)
     except GatewayError as exc:
         if exc.status not in (401, 403):
             return error_response(exc, "anthropic", request_id)
@@ -96,10 +96,10 @@ async def login_endpoint(request: Request) -> Response:
     scope = dict(request.scope)
     scope["headers"] = [(k, v) for k, v in request.scope["headers"]
                         if k not in (b"x-api-key", b"authorization", b"cookie")] + [(b"x-api-key", key.encode())]
-    await require_admin(Request(scope, request.receive))
+    await require_viewer(Request(scope, request.receive))
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.set_cookie(SESSION_COOKIE, key, max_age=COOKIE_MAX_AGE, path="/admin", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=is_https(request))  # server.behind_https too
     return response
 
 
