@@ -2,8 +2,9 @@
 
 The page is one static HTML file with no inline script or style, served under a strict
 Content-Security-Policy (scripts, styles and data only from this origin, no frames, no
-inline code). Without an admin key it answers 401 with the same page in its signed-out
-state (the login form); the form posts the key to ``/admin/dashboard/login``, which
+inline code). Admins see every team, team admins their own (the API it reads is scoped,
+:func:`.access.scoped`). Without such a key it answers 401 with the same page in its
+signed-out state (the login form); the form posts the key to ``/admin/dashboard/login``, which
 checks it like any key and keeps it in an HttpOnly, ``SameSite=Strict`` cookie scoped to
 ``/admin`` (never in the URL, never readable by script). The page's script then reads
 the admin analytics API with that cookie. Assets (the script, the stylesheet and the
@@ -56,7 +57,7 @@ def _page(signed_in: bool) -> bytes:
 
 
 async def page_endpoint(request: Request) -> Response:
-    """The dashboard (an admin key: header or cookie), or the login form with 401.
+    """The dashboard (an admin or team_admin key: header or cookie), or the login form with 401.
     ---
     summary: The analytics dashboard (HTML); without an admin key, its sign-in form with 401
     responses: {200: {description: the dashboard}, 401: {description: the sign-in form}}

@@ -85,10 +85,10 @@ class Issuer:
             raise IssuerUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
         return _object(url, status, body)
 
-    async def post_form(self, url: str, form: dict[str, str], auth: aiohttp.BasicAuth | None) -> dict[str, Any]:
-        """POST ``form`` (the token endpoint) and read its JSON answer."""
+    async def post_form(self, url: str, form: dict[str, str], headers: dict[str, str]) -> dict[str, Any]:
+        """POST ``form`` (the token endpoint) with ``headers`` and read its JSON answer."""
         try:
-            async with self._http().post(url, data=form, auth=auth, headers={"accept": "application/json"},
+            async with self._http().post(url, data=form, headers={"accept": "application/json", **headers},
                                          allow_redirects=False) as response:
                 body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
                 status = response.status

@@ -17,9 +17,8 @@ import hashlib
 import hmac
 import secrets
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -170,15 +169,16 @@ async def _exchange(runtime: OidcRuntime, request: Request) -> dict[str, Any]:
         raise IssuerUnavailable("no token_endpoint in its discovery document")
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": settings.redirect_uri,
             "client_id": settings.client_id, "code_verifier": str(flow.get("verifier", ""))}
-    auth = None
+    headers: dict[str, str] = {}
     if settings.client_secret:
         methods = metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
-        if "client_secret_basic" in methods:
-            auth = aiohttp.BasicAuth(settings.client_id, settings.client_secret)
+        if "client_secret_basic" in methods:  # RFC 6749 2.3.1: each part form-encoded, then Basic
+            pair = f"{quote_plus(settings.client_id)}:{quote_plus(settings.client_secret)}"
+            headers["authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form["client_secret"] = settings.client_secret
     try:
-        answer = await runtime.issuer.post_form(endpoint, form, auth)
+        answer = await runtime.issuer.post_form(endpoint, form, headers)
     except IssuerUnavailable as exc:
         if "HTTP 4" in str(exc):  # the code was refused (reused, expired, wrong verifier)
             raise AuthenticationError(f"the identity provider refused the code: {exc}") from None

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from clasp_gateway.testing.apps import AppThread
 
+ADMIN_KEY = "static-admin-key-Vb83nQk2Lw9e"
 CLIENT_ID = "clasp-gateway"
 CLIENT_SECRET = "client-secret-7Hq2Lm9Xv4Rt8Pz1"
 
@@ -130,3 +131,14 @@ class FakeIssuer:
             return web.json_response({"error": "invalid_grant", "error_description": "PKCE"}, status=400)
         return web.json_response({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300,
                                   "id_token": self.mint(nonce=grant["nonce"])})
+
+
+def oidc_section(issuer: FakeIssuer, **extra: Any) -> dict[str, Any]:
+    """The ``oidc:`` section the tests serve with (roles and teams from groups)."""
+    return {
+        "issuer": issuer.url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "algorithms": ["RS256", "RS384", "ES256"], "leeway": 0, "jwks_min_refresh": "30s",
+        "roles": {"admin": ["platform-admins"], "team_admin": ["red-leads"], "member": ["engineering"]},
+        "teams": {"red-leads": "red", "red-devs": "red"},
+        **extra,
+    }

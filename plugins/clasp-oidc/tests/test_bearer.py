@@ -10,27 +10,19 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from oidc_issuer import CLIENT_ID, CLIENT_SECRET, FakeIssuer, new_key
 
-from clasp_gateway.testing import GatewayServer, config_from
+from clasp_gateway.testing import GatewayServer, config_from, load_module
 
-ADMIN_KEY = "static-admin-key-Vb83nQk2Lw9e"
-
-
-def oidc_section(issuer: FakeIssuer, **extra: Any) -> dict[str, Any]:
-    return {
-        "issuer": issuer.url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "algorithms": ["RS256", "RS384", "ES256"], "leeway": 0, "jwks_min_refresh": "30s",
-        "roles": {"admin": ["platform-admins"], "team_admin": ["red-leads"], "member": ["engineering"]},
-        "teams": {"red-leads": "red", "red-devs": "red"},
-        **extra,
-    }
+support = load_module(Path(__file__).with_name("oidc_issuer.py"), "clasp_oidc_test_issuer")
+ADMIN_KEY, CLIENT_ID, FakeIssuer, new_key, oidc_section = (
+    support.ADMIN_KEY, support.CLIENT_ID, support.FakeIssuer, support.new_key, support.oidc_section)
 
 
 @pytest.fixture(scope="module")

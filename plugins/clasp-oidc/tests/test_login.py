@@ -6,15 +6,17 @@ another browser, a replayed code, a forged or expired cookie, an open redirect."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from oidc_issuer import CLIENT_ID, FakeIssuer
-from test_bearer import ADMIN_KEY, oidc_section
 
-from clasp_gateway.testing import GatewayServer, config_from, free_port
+from clasp_gateway.testing import GatewayServer, config_from, free_port, load_module
+
+support = load_module(Path(__file__).with_name("oidc_issuer.py"), "clasp_oidc_test_issuer")
+ADMIN_KEY, CLIENT_ID, FakeIssuer, oidc_section = support.ADMIN_KEY, support.CLIENT_ID, support.FakeIssuer, support.oidc_section
 
 SESSION_SECRET = "s" * 20 + "-session-secret-for-tests-0123456789"
 
