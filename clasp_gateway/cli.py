@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import registrations
-from .config import Config, ConfigError, load_config, open_gateway
+from .config import Config, ConfigError, load_config, open_gateway, tls_file_problems
 from .redact import RedactingFilter, RedactingFormatter, install_redaction
 
 log = logging.getLogger("clasp")
@@ -52,6 +52,9 @@ def _load(path: str | None) -> Config:
         config = load_config(path)
         parse_state_settings(config)  # a bad state: section stops here, not in a traceback
         parse_storage_settings(config)  # idem storage:
+        missing = tls_file_problems(config.server)  # certificates where this process runs
+        if missing:
+            raise ConfigError(config.source, missing)
         return config
     except ConfigError as exc:
         print(f"clasp: {exc}", file=sys.stderr)

@@ -741,16 +741,13 @@ def open_gateway(config: Config, host: str, *, other_auth: bool = False) -> tupl
 
 def tls_cors_problems(server: ServerConfig) -> list[str]:
     """What ``server.tls`` and ``server.cors`` cannot mean: a certificate without its
-    key, files that cannot be read, client certificates without a CA to check them, and
-    a ``*`` origin with credentials (any site could act as the signed-in user)."""
+    key, client certificates without a CA to check them, and a ``*`` origin with
+    credentials (any site could act as the signed-in user). Whether the files exist on
+    this machine is :func:`tls_file_problems` (``clasp check`` and ``clasp serve``)."""
     problems: list[str] = []
     tls = server.tls
     if (tls.certfile is None) != (tls.keyfile is None):
         problems.append("server.tls: certfile and keyfile go together (the certificate and its private key)")
-    for name in ("certfile", "keyfile", "ca_certs"):
-        path = getattr(tls, name)
-        if path is not None and not os.access(path, os.R_OK):
-            problems.append(f"server.tls.{name}: cannot read {path}")
     if tls.client_cert != "none" and tls.ca_certs is None:
         problems.append(f"server.tls.client_cert: {tls.client_cert} needs server.tls.ca_certs (the CAs to trust)")
     if tls.client_cert != "none" and not tls.enabled:
@@ -769,6 +766,14 @@ def tls_cors_problems(server: ServerConfig) -> list[str]:
         except re.error as exc:
             problems.append(f"server.cors.allow_origin_regex: not a regular expression ({exc})")
     return problems
+
+
+def tls_file_problems(server: ServerConfig) -> list[str]:
+    """The ``server.tls`` files this process cannot read (checked where the gateway
+    will run, by ``clasp check`` and before ``clasp serve`` binds)."""
+    tls = server.tls
+    return [f"server.tls.{name}: cannot read {getattr(tls, name)}" for name in ("certfile", "keyfile", "ca_certs")
+            if getattr(tls, name) is not None and not os.access(getattr(tls, name), os.R_OK)]
 
 
 # --- the whole file ----------------------------------------------------------------------------

@@ -147,10 +147,23 @@ def test_tls_and_cors_mistakes_are_reported_together(tmp_path: Path) -> None:
             "cors": {"allow_origins": ["*", "https://ok.example.com/path"], "allow_credentials": True},
         }})
     text = str(raised.value)
-    for expected in ("certfile and keyfile go together", "server.tls.certfile: cannot read",
-                     "client_cert: required needs server.tls.ca_certs", "allow_credentials: true would let any web site",
-                     "server.cors.allow_origins.1: expected an origin"):
+    for expected in ("certfile and keyfile go together", "client_cert: required needs server.tls.ca_certs",
+                     "allow_credentials: true would let any web site", "server.cors.allow_origins.1: expected an origin"):
         assert expected in text, text
+
+
+def test_unreadable_certificates_stop_check_and_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clasp_gateway.cli import main
+
+    path = tmp_path / "clasp.yaml"
+    path.write_text(yaml.safe_dump({"server": {"tls": {"certfile": str(tmp_path / "missing.pem"),
+                                                       "keyfile": str(tmp_path / "missing.key")}}}))
+    for command in (["check", "--no-probe"], ["serve"]):
+        with pytest.raises(SystemExit) as raised:
+            main([*command, "-c", str(path)])
+        assert raised.value.code == 2
+        err = capsys.readouterr().err
+        assert "server.tls.certfile: cannot read" in err and "server.tls.keyfile: cannot read" in err
 
 
 def _preflight(server: GatewayServer, origin: str) -> httpx.Response:
