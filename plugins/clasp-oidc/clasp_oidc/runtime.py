@@ -59,12 +59,28 @@ class OidcRuntime:
             return principal_from(claims, self.settings)
         return self.session_principal(headers)
 
+    def _same_origin(self, headers: dict[str, str]) -> None:
+        """Refuse the cookie on a request another site's page made (cross-site request
+        forgery): ``SameSite=Lax`` already keeps it off other sites' POSTs, and this
+        also covers sibling subdomains and older browsers. A browser names the page's
+        origin in ``Origin`` (on every POST and on cross-origin fetches) and says
+        ``Sec-Fetch-Site: cross-site``; a plain navigation to the dashboard sends neither."""
+        origin = headers.get("origin")
+        public = self.settings.public_url or ""
+        expected = "/".join(public.split("/", 3)[:3])  # scheme://host[:port]
+        if origin is not None and origin != expected:
+            raise AuthenticationError(f"a session cookie is only accepted from {expected} (this request came from "
+                                      f"another origin); send a bearer token instead")
+        if headers.get("sec-fetch-site") == "cross-site":
+            raise AuthenticationError("a session cookie is not accepted on a request made by another site")
+
     def session_principal(self, headers: dict[str, str]) -> Principal | None:
         """The principal of the session cookie, or ``None`` without one (a tampered or
         expired cookie is a 401 telling the person to sign in again)."""
         value = cookie_of(headers, SESSION_COOKIE)
         if value is None or self.signer is None:
             return None
+        self._same_origin(headers)
         data = self.signer.load(SESSION_PURPOSE, value, self.clock())
         if data is None:
             raise AuthenticationError("your sign-in has expired or is invalid; sign in again at /admin/login")

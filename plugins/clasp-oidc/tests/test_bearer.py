@@ -65,6 +65,24 @@ def test_team_admin_and_member_from_groups(server: GatewayServer, issuer: FakeIs
     assert nobody.status_code == 403 and "none of their groups" in nobody.json()["error"]["message"]
 
 
+def test_an_sso_team_admin_manages_its_team_only(server: GatewayServer, issuer: FakeIssuer) -> None:
+    admin = {"x-api-key": ADMIN_KEY}
+    for team in ("red", "blue"):
+        httpx.post(server.base_url + "/admin/teams", json={"name": team}, headers=admin, timeout=10)
+    blue = httpx.post(server.base_url + "/admin/keys", json={"name": "blue bot", "team": "blue"}, headers=admin,
+                      timeout=10).json()
+    lead = issuer.mint(sub="u-bo", groups=["red-leads"])
+    created = call(server, lead, "/admin/keys", "POST", json={"name": "red bot"})
+    assert created.status_code == 201 and created.json()["team"] == "red"
+    assert call(server, lead, "/admin/keys", "POST", json={"name": "x", "team": "blue"}).status_code == 403
+    listed = call(server, lead, "/admin/keys").json()["data"]
+    assert {k["team"] for k in listed} == {"red"}
+    assert call(server, lead, f"/admin/keys/{blue['id']}").status_code == 404
+    audit = httpx.get(server.base_url + "/admin/audit", params={"target": created.json()["id"]}, headers=admin,
+                      timeout=10).json()["data"]
+    assert audit[0]["actor"]["id"] == "oidc:u-bo"
+
+
 @pytest.mark.parametrize(("case", "expect"), [
     ("expired", "expired"), ("not_yet_valid", "not valid yet"), ("wrong_audience", "audience"),
     ("wrong_issuer", "issuer"), ("alg_none", "alg 'none'"), ("hs256_public_key", "alg 'HS256'"),

@@ -83,6 +83,19 @@ def test_sign_in_sets_a_session_that_works_on_the_admin_api(server: GatewayServe
         assert client.get(server.base_url + "/admin/me").status_code == 401
 
 
+def test_the_session_works_on_the_dashboard_and_not_from_other_sites(server: GatewayServer) -> None:
+    with httpx.Client(timeout=10) as client:
+        sign_in(server, client)
+        page = client.get(server.base_url + "/admin/dashboard")
+        assert page.status_code == 200 and 'data-state="signed-in"' in page.text
+        same = client.get(server.base_url + "/admin/me", headers={"origin": server.base_url})
+        assert same.status_code == 200
+        for forged in ({"origin": "https://evil.example.com"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"}):
+            answer = client.post(server.base_url + "/admin/teams", json={"name": "pwned"}, headers=forged)
+            assert answer.status_code == 401, (forged, answer.text)
+        assert client.get(server.base_url + "/admin/teams/pwned").status_code == 404
+
+
 def test_next_lands_under_admin_only(server: GatewayServer) -> None:
     with httpx.Client(timeout=10) as client:
         assert sign_in(server, client, "/admin/reports/spend").headers["location"] == "/admin/reports/spend"
