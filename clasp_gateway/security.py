@@ -113,7 +113,8 @@ def plaintext_secrets(raw: dict[str, Any]) -> list[Finding]:
     found: list[Finding] = []
     flagged: set[str] = set()
     for path, name, value in _walk(raw, ""):
-        if name.lower() in NOT_SECRETS or not SECRET_NAMES.search(name):
+        secret_header = ".secret_headers." in f".{path}"  # every value of a secret_headers mapping
+        if not secret_header and (name.lower() in NOT_SECRETS or not SECRET_NAMES.search(name)):
             continue
         values = value if isinstance(value, list) else [value]
         for i, item in enumerate(values):

@@ -51,7 +51,8 @@ def test_plaintext_and_weak_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
         "keys": [{"key": "sk-1234", "name": "short"}, {"key": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "name": "same"},
                  {"key": "abababababababababababab", "name": "lowentropy"}, {"key": STRONG, "name": "strong",
                                                     "metadata": {"runbook": f"the old key was {PROVIDER_KEY}"}}],
-        "models": {"gpt-4o": [{"model": "openai/gpt-4o", "api_key": PROVIDER_KEY}]},
+        "models": {"gpt-4o": [{"model": "openai/gpt-4o", "api_key": PROVIDER_KEY,
+                               "secret_headers": {"X-Portkey-Key": "literal-header-secret"}}]},
     }, "--host", "127.0.0.1")
     assert status == 1
     assert "keys.0: the key 'short' is weak: shorter than" in out
@@ -60,6 +61,7 @@ def test_plaintext_and_weak_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "keys.3: the key" not in out  # strong, though written in the file:
     assert "keys.3.key: a secret is written in the file in plain text" in out
     assert "models.gpt-4o.0.api_key: a secret is written in the file in plain text" in out
+    assert "models.gpt-4o.0.secret_headers.X-Portkey-Key: a secret is written" in out
     assert "keys.3.metadata.runbook: a provider or platform key appears in the file" in out
     assert "${MY_SECRET}" in out
     for secret in (PROVIDER_KEY, STRONG, "sk-1234"):

@@ -100,6 +100,7 @@ class GatewayServer:
             uvicorn.Config(
                 self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
                 lifespan="on", loop="asyncio", timeout_graceful_shutdown=2, **tls_options(config.server),
+                proxy_headers=False,  # as `clasp serve`: forwarded headers count from server.trusted_proxies only
             )
         )
         self._thread: threading.Thread | None = None

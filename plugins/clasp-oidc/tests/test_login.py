@@ -28,10 +28,10 @@ def issuer() -> Iterator[FakeIssuer]:
     found.stop()
 
 
-def start(issuer: FakeIssuer, sqlite_url: str, **login: Any) -> GatewayServer:
+def start(issuer: FakeIssuer, sqlite_url: str, server: dict[str, Any] | None = None, **login: Any) -> GatewayServer:
     port = free_port()
     config = config_from({
-        "keys": [{"key": ADMIN_KEY, "role": "admin"}], "storage": {"url": sqlite_url},
+        "keys": [{"key": ADMIN_KEY, "role": "admin"}], "storage": {"url": sqlite_url}, "server": server or {},
         "oidc": oidc_section(issuer, login={"public_url": f"http://127.0.0.1:{port}",
                                             "session_secret": SESSION_SECRET, **login}),
     })
@@ -162,5 +162,23 @@ def test_secure_cookie_behind_a_tls_proxy(issuer: FakeIssuer, sqlite_url: str) -
         with httpx.Client(timeout=10) as client:
             first = client.get(running.base_url + "/admin/login")
             assert "Secure" in first.headers["set-cookie"]
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(("server", "forwarded", "secure"), [
+    ({"behind_https": True}, None, True),
+    ({"trusted_proxies": ["127.0.0.1"]}, "https", True),
+    ({"trusted_proxies": ["127.0.0.1"]}, "http", False),
+    ({"trusted_proxies": ["10.0.0.0/8"]}, "https", False),  # a client's own header counts for nothing
+    ({}, "https", False),
+])
+def test_secure_by_tls_proxy_settings(issuer: FakeIssuer, sqlite_url: str, server: dict[str, Any],
+                                      forwarded: str | None, secure: bool) -> None:
+    running = start(issuer, sqlite_url, server)
+    try:
+        sent = {"x-forwarded-proto": forwarded} if forwarded else {}
+        first = httpx.get(running.base_url + "/admin/login", headers=sent, timeout=10)
+        assert ("Secure" in first.headers["set-cookie"]) is secure
     finally:
         running.stop()
