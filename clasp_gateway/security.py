@@ -170,7 +170,8 @@ def audit(config: Config, host: str, *, other_auth: bool, admin_routes: bool, oi
                                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"))
     if admin_routes and public and not admin_keys and not oidc and not other_auth:
         findings.append(Finding(
-            "keys", "the admin API is served but no admin credential is configured (no admin key, no oidc:)",
+            "keys", "the admin API is served but the file gives nobody the admin role (no admin key, no oidc:); "
+            "only admin virtual keys made with `clasp keys create --role admin` could use it",
             "give one key `role: admin` (a ${ENV} reference) or configure single sign-on under oidc:", "medium"))
     return findings
 

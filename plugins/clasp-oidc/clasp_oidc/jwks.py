@@ -141,6 +141,8 @@ class Issuer:
 
     async def _fetch(self) -> None:
         self._attempted_at = self.clock()
+        if self._fetched_at is not None and self._attempted_at - self._fetched_at >= self.ttl:
+            self._metadata = None  # the discovery document ages with the keys (a moved jwks_uri)
         metadata = await self.metadata()
         document = await self.get_json(metadata["jwks_uri"])
         keys = document.get("keys")

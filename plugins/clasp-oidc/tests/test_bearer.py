@@ -178,3 +178,19 @@ def test_the_section_reports_every_mistake_at_once() -> None:
     text = str(raised.value)
     assert "oidc.issuer: must be https" in text and "oidc.client_id: required" in text
     assert "oidc.algorithms.0" in text
+
+
+def test_known_keys_outlive_an_issuer_outage(sqlite_url: str) -> None:
+    issuer = FakeIssuer().start()
+    config = config_from({"keys": [{"key": ADMIN_KEY, "role": "admin"}], "storage": {"url": sqlite_url},
+                          "oidc": oidc_section(issuer, jwks_ttl="60s")})
+    with GatewayServer(config) as running:
+        now = [time.monotonic()]
+        running.gateway.pm.get_plugin("clasp_oidc.runtime").issuer.clock = lambda: now[0]
+        token = issuer.mint()
+        assert call(running, token).status_code == 200
+        issuer.stop()
+        now[0] += 3600  # the keys are stale and the issuer is gone: the known key still verifies
+        assert call(running, token).status_code == 200
+        unknown = call(running, issuer.mint(key=new_key("k-new")))  # one we cannot fetch: never accepted
+        assert unknown.status_code == 503 and unknown.headers["retry-after"] == "5"
