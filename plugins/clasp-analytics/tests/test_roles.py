@@ -1,4 +1,4 @@
-"""Every admin route, for every role, as an attacker would try it (SQLite).
+"""Every admin route, for every role, as an attacker would try it (SQLite and PostgreSQL).
 
 The routes come from ``GET /admin/openapi.json``, so a route added later is walked too:
 without a key it must be a 401 (unless listed as public on purpose), a member may only
@@ -68,17 +68,17 @@ def headers(who: str | None) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def gw(sqlite_url: str) -> Iterator[GatewayServer]:
+def gw(database_url: str) -> Iterator[GatewayServer]:
     config = config_from({
         "keys": [{"key": KEYS["admin"], "name": "ops", "role": "admin"},
                  {"key": KEYS["red_lead"], "name": "red lead", "team": "red", "role": "team_admin"},
                  {"key": KEYS["red_dev"], "name": "red dev", "team": "red"},
                  {"key": KEYS["lone_lead"], "name": "lone lead", "role": "team_admin"}],
-        "storage": {"url": sqlite_url},
+        "storage": {"url": database_url},
         "budgets": {"limits": [{"name": "per-team", "scope": "team", "usd": 50, "period": "total"}]},
     })
     with GatewayServer(config) as server:
-        support.seed_into(sqlite_url)
+        support.seed_into(database_url)
         yield server
 
 
