@@ -231,8 +231,13 @@ def asgi_wrapper(config: Config) -> Any:
 
 
 @hookspec(firstresult=True)
-def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Any:
+def authenticate(api_key: str | None, headers: dict[str, str], config: Config, path: str) -> Any:
     """Decide who the caller is (first answer wins).
+
+    ``path`` is the request's path (``""`` when the gateway is asked outside a
+    request): a plugin may accept its credential on some routes only (clasp-oidc's
+    single sign-on identities on ``/admin/`` unless configured otherwise). An
+    implementation may leave out any argument it does not need.
 
     Return a :class:`~clasp_gateway.types.Principal` (or an awaitable of one) to
     accept, raise :class:`~clasp_gateway.errors.AuthenticationError` to refuse,

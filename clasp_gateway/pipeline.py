@@ -268,21 +268,22 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def authenticate(self, headers: dict[str, str], *, client: str | None = None) -> Principal:
+    async def authenticate(self, headers: dict[str, str], *, client: str | None = None, path: str = "") -> Principal:
         """Who is calling. ``client``: the connection's peer address; with it, an
         address that keeps failing is slowed down (429) before its key is looked at
-        (``guard.py``). Routes pass it; without it nothing is throttled."""
+        (``guard.py``). Routes pass it; without it nothing is throttled. ``path``: the
+        request's path, for plugins that accept a credential on some routes only."""
         address = self.guard.address(client, headers)
         self.guard.admit(address)
         try:
-            principal = await self._identify(headers)
+            principal = await self._identify(headers, path)
             check_expiry(principal, self.clock())  # whichever plugin authenticated it
             return principal
         except AuthenticationError:
             self.guard.failed(address)
             raise
 
-    async def _identify(self, headers: dict[str, str]) -> Principal:
+    async def _identify(self, headers: dict[str, str], path: str = "") -> Principal:
         """The principal for ``x-api-key`` or ``Authorization: Bearer`` (the
         ``authenticate`` hook decides)."""
         key = headers.get("x-api-key")
@@ -290,7 +291,8 @@ class Gateway:
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer ":
                 key = auth[7:].strip()
-        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config)
+        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config,
+                                     path=path)
         if isinstance(principal, Principal):
             return principal
         if principal is not None:
