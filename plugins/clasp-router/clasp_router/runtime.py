@@ -30,6 +30,7 @@ from clasp_gateway import (
 
 from .capability import capability_score, estimated_cost, missing, needs_from, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
+from .experiments import Experiments
 from .learning import Learner
 from .regions import allowed, restrict
 from .registry import ALIASES, LEARNED, STRATEGIES
@@ -112,6 +113,8 @@ class RouterRuntime:
         self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
         self._by_id = {d.id: d for d in self._catalogue}
         self.learner = Learner(settings.learn, self._catalogue, gateway.state, lambda: gateway.clock())
+        self.experiments: Experiments | None = None
+        """``experiments:`` (set in ``startup``; ``None`` when there are none)."""
         gateway.providers.track_rate_limits()  # headroom for single-key deployments too
 
     def headroom(self, deployment_id: str) -> float | None:
@@ -136,7 +139,8 @@ class RouterRuntime:
 
     async def _route(self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]) -> list[Deployment]:
         self.shared.maybe_refresh(d.id for d in self._catalogue)  # a background task, at most every few seconds
-        own = self.gateway.resolve_model(ctx.public_model).settings.get("router")
+        model_route = self.gateway.resolve_model(ctx.public_model)
+        own = model_route.settings.get("router")
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
         name = ctx.state.get(STRATEGY_KEY) or self.settings.strategy
@@ -152,6 +156,11 @@ class RouterRuntime:
         strategy = self.gateway.strategies.get(plan.strategy)
         if plan.strategy not in STRATEGIES and strategy is not None:  # another plugin's
             ordered = list(await await_me_maybe(strategy(ctx, ordered)) or ordered)
+            plan.order = [d.id for d in ordered]
+        if self.experiments is not None:  # a split puts the candidate first; a shadow copies in the background
+            view = ctx.state.get(VIEW_KEY)
+            needs = view.needs if isinstance(view, RouteView) else needs_of(request, ctx.hints)
+            ordered = self.experiments.apply(ctx, request, model_route.pattern, ordered, needs)
             plan.order = [d.id for d in ordered]
         ctx.state[PLAN_KEY] = plan
         return ordered
