@@ -64,7 +64,7 @@ def start_upstream() -> tuple[subprocess.Popen[str], int]:
 
 def config(upstream_port: int, redis_url: str, prefix: str, database: str) -> dict[str, Any]:
     return {
-        "server": {"log_level": "warning", "drain_seconds": 5},
+        "server": {"log_level": "info", "drain_seconds": 5},  # info: readiness is read from the log
         "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "timeout": "2s"},
         "storage": {"url": database},
         "permissions": {"enabled": False},
@@ -127,7 +127,7 @@ async def run_load(url: str, total: int, concurrency: int, kill: GatewayProcess 
                         else:
                             latencies.append((time.perf_counter() - started) * 1000)
                             firsts.append(first * 1000)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     error(type(exc).__name__)
                 done += 1
                 if kill is not None and killed_at is None and done >= total // 2:

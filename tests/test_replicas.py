@@ -105,9 +105,10 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
 class Outcome:
     """One streamed request through the load balancer, as its client saw it."""
 
-    __slots__ = ("status", "replica", "request_id", "complete", "started", "error", "text")
+    __slots__ = ("status", "replica", "request_id", "complete", "started", "error", "text", "retried")
 
     def __init__(self) -> None:
+        self.retried = False
         self.status = 0
         self.replica = ""
         self.request_id = ""
@@ -117,7 +118,21 @@ class Outcome:
         self.text = ""
 
 
+UNANSWERED = "Server disconnected without sending a response"
+"""httpx's words for a connection closed before any answer: the request was not
+processed, and a client may send it again (the SDKs do: see ``testing/balancer.py``)."""
+
+
 async def stream_one(client: httpx.AsyncClient, url: str, i: int) -> Outcome:
+    """One stream; sent again once, as the SDKs do, if its connection closed unanswered."""
+    outcome = await _stream_once(client, url, i)
+    if not outcome.started and UNANSWERED in outcome.error:
+        outcome = await _stream_once(client, url, i)
+        outcome.retried = True
+    return outcome
+
+
+async def _stream_once(client: httpx.AsyncClient, url: str, i: int) -> Outcome:
     outcome = Outcome()
     body = {"model": "m", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": f"load {i}"}]}
     try:
@@ -233,10 +248,12 @@ def kill_one_mid_load(lb: Haproxy, gateways: GatewayProcesses, database: str) ->
     assert not victim.alive() and acknowledged
     not_started = [o for o in outcomes if not o.started or o.status != 200]
     assert not_started == [], ([(o.status, o.replica, o.error) for o in not_started[:5]],
-                               lb.log_text()[-3000:])  # retried elsewhere
+                               [(o.replica, o.error, o.text) for o in outcomes if o.started and not o.complete])
     cut = [o for o in outcomes if not o.complete]
     assert all(o.replica == "r1" for o in cut), [(o.replica, o.error) for o in cut]  # only streams it had begun
     assert len(cut) <= 48
+    # Left to the client: connections closed unanswered, only by the kill (a handful at most).
+    assert sum(o.retried for o in outcomes) <= len(cut) + 4, sum(o.retried for o in outcomes)
     complete = [o for o in outcomes if o.complete]
     assert all(o.text == "streamed answer" for o in complete)
     survivors = {o.request_id for o in complete if o.replica != "r1"}

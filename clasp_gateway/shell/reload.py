@@ -221,7 +221,7 @@ class ServingApp:
         self.drain_started: float | None = None
         self._lock: asyncio.Lock | None = None
         self._echo: str | None = None
-        self._retire_tasks: set[asyncio.Task[None]] = set()
+        self._retire_tasks: set[asyncio.Task[Any]] = set()
         self._signals: dict[int, tuple[Any, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopt(self.current)
@@ -417,7 +417,7 @@ class ServingApp:
         if wait > 0:
             try:
                 await asyncio.wait_for(generation.idle.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("configuration %d still had %d request(s) after %gs; shutting it down",
                             generation.number, generation.inflight, wait)
         if generation in self.retiring:

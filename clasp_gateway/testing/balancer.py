@@ -15,9 +15,18 @@ one: on a loaded machine 300 ms timed out, and haproxy then had no server left),
 and ``retry-on conn-failure empty-response 503`` with ``option redispatch``: a request
 whose replica died before answering (refused connection, connection closed without a
 byte) or was draining (its shaped 503) is sent to another replica. A stream that had
-started is never retried (its bytes reached the client). Requests are only retried
-while haproxy still holds them (bodies up to its buffer size, 16 KiB by default:
-raise ``tune.bufsize`` for long prompts).
+started is never retried (its bytes reached the client). One case is left to the
+client: a request that arrives on a client connection that already carried one, and
+whose replica connection closes before any answer, makes haproxy close the client's
+connection without an answer (and without a log line), the HTTP/1.1 signal that the
+request was not processed and may be retried (haproxy issues #2375, #3414). The
+Anthropic and OpenAI SDKs retry it (``max_retries``, 2 by default); ``option
+http-server-close`` makes it rarer but does not remove it. ``option
+http-buffer-request``: haproxy reads the whole body before choosing a replica, without
+which a request with a body is not retried when its replica dies after receiving it
+(``SH--`` 502 in haproxy's log). Requests are only retried while haproxy holds them
+whole (bodies up to its buffer size, 16 KiB by default: raise ``tune.bufsize`` for long
+prompts, e.g. ``tune.bufsize 262144``).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ global
     timeout server 120s
     timeout http-keep-alive 10s
     timeout check 3s
+    option http-buffer-request
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response 503
