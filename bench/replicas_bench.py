@@ -13,13 +13,18 @@ load generator (aiohttp, this process) sends Anthropic streaming requests
 Phases, each ``--requests`` streams at ``--concurrency``:
 
 1. ``one_replica``: straight to one replica (no balancer): the baseline.
-2. ``three_replicas``: through haproxy (``clasp_gateway.testing.HAPROXY_CONFIG``) to three.
-3. ``three_replicas_one_killed``: the same, replica r1 SIGKILLed half-way.
+2. ``one_replica_via_haproxy``: the same replica through haproxy: ``added_latency_ms``
+   is this minus phase 1, the balancer's own cost. Phases 1 and 2 run interleaved, in
+   10 alternating slices, so a change in the machine's load falls on both.
+3. ``three_replicas``: through haproxy (``clasp_gateway.testing.HAPROXY_CONFIG``) to three
+   (``three_vs_one_latency_ms``: against phase 1; on a 2-core machine three replicas
+   mostly win CPU share from other processes, so read it as capacity, not overhead).
+4. ``three_replicas_one_killed``: the same, replica r1 SIGKILLed half-way.
 
 For each: errors (any non-200, or a stream that did not end with ``message_stop``),
 latency to the end of each stream (p50, p99, ms), time to the first byte, requests
-per second, and the replicas' RSS before and after (``VmRSS``). ``added_latency_ms``
-compares phase 2 with phase 1. The machine's load average is recorded: on a shared
+per second, and the replicas' RSS before and after (``VmRSS``, after a warm-up of
+4 x concurrency requests). The machine's load average is recorded: on a shared
 machine read the ratios, not the absolutes. Results go to ``bench/results/replicas.json``.
 """
 
@@ -144,7 +149,48 @@ async def run_load(url: str, total: int, concurrency: int, kill: GatewayProcess 
                        "mean": round(statistics.fmean(latencies), 2) if latencies else 0.0},
         "first_byte_ms": {"p50": round(percentile(firsts, 0.5), 2), "p99": round(percentile(firsts, 0.99), 2)},
         **({"killed_after_requests": killed_at} if kill is not None else {}),
+        "_latencies": latencies, "_firsts": firsts,
     }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`run_load` results as one."""
+    latencies = [x for r in runs for x in r["_latencies"]]
+    firsts = [x for r in runs for x in r["_firsts"]]
+    errors: dict[str, int] = {}
+    for r in runs:
+        for kind, n in r["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    elapsed = sum(r["elapsed_s"] for r in runs)
+    total = sum(r["requests"] for r in runs)
+    return {
+        "requests": total, "concurrency": runs[0]["concurrency"], "ok": len(latencies), "errors": errors,
+        "error_count": sum(errors.values()), "elapsed_s": round(elapsed, 2), "rps": round(total / elapsed, 1),
+        "latency_ms": {"p50": round(percentile(latencies, 0.5), 2), "p99": round(percentile(latencies, 0.99), 2),
+                       "mean": round(statistics.fmean(latencies), 2) if latencies else 0.0},
+        "first_byte_ms": {"p50": round(percentile(firsts, 0.5), 2), "p99": round(percentile(firsts, 0.99), 2)},
+    }
+
+
+def interleaved(gateway: GatewayProcess, lb_url: str, args: argparse.Namespace, rounds: int = 10) -> dict[str, Any]:
+    """One replica direct and through haproxy, alternating in ``rounds`` slices (which
+    goes first alternates too), so the machine's changing load falls on both alike."""
+    warm(gateway.base_url, args.concurrency)
+    warm(lb_url, args.concurrency)
+    before = rss_mb(gateway.pid)
+    runs: dict[str, list[dict[str, Any]]] = {"one_replica": [], "one_replica_via_haproxy": []}
+    size = max(1, args.requests // rounds)
+    for i in range(rounds):
+        order = [("one_replica", gateway.base_url), ("one_replica_via_haproxy", lb_url)]
+        for name, url in order if i % 2 == 0 else order[::-1]:
+            runs[name].append(asyncio.run(run_load(url, size, args.concurrency)))
+    results = {name: summary(found) for name, found in runs.items()}
+    for name, result in results.items():
+        result["rss_mb"] = {"before": {"r0": before}, "after": {"r0": rss_mb(gateway.pid)}}
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        result["interleaved_rounds"] = rounds
+        print(f"{name}: {json.dumps(result)}", flush=True)
+    return results
 
 
 def warm(url: str, concurrency: int) -> None:
@@ -156,6 +202,7 @@ def phase(name: str, gateways: list[GatewayProcess], url: str, args: argparse.Na
     warm(url, args.concurrency)
     before = {f"r{i}": rss_mb(g.pid) for i, g in enumerate(gateways)}
     result = asyncio.run(run_load(url, args.requests, args.concurrency, kill))
+    del result["_latencies"], result["_firsts"]
     after = {f"r{i}": rss_mb(g.pid) for i, g in enumerate(gateways)}
     result["rss_mb"] = {"before": before, "after": after}
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -178,8 +225,9 @@ def main() -> None:
         with redis_server() as redis, postgres_server() as postgres:
             with redis.namespace() as ns, postgres.database() as database:
                 cfg = config(port, ns.url, ns.prefix, database)
-                with GatewayProcesses(cfg, count=1, env=env, ready_timeout=180) as one:
-                    results["one_replica"] = phase("one_replica", list(one), one[0].base_url, args)
+                with GatewayProcesses(cfg, count=1, env=env, ready_timeout=180) as one, Haproxy([one[0].port]) as lb:
+                    lb.wait_all_up(1)
+                    results.update(interleaved(one[0], lb.base_url, args))
                 for name, kill in (("three_replicas", False), ("three_replicas_one_killed", True)):
                     with GatewayProcesses(cfg, count=3, env=env, ready_timeout=180) as three, \
                             Haproxy([g.port for g in three]) as lb:
@@ -188,8 +236,13 @@ def main() -> None:
     finally:
         upstream.terminate()
         upstream.wait(10)
-    base, lb3 = results["one_replica"]["latency_ms"], results["three_replicas"]["latency_ms"]
-    results["added_latency_ms"] = {"p50": round(lb3["p50"] - base["p50"], 2), "p99": round(lb3["p99"] - base["p99"], 2)}
+    base, lb1 = results["one_replica"]["latency_ms"], results["one_replica_via_haproxy"]["latency_ms"]
+    results["added_latency_ms"] = {"p50": round(lb1["p50"] - base["p50"], 2), "p99": round(lb1["p99"] - base["p99"], 2),
+                                   "what": "one replica through haproxy minus the same replica direct"}
+    lb3 = results["three_replicas"]["latency_ms"]
+    results["three_vs_one_latency_ms"] = {"p50": round(lb3["p50"] - base["p50"], 2),
+                                          "p99": round(lb3["p99"] - base["p99"], 2),
+                                          "what": "three replicas through haproxy minus one replica direct"}
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))

@@ -183,11 +183,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         branches = ", ".join(r.name for r in gateway.migrations) or "none"
         print(f"  storage: {gateway.database.url} (migrations: {branches})")
     status = 0
+    from .state import workers_state_problems
+
+    for problem in workers_state_problems(config, config.server.workers):  # `clasp serve` would refuse it
+        print(f"  error: {problem}")
+        status = 1
     opened = _open_gateway(config, app, args.host or config.server.host)
     if opened is not None:
         refuse, message = opened
         print(f"  {'error' if refuse else 'warning'}: {message}")
-        status = 1 if refuse else 0  # `clasp serve` would refuse this file on this address
+        status = 1 if refuse else status  # `clasp serve` would refuse this file on this address
     if args.no_probe:
         return status
     pm = app.starlette_app.state.pm

@@ -29,6 +29,11 @@ def test_memory_state_with_two_workers_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "state.backend: memory" in done.stderr and "2 workers would each have their own" in done.stderr
     assert "Started" not in done.stderr  # refused before binding
+    check = subprocess.run([sys.executable, "-m", "clasp_gateway.cli", "--config", str(path), "check", "--no-probe"],
+                           capture_output=True, text=True, timeout=120, env={"CLASP_LOAD_PLUGINS": "",
+                                                                             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                                                                             "PATH": "/usr/bin:/bin"})
+    assert check.returncode == 1 and "error: state.backend: memory" in check.stdout, check.stdout + check.stderr
 
 
 def test_error_codes_agree_whichever_worker_answers(tmp_path: Path) -> None:
