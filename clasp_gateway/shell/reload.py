@@ -221,7 +221,8 @@ class ServingApp:
         self.drain_started: float | None = None
         self._lock: asyncio.Lock | None = None
         self._echo: str | None = None
-        self._retire_tasks: set[asyncio.Task[Any]] = set()
+        self._retire_tasks: set[asyncio.Task[None]] = set()
+        self._reload_tasks: set[asyncio.Task[ReloadResult]] = set()
         self._signals: dict[int, tuple[Any, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopt(self.current)
@@ -277,10 +278,15 @@ class ServingApp:
         self._install_signals()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: uvicorn has drained the requests (or hit its deadline)
+        self.draining = True  # no reload starts from now on
         self._restore_signals()
-        for generation in list(self.retiring):
-            await self._retire(generation, wait=0.0)
-        await self.current.lifespan.shutdown()
+        async with self._lock:  # a reload under way ends first (its generation is then current)
+            for task in list(self._reload_tasks):
+                task.cancel()  # waiting for the lock: it would be refused anyway
+            for generation in list(self.retiring):
+                generation.idle.set()  # their requests were drained or cut: retire them now
+            await asyncio.gather(*self._retire_tasks, return_exceptions=True)
+            await self.current.lifespan.shutdown()
         await send({"type": "lifespan.shutdown.complete"})
 
     def _install_signals(self) -> None:
@@ -320,8 +326,8 @@ class ServingApp:
 
     def _reload_in_background(self) -> None:
         task = asyncio.ensure_future(self.reload(trigger="SIGHUP"))
-        self._retire_tasks.add(task)
-        task.add_done_callback(self._retire_tasks.discard)
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     # --- drain ---------------------------------------------------------------------------
 
