@@ -55,6 +55,9 @@ The names, by what a plugin does with them:
   skipped.
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
+- **Per-request facts** computed once and shared by plugins: :func:`input_estimate`
+  (``estimate_tokens`` of the request) and :func:`request_fingerprint`
+  (:class:`RequestFingerprint`: the prompt and conversation digests).
 - **Server tools** (``register_tools``): :class:`ToolContext`.
 - **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
 - **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
@@ -105,6 +108,7 @@ from .registrations import (
     RoutingStrategyRegistration,
     ToolRegistration,
 )
+from .request_facts import RequestFingerprint, input_estimate, request_fingerprint
 from .shaping.context import estimate_tokens, is_context_overflow
 from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
@@ -234,6 +238,8 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # per-request facts, computed once (clasp_gateway/request_facts.py)
+    "RequestFingerprint", "input_estimate", "request_fingerprint",
     # prices: what a deployment's usage cost (budgets, the ledger)
     "request_cost",
     # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)

@@ -223,6 +223,38 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
     return out
 
 
+def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[str, ...]) -> Callable[..., None]:
+    """:func:`call_each_sync` for many calls with the same implementations: resolved
+    once, then each call is a loop over plain functions (positional arguments in
+    ``argnames`` order). For ``on_stream_chunk``, whose per-chunk cost through pluggy
+    (argument lists rebuilt, wrappers looked for) is most of what a cheap
+    implementation costs. Implementations registered after this call are not seen;
+    with a hook wrapper, each call goes through :func:`call_each_sync`."""
+    impls = hook.get_hookimpls()
+    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+        def wrapped(*args: Any) -> None:
+            call_each_sync(hook, on_failure=on_failure, **dict(zip(argnames, args, strict=True)))
+
+        return wrapped
+    calls: list[tuple[str, Callable[..., Any], tuple[int, ...] | None]] = []
+    for impl in reversed(impls):  # pluggy's call order
+        wanted = tuple(impl.argnames)
+        calls.append((impl.plugin_name, impl.function,
+                      None if wanted == argnames else tuple(argnames.index(name) for name in wanted)))
+
+    def notify(*args: Any) -> None:
+        for name, function, picks in calls:
+            try:
+                if picks is None:
+                    function(*args)
+                else:
+                    function(*[args[i] for i in picks])
+            except Exception as exc:
+                on_failure(name, exc)
+
+    return notify
+
+
 def call_each_sync(hook: pluggy.HookCaller, *, on_failure: HookFailure, **kwargs: Any) -> None:
     """Call every implementation of a notification hook (results ignored, nothing
     awaited), reporting each failure to ``on_failure`` while the others still run.

@@ -108,7 +108,7 @@ async def stream_body(
     """The body of :func:`serve_stream` (an async generator of writes)."""
     status, cut = 200, True
     error: Exception | None = None
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
+    chunk_hook = gateway.chunk_notifier(ctx) if gateway.chunk_hook else None
     prepare = None if type(encoder).prepare is StreamEncoder.prepare else encoder.prepare
     encode = encoder.encode
     keepalive = encoder.keepalive
