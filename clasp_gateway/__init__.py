@@ -9,7 +9,8 @@ bundled plugins on this surface.
 
 The names, by what a plugin does with them:
 
-- **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, and for a plugin's own hooks
+- **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, :func:`skips_text_deltas` (an
+  ``on_stream_chunk`` that needs no plain text delta), and for a plugin's own hooks
   :func:`call_first` and :func:`call_each`; the :class:`Gateway` a hook or route is
   handed (``request.app.state.gateway``); the typed ``register`` callbacks of the
   ``register_*`` hooks (:class:`RegisterProvider`, :class:`RegisterRoute`...) and
@@ -84,7 +85,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
-from .plugins import await_me_maybe, call_each, call_first
+from .plugins import await_me_maybe, call_each, call_first, skips_text_deltas
 from .policy import check_model_access, inside_regions, may_use_model, region_allowed
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
@@ -194,7 +195,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # hooks and the gateway
-    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
+    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl", "skips_text_deltas",
     # typed registration callbacks (register_* hooks) and what they record
     "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",

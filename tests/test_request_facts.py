@@ -8,8 +8,15 @@ from typing import Any
 
 import pluggy
 
-from clasp_gateway import RequestContext, estimate_tokens, hookimpl, input_estimate, request_fingerprint
-from clasp_gateway.plugins import PluginManager, notifier
+from clasp_gateway import (
+    RequestContext,
+    estimate_tokens,
+    hookimpl,
+    input_estimate,
+    request_fingerprint,
+    skips_text_deltas,
+)
+from clasp_gateway.plugins import PluginManager, is_text_delta, notifier
 from clasp_gateway.request_facts import fingerprint_of
 from clasp_gateway.shell.openai_api import OpenAIEncoder
 
@@ -138,3 +145,36 @@ def test_a_cut_openai_stream_reports_the_output_it_sent_as_partial_usage() -> No
     encoder.prepare({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3}})
     reported = encoder.usage
     assert reported is not None and (reported.input_tokens, reported.output_tokens) == (10, 3)  # what it reported wins
+
+
+def test_text_deltas_are_skipped_only_when_every_implementation_says_it_needs_none() -> None:
+    class Skipper:
+        @hookimpl
+        @skips_text_deltas
+        def on_stream_chunk(self, ctx: RequestContext, chunk: Any) -> None:
+            pass
+
+    pm = PluginManager()
+    pm.register(Skipper(), name="skipper")
+    notify = notifier(pm.hook.on_stream_chunk, lambda name, exc: None, ("ctx", "chunk"))
+    assert notify.skips_text_deltas is True  # type: ignore[attr-defined]
+    pm.register(_Recorder("wants-all", []), name="wants-all")
+    notify = notifier(pm.hook.on_stream_chunk, lambda name, exc: None, ("ctx", "chunk"))
+    assert notify.skips_text_deltas is False  # type: ignore[attr-defined]
+
+
+def test_what_counts_as_a_plain_text_delta() -> None:
+    def chunk(delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": extra.pop("finish", None)}],
+                **extra}
+
+    assert is_text_delta(chunk({"content": "hi"}))
+    assert is_text_delta(chunk({"role": "assistant", "content": ""}))
+    assert is_text_delta(chunk({"reasoning_content": "hmm"}))
+    assert not is_text_delta(chunk({"content": "hi"}, finish="length"))
+    assert not is_text_delta(chunk({"content": None, "tool_calls": [{"index": 0}]}))
+    assert not is_text_delta(chunk({"content": "x"}, usage={"completion_tokens": 3}))
+    assert not is_text_delta({"choices": []}) and not is_text_delta({"usage": {"prompt_tokens": 1}})
+    two = chunk({"content": "a"})
+    two["choices"].append({"index": 1, "delta": {"content": "b"}, "finish_reason": None})
+    assert not is_text_delta(two)

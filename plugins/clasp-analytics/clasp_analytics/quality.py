@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl, request_fingerprint
+from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl, request_fingerprint, skips_text_deltas
 
 STATE_KEY = "analytics.quality"
 FINGERPRINT_PREFIX = "analytics:fp:"
@@ -70,6 +70,7 @@ class StreamInspector:
     skips the per-chunk hook entirely when nobody implements it."""
 
     @hookimpl
+    @skips_text_deltas  # finish reasons and tool calls only: text deltas need not come here
     def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
         choices = chunk.get("choices")
         if not choices:
