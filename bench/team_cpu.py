@@ -203,7 +203,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="clasp-team-cpu-"))
     upstream, port = await start_upstream(tmp)
     targets = [Target("off", "claude,fallback", "", False, tmp, port),
-               Target("team", TEAM_PLUGINS, TEAM_CONFIG, True, tmp, port)]
+               Target("team", args.team_plugins, TEAM_CONFIG if args.team_config else "", True, tmp, port)]
     if args.all:
         targets.append(Target("all", None, "", False, tmp, port))
     profiles: dict[str, cProfile.Profile] = {}
@@ -270,6 +270,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--cases", default="short,long")
     parser.add_argument("--all", action="store_true", help="also every installed plugin with the static key")
+    parser.add_argument("--team-plugins", default=TEAM_PLUGINS, help="CLASP_LOAD_PLUGINS of the team gateway "
+                        "(to see what one plugin adds: leave it out)")
+    parser.add_argument("--no-team-config", dest="team_config", action="store_false",
+                        help="the team gateway without its budgets: and limits: sections")
     parser.add_argument("--profile", metavar="DIR", help="cProfile (CPU time) per target and case into DIR")
     parser.add_argument("--output", default="", help="JSON results file")
     args = parser.parse_args()
@@ -283,7 +287,7 @@ def main() -> int:
             "load_average_before": before, "load_average_after": load_average(),
             "elapsed_s": round(time.monotonic() - t0, 1),
             "args": {k: getattr(args, k) for k in ("rounds", "batch", "warmup", "cases", "all")},
-            "team_plugins": TEAM_PLUGINS, "team_config": TEAM_CONFIG}
+            "team_plugins": args.team_plugins, "team_config": TEAM_CONFIG if args.team_config else ""}
     for case, row in results.items():
         for name, r in row.items():
             added = f"  added {r['added_ms_median']:+.3f} ms (quartiles {r['added_ms_quartiles'][0]:+.3f}.." \

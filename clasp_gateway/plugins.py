@@ -165,9 +165,11 @@ async def call_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
     error: BaseException | None = None
     try:
         for impl in plain:
-            answer = await await_me_maybe(_call(impl, kwargs))
-            if answer is not None:
-                break
+            answer = _call(impl, kwargs)
+            if answer is not None:  # (None needs no resolving: most implementations defer)
+                answer = await await_me_maybe(answer)
+                if answer is not None:
+                    break
     except BaseException as exc:  # wrappers see it (and may replace it), as in pluggy
         answer, error = None, exc
     if not wrappers:
@@ -198,7 +200,9 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
     try:
         for impl in plain:
             try:
-                result = await await_me_maybe(_call(impl, kwargs))
+                result = _call(impl, kwargs)
+                if result is not None:  # (None needs no resolving: the common bookkeeping case)
+                    result = await await_me_maybe(result)
             except Exception as exc:
                 if on_failure is None:
                     raise
