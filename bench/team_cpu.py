@@ -22,8 +22,8 @@ script measures the same difference with less noise:
   1 s flush interval writes 300 requests' rows at once; ``--batch`` is that batch).
 
 Targets: ``off`` (``CLASP_LOAD_PLUGINS=claude,fallback``: the issue's "off"), ``team``
-(claude, fallback, every clasp-budgets entry point and analytics, with ``budgets:`` and
-``limits:`` below and a virtual key), and with ``--all`` also ``all`` (every installed
+(claude, fallback, every clasp-budgets entry point and analytics, with ``team.yaml``'s
+``budgets:`` and ``limits:`` and a virtual key), and with ``--all`` also ``all`` (every installed
 plugin, the static key, no budgets or limits: what ``run_bench.py`` runs by default).
 
     .venv/bin/python bench/team_cpu.py [--rounds 15] [--batch 100] [--cases short,long] [--profile DIR]
@@ -51,15 +51,8 @@ import workload  # noqa: E402
 from run_bench import CASES, GATEWAY_KEY, UPSTREAM_KEY, base_env, clasp_config  # noqa: E402
 
 TEAM_PLUGINS = "claude,fallback,budgets_keys,budgets_limits,budgets_budgets,budgets_alerts,budgets_ledger,analytics"
-TEAM_CONFIG = """\
-budgets:
-  limits:
-    - {name: everyone, scope: global, usd: 1000000, period: monthly}
-    - {name: per-user-daily, scope: user, usd: 100000, period: daily}
-limits:
-  users: {default: {rpm: 1000000, tpm: 1000000000, max_concurrency: 1000}}
-"""
-"""Budgets and limits that apply to every request and never refuse one."""
+TEAM_CONFIG = (HERE / "team.yaml").read_text()
+"""Budgets and limits that apply to every request and never refuse one (``team.yaml``)."""
 
 
 class Target:
@@ -200,10 +193,11 @@ async def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    team_config = Path(args.team_yaml).read_text() if args.team_yaml else TEAM_CONFIG if args.team_config else ""  # noqa: ASYNC240
     tmp = Path(tempfile.mkdtemp(prefix="clasp-team-cpu-"))
     upstream, port = await start_upstream(tmp)
     targets = [Target("off", "claude,fallback", "", False, tmp, port),
-               Target("team", args.team_plugins, TEAM_CONFIG if args.team_config else "", True, tmp, port)]
+               Target("team", args.team_plugins, team_config, True, tmp, port)]
     if args.all:
         targets.append(Target("all", None, "", False, tmp, port))
     profiles: dict[str, cProfile.Profile] = {}
@@ -274,6 +268,8 @@ def main() -> int:
                         "(to see what one plugin adds: leave it out)")
     parser.add_argument("--no-team-config", dest="team_config", action="store_false",
                         help="the team gateway without its budgets: and limits: sections")
+    parser.add_argument("--team-yaml", metavar="FILE", help="the team gateway's extra configuration instead of "
+                        "team.yaml (with --team-plugins: the sections of the plugins loaded)")
     parser.add_argument("--profile", metavar="DIR", help="cProfile (CPU time of the event-loop thread: database writer threads are not in it) per target and case into DIR")
     parser.add_argument("--output", default="", help="JSON results file")
     args = parser.parse_args()
@@ -287,7 +283,8 @@ def main() -> int:
             "load_average_before": before, "load_average_after": load_average(),
             "elapsed_s": round(time.monotonic() - t0, 1),
             "args": {k: getattr(args, k) for k in ("rounds", "batch", "warmup", "cases", "all")},
-            "team_plugins": args.team_plugins, "team_config": TEAM_CONFIG if args.team_config else ""}
+            "team_plugins": args.team_plugins,
+            "team_config": args.team_yaml or ("team.yaml" if args.team_config else "")}
     for case, row in results.items():
         for name, r in row.items():
             added = f"  added {r['added_ms_median']:+.3f} ms (quartiles {r['added_ms_quartiles'][0]:+.3f}.." \
