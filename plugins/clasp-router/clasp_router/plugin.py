@@ -24,6 +24,7 @@ from clasp_gateway import (
     error_response,
     hookimpl,
     json_response,
+    skips_text_deltas,
 )
 
 from .catalogue import entry
@@ -126,6 +127,7 @@ async def _stop(app: Starlette) -> None:
 
 
 @hookimpl
+@skips_text_deltas  # finish reasons and tool calls only: text deltas need not come here
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     """The learner reads an answer's finish reason and tool calls (truncation, invalid
     tool JSON). Module level: the core decides before start-up whether anyone wants
