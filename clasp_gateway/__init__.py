@@ -48,7 +48,8 @@ The names, by what a plugin does with them:
   (:func:`has_marks`, :func:`strip_marks`, :func:`prompt_cache_key`).
 - **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
 - **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
-  SQLAlchemy async Core over ``storage:``), migrations registered as
+  SQLAlchemy async Core over ``storage:``), :class:`BulkInsert` (a background writer's
+  batch through the driver's ``executemany``), migrations registered as
   :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
   :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
@@ -145,6 +146,7 @@ from .state import (
     create_state,
     parse_state_settings,
 )
+from .storage.bulk import BulkInsert
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .storage.standalone import database_for
 from .types import (
@@ -242,7 +244,8 @@ __all__ = [
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state", "parse_state_settings",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
-    "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "BulkInsert", "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations",
+    "StorageSettings",
     "database_for", "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",
