@@ -146,8 +146,8 @@ from .state import (
     create_state,
     parse_state_settings,
 )
-from .storage.bulk import BulkInsert
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
+from .storage.bulk import BulkInsert
 from .storage.standalone import database_for
 from .types import (
     KEEPALIVE,

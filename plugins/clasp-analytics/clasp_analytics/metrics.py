@@ -17,8 +17,8 @@ shared state, so it is the same whichever worker answers.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -165,12 +165,13 @@ class GatewayMetrics:
         key_raw = event.get("key_name") if self.settings.key_label else None
         deployment = event.get("deployment")
         status = event.get("status") or 0
-        raw: tuple[Any, ...] | None = (event.get("public_model"), deployment, event.get("provider"), status, event.get("request_class"),
+        raw = (event.get("public_model"), deployment, event.get("provider"), status, event.get("request_class"),
                team_raw, key_raw)
+        remember = True
         try:
             found = self._labels.get(raw)
         except TypeError:  # an unhashable value: not remembered
-            found, raw = None, None
+            found, remember = None, False
         if found is not None:
             return found
         g = self.guard
@@ -187,7 +188,7 @@ class GatewayMetrics:
         found = _Labels(model, provider, (model, provider, cls), spend,
                         tuple((field, (*spend, direction)) for field, direction in TOKEN_DIRECTIONS),
                         _child(self.requests, tuple(labels)))
-        if raw is not None and len(self._labels) < LABEL_SETS:
+        if remember and len(self._labels) < LABEL_SETS:
             self._labels[raw] = found
         return found
 
