@@ -153,7 +153,7 @@ async def _first_of(gateway: Gateway, ctx: RequestContext, primary: Launch, hedg
     """Both in flight: the first to commit wins and the other is cancelled; a failure
     waits for the other. The primary's failure is raised when both fail."""
     assert primary.task is not None and hedge.task is not None
-    by_task = {primary.task: primary, hedge.task: hedge}
+    by_task: dict[asyncio.Future[list[Chunk]], Launch] = {primary.task: primary, hedge.task: hedge}
     pending: set[asyncio.Future[list[Chunk]]] = {primary.task, hedge.task}
     primary_error: GatewayError | None = None
     while pending:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -150,7 +149,7 @@ def deployment_status(runtime: FallbackRuntime, deployment: Deployment, view: An
         "hedges": {"started": runtime.hedger.hedges[deployment.id], "free": runtime.hedger.free_hedges[deployment.id],
                    "budget_available": round(runtime.hedger.budget.tokens.get(deployment.id, runtime.hedger.budget.burst), 2)},
         "limits": None if limits is None else {
-            **{k: v for k, v in dataclasses.asdict(limits).items() if v is not None},
+            **limits,
             "headroom": runtime.headroom(deployment.id), "skipped_at_limit": stats.limited,
         },
         "attempts": {

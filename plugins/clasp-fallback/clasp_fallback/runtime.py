@@ -18,6 +18,7 @@ in one process never share breakers, budgets or statistics. Per request it:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Generator
@@ -147,12 +148,15 @@ class FallbackRuntime:
         return None if verdict is None else verdict.headroom
 
     def ttfb_p99(self, deployment_id: str) -> float | None:
-        """The learned p99 time to first byte of streamed answers, in seconds (hedge.py)."""
-        return self.hedger.p99(deployment_id)
+        """The learned p99 time to first byte in seconds (hedge.py): of streamed
+        answers, else (none measured yet) of whole ones."""
+        found = self.hedger.p99(deployment_id, True)
+        return found if found is not None else self.hedger.p99(deployment_id, False)
 
-    def limits_of(self, deployment_id: str) -> Limits | None:
-        """A deployment's own ``limits:``, if any."""
-        return self.deployment_limits.get(deployment_id)
+    def limits_of(self, deployment_id: str) -> dict[str, int] | None:
+        """A deployment's own ``limits:`` (the ones set: rpm, tpm, rpd, max_concurrency), if any."""
+        found = self.deployment_limits.get(deployment_id)
+        return None if found is None else {k: v for k, v in dataclasses.asdict(found).items() if v is not None}
 
     # --- per request --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ events, the ledger and the budget); hedges obey regions and their budget."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,7 +36,16 @@ def trio() -> Iterator[tuple[FakeUpstream, FakeUpstream, FakeUpstream]]:
         yield a, b, c
 
 
+def settled(gw: Any, count: int = 1) -> None:
+    """Wait for ``count`` request events (recorded as an answer's last bytes go out)."""
+    deadline = time.monotonic() + 5
+    while len(gw.events.kind("request")) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(gw.events.kind("request")) >= count
+
+
 def assert_hedged(gw: Any, response: httpx.Response | None = None) -> None:
+    settled(gw)
     if response is not None:
         assert response.headers["x-clasp-deployment"] == "secondary"
         assert response.headers["x-clasp-hedged"] == "secondary"
@@ -96,6 +106,7 @@ def test_a_slow_primary_that_answers_first_wins_and_the_hedge_is_cancelled(
         gw.events.items.clear()
         response = gw.chat(stream=stream)
         assert gw.text(response) == "from primary" and response.headers["x-clasp-deployment"] == "primary"
+        settled(gw)
         attempts = gw.events.kind("attempt")
         assert sorted(a["deployment"] for a in attempts) == ["primary", "secondary"]
         hedge = next(a for a in attempts if a["deployment"] == "secondary")
@@ -113,6 +124,7 @@ def test_both_failing_is_still_a_clear_failure(serve: Callable[..., Any], kit: A
     response = gw.chat()
     assert response.status_code in (502, 503, 529), response.text
     assert response.json()["error"]["message"]
+    settled(gw)
     attempts = gw.events.kind("attempt")
     assert sorted(a["deployment"] for a in attempts) == ["primary", "secondary"]  # each once: no second try of the hedge
 
@@ -134,6 +146,7 @@ def test_a_spent_hedge_budget_waits_for_the_timeout(serve: Callable[..., Any], k
                fallback={"hedge": {"initial_delay": 0.1, "floor": 0.05, "budget": {"ratio": 0, "burst": 0}},
                          "retry": {"attempts": 0}})
     assert gw.text(gw.chat()) == "from secondary"
+    settled(gw)
     attempts = gw.events.kind("attempt")
     assert [a["deployment"] for a in attempts] == ["primary", "secondary"]
     assert "no answer within" in attempts[0]["error"]  # the plain fallback, after the timeout
@@ -145,6 +158,7 @@ def test_hedging_can_be_turned_off(serve: Callable[..., Any], kit: Any, trio: tu
     gw = serve([kit.deployment(primary.base_url, "primary", timeouts=fast), dep(kit, secondary, "secondary")],
                fallback={"hedge": {"enabled": False, "initial_delay": 0.1}, "retry": {"attempts": 0}})
     assert gw.text(gw.chat()) == "from secondary"
+    settled(gw)
     assert "no answer within" in gw.events.kind("attempt")[0]["error"]
 
 

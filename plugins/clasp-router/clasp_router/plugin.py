@@ -7,7 +7,6 @@ never share measurements).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -117,5 +116,5 @@ async def catalogue(request: Request) -> Response:
         limits = own(d.id) if callable(own) else None
         rows.append(entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id), runtime.headroom(d.id),
                           ttfb_p99_s=p99(d.id) if callable(p99) else None,
-                          limits=dataclasses.asdict(limits) if dataclasses.is_dataclass(limits) else None))
+                          limits=limits if isinstance(limits, dict) else None))
     return json_response({"strategy": runtime.settings.strategy, "deployments": rows})
