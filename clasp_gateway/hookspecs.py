@@ -273,8 +273,8 @@ def hedge_delay(ctx: RequestContext, deployment: Deployment, attempt_number: int
     """An attempt on ``deployment`` is starting: return the seconds after which, if it
     has not committed (no first byte), the pipeline starts the next candidate in
     parallel (a hedge) and keeps whichever commits first, or ``None`` for no hedge.
-    Called for the first attempt on a deployment only, never for a hedge itself (at
-    most one hedge per attempt). The hedge candidate passes every check a fallback
+    Called for the first attempt on a deployment that has a candidate after it, never
+    for a hedge itself (at most one hedge per attempt). The hedge candidate passes every check a fallback
     passes (regions, permissions, ``before_attempt``: breakers, limits, budgets). May
     return an awaitable. First answer wins."""
 

@@ -366,6 +366,7 @@ class Gateway:
         candidates = inside_regions(ctx, plan.candidates)  # context fallbacks are candidates too
         overflow_retried = False
         last_error: GatewayError | None = None
+        ctx.state.pop(HEDGED, None)  # hedges are per round (a server-tool loop has several)
         for position, deployment in enumerate(candidates):
             if deployment.id in ctx.state.get(HEDGED, ()):
                 continue  # already tried beside an earlier candidate (a hedge)
@@ -388,8 +389,8 @@ class Gateway:
                 try:
                     launch = self._launch(ctx, deployment, attempt, fitted, stream)
                     chunks = launch.chunks
-                    delay = await call_first(self.pm.hook.hedge_delay, ctx=ctx, deployment=deployment,
-                                             attempt_number=number) if number == 1 else None
+                    delay = await call_first(self.pm.hook.hedge_delay, ctx=ctx, deployment=deployment, attempt_number=number
+                                             ) if number == 1 and position + 1 < len(candidates) else None
                     if delay is None:
                         held = await self._commit(deployment, chunks)
                     else:  # hedged first byte (hedging.py): the first of two attempts to commit
