@@ -6,8 +6,8 @@ byte), :func:`race` starts the next candidate beside it and keeps whichever comm
 first. The other is cancelled cleanly: its task cancelled, its upstream stream closed
 (which closes the connection), and its attempt ended with the input tokens it was sent
 (:func:`cancelled_usage`: a provider bills a prompt it received, so budgets and the
-ledger must count it) and an error of kind ``timeout`` (a primary that lost: it was
-late) or ``cancelled`` (a hedge that lost: it was only late to start).
+ledger must count it) and an error of kind ``slow`` (a primary that lost: no first
+byte by its hedge delay) or ``cancelled`` (a hedge that lost: it was only late to start).
 
 Bookkeeping stays exactly once per attempt: every attempt that ends here, won or lost,
 goes through ``after_attempt`` here, except the one handed back (the caller streams it
@@ -221,7 +221,7 @@ async def _lose(gateway: Gateway, ctx: RequestContext, loser: Launch, *, winner:
     if loser is primary:
         attempt.error = UpstreamError(
             f"{loser.deployment.id}: no first byte after {waited:.0f} ms; the hedge on {winner.deployment.id} "
-            "answered first (cancelled)", upstream_status=0, deployment=loser.deployment.id, kind="timeout")
+            "answered first (cancelled)", upstream_status=0, deployment=loser.deployment.id, kind="slow")
     else:
         attempt.error = UpstreamError(
             f"{loser.deployment.id}: hedge cancelled after {waited:.0f} ms; {winner.deployment.id} answered first",

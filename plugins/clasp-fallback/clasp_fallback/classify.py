@@ -91,7 +91,7 @@ def classify(error: BaseException | None) -> Failure | None:
 
 
 def _classify_upstream(error: UpstreamError) -> Failure:
-    if error.kind == "timeout":
+    if error.kind in ("timeout", "slow"):  # slow: no first byte by its hedge delay, and a hedge answered
         return Failure("timeout", "timeout")
     if error.kind == "cancelled":
         return Failure("cancelled", "")

@@ -10,8 +10,11 @@ deployment (:class:`HedgeBudget`) that earns ``ratio`` of a hedge per first atte
 up to ``burst``, so hedges stay within ``ratio`` extra upstream calls on healthy
 traffic, where about 1% of attempts pass their p99.
 
-A deployment whose last attempt ended without a first byte (it lost a hedge race, or
-timed out) is *suspect* until it answers again: hedging away from it is free, because
+Until a deployment's latency is learned, losing a race says nothing (slow and hung look
+the same after ``initial_delay``): it neither counts against its breaker nor makes it
+suspect, and hedges away from it come out of the budget; its first-byte timeout still
+counts. Once learned, a deployment whose last attempt ended without a first byte (it
+lost a hedge race, or timed out) is *suspect* until it answers again: hedging away from it is free, because
 its call was lost anyway (without hedging the request would have made the same two
 calls, the second after the timeout). This is what keeps a hanging deployment's added
 latency at the hedge delay for every request in flight before its breaker opens,

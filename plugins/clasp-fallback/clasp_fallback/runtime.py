@@ -331,11 +331,18 @@ class FallbackRuntime:
             probe = True
             state.probes.discard(dep.id)
         healthy = failure is None or not failure.counts_against_deployment
-        self.hedger.observe(ctx, attempt, timed_out=failure is not None and failure.kind == "timeout")
         if isinstance(state, RequestState) and state.slots.get(dep.id):
             usage = attempt.usage
             used = usage.input_tokens + usage.output_tokens + usage.cache_read_input_tokens if usage else None
             await self._free_slot(state, dep.id, used)
+        if (not probe and getattr(attempt.error, "kind", None) == "slow"
+                and self.hedger.p99(dep.id, ctx.client_stream) is None):
+            # Lost a hedge race before its latency was learned (it waited initial_delay):
+            # slow or hung cannot be told apart yet, so it says nothing of its health.
+            # (A probe that lost still fails its probe: the breaker stays open.)
+            self.stats.attempt_ended(dep.id, ok=False, counts=False, ttfb=None, error=None)
+            return
+        self.hedger.observe(ctx, attempt, timed_out=failure is not None and failure.kind == "timeout")
         rest_for = 0.0
         r = self.settings.retry_for(dep.id)
         if (

@@ -244,3 +244,31 @@ def test_a_hedge_counts_against_the_budget_and_lands_in_the_ledger(
     assert spy.reserved_at_loss is not None and spy.reserved_at_loss >= one_worst + lost["input_tokens"] * 1e-6 * 0.99
     # Settled: both attempts, the cancelled one's prompt included.
     assert spy.spent == pytest.approx(lost["cost_usd"] + won["cost_usd"])
+
+
+def test_a_race_lost_before_the_latency_is_learned_says_nothing_and_after_it_counts(
+    serve: Callable[..., Any], kit: Any, trio: tuple[FakeUpstream, ...],
+) -> None:
+    primary, secondary, _ = trio
+    hang = [True]
+    primary.script = lambda body, rec: Hang() if hang[0] else Text("from primary")
+    gw = serve([dep(kit, primary, "primary"), dep(kit, secondary, "secondary")],
+               fallback={"hedge": {"initial_delay": 0.2, "floor": 0.1, "min_samples": 3}})
+    assert gw.text(gw.chat()) == "from secondary"
+    settled(gw)
+    cold = gw.status()["by_id"]["primary"]
+    assert cold["breaker"]["consecutive_failures"] == 0  # slow or hung: not known yet
+    hang[0] = False
+    for _ in range(3):
+        assert gw.text(gw.chat()) == "from primary"
+    assert gw.status()["by_id"]["primary"]["latency_ms"]["ttfb_p99"] is not None
+    hang[0] = True
+    assert gw.text(gw.chat()) == "from secondary"
+    settled(gw, 5)
+    warm = gw.status()["by_id"]["primary"]
+    assert warm["breaker"]["consecutive_failures"] == 1  # learned: late past its p99 is a failure
+    assert warm["hedges"]["started"] == 2
+    # Now suspect: the next hedge away from it is free (no budget spent).
+    assert gw.text(gw.chat()) == "from secondary"
+    settled(gw, 6)
+    assert gw.status()["by_id"]["primary"]["hedges"]["free"] == 1
