@@ -157,7 +157,7 @@ def serve(mode: str, args: argparse.Namespace) -> None:
             "server": {"log_level": "error"},
             "models": {"chain": [deployment(primary_base, "primary"), deployment(secondary.base_url, "secondary")]},
             "fallback": {"breaker": {"failures": args.failures, "cooldown": args.cooldown, "max_cooldown": args.cooldown},
-                         "hedge": {"enabled": args.hedge == "on", "floor": args.floor,
+                         "hedge": {"enabled": args.hedge == "on", "floor": args.floor, "cold_losses": args.cold_losses,
                                    **({"initial_delay": args.initial_delay} if args.initial_delay else {})}},
         })
         with GatewayServer(config) as gateway:
@@ -169,7 +169,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> Result:
     """Start a child serving ``mode``, drive it, read the primary's counters."""
     command = [sys.executable, __file__, "--serve", mode, "--cooldown", str(args.cooldown),
                "--failures", str(args.failures), "--first-byte", str(args.first_byte), "--hedge", args.hedge,
-               "--warmup", str(args.warmup), "--floor", str(args.floor), "--initial-delay", str(args.initial_delay or 0)]
+               "--warmup", str(args.warmup), "--floor", str(args.floor), "--initial-delay", str(args.initial_delay or 0),
+               "--cold-losses", args.cold_losses]
     if args.ttfb:
         command += ["--ttfb", args.ttfb]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0, help="healthy requests before the primary fails")
     parser.add_argument("--floor", type=float, default=0.5, help="fallback.hedge.floor, seconds")
     parser.add_argument("--initial-delay", type=float, default=0.0, help="fallback.hedge.initial_delay (0: default)")
+    parser.add_argument("--cold-losses", choices=["ignore", "count"], default="ignore", help="fallback.hedge.cold_losses")
     parser.add_argument("--ttfb", help="MEDIAN_S:SIGMA log-normal first-byte delay of both fakes")
     parser.add_argument("--serve", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--modes", nargs="*", default=[m for m in MODES if m != "healthy"], choices=[m for m in MODES if m != "healthy"])
@@ -218,7 +220,7 @@ def main() -> None:
 
     print(f"{args.requests} requests per mode at {args.rate:g}/s; breaker: {args.failures} failures, "
           f"{args.cooldown:g}s cooldown; first-byte timeout {args.first_byte:g}s; retry: 1 per deployment (defaults); "
-          f"hedge {args.hedge} (floor {args.floor:g}s); warm-up {args.warmup}; ttfb {args.ttfb or 'none'}\n")
+          f"hedge {args.hedge} (floor {args.floor:g}s, cold losses {args.cold_losses}); warm-up {args.warmup}; ttfb {args.ttfb or 'none'}\n")
     baseline = run_mode("healthy", args)
     rows = [baseline] + [run_mode(m, args) for m in args.modes]
     print("| primary fails with | success | p50 ms | p99 ms | added p50 | added p99 | primary calls | before open "

@@ -10,10 +10,10 @@ deployment (:class:`HedgeBudget`) that earns ``ratio`` of a hedge per first atte
 up to ``burst``, so hedges stay within ``ratio`` extra upstream calls on healthy
 traffic, where about 1% of attempts pass their p99.
 
-Until a deployment's latency is learned, losing a race says nothing (slow and hung look
-the same after ``initial_delay``): it neither counts against its breaker nor makes it
-suspect, and hedges away from it come out of the budget; its first-byte timeout still
-counts. Once learned, a deployment whose last attempt ended without a first byte (it
+Until a deployment's latency is learned, losing a race says nothing by default (slow and
+hung look the same after ``initial_delay``; ``cold_losses: count`` says otherwise): it
+neither counts against its breaker nor makes it suspect, and hedges away from it come
+out of the budget; its first-byte timeout still counts. Once learned, a deployment whose last attempt ended without a first byte (it
 lost a hedge race, or timed out) is *suspect* until it answers again: hedging away from it is free, because
 its call was lost anyway (without hedging the request would have made the same two
 calls, the second after the timeout). This is what keeps a hanging deployment's added
@@ -47,6 +47,11 @@ class HedgeSettings:
     initial_delay: float = 1.0
     """The delay used until ``min_samples`` successful attempts were measured."""
     min_samples: int = 20
+    cold_losses: str = "ignore"
+    """A race lost before ``min_samples``: ``ignore`` (says nothing of the deployment's
+    health: never starves a deployment merely slower than ``initial_delay``) or
+    ``count`` (a failure, and the deployment is suspect: a new deployment that hangs
+    costs ``initial_delay`` per request instead of the first-byte timeout)."""
     alpha: float = 0.05
     """Weight of the newest sample in the moving mean and variance (~ the last 40)."""
     ratio: float = 0.05

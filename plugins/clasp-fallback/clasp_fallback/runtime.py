@@ -335,7 +335,7 @@ class FallbackRuntime:
             usage = attempt.usage
             used = usage.input_tokens + usage.output_tokens + usage.cache_read_input_tokens if usage else None
             await self._free_slot(state, dep.id, used)
-        if (not probe and getattr(attempt.error, "kind", None) == "slow"
+        if (not probe and getattr(attempt.error, "kind", None) == "slow" and self.settings.hedge.cold_losses == "ignore"
                 and self.hedger.p99(dep.id, ctx.client_stream) is None):
             # Lost a hedge race before its latency was learned (it waited initial_delay):
             # slow or hung cannot be told apart yet, so it says nothing of its health.

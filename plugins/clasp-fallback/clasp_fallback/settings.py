@@ -234,6 +234,7 @@ HEDGE = Section({
     "floor": Duration(minimum=0.01),
     "initial_delay": Duration(minimum=0.01),
     "min_samples": Integer(1),
+    "cold_losses": Choice("ignore", "count"),
     "alpha": Number(above=0, maximum=1),
     "budget": Section({
         "ratio": Field(Number(0, maximum=1), _HG.ratio),
@@ -313,6 +314,7 @@ def parse_settings(
         enabled=_HG.enabled if h["enabled"] is None else h["enabled"],
         quantile=h["quantile"] or _HG.quantile, floor=h["floor"] or _HG.floor,
         initial_delay=h["initial_delay"] or _HG.initial_delay, min_samples=h["min_samples"] or _HG.min_samples,
+        cold_losses=h["cold_losses"] or _HG.cold_losses,
         alpha=h["alpha"] or _HG.alpha, ratio=h["budget"]["ratio"], burst=h["budget"]["burst"],
     )
     settings = FallbackSettings(

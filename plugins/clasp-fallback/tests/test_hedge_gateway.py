@@ -272,3 +272,14 @@ def test_a_race_lost_before_the_latency_is_learned_says_nothing_and_after_it_cou
     assert gw.text(gw.chat()) == "from secondary"
     settled(gw, 6)
     assert gw.status()["by_id"]["primary"]["hedges"]["free"] == 1
+
+
+def test_cold_losses_may_be_counted(serve: Callable[..., Any], kit: Any, trio: tuple[FakeUpstream, ...]) -> None:
+    primary, secondary, _ = trio
+    gw = serve([dep(kit, primary, "primary"), dep(kit, secondary, "secondary")],
+               fallback={"hedge": {"initial_delay": 0.2, "floor": 0.1, "cold_losses": "count"}})
+    for done in (1, 2):
+        assert gw.text(gw.chat()) == "from secondary"
+        settled(gw, done)
+    status = gw.status()["by_id"]["primary"]
+    assert status["breaker"]["consecutive_failures"] == 2 and status["hedges"]["free"] == 1  # suspect after the first
