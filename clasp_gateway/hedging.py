@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import GatewayError, UpstreamError
 from .plugins import call_each, call_first
@@ -59,7 +59,7 @@ class Launch:
 
 Starter = Callable[[Deployment], Awaitable["Launch | None"]]
 """Opens an attempt on a deployment (or ``None`` when it was skipped)."""
-Committer = Callable[[Deployment, AsyncIterator[Chunk]], Awaitable[list[Chunk]]]
+Committer = Callable[[Deployment, AsyncIterator[Chunk]], Coroutine[Any, Any, list[Chunk]]]
 """Reads a stream up to its commit point within the first-byte timeout."""
 
 
