@@ -27,7 +27,6 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
-import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
@@ -149,7 +148,7 @@ def test_compose_wires_three_replicas_behind_haproxy_on_redis_and_postgres() -> 
     for service in services.values():
         for name in service.get("secrets", []):
             assert name in compose["secrets"], name
-        for key, value in (service.get("environment") or {}).items():
+        for key in service.get("environment") or {}:
             assert not re.search(r"(PASSWORD|KEY|TOKEN|SECRET)$", key) or key.endswith("_FILE"), key
     for definition in list(compose["secrets"].values()) + list(compose["configs"].values()):
         path = (DEPLOY / definition["file"]).resolve()
@@ -298,7 +297,9 @@ def test_the_container_config_passes_clasp_check(tmp_path: Path) -> None:
     where the containers mount them (here: a temporary directory)."""
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    values = {"redis_url": "redis://127.0.0.1:6379/15", "database_url": f"sqlite:///{tmp_path / 'clasp.db'}"}
+    password = "pw-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+    values = {"redis_url": f"redis://:{password}@127.0.0.1:6379/15",
+              "database_url": f"postgresql://clasp:{password}@127.0.0.1:5432/clasp"}
     for name in SECRET_REFS:
         (secrets / name).write_text(values.get(name, f"{name}-0123456789abcdef0123456789abcdef"))
     config = tmp_path / "clasp.yaml"
@@ -308,5 +309,6 @@ def test_the_container_config_passes_clasp_check(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "clasp"), "check", "--no-probe", "--config", str(config)], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
     for name in SECRET_REFS:
         assert (secrets / name).read_text() not in result.stdout + result.stderr, f"{name} was printed"

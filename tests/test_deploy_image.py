@@ -54,6 +54,20 @@ def _builder() -> dict[str, Any]:
     return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
 
 
+def _interpreter() -> str:
+    """A Python 3.11+ the build's user may run: the system's (as the image's
+    ``python:3.11-slim`` has it at /usr/local/bin) when the tests run as root, whose own
+    interpreter may live under /root; else the one running the tests."""
+    candidates = ["/usr/local/bin/python3", "/usr/bin/python3"] if os.geteuid() == 0 else []
+    for candidate in [*candidates, os.path.join(sys.base_prefix, "bin", "python3")]:
+        if os.path.exists(candidate):
+            check = subprocess.run([candidate, "-c", "import sys, venv, ensurepip; assert sys.version_info >= (3, 11)"],
+                                   capture_output=True, timeout=30, **_builder())
+            if check.returncode == 0:
+                return candidate
+    raise AssertionError("no Python 3.11+ with venv that a non-root user may run (apt-get install python3-venv)")
+
+
 def _chown(path: Path, uid: int, gid: int) -> None:
     for directory, dirnames, filenames in os.walk(path):
         os.chown(directory, uid, gid, follow_symlinks=False)
@@ -102,7 +116,7 @@ def image() -> Iterator[Image]:
             _chown(root, builder["user"], builder["group"])
         env = {key: value for key, value in os.environ.items() if key.startswith("PIP_")}
         env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-                    "PYTHON": os.path.join(sys.base_prefix, "bin", "python3"),
+                    "PYTHON": _interpreter(),
                     "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         started = time.monotonic()
         result = subprocess.run(["sh", "deploy/image/build.sh", str(prefix)], cwd=context, env=env,

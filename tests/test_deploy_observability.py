@@ -34,7 +34,7 @@ ADMIN_KEY = "deploy-observability-admin-key-0123456789"
 
 PROMETHEUS_LABELS = {"job", "instance"}
 """Labels Prometheus adds to every scraped series."""
-BUILTIN_SERIES = {"up": set()}
+BUILTIN_SERIES: dict[str, set[str]] = {"up": set()}
 """Series Prometheus itself writes for each target."""
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$job": "clasp-gateway",
                      "$model": "gpt-4o", "$team": "platform"}
@@ -169,7 +169,7 @@ def _selectors(expression: str) -> list[tuple[str, list[str]]]:
     def visit(node: Any) -> None:
         if isinstance(node, promql_parser.VectorSelector):
             matchers = [m.name for m in node.matchers.matchers if m.name != "__name__"]
-            found.append((node.name, matchers))
+            found.append((node.name or "", matchers))
 
     promql_parser.walk(tree, visit)
     return found
