@@ -238,7 +238,9 @@ def test_the_gateway_runs_from_the_image_as_a_user(image: Image, container: dict
                           headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}) as response:
             assert response.status_code == 200, response.read()
             events = response.read().decode()
-        assert "hello from the image" in events and "event: message_stop" in events
+        text = "".join(json.loads(line[6:])["delta"].get("text", "") for line in events.splitlines()
+                       if line.startswith("data: ") and '"content_block_delta"' in line)
+        assert text == "hello from the image" and "event: message_stop" in events, events
         refused = httpx.get(base + "/metrics", timeout=10)
         assert refused.status_code == 401
         metrics = httpx.get(base + "/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30)
