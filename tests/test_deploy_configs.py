@@ -201,8 +201,9 @@ def test_haproxy_accepts_its_configuration() -> None:
 def test_haproxy_retries_only_what_never_reached_a_replica() -> None:
     text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     retry = re.search(r"^\s*retry-on (.+?)(?:\s+#.*)?$", text, re.M)
-    assert retry and set(retry.group(1).split()) == {"conn-failure", "empty-response"}
-    assert "option redispatch" in text and "http-check send meth GET uri /ready" in text
+    assert retry and set(retry.group(1).split()) == {"conn-failure", "empty-response", "503"}
+    assert "option redispatch" in text and "option http-buffer-request" in text
+    assert "http-check send meth GET uri /ready" in text
     assert "shutdown-sessions" not in re.sub(r"#.*", "", text), "a draining replica's streams must finish"
 
 
