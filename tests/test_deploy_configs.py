@@ -295,21 +295,23 @@ def _drain_seconds() -> float:
 
 def test_the_container_config_passes_clasp_check(tmp_path: Path) -> None:
     """Every section validates with every installed plugin, its secrets written as files
-    where the containers mount them (here: a temporary directory)."""
+    where the containers mount them (here: a temporary directory), and the security
+    audit finds nothing (no open gateway, plaintext secret, weak key or TLS gap)."""
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     password = "pw-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
     values = {"redis_url": f"redis://:{password}@127.0.0.1:6379/15",
               "database_url": f"postgresql://clasp:{password}@127.0.0.1:5432/clasp"}
     for name in SECRET_REFS:
-        (secrets / name).write_text(values.get(name, f"{name}-0123456789abcdef0123456789abcdef"))
+        (secrets / name).write_text(values.get(name, f"clasp-{os.urandom(32).hex()}"))  # as generate.sh makes them
     config = tmp_path / "clasp.yaml"
     config.write_text(CONFIG.replace("file:/run/secrets/", f"file:{secrets}/"))
     env = {k: v for k, v in os.environ.items() if k != "CLASP_LOAD_PLUGINS"}
     env.update({"CLASP_DATA_DIR": str(tmp_path / "data"), "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
-    result = subprocess.run([str(BIN / "clasp"), "check", "--no-probe", "--config", str(config)], capture_output=True,
+    result = subprocess.run([str(BIN / "clasp"), "check", "--security", "--config", str(config)], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert ": valid" in result.stdout and "security: no findings" in result.stdout, result.stdout
     assert password not in result.stdout + result.stderr
     for name in SECRET_REFS:
         assert (secrets / name).read_text() not in result.stdout + result.stderr, f"{name} was printed"
