@@ -313,8 +313,11 @@ def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     """Called for every canonical chunk sent to the client (and for the chunks a
     whole, non-streaming answer is assembled from, so a cache sees them). Keep it cheap; it is
-    only called when at least one plugin implements it. An exception is logged (once
-    per request) and counted; the stream goes on."""
+    only called when at least one plugin implements it. An implementation that needs no
+    plain text delta (it reads finish reasons, tool calls, usage) says so with
+    ``@skips_text_deltas`` under ``@hookimpl``: when every implementation does, streams
+    do not call the hook for text deltas at all. An exception is logged (once per
+    request) and counted; the stream goes on."""
 
 
 @hookspec
