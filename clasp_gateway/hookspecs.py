@@ -325,7 +325,10 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     """Receive events: ``kind: "attempt"`` after every upstream attempt, ``kind:
     "tool_call"`` after every server tool call (name, duration_ms, ok), ``kind:
     "context_summary"`` after the gateway summarised a conversation that did not fit
-    (usage, cost), and one ``kind: "request"`` per request that reached the pipeline,
+    (usage, cost), ``kind: "feedback"`` when a plugin stored a client's feedback on an
+    earlier request (clasp-analytics' ``POST /v1/feedback``: ``request_id``, ``score``,
+    ``metrics``, ``deployment``...; ``ctx`` is then a minimal context for that request
+    id, not a request being served), and one ``kind: "request"`` per request that reached the pipeline,
     after the answer ended (complete, failed before any upstream answered, or cut),
     with key, team, usage, cost (``None`` when the deployment's prices could not be
     applied), status, latency and attempts. ``attempt`` and ``request`` events carry

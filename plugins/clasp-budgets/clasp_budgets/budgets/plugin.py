@@ -23,6 +23,7 @@ from clasp_gateway import (
 
 from .admin import create_budget, delete_budget, list_budgets, update_budget
 from .costs import load_tokenizers
+from .remaining import BudgetRemaining
 from .reservations import Reservations
 from .runtime import BudgetRuntime, StreamMeter, rebuild_spend
 from .settings import parse_settings
@@ -83,6 +84,7 @@ async def startup(app: Any, config: Config) -> None:
     stored = DatabaseBudgets(gateway.database, gateway.state)
     runtime = BudgetRuntime(gateway, settings, reservations, stored)
     app.state.clasp_budgets = runtime
+    app.state.budget_remaining = BudgetRemaining(runtime)  # read by routers (clasp-router's cheapest-capable)
     gateway.pm.register(runtime, name=RUNTIME)
     metered = gateway.state.shared
     if metered:  # leases' charges need the streamed text (see StreamMeter)
@@ -119,6 +121,9 @@ async def shutdown(app: Any) -> None:
     for name in (RUNTIME, METER):
         if gateway.pm.has_plugin(name):
             gateway.pm.unregister(name=name)
+    remaining = getattr(app.state, "budget_remaining", None)
+    if remaining is not None:
+        await remaining.close()
     if runtime is not None:
         await runtime.stored.close()
         await runtime.reservations.close()
