@@ -233,8 +233,9 @@ class GatewayMetrics:
             if saved:
                 _child(self.cache_saved, (model,)).inc(saved)
         self._observe_moves(model, event.get("attempts") or [])
+        status = event.get("status") or 0
         if status in BUDGET_STATUSES and str(event.get("error") or "").startswith(BUDGET_ERROR):
-            _child(self.budget_exhausted, (model, team) if team is not None else (model,)).inc()
+            _child(self.budget_exhausted, spend[:1] + spend[2:]).inc()  # (model[, team])
         if event.get("cut"):
             _child(self.cut, (model, provider)).inc()
 
