@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import JSON, Table
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only by a gateway that uses a database
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class BulkInsert:
@@ -36,6 +38,8 @@ class BulkInsert:
     __slots__ = ("columns", "table", "ignore_conflicts", "_sql", "_get", "_json")
 
     def __init__(self, table: Table, *, ignore_conflicts: bool = False) -> None:
+        from sqlalchemy import JSON
+
         self.table = table
         self.ignore_conflicts = ignore_conflicts
         self.columns: tuple[str, ...] = tuple(c.name for c in table.columns)
