@@ -98,6 +98,7 @@ class LedgerWriter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._begin = begin
+        self.dialect = dialect  # informative: the statements follow each connection's own dialect
         # Built once: each batch is one driver executemany per table (no per-row
         # SQLAlchemy parameter processing: most of the writer's CPU otherwise).
         self._requests = BulkInsert(REQUESTS, ignore_conflicts=True)
