@@ -26,6 +26,7 @@ from .params import MODEL_PARAMS
 from .ratelimits import parse_rate_limits
 from .reads import ERROR_BODY_BYTES
 from .upstream import KeyRefused, error_message, parse_retry_after, rotate_keys
+from ..content_log import describe_error
 
 log = logging.getLogger("clasp.providers")
 
@@ -94,7 +95,7 @@ def _litellm_error(exc: BaseException, deployment: Deployment) -> UpstreamError:
     message; LiteLLM's internals (class names, tracebacks) only go to the log."""
     label = deployment.id
     status = getattr(exc, "status_code", None)
-    log.info("%s: LiteLLM call failed: %s: %s", label, type(exc).__name__, exc)
+    log.info("%s: LiteLLM call failed: %s", label, describe_error(exc))
     name = type(exc).__name__
     if name in ("Timeout", "APITimeoutError") or status == 408:
         return UpstreamError(f"{label}: the provider did not answer in time", upstream_status=0, deployment=label,

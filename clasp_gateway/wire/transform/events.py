@@ -15,6 +15,7 @@ from ...types import Chunk
 from ..litellm_adapter import clean_error_text
 from .convert import stream_object_to_chunk
 from .recipe import Prepared
+from ...content_log import describe_error
 
 log = logging.getLogger("clasp.transform")
 
@@ -86,7 +87,7 @@ class EventReader:
             obj = self._parse(parsed_event)
         except Exception as exc:  # LiteLLM parsers raise their own exception types
             code = getattr(exc, "status_code", None)
-            log.info("%s: cannot read a stream event: %s: %s", label, type(exc).__name__, exc)
+            log.info("%s: cannot read a stream event: %s", label, describe_error(exc))
             raise UpstreamError(
                 f"{label}: cannot read a stream event: {clean_error_text(exc) or 'not a valid event'}",
                 upstream_status=code if isinstance(code, int) and code >= 400 else 502,
