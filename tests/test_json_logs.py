@@ -23,9 +23,9 @@ def test_every_line_of_a_real_run_is_one_json_object(fake_upstream: FakeUpstream
         headers = {"x-api-key": GATEWAY_KEY}
         ok = httpx.post(gateway.base_url + "/v1/chat/completions", headers=headers,
                         json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
-        refused = httpx.post(gateway.base_url + "/v1/messages", headers={"x-api-key": "wrong-key-123456"},
-                             json={"model": "gpt-4o", "max_tokens": 5, "messages": []})
-        invalid = httpx.post(gateway.base_url + "/v1/messages", headers=headers, content=b"{not json")
+        refused = httpx.post(gateway.base_url + "/v1/chat/completions", headers={"x-api-key": "wrong-key-123456"},
+                             json={"model": "gpt-4o", "messages": []})
+        invalid = httpx.post(gateway.base_url + "/v1/chat/completions", headers=headers, content=b"{not json")
         assert (ok.status_code, refused.status_code, invalid.status_code) == (200, 401, 400)
         gateway.stop()
         text = gateway.log_text()

@@ -21,6 +21,12 @@ from clasp_gateway.testing import GATEWAY_KEY, StartGateway
 ADMIN_KEY = "clasp-admin-key-0123456789"
 
 
+@pytest.fixture(autouse=True)
+def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the test's store (the installed plugins' stores have tests of their own)."""
+    monkeypatch.setenv("CLASP_LOAD_PLUGINS", "")
+
+
 class Rows:
     """A data store kept in a list: (ts, key_id, team)."""
 

@@ -98,8 +98,13 @@ def test_a_manager_reference_without_its_backend_is_unresolved_not_a_literal() -
 def test_urls_and_literals_are_not_backend_references() -> None:
     assert is_backend_reference("postgresql://u:p@h/db") is None
     assert is_backend_reference("file:/run/secrets/x") is None
-    assert is_backend_reference("sk-abc:def") is None  # (a literal key: not a lower-case scheme)
+    assert is_backend_reference("Bearer:abc") is None  # (not a lower-case scheme)
     assert is_backend_reference("vault:secret/a#b") == ("vault", "secret/a#b")
+
+
+def test_a_literal_with_a_colon_stays_a_literal() -> None:
+    config = parse_config({"models": models("sk-abc:def-123456")}, secret_backends={})
+    assert config.deployments()[0].keys[0].value == "sk-abc:def-123456"
 
 
 def test_env_and_file_stay_built_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

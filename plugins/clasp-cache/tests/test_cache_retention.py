@@ -51,6 +51,7 @@ def test_cached_answers_go_by_team_and_by_age(fake_upstream: FakeUpstream, cache
         runtime = server.gateway.pm.get_plugin("cache.runtime")
         clock = FakeClock(time.time())
         runtime.clock = runtime.backend.clock = clock
+        server.gateway.pm.get_plugin("clasp_gateway.retention").clock = clock  # one clock for "before"
         alpha, beta = KEYS[0]["key"], KEYS[1]["key"]
         cached(server, "one", alpha)
         cached(server, "two", alpha)

@@ -73,7 +73,8 @@ def test_a_trusted_deployment_still_gets_it(fake_upstream: FakeUpstream, second:
 
 
 def test_self_hosted_providers_are_trusted_unless_marked(fake_upstream: FakeUpstream, start_gateway: StartGateway) -> None:
-    local = {"model": "hosted_vllm/qwen", "id": "vllm", "api_base": fake_upstream.base_url + "/v1"}
+    local = {"model": "hosted_vllm/qwen", "id": "vllm", "api_base": fake_upstream.base_url,
+             "api_key": "sk-local-1234567890"}
     gateway = start_gateway({"models": {"*": [local]}, "credential_guard": {}}, plugins=[clasp_credential_guard])
     assert messages(gateway, {**ASK, "messages": [{"role": "user", "content": PEM}]}).status_code == 200
 

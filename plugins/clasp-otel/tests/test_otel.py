@@ -78,8 +78,8 @@ def test_a_new_trace_without_incoming_and_errors_marked(fake_upstream: FakeUpstr
     server, exporter = traced({"models": {"*": [dep(fake_upstream, "only")]}, "otel": {"exporter": "none"}})
     try:
         fake_upstream.queue(Error(400))
-        answer = httpx.post(server.base_url + "/v1/messages", headers=server.headers,
-                            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+        answer = httpx.post(server.base_url + "/v1/chat/completions", headers=server.headers,
+                            json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
         assert answer.status_code == 400
         missing = httpx.get(server.base_url + "/nope")
         assert missing.status_code == 404

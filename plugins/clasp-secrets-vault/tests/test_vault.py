@@ -88,7 +88,7 @@ def test_approle_login_and_the_ttl_cache(vault: Any) -> None:
     clock.now += 61  # the cache expires; the token (lease 100 s, renewed at 90) still holds
     backend.resolve("secret/llm/openai#api_key")
     assert vault.reads() == 3 and len([m for m, _, _ in vault.requests if m == "POST"]) == 1
-    clock.now += 30  # past 90% of the lease: log in again
+    clock.now += 61  # the cache again, and past 90% of the token's lease: log in again
     backend.resolve("secret/llm/openai#api_key")
     assert len([m for m, _, _ in vault.requests if m == "POST"]) == 2
     vault.tokens.clear()  # the token revoked: one new login, then the read
