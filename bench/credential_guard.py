@@ -5,7 +5,10 @@ The benchmark's 21 KB Claude Code request (``workload.py``, OpenAI-shaped as the
 gateway sees it after conversion) is scanned with :func:`clasp_credential_guard.locate`
 the way ``before_call`` does; three variants:
 
-- ``clean``: nothing found, the whole request is scanned (the common case);
+- ``whole_request_as_text``: the whole 21 KB request (tool definitions included) as one
+  message's text, scanned end to end (nothing found): the upper bound per request;
+- ``clean``: the request's messages (what the guard scans: tool definitions come from
+  the client's harness, not the conversation), nothing found;
 - ``pem_last``: a PEM key in the last message (found after scanning everything else);
 - ``pem_first``: a PEM key in the first user message (early exit).
 
@@ -62,6 +65,8 @@ def main() -> None:
     first = copy.deepcopy(clean)
     index = next(i for i, m in enumerate(first["messages"]) if m["role"] == "user")
     first["messages"][index] = {"role": "user", "content": PEM}
+    whole = json.dumps(workload.anthropic_request("m"))  # the whole 21 KB request as text, tools included
+    big = {"messages": [{"role": "user", "content": whole}]}
     kinds = frozenset(KINDS)
     assert locate(clean, "openai", kinds) is None
     assert locate(last, "openai", kinds) is not None and locate(first, "openai", kinds) is not None
@@ -70,6 +75,8 @@ def main() -> None:
     exempt = RequestContext("req", "openai", "gpt-4o", False, principal=Principal("k", team="exempt"))
     results = {
         "request_bytes": size,
+        "whole_request_bytes": len(whole),
+        "whole_request_as_text_us": per_call(lambda: locate(big, "openai", kinds), args.iterations, args.rounds) * 1e6,
         "clean_us": per_call(lambda: locate(clean, "openai", kinds), args.iterations, args.rounds) * 1e6,
         "pem_last_us": per_call(lambda: locate(last, "openai", kinds), args.iterations, args.rounds) * 1e6,
         "pem_first_us": per_call(lambda: locate(first, "openai", kinds), args.iterations, args.rounds) * 1e6,

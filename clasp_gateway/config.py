@@ -38,9 +38,9 @@ import yaml
 from .classes import BACKGROUND_MAX_TOKENS, LONG_CONTEXT_TOKENS
 from .content_log import LOGGING
 from .redact import register_secret
+from .registrations import RegistrationError, config_sections, sections_declared_by
 from .retention import RETENTION
 from .secrets import KNOWN_MANAGERS, SecretBackendRegistration, SecretBackends, is_backend_reference
-from .registrations import RegistrationError, config_sections, sections_declared_by
 from .types import Deployment, KeyPolicy, Secret, Timeouts
 from .validation import (
     Anything,

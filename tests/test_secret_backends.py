@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from clasp_gateway import ConfigError, Reference, Section, SecretLookupError, String, hookimpl, parse_config, redact
+from clasp_gateway import ConfigError, Reference, SecretLookupError, Section, String, hookimpl, parse_config, redact
 from clasp_gateway.plugins import PluginManager
 from clasp_gateway.secrets import is_backend_reference, registered_backends
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..canonical import completion_to_chunk
+from ..content_log import describe_error
 from ..errors import UpstreamError
 from ..redact import redact
 from ..types import CanonicalRequest, Chunk, Deployment
@@ -26,7 +27,6 @@ from .params import MODEL_PARAMS
 from .ratelimits import parse_rate_limits
 from .reads import ERROR_BODY_BYTES
 from .upstream import KeyRefused, error_message, parse_retry_after, rotate_keys
-from ..content_log import describe_error
 
 log = logging.getLogger("clasp.providers")
 

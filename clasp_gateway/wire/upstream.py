@@ -39,8 +39,8 @@ from yarl import URL
 
 from ..errors import UpstreamError
 from ..redact import redact
-from ..types import Deployment
 from ..tracing import upstream_headers
+from ..types import Deployment
 from .credentials import KEY_FAILURES, Credentials, KeyPool, KeySlot
 from .ratelimits import RateLimitState, parse_rate_limits
 from .reads import ERROR_BODY_BYTES, FrameTooLarge, ReadLimits, network_reads, read_body, read_error_body, too_large

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from ...canonical import completion_to_chunk
+from ...content_log import describe_error
 from ...errors import ConfigurationError, UpstreamError
 from ...redact import redact
 from ...types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
@@ -21,7 +22,6 @@ from ..upstream import Upstream, UpstreamRequest, error_message
 from .events import EventReader
 from .families import recipe_for
 from .recipe import WARM_UP, Prepared, Recipe, litellm_provider
-from ...content_log import describe_error
 
 log = logging.getLogger("clasp.transform")
 

@@ -9,13 +9,13 @@ import secrets
 import time
 from typing import Any
 
+from ...content_log import describe_error
 from ...errors import UpstreamError
 from ...redact import redact
 from ...types import Chunk
 from ..litellm_adapter import clean_error_text
 from .convert import stream_object_to_chunk
 from .recipe import Prepared
-from ...content_log import describe_error
 
 log = logging.getLogger("clasp.transform")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import clasp_credential_guard
 import httpx
 import pytest
 
-import clasp_credential_guard
 from clasp_gateway import ConfigError
 from clasp_gateway.testing import FakeUpstream, StartGateway
 

@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from clasp_gateway import Duration, Field, Number, Reference, Section, SecretLookupError, String, register_secret
+from clasp_gateway import Duration, Field, Number, Reference, SecretLookupError, Section, String, register_secret
 
 SETTINGS = Section({
     "address": String(pattern=r"https?://\S+", expected="an http:// or https:// URL"),
