@@ -140,9 +140,13 @@ class SecretBackends:
         if self._registrations is None:
             from .plugins import PluginManager
 
-            pm = PluginManager()
-            pm.load()
-            self._registrations = registered_backends(pm)
+            try:
+                pm = PluginManager()
+                pm.load()
+                self._registrations = registered_backends(pm)
+            except RuntimeError as exc:  # a plugin that fails to load: `clasp serve` says which
+                log.warning("secret backends of installed plugins unavailable: %s", exc)
+                self._registrations = {}
         return self._registrations
 
     def check(self, resolve: Callable[[Any], Any], problems: list[str]) -> None:

@@ -27,6 +27,16 @@ def async_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+asyncpg://", 1).replace("sqlite:///", "sqlite+aiosqlite:///", 1)
 
 
+def started_round(server: GatewayServer) -> None:
+    """Wait for the retention round the gateway runs at start-up (so it cannot run later,
+    in the middle of the test)."""
+    job = server.gateway.pm.get_plugin("clasp_gateway.retention")
+    deadline = time.monotonic() + 10
+    while job.rounds < 1:
+        assert time.monotonic() < deadline, "no retention round at start-up"
+        time.sleep(0.01)
+
+
 def run(url: str, *statements: Any) -> list[list[dict[str, Any]]]:
     async def go() -> list[list[dict[str, Any]]]:
         engine = create_async_engine(async_url(url))
@@ -59,6 +69,7 @@ def test_deletion_on_demand_and_by_age(database_url: str, tmp_path: Any) -> None
         })
         server = GatewayServer(config).start()
         try:
+            started_round(server)
             for key in (QA, QA, ML):
                 answer = httpx.post(server.base_url + "/v1/chat/completions", headers={"x-api-key": key},
                                     json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -96,6 +107,7 @@ def test_only_one_replica_deletes_at_a_time_on_postgresql(postgres_url: str, tmp
     server = GatewayServer(config).start()
     url = server.base_url + "/admin/data/retention"
     try:
+        started_round(server)
         run(postgres_url, insert(REQUESTS).values(old_rows(3, time.time() - 40 * 86400)))
 
         async def while_another_replica_holds_the_lock() -> Any:
