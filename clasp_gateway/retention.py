@@ -347,7 +347,13 @@ async def retention_endpoint(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc, "anthropic", request.scope.get("state", {}).get("request_id"))
     job: Retention = request.app.state.pm.get_plugin("clasp_gateway.retention")
-    counts = await job.run_once(request.app.state.gateway, force=True)
+    try:
+        counts = await job.run_once(request.app.state.gateway, force=True)
+    except Exception as exc:  # the database unreachable: say so, shaped
+        log.error("retention: the round failed: %s: %s", type(exc).__name__, exc)
+        error = GatewayError(f"the retention round failed ({type(exc).__name__}); see the gateway log", status=503,
+                             error_type="api_error")
+        return error_response(error, "anthropic", request.scope.get("state", {}).get("request_id"))
     audit.info("retention round run by admin:%s -> %s", principal.name or principal.key_id, counts)
     return json_response({"deleted": counts})
 
