@@ -30,7 +30,8 @@ The names, by what a plugin does with them:
   routes under ``/admin/``, whose docstrings make ``GET /admin/openapi.json``), the
   key's model allowlist (:func:`may_use_model`, :func:`check_model_access`), residency (:func:`region_allowed`, :func:`inside_regions`), :func:`read_json`,
   :func:`request_headers`, :func:`json_response`, :func:`error_response`,
-  :func:`note_access`, :func:`status_of`, :func:`check_message_count`, the served
+  :func:`note_access`, :func:`status_of`, whether the client came over https
+  (:func:`is_https`: cookies' ``Secure`` flag), :func:`check_message_count`, the served
   model names (:func:`served_models`, :func:`describe_model`), and :func:`serve_stream`
   with a :class:`StreamEncoder` to stream an answer in one's own API format (an
   :class:`EventStreamResponse`).
@@ -114,12 +115,21 @@ from .registrations import (
 from .retention import DataSelection, DataStoreRegistration, RegisterDataStore, delete_data
 from .secrets import RegisterSecretBackend, SecretBackend, SecretBackendRegistration, SecretLookupError
 from .shaping.context import estimate_tokens, is_context_overflow
+from .shaping.long_answers import CONTINUED_HEADER, REWRITTEN_KEY
 from .shaping.schema import clean_schema
 from .shaping.server_tools import ToolContext
 from .shaping.tokens import count_canonical, encoding_for_model, get_encoding, tiktoken_cache_dir
 from .shell.access import note as note_access
 from .shell.admin import require_role
-from .shell.http import EventStreamResponse, authenticate, error_response, json_response, read_json, request_headers
+from .shell.http import (
+    EventStreamResponse,
+    authenticate,
+    error_response,
+    is_https,
+    json_response,
+    read_json,
+    request_headers,
+)
 from .shell.limits import MAX_OUTPUT_TOKENS, check_message_count
 from .shell.openai_api import list_models as list_openai_models
 from .shell.openai_api import retrieve_model as retrieve_openai_model
@@ -220,7 +230,7 @@ __all__ = [
     "resolve_secret",
     # routes
     "MAX_OUTPUT_TOKENS", "EventStreamResponse", "ServedModel", "StreamEncoder", "authenticate", "check_message_count", "created_timestamps",
-    "describe_model", "error_response", "json_response", "list_openai_models", "note_access", "read_json",
+    "describe_model", "error_response", "is_https", "json_response", "list_openai_models", "note_access", "read_json",
     "check_model_access", "inside_regions", "may_use_model", "region_allowed", "request_headers", "require_role", "retrieve_openai_model", "serve_stream", "served_models", "status_of",
     # providers: the call helper and LiteLLM's knowledge
     "EventReader", "FrameTooLarge", "NDJSONDecoder", "ProbeResult", "ProviderAdapter", "ProviderProfile", "Providers",
@@ -248,6 +258,8 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # long answers (shaping/long_answers.py): a body the gateway wrote, the header saying so
+    "CONTINUED_HEADER", "REWRITTEN_KEY",
     # prices: what a deployment's usage cost (budgets, the ledger)
     "request_cost",
     # prices and the data dir: LiteLLM's price map, a newer one installed over it (clasp prices update)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import registrations
-from .config import Config, ConfigError, load_config, open_gateway
+from .config import Config, ConfigError, load_config, open_gateway, tls_file_problems
 
 log = logging.getLogger("clasp")
 
@@ -40,6 +40,9 @@ def _load(path: str | None) -> Config:
         config = load_config(path)
         parse_state_settings(config)  # a bad state: section stops here, not in a traceback
         parse_storage_settings(config)  # idem storage:
+        missing = tls_file_problems(config.server)  # certificates where this process runs
+        if missing:
+            raise ConfigError(config.source, missing)
         return config
     except ConfigError as exc:
         print(f"clasp: {exc}", file=sys.stderr)
@@ -101,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
     from .shell.server import uvicorn_options
+    from .shell.tls import scheme, tls_options
 
     app = _validated_app(config)  # before binding: a bad file never logs "listening"
     opened = _open_gateway(config, app, host)
@@ -113,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "host": host, "port": port, "log_config": None, "access_log": False, "lifespan": "on",
         **uvicorn_options(config.server),  # header/body/send timeouts, connection and request caps
+        **tls_options(config.server),  # server.tls: https, client certificates
     }
     try:
         import uvloop  # noqa: F401
@@ -128,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # without state:, one SQLite file for all workers; plugins' per-run set-up (prepare_workers)
             uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
         return 0
-    log.info("listening on http://%s:%d", host, port)
+    log.info("listening on %s://%s:%d", scheme(config.server), host, port)
     uvicorn.run(app, **options)
     return 0
 
@@ -163,6 +168,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         refuse, message = opened
         print(f"  {'error' if refuse else 'warning'}: {message}")
         status = 1 if refuse else 0  # `clasp serve` would refuse this file on this address
+    if args.security:
+        return _security(config, app, args.host or config.server.host) or status
     if args.no_probe:
         return status
     pm = app.starlette_app.state.pm
@@ -176,6 +183,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not line.ok:
             failed += 1
     return 1 if failed or status else 0
+
+
+def _security(config: Config, app: Any, host: str) -> int:
+    """``clasp check --security``: print every finding (what, where, how to fix); 1 if any."""
+    from .security import audit
+    from .shell.admin import ADMIN_PREFIX
+
+    pm = app.starlette_app.state.pm
+    other_auth = any(impl.plugin_name != "clasp_gateway.defaults" for impl in pm.hook.authenticate.get_hookimpls())
+    admin_routes = any(r.path.startswith(ADMIN_PREFIX) for r in registrations.routes(pm))
+    findings = audit(config, host, other_auth=other_auth, admin_routes=admin_routes,
+                     oidc=config.raw.get("oidc") is not None)
+    if not findings:
+        print(f"  security: no findings (served on {host})")
+        return 0
+    print(f"  security: {len(findings)} finding(s) (served on {host}):")
+    for finding in findings:
+        print("  " + str(finding).replace("\n", "\n  "))
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--no-probe", action="store_true", help="only validate the file")
     check.add_argument("--timeout", type=float, default=10.0)
     check.add_argument("--host", help="the address `clasp serve` will listen on (default: server.host)")
+    check.add_argument("--security", action="store_true",
+                       help="audit the file for security problems (open gateway, plaintext secrets, weak keys, "
+                            "TLS, CORS, debug logging) instead of probing; exit 1 on findings")
     check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", help="list loaded plugins and their hooks", parents=[common])
     plugins.set_defaults(func=cmd_plugins)
@@ -224,15 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm = PluginManager()
             pm.load()
-            found = next((r for r in registrations.commands(pm) if r.name == command), None)
+            assert at is not None
+            known = registrations.commands(pm)
+            # A two-word command ("report experiment") first, then the one-word one.
+            words = 2 if at + 1 < len(argv) else 1
+            found = next((r for r in known if r.name == f"{command} {argv[at + 1]}"), None) if words == 2 else None
+            if found is None:
+                words = 1
+                found = next((r for r in known if r.name == command), None)
         except RuntimeError as exc:  # a plugin that fails to load or registers badly: say which
             print(f"clasp: {exc}", file=sys.stderr)
             return 2
         if found is not None:
-            assert at is not None
             top = argparse.ArgumentParser(add_help=False, parents=[common])
             config = getattr(top.parse_known_args(argv[:at])[0], "config", None)
-            return int(found.function(argv[at + 1:], config or os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
+            return int(found.function(argv[at + words:], config or os.environ.get("CLASP_CONFIG", "clasp.yaml")) or 0)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None

@@ -120,6 +120,44 @@ class ServerTimeouts:
 
 
 @dataclass(slots=True)
+class TlsConfig:
+    """``server.tls``: serve https (and optionally require client certificates)."""
+
+    certfile: str | None = None
+    """PEM certificate chain; with ``keyfile``, the gateway serves https only."""
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    """A secret reference (``${ENV}``, ``file:``) when the key file is encrypted."""
+    ca_certs: str | None = None
+    """PEM bundle of the CAs whose client certificates are accepted (mutual TLS)."""
+    client_cert: str = "none"
+    """``none``, ``optional`` (verified when sent) or ``required`` (needs ``ca_certs``)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
+@dataclass(slots=True)
+class CorsConfig:
+    """``server.cors``: which browser origins may call the gateway (off unless listed)."""
+
+    allow_origins: list[str] = field(default_factory=list)
+    allow_origin_regex: str | None = None
+    allow_methods: list[str] = field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = field(default_factory=lambda: [
+        "authorization", "x-api-key", "content-type", "anthropic-version", "anthropic-beta"])
+    expose_headers: list[str] = field(default_factory=lambda: ["request-id", "retry-after"])
+    allow_credentials: bool = False
+    """Cookies and client certificates on cross-origin calls; never with a ``*`` origin."""
+    max_age: int = 600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow_origins or self.allow_origin_regex)
+
+
+@dataclass(slots=True)
 class ServerConfig:
     """``server:``. Every size, time and concurrency limit has a finite default."""
 
@@ -149,6 +187,11 @@ class ServerConfig:
     auth_failures_per_minute: int = 30
     """Failed key attempts per client address per minute before it is slowed down (429)."""
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    behind_https: bool = False
+    """Clients reach the gateway over https through a TLS-terminating proxy: cookies
+    are marked ``Secure`` even though the gateway itself speaks plain http."""
 
 
 @dataclass(slots=True)
@@ -267,12 +310,13 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 # --- the core's schema -----------------------------------------------------------------------
 
 CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions",
-                 "storage", "secrets", "logging", "retention")
-"""Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
-``classes``, ``secrets`` (the options of secret backends, :mod:`.secrets`) and
-``logging`` (content logging, :mod:`.content_log`) and ``retention`` (:mod:`.retention`) here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
-``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions` and ``storage`` in
-:mod:`.storage`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
+                 "storage", "long_answers", "secrets", "logging", "retention")
+"""Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models``,
+``classes``, ``secrets`` (the options of secret backends, :mod:`.secrets`), ``logging``
+(content logging, :mod:`.content_log`) and ``retention`` (:mod:`.retention`) here;
+``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
+``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions`, ``storage`` in
+:mod:`.storage` and ``long_answers`` in :mod:`.shaping.long_answers`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
 
 
@@ -305,6 +349,20 @@ SERVER = Section({
     "auth_failures_per_minute": Integer(1),
     "timeouts": Section({name: Number(above=0) for name in ("header", "body", "keep_alive", "send")},
                         into=ServerTimeouts),
+    "tls": Section({
+        "certfile": String(non_empty=True), "keyfile": String(non_empty=True), "keyfile_password": Reference(),
+        "ca_certs": String(non_empty=True), "client_cert": Choice("none", "optional", "required"),
+    }, into=TlsConfig),
+    "cors": Section({
+        "allow_origins": ListOf(String(non_empty=True), single=True),
+        "allow_origin_regex": String(non_empty=True),
+        "allow_methods": ListOf(String(non_empty=True), single=True),
+        "allow_headers": ListOf(String(non_empty=True), single=True),
+        "expose_headers": ListOf(String(non_empty=True), single=True),
+        "allow_credentials": Boolean(),
+        "max_age": Integer(0, 86400),
+    }, into=CorsConfig),
+    "behind_https": Boolean(),
 }, into=ServerConfig)
 """``server:`` (defaults: :class:`ServerConfig`)."""
 
@@ -714,6 +772,43 @@ def open_gateway(config: Config, host: str, *, other_auth: bool = False) -> tupl
                   "or set `server.allow_unauthenticated: true` to serve it open on purpose")
 
 
+def tls_cors_problems(server: ServerConfig) -> list[str]:
+    """What ``server.tls`` and ``server.cors`` cannot mean: a certificate without its
+    key, client certificates without a CA to check them, and a ``*`` origin with
+    credentials (any site could act as the signed-in user). Whether the files exist on
+    this machine is :func:`tls_file_problems` (``clasp check`` and ``clasp serve``)."""
+    problems: list[str] = []
+    tls = server.tls
+    if (tls.certfile is None) != (tls.keyfile is None):
+        problems.append("server.tls: certfile and keyfile go together (the certificate and its private key)")
+    if tls.client_cert != "none" and tls.ca_certs is None:
+        problems.append(f"server.tls.client_cert: {tls.client_cert} needs server.tls.ca_certs (the CAs to trust)")
+    if tls.client_cert != "none" and not tls.enabled:
+        problems.append("server.tls.client_cert: needs certfile and keyfile (client certificates are a TLS feature)")
+    cors = server.cors
+    if "*" in cors.allow_origins and cors.allow_credentials:
+        problems.append("server.cors: allow_origins ['*'] with allow_credentials: true would let any web site call "
+                        "the gateway as the signed-in user; list the origins instead")
+    for i, origin in enumerate(cors.allow_origins):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            problems.append(f"server.cors.allow_origins.{i}: expected an origin such as https://app.example.com "
+                            f"(scheme and host, no path), got {origin!r}")
+    if cors.allow_origin_regex is not None:
+        try:
+            re.compile(cors.allow_origin_regex)
+        except re.error as exc:
+            problems.append(f"server.cors.allow_origin_regex: not a regular expression ({exc})")
+    return problems
+
+
+def tls_file_problems(server: ServerConfig) -> list[str]:
+    """The ``server.tls`` files this process cannot read (checked where the gateway
+    will run, by ``clasp check`` and before ``clasp serve`` binds)."""
+    tls = server.tls
+    return [f"server.tls.{name}: cannot read {getattr(tls, name)}" for name in ("certfile", "keyfile", "ca_certs")
+            if getattr(tls, name) is not None and not os.access(getattr(tls, name), os.R_OK)]
+
+
 # --- the whole file ----------------------------------------------------------------------------
 
 
@@ -745,6 +840,8 @@ def parse_config(data: Any, source: str = "clasp.yaml", *,
     if raw_secrets:
         _backends.check(_builtin_secret, problems)
     server = SERVER.parse(data.get("server"), "server", problems)
+    if isinstance(server, ServerConfig):
+        problems += tls_cors_problems(server)
     LOGGING.parse(data.get("logging"), "logging", problems)
     RETENTION.parse(data.get("retention"), "retention", problems)
     paths = PLUGINS.parse(data.get("plugins"), "plugins", problems)["paths"]

@@ -91,7 +91,9 @@ def register_routing_strategies(register: RegisterRoutingStrategy) -> None:
 def register_commands(register: RegisterCommand) -> None:
     """Add ``clasp`` CLI sub-commands: ``register(name, function, help="")`` where
     ``function(argv: list[str], config_path: str) -> int``. Names are unique across
-    plugins (:class:`~clasp_gateway.registrations.CommandRegistration`)."""
+    plugins (:class:`~clasp_gateway.registrations.CommandRegistration`). A two-word
+    name (``"report experiment"``) adds a sub-command beside another plugin's command:
+    ``clasp report experiment X`` runs it with ``["X"]``, before ``report`` is asked."""
 
 
 @hookspec
@@ -262,8 +264,13 @@ def asgi_wrapper(config: Config) -> Any:
 
 
 @hookspec(firstresult=True)
-def authenticate(api_key: str | None, headers: dict[str, str], config: Config) -> Any:
+def authenticate(api_key: str | None, headers: dict[str, str], config: Config, path: str) -> Any:
     """Decide who the caller is (first answer wins).
+
+    ``path`` is the request's path (``""`` when the gateway is asked outside a
+    request): a plugin may accept its credential on some routes only (clasp-oidc's
+    single sign-on identities on ``/admin/`` unless configured otherwise). An
+    implementation may leave out any argument it does not need.
 
     Return a :class:`~clasp_gateway.types.Principal` (or an awaitable of one) to
     accept, raise :class:`~clasp_gateway.errors.AuthenticationError` to refuse,
@@ -368,8 +375,9 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     map: ``pipeline.request_cost``), ``cache_hit`` (``"exact"|"semantic"|"stale"`` or
     ``None``) and ``saved_usd`` (what the hit saved); how: ``latency_ms``, ``ttfb_ms``,
     ``attempts`` (a list: deployment, ok, error, ms), ``retries`` (attempts on the
-    same deployment as the one before), ``fallbacks`` (attempts on another one);
-    when: ``started_at`` (unix seconds the request started) and ``time`` (when it
+    same deployment as the one before), ``fallbacks`` (attempts on another one),
+    ``continued`` (extra calls that continued a long answer, ``long_answers:``; the
+    cost is then the sum of the attempts' costs); when: ``started_at`` (unix seconds the request started) and ``time`` (when it
     ended). The ``attempt`` event: ``request_id``, ``attempt`` (1, 2, ... in order),
     ``public_model``, ``request_class``, ``deployment``, ``provider``, ``model``,
     ``region``, ``ok``, ``error``, ``upstream_status``, ``ms``, ``ttfb_ms``, ``usage``

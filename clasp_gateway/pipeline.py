@@ -40,6 +40,7 @@ from .errors import AuthenticationError, GatewayError, NotFoundError, Overloaded
 from .plugins import PluginManager, call_each, call_each_sync, call_first
 from .policy import admit, check_expiry, inside_regions
 from .shaping.context import ContextManager, is_context_overflow, overflow_error
+from .shaping.long_answers import CONTINUED_KEY, PRICED_BY_ATTEMPTS, LongAnswers, with_room
 from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
 from .shaping.textcalls import filter_text_calls, text_call_names
@@ -208,6 +209,8 @@ class Gateway:
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(registrations.tools(pm), config)
+        # None unless ``long_answers.max_continuations`` > 0 (long_answers.py): then no cost.
+        self.long_answers = LongAnswers.build(config)
         # Failed key attempts per client address (guard.py).
         self.guard = AuthThrottle(config.server, source=config.source)
         # Shared state (breakers, limits, caches): no I/O until start(); see state/.
@@ -265,21 +268,22 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def authenticate(self, headers: dict[str, str], *, client: str | None = None) -> Principal:
+    async def authenticate(self, headers: dict[str, str], *, client: str | None = None, path: str = "") -> Principal:
         """Who is calling. ``client``: the connection's peer address; with it, an
         address that keeps failing is slowed down (429) before its key is looked at
-        (``guard.py``). Routes pass it; without it nothing is throttled."""
+        (``guard.py``). Routes pass it; without it nothing is throttled. ``path``: the
+        request's path, for plugins that accept a credential on some routes only."""
         address = self.guard.address(client, headers)
         self.guard.admit(address)
         try:
-            principal = await self._identify(headers)
+            principal = await self._identify(headers, path)
             check_expiry(principal, self.clock())  # whichever plugin authenticated it
             return principal
         except AuthenticationError:
             self.guard.failed(address)
             raise
 
-    async def _identify(self, headers: dict[str, str]) -> Principal:
+    async def _identify(self, headers: dict[str, str], path: str = "") -> Principal:
         """The principal for ``x-api-key`` or ``Authorization: Bearer`` (the
         ``authenticate`` hook decides)."""
         key = headers.get("x-api-key")
@@ -287,7 +291,8 @@ class Gateway:
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer ":
                 key = auth[7:].strip()
-        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config)
+        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config,
+                                     path=path)
         if isinstance(principal, Principal):
             return principal
         if principal is not None:
@@ -336,12 +341,17 @@ class Gateway:
         no cache can answer a refused request), then classifies it (:meth:`classify`)."""
         admit(ctx, request, lambda name: self.resolve_model(name).pattern, self._patterns)
         self.classify(ctx, request)
-        if self.server_tools is not None:
-            tools = self.server_tools.for_request(ctx, request)
-            if tools:
-                services = RoundServices(self._open, self.after_attempt, self.record)
-                return await self.server_tools.open(services, ctx, request, tools, stream=stream)
-        return await self._open(ctx, request, stream=stream)
+        tools = self.server_tools.for_request(ctx, request) if self.server_tools is not None else None
+        if tools:
+            assert self.server_tools is not None
+            services = RoundServices(self._open, self.after_attempt, self.record)
+            upstream = await self.server_tools.open(services, ctx, request, tools, stream=stream)
+        else:
+            upstream = await self._open(ctx, request, stream=stream)
+        if self.long_answers is not None:  # a text answer cut short is continued (long_answers.py)
+            services = RoundServices(self._open, self.after_attempt, self.record)
+            upstream = self.long_answers.wrap(services, ctx, request, upstream, stream=stream)
+        return upstream
 
     async def _open(
         self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool, continuation: bool = False
@@ -354,7 +364,8 @@ class Gateway:
         if ordered is not None:
             candidates = list(ordered)
         # Residency, whatever ordered the candidates: never outside the key's regions.
-        candidates = inside_regions(ctx, candidates)
+        # (A cut tool call retried for a long answer: only deployments with room.)
+        candidates = with_room(ctx, inside_regions(ctx, candidates))
         if not continuation:
             chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
             if chunks:
@@ -598,7 +609,10 @@ class Gateway:
             cost: float | None = 0.0
             if deployment is not None and usage is not None:
                 try:
-                    cost = request_cost(deployment, usage)
+                    if PRICED_BY_ATTEMPTS in ctx.state:  # parts on several deployments (long_answers.py)
+                        cost = sum(request_cost(a.deployment, a.usage) for a in ctx.attempts if a.usage is not None)
+                    else:
+                        cost = request_cost(deployment, usage)
                 except Exception as exc:
                     self.hook_failed("pricing", ctx, "clasp_gateway", exc)
                     cost = None
@@ -678,6 +692,7 @@ class Gateway:
             "fallbacks": fallbacks,
             "request_class": ctx.request_class,
             "traits": sorted(ctx.traits),
+            "continued": ctx.state.get(CONTINUED_KEY, 0),
             "started_at": wall - (time.perf_counter() - ctx.started),
             "time": wall,
         }

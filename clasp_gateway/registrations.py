@@ -268,7 +268,7 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_COMMAND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_COMMAND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}( [A-Za-z0-9][A-Za-z0-9_-]{0,63})?$")
 _SECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _BRANCH_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -340,7 +340,7 @@ def _strategy_register(plugin: str, out: list[RoutingStrategyRegistration]) -> R
 def _command_register(plugin: str, out: list[CommandRegistration]) -> RegisterCommand:
     def register(name: str, function: CommandFunction, help: str = "") -> CommandRegistration:
         """Add ``clasp NAME ...``: ``function(argv, config_path)`` returns the exit code."""
-        _name(name, "command name", _COMMAND_NAME, "must be a word such as 'keys' (letters, digits, _ -)")
+        _name(name, "command name", _COMMAND_NAME, "must be a word such as 'keys' (letters, digits, _ -), or two such as 'report experiment'")
         _callable(function, f"the function of command {name!r}")
         if not isinstance(help, str):
             raise _Bad(f"help of command {name!r} must be a string, got {type(help).__name__}")

@@ -23,6 +23,7 @@ from ..pipeline import Gateway, new_request_id
 from ..plugins import PluginManager, call_each
 from . import access, openai_api
 from .admin import openapi_endpoint
+from .cors import cors_middleware
 from .http import authenticate, error_response, json_response
 from .served import claude_code_endpoint
 
@@ -214,7 +215,7 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ShapedErrors)],
+        middleware=[*cors_middleware(config.server), Middleware(ShapedErrors)],  # CORS (server.cors) outermost
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.gateway = gateway

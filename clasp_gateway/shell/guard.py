@@ -136,6 +136,10 @@ class AuthThrottle:
     def __len__(self) -> int:
         return len(self._table)
 
+    def trusts(self, peer: str | None) -> bool:
+        """Whether ``peer`` is one of ``server.trusted_proxies`` (its forwarded headers count)."""
+        return peer is not None and _trusted(_ip(peer), self.proxies)
+
     def address(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """The client address of a request (see :func:`client_address`)."""
         return client_address(peer, headers.get("x-forwarded-for"), self.proxies)

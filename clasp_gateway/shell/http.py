@@ -37,6 +37,22 @@ def peer_address(request: Request) -> str | None:
     return str(client[0]) if client else None
 
 
+def is_https(request: Request) -> bool:
+    """Whether the client reached the gateway over https: directly (``server.tls``),
+    through a TLS-terminating proxy declared with ``server.behind_https: true``, or
+    through one of ``server.trusted_proxies`` that says so in ``X-Forwarded-Proto``
+    (from anyone else that header is ignored). Decides cookies' ``Secure`` flag."""
+    if request.url.scheme == "https":
+        return True
+    gateway = request.app.state.gateway
+    if gateway.config.server.behind_https:
+        return True
+    proto = request.headers.get("x-forwarded-proto")
+    if proto and gateway.guard.trusts(peer_address(request)):
+        return proto.rsplit(",", 1)[-1].strip().lower() == "https"  # the nearest proxy's word
+    return False
+
+
 async def authenticate(request: Request) -> Principal:
     """Authenticate an HTTP request: the gateway's ``authenticate`` with the client's
     address (failed-key throttling), and the caller noted for the access log. Every
@@ -44,7 +60,7 @@ async def authenticate(request: Request) -> Principal:
     from .access import note
 
     principal: Principal = await request.app.state.gateway.authenticate(
-        request_headers(request), client=peer_address(request))
+        request_headers(request), client=peer_address(request), path=request.url.path)
     note(request, principal=principal)
     return principal
 

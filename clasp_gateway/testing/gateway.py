@@ -85,19 +85,22 @@ class GatewayServer:
     authenticates as :data:`GATEWAY_KEY`.
     """
 
-    def __init__(self, config: Config, app: Any = None, *, plugins: Iterable[object] = ()) -> None:
+    def __init__(self, config: Config, app: Any = None, *, plugins: Iterable[object] = (), port: int | None = None) -> None:
         plugins = list(plugins)
         if app is not None and plugins:
             raise ValueError("pass plugins= or app=, not both (an app already has its plugins)")
         self.config = config
         self.app: Any = app or create_app(config, plugin_manager(config, plugins))
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.port = port or free_port()  # a port chosen first: for a config that names its own URL
+        from ..shell.tls import scheme, tls_options
+
+        self.base_url = f"{scheme(config.server)}://127.0.0.1:{self.port}"  # https with server.tls
         self.headers = {"x-api-key": GATEWAY_KEY}
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                lifespan="on", loop="asyncio", timeout_graceful_shutdown=2,
+                lifespan="on", loop="asyncio", timeout_graceful_shutdown=2, **tls_options(config.server),
+                proxy_headers=False,  # as `clasp serve`: forwarded headers count from server.trusted_proxies only
             )
         )
         self._thread: threading.Thread | None = None

@@ -1,5 +1,8 @@
-"""Who may read analytics: admin keys (the dashboard, its API, exports, metrics by
-default) and a scraper's bearer token (``analytics.metrics.auth: token``).
+"""Who may read analytics: admin keys (everything: the dashboard, its API, exports,
+metrics by default), team_admin keys (the dashboard, its API and exports, always
+narrowed to their own team: :func:`scoped`), and a scraper's bearer token
+(``analytics.metrics.auth: token``). Member keys see their own usage through
+``/admin/usage`` (clasp-budgets), not here.
 
 The role check is the core's :func:`clasp_gateway.require_role` (a shaped 401/403, the
 role from the key's configuration only); this module adds the dashboard's cookie as a
@@ -8,11 +11,14 @@ way to present the key, and the scrape token.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 
 from starlette.requests import Request
 
-from clasp_gateway import AuthenticationError, Principal, require_role
+from clasp_gateway import AuthenticationError, PermissionDeniedError, Principal, require_role
+
+from .filters import Filters
 
 ADMIN = "admin"
 SESSION_COOKIE = "clasp_admin"
@@ -39,6 +45,27 @@ async def require_admin(request: Request) -> Principal:
     """The caller's principal when it is an admin key (a header, or the dashboard's
     cookie); else a shaped 401 (no or a wrong key) or 403 (a key without the admin role)."""
     return await require_role(with_cookie_key(request), ADMIN)
+
+
+async def require_viewer(request: Request) -> Principal:
+    """The caller's principal when it may read analytics (an admin, or a team_admin
+    whose answers :func:`scoped` narrows to its team); else a shaped 401/403."""
+    return await require_role(with_cookie_key(request), ADMIN, "team_admin")
+
+
+def scoped(filters: Filters, principal: Principal) -> Filters:
+    """``filters`` as ``principal`` may apply them: unchanged for an admin; for a
+    team_admin, forced to its own team (asking for another team is a 403, so a
+    filter cannot widen what it sees, and a team_admin without a team sees nothing)."""
+    if principal.role == ADMIN:
+        return filters
+    team = principal.team
+    if team is None:
+        raise PermissionDeniedError("this team_admin key belongs to no team, so it has no analytics to see")
+    asked = filters.equals.get("team")
+    if asked is not None and asked != team:
+        raise PermissionDeniedError(f"a team_admin sees its own team's analytics only ({team!r})")
+    return dataclasses.replace(filters, equals={**filters.equals, "team": team})
 
 
 def check_bearer(request: Request, token: str) -> None:

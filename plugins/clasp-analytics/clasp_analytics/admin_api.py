@@ -1,4 +1,5 @@
-"""The admin analytics API (admin key only), what the dashboard reads.
+"""The admin analytics API, what the dashboard reads: an admin sees everything, a
+team_admin its own team only (:func:`.access.scoped` forces the ``team`` filter).
 
 Every endpoint takes the filters of :mod:`.filters` as query parameters and answers
 JSON, except the exports, which stream. Nothing here carries a key or a secret: keys
@@ -18,7 +19,7 @@ from clasp_gateway import GatewayError, InvalidRequestError, json_response
 
 from . import cohorts as cohort_views
 from . import export, reports
-from .access import require_admin
+from .access import require_viewer, scoped
 from .filters import DIMENSIONS, Filters, parse_filters
 from .quality_report import quality
 from .scrape import runtime_of
@@ -28,14 +29,14 @@ PREFIX = "/admin/analytics"
 
 async def _prepare(request: Request) -> tuple[Any, Filters]:
     runtime = runtime_of(request)
-    await require_admin(request)
+    principal = await require_viewer(request)
     if runtime.database is None:
         raise GatewayError("analytics needs the gateway's database (storage:)", status=503, error_type="api_error")
     if not runtime.has_ledger:
         raise GatewayError("analytics reads the spend ledger: load clasp-budgets' ledger plugin (budgets_ledger)",
                            status=503, error_type="api_error")
     filters = parse_filters(request.query_params, max_range_days=runtime.settings.dashboard.max_range_days)
-    return runtime, filters
+    return runtime, scoped(filters, principal)
 
 
 async def summary_endpoint(request: Request) -> Response:

@@ -2,8 +2,9 @@
 
 The page is one static HTML file with no inline script or style, served under a strict
 Content-Security-Policy (scripts, styles and data only from this origin, no frames, no
-inline code). Without an admin key it answers 401 with the same page in its signed-out
-state (the login form); the form posts the key to ``/admin/dashboard/login``, which
+inline code). Admins see every team, team admins their own (the API it reads is scoped,
+:func:`.access.scoped`). Without such a key it answers 401 with the same page in its
+signed-out state (the login form); the form posts the key to ``/admin/dashboard/login``, which
 checks it like any key and keeps it in an HttpOnly, ``SameSite=Strict`` cookie scoped to
 ``/admin`` (never in the URL, never readable by script). The page's script then reads
 the admin analytics API with that cookie. Assets (the script, the stylesheet and the
@@ -20,9 +21,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway import GatewayError, InvalidRequestError, error_response, read_json
+from clasp_gateway import GatewayError, InvalidRequestError, error_response, is_https, read_json
 
-from .access import SESSION_COOKIE, require_admin
+from .access import SESSION_COOKIE, require_viewer
 from .scrape import runtime_of
 
 PAGE = "/admin/dashboard"
@@ -56,7 +57,7 @@ def _page(signed_in: bool) -> bytes:
 
 
 async def page_endpoint(request: Request) -> Response:
-    """The dashboard (an admin key: header or cookie), or the login form with 401.
+    """The dashboard (an admin or team_admin key: header or cookie), or the login form with 401.
     ---
     summary: The analytics dashboard (HTML); without an admin key, its sign-in form with 401
     responses: {200: {description: the dashboard}, 401: {description: the sign-in form}}
@@ -70,7 +71,7 @@ async def page_endpoint(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc, "anthropic", request_id)
     try:
-        await require_admin(request)
+        await require_viewer(request)
     except GatewayError as exc:
         if exc.status not in (401, 403):
             return error_response(exc, "anthropic", request_id)
@@ -96,10 +97,10 @@ async def login_endpoint(request: Request) -> Response:
     scope = dict(request.scope)
     scope["headers"] = [(k, v) for k, v in request.scope["headers"]
                         if k not in (b"x-api-key", b"authorization", b"cookie")] + [(b"x-api-key", key.encode())]
-    await require_admin(Request(scope, request.receive))
+    await require_viewer(Request(scope, request.receive))
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.set_cookie(SESSION_COOKIE, key, max_age=COOKIE_MAX_AGE, path="/admin", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=is_https(request))  # server.behind_https too
     return response
 
 

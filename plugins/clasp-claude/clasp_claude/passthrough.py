@@ -40,6 +40,7 @@ from starlette.responses import Response
 
 from clasp_gateway import (
     KEEPALIVE,
+    REWRITTEN_KEY,
     CanonicalRequest,
     Chunk,
     Deployment,
@@ -228,6 +229,8 @@ class AnthropicPassthrough:
     ) -> AsyncIterator[Chunk]:
         providers = self._providers
         raw = ctx.state.get(STATE_KEY) if ctx is not None else None
+        if raw is not None and ctx is not None and ctx.state.get(REWRITTEN_KEY):
+            raw = None  # the gateway wrote this body (a long answer's continuation): send it, not the client's
         if raw is None:
             async for chunk in providers.builtin_for(deployment).open(deployment, body, stream=stream):
                 yield chunk

@@ -17,6 +17,10 @@ from starlette.responses import Response
 from clasp_gateway import Config, ConfigError, GatewayError, authenticate, error_response, hookimpl, json_response
 
 from .catalogue import entry
+from .experiments import Experiments, parse_experiments
+from .experiments_cli import list_endpoint, report_endpoint
+from .experiments_cli import main as experiment_main
+from .experiments_cli import report_main as experiment_report_main
 from .explain import main as explain_main
 from .runtime import Availability, RouterRuntime
 from .settings import parse_settings
@@ -27,8 +31,9 @@ RUNTIME_PLUGIN = "router.runtime"
 
 @hookimpl
 def register_config_sections(register: Callable[..., None]) -> None:
-    """``router:`` is this plugin's section."""
+    """``router:`` and ``experiments:`` are this plugin's sections."""
     register("router")
+    register("experiments")
 
 
 @hookimpl
@@ -40,24 +45,31 @@ def register_routing_strategies(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_commands(register: Callable[..., None]) -> None:
-    """``clasp route --explain request.json [--key NAME]``."""
+    """``clasp route --explain request.json [--key NAME]``; ``clasp experiment list|report NAME``
+    and ``clasp report experiment NAME``."""
     register("route", explain_main, help="explain how a request would be routed, without calling anything")
+    register("experiment", experiment_main, help="list experiments, or compare an experiment's arms (report NAME)")
+    register("report experiment", experiment_report_main, help="compare an experiment's arms (clasp report experiment NAME)")
 
 
 @hookimpl
 def register_routes(register: Callable[..., None]) -> None:
-    """``GET /-/catalogue`` (any valid key)."""
+    """``GET /-/catalogue`` (any valid key); ``GET /admin/experiments[/{name}]`` (admin)."""
     register("/-/catalogue", catalogue, methods=["GET"])
+    register("/admin/experiments", list_endpoint, methods=["GET"])
+    register("/admin/experiments/{name}", report_endpoint, methods=["GET"])
 
 
 @hookimpl
 def validate_config(config: Config, gateway: Any) -> list[str] | None:
     """Check ``router:`` for ``clasp check`` and before ``clasp serve`` binds."""
-    try:
-        parse_settings(config, gateway.strategies)
-    except ConfigError as exc:
-        return exc.problems
-    return None
+    problems: list[str] = []
+    for check in (lambda: parse_settings(config, gateway.strategies), lambda: parse_experiments(config)):
+        try:
+            check()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems or None
 
 
 @hookimpl
@@ -75,6 +87,7 @@ def startup(app: Starlette, config: Config) -> None:
         return getattr(app.state, "fallback", None)
 
     runtime = RouterRuntime(gateway, settings, availability)
+    runtime.experiments = Experiments.build(gateway)
     app.state.router = runtime
     pm.register(runtime, name=RUNTIME_PLUGIN)
 
@@ -93,6 +106,8 @@ async def _stop(app: Starlette) -> None:
         app.state.pm.unregister(runtime)
     app.state.router = None
     await runtime.shared.close()
+    if runtime.experiments is not None:
+        await runtime.experiments.close()
 
 
 async def catalogue(request: Request) -> Response:

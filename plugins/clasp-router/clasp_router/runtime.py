@@ -30,6 +30,7 @@ from clasp_gateway import (
 
 from .capability import capability_score, estimated_cost, missing, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
+from .experiments import Experiments
 from .regions import allowed, restrict
 from .settings import RouterSettings, cost_ceiling, latency_target
 from .shared import SharedLatency
@@ -97,6 +98,8 @@ class RouterRuntime:
         self._catalogue = gateway.config.deployments()
         self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
         self._by_id = {d.id: d for d in self._catalogue}
+        self.experiments: Experiments | None = None
+        """``experiments:`` (set in ``startup``; ``None`` when there are none)."""
         gateway.providers.track_rate_limits()  # headroom for single-key deployments too
 
     def headroom(self, deployment_id: str) -> float | None:
@@ -121,7 +124,8 @@ class RouterRuntime:
 
     async def _route(self, ctx: RequestContext, request: CanonicalRequest, candidates: list[Deployment]) -> list[Deployment]:
         self.shared.maybe_refresh(d.id for d in self._catalogue)  # a background task, at most every few seconds
-        own = self.gateway.resolve_model(ctx.public_model).settings.get("router")
+        model_route = self.gateway.resolve_model(ctx.public_model)
+        own = model_route.settings.get("router")
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
         route = plan_route(ctx, request, candidates, self.settings, self.measurements.ttfb, self.available,
@@ -132,6 +136,11 @@ class RouterRuntime:
         strategy = self.gateway.strategies.get(plan.strategy)
         if plan.strategy not in STRATEGIES and strategy is not None:  # another plugin's
             ordered = list(await await_me_maybe(strategy(ctx, ordered)) or ordered)
+            plan.order = [d.id for d in ordered]
+        if self.experiments is not None:  # a split puts the candidate first; a shadow copies in the background
+            view = ctx.state.get(VIEW_KEY)
+            needs = view.needs if isinstance(view, RouteView) else needs_of(request, ctx.hints)
+            ordered = self.experiments.apply(ctx, request, model_route.pattern, ordered, needs)
             plan.order = [d.id for d in ordered]
         ctx.state[PLAN_KEY] = plan
         return ordered

@@ -7,7 +7,10 @@ Who may look: ``admin`` sees every budget; ``team_admin`` sees its own team's bu
 remove only budgets of scope ``team`` matching its own team; anyone else gets a 403.
 Budgets of clasp.yaml and of keys' policies are listed but not editable here. A budget
 per subject (every team, every user...) is listed for the subjects named in the query
-(``?team=platform&user=alice``) and those this process served this period.
+(``?team=platform&user=alice``), those this process served this period, and every
+subject the records know (spend in the ledger this period, teams and keys in the key
+store: :mod:`.subjects`), so each team's, key's, project's and user's budget is listed
+with its spend on any replica; ``?subjects=seen`` skips the records.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,6 +37,7 @@ from clasp_gateway import (
 from .reservations import Slot
 from .runtime import BudgetRuntime
 from .settings import LIMIT, BudgetSpec, spec_from
+from .subjects import recorded_subjects
 
 ROLES = ("admin", "team_admin")
 
@@ -57,8 +62,10 @@ async def list_budgets(request: Request) -> Response:
       - {name: key, in: query, schema: {type: string}}
       - {name: project, in: query, schema: {type: string}}
       - {name: user, in: query, schema: {type: string}}
+      - {name: subjects, in: query, schema: {type: string, enum: [all, seen]},
+         description: "all (default): every subject with records; seen: only those named or served here"}
     responses:
-      200: {description: "{budgets: [{name, scope, subject, period, limit_usd, spent_usd, reserved_usd, remaining_usd, resets_at, mode, source}]}"}
+      200: {description: "{budgets: [{name, scope, subject, period, limit_usd, spent_usd, reserved_usd, remaining_usd, resets_at, mode, source}], truncated}"}
       401: {description: no or invalid key}
       403: {description: not an admin or team_admin key}
     """
@@ -69,7 +76,26 @@ async def list_budgets(request: Request) -> Response:
     runtime: BudgetRuntime = request.app.state.clasp_budgets
     await runtime.wait_ready()
     asked = {scope: request.query_params.get(scope) for scope in ("team", "key", "project", "user")}
-    slots = [s for s in runtime.known_slots(asked) if visible(principal, s)]
+    known = runtime.known_slots(asked)
+    truncated = False
+    gateway = request.app.state.gateway
+    per_subject = [s for s in (*runtime.settings.limits, *runtime.stored.specs) if s.scope != "global" and s.match is None]
+    if per_subject and gateway.has_database and request.query_params.get("subjects") != "seen":
+        now_at = runtime.clock()
+        wanted = [(spec, runtime.slot(spec, "*", now_at).period.start) for spec in per_subject]
+        try:
+            recorded, truncated = await recorded_subjects(gateway.database, wanted)
+        except (OSError, TimeoutError, SQLAlchemyError) as exc:
+            return error_response(GatewayError(f"the records are unavailable ({type(exc).__name__}); retry, or "
+                                               "ask ?subjects=seen", status=503, headers={"retry-after": "2"}))
+        have = {slot.key for slot in known}
+        for spec in per_subject:
+            for subject in recorded.get(spec.name, []):
+                slot = runtime.slot(spec, subject, now_at)
+                if slot.key not in have:
+                    have.add(slot.key)
+                    known.append(slot)
+    slots = [s for s in known if visible(principal, s)]
     standings = await runtime.reservations.status(slots)
     now = time.time()
     out: list[dict[str, Any]] = []
@@ -83,7 +109,7 @@ async def list_budgets(request: Request) -> Response:
             "lower_max_tokens": spec.lower_max_tokens, "on_outage": spec.on_outage,
             "seconds_to_reset": None if slot.period.end is None else round(slot.period.end - now),
         })
-    return json_response({"budgets": out})
+    return json_response({"budgets": out, "truncated": truncated})
 
 
 def _may_edit(principal: Principal, spec: BudgetSpec) -> None:

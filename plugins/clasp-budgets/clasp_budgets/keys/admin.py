@@ -2,7 +2,9 @@
 
 Who may do what: ``admin`` everything; ``team_admin`` its own team's keys (never an
 ``admin`` key, never another team's: another team's key reads as not found) and reading
-its own team; ``member`` only ``GET /admin/me``. Every change writes an audit row in the
+its own team, and moving a key between member and team_admin within it (``POST
+/admin/keys/{id}/assign``; an admin moves keys between teams and grants any role);
+``member`` only ``GET /admin/me``. Every change writes an audit row in the
 same transaction and announces itself so every replica's lookup cache drops it.
 
 A created key is in exactly one answer (``201``, ``cache-control: no-store``); lists and
@@ -13,7 +15,7 @@ reads show its display prefix only. Bodies are bounded (64 KiB), pages too
 
 from __future__ import annotations
 
-from .admin_keys import create_key, get_key, list_keys, me, revoke_key, update_key
+from .admin_keys import assign_key, create_key, get_key, list_keys, me, revoke_key, update_key
 from .admin_teams import create_team, delete_team, get_team, list_audit, list_teams, update_team
 from .web import RUNTIME, Endpoint
 
@@ -23,6 +25,7 @@ ROUTES: list[tuple[str, Endpoint, list[str]]] = [
     ("/admin/keys/{key_id}", get_key, ["GET"]),
     ("/admin/keys/{key_id}", update_key, ["PATCH"]),
     ("/admin/keys/{key_id}/revoke", revoke_key, ["POST"]),
+    ("/admin/keys/{key_id}/assign", assign_key, ["POST"]),
     ("/admin/teams", create_team, ["POST"]),
     ("/admin/teams", list_teams, ["GET"]),
     ("/admin/teams/{name}", get_team, ["GET"]),

@@ -186,6 +186,45 @@ async def revoke_key(request: Request) -> Response:
 
 
 @shaped
+async def assign_key(request: Request) -> Response:
+    """Move a key to another team and/or change its role (audited as ``key.assign``).
+    ---
+    summary: Change a virtual key's team or role
+    tags: [keys]
+    parameters:
+      - {name: key_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            properties:
+              team: {type: string, nullable: true, description: "an existing team, or null for none (admin only)"}
+              role: {type: string, enum: [member, team_admin, admin]}
+    responses:
+      200: {description: "The updated record"}
+      400: {description: "Invalid field, or nothing to change"}
+      401: {description: "No or invalid admin key"}
+      403: {description: "A team_admin moving a key out of its team, or granting admin"}
+      404: {description: "No such key (or another team's), or no such team"}
+    """
+    principal = await require_role(request, "admin", "team_admin")
+    runtime = runtime_of(request)
+    body = await read_json(request, MAX_BODY)
+    changes = inputs.assignment(body)
+    row = await key_for(request, principal)
+    if principal.role != "admin":
+        if row["role"] == "admin" or changes.get("role") == "admin":
+            raise PermissionDeniedError("a team_admin key cannot grant or change the admin role")
+        if "team" in changes and changes["team"] != principal.team:
+            raise PermissionDeniedError(f"a team_admin key keeps keys in its own team ({principal.team!r})")
+    updated = await runtime.store.assign_key(row["id"], changes, Actor.of(principal))
+    await runtime.announce(key_id=row["id"])
+    return json_response(describe_key(updated, runtime.clock()))
+
+
+@shaped
 async def me(request: Request) -> Response:
     """The caller's own key: who it is, its effective limits (its team's included).
     ---

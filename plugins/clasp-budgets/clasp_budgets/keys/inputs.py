@@ -186,6 +186,16 @@ def team_update(now: float) -> Section:
     return Section({"metadata": Field(Custom(_metadata, "a JSON object")), **policy_fields(now)})
 
 
+def assignment(body: Any) -> dict[str, Any]:
+    """A key's new ``team`` (a name, or null for none) and/or ``role``; a 400 when
+    neither is given or a value is wrong."""
+    section = Section({"team": Field(_TEAM, nullable=True), "role": Field(Choice(*ROLES))})
+    values = parse_body(section, body, partial=True)
+    if not values:
+        raise InvalidRequestError("body: give team and/or role to change")
+    return values
+
+
 def parse_body(section: Section, body: Any, *, partial: bool) -> dict[str, Any]:
     """The checked values (``partial``: only the fields given, for updates), or an
     :class:`InvalidRequestError` listing every problem with its field path."""
@@ -211,5 +221,5 @@ def check_team_name(value: Any) -> str:
     return str(out)
 
 
-__all__ = ["PAGE_DEFAULT", "PAGE_MAX", "PERIODS", "ROLES", "check_team_name", "iso", "key_create", "key_update",
+__all__ = ["PAGE_DEFAULT", "PAGE_MAX", "PERIODS", "ROLES", "assignment", "check_team_name", "iso", "key_create", "key_update",
            "parse_body", "parse_time", "team_create", "team_update"]

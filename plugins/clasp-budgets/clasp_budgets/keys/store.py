@@ -201,6 +201,22 @@ class KeyStore:
             await self.audit(conn, actor, "key.update", key_id, {"name": row["name"], "team": row["team"], **changes})
             return (await conn.execute(select(KEYS).where(KEYS.c.id == key_id))).mappings().one()
 
+    async def assign_key(self, key_id: str, changes: Mapping[str, Any], actor: Actor) -> RowMapping:
+        """Move a key to another team and/or give it another role (``changes``: ``team``,
+        ``role``), audited as ``key.assign`` with the values before and after."""
+        async with self.db.begin() as conn:
+            row = (await conn.execute(select(KEYS).where(KEYS.c.id == key_id))).mappings().first()
+            if row is None:
+                raise NotFoundError(f"no key with id {key_id!r}")
+            if row["revoked_at"] is not None:
+                raise InvalidRequestError(f"key {key_id!r} is revoked; revoked keys cannot be changed")
+            if changes.get("team") is not None:
+                await self._team_row(conn, changes["team"])
+            await conn.execute(update(KEYS).where(KEYS.c.id == key_id).values(**changes))
+            await self.audit(conn, actor, "key.assign", key_id, {
+                "name": row["name"], "before": {k: row[k] for k in changes}, "after": dict(changes)})
+            return (await conn.execute(select(KEYS).where(KEYS.c.id == key_id))).mappings().one()
+
     async def revoke_key(self, key_id: str, actor: Actor) -> RowMapping:
         """Revoke (idempotent: a second revocation keeps the first time)."""
         async with self.db.begin() as conn:
