@@ -37,8 +37,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import text
-
 from .hookspecs import hookimpl
 from .validation import Duration, Field, Integer, MapOf, Section
 
@@ -268,6 +266,8 @@ class _leader:
     async def __aenter__(self) -> bool:
         if not getattr(self.gateway, "has_database", False) or self.gateway.database.dialect != "postgresql":
             return True
+        from sqlalchemy import text  # (only with a database: the core imports no SQLAlchemy without one)
+
         self._context = self.gateway.database.connect()
         self._connection = await self._context.__aenter__()
         got = (await self._connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})).scalar()
@@ -276,6 +276,8 @@ class _leader:
     async def __aexit__(self, *exc: object) -> None:
         if self._connection is None:
             return
+        from sqlalchemy import text
+
         try:
             await self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
         finally:

@@ -113,7 +113,17 @@ def test_retention_mistakes_are_reported(start_gateway: StartGateway) -> None:
         start_gateway(config(retention={"max_age": {"nosuch": "1d"}}), plugins=[Rows()])
 
 
-def test_clasp_data_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def root_logging() -> Any:
+    """The command sets up logging on the root logger (as `clasp` does): put it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def test_clasp_data_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                           root_logging: None) -> None:
     path = tmp_path / "clasp.yaml"
     path.write_text(f"keys:\n  - key: {GATEWAY_KEY}\n    name: tests\nmodels: {{}}\n")
     monkeypatch.setenv("CLASP_LOAD_PLUGINS", "")

@@ -4,6 +4,7 @@ traceparent received by the fake provider, nothing at all when tracing is off.""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -35,9 +36,16 @@ def traced(config: dict[str, Any]) -> tuple[GatewayServer, InMemorySpanExporter]
     return server.start(), exporter
 
 
-def spans(server: GatewayServer, exporter: InMemorySpanExporter) -> list[Any]:
-    server.app.starlette_app.state.otel.provider.force_flush()
-    return list(exporter.get_finished_spans())
+def spans(server: GatewayServer, exporter: InMemorySpanExporter, requests: int = 1) -> list[Any]:
+    """The finished spans, once ``requests`` request spans have ended (a request span
+    ends just after its answer was sent: the client may be faster)."""
+    deadline = time.monotonic() + 5
+    while True:
+        server.app.starlette_app.state.otel.provider.force_flush()
+        found = list(exporter.get_finished_spans())
+        if sum(s.kind == SpanKind.SERVER for s in found) >= requests or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 def test_a_request_and_its_attempts_are_spans_and_the_provider_gets_traceparent(fake_upstream: FakeUpstream) -> None:
@@ -83,7 +91,7 @@ def test_a_new_trace_without_incoming_and_errors_marked(fake_upstream: FakeUpstr
         assert answer.status_code == 400
         missing = httpx.get(server.base_url + "/nope")
         assert missing.status_code == 404
-        found = spans(server, exporter)
+        found = spans(server, exporter, requests=2)
     finally:
         server.stop()
     requests = [s for s in found if s.kind == SpanKind.SERVER]
