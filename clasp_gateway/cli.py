@@ -17,7 +17,7 @@ from .config import Config, ConfigError, load_config, open_gateway, tls_file_pro
 log = logging.getLogger("clasp")
 
 
-def setup_logging(level: str = "info", log_format: str = "text") -> None:
+def setup_logging(level: str = "info", log_format: str = "text", *, worker: bool = False) -> None:
     """Log to stderr with secrets redacted from every record, whoever logs it, as
     text or one JSON object per line (``server.log_format``, :mod:`clasp_gateway.logs`).
 
@@ -26,10 +26,12 @@ def setup_logging(level: str = "info", log_format: str = "text") -> None:
     prints only clean text too; the one handler here redacts its whole output
     again. Libraries' own handlers are removed where known (uvicorn here; LiteLLM's,
     added when it is imported, by ``providers.adopt_litellm_logging``) so their
-    records come out once, in this format."""
+    records come out once, in this format. ``worker``: one of several worker processes
+    (``server.workers`` > 1), whose lines carry its process id (``[1234]``; ``pid`` in
+    JSON), so a line tells which worker wrote it."""
     from .logs import setup
 
-    setup(level, log_format)
+    setup(level, log_format, worker=worker)
 
 
 def _load(path: str | None) -> Config:
@@ -75,12 +77,17 @@ def _open_gateway(config: Config, app: Any, host: str) -> tuple[bool, str] | Non
 
 
 def app_from_env() -> Any:
-    """Uvicorn factory (used with several workers): config from ``CLASP_CONFIG``."""
-    from .shell.app import create_app
+    """Uvicorn factory (used with several workers): config from ``CLASP_CONFIG``,
+    served reloadable and drained like one process (``shell/reload.py``)."""
+    import signal
 
+    from .shell.app import create_app
+    from .shell.reload import ServingApp
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the app started: it reads the file anyway
     config = _load(os.environ.get("CLASP_CONFIG"))
-    setup_logging(config.server.log_level, config.server.log_format)
-    return create_app(config)
+    setup_logging(config.server.log_level, config.server.log_format, worker=True)
+    return ServingApp(create_app(config))
 
 
 @contextlib.contextmanager
@@ -96,8 +103,6 @@ def _prepared_workers(app: Any, config: Config, workers: int) -> Iterator[None]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     config = _load(args.config)
     setup_logging(config.server.log_level, config.server.log_format)
     host = args.host or config.server.host
@@ -125,17 +130,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["loop"] = "uvloop"
     except ImportError:
         pass
-    if workers > 1:
-        from .state import workers_share_state
+    from .shell.drain import serve
 
+    drain = config.server.drain_seconds
+    if workers > 1:
+        from .state import workers_share_state, workers_state_problems
+
+        problems = workers_state_problems(config, workers)
+        if problems:  # state: memory with several workers: they would disagree
+            print(f"clasp: {ConfigError(config.source, problems)}", file=sys.stderr)
+            return 2
         os.environ["CLASP_CONFIG"] = os.path.abspath(config.source)
         with workers_share_state(config, workers), _prepared_workers(app, config, workers):
             # without state:, one SQLite file for all workers; plugins' per-run set-up (prepare_workers)
-            uvicorn.run("clasp_gateway.cli:app_from_env", factory=True, workers=workers, **options)
-        return 0
+            return serve("clasp_gateway.cli:app_from_env", options, workers=workers, drain_seconds=drain)
+    from .shell.reload import ServingApp
+
     log.info("listening on %s://%s:%d", scheme(config.server), host, port)
-    uvicorn.run(app, **options)
-    return 0
+    return serve(ServingApp(app), options, workers=1, drain_seconds=drain)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -163,11 +175,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         branches = ", ".join(r.name for r in gateway.migrations) or "none"
         print(f"  storage: {gateway.database.url} (migrations: {branches})")
     status = 0
+    from .state import workers_state_problems
+
+    for problem in workers_state_problems(config, config.server.workers):  # `clasp serve` would refuse it
+        print(f"  error: {problem}")
+        status = 1
     opened = _open_gateway(config, app, args.host or config.server.host)
     if opened is not None:
         refuse, message = opened
         print(f"  {'error' if refuse else 'warning'}: {message}")
-        status = 1 if refuse else 0  # `clasp serve` would refuse this file on this address
+        status = 1 if refuse else status  # `clasp serve` would refuse this file on this address
     if args.security:
         return _security(config, app, args.host or config.server.host) or status
     if args.no_probe:

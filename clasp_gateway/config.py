@@ -186,6 +186,10 @@ class ServerConfig:
     """Longest SSE or NDJSON line from an upstream."""
     auth_failures_per_minute: int = 30
     """Failed key attempts per client address per minute before it is slowed down (429)."""
+    drain_seconds: float = 30.0
+    """On SIGTERM: how long in-flight requests (streams) may run on before they are cut
+    and the process exits (``shell/reload.py``); Kubernetes' default grace period is 30 s,
+    so set ``terminationGracePeriodSeconds`` a few seconds above this."""
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
@@ -347,6 +351,7 @@ SERVER = Section({
     "max_upstream_response_bytes": Integer(1024),
     "max_line_bytes": Integer(1024),
     "auth_failures_per_minute": Integer(1),
+    "drain_seconds": Number(above=0, maximum=3600),
     "timeouts": Section({name: Number(above=0) for name in ("header", "body", "keep_alive", "send")},
                         into=ServerTimeouts),
     "tls": Section({

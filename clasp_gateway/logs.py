@@ -55,7 +55,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
     ``message``, ``request_id`` (``null`` outside a request), the access line's fields
     when it is one, and ``exc``/``stack`` when there is a traceback. Redacted, and on
-    one line whatever the message holds (JSON escapes its newlines)."""
+    one line whatever the message holds (JSON escapes its newlines). ``worker``: one of
+    several worker processes; each line then has its ``pid``."""
+
+    def __init__(self, *, worker: bool = False) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         try:
@@ -69,6 +74,8 @@ class JsonFormatter(logging.Formatter):
             "message": redact(message),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
+        if self.worker:
+            line["pid"] = record.process
         fields = getattr(record, ACCESS_FIELDS, None)
         if isinstance(fields, dict):
             line.update({k: v for k, v in fields.items() if k not in line})
@@ -81,22 +88,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def handler_for(log_format: str, stream: Any = None) -> logging.Handler:
-    """A stream handler (stderr by default) writing ``log_format`` lines, redacted."""
+def handler_for(log_format: str, stream: Any = None, *, worker: bool = False) -> logging.Handler:
+    """A stream handler (stderr by default) writing ``log_format`` lines, redacted
+    (``worker``: with the process id)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else RedactingFormatter(TEXT_FORMAT)
+    text_format = TEXT_FORMAT.replace("%(asctime)s", "%(asctime)s [%(process)d]") if worker else TEXT_FORMAT
+    formatter: logging.Formatter = (JsonFormatter(worker=worker) if log_format == "json"
+                                    else RedactingFormatter(text_format))
     handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
     return handler
 
 
-def setup(level: str, log_format: str = "text") -> None:
+def setup(level: str, log_format: str = "text", *, worker: bool = False) -> None:
     """Send every logger's records (uvicorn's and LiteLLM's too) to one handler on the
     root logger, in ``log_format``, redacted; the access line at INFO, uvicorn's own
     access log off (the gateway writes its own)."""
     install_redaction()
     root = logging.getLogger()
-    handler = handler_for(log_format)
+    handler = handler_for(log_format, worker=worker)
     install_content_guard(handler)  # prompts and answers stay out unless a team opts in
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -215,6 +215,9 @@ class Gateway:
         self.guard = AuthThrottle(config.server, source=config.source)
         # Shared state (breakers, limits, caches): no I/O until start(); see state/.
         self.state: StateBackend = state_from_config(config)
+        self.owns_state = True
+        """Whether :meth:`close` closes ``state``: a reloaded configuration adopts the
+        running backend (``shell/reload.py``) and the replaced one leaves it open."""
         # Credentials without access to their model, found by probes off the hot path
         # (permissions.py): such keys leave rotation, such deployments are skipped.
         self.permissions = PermissionChecker(config, self.providers)
@@ -252,7 +255,8 @@ class Gateway:
                 await self._database.open()
             except BaseException:  # the app will not serve: release what start() opened
                 await self._database.dispose()
-                await self.state.close()
+                if self.owns_state:
+                    await self.state.close()
                 raise
         await self.providers.start(self.config.deployments())
         self.permissions.start()  # in the background: serving does not wait for the probes
@@ -264,7 +268,8 @@ class Gateway:
         await self.providers.close()
         if self._database is not None:
             await self._database.dispose()
-        await self.state.close()
+        if self.owns_state:
+            await self.state.close()
 
     # --- steps -------------------------------------------------------------------------------
 

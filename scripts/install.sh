@@ -28,4 +28,9 @@ if [ "${1:-}" = "--test" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
       || echo "install.sh: could not install chromium (the dashboard browser test needs /usr/bin/chromium)" >&2
   fi
+  # tests/test_replicas.py and bench/replicas_bench.py put three replicas behind Debian's haproxy.
+  if ! command -v haproxy >/dev/null && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) >/dev/null 2>&1 \
+      || echo "install.sh: could not install haproxy (tests/test_replicas.py needs it)" >&2
+  fi
 fi

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from clasp_gateway.config import ConfigError
 from clasp_gateway.state import (
     EMBEDDED_PATH_ENV,
     RateWindow,
@@ -34,6 +35,7 @@ from clasp_gateway.state import (
     state_from_config,
     state_problems,
     workers_share_state,
+    workers_state_problems,
 )
 from clasp_gateway.state.memory import MemoryState
 from clasp_gateway.state.redis import RedisState
@@ -599,8 +601,13 @@ def test_workers_share_one_fresh_file_for_the_run(monkeypatch: pytest.MonkeyPatc
         assert os.environ[EMBEDDED_PATH_ENV] == path
         Path(path).write_text("")  # the workers create it
     assert EMBEDDED_PATH_ENV not in os.environ and not Path(path).exists()
-    with workers_share_state(config_from({"state": {"backend": "memory"}}), 2) as none:
+    with workers_share_state(config_from({"state": {"backend": "sqlite"}}), 2) as none:
         assert none is None and EMBEDDED_PATH_ENV not in os.environ
+    # Memory, chosen explicitly, would give each worker its own breakers: refused, saying why.
+    with pytest.raises(ConfigError) as refused, workers_share_state(config_from({"state": {"backend": "memory"}}), 2):
+        pass
+    assert "state.backend: memory" in str(refused.value) and "2 workers would each have their own" in str(refused.value)
+    assert workers_state_problems(config_from({"state": {"backend": "memory"}}), 1) == []
 
 
 def test_a_file_the_backend_chose_itself_is_removed_on_close(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

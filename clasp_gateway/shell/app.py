@@ -25,6 +25,7 @@ from . import access, openai_api
 from .admin import openapi_endpoint
 from .cors import cors_middleware
 from .http import authenticate, error_response, json_response
+from .reload import reload_endpoint
 from .served import claude_code_endpoint
 
 log = logging.getLogger("clasp.app")
@@ -193,6 +194,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         Route("/-/claude-code", claude_code_endpoint, methods=["GET"]),
         # The admin API's document, from the docstrings of plugins' /admin/ routes (admin.py).
         Route("/admin/openapi.json", openapi_endpoint, methods=["GET"]),
+        # Reload clasp.yaml in place (admin role; under `clasp serve`: reload.py).
+        Route("/admin/reload", reload_endpoint, methods=["POST"]),
     ]
 
     @asynccontextmanager

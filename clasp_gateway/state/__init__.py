@@ -343,6 +343,20 @@ def state_from_config(config: Config) -> StateBackend:
     return create_state(settings)
 
 
+def workers_state_problems(config: Config, workers: int) -> list[str]:
+    """Why ``config`` cannot be served by ``workers`` processes: the memory backend,
+    chosen explicitly, would give each worker its own breakers, limits, budget
+    reservations and caches, so answers would depend on which worker took the
+    connection. Refused at ``clasp serve`` with this message (no ``state:`` section
+    is fine: the workers then share a SQLite file, :func:`workers_share_state`)."""
+    settings = parse_state_settings(config)
+    if workers > 1 and settings.configured and settings.backend == "memory":
+        return [f"state.backend: memory keeps breakers, rate limits, budget reservations and caches inside one "
+                f"process, so {workers} workers would each have their own and disagree: remove state: (the "
+                f"workers then share a SQLite file), or use backend sqlite or redis"]
+    return []
+
+
 @contextmanager
 def workers_share_state(config: Config, workers: int) -> Iterator[str | None]:
     """Around ``uvicorn.run(..., workers=N)``: without a ``state:`` section, give the
@@ -350,9 +364,11 @@ def workers_share_state(config: Config, workers: int) -> Iterator[str | None]:
     when they are gone. Yields the path, or None when ``state:`` is configured."""
     settings = parse_state_settings(config)
     if settings.configured:
-        if settings.backend == "memory" and workers > 1:
-            log.warning("state.backend is memory with %d workers: each worker keeps its own breakers, limits "
-                        "and caches (remove state: to share them through SQLite, or use redis)", workers)
+        problems = workers_state_problems(config, workers)
+        if problems:
+            from ..config import ConfigError
+
+            raise ConfigError(config.source, problems)
         yield None
         return
     path = embedded_path()
@@ -382,4 +398,5 @@ __all__ = [
     "BACKENDS", "EMBEDDED_PATH_ENV", "Handler", "RateWindow", "Reservation", "Script", "ScriptArg", "ScriptTx",
     "StateBackend", "StateSettings", "StateUnavailable", "Subscription", "create_state", "embedded_path",
     "parse_state_settings", "safe_url", "state_from_config", "state_problems", "workers_share_state",
+    "workers_state_problems",
 ]

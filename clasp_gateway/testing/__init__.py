@@ -35,6 +35,9 @@ What is here, by use:
   machine's, or a ``redis-server`` of its own, stopped after; a fresh key prefix per
   test with :meth:`RedisServer.namespace`), and :class:`GatewayProcesses`, real
   ``clasp serve`` processes on one configuration (workers, replicas).
+- **A load balancer** (:mod:`.balancer`): :class:`Haproxy`, Debian's haproxy in front
+  of :class:`GatewayProcesses` replicas with the recommended settings
+  (:data:`HAPROXY_CONFIG`: health checks on ``/ready``, retries on a dead replica).
 - **Databases** (:mod:`.databases`): :func:`postgres_server` (the machine's PostgreSQL,
   started when down; :meth:`PostgresServer.database` creates a fresh database and
   drops it after) and :func:`sqlite_file`, for a plugin's storage on both dialects.
@@ -51,6 +54,7 @@ this package: it costs nothing at run time.
 from __future__ import annotations
 
 from .apps import AppThread, load_module
+from .balancer import HAPROXY_CONFIG, Haproxy, haproxy_binary
 from .clock import FakeClock
 from .databases import PostgresServer, postgres_server, sqlite_file
 from .fakes import (
@@ -112,4 +116,6 @@ __all__ = [
     # real processes: Redis, clasp serve
     "GatewayProcess", "GatewayProcesses", "RedisNamespace", "RedisServer", "free_port", "redis_answers",
     "redis_server",
+    # a real load balancer (haproxy) in front of replicas
+    "HAPROXY_CONFIG", "Haproxy", "haproxy_binary",
 ]

@@ -81,6 +81,16 @@ def register_config_sections(register: RegisterConfigSection) -> None:
 
 
 @hookimpl
+def prepare_workers(config: Config, workers: int) -> None:
+    """Say so when several workers would each keep their own cache (``memory``)."""
+    problems: list[str] = []
+    settings = parse_settings(config.raw.get("cache"), problems)
+    if not problems and settings.enabled and settings.backend == "memory":
+        log.warning("cache.backend memory with %d workers: each worker keeps its own cached answers (a hit on "
+                    "one is a miss on another; answers stay correct); cache.backend: redis shares them", workers)
+
+
+@hookimpl
 def register_routes(register: RegisterRoute) -> None:
     register("/admin/cache", cache_endpoint, methods=["GET", "DELETE"])
     register("/admin/cache/clear", clear_endpoint, methods=["POST"])
