@@ -28,13 +28,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
-
-from clasp_budgets.ledger.fingerprint import prompt_hash  # noqa: E402
 from clasp_budgets.ledger.rows import attempt_row, request_row  # noqa: E402
 from clasp_budgets.ledger.settings import LedgerSettings  # noqa: E402
 from clasp_budgets.ledger.writer import LedgerWriter  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from clasp_gateway.request_facts import fingerprint_of  # noqa: E402
 
 
 def events(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -69,7 +69,7 @@ def hot_path(requests: int) -> dict[str, float]:
     body = workload.openai_request(workload.UPSTREAM_SHORT)  # the canonical request (OpenAI chat), 21 KB
     start = time.process_time()
     for _ in range(requests):
-        prompt_hash(body)
+        fingerprint_of(body)
     hash_cpu = (time.process_time() - start) / requests
     return {"rows_and_queue_us": rows_cpu * 1e6, "fingerprint_us": hash_cpu * 1e6,
             "request_bytes": float(len(workload.encode(body)))}

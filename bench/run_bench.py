@@ -634,10 +634,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 port = free_port()
                 cfg = tmp / f"{name}.yaml"
-                clasp_config(cfg, port, up_port, args.log_level, args.b_config if name == "clasp-b" else "")
+                clasp_config(cfg, port, up_port, args.log_level, args.b_config if name == "clasp-b" else args.a_config)
                 # Each gateway's default database (virtual keys, ledger) in its own directory of the run.
                 cenv = {**env, "CLASP_BENCH_KEY": GATEWAY_KEY, "CLASP_BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
                         "CLASP_DATA_DIR": str(tmp / f"{name}-data")}
+                plugins_only = args.b_plugins if name == "clasp-b" else args.a_plugins
+                if plugins_only is not None:  # e.g. "claude,fallback": the team features off
+                    cenv["CLASP_LOAD_PLUGINS"] = plugins_only
                 if src:
                     # Another tree of the gateway (a copy, a worktree) ahead of the editable install.
                     root = Path(src).resolve()  # noqa: ASYNC240 (start-up, not under load)
@@ -645,7 +648,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     paths = [str(root)] + [str(p) for p in plugins if (p / "pyproject.toml").exists()]  # noqa: ASYNC240
                     cenv["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
                 key = GATEWAY_KEY
-                if name == "clasp-b" and args.b_virtual_key:
+                if args.b_virtual_key if name == "clasp-b" else args.a_virtual_key:
                     # clasp-b's clients present a virtual key (clasp-budgets), made on its database.
                     made = await asyncio.to_thread(
                         subprocess.run, [args.clasp, "keys", "create", "--name", "bench", "--config", str(cfg)],
@@ -806,6 +809,15 @@ def main() -> int:
     p.add_argument("--b-virtual-key", action="store_true",
                    help="clasp-b's requests present a virtual key (clasp keys create on its database) instead of "
                         "the static key: with --ab, the CPU of a cached virtual-key lookup against a static key")
+    p.add_argument("--a-config", default="", metavar="YAML",
+                   help="top-level YAML added to the first gateway's (clasp's) clasp.yaml only: with --cprofile, "
+                        "profiles that configuration")
+    p.add_argument("--a-virtual-key", action="store_true", help="like --b-virtual-key, for the first gateway")
+    p.add_argument("--a-plugins", metavar="LIST",
+                   help="CLASP_LOAD_PLUGINS for the first gateway (clasp) only, e.g. claude,fallback")
+    p.add_argument("--b-plugins", metavar="LIST",
+                   help="CLASP_LOAD_PLUGINS for clasp-b only (with --ab): e.g. --a-plugins claude,fallback against "
+                        "all plugins, interleaved")
     p.add_argument("--litellm-venv", default=DEFAULT_LITELLM_VENV, help="venv holding the LiteLLM proxy")
     p.add_argument("--profile", metavar="DIR", help="sample the clasp gateway with py-spy during each measurement; "
                    "writes DIR/clasp-CASE-cCONC.txt (collapsed stacks; summarize with profile_summary.py)")
@@ -850,7 +862,9 @@ def main() -> int:
         "commit": _git_commit(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "args": {k: getattr(args, k) for k in ("requests", "quick", "cases", "concurrency", "rounds", "gap_ms", "log_level")},
+        "args": {k: getattr(args, k) for k in ("requests", "quick", "cases", "concurrency", "rounds", "gap_ms", "log_level",
+                                                  "ab", "a_config", "b_config", "a_virtual_key", "b_virtual_key",
+                                                  "a_plugins", "b_plugins")},
         "request_bytes": len(workload.encode(workload.anthropic_request(workload.SHORT_MODEL))),
         "bench_client_cpu_s": round(time.process_time() - t0, 2),
         "cases": {k: v[2] for k, v in CASES.items()},

@@ -9,7 +9,8 @@ bundled plugins on this surface.
 
 The names, by what a plugin does with them:
 
-- **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, and for a plugin's own hooks
+- **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, :func:`skips_text_deltas` (an
+  ``on_stream_chunk`` that needs no plain text delta), and for a plugin's own hooks
   :func:`call_first` and :func:`call_each`; the :class:`Gateway` a hook or route is
   handed (``request.app.state.gateway``); the typed ``register`` callbacks of the
   ``register_*`` hooks (:class:`RegisterProvider`, :class:`RegisterRoute`...) and
@@ -62,6 +63,9 @@ The names, by what a plugin does with them:
   skipped.
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
+- **Per-request facts** computed once and shared by plugins: :func:`input_estimate`
+  (``estimate_tokens`` of the request) and :func:`request_fingerprint`
+  (:class:`RequestFingerprint`: the prompt and conversation digests).
 - **Server tools** (``register_tools``): :class:`ToolContext`.
 - **Prices**: :func:`request_cost` (what a usage cost on a deployment, from its prices).
 - **Prices** (LiteLLM's price map, read once): :func:`raw_model_entry`, the bundled
@@ -88,7 +92,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
-from .plugins import await_me_maybe, call_each, call_first
+from .plugins import await_me_maybe, call_each, call_first, skips_text_deltas
 from .policy import check_model_access, inside_regions, may_use_model, region_allowed
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
@@ -112,6 +116,7 @@ from .registrations import (
     RoutingStrategyRegistration,
     ToolRegistration,
 )
+from .request_facts import RequestFingerprint, input_estimate, request_fingerprint
 from .retention import DataSelection, DataStoreRegistration, RegisterDataStore, delete_data
 from .secrets import RegisterSecretBackend, SecretBackend, SecretBackendRegistration, SecretLookupError
 from .shaping.context import estimate_tokens, is_context_overflow
@@ -209,7 +214,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # hooks and the gateway
-    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl",
+    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl", "skips_text_deltas",
     # typed registration callbacks (register_* hooks) and what they record
     "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",
@@ -258,6 +263,8 @@ __all__ = [
     # tokens, context, schemas, server tools
     "ToolContext", "clean_schema", "count_canonical", "encoding_for_model", "estimate_tokens", "get_encoding",
     "is_context_overflow", "tiktoken_cache_dir",
+    # per-request facts, computed once (clasp_gateway/request_facts.py)
+    "RequestFingerprint", "input_estimate", "request_fingerprint",
     # long answers (shaping/long_answers.py): a body the gateway wrote, the header saying so
     "CONTINUED_HEADER", "REWRITTEN_KEY",
     # prices: what a deployment's usage cost (budgets, the ledger)

@@ -346,8 +346,11 @@ def after_attempt(ctx: RequestContext, attempt: Attempt) -> Any:
 def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     """Called for every canonical chunk sent to the client (and for the chunks a
     whole, non-streaming answer is assembled from, so a cache sees them). Keep it cheap; it is
-    only called when at least one plugin implements it. An exception is logged (once
-    per request) and counted; the stream goes on."""
+    only called when at least one plugin implements it. An implementation that needs no
+    plain text delta (it reads finish reasons, tool calls, usage) says so with
+    ``@skips_text_deltas`` under ``@hookimpl``: when every implementation does, streams
+    do not call the hook for text deltas at all. An exception is logged (once per
+    request) and counted; the stream goes on."""
 
 
 @hookspec
@@ -355,7 +358,10 @@ def record(ctx: RequestContext, event: dict[str, Any]) -> Any:
     """Receive events: ``kind: "attempt"`` after every upstream attempt, ``kind:
     "tool_call"`` after every server tool call (name, duration_ms, ok), ``kind:
     "context_summary"`` after the gateway summarised a conversation that did not fit
-    (usage, cost), and one ``kind: "request"`` per request that reached the pipeline,
+    (usage, cost), ``kind: "feedback"`` when a plugin stored a client's feedback on an
+    earlier request (clasp-analytics' ``POST /v1/feedback``: ``request_id``, ``score``,
+    ``metrics``, ``deployment``...; ``ctx`` is then a minimal context for that request
+    id, not a request being served), and one ``kind: "request"`` per request that reached the pipeline,
     after the answer ended (complete, failed before any upstream answered, or cut),
     with key, team, usage, cost (``None`` when the deployment's prices could not be
     applied), status, latency and attempts. ``attempt`` and ``request`` events carry

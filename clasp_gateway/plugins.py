@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -165,9 +165,11 @@ async def call_first(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
     error: BaseException | None = None
     try:
         for impl in plain:
-            answer = await await_me_maybe(_call(impl, kwargs))
-            if answer is not None:
-                break
+            answer = _call(impl, kwargs)
+            if answer is not None:  # (None needs no resolving: most implementations defer)
+                answer = await await_me_maybe(answer)
+                if answer is not None:
+                    break
     except BaseException as exc:  # wrappers see it (and may replace it), as in pluggy
         answer, error = None, exc
     if not wrappers:
@@ -198,7 +200,9 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
     try:
         for impl in plain:
             try:
-                result = await await_me_maybe(_call(impl, kwargs))
+                result = _call(impl, kwargs)
+                if result is not None:  # (None needs no resolving: the common bookkeeping case)
+                    result = await await_me_maybe(result)
             except Exception as exc:
                 if on_failure is None:
                     raise
@@ -221,6 +225,71 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
         on_failure(_WRAPPER, exc)
         return results
     return out
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SKIPS_TEXT = "_clasp_skips_text_deltas"
+_TEXT_DELTA_KEYS = frozenset({"role", "content", "reasoning_content"})
+
+
+def skips_text_deltas(function: F) -> F:
+    """Mark an ``on_stream_chunk`` implementation that has nothing to do with a plain
+    text delta (:func:`is_text_delta`): the finish reason, tool calls and usage are in
+    other chunks. When every implementation is so marked, a streaming route does not
+    call the hook for the text deltas of a translated stream (most of a long answer's
+    chunks), a dispatch saved per chunk. Put it under ``@hookimpl``."""
+    setattr(function, _SKIPS_TEXT, True)
+    return function
+
+
+def is_text_delta(chunk: Any) -> bool:
+    """Whether a canonical chunk is only text: one choice, no finish reason, a delta of
+    ``content``/``reasoning_content`` (and ``role``) alone, no usage."""
+    choices = chunk.get("choices")
+    if not choices or len(choices) != 1 or chunk.get("usage"):
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return False
+    delta = choice.get("delta")
+    return type(delta) is dict and delta.keys() <= _TEXT_DELTA_KEYS
+
+
+def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[str, ...]) -> Callable[..., None]:
+    """:func:`call_each_sync` for many calls with the same implementations: resolved
+    once, then each call is a loop over plain functions (positional arguments in
+    ``argnames`` order). For ``on_stream_chunk``, whose per-chunk cost through pluggy
+    (argument lists rebuilt, wrappers looked for) is most of what a cheap
+    implementation costs. Implementations registered after this call are not seen;
+    with a hook wrapper, each call goes through :func:`call_each_sync`."""
+    impls = hook.get_hookimpls()
+    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+        def wrapped(*args: Any) -> None:
+            call_each_sync(hook, on_failure=on_failure, **dict(zip(argnames, args, strict=True)))
+
+        wrapped.skips_text_deltas = False  # type: ignore[attr-defined]
+        return wrapped
+    calls: list[tuple[str, Callable[..., Any], tuple[int, ...] | None]] = []
+    for impl in reversed(impls):  # pluggy's call order
+        wanted = tuple(impl.argnames)
+        calls.append((impl.plugin_name, impl.function,
+                      None if wanted == argnames else tuple(argnames.index(name) for name in wanted)))
+
+    def notify(*args: Any) -> None:
+        for name, function, picks in calls:
+            try:
+                if picks is None:
+                    function(*args)
+                else:
+                    function(*[args[i] for i in picks])
+            except Exception as exc:
+                on_failure(name, exc)
+
+    # Every implementation marked (skips_text_deltas): text deltas need not be handed out.
+    notify.skips_text_deltas = all(  # type: ignore[attr-defined]
+        getattr(impl.function, _SKIPS_TEXT, False) for impl in impls)
+    return notify
 
 
 def call_each_sync(hook: pluggy.HookCaller, *, on_failure: HookFailure, **kwargs: Any) -> None:

@@ -306,6 +306,10 @@ class RequestContext:
     """Set by a cache plugin that answered: ``"exact"``, ``"semantic"`` or ``"stale"``."""
     saved_usd: float = 0.0
     """What a cache hit saved: the cost of the answer it replayed."""
+    _input_estimate: tuple[CanonicalRequest, int] | None = field(default=None, init=False, repr=False, compare=False)
+    """Cache of :func:`clasp_gateway.request_facts.input_estimate` (call that, not this)."""
+    _fingerprint: tuple[CanonicalRequest, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """Cache of :func:`clasp_gateway.request_facts.request_fingerprint` (call that, not this)."""
 
 
 class UpstreamStream:

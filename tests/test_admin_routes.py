@@ -136,3 +136,37 @@ def test_openapi_document_of_the_admin_routes(gateway: Any) -> None:
 async def test_require_role_refuses_a_role_that_does_not_exist() -> None:
     with pytest.raises(ValueError, match="roles must be among admin, team_admin, member"):
         await require_role(None, "superuser")  # type: ignore[arg-type]
+
+
+def test_a_docstring_that_is_not_openapi_yaml_costs_only_its_own_details() -> None:
+    """A route whose docstring has no ``---`` (Starlette would read it all as YAML) or
+    YAML that does not parse keeps its path in the document; the others keep theirs."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from clasp_gateway.shell.admin import openapi_document
+
+    async def plain(request: Any) -> Any:
+        """``GET /admin/plain``: prose with `backticks` and: colons."""
+        return PlainTextResponse("")
+
+    async def broken(request: Any) -> Any:
+        """Broken.
+        ---
+        summary: [unclosed
+        """
+        return PlainTextResponse("")
+
+    async def good(request: Any) -> Any:
+        """Good.
+        ---
+        summary: fine
+        responses:
+          200: {description: ok}
+        """
+        return PlainTextResponse("")
+
+    document = openapi_document([Route("/admin/plain", plain), Route("/admin/broken", broken),
+                                 Route("/admin/good", good)], "0")
+    assert document["paths"]["/admin/good"]["get"]["summary"] == "fine"
+    assert set(document["paths"]) >= {"/admin/good"}

@@ -23,9 +23,11 @@ Their docstrings carry OpenAPI YAML after a ``---`` line (Starlette's
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
+import yaml
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -34,6 +36,11 @@ from starlette.schemas import SchemaGenerator
 from ..errors import PermissionDeniedError
 from ..types import Principal
 from .http import authenticate, json_response
+
+log = logging.getLogger("clasp.admin")
+
+_YAML_MARK = re.compile(r"^[ \t]*---[ \t]*$", re.M)
+"""The line that starts a route docstring's OpenAPI YAML."""
 
 ADMIN_PREFIX = "/admin/"
 ROLES = ("admin", "team_admin", "member")
@@ -68,10 +75,30 @@ def _admin_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
     return found
 
 
+class _DocstringSchemas(SchemaGenerator):
+    """Starlette's generator, but only the YAML after ``---`` is read (Starlette reads a
+    whole docstring without one as YAML), and YAML that does not parse costs that route
+    its details, logged, instead of failing the whole document with a 500."""
+
+    def parse_docstring(self, func_or_method: Any) -> dict[str, Any]:
+        docstring = getattr(func_or_method, "__doc__", None)
+        parts = _YAML_MARK.split(docstring or "", maxsplit=1)
+        if len(parts) < 2:
+            return {}
+        try:
+            parsed = yaml.safe_load(parts[1])
+        except yaml.YAMLError as exc:
+            name = getattr(func_or_method, "__qualname__", repr(func_or_method))
+            log.warning("admin route %s: the OpenAPI YAML of its docstring does not parse (%s)",
+                        name, str(exc).splitlines()[0])
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+
 def openapi_document(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     """The OpenAPI 3 document of the ``/admin/`` routes among ``routes``, from their
     docstrings (the YAML after ``---``; a route without it appears with no details)."""
-    generator = SchemaGenerator({
+    generator = _DocstringSchemas({
         "openapi": "3.0.3",
         "info": {"title": "clasp-gateway admin API", "version": version},
         "components": {"securitySchemes": {

@@ -7,6 +7,7 @@ Anthropic requests (routing, fallback, plugins) with only validation added.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -96,7 +97,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
 
 async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream) -> Response:
     chunks = []
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
+    chunk_hook = gateway.chunk_notifier(ctx) if gateway.chunk_hook else None
     try:
         async for chunk in upstream:
             if chunk is not KEEPALIVE:
@@ -116,31 +117,69 @@ async def _complete(gateway: Any, ctx: RequestContext, upstream: UpstreamStream)
     return json_response(completion, headers=ctx.response_headers)
 
 
+OUTPUT_CHARS_PER_TOKEN = 4.0
+"""Characters per output token for a cut stream's partial usage (the Anthropic route's)."""
+
+
+def output_chars(choices: Any) -> int:
+    """Characters of output text (content, reasoning, tool-call arguments) in one
+    chunk's choices: a few dictionary reads for the common text delta."""
+    size = 0
+    for choice in choices:
+        delta = choice.get("delta") if type(choice) is dict else None
+        if type(delta) is not dict:
+            continue
+        text = delta.get("content")
+        if type(text) is str:
+            size += len(text)
+        if text is None or len(delta) > 2 or (len(delta) == 2 and "role" not in delta):  # more than text
+            text = delta.get("reasoning_content")
+            if type(text) is str:
+                size += len(text)
+            for call in delta.get("tool_calls") or ():
+                fn = call.get("function") if type(call) is dict else None
+                if type(fn) is dict:
+                    size += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
+    return size
+
+
 class OpenAIEncoder(StreamEncoder):
     """OpenAI's chat completion stream: ``data: {chunk}`` events with the public model
     name, usage only when the client asked for it (``stream_options.include_usage``),
     ``data: [DONE]`` at the end, an OpenAI-shaped error object when it is cut."""
 
-    __slots__ = ("model", "wants_usage", "_usage")
+    __slots__ = ("model", "wants_usage", "_usage", "_out_chars")
 
     def __init__(self, model: str, wants_usage: bool) -> None:
         self.model = model
         self.wants_usage = wants_usage
         self._usage: Usage | None = None
+        self._out_chars = 0
 
     @property
     def usage(self) -> Usage | None:
-        """The usage the upstream reported (whether or not the client gets it)."""
+        """The usage the upstream reported (whether or not the client gets it); for a
+        stream that ended before any usage came (cut), the partial usage: the output it
+        sent, estimated from its characters (as the Anthropic route does), so a cut
+        stream is recorded and charged what it showed."""
+        if self._usage is None and self._out_chars:
+            return Usage(output_tokens=math.ceil(self._out_chars / OUTPUT_CHARS_PER_TOKEN))
         return self._usage
 
     def prepare(self, chunk: Chunk) -> Chunk | None:
-        """Record the usage (kept from the client unless asked for); the public model
-        name; nothing for a chunk without choices or usage."""
+        """Record the usage (kept from the client unless asked for) and the output's
+        size; the public model name; nothing for a chunk without choices or usage."""
         if chunk.get("usage"):
             self._usage = Usage.from_openai(chunk["usage"])
             if not self.wants_usage:
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
-        if chunk.get("choices") or "usage" in chunk:
+        choices = chunk.get("choices")
+        if choices:
+            if self._usage is None:
+                self._out_chars += output_chars(choices)
+            chunk["model"] = self.model
+            return chunk
+        if "usage" in chunk:
             chunk["model"] = self.model
             return chunk
         return None

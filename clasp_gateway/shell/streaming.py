@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ..errors import ApiError, GatewayError
+from ..plugins import is_text_delta
 from ..types import KEEPALIVE, Chunk, RequestContext, UpstreamStream, Usage
 from .http import EventStreamResponse
 
@@ -108,7 +109,11 @@ async def stream_body(
     """The body of :func:`serve_stream` (an async generator of writes)."""
     status, cut = 200, True
     error: Exception | None = None
-    chunk_hook = gateway.on_stream_chunk if gateway.chunk_hook else None
+    chunk_hook = gateway.chunk_notifier(ctx) if gateway.chunk_hook else None
+    # Plugins that all skip plain text deltas (skips_text_deltas) are not called for them;
+    # only where the chunk sent is the canonical one (not a pass-through's own events).
+    skip_text = chunk_hook is not None and getattr(chunk_hook, "skips_text_deltas", False) \
+        and type(encoder).canonical is StreamEncoder.canonical
     prepare = None if type(encoder).prepare is StreamEncoder.prepare else encoder.prepare
     encode = encoder.encode
     keepalive = encoder.keepalive
@@ -124,7 +129,7 @@ async def stream_body(
             else:
                 sent = chunk if prepare is None else prepare(chunk)
                 if sent is not None:
-                    if chunk_hook is not None:
+                    if chunk_hook is not None and not (skip_text and is_text_delta(sent)):
                         seen = encoder.canonical(sent)
                         if seen is not None:
                             chunk_hook(ctx, seen)  # isolated: a failing plugin never cuts the stream

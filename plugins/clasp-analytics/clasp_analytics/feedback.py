@@ -10,6 +10,12 @@ request's) or an admin key; the request must be known (the gateway served it, wi
 ``analytics.feedback.max_age``). Several feedbacks per request are kept (a score now,
 ``pr_merged`` tomorrow). Stored in ``analytics_feedback`` and joined, in
 ``/admin/analytics/quality``, to the model and route that served the request.
+
+Each stored feedback is also sent to the ``record`` hook as a ``kind: "feedback"``
+event (``request_id``, ``score``, ``metrics``, ``public_model``, ``model``,
+``deployment``, ``key_id``, ``by_admin``, ``time``; never the comment): how other
+plugins learn from it without reading this plugin's tables (clasp-router's learned
+routing turns a low score into a failure of the model that answered).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from clasp_gateway import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    RequestContext,
     authenticate,
     json_response,
     read_json,
@@ -135,5 +142,10 @@ async def feedback_endpoint(request: Request) -> Response:
         feedback_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
     if runtime.metrics is not None:
         runtime.metrics.feedback.labels(runtime.metrics.guard("model", served["public_model"])).inc()
+    ctx = RequestContext(request_id, "anthropic", served["public_model"] or "", False, principal=principal)
+    await runtime.gateway.record(ctx, {  # never raises: each plugin's failure is counted and logged
+        "kind": "feedback", "request_id": request_id, "score": score, "metrics": metrics,
+        "public_model": served["public_model"], "model": served["model"], "deployment": served["deployment"],
+        "key_id": served["key_id"], "by_admin": admin, "time": now})
     return json_response({"id": feedback_id, "request_id": request_id, "public_model": served["public_model"],
                           "model": served["model"], "deployment": served["deployment"]}, status=201)

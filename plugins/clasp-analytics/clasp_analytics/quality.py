@@ -20,13 +20,12 @@ core hands both to ``on_stream_chunk``).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl
+from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl, request_fingerprint, skips_text_deltas
 
 STATE_KEY = "analytics.quality"
 FINGERPRINT_PREFIX = "analytics:fp:"
@@ -43,15 +42,17 @@ class AnswerSeen:
     retry_of: str | None = None
 
 
-def fingerprint(ctx: RequestContext, request: CanonicalRequest) -> str:
-    """The conversation as sent: who (key, user) and what (messages, tools' names). Two
-    requests with the same fingerprint are the same turn of the same conversation."""
+def fingerprint(ctx: RequestContext, request: CanonicalRequest) -> str | None:
+    """The conversation as sent: who (key, user) and what (the messages, system prompt
+    included). Two requests with the same fingerprint are the same turn of the same
+    conversation. The messages' digest is the core's (``request_fingerprint``, computed
+    once per request: the ledger's prompt hash shares it); ``None`` when the request
+    cannot be serialised."""
+    found = request_fingerprint(ctx, request)
+    if found is None:
+        return None
     principal = ctx.principal
-    who = f"{principal.key_id if principal else ''}\x00{ctx.user or ''}".encode()
-    what = orjson.dumps(request.get("messages") or [], default=str)
-    digest = hashlib.blake2b(who, digest_size=16)
-    digest.update(what)
-    return digest.hexdigest()
+    return found.conversation(f"{principal.key_id if principal else ''}\x00{ctx.user or ''}")
 
 
 def seen(ctx: RequestContext) -> AnswerSeen:
@@ -69,6 +70,7 @@ class StreamInspector:
     skips the per-chunk hook entirely when nobody implements it."""
 
     @hookimpl
+    @skips_text_deltas  # finish reasons and tool calls only: text deltas need not come here
     def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
         choices = chunk.get("choices")
         if not choices:

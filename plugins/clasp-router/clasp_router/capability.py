@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clasp_gateway import CanonicalRequest, Deployment, RequestHints, request_features
+from clasp_gateway import CanonicalRequest, Deployment, RequestFeatures, RequestHints, request_features
 
 DEFAULT_OUTPUT_TOKENS = 1000
 """Output tokens assumed when the request sets no ``max_tokens`` (for cost, not filtering)."""
@@ -34,7 +34,11 @@ class Needs:
 
 def needs_of(request: CanonicalRequest, hints: RequestHints | None) -> Needs:
     """The request's needs, from the core's request features."""
-    f = request_features(request, hints)
+    return needs_from(request_features(request, hints))
+
+
+def needs_from(f: RequestFeatures) -> Needs:
+    """The needs of a request whose features are already gathered."""
     return Needs(tools=f.tools > 0, vision=f.images > 0, reasoning=f.thinking,
                  input_tokens=f.input_tokens, max_tokens=f.max_tokens)
 

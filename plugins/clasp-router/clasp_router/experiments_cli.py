@@ -119,7 +119,14 @@ async def _run(config: Any, exp: Experiment, since: float, min_requests: int) ->
 
 
 async def list_endpoint(request: Request) -> Response:
-    """``GET /admin/experiments``: the configured experiments (admin)."""
+    """The configured experiments (admin).
+    ---
+    summary: The experiments configured in clasp.yaml
+    responses:
+      200: {description: "each experiment: name, route, candidate, mode (split or shadow), weight, sticky, shadow_rate"}
+      401: {description: "no key, or a wrong one"}
+      403: {description: "a key that is not admin"}
+    """
     try:
         await require_role(request, "admin")
         experiments = parse_experiments(request.app.state.gateway.config)
@@ -131,7 +138,21 @@ async def list_endpoint(request: Request) -> Response:
 
 
 async def report_endpoint(request: Request) -> Response:
-    """``GET /admin/experiments/{name}?since=&min_requests=``: the comparison report (admin)."""
+    """An experiment's comparison report (admin).
+    ---
+    summary: "An experiment's comparison report: success, feedback, latency and cost per arm, with a verdict"
+    parameters:
+      - {name: name, in: path, description: "the experiment's name in clasp.yaml"}
+      - {name: since, in: query, description: "only requests after this time: unix seconds or an ISO date (UTC)"}
+      - {name: min_requests, in: query, description: "requests per arm before a verdict (1 to 1000000)", schema: {type: integer}}
+    responses:
+      200: {description: "the report"}
+      400: {description: "a malformed since or min_requests"}
+      401: {description: "no key, or a wrong one"}
+      403: {description: "a key that is not admin"}
+      404: {description: "no experiment of that name"}
+      503: {description: "the ledger cannot be read"}
+    """
     try:
         await require_role(request, "admin")
         gateway = request.app.state.gateway

@@ -14,7 +14,18 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clasp_gateway import Config, ConfigError, GatewayError, authenticate, error_response, hookimpl, json_response
+from clasp_gateway import (
+    Chunk,
+    Config,
+    ConfigError,
+    GatewayError,
+    RequestContext,
+    authenticate,
+    error_response,
+    hookimpl,
+    json_response,
+    skips_text_deltas,
+)
 
 from .catalogue import entry
 from .experiments import Experiments, parse_experiments
@@ -22,9 +33,10 @@ from .experiments_cli import list_endpoint, report_endpoint
 from .experiments_cli import main as experiment_main
 from .experiments_cli import report_main as experiment_report_main
 from .explain import main as explain_main
-from .runtime import Availability, RouterRuntime
+from .learning import watch_chunk
+from .registry import STRATEGIES
+from .runtime import Availability, BudgetView, RouterRuntime
 from .settings import parse_settings
-from .strategies import STRATEGIES
 
 RUNTIME_PLUGIN = "router.runtime"
 
@@ -86,7 +98,10 @@ def startup(app: Starlette, config: Config) -> None:
         # clasp-fallback starts in any order next to us: look it up per request.
         return getattr(app.state, "fallback", None)
 
-    runtime = RouterRuntime(gateway, settings, availability)
+    def budgets() -> BudgetView | None:
+        return getattr(app.state, "budget_remaining", None)  # clasp-budgets, when installed
+
+    runtime = RouterRuntime(gateway, settings, availability, budgets)
     runtime.experiments = Experiments.build(gateway)
     app.state.router = runtime
     pm.register(runtime, name=RUNTIME_PLUGIN)
@@ -108,6 +123,16 @@ async def _stop(app: Starlette) -> None:
     await runtime.shared.close()
     if runtime.experiments is not None:
         await runtime.experiments.close()
+    await runtime.learner.close()
+
+
+@hookimpl
+@skips_text_deltas  # finish reasons and tool calls only: text deltas need not come here
+def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
+    """The learner reads an answer's finish reason and tool calls (truncation, invalid
+    tool JSON). Module level: the core decides before start-up whether anyone wants
+    chunks; for requests no learned strategy routed, it is one dict lookup."""
+    watch_chunk(ctx, chunk)
 
 
 async def catalogue(request: Request) -> Response:

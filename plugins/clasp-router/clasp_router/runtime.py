@@ -28,18 +28,23 @@ from clasp_gateway import (
     hookimpl,
 )
 
-from .capability import capability_score, estimated_cost, missing, needs_of, same_capabilities
+from .capability import capability_score, estimated_cost, missing, needs_from, needs_of, same_capabilities
 from .catalogue import Measurements, region_of
 from .experiments import Experiments
+from .learning import Learner
 from .regions import allowed, restrict
+from .registry import ALIASES, LEARNED, STRATEGIES
 from .settings import RouterSettings, cost_ceiling, latency_target
 from .shared import SharedLatency
-from .strategies import ALIASES, STRATEGIES, VIEW_KEY, RouteView
+from .strategies import VIEW_KEY, RouteView
 
 log = logging.getLogger("clasp.router")
 
 STRATEGY_KEY = "router.strategy"
 """``ctx.state`` key of a route's own strategy (``router:`` of a pool), over ``router.strategy``."""
+
+LEARN_VIEW_KEY = "router.learn.view"
+"""``ctx.state`` key of the learner's view, for a request a learned strategy routes."""
 
 PLAN_KEY = "router.plan"
 """``ctx.state`` key of the request's :class:`Plan` (for the explain header)."""
@@ -52,6 +57,13 @@ class Availability(Protocol):
     circuit breaker letting requests through."""
 
     def available(self, deployment_id: str) -> bool: ...
+
+
+class BudgetView(Protocol):
+    """What the router asks clasp-budgets (``app.state.budget_remaining``): the smallest
+    share left of the budgets a request counts against (``None``: none known)."""
+
+    def remaining_fraction(self, ctx: RequestContext) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -90,14 +102,17 @@ class Plan:
 class RouterRuntime:
     """The router of one gateway app (registered in that app's plugin manager)."""
 
-    def __init__(self, gateway: Gateway, settings: RouterSettings, availability: Callable[[], Availability | None]):
+    def __init__(self, gateway: Gateway, settings: RouterSettings, availability: Callable[[], Availability | None],
+                 budgets: Callable[[], BudgetView | None] = lambda: None):
         self.gateway = gateway
+        self._budgets = budgets
         self.settings = settings
         self.measurements = Measurements()
         self._availability = availability
         self._catalogue = gateway.config.deployments()
         self.shared = SharedLatency(gateway.state, self.measurements, lambda: gateway.clock())
         self._by_id = {d.id: d for d in self._catalogue}
+        self.learner = Learner(settings.learn, self._catalogue, gateway.state, lambda: gateway.clock())
         self.experiments: Experiments | None = None
         """``experiments:`` (set in ``startup``; ``None`` when there are none)."""
         gateway.providers.track_rate_limits()  # headroom for single-key deployments too
@@ -128,6 +143,11 @@ class RouterRuntime:
         own = model_route.settings.get("router")
         if own:  # a pool's (or route's) own strategy: `router: cheapest-capable`
             ctx.state[STRATEGY_KEY] = own
+        name = ctx.state.get(STRATEGY_KEY) or self.settings.strategy
+        if ALIASES.get(name, name) in LEARNED:
+            budgets = self._budgets()
+            left = budgets.remaining_fraction(ctx) if budgets is not None else None
+            ctx.state[LEARN_VIEW_KEY] = await self.learner.prepare(ctx, request, left)
         route = plan_route(ctx, request, candidates, self.settings, self.measurements.ttfb, self.available,
                            self._catalogue, self.gateway.strategies, headroom=self.headroom)
         if isinstance(route, Exception):
@@ -155,7 +175,9 @@ class RouterRuntime:
     @hookimpl
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         """Fold a successful attempt's time to first byte and speed into the averages,
-        and share them with the other replicas (throttled)."""
+        and share them with the other replicas (throttled); a failed one is an outcome
+        for the learner."""
+        self.learner.attempt_ended(ctx, attempt)
         if not attempt.ok or not attempt.first_byte:
             return
         ttfb_ms = (attempt.first_byte - attempt.started) * 1000
@@ -166,6 +188,15 @@ class RouterRuntime:
             speed = out / (attempt.ended - attempt.first_byte)
         self.measurements.of(attempt.deployment.id).add(ttfb_ms, speed)
         await self.shared.publish(attempt.deployment.id)
+
+    @hookimpl
+    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        """The learner's outcomes: the request's answer, and feedback on an earlier one."""
+        kind = event.get("kind")
+        if kind == "request":
+            await self.learner.finished(ctx, event)
+        elif kind == "feedback":
+            await self.learner.feedback(event)
 
 
 def plan_route(
@@ -187,10 +218,13 @@ def plan_route(
     kept = restrict(ctx, candidates)
     if isinstance(kept, Exception):
         return kept
+    kept_ids = {d.id for d in kept}  # ids: comparing deployments field by field is slow
     for d in candidates:
-        if d not in kept:
+        if d.id not in kept_ids:
             plan.removed[d.id] = "region"
-    needs = needs_of(request, ctx.hints)
+    learn = ctx.state.get(LEARN_VIEW_KEY)
+    features = getattr(learn, "features", None)
+    needs = needs_from(features) if features is not None else needs_of(request, ctx.hints)
     capable = []
     for d in kept:
         reason = missing(d, needs)
@@ -209,7 +243,8 @@ def plan_route(
         for d in kept:
             plan.removed.pop(d.id, None)
     key = ctx.principal.metadata if ctx.principal is not None else None
-    ceiling = cost_ceiling(settings, ctx.headers, key)
+    team = ctx.principal.team if ctx.principal is not None else None
+    ceiling = cost_ceiling(settings, ctx.headers, key, team)
     if ceiling is not None:
         affordable = [d for d in capable if estimated_cost(d, needs) <= ceiling]
         if not affordable:
@@ -219,19 +254,25 @@ def plan_route(
                 f"${ceiling:g} (the cheapest estimate is ${estimated_cost(cheapest, needs):.6g}, on {cheapest.id}); "
                 "lower max_tokens or raise the ceiling"
             )
+        affordable_ids = {d.id for d in affordable}
         for d in capable:
-            if d not in affordable:
+            if d.id not in affordable_ids:
                 plan.removed[d.id] = "cost-ceiling"
         capable = affordable
     view = RouteView(needs=needs, ttfb_ms=ttfb_ms, available=available, headroom=headroom or (lambda _: None),
-                     latency_target_ms=latency_target(settings, ctx.headers, key))
+                     latency_target_ms=latency_target(settings, ctx.headers, key, team), learn=learn)
     ctx.state[VIEW_KEY] = view
     name = plan.strategy
     ordered = STRATEGIES[name](ctx, capable) if name in STRATEGIES else list(capable)
     if name == "strict":
+        ordered_ids = {d.id for d in ordered}
         for d in capable:
-            if d not in ordered:
+            if d.id not in ordered_ids:
                 plan.removed[d.id] = "strict"
+    if view.learn is not None and name in LEARNED:
+        for ident in view.learn.removed:
+            plan.removed[ident] = "min-tier"
+        plan.note = "; ".join([*view.learn.why, *([plan.note] if plan.note else [])])
     if settings.similar_fallback and ordered and not any(available(d.id) for d in ordered):
         seen = {d.id for d in candidates}
         primary = ordered[0]

@@ -31,8 +31,9 @@ The meanings (issue 12, the seed's):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from clasp_gateway import Deployment, RequestContext
 
@@ -64,6 +65,10 @@ class RouteView:
     latency_target_ms: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     """What the strategy ranked by, per deployment id (for explain)."""
+    learn: Any = None
+    """The learner's view of the request (a :class:`~.learned.LearnView`, ``None`` when
+    no learned strategy routes it); typed loosely here to keep this module free of the
+    learning modules."""
 
 
 def view_of(ctx: RequestContext) -> RouteView:
@@ -140,16 +145,8 @@ def availability(ctx: RequestContext, deployments: list[Deployment]) -> list[Dep
     return sorted(deployments, key=key)
 
 
-STRATEGIES: dict[str, Strategy] = {
+BASIC: dict[str, Strategy] = {
     "chain": chain, "strict": strict, "cost": cost, "balanced": balanced, "latency": latency,
     "availability": availability,
 }
-"""The router's strategies by name (``register_routing_strategies``)."""
-
-ALIASES = {"cheapest-capable": "cost", "fastest": "latency"}
-"""Friendlier names a pool's ``router:`` may use."""
-
-
-def order(name: str, ctx: RequestContext, deployments: Sequence[Deployment]) -> list[Deployment]:
-    """Apply one of the router's strategies by name (or alias)."""
-    return STRATEGIES[ALIASES.get(name, name)](ctx, list(deployments))
+"""The strategies that need no learning (:mod:`.registry` adds ``cheapest-capable``)."""

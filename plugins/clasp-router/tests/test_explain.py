@@ -80,3 +80,49 @@ def test_explain_accepts_another_plugins_strategy(tmp_path: Path, capsys: pytest
     request.write_text(json.dumps(IMAGE_REQUEST))
     assert main(["--explain", str(request)], str(config)) == 0
     assert "'project-hours' is another plugin's strategy" in capsys.readouterr().out
+
+
+LEARNED = {"router": {"strategy": "cheapest-capable", "learn": {"min_tier": {"question": 1}}},
+           "models": {"pool": [
+               {"id": "tiny", "model": "openai/gpt-4o-mini", "api_key": "sk-secret-never-printed-123456",
+                "input_cost_per_token": 1e-8, "output_cost_per_token": 4e-8},
+               {"id": "small", "model": "openai/gpt-4o-mini", "api_key": "sk-secret-never-printed-123456",
+                "input_cost_per_token": 1e-7, "output_cost_per_token": 4e-7},
+               {"id": "big", "model": "openai/gpt-4o", "api_key": "sk-secret-never-printed-123456",
+                "input_cost_per_token": 1e-5, "output_cost_per_token": 4e-5}]}}
+QUESTION = {"model": "pool", "messages": [{"role": "user", "content": "what is 2 + 2?"}]}
+
+
+def test_explain_shows_the_learned_estimates_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from clasp_router.estimates import MERGE, STATE_KEY
+
+    from clasp_gateway import create_state, parse_state_settings
+
+    state_section = {"backend": "sqlite", "url": "sqlite:///" + str(tmp_path / "state.db")}
+    request = tmp_path / "question.json"
+    request.write_text(json.dumps(QUESTION))
+    config = tmp_path / "clasp.yaml"
+    config.write_text(yaml.safe_dump({**LEARNED, "state": state_section}))
+    assert main(["--explain", str(request)], str(config)) == 0
+    out = capsys.readouterr().out
+    assert "strategy cheapest-capable" in out and "class question, difficulty bucket 0" in out
+    assert "estimates: priors (nothing learned yet in the sqlite state)" in out
+    assert "tiny: min-tier" in out and out.index("1. small") < out.index("2. big")
+    assert "success=0.9" in out and "tier=1" in out
+
+    async def learned() -> None:  # what a gateway sharing this state learned: small fails questions
+        state = create_state(parse_state_settings(config_from({**LEARNED, "state": state_section})))
+        await state.open()
+        deltas = json.dumps({"small|question|0": [0.0, 6.0], "small|question|*": [0.0, 6.0],
+                             "big|question|0": [5.0, 0.0], "big|question|*": [5.0, 0.0]})
+        await state.run(MERGE, [STATE_KEY], [deltas, 3600.0, 1000])
+        await state.close()
+
+    asyncio.run(learned())
+    assert main(["--explain", str(request)], str(config)) == 0
+    out = capsys.readouterr().out
+    assert "estimates: learned (sqlite state)" in out, out
+    assert out.index("1. big") < out.index("2. small") and "observed=6.0" in out
+    assert "sk-secret" not in out

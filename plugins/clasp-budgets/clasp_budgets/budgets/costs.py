@@ -1,13 +1,15 @@
 """What a request may cost before it runs, and what it did cost after.
 
-The worst case reserved before the call: the input estimate (``estimate_tokens``,
-which leans high: bytes / 3) at the dearest candidate's input price, plus
+The worst case reserved before the call: the input estimate (``input_estimate``,
+the core's ``estimate_tokens`` computed once per request, which leans high: bytes / 3) at the dearest candidate's input price, plus
 ``max_tokens`` clamped to that candidate's output limit at its output price. The
 real cost after: every attempt that reported usage, priced by the core
 (``request_cost``), fallbacks and server-tool rounds included; a stream cut before
-its usage arrived is charged what it visibly streamed (counted with the model's
-tokenizer, at checkpoints and at the end, never per chunk), never less than what the
-provider reported.
+its usage arrived is charged what it visibly streamed, never less than what the
+provider reported: the partial usage its route reports (the output it encoded), and on
+a shared state, where a :class:`~.runtime.StreamMeter` keeps the streamed text for the
+leases' charges, that text counted with the model's tokenizer (at checkpoints and at
+the end, never per chunk), whichever is more.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from clasp_gateway import (
     RequestContext,
     Usage,
     encoding_for_model,
-    estimate_tokens,
     get_encoding,
     request_cost,
 )
@@ -63,9 +64,11 @@ def requested_max_tokens(request: CanonicalRequest) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], default_max_tokens: int) -> WorstCase:
-    """The dearest candidate's worst case for ``request``."""
-    tokens_in = estimate_tokens(request)
+def worst_case(request: CanonicalRequest, candidates: Sequence[Deployment], default_max_tokens: int,
+               tokens_in: int) -> WorstCase:
+    """The dearest candidate's worst case for ``request``, whose input estimate is
+    ``tokens_in`` (the core's ``input_estimate``: computed once per request, the rate
+    limits use it too)."""
     asked = requested_max_tokens(request)
     best = WorstCase(0.0, tokens_in, asked or default_max_tokens, 0.0, 0.0)
     for deployment in candidates:

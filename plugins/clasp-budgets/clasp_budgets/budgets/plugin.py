@@ -12,25 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from clasp_gateway import (
-    Chunk,
     Config,
     ConfigError,
     MigrationRegistration,
     RegisterConfigSection,
     RegisterMigrations,
     RegisterRoute,
-    RequestContext,
     hookimpl,
 )
 
 from .admin import create_budget, delete_budget, list_budgets, update_budget
 from .costs import load_tokenizers
+from .remaining import BudgetRemaining
 from .reservations import Reservations
-from .runtime import BudgetRuntime, count_stream_chunk, rebuild_spend
+from .runtime import BudgetRuntime, StreamMeter, rebuild_spend
 from .settings import parse_settings
 from .store import DatabaseBudgets
 
 RUNTIME = "clasp_budgets.budgets.runtime"
+METER = "clasp_budgets.budgets.meter"
 log = logging.getLogger("clasp.budgets")
 
 
@@ -60,12 +60,6 @@ def validate_config(config: Config) -> list[str]:
     return problems
 
 
-@hookimpl
-def on_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
-    """What a budgeted stream showed so far (cheap: nothing for a request without budgets)."""
-    count_stream_chunk(ctx, chunk)
-
-
 def alert_sink(app: Any) -> Any:
     """Where budget alerts go: the alerts plugin's sender when it runs, else the log."""
 
@@ -90,7 +84,12 @@ async def startup(app: Any, config: Config) -> None:
     stored = DatabaseBudgets(gateway.database, gateway.state)
     runtime = BudgetRuntime(gateway, settings, reservations, stored)
     app.state.clasp_budgets = runtime
+    app.state.budget_remaining = BudgetRemaining(runtime)  # read by routers (clasp-router's cheapest-capable)
     gateway.pm.register(runtime, name=RUNTIME)
+    metered = gateway.state.shared
+    if metered:  # leases' charges need the streamed text (see StreamMeter)
+        gateway.pm.register(StreamMeter(), name=METER)
+        gateway.chunk_hook = True  # the core decided at build time; it now has an implementation
     await reservations.start()
 
     async def when_ready() -> None:
@@ -108,7 +107,7 @@ async def startup(app: Any, config: Config) -> None:
             runtime.ready.set()
 
     await stored.start(when_ready)
-    if settings.limits:
+    if settings.limits and metered:
         # Budgets apply from the first request: count streams with the real tokenizer
         # from the start (loading one takes about a second, in a thread). Without
         # configured limits (only keys' own budgets) it loads at the first budgeted stream.
@@ -119,8 +118,12 @@ async def startup(app: Any, config: Config) -> None:
 async def shutdown(app: Any) -> None:
     gateway = app.state.gateway
     runtime = getattr(app.state, "clasp_budgets", None)
-    if gateway.pm.has_plugin(RUNTIME):
-        gateway.pm.unregister(name=RUNTIME)
+    for name in (RUNTIME, METER):
+        if gateway.pm.has_plugin(name):
+            gateway.pm.unregister(name=name)
+    remaining = getattr(app.state, "budget_remaining", None)
+    if remaining is not None:
+        await remaining.close()
     if runtime is not None:
         await runtime.stored.close()
         await runtime.reservations.close()

@@ -91,7 +91,8 @@ class Hold:
     """The charge last written: what the budgets count if this lease expires."""
     started: float = field(default_factory=time.monotonic)
     texts: list[str] = field(default_factory=list)
-    """Output text streamed since it was last counted (``on_stream_chunk``)."""
+    """Output text streamed since it was last counted (the :class:`~.runtime.StreamMeter`'s
+    ``on_stream_chunk``, on a shared state only)."""
     tokens: int = 0
     """Output tokens counted so far (at checkpoints, and at the end of a cut stream)."""
     local: bool = False

@@ -17,7 +17,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clasp_gateway import CanonicalRequest, Chunk, Deployment, Gateway, RequestContext, hookimpl, request_cost
+from clasp_gateway import (
+    CanonicalRequest,
+    Chunk,
+    Deployment,
+    Gateway,
+    RequestContext,
+    hookimpl,
+    input_estimate,
+    request_cost,
+)
 
 from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case, worst_case_on
 from .errors import refusal_error
@@ -37,14 +46,24 @@ _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 def count_stream_chunk(ctx: RequestContext, chunk: Chunk) -> None:
-    """Count what a stream showed (a cut stream's cost, a running lease's charge).
-
-    A module-level hook (in :mod:`.plugin`), not the runtime's: the gateway decides
-    once, before start-up hooks register per-app objects, whether any plugin wants
-    chunks at all."""
+    """Keep the text a budgeted stream showed, for its lease's charge at checkpoints."""
     hold = ctx.state.get(HOLD)
     if hold is not None:
         streamed_text(chunk, hold.texts)
+
+
+class StreamMeter:
+    """``on_stream_chunk`` for budgets on a *shared* state (Redis, SQLite): the text
+    each budgeted stream showed so far, counted with the model's tokenizer at each
+    checkpoint, is its lease's charge, which the other processes add to the spend if
+    this one dies mid-stream (the SIGKILL guarantee). On a memory state that charge is
+    never counted (the state dies with the process), so the meter is not registered
+    and streams cost budgets nothing per chunk: a request is accounted once, at its
+    end, from its usage (for a cut stream, the partial usage its route reports)."""
+
+    @hookimpl
+    def on_stream_chunk(self, ctx: RequestContext, chunk: Chunk) -> None:
+        count_stream_chunk(ctx, chunk)
 
 
 def subject_of(scope: str, ctx: RequestContext) -> str | None:
@@ -170,7 +189,7 @@ class BudgetRuntime:
         if not slots:
             return None
         candidates = self.gateway.resolve_model(ctx.public_model).deployments
-        worst = worst_case(request, candidates, self.settings.default_max_tokens)
+        worst = worst_case(request, candidates, self.settings.default_max_tokens, input_estimate(ctx, request))
         hold = Hold(slots, worst, None)
         hard = [s.spec.max_wait if s.spec.max_wait is not None else self.settings.max_wait
                 for s in slots if s.spec.hard]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from clasp_gateway import CanonicalRequest, Database, RequestContext, hookimpl
+from clasp_gateway import CanonicalRequest, Database, RequestContext, hookimpl, request_fingerprint
 
-from .fingerprint import prompt_hash
 from .rows import attempt_row, request_row
 from .settings import LedgerSettings
 from .writer import LedgerWriter
 
 PROMPT_HASH = "clasp.ledger.prompt_hash"
-"""``ctx.state`` key: the request's fingerprint (:func:`.fingerprint.prompt_hash`)."""
+"""``ctx.state`` key: the request's fingerprint (the core's ``request_fingerprint(...).prompt``,
+shared with analytics' retry detection)."""
 _ATTEMPTS = "clasp.ledger.attempts"
 """``ctx.state`` key: attempt rows queued for this request so far."""
 
@@ -35,7 +35,8 @@ class LedgerRuntime:
     def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
         """Fingerprint the request before any plugin (a cache) answers it."""
         if self.settings.prompt_hash and PROMPT_HASH not in ctx.state:
-            ctx.state[PROMPT_HASH] = prompt_hash(request)
+            found = request_fingerprint(ctx, request)
+            ctx.state[PROMPT_HASH] = found.prompt if found is not None else None
 
     @hookimpl
     def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from clasp_gateway import RequestContext, StateBackend, estimate_tokens
+from clasp_gateway import RequestContext, StateBackend, input_estimate
 
 from .admit import ADMIT
 from .settings import LimitSet, LimitsSettings, limits_of
@@ -82,11 +82,12 @@ def scopes_for(ctx: RequestContext, settings: LimitsSettings) -> list[Scope]:
     return out
 
 
-def token_estimate(request: Any, cap: int) -> int:
-    """Input estimate + ``max_tokens`` (or ``max_completion_tokens``) clamped to ``cap``."""
+def token_estimate(ctx: RequestContext, request: Any, cap: int) -> int:
+    """Input estimate (the core's, computed once per request: budgets use it too) +
+    ``max_tokens`` (or ``max_completion_tokens``) clamped to ``cap``."""
     asked = request.get("max_completion_tokens") or request.get("max_tokens")
     output = min(int(asked), cap) if isinstance(asked, int) and asked > 0 else cap
-    return estimate_tokens(request) + output
+    return input_estimate(ctx, request) + output
 
 
 class Limiter:
@@ -99,7 +100,7 @@ class Limiter:
     async def admit(self, ctx: RequestContext, request: Any, scopes: list[Scope]) -> Admission:
         """Count the request against every scope's limits, or raise a 429 (nothing counted)."""
         needs_tokens = any(s.limits.tpm is not None or s.limits.tpd is not None for s in scopes)
-        estimate = token_estimate(request, self.settings.output_estimate_cap) if needs_tokens else 0
+        estimate = token_estimate(ctx, request, self.settings.output_estimate_cap) if needs_tokens else 0
         admission, backend = await self.store.run(lambda b: self._admit(b, ctx.api, scopes, estimate))
         admission.backend = backend
         return admission
