@@ -480,7 +480,18 @@ _PROVIDER_KEYS = {
 """Provider-specific deployment keys, read by the provider that needs them (kept raw
 in ``Deployment.settings``: secrets stay references until the provider resolves them)."""
 
-_SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", "trusted", *_PROVIDER_KEYS)
+DEPLOYMENT_LIMITS = Section({
+    "rpm": Integer(1, example=500),
+    "tpm": Integer(1, example=200000),
+    "rpd": Integer(1, example=10000),
+    "max_concurrency": Integer(1, example=8),
+})
+"""A deployment's own ``limits:`` (for providers that send no rate-limit headers):
+requests and tokens per minute, requests per day, requests in flight. Enforced across
+replicas by clasp-fallback (``deployment_limits.py``), which routes to the next
+candidate before the provider would answer 429."""
+
+_SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", "limits", "retry", "trusted", *_PROVIDER_KEYS)
 """Deployment keys kept in ``Deployment.settings`` for the modules that read them."""
 
 PRICES = Section({
@@ -534,6 +545,10 @@ DEPLOYMENT = Section({
     # The organisation runs it (or has a contract for what it is sent): plugins that
     # keep data from third parties (clasp-credential-guard) treat it as its own.
     "trusted": Boolean(),
+    "limits": Field(DEPLOYMENT_LIMITS, None),
+    # This deployment's overrides of fallback.retry (attempts, backoff, on...): the
+    # fallback plugin's schema checks it (validate_config), as it owns the policy.
+    "retry": Anything("a mapping of fallback.retry settings (attempts, base_delay, max_delay, on...)"),
     **_PROVIDER_KEYS,
 })
 """One deployment of a route. Everything LiteLLM's catalogue says about a model

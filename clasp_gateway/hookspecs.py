@@ -309,6 +309,25 @@ def before_attempt(ctx: RequestContext, deployment: Deployment, attempt_number: 
 
 
 @hookspec(firstresult=True)
+def hedge_delay(ctx: RequestContext, deployment: Deployment, attempt_number: int) -> Any:
+    """An attempt on ``deployment`` is starting: return the seconds after which, if it
+    has not committed (no first byte), the pipeline starts the next candidate in
+    parallel (a hedge) and keeps whichever commits first, or ``None`` for no hedge.
+    Called for the first attempt on a deployment that has a candidate after it, never
+    for a hedge itself (at most one hedge per attempt). The hedge candidate passes every check a fallback
+    passes (regions, permissions, ``before_attempt``: breakers, limits, budgets). May
+    return an awaitable. First answer wins."""
+
+
+@hookspec(firstresult=True)
+def start_hedge(ctx: RequestContext, deployment: Deployment, candidate: Deployment) -> Any:
+    """The hedge delay of an attempt on ``deployment`` passed without a first byte,
+    and ``candidate`` would be started beside it: return ``False`` to not hedge now
+    (a spent hedge budget), anything else to go on. Called before ``candidate``'s
+    ``before_attempt``. May return an awaitable. First answer wins."""
+
+
+@hookspec(firstresult=True)
 def on_error(
     ctx: RequestContext, deployment: Deployment, error: Exception, attempt_number: int
 ) -> Any:

@@ -37,9 +37,10 @@ from . import registrations
 from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
+from .hedging import HEDGED, Launch, close_stream, launch_of, race
 from .plugins import PluginManager, call_each, call_each_sync, call_first, notifier
 from .policy import admit, check_expiry, inside_regions
-from .shaping.context import ContextManager, is_context_overflow, overflow_error
+from .shaping.context import ContextManager, ContextPlan, is_context_overflow, overflow_error
 from .shaping.long_answers import CONTINUED_KEY, PRICED_BY_ATTEMPTS, LongAnswers, with_room
 from .shaping.server_tools import RoundServices, ServerTools
 from .shaping.textcalls import check_config as check_text_calls
@@ -381,7 +382,10 @@ class Gateway:
         candidates = inside_regions(ctx, plan.candidates)  # context fallbacks are candidates too
         overflow_retried = False
         last_error: GatewayError | None = None
+        ctx.state.pop(HEDGED, None)  # hedges are per round (a server-tool loop has several)
         for position, deployment in enumerate(candidates):
+            if deployment.id in ctx.state.get(HEDGED, ()):
+                continue  # already tried beside an earlier candidate (a hedge)
             if self.permissions.blocked:  # empty unless no credential of some deployment has access
                 skipped = self.permissions.unavailable(deployment)
                 if skipped is not None:  # skipped like an open breaker: no upstream call
@@ -399,24 +403,16 @@ class Gateway:
                 attempt = Attempt(deployment)
                 ctx.attempts.append(attempt)
                 try:
-                    # Some deployments cannot stream (the answer is then replayed as one
-                    # chunk) or can only stream (the route aggregates): honour both.
-                    streaming = deployment.settings.get("streaming", "auto")
-                    upstream_stream = stream if streaming == "auto" else streaming == "always"
-                    body = prepare_body(fitted, deployment, ctx.hints, stream=upstream_stream)
-                    chunks = self.providers.open(deployment, body, stream=upstream_stream, ctx=ctx)
-                    try:
-                        # The first-byte limit covers reaching the commit point.
-                        async with asyncio.timeout(deployment.timeouts.first_byte):
-                            held = await self._until_commit(deployment, chunks)
-                    except TimeoutError:
-                        aclose = getattr(chunks, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-                        raise UpstreamError(
-                            f"{deployment.id}: no answer within {deployment.timeouts.first_byte:.0f}s",
-                            upstream_status=0, deployment=deployment.id, kind="timeout",
-                        ) from None
+                    launch = self._launch(ctx, deployment, attempt, fitted, stream)
+                    chunks = launch.chunks
+                    delay = await call_first(self.pm.hook.hedge_delay, ctx=ctx, deployment=deployment, attempt_number=number
+                                             ) if number == 1 and position + 1 < len(candidates) else None
+                    if delay is None:
+                        held = await self._commit(deployment, chunks)
+                    else:  # hedged first byte (hedging.py): the first of two attempts to commit
+                        won = await race(self, ctx, launch, float(delay), candidates[position + 1 :],
+                                         lambda dep: self._hedge_launch(ctx, plan, dep, stream), self._commit)
+                        deployment, attempt, chunks, held = won.deployment, won.attempt, won.chunks, won.held or []
                 except GatewayError as exc:
                     error = exc
                 else:
@@ -463,6 +459,44 @@ class Gateway:
             ctx.response_headers.setdefault("x-clasp-degraded", "fallback-response")
             return self._canned(None, answer)
         raise error
+
+    def _launch(
+        self, ctx: RequestContext, deployment: Deployment, attempt: Attempt, fitted: CanonicalRequest, stream: bool
+    ) -> Launch:
+        """Open the upstream stream of ``attempt`` (nothing is read yet)."""
+        # Some deployments cannot stream (the answer is then replayed as one
+        # chunk) or can only stream (the route aggregates): honour both.
+        streaming = deployment.settings.get("streaming", "auto")
+        upstream_stream = stream if streaming == "auto" else streaming == "always"
+        body = prepare_body(fitted, deployment, ctx.hints, stream=upstream_stream)
+        return launch_of(deployment, attempt, body, self.providers.open(deployment, body, stream=upstream_stream, ctx=ctx))
+
+    async def _hedge_launch(
+        self, ctx: RequestContext, plan: ContextPlan, deployment: Deployment, stream: bool
+    ) -> Launch | None:
+        """Open a hedge attempt on ``deployment`` (its checks passed: hedging.py);
+        ``None`` when it cannot even be opened (its failure is recorded)."""
+        attempt = Attempt(deployment)
+        ctx.attempts.append(attempt)
+        try:
+            return self._launch(ctx, deployment, attempt, await plan.fit(deployment), stream)
+        except GatewayError as exc:
+            attempt.error, attempt.ended = exc, time.perf_counter()
+            await self.after_attempt(ctx, attempt)
+            return None
+
+    async def _commit(self, deployment: Deployment, chunks: AsyncIterator[Chunk]) -> list[Chunk]:
+        """:meth:`_until_commit` within the deployment's first-byte timeout (which
+        covers reaching the commit point); on timeout the stream is closed."""
+        try:
+            async with asyncio.timeout(deployment.timeouts.first_byte):
+                return await self._until_commit(deployment, chunks)
+        except TimeoutError:
+            await close_stream(chunks)
+            raise UpstreamError(
+                f"{deployment.id}: no answer within {deployment.timeouts.first_byte:.0f}s",
+                upstream_status=0, deployment=deployment.id, kind="timeout",
+            ) from None
 
     async def _until_commit(self, deployment: Deployment, chunks: AsyncIterator[Chunk]) -> list[Chunk]:
         """Read ``chunks`` up to the one that commits the stream (:func:`commits`) and

@@ -38,6 +38,11 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 6
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 40, 80)
 SPEED_BUCKETS = (5, 10, 20, 30, 40, 60, 80, 120, 160, 240, 400, 800)
 """Output tokens per second, after the first token."""
+BUDGET_STATUSES = (402, 429)
+BUDGET_ERROR = "BudgetExhaustedError:"
+"""How a request event says a hard budget refused it: its ``error`` names the exception's
+class (clasp-budgets' ``BudgetExhaustedError``, 402 on Anthropic routes and 429 on
+OpenAI routes), which a plain rate limit's 429 does not."""
 TOKEN_DIRECTIONS = (("input_tokens", "input"), ("output_tokens", "output"),
                     ("cache_read_input_tokens", "cache_read"), ("cache_creation_input_tokens", "cache_write"),
                     ("reasoning_tokens", "reasoning"))
@@ -122,6 +127,9 @@ class GatewayMetrics:
         self.retries = Counter("clasp_retries", "Attempts that retried the deployment just tried.", ["model"], registry=r)
         self.fallbacks = Counter("clasp_fallbacks", "Moves to another deployment within one request.",
                                  ["model", "from_deployment", "to_deployment"], registry=r)
+        self.budget_exhausted = Counter("clasp_budget_exhausted", "Requests refused because a hard budget had no "
+                                        "room left (402 billing_error; OpenAI routes: 429 insufficient_quota).",
+                                        spend_labels[:1] + spend_labels[2:], registry=r)
         self.cut = Counter("clasp_streams_cut", "Streams that ended early (upstream broke, client left).",
                            ["model", "provider"], registry=r)
         self.quality = Counter("clasp_quality_signals", "Answers with a quality signal: error, truncated, "
@@ -179,6 +187,8 @@ class GatewayMetrics:
             if saved:
                 _child(self.cache_saved, (model,)).inc(saved)
         self._observe_moves(model, event.get("attempts") or [])
+        if status in BUDGET_STATUSES and str(event.get("error") or "").startswith(BUDGET_ERROR):
+            _child(self.budget_exhausted, (model, team) if team is not None else (model,)).inc()
         if event.get("cut"):
             _child(self.cut, (model, provider)).inc()
 

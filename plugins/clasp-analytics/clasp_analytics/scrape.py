@@ -3,7 +3,9 @@
 ``analytics.metrics.auth`` says who may scrape: ``admin`` (an admin key, the default),
 ``token`` (a bearer token of the scraper's own, ``analytics.metrics.token``; no gateway
 key needs to live in Prometheus' configuration) or ``none``. Circuit breaker states are
-read from the shared state at scrape time, so every worker and replica reports the same.
+read from the shared state at scrape time, so every worker and replica reports the same;
+so are the shared state's, the database's and the ledger spool's health
+(:mod:`.dependencies`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.responses import Response
 from clasp_gateway import GatewayError, error_response
 
 from .access import check_bearer, require_admin
+from .dependencies import dependency_families
 from .metrics import breaker_family
 
 if TYPE_CHECKING:
@@ -50,8 +53,8 @@ async def metrics_endpoint(request: Request) -> Response:
             check_bearer(request, runtime.metrics_token or "")
     except GatewayError as exc:
         return error_response(exc, "anthropic", request_id)
-    states = await breaker_states(request)
-    extra = [breaker_family(states)] if states else []
+    states, dependencies = await asyncio.gather(breaker_states(request), dependency_families(request.app.state))
+    extra = ([breaker_family(states)] if states else []) + dependencies
     body = runtime.metrics.exposition(extra)
     return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 

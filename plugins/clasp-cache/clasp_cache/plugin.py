@@ -24,6 +24,7 @@ from clasp_gateway import (
     RegisterDataStore,
     RegisterRoute,
     hookimpl,
+    resolve_secret,
 )
 
 from .admin import RUNTIME_KEY, cache_endpoint, clear_endpoint
@@ -49,14 +50,20 @@ def memory_backend(*, limits: BackendLimits, clock: Any = time.time, **_: Any) -
 
 def redis_backend(*, limits: BackendLimits, clock: Any = time.time, options: dict[str, Any],
                   gateway: Gateway | None = None, **_: Any) -> CacheBackend:
-    """The ``redis`` backend: ``backend_options.url``, else the ``state:`` section's Redis."""
-    url = options.get("url")
+    """The ``redis`` backend: ``backend_options.url``, else the ``state:`` section's Redis.
+
+    Either may be a secret reference (``${REDIS_URL}``, ``file:/run/secrets/redis_url``:
+    the URL holds the password), resolved here like every secret of clasp.yaml."""
+    where, url = "cache.backend_options.url", options.get("url")
     if not url and gateway is not None:
         state = gateway.config.raw.get("state") or {}
-        url = state.get("url") if isinstance(state, dict) else None
+        where, url = "state.url", state.get("url") if isinstance(state, dict) else None
     if not url:
         raise ValueError("cache.backend_options.url: required for the redis backend (or a state: section with a Redis url)")
-    return RedisBackend(limits, clock, url=str(url), prefix=options.get("prefix", "clasp:cache:"),
+    secret = resolve_secret(url)
+    if not secret.value:
+        raise ValueError(f"{where}: {secret.describe()} does not resolve ({secret.hint})")
+    return RedisBackend(limits, clock, url=secret.value, prefix=options.get("prefix", "clasp:cache:"),
                         timeout=float(options.get("timeout", 0.25)),
                         max_connections=int(options.get("max_connections", 32)))
 

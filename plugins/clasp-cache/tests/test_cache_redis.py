@@ -124,3 +124,30 @@ def test_on_redis_a_changed_context_misses_and_the_ttl_expires(upstream: FakeUps
             again = ask("the file says A")
             assert again.headers["x-clasp-cache"] == "miss" and again.json()["choices"][0]["message"]["content"] == "v3"
             assert len(upstream.requests) == 3
+
+
+@pytest.mark.parametrize("where", ["state_file", "option_env"])
+def test_the_redis_url_may_be_a_secret_reference(upstream: FakeUpstream, redis_server: RedisServer,
+                                                 tmp_path: Any, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The URL holds Redis' password, so it is a reference like every secret: a file the
+    state: section names (the container set-up, deploy/clasp.yaml) or an environment
+    variable in backend_options, resolved; not handed to the client as the text ``file:...``."""
+    upstream.reset()
+    upstream.queue(Text("cached through a reference"))
+    with redis_server.namespace() as ns:
+        cache_prefix = ns.prefix + "cache:"
+        settings = config(upstream, ns.url, cache_prefix)
+        if where == "state_file":
+            (tmp_path / "redis_url").write_text(ns.url + "\n")
+            settings["state"] = {"backend": "redis", "url": f"file:{tmp_path / 'redis_url'}", "prefix": ns.prefix}
+            settings["cache"] = {"backend": "redis", "backend_options": {"prefix": cache_prefix}}
+        else:
+            monkeypatch.setenv("CLASP_TEST_CACHE_REDIS_URL", ns.url)
+            settings["cache"]["backend_options"]["url"] = "${CLASP_TEST_CACHE_REDIS_URL}"
+        with GatewayServer(config_from(settings)) as gw:
+            first = chat(gw.base_url, "a question worth caching")
+            assert first.status_code == 200 and first.headers["x-clasp-cache"] == "miss"
+            wait_for_entries(ns.url, cache_prefix, 1)
+            second = chat(gw.base_url, "a question worth caching")
+            assert second.status_code == 200 and second.headers["x-clasp-cache"] == "exact"
+        assert len(upstream.requests) == 1

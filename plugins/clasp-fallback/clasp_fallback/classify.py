@@ -24,6 +24,7 @@ FailureKind = Literal[
     "timeout",  # no answer (connect or first byte) in time
     "connect",  # refused, reset, DNS
     "protocol",  # an answer that is not what was asked: HTML, malformed JSON, empty or cut stream
+    "cancelled",  # a hedge that lost the race (started late, cancelled): says nothing of its health
 ]
 
 # Providers' words for a content-policy refusal (OpenAI, Azure content filter, Gemini safety).
@@ -53,7 +54,7 @@ class Failure:
 
         A refused or oversized request proves the deployment is up and answering.
         """
-        return self.kind not in _CLIENT_KINDS
+        return self.kind not in _CLIENT_KINDS and self.kind != "cancelled"
 
     @property
     def is_availability(self) -> bool:
@@ -90,8 +91,10 @@ def classify(error: BaseException | None) -> Failure | None:
 
 
 def _classify_upstream(error: UpstreamError) -> Failure:
-    if error.kind == "timeout":
+    if error.kind in ("timeout", "slow"):  # slow: no first byte by its hedge delay, and a hedge answered
         return Failure("timeout", "timeout")
+    if error.kind == "cancelled":
+        return Failure("cancelled", "")
     if error.kind == "connect":
         return Failure("connect", "connect")
     if error.kind == "protocol":

@@ -27,7 +27,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from clasp_gateway import UNAVAILABLE_KEY, Chunk, Deployment, GatewayError, OverloadedError, RequestContext
+from clasp_gateway import (
+    UNAVAILABLE_KEY,
+    Chunk,
+    Deployment,
+    GatewayError,
+    OverloadedError,
+    RateLimitError,
+    RequestContext,
+)
 
 from .classify import classify
 from .stats import safe_error_text
@@ -47,6 +55,8 @@ class Skip:
     reason: str
     retry_in: float | None = None
     """Seconds until it may be tried again (an open breaker), if known."""
+    limit: bool = False
+    """Skipped because one of its own ``limits:`` was reached (deployment_limits.py)."""
 
 
 def canned_chunks(text: str, ctx: RequestContext) -> list[Chunk]:
@@ -105,6 +115,14 @@ def exhausted_answer(
     if default_response:
         ctx.response_headers[DEGRADED_HEADER] = "default-response"
         return canned_chunks(default_response, ctx)
+    if skipped and not ctx.attempts and all(s.limit for s in skipped):
+        # Every candidate is at its own limit: the client should slow down (429).
+        wait = max(1, math.ceil(min(s.retry_in or 1.0 for s in skipped)))
+        return RateLimitError(
+            f"every deployment of {ctx.public_model!r} is at its configured limit ("
+            + "; ".join(f"{s.deployment}: {s.reason}" for s in skipped) + f"); retry in {wait}s",
+            headers={"retry-after": str(wait)},
+        )
     if failures and all(f.kind == "rate_limited" for f in failures):
         return None  # keep the 429 and its retry-after: the client should slow down
     if last is not None and last.kind == "misconfigured":

@@ -129,6 +129,8 @@ class HealthChecker:
 def deployment_status(runtime: FallbackRuntime, deployment: Deployment, view: Any, check: CheckResult | None) -> dict[str, Any]:
     """One deployment's entry on ``/health/providers``: no URLs, keys or headers."""
     stats = runtime.stats.of(deployment.id)
+    p99 = runtime.ttfb_p99(deployment.id)
+    limits = runtime.limits_of(deployment.id)
     return {
         "id": deployment.id,
         "provider": deployment.provider,
@@ -142,7 +144,14 @@ def deployment_status(runtime: FallbackRuntime, deployment: Deployment, view: An
             "reason": view.reason or None,
             "probe_in_s": round(view.reopens_in, 3) if view.state == "open" else None,
         },
-        "latency_ms": {"ttfb_avg": None if stats.ttfb_ms is None else round(stats.ttfb_ms, 1)},
+        "latency_ms": {"ttfb_avg": None if stats.ttfb_ms is None else round(stats.ttfb_ms, 1),
+                       "ttfb_p99": None if p99 is None else round(p99 * 1000, 1)},
+        "hedges": {"started": runtime.hedger.hedges[deployment.id], "free": runtime.hedger.free_hedges[deployment.id],
+                   "budget_available": round(runtime.hedger.budget.tokens.get(deployment.id, runtime.hedger.budget.burst), 2)},
+        "limits": None if limits is None else {
+            **limits,
+            "headroom": runtime.headroom(deployment.id), "skipped_at_limit": stats.limited,
+        },
         "attempts": {
             "total": stats.attempts,
             "failed": stats.failures,

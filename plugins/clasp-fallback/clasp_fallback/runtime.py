@@ -6,15 +6,19 @@ in one process never share breakers, budgets or statistics. Per request it:
 
 * ``resolve_route`` (a wrapper around any routing plugin): swaps in the chain of the
   request's class (``fallback.tasks``) and applies the strategy (the core then fits context windows);
-* ``before_attempt``: skips deployments whose breaker is open, claims half-open probes;
+* ``before_attempt``: skips deployments whose breaker is open or that are at one of
+  their own ``limits:`` (deployment_limits.py), claims half-open probes;
 * ``on_error``: retry the same deployment (backoff with full jitter, ``retry-after``,
   within the retry budget), go to the next candidate, or fail;
-* ``after_attempt``: feeds the breaker and the statistics;
+* ``after_attempt``: feeds the breaker, the statistics and the TTFB estimates, and
+  releases the attempt's per-deployment limit slot;
+* ``hedge_delay``/``start_hedge``: hedged first byte (hedge.py);
 * ``on_exhausted``: stale answer, default response, or a clear 529 (see degrade.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Generator
@@ -34,13 +38,16 @@ from clasp_gateway import (
     StateUnavailable,
     await_me_maybe,
     create_state,
+    estimate_tokens,
     hookimpl,
 )
 
 from .breaker import BreakerStore, BreakerView, SharedBreakers
 from .classify import Failure, classify
 from .degrade import Skip, exhausted_answer
+from .deployment_limits import DeploymentLimits, Limits, limits_of
 from .health import HealthChecker
+from .hedge import Hedger
 from .retry import RetryBudget, backoff_delay, retry_after_delay
 from .settings import FallbackSettings
 from .stats import CheckResult, Stats
@@ -59,6 +66,10 @@ class RequestState:
     chain: list[Deployment]
     probes: set[str] = field(default_factory=set)
     skipped: list[Skip] = field(default_factory=list)
+    tokens: int = 0
+    """The request's estimated input tokens (counted against ``tpm`` limits)."""
+    slots: dict[str, list[int]] = field(default_factory=dict)
+    """Per deployment id: the token counts of the limit slots this request holds."""
 
     def untried(self, ctx: RequestContext, deployment: Deployment) -> list[Deployment]:
         """Candidates neither tried nor skipped yet (whatever order the core settled on:
@@ -91,6 +102,15 @@ class FallbackRuntime:
         self.namespace = b.key_prefix or ("clasp:fallback:" if self.own_state else "fallback:")
         self.breakers: BreakerStore = SharedBreakers(b, self.state, self.namespace)
         self.health = HealthChecker(self)
+        self.hedger = Hedger(settings.hedge)
+        self.limits = DeploymentLimits(self.state, self.namespace)
+        self.deployment_limits: dict[str, Limits] = {}
+        for dep in gateway.config.deployments():
+            found = limits_of(dep)
+            if found is not None:
+                self.deployment_limits[dep.id] = found
+        self._count_tokens = any(lim.tpm for lim in self.deployment_limits.values())
+        self._limited_until: dict[str, float] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -117,7 +137,26 @@ class FallbackRuntime:
         """Whether ``deployment_id``'s circuit breaker lets requests through (closed), as
         this replica last saw it: the public surface routing plugins (clasp-router) read
         for availability, without reaching into the breaker store."""
-        return self.breakers.peek(deployment_id).healthy
+        if not self.breakers.peek(deployment_id).healthy:
+            return False
+        return self._limited_until.get(deployment_id, 0.0) <= time.monotonic()
+
+    def headroom(self, deployment_id: str) -> float | None:
+        """The share left of ``deployment_id``'s tightest own limit (``limits:``), as
+        this replica last counted it; ``None`` without limits or before any count."""
+        verdict = self.limits.last.get(deployment_id)
+        return None if verdict is None else verdict.headroom
+
+    def ttfb_p99(self, deployment_id: str) -> float | None:
+        """The learned p99 time to first byte in seconds (hedge.py): of streamed
+        answers, else (none measured yet) of whole ones."""
+        found = self.hedger.p99(deployment_id, True)
+        return found if found is not None else self.hedger.p99(deployment_id, False)
+
+    def limits_of(self, deployment_id: str) -> dict[str, int] | None:
+        """A deployment's own ``limits:`` (the ones set: rpm, tpm, rpd, max_concurrency), if any."""
+        found = self.deployment_limits.get(deployment_id)
+        return None if found is None else {k: v for k, v in dataclasses.asdict(found).items() if v is not None}
 
     # --- per request --------------------------------------------------------------------------
 
@@ -149,7 +188,9 @@ class FallbackRuntime:
             ordered = await custom_order(registered, ctx, ordered)
         else:
             ordered = order(request, ordered, self.settings, self.breakers.peek, self.stats)
-        ctx.state[STATE_KEY] = RequestState(ordered)
+        state = ctx.state[STATE_KEY] = RequestState(ordered)
+        if self._count_tokens:
+            state.tokens = estimate_tokens(request)
         return ordered
 
     @hookimpl
@@ -167,6 +208,9 @@ class FallbackRuntime:
                 reason = "circuit breaker half-open, its one probe is in flight"
             await self._skip(ctx, state, deployment, reason, wait)
             return False
+        limits = self.deployment_limits.get(deployment.id)
+        if limits is not None and not await self._take_slot(ctx, state, deployment, limits):
+            return False
         if ticket.probe:
             state.probes.add(deployment.id)
             self.stats.of(deployment.id).probes += 1
@@ -175,10 +219,57 @@ class FallbackRuntime:
             self.budget.note_request(deployment.id)
         return True
 
+    async def _take_slot(self, ctx: RequestContext, state: RequestState, deployment: Deployment, limits: Limits) -> bool:
+        """Count this attempt against the deployment's own limits, or skip it."""
+        verdict = await self.limits.acquire(deployment.id, limits, state.tokens)
+        if verdict.ok:
+            self._limited_until.pop(deployment.id, None)
+            state.slots.setdefault(deployment.id, []).append(state.tokens)
+            return True
+        self._limited_until[deployment.id] = time.monotonic() + verdict.retry_after
+        self.stats.of(deployment.id).limited += 1
+        limit = getattr(limits, verdict.reason, None)
+        await self._skip(ctx, state, deployment, f"at its {verdict.reason} limit ({limit}), room in "
+                         f"{verdict.retry_after:.1f}s", verdict.retry_after, limit=True)
+        return False
+
+    async def _free_slot(self, state: RequestState, deployment_id: str, used_tokens: int | None) -> None:
+        """Release one limit slot of this request on ``deployment_id`` (tokens corrected to ``used_tokens``)."""
+        held = state.slots.get(deployment_id)
+        limits = self.deployment_limits.get(deployment_id)
+        if not held or limits is None:
+            return
+        counted = held.pop()
+        correction = 0 if used_tokens is None or not limits.tpm else used_tokens - counted
+        await self.limits.release(deployment_id, limits, correction)
+
+    @hookimpl
+    def hedge_delay(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> float | None:
+        """Hedge after the deployment's learned p99 time to first byte (hedge.py)."""
+        return self.hedger.delay(ctx, deployment)
+
+    @hookimpl
+    def start_hedge(self, ctx: RequestContext, deployment: Deployment, candidate: Deployment) -> bool:
+        """Within the hedge budget (free away from a suspect deployment)."""
+        return self.hedger.claim(deployment)
+
+    @hookimpl
+    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
+        """The request is over: free limit slots an attempt never started with (another
+        plugin's ``before_attempt`` refused it after ours counted it)."""
+        if event.get("kind") != "request":
+            return
+        state = ctx.state.get(STATE_KEY)
+        if isinstance(state, RequestState) and state.slots:
+            for ident in list(state.slots):
+                while state.slots.get(ident):
+                    await self._free_slot(state, ident, None)
+
     async def _skip(
-        self, ctx: RequestContext, state: RequestState, deployment: Deployment, reason: str, retry_in: float | None = None
+        self, ctx: RequestContext, state: RequestState, deployment: Deployment, reason: str,
+        retry_in: float | None = None, *, limit: bool = False,
     ) -> None:
-        state.skipped.append(Skip(deployment.id, reason, retry_in))
+        state.skipped.append(Skip(deployment.id, reason, retry_in, limit))
         event = {
             "kind": "skip",
             "request_id": ctx.request_id,
@@ -214,7 +305,7 @@ class FallbackRuntime:
 
     def _retry_delay(self, deployment: Deployment, failure: Failure, attempt_number: int) -> float | None:
         """Seconds before retrying ``deployment``, or ``None`` to move on."""
-        r = self.settings.retry
+        r = self.settings.retry_for(deployment.id)
         if failure.retry_after is not None and failure.retry_after > r.max_retry_after:
             return None  # waiting that long is worse than another deployment (or a fast error)
         if attempt_number > r.attempts or not failure.matches(r.on):
@@ -240,8 +331,20 @@ class FallbackRuntime:
             probe = True
             state.probes.discard(dep.id)
         healthy = failure is None or not failure.counts_against_deployment
+        if isinstance(state, RequestState) and state.slots.get(dep.id):
+            usage = attempt.usage
+            used = usage.input_tokens + usage.output_tokens + usage.cache_read_input_tokens if usage else None
+            await self._free_slot(state, dep.id, used)
+        if (not probe and getattr(attempt.error, "kind", None) == "slow" and self.settings.hedge.cold_losses == "ignore"
+                and self.hedger.p99(dep.id, ctx.client_stream) is None):
+            # Lost a hedge race before its latency was learned (it waited initial_delay):
+            # slow or hung cannot be told apart yet, so it says nothing of its health.
+            # (A probe that lost still fails its probe: the breaker stays open.)
+            self.stats.attempt_ended(dep.id, ok=False, counts=False, ttfb=None, error=None)
+            return
+        self.hedger.observe(ctx, attempt, timed_out=failure is not None and failure.kind == "timeout")
         rest_for = 0.0
-        r = self.settings.retry
+        r = self.settings.retry_for(dep.id)
         if (
             failure is not None and failure.kind == "rate_limited" and failure.retry_after
             and failure.retry_after > r.max_retry_after and self.settings.breaker.rest_on_retry_after

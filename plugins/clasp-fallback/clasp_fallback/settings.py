@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clasp_gateway import (
@@ -36,6 +36,8 @@ from clasp_gateway import (
     did_you_mean,
     resolve_secret,
 )
+
+from .hedge import HedgeSettings
 
 BUILTIN_STRATEGIES = ("chain", "strict", "cost", "balanced")
 """Strategies this plugin runs itself when no plugin registers the name. ``chain`` is the
@@ -153,6 +155,14 @@ class FallbackSettings:
     """Chains by request class (``ctx.request_class``: ``background``, ``coding``...)."""
     default_response: str | None = None
     """When every candidate failed: answer with this text instead of a 529."""
+    hedge: HedgeSettings = field(default_factory=HedgeSettings)
+    """Hedged first byte (``fallback.hedge``, see hedge.py)."""
+    retry_overrides: dict[str, RetrySettings] = field(default_factory=dict)
+    """Per deployment id: its ``retry:`` in clasp.yaml merged over ``fallback.retry``."""
+
+    def retry_for(self, deployment_id: str) -> RetrySettings:
+        """The retry policy of one deployment (its own overrides, else the global one)."""
+        return self.retry_overrides.get(deployment_id, self.retry)
 
 
 # --- the schema (clasp_gateway's declarative fields) ------------------------------------------
@@ -216,6 +226,33 @@ HEALTH = Section({
     "public": Boolean(),
 }, into=HealthSettings)
 
+_HG = HedgeSettings()
+
+HEDGE = Section({
+    "enabled": Boolean(),
+    "quantile": Number(above=0.5, maximum=0.9999),
+    "floor": Duration(minimum=0.01),
+    "initial_delay": Duration(minimum=0.01),
+    "min_samples": Integer(1),
+    "cold_losses": Choice("ignore", "count"),
+    "alpha": Number(above=0, maximum=1),
+    "budget": Section({
+        "ratio": Field(Number(0, maximum=1), _HG.ratio),
+        "burst": Field(Number(0), _HG.burst),
+    }),
+})
+
+DEPLOYMENT_RETRY = Section({
+    "attempts": Integer(0),
+    "base_delay": Duration(),
+    "max_delay": Duration(),
+    "max_retry_after": Duration(),
+    "on": RETRY.fields["on"].kind,
+})
+"""A deployment's ``retry:`` (clasp.yaml ``models:``): any of ``fallback.retry``'s
+policy keys, overriding the global value for that deployment only (the retry budget
+stays global)."""
+
 TASK = Section({
     "chain": Field(ListOf(String(non_empty=True), non_empty=True,
                           expected="a non-empty list of deployment ids or provider/model names from models:"),
@@ -233,6 +270,7 @@ def _section(strategies: Iterable[str]) -> Section:
         "health": HEALTH,
         "tasks": Field(MapOf(Anything(), expected="a mapping of request class -> list of deployments"), factory=dict),
         "default_response": Field(String(non_empty=True, expected="the text to answer with"), None),
+        "hedge": HEDGE,
     })
 
 
@@ -271,6 +309,14 @@ def parse_settings(
     if b.key_ttl < b.max_cooldown + b.window:
         problems.append(f"fallback.breaker.key_ttl: must outlive max_cooldown + window ({b.max_cooldown + b.window:g}s), "
                         f"got {b.key_ttl:g}s")
+    h = top["hedge"]
+    hedge = HedgeSettings(
+        enabled=_HG.enabled if h["enabled"] is None else h["enabled"],
+        quantile=h["quantile"] or _HG.quantile, floor=h["floor"] or _HG.floor,
+        initial_delay=h["initial_delay"] or _HG.initial_delay, min_samples=h["min_samples"] or _HG.min_samples,
+        cold_losses=h["cold_losses"] or _HG.cold_losses,
+        alpha=h["alpha"] or _HG.alpha, ratio=h["budget"]["ratio"], burst=h["budget"]["burst"],
+    )
     settings = FallbackSettings(
         strategy=top["strategy"],
         weights=top["weights"],
@@ -279,6 +325,8 @@ def parse_settings(
         health=top["health"],
         tasks=_tasks(top["tasks"], config, problems, classes),
         default_response=top["default_response"],
+        hedge=hedge,
+        retry_overrides=_retry_overrides(config, retry, problems),
     )
     if problems:
         raise ConfigError(config.source, problems)
@@ -321,4 +369,25 @@ def _tasks(
             elif all(d.id != found.id for d in chain):
                 chain.append(found)
         out[str(task)] = TaskChain(tuple(chain), then_model_chain)
+    return out
+
+
+def _retry_overrides(config: Config, retry: RetrySettings, problems: list[str]) -> dict[str, RetrySettings]:
+    """Each deployment's ``retry:`` merged over the global policy (checked here: the
+    core keeps it raw, as this plugin owns what it means)."""
+    out: dict[str, RetrySettings] = {}
+    for route in config.models:
+        for i, dep in enumerate(route.deployments):
+            raw = dep.settings.get("retry")
+            if raw is None or dep.id in out:
+                continue
+            path = f"models.{route.pattern}.{i}.retry"
+            given = DEPLOYMENT_RETRY.parse(raw, path, problems, defaults=False)
+            if "on" in given:
+                given["on"] = frozenset(given["on"])
+            merged = replace(retry, **given)
+            if merged.max_delay < merged.base_delay:
+                problems.append(f"{path}.max_delay: must be >= base_delay ({merged.base_delay:g}s), "
+                                f"got {merged.max_delay:g}s")
+            out[dep.id] = merged
     return out

@@ -63,6 +63,8 @@ class DeploymentStats:
     """Attempts that were the half-open probe of an open breaker."""
     skipped: int = 0
     """Requests that skipped this deployment because its breaker was open."""
+    limited: int = 0
+    """Requests that skipped it because one of its own ``limits:`` was reached."""
     retries: int = 0
     last_error: str | None = None
     last_error_at: float | None = None

@@ -60,9 +60,14 @@ class Measurements:
 
 
 def entry(
-    deployment: Deployment, measured: Measured | None, available: bool | None, headroom: float | None = None
+    deployment: Deployment, measured: Measured | None, available: bool | None, headroom: float | None = None,
+    *, ttfb_p99_s: float | None = None, limits: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
-    """One catalogue row, safe to show: no keys, no headers, no api_base."""
+    """One catalogue row, safe to show: no keys, no headers, no api_base.
+
+    ``ttfb_p99_s``: the learned p99 time to first byte (clasp-fallback's hedging
+    estimate); ``limits``: the deployment's own ``limits:`` (rpm, tpm, rpd,
+    max_concurrency), whose headroom is folded into ``headroom``."""
     info = deployment.info
     return {
         "id": deployment.id,
@@ -78,6 +83,8 @@ def entry(
         "output_cost_per_mtok": round(info.output_cost_per_token * 1e6, 6),
         "ttfb_ms": None if measured is None or measured.ttfb_ms is None else round(measured.ttfb_ms, 1),
         "tokens_per_s": None if measured is None or measured.tokens_per_s is None else round(measured.tokens_per_s, 1),
+        "ttfb_p99_ms": None if ttfb_p99_s is None else round(ttfb_p99_s * 1000, 1),
+        "limits": {k: v for k, v in limits.items() if v is not None} if limits else None,
         "available": available,
         "headroom": None if headroom is None else round(headroom, 3),
     }

@@ -148,6 +148,13 @@ async def catalogue(request: Request) -> Response:
     deployments = runtime.gateway.config.deployments()
     if runtime.shared.state.shared:
         await runtime.shared.refresh([d.id for d in deployments])  # what every replica measured
-    rows = [entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id), runtime.headroom(d.id))
-            for d in deployments]
+    fallback = getattr(request.app.state, "fallback", None)  # hedging estimates and own limits, if installed
+    p99 = getattr(fallback, "ttfb_p99", None)
+    own = getattr(fallback, "limits_of", None)
+    rows = []
+    for d in deployments:
+        limits = own(d.id) if callable(own) else None
+        rows.append(entry(d, runtime.measurements.by_id.get(d.id), runtime.available(d.id), runtime.headroom(d.id),
+                          ttfb_p99_s=p99(d.id) if callable(p99) else None,
+                          limits=limits if isinstance(limits, dict) else None))
     return json_response({"strategy": runtime.settings.strategy, "deployments": rows})

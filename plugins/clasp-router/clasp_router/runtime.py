@@ -118,9 +118,16 @@ class RouterRuntime:
         gateway.providers.track_rate_limits()  # headroom for single-key deployments too
 
     def headroom(self, deployment_id: str) -> float | None:
-        """Share of requests left in the provider's rate-limit window, from its headers."""
+        """Share of requests left in the provider's rate-limit window, from its headers,
+        or of the deployment's own ``limits:`` (clasp-fallback counts them), whichever
+        is smaller."""
         dep = self._by_id.get(deployment_id)
-        return None if dep is None else self.gateway.providers.headroom(dep)
+        found = None if dep is None else self.gateway.providers.headroom(dep)
+        own = getattr(self._availability(), "headroom", None)
+        mine = own(deployment_id) if callable(own) else None
+        if isinstance(mine, (int, float)):
+            found = mine if found is None else min(found, mine)
+        return found
 
     def available(self, deployment_id: str) -> bool:
         """Breaker closed (or no clasp-fallback installed: assume available)."""

@@ -95,6 +95,17 @@ def worst_case_on(worst: WorstCase, deployment: Deployment) -> float:
     return worst.input_tokens * in_price + out * float(info.output_cost_per_token or 0.0)
 
 
+def hedged_worst_case(worst: WorstCase, in_flight: Sequence[Deployment], deployment: Deployment) -> float:
+    """The worst case when ``deployment`` is started beside attempts still in flight
+    (a hedge, clasp_gateway.hedging): whichever answers costs its worst case, and every
+    other one its input (a cancelled attempt was sent the prompt, and is billed for it)."""
+    group = [*in_flight, deployment]
+    inputs = [worst.input_tokens * max(float(d.info.input_cost_per_token or 0.0),
+                                       float(d.info.cache_creation_input_token_cost or 0.0)) for d in group]
+    total_inputs = sum(inputs)
+    return max(worst_case_on(worst, d) + total_inputs - inputs[i] for i, d in enumerate(group))
+
+
 def set_max_tokens(request: CanonicalRequest, tokens: int) -> None:
     """Lower the request's output limit in place (whichever field it uses)."""
     if "max_completion_tokens" in request:

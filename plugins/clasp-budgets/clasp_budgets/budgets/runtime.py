@@ -28,7 +28,15 @@ from clasp_gateway import (
     request_cost,
 )
 
-from .costs import attempt_costs, cut_estimate, set_max_tokens, streamed_text, worst_case, worst_case_on
+from .costs import (
+    attempt_costs,
+    cut_estimate,
+    hedged_worst_case,
+    set_max_tokens,
+    streamed_text,
+    worst_case,
+    worst_case_on,
+)
 from .errors import refusal_error
 from .periods import PERIODS, Period, current_period
 from .reservations import BudgetRefused, Hold, Reservations, Slot
@@ -207,11 +215,14 @@ class BudgetRuntime:
     async def before_attempt(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> bool | None:
         """A candidate dearer than those the reservation was sized for (a routing plugin
         chose it: ``fallback.tasks``) is tried only if the reservation can grow to its
-        worst case; otherwise it is skipped (no upstream call)."""
+        worst case; otherwise it is skipped (no upstream call). A hedge (another
+        attempt still in flight) grows it by the input the attempts in flight were sent."""
         hold: Hold | None = ctx.state.get(HOLD)
         if hold is None:
             return None
-        needed = worst_case_on(hold.worst, deployment)
+        in_flight = [a.deployment for a in ctx.attempts if a.ended is None]
+        # A hedge (another attempt still in flight): its input counts too, win or lose.
+        needed = hedged_worst_case(hold.worst, in_flight, deployment) if in_flight else worst_case_on(hold.worst, deployment)
         if needed <= hold.amount * (1 + 1e-9):
             return None
         return None if await self.reservations.top_up(hold, needed) else False
