@@ -46,7 +46,13 @@ The names, by what a plugin does with them:
   (:class:`TransformAdapter`, :class:`EventReader`, :func:`prepare_body`,
   :func:`response_fixer`); the request's prompt-cache breakpoints
   (:func:`has_marks`, :func:`strip_marks`, :func:`prompt_cache_key`).
-- **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`.
+- **Secrets**: :func:`redact`, :func:`redact_bytes`, :func:`register_secret`; secret
+  backends (``register_secret_backends``: :class:`SecretBackend`,
+  :class:`RegisterSecretBackend`, :class:`SecretLookupError`).
+- **Tracing**: :func:`set_upstream_headers` (a ``traceparent`` for the upstream calls
+  of this request), :func:`upstream_headers`.
+- **Retention** (``register_data_stores``): :class:`DataSelection` (what a store's
+  ``purge`` deletes), :class:`RegisterDataStore`, :func:`delete_data`.
 - **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
   SQLAlchemy async Core over ``storage:``), :class:`BulkInsert` (a background writer's
   batch through the driver's ``executemany``), migrations registered as
@@ -112,6 +118,8 @@ from .registrations import (
     ToolRegistration,
 )
 from .request_facts import RequestFingerprint, input_estimate, request_fingerprint
+from .retention import DataSelection, DataStoreRegistration, RegisterDataStore, delete_data
+from .secrets import RegisterSecretBackend, SecretBackend, SecretBackendRegistration, SecretLookupError
 from .shaping.context import estimate_tokens, is_context_overflow
 from .shaping.long_answers import CONTINUED_HEADER, REWRITTEN_KEY
 from .shaping.schema import clean_schema
@@ -149,6 +157,7 @@ from .state import (
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .storage.bulk import BulkInsert
 from .storage.standalone import database_for
+from .tracing import set_upstream_headers, upstream_headers
 from .types import (
     KEEPALIVE,
     Attempt,
@@ -238,8 +247,13 @@ __all__ = [
     "has_marks", "prompt_cache_key", "strip_marks",
     # token-based credentials (OAuth, Azure AD): fetched before they expire, one refresh at a time
     "RefreshingToken",
-    # secrets
+    # secrets: redaction, and secret backends (register_secret_backends)
     "redact", "redact_bytes", "register_secret",
+    "RegisterSecretBackend", "SecretBackend", "SecretBackendRegistration", "SecretLookupError",
+    # per-request headers a plugin adds to upstream calls (tracing: traceparent)
+    "set_upstream_headers", "upstream_headers",
+    # retention and deletion (register_data_stores): what a store's purge receives
+    "DataSelection", "DataStoreRegistration", "RegisterDataStore", "delete_data",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state", "parse_state_settings",

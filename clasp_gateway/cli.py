@@ -13,13 +13,13 @@ from typing import Any
 
 from . import registrations
 from .config import Config, ConfigError, load_config, open_gateway, tls_file_problems
-from .redact import RedactingFilter, RedactingFormatter, install_redaction
 
 log = logging.getLogger("clasp")
 
 
-def setup_logging(level: str = "info", *, worker: bool = False) -> None:
-    """Log to stderr with secrets redacted from every record, whoever logs it.
+def setup_logging(level: str = "info", log_format: str = "text", *, worker: bool = False) -> None:
+    """Log to stderr with secrets redacted from every record, whoever logs it, as
+    text or one JSON object per line (``server.log_format``, :mod:`clasp_gateway.logs`).
 
     Records are redacted when created (:func:`~clasp_gateway.redact.install_redaction`:
     message, traceback and stack), so a handler a library adds to its own logger
@@ -27,24 +27,11 @@ def setup_logging(level: str = "info", *, worker: bool = False) -> None:
     again. Libraries' own handlers are removed where known (uvicorn here; LiteLLM's,
     added when it is imported, by ``providers.adopt_litellm_logging``) so their
     records come out once, in this format. ``worker``: one of several worker processes
-    (``server.workers`` > 1), whose lines carry its process id (``[1234]``), so a line
-    tells which worker wrote it."""
-    install_redaction()
-    handler = logging.StreamHandler()
-    where = " [%(process)d]" if worker else ""
-    handler.setFormatter(RedactingFormatter(f"%(asctime)s{where} %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    if "litellm" in sys.modules:  # imported already (by a plugin): its handlers go now
-        from .wire.litellm_adapter import adopt_litellm_logging
+    (``server.workers`` > 1), whose lines carry its process id (``[1234]``; ``pid`` in
+    JSON), so a line tells which worker wrote it."""
+    from .logs import setup
 
-        adopt_litellm_logging()
+    setup(level, log_format, worker=worker)
 
 
 def _load(path: str | None) -> Config:
@@ -99,7 +86,7 @@ def app_from_env() -> Any:
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the app started: it reads the file anyway
     config = _load(os.environ.get("CLASP_CONFIG"))
-    setup_logging(config.server.log_level, worker=True)
+    setup_logging(config.server.log_level, config.server.log_format, worker=True)
     return ServingApp(create_app(config))
 
 
@@ -117,7 +104,7 @@ def _prepared_workers(app: Any, config: Config, workers: int) -> Iterator[None]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.server.log_format)
     host = args.host or config.server.host
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
@@ -258,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     from .storage.cli import add_parser as add_db_parser
 
     add_db_parser(sub, common)
+    from .data_cli import add_parser as add_data_parser
+
+    add_data_parser(sub, common)
     sub.add_parser("code", help="start Claude Code on this gateway (see `clasp code --help`)", add_help=False)
 
     # Plugin commands: only loaded when the name is not a built-in one.
     argv = list(sys.argv[1:] if argv is None else argv)
-    builtin = {"serve", "check", "plugins", "code", "db", "-h", "--help"}
+    builtin = {"serve", "check", "plugins", "code", "db", "data", "-h", "--help"}
     # The first word that is not an option or the value of --config/-c (``clasp -c x.yaml keys list``).
     at = next((i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in ("--config", "-c"))),
               None)

@@ -9,8 +9,9 @@ to plugins, which declare and check them (``register_config_sections``,
 ``validate_config``); :func:`section_problems` and :func:`plugin_problems` run
 those checks when the gateway is built, by ``clasp check`` and ``clasp serve`` alike.
 
-Secrets are references: ``${ENV_VAR}`` (``${ENV_VAR:-default}`` for non-secrets) or
-``file:/run/secrets/name``. A reference that does not resolve does not stop the
+Secrets are references: ``${ENV_VAR}`` (``${ENV_VAR:-default}`` for non-secrets),
+``file:/run/secrets/name``, or ``scheme:path`` for a secret backend a plugin registers
+(``vault:secret/llm/openai#api_key``, see :mod:`.secrets`). A reference that does not resolve does not stop the
 gateway: the deployment that needs it is marked unusable, the start-up log says
 which variable to set, and requests routed to it get the same message.
 """
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +36,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .classes import BACKGROUND_MAX_TOKENS, LONG_CONTEXT_TOKENS
+from .content_log import LOGGING
 from .redact import register_secret
 from .registrations import RegistrationError, config_sections, sections_declared_by
+from .retention import RETENTION
+from .secrets import KNOWN_MANAGERS, SecretBackendRegistration, SecretBackends, is_backend_reference
 from .types import Deployment, KeyPolicy, Secret, Timeouts
 from .validation import (
     Anything,
@@ -160,6 +165,8 @@ class ServerConfig:
     port: int = 4000
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (for a person) or ``json`` (one object per line: :mod:`clasp_gateway.logs`)."""
     workers: int = 1
     allow_unauthenticated: bool = False
     """Serve without ``keys:`` on a non-loopback address (refused unless set)."""
@@ -250,6 +257,15 @@ def _resolve_secret(ref: Any, default_env: str | None) -> Secret:
             return Secret(f"${{{default_env}}}", value, f"set {default_env}")
         return Secret("", None, "no credential configured")
     text = str(ref)
+    reference = is_backend_reference(text)
+    if reference is not None and (reference[0] in KNOWN_MANAGERS or reference[0] in _backends.registrations):
+        value, hint = _backends.resolve(*reference)
+        return Secret(text, value, hint)
+    return _resolve_builtin(text)
+
+
+def _resolve_builtin(text: str) -> Secret:
+    """``${VAR}``, ``file:/path``, or a literal (the built-in backends, env and file)."""
     if text.startswith("file:"):
         path = Path(text[5:])
         try:
@@ -262,6 +278,17 @@ def _resolve_secret(ref: Any, default_env: str | None) -> Secret:
         value = os.environ.get(var) or default or None
         return Secret(text, value, f"set {var}")
     return Secret(text, text or None, "")
+
+
+_backends = SecretBackends()
+"""The secret backends of the configuration being loaded (:func:`parse_config` sets
+them from ``secrets:``); plugins resolving their own references later use them too."""
+
+
+def _builtin_secret(ref: Any) -> Secret:
+    secret = _resolve_builtin(str(ref))
+    register_secret(secret.value)
+    return secret
 
 
 def expand_env(value: str) -> tuple[str, list[str]]:
@@ -287,9 +314,11 @@ def expand_env(value: str) -> tuple[str, list[str]]:
 # --- the core's schema -----------------------------------------------------------------------
 
 CORE_SECTIONS = ("server", "plugins", "keys", "models", "classes", "context", "server_tools", "state", "permissions",
-                 "storage", "long_answers")
-"""Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models`` and
-``classes`` here; ``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
+                 "storage", "long_answers", "secrets", "logging", "retention")
+"""Top-level sections the core reads: ``server``, ``plugins``, ``keys``, ``models``,
+``classes``, ``secrets`` (the options of secret backends, :mod:`.secrets`), ``logging``
+(content logging, :mod:`.content_log`) and ``retention`` (:mod:`.retention`) here;
+``context`` in :mod:`.context`, ``server_tools`` in :mod:`.server_tools`,
 ``state`` in :mod:`.state`, ``permissions`` in :mod:`.permissions`, ``storage`` in
 :mod:`.storage` and ``long_answers`` in :mod:`.shaping.long_answers`, when the gateway is built. Any other top-level key must be declared by a loaded plugin
 (``register_config_sections``), see :func:`section_problems`."""
@@ -310,6 +339,7 @@ SERVER = Section({
     "port": Integer(1, 65535),
     "max_request_bytes": Integer(1024),
     "log_level": Choice("debug", "info", "warning", "error", fold_case=True),
+    "log_format": Choice("text", "json", expected="text or json (one JSON object per line)"),
     "workers": Integer(1),
     "allow_unauthenticated": Boolean(),
     "trusted_proxies": ListOf(Custom(_ip_or_network, "an IP address or network such as 10.0.0.0/8")),
@@ -461,7 +491,7 @@ requests and tokens per minute, requests per day, requests in flight. Enforced a
 replicas by clasp-fallback (``deployment_limits.py``), which routes to the next
 candidate before the provider would answer 429."""
 
-_SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", "limits", "retry", *_PROVIDER_KEYS)
+_SETTINGS_KEYS = ("text_tool_calls", "schema_dialect", "limits", "retry", "trusted", *_PROVIDER_KEYS)
 """Deployment keys kept in ``Deployment.settings`` for the modules that read them."""
 
 PRICES = Section({
@@ -512,6 +542,9 @@ DEPLOYMENT = Section({
     "prices": PRICES,
     "text_tool_calls": Anything("true, false or auto"),  # checked by textcalls.py when the gateway is built
     "schema_dialect": Choice("none", "openai", "gemini", "strict"),
+    # The organisation runs it (or has a contract for what it is sent): plugins that
+    # keep data from third parties (clasp-credential-guard) treat it as its own.
+    "trusted": Boolean(),
     "limits": Field(DEPLOYMENT_LIMITS, None),
     # This deployment's overrides of fallback.retry (attempts, backoff, on...): the
     # fallback plugin's schema checks it (validate_config), as it owns the policy.
@@ -799,14 +832,19 @@ def tls_file_problems(server: ServerConfig) -> list[str]:
 # --- the whole file ----------------------------------------------------------------------------
 
 
-def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
+def parse_config(data: Any, source: str = "clasp.yaml", *,
+                 secret_backends: Mapping[str, SecretBackendRegistration] | None = None) -> Config:
     """Validate a loaded YAML document; raise :class:`ConfigError` listing every problem.
 
     Checks the core's sections (``server``, ``plugins``, ``keys``, ``models``). The
     sections read elsewhere are checked when the gateway is built (:func:`section_problems`,
     ``context``, ``server_tools``, plugins' ``validate_config``): ``clasp check`` and
     ``clasp serve`` both build it before serving, see ``app.build_gateway``.
+
+    References are resolved with the built-in backends and those of
+    ``secret_backends`` (default: the installed plugins', see :mod:`.secrets`).
     """
+    global _backends
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -814,9 +852,18 @@ def parse_config(data: Any, source: str = "clasp.yaml") -> Config:
                                    f"got {type(data).__name__}"])
     problems: list[str] = []
     warnings: list[str] = []
+    raw_secrets = data.get("secrets")
+    if raw_secrets is not None and not isinstance(raw_secrets, dict):
+        problems.append(f"secrets: expected a mapping of backend name -> its settings, got {type(raw_secrets).__name__}")
+        raw_secrets = None
+    _backends = SecretBackends(raw_secrets, secret_backends)  # before any reference below is resolved
+    if raw_secrets:
+        _backends.check(_builtin_secret, problems)
     server = SERVER.parse(data.get("server"), "server", problems)
     if isinstance(server, ServerConfig):
         problems += tls_cors_problems(server)
+    LOGGING.parse(data.get("logging"), "logging", problems)
+    RETENTION.parse(data.get("retention"), "retention", problems)
     paths = PLUGINS.parse(data.get("plugins"), "plugins", problems)["paths"]
     classes = CLASSES.parse(data.get("classes"), "classes", problems)
     keys, key_problems = _keys(data.get("keys"), problems, warnings)

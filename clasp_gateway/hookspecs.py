@@ -34,6 +34,8 @@ if TYPE_CHECKING:
         RegisterRoutingStrategy,
         RegisterTool,
     )
+    from .retention import RegisterDataStore
+    from .secrets import RegisterSecretBackend
     from .types import Attempt, CanonicalRequest, Chunk, Deployment, RequestContext
 
 hookspec = pluggy.HookspecMarker("clasp")
@@ -154,6 +156,37 @@ def register_cache_backends(register: RegisterCacheBackend) -> None:
     ``redis`` this way; a plugin adds another store (Memcached, a database) without
     touching it. Names are unique across plugins; ``gateway.cache_backends`` maps each
     name to its :class:`~clasp_gateway.registrations.CacheBackendRegistration`.
+    """
+
+
+@hookspec
+def register_secret_backends(register: RegisterSecretBackend) -> None:
+    """Add a secret backend: ``register(scheme, factory, settings=None)``.
+
+    clasp.yaml references ``scheme:path`` (``vault:secret/llm/openai#api_key``) are
+    resolved by the backend registered for ``scheme``; ``${VAR}`` and ``file:/path``
+    are built in. ``factory(options)`` builds the backend once per configuration from
+    its ``secrets.<scheme>:`` section, checked with ``settings`` (a :class:`Section`;
+    ``None``: the backend takes no settings). The backend's ``resolve(path)`` returns
+    the secret or raises :class:`~clasp_gateway.SecretLookupError` with a hint; it runs
+    when the configuration loads, never per request, and every value it returns is
+    redacted from logs and errors. Only installed plugins (entry points) provide
+    backends: secrets are resolved before ``plugins.paths`` is read. See
+    :mod:`clasp_gateway.secrets`.
+    """
+
+
+@hookspec
+def register_data_stores(register: RegisterDataStore) -> None:
+    """Add a data store: ``register(name, purge, description="")``.
+
+    ``purge(gateway, selection)`` (async) deletes the plugin's records that a
+    :class:`~clasp_gateway.DataSelection` names (created before ``selection.before``,
+    of ``selection.key_id``, of ``selection.team``: every field given must match), in
+    batches of ``selection.batch``, and returns how many records went. The core calls
+    it from the retention job (``retention.max_age.<name>``) and for deletions on
+    demand (``clasp data delete``, ``POST /admin/data/delete``; ``selection.actor``
+    names who asked). See :mod:`clasp_gateway.retention`.
     """
 
 

@@ -66,9 +66,15 @@ class Finding:
 
 
 def is_reference(value: Any) -> bool:
-    """``${ENV}`` or ``file:/path``: the secret is not in the file."""
-    return isinstance(value, str) and (bool(re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}", value.strip()))
-                                       or value.startswith("file:"))
+    """``${ENV}``, ``file:/path`` or a secret backend's ``scheme:path`` (``vault:...``):
+    the secret is not in the file."""
+    from .secrets import KNOWN_MANAGERS, is_backend_reference
+
+    if not isinstance(value, str):
+        return False
+    backend = is_backend_reference(value.strip())
+    return (bool(re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}", value.strip())) or value.startswith("file:")
+            or (backend is not None and backend[0] in KNOWN_MANAGERS))
 
 
 def entropy_bits(value: str) -> float:

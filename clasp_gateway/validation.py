@@ -249,12 +249,12 @@ class Number(Kind):
         return self.maximum is None or number <= self.maximum
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class Duration(Number):
-    """Seconds, as a number or with a unit: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``."""
+    """Seconds, as a number or with a unit: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"90d"``."""
 
     def __init__(self, minimum: float = 0.0, maximum: float | None = None, *, expected: str | None = None) -> None:
         super().__init__(minimum, maximum, expected=expected or (

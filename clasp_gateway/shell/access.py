@@ -15,7 +15,8 @@ A line::
 
 (one line; ``class`` is the request's class, ``-`` before the pipeline classified it;
 ``cut`` is appended when a stream ended early). Probes of ``/health`` and
-``/ready`` are logged at DEBUG, everything else at INFO.
+``/ready`` are logged at DEBUG, everything else at INFO. With ``server.log_format:
+json`` the same values are the line's JSON fields (:func:`fields`, :mod:`clasp_gateway.logs`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ..logs import ACCESS_FIELDS
 from ..types import Principal, RequestContext
 
 access_log = logging.getLogger("clasp.access")
@@ -75,34 +77,57 @@ def _word(value: Any) -> str:
     return "_".join(text.split()) or "-"
 
 
-def format_line(record: AccessRecord, ended: float) -> str:
-    """The access line of ``record`` (see the module doc for its fields)."""
+def fields(record: AccessRecord, ended: float) -> dict[str, Any]:
+    """What the access line of ``record`` says, as typed fields (the JSON log's
+    ``server.log_format: json`` keys; ``None`` where the text line has ``-``)."""
     ctx = record.ctx
     event: dict[str, Any] = (ctx.state.get(REQUEST_EVENT) or {}) if ctx is not None else {}
     principal = record.principal
-    status = event.get("status") or record.status or 499  # 499: the client left before any answer
     usage = event.get("usage") or {}
     attempts = event.get("attempts") or []
-    deployment = event.get("deployment") or (attempts[-1].get("deployment") if attempts else None)
     cost = event.get("cost_usd", 0.0 if not event else None)
+    return {
+        "request_id": record.request_id,
+        "api": ctx.api if ctx is not None else record.api,
+        "method": record.method,
+        "path": record.path,
+        "model": (ctx.public_model or None) if ctx is not None else None,
+        "class": (ctx.request_class or None) if ctx is not None else None,
+        "key": ((principal.name or principal.key_id) or None) if principal is not None else None,
+        "team": principal.team if principal is not None else None,
+        "deployment": event.get("deployment") or (attempts[-1].get("deployment") if attempts else None),
+        "attempts": len(attempts),
+        "status": event.get("status") or record.status or 499,  # 499: the client left before any answer
+        "input_tokens": int(usage.get("input_tokens") or 0),
+        "output_tokens": int(usage.get("output_tokens") or 0),
+        "cost_usd": round(cost, 6) if isinstance(cost, (int, float)) else None,
+        "ms": round((ended - record.started) * 1000, 1),
+        "cut": bool(event.get("cut")),
+    }
+
+
+def format_line(record: AccessRecord, ended: float) -> str:
+    """The access line of ``record`` (see the module doc for its fields)."""
+    return _text(fields(record, ended))
+
+
+def _text(f: dict[str, Any]) -> str:
+    cost = f["cost_usd"]
     parts = [
-        record.request_id,
-        ctx.api if ctx is not None else record.api,
-        record.method,
-        record.path,
-        "model=" + _word(ctx.public_model if ctx is not None else None),
-        "class=" + _word(ctx.request_class if ctx is not None else None),
-        "key=" + _word((principal.name or principal.key_id) if principal is not None else None),
-        "team=" + _word(principal.team if principal is not None else None),
-        "deployment=" + _word(deployment),
-        f"attempts={len(attempts)}",
-        f"status={status}",
-        f"in={int(usage.get('input_tokens') or 0)}",
-        f"out={int(usage.get('output_tokens') or 0)}",
+        f["request_id"], f["api"], f["method"], f["path"],
+        "model=" + _word(f["model"]),
+        "class=" + _word(f["class"]),
+        "key=" + _word(f["key"]),
+        "team=" + _word(f["team"]),
+        "deployment=" + _word(f["deployment"]),
+        f"attempts={f['attempts']}",
+        f"status={f['status']}",
+        f"in={f['input_tokens']}",
+        f"out={f['output_tokens']}",
         "cost=" + (f"{cost:.6f}" if isinstance(cost, (int, float)) else "-"),
-        f"ms={(ended - record.started) * 1000:.1f}",
+        f"ms={f['ms']:.1f}",
     ]
-    if event.get("cut"):
+    if f["cut"]:
         parts.append("cut")
     return " ".join(parts)
 
@@ -110,8 +135,9 @@ def format_line(record: AccessRecord, ended: float) -> str:
 def write(record: AccessRecord) -> None:
     """Log the line of ``record``. Never raises: a log line must not fail an answer."""
     try:
-        line = format_line(record, time.perf_counter())
+        values = fields(record, time.perf_counter())
         quiet = record.path in _PROBES and (record.status or 0) < 400
-        access_log.log(logging.DEBUG if quiet else logging.INFO, "%s", line)
+        access_log.log(logging.DEBUG if quiet else logging.INFO, "%s", _text(values),
+                       extra={ACCESS_FIELDS: values, "request_id": record.request_id})
     except Exception:
         logging.getLogger("clasp.app").exception("%s: could not write the access line", record.request_id)

@@ -15,9 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import registrations
+from .. import content_log, registrations, retention
 from ..config import Config, ConfigError, plugin_problems, section_problems
 from ..errors import ApiError, GatewayError, NotFoundError
+from ..logs import request_id_var
 from ..pipeline import Gateway, new_request_id
 from ..plugins import PluginManager, call_each
 from . import access, openai_api
@@ -76,6 +77,7 @@ class ErrorBoundary:
             request_id, scope.get("method", "-"), path, api=error_shape(path) if path.startswith("/v1/") else "-"
         )
         state[access.STATE_KEY] = record
+        bound = request_id_var.set(request_id)  # every log line of this request names it (logs.py)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -89,6 +91,7 @@ class ErrorBoundary:
             await _answer_exception(exc, scope, receive, send_wrapper, started=record.status is not None)
         finally:
             access.write(record)
+            request_id_var.reset(bound)
 
 
 class ShapedErrors:
@@ -187,6 +190,8 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     if pm is None:
         pm = PluginManager()
         pm.load(config.plugin_paths, entry_points=load_plugins)
+    content_log.register(pm, config.raw.get("logging"), "logging" in config.raw)  # prompts stay out of logs
+    retention.register(pm, config.raw.get("retention"))  # the retention job, POST /admin/data/delete
     gateway = build_gateway(config, pm)
 
     plugin_routes = [Route(r.path, r.endpoint, methods=list(r.methods), name=r.name)

@@ -33,7 +33,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from ..cli import _load, _validated_app, setup_logging
 
     config = _load(args.config)
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.server.log_format)
     gateway = _validated_app(config).starlette_app.state.gateway
     database: Database = gateway.database
     if not database.migrations:

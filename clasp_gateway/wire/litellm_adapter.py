@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..canonical import completion_to_chunk
+from ..content_log import describe_error
 from ..errors import UpstreamError
 from ..redact import redact
 from ..types import CanonicalRequest, Chunk, Deployment
@@ -94,7 +95,7 @@ def _litellm_error(exc: BaseException, deployment: Deployment) -> UpstreamError:
     message; LiteLLM's internals (class names, tracebacks) only go to the log."""
     label = deployment.id
     status = getattr(exc, "status_code", None)
-    log.info("%s: LiteLLM call failed: %s: %s", label, type(exc).__name__, exc)
+    log.info("%s: LiteLLM call failed: %s", label, describe_error(exc))
     name = type(exc).__name__
     if name in ("Timeout", "APITimeoutError") or status == 408:
         return UpstreamError(f"{label}: the provider did not answer in time", upstream_status=0, deployment=label,

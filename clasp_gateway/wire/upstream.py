@@ -39,6 +39,7 @@ from yarl import URL
 
 from ..errors import UpstreamError
 from ..redact import redact
+from ..tracing import upstream_headers
 from ..types import Deployment
 from .credentials import KEY_FAILURES, Credentials, KeyPool, KeySlot
 from .ratelimits import RateLimitState, parse_rate_limits
@@ -337,8 +338,12 @@ class Upstream:
                 request = build(slot.value if slot is not None else None)
                 if not isinstance(request, UpstreamRequest):
                     request = await request
+                headers = request.headers
+                extra = upstream_headers()  # a plugin's per-request headers (traceparent): tracing.py
+                if extra:
+                    headers = {**extra, **headers}
                 try:
-                    response = await session.post(request.url, data=request.body, headers=request.headers,
+                    response = await session.post(request.url, data=request.body, headers=headers,
                                                   timeout=timeout)
                 except TimeoutError:
                     where = "" if name == "the provider" else f" to {name}"

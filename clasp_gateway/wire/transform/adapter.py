@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from ...canonical import completion_to_chunk
+from ...content_log import describe_error
 from ...errors import ConfigurationError, UpstreamError
 from ...redact import redact
 from ...types import KEEPALIVE, CanonicalRequest, Chunk, Deployment
@@ -83,7 +84,7 @@ class TransformAdapter:
             raise
         except Exception as exc:  # LiteLLM refused the request (unsupported content...)
             label = deployment.id
-            log.info("%s: LiteLLM cannot build the request: %s: %s", label, type(exc).__name__, exc)
+            log.info("%s: LiteLLM cannot build the request: %s", label, describe_error(exc))
             raise UpstreamError(
                 f"{label}: cannot build the {deployment.provider} request: "
                 f"{clean_error_text(exc) or 'the request is not supported'}",
@@ -129,7 +130,7 @@ class TransformAdapter:
             completion = prepared.recipe.parse_response(prepared, response.status, response.headers, raw)
         except Exception as exc:  # the body is not what the provider's format promises
             status = getattr(exc, "status_code", None)
-            log.info("%s: cannot read the provider's answer: %s: %s", label, type(exc).__name__, exc)
+            log.info("%s: cannot read the provider's answer: %s", label, describe_error(exc))
             # An error report with a success status: the provider's own message;
             # anything else: no parser internals, no echo of the body.
             reported = error_message(raw, ctype) if b'"error"' in raw[:200] else ""

@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+from ...content_log import describe_error
 from ...errors import UpstreamError
 from ...redact import redact
 from ...types import Chunk
@@ -86,7 +87,7 @@ class EventReader:
             obj = self._parse(parsed_event)
         except Exception as exc:  # LiteLLM parsers raise their own exception types
             code = getattr(exc, "status_code", None)
-            log.info("%s: cannot read a stream event: %s: %s", label, type(exc).__name__, exc)
+            log.info("%s: cannot read a stream event: %s", label, describe_error(exc))
             raise UpstreamError(
                 f"{label}: cannot read a stream event: {clean_error_text(exc) or 'not a valid event'}",
                 upstream_status=code if isinstance(code, int) and code >= 400 else 502,

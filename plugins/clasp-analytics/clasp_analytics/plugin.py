@@ -56,6 +56,14 @@ def register_routes(register: Callable[..., Any]) -> None:
 
 
 @hookimpl
+def register_data_stores(register: Callable[..., Any]) -> None:
+    """``analytics``: quality rows and feedback, for retention and deletion (:mod:`.retention`)."""
+    from .retention import purge
+
+    register("analytics", purge, "quality rows and feedback (analytics_quality, analytics_feedback)")
+
+
+@hookimpl
 def register_migrations(register: Callable[..., Any]) -> None:
     """The ``analytics`` Alembic branch: quality rows and feedback."""
     from clasp_gateway import MigrationRegistration

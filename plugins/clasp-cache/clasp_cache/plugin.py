@@ -21,6 +21,7 @@ from clasp_gateway import (
     RegisterCacheBackend,
     RegisterCommand,
     RegisterConfigSection,
+    RegisterDataStore,
     RegisterRoute,
     hookimpl,
     resolve_secret,
@@ -71,6 +72,14 @@ def redis_backend(*, limits: BackendLimits, clock: Any = time.time, options: dic
 def register_cache_backends(register: RegisterCacheBackend) -> None:
     register("memory", memory_backend)
     register("redis", redis_backend)
+
+
+@hookimpl
+def register_data_stores(register: RegisterDataStore) -> None:
+    """``cache``: cached answers, for retention and deletion (:mod:`.retention`)."""
+    from .retention import purge
+
+    register("cache", purge, "cached answers (and their semantic vectors)")
 
 
 @hookimpl

@@ -6,6 +6,7 @@ read, off the request's path)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,9 @@ import pytest
 from clasp_gateway.testing import GATEWAY_KEY, Error, FakeUpstream, GatewayServer, Text, config_from
 
 UPSTREAM_KEY = "sk-upstream-budget-test-1234567890"
+TEAM = f"qa-{uuid.uuid4().hex[:8]}"
+"""A team of its own: budget spend lives in the gateway's data directory and state, which
+other tests' gateways in the same run may share (a team ``qa`` had spent $4.98 there)."""
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def gw(ups: dict[str, FakeUpstream]) -> Iterator[GatewayServer]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLASP_LOAD_PLUGINS", "router,fallback,claude,budgets_budgets")
         config = config_from({
-            "keys": [{"key": GATEWAY_KEY, "name": "tests", "team": "qa"}],
+            "keys": [{"key": GATEWAY_KEY, "name": "tests", "team": TEAM}],
             "budgets": {"limits": [{"name": "qa-month", "scope": "team", "usd": 0.05, "mode": "soft"}]},
             "router": {"learn": {"explore": 0, "success_target": 0.7, "budget_low": 0.2, "budget_target": 0.3}},
             "models": {

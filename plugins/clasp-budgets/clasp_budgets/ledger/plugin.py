@@ -10,7 +10,8 @@ Registered under the entry point ``budgets_ledger``:
   ``ledger.shutdown_timeout``; what the database does not take is spooled;
 - ``register_config_sections`` / ``validate_config``: ``ledger:``;
 - ``register_routes``: the admin reports (``/admin/usage``, ``/admin/reports/...``);
-- ``register_commands``: ``clasp report`` and ``clasp prices``.
+- ``register_commands``: ``clasp report`` and ``clasp prices``;
+- ``register_data_stores``: ``ledger``, for retention and deletion (:mod:`.retention`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clasp_gateway import (
     MigrationRegistration,
     RegisterCommand,
     RegisterConfigSection,
+    RegisterDataStore,
     RegisterMigrations,
     RegisterRoute,
     data_dir,
@@ -64,6 +66,14 @@ def register_commands(register: RegisterCommand) -> None:
 
     register("report", cli.main, help="spend by provider, model, key, team...; projections; savings")
     register("prices", prices.main, help="the price map: update FILE (offline), show MODEL")
+
+
+@hookimpl
+def register_data_stores(register: RegisterDataStore) -> None:
+    """``ledger``: its rows by age (``retention.max_age.ledger``), a key's or a team's."""
+    from .retention import purge
+
+    register("ledger", purge, "spend ledger rows (ledger_requests, ledger_attempts)")
 
 
 @hookimpl
