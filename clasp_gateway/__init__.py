@@ -54,7 +54,8 @@ The names, by what a plugin does with them:
 - **Retention** (``register_data_stores``): :class:`DataSelection` (what a store's
   ``purge`` deletes), :class:`RegisterDataStore`, :func:`delete_data`.
 - **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
-  SQLAlchemy async Core over ``storage:``), migrations registered as
+  SQLAlchemy async Core over ``storage:``), :class:`BulkInsert` (a background writer's
+  batch through the driver's ``executemany``), migrations registered as
   :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
   :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
@@ -154,6 +155,7 @@ from .state import (
     parse_state_settings,
 )
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
+from .storage.bulk import BulkInsert
 from .storage.standalone import database_for
 from .tracing import set_upstream_headers, upstream_headers
 from .types import (
@@ -256,7 +258,8 @@ __all__ = [
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
     "Subscription", "create_state", "parse_state_settings",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
-    "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations", "StorageSettings",
+    "BulkInsert", "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations",
+    "StorageSettings",
     "database_for", "parse_storage_settings",
     # permission checks: the candidates the core skipped (ctx.state[UNAVAILABLE_KEY])
     "UNAVAILABLE_KEY",

@@ -22,7 +22,7 @@ from ..logs import request_id_var
 from ..pipeline import Gateway, new_request_id
 from ..plugins import PluginManager, call_each
 from . import access, openai_api
-from .admin import openapi_endpoint
+from .admin import ADMIN_PREFIX, openapi_endpoint
 from .cors import cors_middleware
 from .http import authenticate, error_response, json_response
 from .reload import reload_endpoint
@@ -171,6 +171,19 @@ def build_gateway(config: Config, pm: PluginManager) -> Gateway:
     return gateway
 
 
+def api_first(plugin_routes: list[Route], core_routes: list[Route]) -> list[Route]:
+    """The router's order: every non-admin route (plugins' then the core's) before every
+    ``/admin`` route (plugins' then the core's). Starlette tries routes in order, so
+    ``/v1/messages`` would otherwise be matched against the dozens of admin routes the
+    team plugins register first, on every request; a plugin's route still wins over the
+    core's of the same path (admin and non-admin paths never overlap)."""
+    def admin(route: Route) -> bool:
+        return route.path.startswith(ADMIN_PREFIX) or route.path == ADMIN_PREFIX.rstrip("/")
+
+    return ([r for r in plugin_routes if not admin(r)] + [r for r in core_routes if not admin(r)]
+            + [r for r in plugin_routes if admin(r)] + [r for r in core_routes if admin(r)])
+
+
 def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins: bool = True) -> Starlette:
     """Build the ASGI app for ``config`` (validated: :func:`build_gateway`). Plugins
     load here, once per app."""
@@ -181,10 +194,9 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     retention.register(pm, config.raw.get("retention"))  # the retention job, POST /admin/data/delete
     gateway = build_gateway(config, pm)
 
-    routes: list[Route] = []
-    for r in registrations.routes(pm):  # before the core's: a plugin's route wins
-        routes.append(Route(r.path, r.endpoint, methods=list(r.methods), name=r.name))
-    routes += [
+    plugin_routes = [Route(r.path, r.endpoint, methods=list(r.methods), name=r.name)
+                     for r in registrations.routes(pm)]  # before the core's: a plugin's route wins
+    core_routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/-/plugins", list_plugins, methods=["GET"]),
@@ -197,6 +209,7 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         # Reload clasp.yaml in place (admin role; under `clasp serve`: reload.py).
         Route("/admin/reload", reload_endpoint, methods=["POST"]),
     ]
+    routes = api_first(plugin_routes, core_routes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

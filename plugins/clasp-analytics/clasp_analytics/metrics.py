@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -46,6 +47,25 @@ OpenAI routes), which a plain rate limit's 429 does not."""
 TOKEN_DIRECTIONS = (("input_tokens", "input"), ("output_tokens", "output"),
                     ("cache_read_input_tokens", "cache_read"), ("cache_creation_input_tokens", "cache_write"),
                     ("reasoning_tokens", "reasoning"))
+
+
+LABEL_SETS = 10_000
+"""Distinct request label sets whose series are remembered (memory stays bounded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """One request label set, resolved once (see :meth:`GatewayMetrics._request_labels`)."""
+
+    model: str
+    provider: str
+    timing: tuple[str, ...]
+    """(model, provider, class): the latency histograms' labels."""
+    spend: tuple[str, ...]
+    tokens: tuple[tuple[str, tuple[str, ...]], ...]
+    """(usage field, the token counter's labels) per direction."""
+    requests: Any
+    """The ``clasp_requests`` child."""
 
 
 class LabelGuard:
@@ -140,37 +160,63 @@ class GatewayMetrics:
         self.in_flight = Gauge("clasp_requests_in_flight", "Requests being served now.", registry=r,
                                multiprocess_mode="livesum")
         self._hook_failures_seen: dict[str, int] = {}
+        self._labels: dict[tuple[Any, ...], _Labels] = {}
 
     # --- events ---------------------------------------------------------------------------
 
-    def observe_request(self, event: dict[str, Any], ctx: Any) -> None:
-        """A ``kind: "request"`` event: counts, latency, tokens, cost, cache, fallbacks."""
-        g = self.guard
+    def _request_labels(self, event: dict[str, Any]) -> _Labels:
+        """The labels of a request event's series, and its ``clasp_requests`` child,
+        remembered per distinct (model, deployment, provider, status, class, team, key):
+        a request then costs one dict lookup here instead of a label guard call per label
+        and a tuple per series. Bounded by :data:`LABEL_SETS` (past it, computed each time)."""
+        team_raw = event.get("team") if self.settings.team_label else None
+        key_raw = event.get("key_name") if self.settings.key_label else None
         deployment = event.get("deployment")
         status = event.get("status") or 0
-        public = event.get("public_model")
-        model = g("model", UNKNOWN if deployment is None and status == 404 else public)
+        raw = (event.get("public_model"), deployment, event.get("provider"), status, event.get("request_class"),
+               team_raw, key_raw)
+        remember = True
+        try:
+            found = self._labels.get(raw)
+        except TypeError:  # an unhashable value: not remembered
+            found, remember = None, False
+        if found is not None:
+            return found
+        g = self.guard
+        model = g("model", UNKNOWN if deployment is None and status == 404 else event.get("public_model"))
         provider = g("provider", event.get("provider"))
         cls = g("class", event.get("request_class"))
-        team = g("team", event.get("team")) if self.settings.team_label else None
+        team = g("team", team_raw) if self.settings.team_label else None
         labels = [model, g("deployment", deployment), provider, str(status), cls]
         if team is not None:
             labels.append(team)
         if self.settings.key_label:
-            labels.append(g("key", event.get("key_name")))
-        _child(self.requests, tuple(labels)).inc()
+            labels.append(g("key", key_raw))
+        spend = (model, provider, team) if team is not None else (model, provider)
+        found = _Labels(model, provider, (model, provider, cls), spend,
+                        tuple((field, (*spend, direction)) for field, direction in TOKEN_DIRECTIONS),
+                        _child(self.requests, tuple(labels)))
+        if remember and len(self._labels) < LABEL_SETS:
+            self._labels[raw] = found
+        return found
+
+    def observe_request(self, event: dict[str, Any], ctx: Any) -> None:
+        """A ``kind: "request"`` event: counts, latency, tokens, cost, cache, fallbacks."""
+        found = self._request_labels(event)
+        model, provider, timing, spend = found.model, found.provider, found.timing, found.spend
+        deployment = event.get("deployment")
+        found.requests.inc()
         latency = event.get("latency_ms")
         if isinstance(latency, int | float):
-            _child(self.duration, (model, provider, cls)).observe(latency / 1000)
+            _child(self.duration, timing).observe(latency / 1000)
         ttfb = event.get("ttfb_ms")
         if isinstance(ttfb, int | float):
-            _child(self.ttft, (model, provider, cls)).observe(ttfb / 1000)
-        spend = (model, provider, team) if team is not None else (model, provider)
+            _child(self.ttft, timing).observe(ttfb / 1000)
         usage = event.get("usage") or {}
-        for field, direction in TOKEN_DIRECTIONS:
+        for field, labels in found.tokens:
             count = usage.get(field)
             if count:
-                _child(self.tokens, (*spend, direction)).inc(count)
+                _child(self.tokens, labels).inc(count)
         output = usage.get("output_tokens") or 0
         if output and isinstance(latency, int | float) and isinstance(ttfb, int | float) and latency > ttfb:
             _child(self.speed, (model, provider)).observe(output / ((latency - ttfb) / 1000))
@@ -182,13 +228,14 @@ class GatewayMetrics:
             _child(self.cost, spend).inc(cost)
         hit = event.get("cache_hit", getattr(ctx, "cache_hit", None))
         if hit:
-            _child(self.cache_hits, (model, g("cache_kind", hit))).inc()
+            _child(self.cache_hits, (model, self.guard("cache_kind", hit))).inc()
             saved = event.get("saved_usd", getattr(ctx, "saved_usd", 0.0))
             if saved:
                 _child(self.cache_saved, (model,)).inc(saved)
         self._observe_moves(model, event.get("attempts") or [])
+        status = event.get("status") or 0
         if status in BUDGET_STATUSES and str(event.get("error") or "").startswith(BUDGET_ERROR):
-            _child(self.budget_exhausted, (model, team) if team is not None else (model,)).inc()
+            _child(self.budget_exhausted, spend[:1] + spend[2:]).inc()  # (model[, team])
         if event.get("cut"):
             _child(self.cut, (model, provider)).inc()
 

@@ -5,7 +5,9 @@ background task inserts what is queued every ``interval`` seconds or as soon as
 ``batch`` rows wait, in one transaction. While the database is down the rows stay
 queued (up to ``max_pending``; past that the oldest are dropped and counted), the
 failure is logged once per outage, and the next flush retries. ``close`` (the app's
-shutdown, SIGTERM included) flushes what is left.
+shutdown, SIGTERM included) flushes what is left. A batch is one driver
+``executemany`` (:class:`clasp_gateway.BulkInsert`, its statement built once), not
+SQLAlchemy's per-row parameter processing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 
+from clasp_gateway import BulkInsert
+
 log = logging.getLogger("clasp.analytics")
 
 
@@ -29,6 +33,7 @@ class BatchWriter:
                  max_pending: int = 50_000) -> None:
         self.database = database
         self.table = table
+        self.insert = BulkInsert(table)
         self.interval = interval
         self.batch = batch
         self.pending: deque[dict[str, Any]] = deque()
@@ -68,7 +73,7 @@ class BatchWriter:
                 rows = [self.pending[i] for i in range(min(self.batch, len(self.pending)))]
                 try:
                     async with self.database.begin() as conn:
-                        await conn.execute(self.table.insert(), rows)
+                        await self.insert.execute(conn, rows)
                 except IntegrityError:
                     # A row already there (a flush whose commit answer was lost): write the
                     # batch row by row and drop the duplicates, or it would block the queue.
@@ -91,7 +96,7 @@ class BatchWriter:
         for row in rows:
             try:
                 async with self.database.begin() as conn:
-                    await conn.execute(self.table.insert(), [row])
+                    await self.insert.execute(conn, [row])
             except IntegrityError:
                 log.debug("analytics: %s row already written, dropped", self.table.name)
 

@@ -172,3 +172,30 @@ def test_whole_answers_are_inspected_too(gateway: Any, fake_upstream: FakeUpstre
     found = scrape(gateway)
     assert support.total(found, "clasp_quality_signals_total", signal="truncated") == 1
     assert support.total(found, "clasp_quality_signals_total", signal="invalid_tool_json") == 1  # not an object
+
+
+def test_request_label_sets_are_resolved_once_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's series labels are remembered per distinct label set (the same
+    children every time), never more than LABEL_SETS of them; past it they are still
+    counted, just not remembered."""
+    from clasp_analytics import metrics as m
+    from clasp_analytics.settings import MetricsSettings
+
+    monkeypatch.setattr(m, "LABEL_SETS", 2)
+    gm = m.GatewayMetrics(MetricsSettings())
+    event = {"kind": "request", "public_model": "claude", "deployment": "d1", "provider": "anthropic",
+             "status": 200, "request_class": "chat", "latency_ms": 100.0, "ttfb_ms": 20.0,
+             "usage": {"input_tokens": 10, "output_tokens": 5}, "cost_usd": 0.01}
+    first = gm._request_labels(event)
+    assert gm._request_labels(dict(event)) is first
+    for model in ("a", "b", "c"):
+        gm.observe_request({**event, "public_model": model}, None)
+    assert len(gm._labels) == 2
+    gm.observe_request(event, None)
+    team = {"team": ""} if gm.settings.team_label else {}
+    assert gm.registry.get_sample_value(
+        "clasp_requests_total", {"model": "c", "deployment": "d1", "provider": "anthropic", "status": "200",
+                                 "class": "chat", **team}) == 1.0
+    assert gm.registry.get_sample_value(
+        "clasp_tokens_total", {"model": "claude", "provider": "anthropic", **team, "direction": "input"}) == 10.0
+    gm.observe_request({**event, "public_model": ["unhashable"]}, None)  # not remembered, still counted

@@ -157,3 +157,46 @@ def test_pause_over_http_and_admin_unpause(paused_gateway: tuple[GatewayServer, 
 def _key_id(secret: str) -> str:
     """A static key's id (the core's: the first 12 hex digits of its SHA-256)."""
     return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+async def test_one_state_operation_counts_every_subject(backend: str, tmp_path: Any) -> None:
+    """``COUNT_ALL`` (a request's key and user counted at once) is the core's ``incr``
+    per key on every backend: totals in key order, the TTL set when a counter starts."""
+    from clasp_budgets.limits.runaway import COUNT_ALL
+
+    from clasp_gateway.state.settings import state_problems
+    from clasp_gateway.testing import redis_server
+
+    async def check(state: Any) -> None:
+        await state.open()
+        try:
+            await state.incr("c:key", 5)
+            assert await state.run(COUNT_ALL, ["c:key", "c:user"], [2, 60_000]) == [7, 2]
+            assert await state.run(COUNT_ALL, ["c:key", "c:user"], [3, 60_000]) == [10, 5]
+            assert await state.incr("c:user", 1) == 6  # the same counters incr reads
+        finally:
+            await state.close()
+
+    if backend == "redis":
+        with redis_server() as redis, redis.namespace() as ns:
+            settings, problems = state_problems({"backend": "redis", "url": ns.url, "prefix": ns.prefix})
+            assert problems == []
+            await check(create_state(settings))
+        return
+    raw = {"backend": "sqlite", "url": str(tmp_path / "state.db")} if backend == "sqlite" else {"backend": "memory"}
+    settings, problems = state_problems(raw)
+    assert problems == []
+    await check(create_state(settings))
+
+
+async def test_counters_expire_with_their_minute() -> None:
+    clock = FakeClock(START)
+    rt = runtime(clock)
+    await rt._count(ctx("k1", "u1"), [("key:k1", "key"), ("user:u1", "user")], "requests", 1)
+    minute = int(START // 60)
+    state = rt.store.shared
+    assert await state.get(f"limits:rw:key:k1:requests:{minute}") == b"1"
+    assert await state.get(f"limits:rw:user:u1:requests:{minute}") == b"1"
+    clock.advance(181)  # COUNT_TTL
+    assert await state.get(f"limits:rw:key:k1:requests:{minute}") is None

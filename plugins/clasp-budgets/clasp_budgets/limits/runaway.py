@@ -16,8 +16,11 @@ stores a pause every replica honours until it expires or an admin lifts it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from clasp_gateway import Script, ScriptTx
 
 from .settings import RunawaySettings
 
@@ -114,3 +117,41 @@ class Detector:
         if rate > threshold:
             return Flag(subject, series, rate / scale, pattern.ewma / scale, threshold / scale)
         return None
+
+
+def _count_all(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[int]:
+    amount, ttl_ms = int(args[0]), int(args[1])
+    totals = []
+    for key in keys:
+        raw = tx.get(key)
+        if raw is None:
+            tx.set(key, str(amount), ttl=ttl_ms / 1000 if ttl_ms else None)
+            totals.append(amount)
+        else:
+            value = int(raw) + amount
+            tx.set(key, str(value), keep_ttl=True)
+            totals.append(value)
+    return totals
+
+
+def _decode_counts(reply: Any) -> list[int]:
+    return [int(v) for v in reply]
+
+
+COUNT_ALL: Script[list[int]] = Script(
+    name="clasp.limits.runaway_count",
+    lua="""
+local out = {}
+for i, key in ipairs(KEYS) do
+  local existed = redis.call('EXISTS', key)
+  out[i] = redis.call('INCRBY', key, ARGV[1])
+  if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+return out
+""",
+    python=_count_all,
+    decode=_decode_counts,
+)
+"""The runaway counters of every subject of a request (its key and its user) in one
+state operation: ``incr`` on each key (the core's ``INCR``, whose TTL starts with the
+counter), the new totals in key order."""

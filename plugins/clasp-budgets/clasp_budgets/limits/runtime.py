@@ -25,7 +25,7 @@ import orjson
 from clasp_gateway import CanonicalRequest, RequestContext, StateBackend, hookimpl
 
 from .limiter import NS, Admission, Limiter, scopes_for
-from .runaway import USD_UNIT, Detector, Flag
+from .runaway import COUNT_ALL, USD_UNIT, Detector, Flag
 from .settings import LimitsSettings
 from .shape import LimitExceeded
 from .store import Store
@@ -132,10 +132,13 @@ class LimitsRuntime:
                 f"POST /admin/limits/unpause", kind="paused", headers={"retry-after": str(max(1, math.ceil(left)))})
 
     async def _count(self, ctx: RequestContext, subjects: list[tuple[str, str]], series: str, amount: int) -> None:
+        """Count ``amount`` on every subject's counter of ``series`` this minute, in one
+        state operation (:data:`~.runaway.COUNT_ALL`), and flag what runs away."""
         minute, fraction = self.detector.minute()
-        for subject, label in subjects:
-            key = f"{COUNT}{subject}:{series}:{minute}"
-            total, _ = await self.store.run(methodcaller("incr", key, amount, ttl=COUNT_TTL))
+        keys = [f"{COUNT}{subject}:{series}:{minute}" for subject, _ in subjects]
+        ttl_ms = int(COUNT_TTL * 1000)
+        totals, _ = await self.store.run(lambda backend: backend.run(COUNT_ALL, keys, [amount, ttl_ms]))
+        for (subject, label), total in zip(subjects, totals, strict=True):
             flag = self.detector.observe(subject, series, minute, fraction, float(total))
             if flag is not None:
                 await self._flagged(ctx, flag, label)

@@ -1,0 +1,85 @@
+"""``BulkInsert`` (clasp_gateway/storage/bulk.py): a background writer's batch through
+the driver's executemany, on SQLite and PostgreSQL, read back through SQLAlchemy."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from clasp_gateway import BulkInsert
+from clasp_gateway.storage.settings import async_url
+
+
+def table() -> sa.Table:
+    """A fresh table per test (the module's database is shared by its tests)."""
+    return sa.Table(
+        f"bulk_{uuid.uuid4().hex[:8]}", sa.MetaData(),
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("ts", sa.Float, nullable=False),
+        sa.Column("count", sa.Integer, nullable=False),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("tags", sa.JSON),
+        sa.Column("note", sa.Text),
+    )
+
+
+def row(i: int, **extra: Any) -> dict[str, Any]:
+    return {"id": f"r{i}", "ts": 1.5 * i, "count": i, "ok": i % 2 == 0, "tags": {"team": f"t{i}", "é": "ü"},
+            "note": None, **extra}
+
+
+async def test_rows_go_in_as_sqlalchemy_reads_them(database_url: str) -> None:
+    engine = create_async_engine(async_url(database_url) or "")
+    t = table()
+    insert = BulkInsert(t, ignore_conflicts=True)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(t.metadata.create_all)
+        async with engine.begin() as conn:
+            await insert.execute(conn, [row(1), row(2, note="second"), row(3, tags=None)])
+            # A column a row lacks is NULL (the row dict needs only the ones it has).
+            await insert.execute(conn, [{"id": "partial", "ts": 0.0, "count": 0, "ok": False}])
+            await insert.execute(conn, [])  # nothing to do: no statement
+        async with engine.begin() as conn:  # a replayed row is skipped, the new one goes in
+            await insert.execute(conn, [row(1, note="again"), row(4)])
+        async with engine.connect() as conn:
+            got = {r.id: r for r in (await conn.execute(sa.select(t))).all()}
+    finally:
+        await engine.dispose()
+    assert sorted(got) == ["partial", "r1", "r2", "r3", "r4"]
+    one = got["r1"]
+    assert (one.ts, one.count, one.ok, one.tags, one.note) == (1.5, 1, False, {"team": "t1", "é": "ü"}, None)
+    assert got["r2"].ok is True and got["r2"].note == "second"
+    assert got["r3"].tags is None
+    assert got["partial"].tags is None and got["partial"].note is None
+
+
+async def test_a_conflict_is_an_integrity_error_unless_ignored(database_url: str) -> None:
+    engine = create_async_engine(async_url(database_url) or "")
+    t = table()
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(t.metadata.create_all)
+            await BulkInsert(t).execute(conn, [row(1)])
+        with pytest.raises(sa.exc.IntegrityError):
+            async with engine.begin() as conn:
+                await BulkInsert(t).execute(conn, [row(2), row(1)])
+        async with engine.connect() as conn:  # the failed batch left nothing behind
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+def test_statement_text_per_dialect() -> None:
+    t = table()
+    insert = BulkInsert(t, ignore_conflicts=True)
+    assert insert.sql("sqlite").endswith('VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING')
+    assert insert.sql("postgresql").endswith('VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING')
+    assert BulkInsert(t).sql("sqlite").endswith("(?, ?, ?, ?, ?, ?)")
+    assert insert.values(row(7))[4] == '{"team":"t7","é":"ü"}'  # JSON columns as text
+    with pytest.raises(ValueError, match="mysql"):
+        insert.sql("mysql")
