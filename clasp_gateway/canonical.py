@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from .types import Chunk
 
@@ -95,3 +97,35 @@ def chunks_to_completion(chunks: Iterable[Chunk], model: str) -> dict[str, Any]:
         "usage": usage
         or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
+
+
+def collect_tool_arguments(chunk: Chunk, into: dict[int, list[str]]) -> str | None:
+    """Note a streamed chunk's tool-call argument fragments in ``into`` (by tool-call
+    index) and return its ``finish_reason`` (or None). What a plugin watching answers
+    (quality signals, routing outcomes) needs to judge the tool calls at the end with
+    :func:`invalid_tool_arguments`."""
+    choices = chunk.get("choices")
+    if not choices:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta")
+    if delta:
+        for call in delta.get("tool_calls") or ():
+            arguments = (call.get("function") or {}).get("arguments")
+            if arguments:
+                into.setdefault(call.get("index", 0), []).append(arguments)
+    reason: str | None = choice.get("finish_reason")
+    return reason
+
+
+def invalid_tool_arguments(tool_args: Mapping[int, Sequence[str]]) -> bool:
+    """Whether any tool call's argument fragments, put together, are not a JSON object
+    (a client cannot run such a call: a failure even when the answer looks complete)."""
+    for parts in tool_args.values():
+        try:
+            value = orjson.loads("".join(parts))
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(value, dict):
+            return True
+    return False

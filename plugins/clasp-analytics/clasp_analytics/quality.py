@@ -23,9 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from clasp_gateway import CanonicalRequest, Chunk, RequestContext, hookimpl, request_fingerprint, skips_text_deltas
+from clasp_gateway import (
+    CanonicalRequest,
+    Chunk,
+    RequestContext,
+    collect_tool_arguments,
+    hookimpl,
+    invalid_tool_arguments,
+    request_fingerprint,
+    skips_text_deltas,
+)
 
 STATE_KEY = "analytics.quality"
 FINGERPRINT_PREFIX = "analytics:fp:"
@@ -76,30 +83,18 @@ class StreamInspector:
         if not choices:
             return
         choice = choices[0]
-        reason = choice.get("finish_reason")
         delta = choice.get("delta")
-        if reason is None and not (delta and delta.get("tool_calls")):
+        if choice.get("finish_reason") is None and not (delta and delta.get("tool_calls")):
             return
         record = seen(ctx)
+        reason = collect_tool_arguments(chunk, record.tool_args)
         if reason:
             record.finish_reason = reason
-        if delta:
-            for call in delta.get("tool_calls") or ():
-                arguments = (call.get("function") or {}).get("arguments")
-                if arguments:
-                    record.tool_args.setdefault(call.get("index", 0), []).append(arguments)
 
 
 def invalid_tool_json(record: AnswerSeen) -> bool:
     """Whether a tool call's arguments, put together, are not a JSON object."""
-    for parts in record.tool_args.values():
-        try:
-            value = orjson.loads("".join(parts))
-        except orjson.JSONDecodeError:
-            return True
-        if not isinstance(value, dict):
-            return True
-    return False
+    return invalid_tool_arguments(record.tool_args)
 
 
 def signals_of(event: dict[str, Any], record: AnswerSeen | None) -> list[str]:

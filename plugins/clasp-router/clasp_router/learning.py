@@ -52,6 +52,8 @@ from clasp_gateway import (
     RequestFeatures,
     StateBackend,
     StateUnavailable,
+    collect_tool_arguments,
+    invalid_tool_arguments,
     request_features,
 )
 
@@ -117,31 +119,14 @@ def watch_chunk(ctx: RequestContext, chunk: Chunk) -> None:
     ticket = ctx.state.get(TICKET)
     if ticket is None:
         return
-    choices = chunk.get("choices")
-    if not choices:
-        return
-    choice = choices[0]
-    reason = choice.get("finish_reason")
+    reason = collect_tool_arguments(chunk, ticket.tool_args)
     if reason:
         ticket.finish_reason = reason
-    delta = choice.get("delta")
-    if delta:
-        for call in delta.get("tool_calls") or ():
-            arguments = (call.get("function") or {}).get("arguments")
-            if arguments:
-                ticket.tool_args.setdefault(call.get("index", 0), []).append(arguments)
 
 
 def invalid_tool_json(ticket: Ticket) -> bool:
     """Whether a tool call's arguments, put together, are not a JSON object."""
-    for parts in ticket.tool_args.values():
-        try:
-            value = orjson.loads("".join(parts))
-        except orjson.JSONDecodeError:
-            return True
-        if not isinstance(value, dict):
-            return True
-    return False
+    return invalid_tool_arguments(ticket.tool_args)
 
 
 class _Records:
