@@ -77,8 +77,8 @@ def _admin_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
 
 class _DocstringSchemas(SchemaGenerator):
     """Starlette's generator, but only the YAML after ``---`` is read (Starlette reads a
-    whole docstring without one as YAML), and YAML that does not parse costs that route
-    its details, logged, instead of failing the whole document with a 500."""
+    whole docstring without one as YAML), and YAML that does not parse leaves only that
+    route out of the document, logged, instead of failing the whole document with a 500."""
 
     def parse_docstring(self, func_or_method: Any) -> dict[str, Any]:
         docstring = getattr(func_or_method, "__doc__", None)
@@ -97,7 +97,8 @@ class _DocstringSchemas(SchemaGenerator):
 
 def openapi_document(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     """The OpenAPI 3 document of the ``/admin/`` routes among ``routes``, from their
-    docstrings (the YAML after ``---``; a route without it appears with no details)."""
+    docstrings (the YAML after a ``---`` line; Starlette's generator leaves out a route
+    without it)."""
     generator = _DocstringSchemas({
         "openapi": "3.0.3",
         "info": {"title": "clasp-gateway admin API", "version": version},
