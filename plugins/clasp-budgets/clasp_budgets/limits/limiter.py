@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from clasp_gateway import Principal, RequestContext, StateBackend, StateUnavailable, input_estimate
@@ -69,23 +70,25 @@ class Window:
     key: str
 
 
-@dataclass(slots=True)
 class Admission:
     """What one request holds: token counts to correct, concurrency slots to release, and
     what its admission answered (runaway counts included)."""
 
-    backend: StateBackend
-    plan: Plan
-    estimate: int
-    result: Admitted
-    tokens: list[tuple[str, float, float]] = field(default_factory=list)
-    """(state key, window, tokens counted) of each token window: a request larger than
-    a whole limit counts the limit, so it can pass an empty window rather than never."""
-    headers: dict[str, str] = field(default_factory=dict)
-    """The headroom headers for the answer."""
-    refused: LimitExceeded | None = None
-    """The 429 of a window or slot that did not fit (nothing of the request counted)."""
-    settled: bool = False
+    __slots__ = ("backend", "estimate", "headers", "plan", "refused", "result", "settled", "tokens")
+
+    def __init__(self, backend: StateBackend, plan: Plan, estimate: int, result: Admitted) -> None:
+        self.backend = backend
+        self.plan = plan
+        self.estimate = estimate
+        self.result = result
+        self.tokens: list[tuple[str, float, float]] = []
+        """(state key, window, tokens counted) of each token window: a request larger than
+        a whole limit counts the limit, so it can pass an empty window rather than never."""
+        self.headers: dict[str, str] | None = None
+        """The headroom headers for the answer (``None``: no window applies)."""
+        self.refused: LimitExceeded | None = None
+        """The 429 of a window or slot that did not fit (nothing of the request counted)."""
+        self.settled = False
 
     @property
     def slots(self) -> list[str]:
@@ -238,7 +241,7 @@ class Limiter:
         ``refused``): the caller raises it once it has looked at the runaway counts."""
         estimate = token_estimate(ctx, request, self.settings.output_estimate_cap) if plan.token_windows else 0
         keys, _ = plan.keys(minute)
-        result, backend = await self.store.run(lambda b: self._admit(b, plan, keys, estimate, now))
+        result, backend = await self.store.run(lambda b: b.run(ADMIT, keys, self._admit_args(b, plan, estimate, now)))
         admission = Admission(backend, plan, estimate, result)
         if not plan.windows and result.ok:
             return admission
@@ -256,15 +259,14 @@ class Limiter:
             _tightest(plan, plan.token_windows, limits, result.counts, wall), wall)
         return admission
 
-    async def _admit(self, backend: StateBackend, plan: Plan, keys: list[str], estimate: int,
-                     now: float) -> Admitted:
-        """:data:`~.admit.ADMIT` with ``plan``'s arguments on ``backend``."""
+    def _admit_args(self, backend: StateBackend, plan: Plan, estimate: int, now: float) -> list[float | int]:
+        """:data:`~.admit.ADMIT`'s arguments for ``plan`` on ``backend``."""
         limits, slots = plan.allowed(self.store, backend, self.lease_ms)
-        subjects = len(plan.subjects)
-        args: list[float | int] = [len(plan.pause_keys), subjects, len(plan.windows), now, 1, COUNT_TTL_MS]
+        args: list[float | int] = [len(plan.pause_keys), len(plan.subjects), len(plan.windows), now, 1, COUNT_TTL_MS]
         for window, allowed in zip(plan.windows, limits, strict=True):
-            args += [allowed, window.length, min(float(estimate), allowed) if window.tokens else 1.0]
-        return await backend.run(ADMIT, keys, args + slots)
+            args += (allowed, window.length, min(float(estimate), allowed) if window.tokens else 1.0)
+        args += slots
+        return args
 
     def _refusal(self, api: str, plan: Plan, limits: list[float], result: Admitted, wall: float) -> LimitExceeded:
         """The 429 of the window or slot that did not fit."""
@@ -317,12 +319,13 @@ class Limiter:
             # A lost release frees at its lease TTL, a lost correction leaves the estimate.
             return await self.count_spend(plan, minute, spend) if counting else None
 
-    async def _settle_on(self, backend: StateBackend, keys: list[str], corrections: list[float],
-                         spend_keys: list[str], spend: int) -> Tally:
+    def _settle_on(self, backend: StateBackend, keys: list[str], corrections: list[float],
+                   spend_keys: list[str], spend: int) -> Awaitable[Tally]:
+        """:data:`~.admit.SETTLE` on ``backend``: ``keys`` are slots then corrected windows."""
         slots = len(keys) - len(corrections) // 2
         args: list[float | int] = [slots, len(corrections) // 2, len(spend_keys) // 2, self.lease_ms, spend,
                                    COUNT_TTL_MS]
-        return await backend.run(SETTLE, keys + spend_keys, args + corrections)
+        return backend.run(SETTLE, keys + spend_keys, args + corrections)
 
     async def count_spend(self, plan: Plan, minute: int, spend: int) -> Tally | None:
         """Count ``spend`` on ``plan``'s runaway counters (a request without an admission

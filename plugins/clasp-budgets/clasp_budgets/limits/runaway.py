@@ -100,9 +100,11 @@ class Detector:
         minute = math.floor(now / 60)
         return minute, (now - minute * 60) / 60
 
-    def observe(self, subject: str, series: str, minute: int, fraction: float, total: float) -> Flag | None:
+    def observe(self, subject: str, series: str, minute: int, fraction: float, total: float,
+                alerted: bool = False) -> Flag | None:
         """Take ``total`` (the shared count of ``series`` this minute); a :class:`Flag` when
-        the last 60 s are far above the subject's usual.
+        the last 60 s are far above the subject's usual, unless it has ``alerted`` already
+        (its episode lasts).
 
         The EWMA and the threshold change only when the minute turns; within a minute an
         observation is a ``max`` and a comparison."""
@@ -112,7 +114,7 @@ class Detector:
         elif total > pattern.current:
             pattern.current = total
         rate = pattern.previous * (1 - fraction) + pattern.current
-        if rate > pattern.threshold:
+        if rate > pattern.threshold and not alerted:
             scale = 1 if series == "requests" else USD_UNIT
             return Flag(subject, series, rate / scale, pattern.ewma / scale, pattern.threshold / scale)
         return None

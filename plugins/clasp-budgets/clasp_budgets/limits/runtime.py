@@ -129,8 +129,8 @@ class LimitsRuntime:
         """Take each subject's counter of ``series`` this minute; flag what runs away (a
         subject whose episode flag exists has alerted already)."""
         for (subject, label), total, episode in zip(subjects, totals, episodes, strict=True):
-            flag = self.detector.observe(subject, series, minute, fraction, float(total))
-            if flag is not None and not episode:
+            flag = self.detector.observe(subject, series, minute, fraction, total, episode)
+            if flag is not None:
                 await self._flagged(ctx, flag, label)
 
     async def _flagged(self, ctx: RequestContext, flag: Flag, label: str) -> None:
