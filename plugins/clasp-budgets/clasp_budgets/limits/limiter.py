@@ -41,7 +41,7 @@ COUNT = NS + "rw:"
 COUNT_TTL_MS = 180_000
 """Per-minute runaway counters live three minutes (this one and the previous are read)."""
 
-MAX_PLANS = 10_000
+MAX_PLANS = 4096
 """Plans kept per process (the oldest go first): memory stays bounded with many users."""
 
 
