@@ -363,7 +363,8 @@ class Gateway:
         self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool, continuation: bool = False
     ) -> UpstreamStream:
         """One upstream round. ``continuation``: a later round of a server-tool loop,
-        for which ``before_call`` (called once per request) is not called again."""
+        for which ``before_call`` (called once per request) is not called again, and
+        ``before_round`` is."""
         route = self.resolve_model(ctx.public_model)
         candidates = list(route.deployments)
         ordered = await call_first(self.pm.hook.resolve_route, ctx=ctx, request=request, candidates=candidates)
@@ -376,6 +377,8 @@ class Gateway:
             chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
+        else:  # what the gateway added to the conversation (server tools' results) is seen too
+            await call_each(self.pm.hook.before_round, ctx=ctx, request=request)
 
         # Fit the context window: maybe reorder for a larger window; bodies per candidate.
         plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
