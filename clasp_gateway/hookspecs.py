@@ -313,6 +313,15 @@ def before_round(ctx: RequestContext, request: CanonicalRequest) -> Any:
 
 
 @hookspec
+def before_side_call(ctx: RequestContext, deployment: Deployment, purpose: str) -> Any:
+    """The gateway is about to send part of this request's conversation to
+    ``deployment`` on its own account, not as an attempt (``purpose``:
+    ``"context_summary"``, a summariser condensing what a trim drops). Return ``False``
+    (or an awaitable of it) to skip that deployment; every implementation is called.
+    ``before_attempt`` is not called for such calls."""
+
+
+@hookspec
 def before_attempt(ctx: RequestContext, deployment: Deployment, attempt_number: int) -> Any:
     """Called before each upstream attempt. Return ``False`` (or an awaitable of it)
     to skip this deployment (an open circuit breaker)."""

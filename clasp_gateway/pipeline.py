@@ -206,7 +206,8 @@ class Gateway:
         ``build_event``, ``finish``): for a metrics plugin to export."""
         # Context windows (context.py) and text-written tool calls (textcalls.py):
         # settings validated here, at start-up.
-        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record)
+        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record,
+                                      may_send=self.may_side_call)
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(registrations.tools(pm), config)
@@ -572,6 +573,13 @@ class Gateway:
         a fraction of the dispatch cost. Same isolation: a failure is counted, logged,
         and the stream goes on."""
         return notifier(self.pm.hook.on_stream_chunk, self._reporter("on_stream_chunk", ctx), ("ctx", "chunk"))
+
+    async def may_side_call(self, ctx: RequestContext, deployment: Deployment) -> bool:
+        """Whether the gateway may send this request's conversation to ``deployment``
+        on its own account (a context summary): no ``before_side_call`` said ``False``."""
+        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment,
+                                   purpose="context_summary")
+        return False not in verdicts
 
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         """An attempt ended: the ``after_attempt`` hook, then its ``kind: "attempt"``

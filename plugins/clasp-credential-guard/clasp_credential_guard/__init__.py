@@ -10,7 +10,8 @@ calls' inputs and tool results (nested blocks too), and the tool definitions
 (descriptions, schemas' defaults, enums and examples). Each later round the gateway
 runs itself (server tools: a web search's or a fetch's result fed back to the model)
 is scanned too, for what it added. A request that carries a credential is never sent
-to an untrusted deployment:
+to an untrusted deployment, as an attempt or as the gateway's own side call (a
+summariser condensing what a context trim drops):
 
 - deployments marked ``trusted: true`` in clasp.yaml, and self-hosted ones (the
   Ollama, vLLM, LM Studio... providers) still get it, unless marked ``trusted: false``;
@@ -167,6 +168,14 @@ class CredentialGuard:
         if finding is None or is_trusted(deployment):
             return None
         ctx.state.setdefault(STATE + ".skipped", []).append(deployment.id)
+        return False
+
+    @hookimpl
+    def before_side_call(self, ctx: RequestContext, deployment: Deployment) -> bool | None:
+        """Keep a conversation that carries a credential off an untrusted summariser
+        (a context trim's summary is the gateway's own call, not an attempt)."""
+        if ctx.state.get(STATE) is None or is_trusted(deployment):
+            return None
         return False
 
     @hookimpl(tryfirst=True)

@@ -282,3 +282,22 @@ def test_a_server_tool_result_with_no_trusted_deployment_is_refused(
     assert len(fake_upstream.requests) == 1  # round 1 only: the result never left
     if not stream:
         assert answer.status_code == 403
+
+
+def test_a_conversation_with_a_credential_is_not_summarised_by_a_third_party(
+        fake_upstream: FakeUpstream, second: FakeUpstream, start_gateway: StartGateway) -> None:
+    """A trusted deployment with a small window answers; the context trim's summariser
+    is a third party: it is skipped (the trim goes on without a summary)."""
+    small = {"max_input_tokens": 3000, "max_output_tokens": 512}
+    gateway = start_gateway({"models": {
+        "claude-*": {"deployments": [dep(fake_upstream, "in-house", trusted=True, **small)],
+                     "context": {"summarize_with": "summarizer"}},
+        "summarizer": [dep(second, "third-party")]}, "credential_guard": {}}, plugins=[clasp_credential_guard])
+    history: list[dict[str, object]] = [{"role": "user", "content": f"deploy with {GITHUB}"}]
+    for turn in range(10):
+        history += [{"role": "assistant", "content": f"step {turn}: " + "checked the handlers and the logs. " * 40},
+                    {"role": "user", "content": f"go on with step {turn + 1}"}]
+    answer = messages(gateway, {**ASK, "max_tokens": 400, "messages": history})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-clasp-context"].startswith("trimmed;"), answer.headers["x-clasp-context"]
+    assert second.requests == [] and len(fake_upstream.requests) == 1
