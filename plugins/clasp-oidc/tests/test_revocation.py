@@ -226,3 +226,30 @@ async def test_a_replica_that_missed_the_announcement_reads_the_shared_list() ->
         await late.close()
         await first.close()
         await state.close()
+
+
+async def test_a_state_outage_fails_closed_for_a_session_never_checked() -> None:
+    """Redis stops: a session this process checked keeps its verdict (admins are not
+    locked out), one it never saw is a 503 (a revoked session must not come back), and
+    a revocation that cannot be written says so (503) instead of pretending."""
+    from clasp_oidc.revocation import Revocations, RevocationsUnavailable
+
+    from clasp_gateway import Secret, StateSettings, create_state
+    from clasp_gateway.testing import redis_server
+
+    with redis_server(own=True) as own:
+        state = create_state(StateSettings(backend="redis", url=Secret(own.url, own.url), timeout=0.5))
+        await state.open()
+        try:
+            revocations = Revocations(state, 3600)
+            assert not await revocations.is_revoked("checked", "u-ada", issued_at=time.time())
+            own.stop()
+            assert not await revocations.is_revoked("checked", "u-ada", issued_at=time.time())
+            with pytest.raises(RevocationsUnavailable) as refused:
+                await revocations.is_revoked("unseen", "u-ada", issued_at=time.time())
+            assert refused.value.status == 503
+            with pytest.raises(RevocationsUnavailable):
+                await revocations.revoke_subject("u-ada")
+        finally:
+            await revocations.close()
+            await state.close()
