@@ -109,7 +109,10 @@ def main() -> None:
         "bench_openai": workload.openai_request("gpt-4o"),
         "tool_heavy": claude_code_session(6)[-1],
     }
-    canonical = {"bench_anthropic": requests["bench_openai"], "bench_openai": requests["bench_openai"]}
+    from clasp_claude.request import to_canonical
+
+    canonical = {"bench_anthropic": requests["bench_openai"], "bench_openai": requests["bench_openai"],
+                 "tool_heavy": to_canonical(requests["tool_heavy"]).body}
     results: dict[str, Any] = {"load_average": os.getloadavg(),
                                "bytes": {name: len(json.dumps(body)) for name, body in requests.items()}}
     cases: dict[str, Callable[[], Any]] = {}
