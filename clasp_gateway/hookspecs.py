@@ -314,11 +314,12 @@ def before_round(ctx: RequestContext, request: CanonicalRequest) -> Any:
 
 @hookspec
 def before_side_call(ctx: RequestContext, deployment: Deployment, purpose: str) -> Any:
-    """The gateway is about to send part of this request's conversation to
-    ``deployment`` on its own account, not as an attempt (``purpose``:
-    ``"context_summary"``, a summariser condensing what a trim drops). Return ``False``
-    (or an awaitable of it) to skip that deployment; every implementation is called.
-    ``before_attempt`` is not called for such calls."""
+    """The gateway or a plugin is about to send this request's conversation (or part
+    of it) to ``deployment`` on its own account, not as an attempt (``purpose``:
+    ``"context_summary"``, a summariser condensing what a trim drops; ``"shadow"``, an
+    experiment's background copy). Return ``False`` (or an awaitable of it) to skip
+    that deployment; every implementation is called. ``before_attempt`` is not called
+    for such calls. A plugin making such a call asks ``Gateway.may_side_call``."""
 
 
 @hookspec

@@ -207,7 +207,7 @@ class Gateway:
         # Context windows (context.py) and text-written tool calls (textcalls.py):
         # settings validated here, at start-up.
         self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record,
-                                      may_send=self.may_side_call)
+                                      may_send=lambda ctx, dep: self.may_side_call(ctx, dep, "context_summary"))
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(registrations.tools(pm), config)
@@ -574,11 +574,11 @@ class Gateway:
         and the stream goes on."""
         return notifier(self.pm.hook.on_stream_chunk, self._reporter("on_stream_chunk", ctx), ("ctx", "chunk"))
 
-    async def may_side_call(self, ctx: RequestContext, deployment: Deployment) -> bool:
-        """Whether the gateway may send this request's conversation to ``deployment``
-        on its own account (a context summary): no ``before_side_call`` said ``False``."""
-        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment,
-                                   purpose="context_summary")
+    async def may_side_call(self, ctx: RequestContext, deployment: Deployment, purpose: str) -> bool:
+        """Whether this request's conversation may go to ``deployment`` on the gateway's
+        (or a plugin's) own account, not as an attempt: ``purpose`` ``"context_summary"``,
+        ``"shadow"`` (an experiment's copy)... No ``before_side_call`` said ``False``."""
+        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment, purpose=purpose)
         return False not in verdicts
 
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:

@@ -10,8 +10,8 @@ calls' inputs and tool results (nested blocks too), and the tool definitions
 (descriptions, schemas' defaults, enums and examples). Each later round the gateway
 runs itself (server tools: a web search's or a fetch's result fed back to the model)
 is scanned too, for what it added. A request that carries a credential is never sent
-to an untrusted deployment, as an attempt or as the gateway's own side call (a
-summariser condensing what a context trim drops):
+to an untrusted deployment, as an attempt or as a side call (a summariser condensing
+what a context trim drops, clasp-router's shadow copy for an experiment):
 
 - deployments marked ``trusted: true`` in clasp.yaml, and self-hosted ones (the
   Ollama, vLLM, LM Studio... providers) still get it, unless marked ``trusted: false``;
@@ -172,11 +172,15 @@ class CredentialGuard:
 
     @hookimpl
     def before_side_call(self, ctx: RequestContext, deployment: Deployment) -> bool | None:
-        """Keep a conversation that carries a credential off an untrusted summariser
-        (a context trim's summary is the gateway's own call, not an attempt)."""
-        if ctx.state.get(STATE) is None or is_trusted(deployment):
+        """Keep a conversation that carries a credential off an untrusted deployment
+        the gateway or a plugin sends it to on its own account (a context summariser,
+        an experiment's shadow copy). A guarded request not scanned yet (a side call
+        started before ``before_call``) is kept off too."""
+        if is_trusted(deployment) or not (self.kinds and self.applies(ctx)):
             return None
-        return False
+        if SEEN not in ctx.state or ctx.state.get(STATE) is not None:
+            return False
+        return None
 
     @hookimpl(tryfirst=True)
     def on_exhausted(self, ctx: RequestContext) -> PermissionDeniedError | None:

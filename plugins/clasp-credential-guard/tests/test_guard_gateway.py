@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import clasp_credential_guard
@@ -301,3 +302,25 @@ def test_a_conversation_with_a_credential_is_not_summarised_by_a_third_party(
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-clasp-context"].startswith("trimmed;"), answer.headers["x-clasp-context"]
     assert second.requests == [] and len(fake_upstream.requests) == 1
+
+
+def test_an_experiment_shadow_copy_of_a_credential_is_not_sent(
+        fake_upstream: FakeUpstream, second: FakeUpstream, start_gateway: StartGateway) -> None:
+    """clasp-router's shadow experiment copies requests to a candidate in the
+    background: a trusted route answers a request carrying a key, and the third-party
+    candidate gets no copy of it (a clean request's copy still goes)."""
+    gateway = start_gateway({
+        "models": {"m": [dep(fake_upstream, "in-house", trusted=True)], "cand": [dep(second, "third-party")]},
+        "experiments": {"try": {"route": "m", "candidate": "third-party", "mode": "shadow", "shadow_rate": 1.0}},
+        "credential_guard": {}}, plugins=[clasp_credential_guard])
+
+    def ask(content: str) -> httpx.Response:
+        return httpx.post(gateway.base_url + "/v1/chat/completions", headers=gateway.headers,
+                          json={"model": "m", "messages": [{"role": "user", "content": content}]})
+
+    assert ask(f"push with {GITHUB}").status_code == 200
+    assert ask("hello").status_code == 200
+    second.wait_for(1, timeout=5)
+    time.sleep(0.3)  # a copy of the first request would have arrived by now
+    assert len(second.requests) == 1 and GITHUB not in second.requests[0].raw.decode()
+    assert len(fake_upstream.requests) == 2
