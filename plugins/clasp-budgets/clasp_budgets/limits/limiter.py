@@ -142,7 +142,7 @@ class Plan:
     """
 
     __slots__ = ("_args", "_minute", "_spend_keys", "_admit_keys", "name", "policy", "team", "windows",
-                 "slot_scopes", "slot_keys", "scopes", "subjects", "pause_keys", "flag_keys", "limit_keys",
+                 "slot_scopes", "slot_keys", "subjects", "pause_keys", "flag_keys", "limit_keys",
                  "token_windows", "request_windows")
 
     def __init__(self, ctx: RequestContext, settings: LimitsSettings) -> None:
@@ -150,11 +150,10 @@ class Plan:
         self.name = principal.name if principal is not None else None
         self.team = principal.team if principal is not None else None
         self.policy = principal.policy if principal is not None else None
-        self.scopes = scopes_for(ctx, settings)
         self.windows: list[Window] = []
         self.slot_scopes: list[Scope] = []
         self.slot_keys: list[str] = []
-        for scope in self.scopes:
+        for scope in scopes_for(ctx, settings):
             base = f"{NS}{scope.kind}:{scope.ident}:"
             for kind, length, tokens in WINDOWS:
                 if getattr(scope.limits, kind) is not None:
