@@ -9,9 +9,11 @@ runs of 5,000 requests, minus building the request context alone::
 
     .venv/bin/python bench/limits_cpu.py
 
-``--redis URL`` runs the same on a Redis state (1,000 requests per run; the figure is
-this process's CPU: the client's encoding and parsing of each round trip, not Redis's
-own), in a namespace of its own that it deletes afterwards.
+``--redis URL`` runs the same on a Redis state, ``--sqlite`` on a SQLite file (what
+``clasp serve --workers N`` shares without a ``state:`` section): 1,000 requests per
+run, and the figure is this process's CPU (the client's side of each round trip;
+SQLite's work runs in this process's thread, so it is counted), in a namespace or file
+of its own, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -71,12 +73,15 @@ async def run(state: StateBackend, settings: LimitsSettings, policy: KeyPolicy, 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", metavar="URL", help="a Redis state (e.g. redis://127.0.0.1:6379/0) instead of memory")
+    parser.add_argument("--sqlite", action="store_true", help="a SQLite state (a file of its own) instead of memory")
     args = parser.parse_args()
     prefix = f"clasp-limits-cpu-{os.getpid()}:"
     for name, (settings, policy, user) in CASES.items():
         if args.redis:
             state = create_state(StateSettings(backend="redis", url=Secret(args.redis, args.redis), prefix=prefix))
             n = N // 5
+        elif args.sqlite:
+            state, n = create_state(StateSettings(backend="sqlite", prefix=prefix)), N // 5
         else:
             state, n = create_state(StateSettings(backend="memory")), N
         await state.open()
