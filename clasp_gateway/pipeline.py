@@ -84,6 +84,7 @@ _PER_ATTEMPT = ("ctx", "deployment", "attempt_number")
 _ON_ERROR = ("ctx", "deployment", "error", "attempt_number")
 _ON_EXHAUSTED = ("ctx", "request", "error")
 _ON_STREAM_CHUNK = ("ctx", "chunk")
+_SIDE_CALL = ("ctx", "deployment", "purpose")
 _AFTER_ATTEMPT = ("ctx", "attempt")
 _RECORD = ("ctx", "event")
 
@@ -391,7 +392,7 @@ class Gateway:
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
         else:  # what the gateway added to the conversation (server tools' results) is seen too
-            await call_each(self.pm.hook.before_round, ctx=ctx, request=request)
+            await self.pm.plan("before_round", _BEFORE_CALL).each(ctx, request)
 
         # Fit the context window: maybe reorder for a larger window; bodies per candidate.
         plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
@@ -586,7 +587,7 @@ class Gateway:
         """Whether this request's conversation may go to ``deployment`` on the gateway's
         (or a plugin's) own account, not as an attempt: ``purpose`` ``"context_summary"``,
         ``"shadow"`` (an experiment's copy)... No ``before_side_call`` said ``False``."""
-        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment, purpose=purpose)
+        verdicts = await self.pm.plan("before_side_call", _SIDE_CALL).each(ctx, deployment, purpose)
         return False not in verdicts
 
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
