@@ -8,8 +8,8 @@ For each piece, the median over ``--rounds`` of ``process_time`` per call:
 - ``before_call``: in-flight gauge and the conversation fingerprint of the benchmark's
   21 KB Claude Code request (``workload.py``), converted the way the gateway sees it;
 - ``record(attempt)`` and ``record(request)``: the metric updates of one request
-  (without the retry check's two shared-state operations: see ``state_bench.py`` for
-  their cost per backend; memory is ~1 µs each);
+  (without the retry check: one shared-state script per request, see ``state_bench.py``
+  for its cost per backend; on the memory state none, an in-process window instead);
 - ``on_stream_chunk``: one chunk through the core's per-chunk dispatch
   (``plugins.call_each_sync``) into the stream inspector, times 15 and 200 chunks;
 - ``quality_row_write``: one quality row inserted by the batched writer (SQLite, 500-row
@@ -141,11 +141,12 @@ async def _writer_cost(rounds: int, rows: int = 2000) -> float:
     for r in range(rounds):
         writer = BatchWriter(engine, QUALITY, batch=500)
         for i in range(rows):
-            writer.add({"request_id": f"req_{r}_{i}", "ts": time.time(), "api": "anthropic", "public_model": "claude",
-                        "request_class": "coding", "provider": "openai", "model": "gpt-4o",
-                        "deployment": "openai/gpt-4o", "key_id": "abc", "key_name": "bench", "team": "platform",
-                        "project": None, "status": 200, "error": False, "truncated": False,
-                        "invalid_tool_json": False, "fingerprint": "f" * 32, "retry_of": None})
+            row = {"request_id": f"req_{r}_{i}", "ts": time.time(), "api": "anthropic", "public_model": "claude",
+                   "request_class": "coding", "provider": "openai", "model": "gpt-4o",
+                   "deployment": "openai/gpt-4o", "key_id": "abc", "key_name": "bench", "team": "platform",
+                   "project": None, "status": 200, "error": False, "truncated": False,
+                   "invalid_tool_json": False, "fingerprint": "f" * 32, "retry_of": None}
+            writer.add(tuple(row[column.name] for column in QUALITY.columns))
         start = time.process_time()
         await writer.flush()
         samples.append((time.process_time() - start) / rows * 1e6)
