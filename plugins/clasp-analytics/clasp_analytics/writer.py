@@ -56,10 +56,11 @@ class BatchWriter:
         self._lock = asyncio.Lock()
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Queue a row (never blocks, never raises). A row of the wrong width (a bug)
-        is dropped and logged here: in a batch it would fail every retry of it."""
-        if len(row) != self.width:
-            log.error("analytics: a %s row of %d values for %d columns dropped", self.table.name, len(row), self.width)
+        """Queue a row (never blocks, never raises). A row that is not a tuple of the
+        table's width (a bug) is dropped and logged here: in a batch it would fail every
+        retry of it."""
+        if type(row) is not tuple or len(row) != self.width:
+            log.error("analytics: a %s row that is not %d values dropped: %.200r", self.table.name, self.width, row)
             self.dropped += 1
             return
         if len(self.pending) >= self.max_pending:

@@ -98,8 +98,10 @@ def test_a_row_already_written_does_not_block_the_queue(tmp_path: Path) -> None:
     assert asyncio.run(go()) == 3
 
 
-def test_a_row_of_the_wrong_width_is_dropped_not_queued(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_row_of_the_wrong_shape_is_dropped_not_queued(caplog: pytest.LogCaptureFixture) -> None:
     writer = BatchWriter(None, QUALITY)
     writer.add(row(1)[:-1])
-    assert not writer.pending and writer.dropped == 1
+    writer.add(dict(zip([c.name for c in QUALITY.columns], row(2), strict=True)))  # type: ignore[arg-type]
+    writer.add(row(3))
+    assert list(writer.pending) == [row(3)] and writer.dropped == 2
     assert any("dropped" in r.getMessage() for r in caplog.records)
