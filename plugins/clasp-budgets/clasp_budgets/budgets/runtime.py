@@ -15,7 +15,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,11 +269,14 @@ class BudgetRuntime:
         return None
 
     @hookimpl
-    async def before_attempt(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> bool | None:
+    def before_attempt(self, ctx: RequestContext, deployment: Deployment,
+                       attempt_number: int) -> Awaitable[bool | None] | None:
         """A candidate dearer than those the reservation was sized for (a routing plugin
         chose it: ``fallback.tasks``) is tried only if the reservation can grow to its
         worst case; otherwise it is skipped (no upstream call). A hedge (another
-        attempt still in flight) grows it by the input the attempts in flight were sent."""
+        attempt still in flight) grows it by the input the attempts in flight were sent.
+        Synchronous unless the reservation must grow (the common attempt costs no
+        coroutine)."""
         hold: Hold | None = ctx.state.get(HOLD)
         if hold is None:
             return None
@@ -282,17 +285,21 @@ class BudgetRuntime:
         needed = hedged_worst_case(hold.worst, in_flight, deployment) if in_flight else worst_case_on(hold.worst, deployment)
         if needed <= hold.amount * (1 + 1e-9):
             return None
+        return self._top_up(hold, needed)
+
+    async def _top_up(self, hold: Hold, needed: float) -> bool | None:
         return None if await self.reservations.top_up(hold, needed) else False
 
     @hookimpl
-    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
-        """The request is over: settle its reservation to what it really cost."""
+    def record(self, ctx: RequestContext, event: dict[str, Any]) -> Awaitable[None] | None:
+        """The request is over: settle its reservation to what it really cost (the
+        settlement's awaitable; an attempt's event returns at once, with no coroutine)."""
         if event.get("kind") != "request":
-            return
+            return None
         hold: Hold | None = ctx.state.pop(HOLD, None)
         if hold is None:
-            return
-        await self.reservations.settle(hold, self.actual_cost(ctx, hold, event))
+            return None
+        return self.reservations.settle(hold, self.actual_cost(ctx, hold, event))
 
     def actual_cost(self, ctx: RequestContext, hold: Hold, event: dict[str, Any]) -> float:
         """Every attempt's priced usage; a cut stream at least what it showed; a served
