@@ -2,7 +2,10 @@
 """CPU of authenticating one request with clasp-oidc loaded, in one process, interleaved:
 what single sign-on adds to a model call (a static key on ``/v1/messages``: the plugin
 looks at the path and steps aside), and what a bearer JWT (RS256 and ES256, the
-issuer's keys cached) and a session cookie cost on ``/admin/`` routes.
+issuer's keys cached) and a session cookie cost on ``/admin/`` routes; and, alone, the
+session revocation check every cookie goes through (warm: this process checked the
+session before, so a dictionary lookup; the shared list is read once per session and
+process, then every 30 s).
 
 The hook chain is run as ``Gateway.authenticate`` runs it (``call_first`` over the
 plugin manager); the issuer is the tests' fake on 127.0.0.1, fetched once.
@@ -54,6 +57,13 @@ async def started(config: Any) -> tuple[Any, Any]:
     return app, app.state.gateway
 
 
+async def revocation_check_us(revocations: Any, issued_at: float, calls: int) -> float:
+    start = time.process_time()
+    for _ in range(calls):
+        assert not await revocations.is_revoked("bench-session", "u-ada", issued_at)
+    return (time.process_time() - start) / calls * 1e6
+
+
 async def measure(calls: int, rounds: int) -> dict[str, Any]:
     from clasp_oidc.runtime import SESSION_PURPOSE
 
@@ -69,8 +79,9 @@ async def measure(calls: int, rounds: int) -> dict[str, Any]:
         on_app, on = await started(on_config)
         runtime = on.pm.get_plugin("clasp_oidc.runtime")
         assert runtime.signer is not None
-        cookie = runtime.signer.sign(SESSION_PURPOSE, {"sub": "u-ada", "name": "ada", "role": "admin", "team": None},
-                                     time.time() + 3600)
+        now = time.time()
+        cookie = runtime.signer.sign(SESSION_PURPOSE, {"sub": "u-ada", "name": "ada", "role": "admin", "team": None,
+                                                       "sid": "bench-session", "iat": now}, now + 3600)
         rsa_token = issuer.mint()
         ec_token = issuer.mint(key=next(k for k in issuer.keys if k.alg == "ES256"))
         cases = (
@@ -82,10 +93,13 @@ async def measure(calls: int, rounds: int) -> dict[str, Any]:
         )
         for _, pm, cfg, headers, path in cases:
             await per_call_us(pm, cfg, headers, path, 5)  # the issuer's keys fetched once
+        check = "revocation check alone (warm)"
         results: dict[str, list[float]] = {name: [] for name, *_ in cases}
+        results[check] = []
         for _ in range(rounds):
             for name, pm, cfg, headers, path in cases:
                 results[name].append(await per_call_us(pm, cfg, headers, path, calls))
+            results[check].append(await revocation_check_us(runtime.revocations, now, calls))
         for app, gateway in ((on_app, on), (off_app, off)):
             await gateway.close()
             await call_each(app.state.pm.hook.shutdown, app=app)

@@ -303,6 +303,26 @@ def before_call(ctx: RequestContext, request: CanonicalRequest) -> Any:
 
 
 @hookspec
+def before_round(ctx: RequestContext, request: CanonicalRequest) -> Any:
+    """Called before each later upstream round of the same client request (the
+    gateway ran server tools and asks the model again; it continues a cut answer),
+    with that round's request: ``before_call`` is called once per client request, so
+    this is where a plugin sees what the gateway added (tool results, the partial
+    answer). Raise a GatewayError to refuse the round; may return an awaitable.
+    Every implementation is called, each awaited in turn."""
+
+
+@hookspec
+def before_side_call(ctx: RequestContext, deployment: Deployment, purpose: str) -> Any:
+    """The gateway or a plugin is about to send this request's conversation (or part
+    of it) to ``deployment`` on its own account, not as an attempt (``purpose``:
+    ``"context_summary"``, a summariser condensing what a trim drops; ``"shadow"``, an
+    experiment's background copy). Return ``False`` (or an awaitable of it) to skip
+    that deployment; every implementation is called. ``before_attempt`` is not called
+    for such calls. A plugin making such a call asks ``Gateway.may_side_call``."""
+
+
+@hookspec
 def before_attempt(ctx: RequestContext, deployment: Deployment, attempt_number: int) -> Any:
     """Called before each upstream attempt. Return ``False`` (or an awaitable of it)
     to skip this deployment (an open circuit breaker)."""

@@ -207,7 +207,8 @@ class Gateway:
         ``build_event``, ``finish``): for a metrics plugin to export."""
         # Context windows (context.py) and text-written tool calls (textcalls.py):
         # settings validated here, at start-up.
-        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record)
+        self.context = ContextManager(config, self.resolve_model, open_upstream=self.providers.open, record=self.record,
+                                      may_send=lambda ctx, dep: self.may_side_call(ctx, dep, "context_summary"))
         check_text_calls(config)
         # None unless some key, team or default enables a server tool: then no cost.
         self.server_tools = ServerTools.build(registrations.tools(pm), config)
@@ -367,7 +368,8 @@ class Gateway:
         self, ctx: RequestContext, request: CanonicalRequest, *, stream: bool, continuation: bool = False
     ) -> UpstreamStream:
         """One upstream round. ``continuation``: a later round of a server-tool loop,
-        for which ``before_call`` (called once per request) is not called again."""
+        for which ``before_call`` (called once per request) is not called again, and
+        ``before_round`` is."""
         route = self.resolve_model(ctx.public_model)
         candidates = list(route.deployments)
         ordered = await call_first(self.pm.hook.resolve_route, ctx=ctx, request=request, candidates=candidates)
@@ -380,6 +382,8 @@ class Gateway:
             chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
+        else:  # what the gateway added to the conversation (server tools' results) is seen too
+            await call_each(self.pm.hook.before_round, ctx=ctx, request=request)
 
         # Fit the context window: maybe reorder for a larger window; bodies per candidate.
         plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
@@ -573,6 +577,13 @@ class Gateway:
         a fraction of the dispatch cost. Same isolation: a failure is counted, logged,
         and the stream goes on."""
         return notifier(self.pm.hook.on_stream_chunk, self._reporter("on_stream_chunk", ctx), ("ctx", "chunk"))
+
+    async def may_side_call(self, ctx: RequestContext, deployment: Deployment, purpose: str) -> bool:
+        """Whether this request's conversation may go to ``deployment`` on the gateway's
+        (or a plugin's) own account, not as an attempt: ``purpose`` ``"context_summary"``,
+        ``"shadow"`` (an experiment's copy)... No ``before_side_call`` said ``False``."""
+        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment, purpose=purpose)
+        return False not in verdicts
 
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         """An attempt ended: the ``after_attempt`` hook, then its ``kind: "attempt"``

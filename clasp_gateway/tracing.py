@@ -3,13 +3,15 @@
 A tracing plugin (clasp-otel) passes the W3C ``traceparent`` of each attempt to the
 provider, so the provider's own traces join the gateway's. It sets the headers for
 the current task with :func:`set_upstream_headers` (in ``before_attempt``, which runs
-in the request's task just before the call) and the core's upstream wire
-(:class:`~clasp_gateway.Upstream`) adds them to the HTTP request it sends.
+in the request's task just before the call) and every upstream wire adds them to the
+call it makes: the core's HTTP client (:class:`~clasp_gateway.Upstream`, for the
+``direct`` and ``transform`` modes and provider plugins) to the HTTP request, and the
+``litellm`` mode to ``litellm.acompletion``'s ``extra_headers``. A deployment's own
+headers of the same name win on both.
 
 Only plugins set these, never a client: nothing a client sends may change what is
 sent upstream beyond its request. Without a plugin setting them, the cost is one
-context-variable read per upstream call. (Deployments served by ``litellm``'s own
-client, the catch-all mode, do not carry them.)
+context-variable read per upstream call.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from clasp_claude.request import to_canonical
 
-from clasp_gateway import strip_marks
+from clasp_gateway import hookimpl, strip_marks
 from clasp_gateway.config import ConfigError
 from clasp_gateway.errors import UpstreamError
 from clasp_gateway.shaping.context import (
@@ -440,6 +440,37 @@ def test_summarized_with_a_cheap_model_and_reused_next_turn(up: FakeUpstream) ->
             sent2 = chat_requests(up)[1]
             assert sent2["messages"][: len(sent["messages"])] == sent["messages"]
             assert sent2["messages"][-1]["content"] == "Thanks. Commit it."
+
+
+class SideCallVeto:
+    """Refuses the summariser ``refused`` and records what was asked."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused = refused
+        self.asked: list[tuple[str, str]] = []
+
+    @hookimpl
+    def before_side_call(self, ctx: Any, deployment: Any, purpose: str) -> bool | None:
+        self.asked.append((deployment.id, purpose))
+        return False if deployment.id == self.refused else None
+
+
+def test_a_plugin_keeps_the_conversation_off_a_summariser(up: FakeUpstream) -> None:
+    """``before_side_call``: the refused summariser is never called; the next one is."""
+    with FakeUpstream("openai") as refused, FakeUpstream("openai") as allowed:
+        allowed.script = lambda body, rec: Text("The user fixed handlers 0-5.")
+        models = {
+            "claude-*": {"deployments": [deployment(up, "small", "small-model", **SMALL)],
+                         "context": {"summarize_with": "summarizers"}},
+            "summarizers": [deployment(refused, "third-party", "cheap-model"),
+                            deployment(allowed, "in-house", "cheap-model")],
+        }
+        veto = SideCallVeto("third-party")
+        with GatewayServer(config_from({"models": models}), plugins=[veto]) as server:
+            headers, _ = ask(server, claude_code_messages(8))
+        assert headers["x-clasp-context"].endswith("; by=in-house"), headers["x-clasp-context"]
+        assert refused.requests == [] and len(chat_requests(allowed)) == 1
+        assert veto.asked == [("third-party", "context_summary"), ("in-house", "context_summary")]
 
 
 def test_summarizer_failure_falls_back_to_trimming(up: FakeUpstream) -> None:

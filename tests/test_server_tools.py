@@ -59,6 +59,7 @@ class ToolPlugin:
         self.events: list[dict[str, Any]] = []
         self.contexts: list[tuple[ToolContext, bool]] = []
         self.before_calls = 0
+        self.rounds: list[dict[str, Any]] = []
 
     @hookimpl
     def register_tools(self, register: Callable[..., None]) -> None:
@@ -82,6 +83,10 @@ class ToolPlugin:
     @hookimpl
     def before_call(self, ctx: Any, request: Any) -> None:
         self.before_calls += 1
+
+    @hookimpl
+    def before_round(self, ctx: Any, request: Any) -> None:
+        self.rounds.append(request["messages"][-1])
 
     @hookimpl
     def record(self, ctx: Any, event: dict[str, Any]) -> None:
@@ -181,6 +186,8 @@ def test_docs_lookup_runs_on_the_gateway_and_the_client_sees_one_answer(serve: S
     assert request["usage"]["input_tokens"] == 720 and request["usage"]["output_tokens"] == 35
     assert request["status"] == 200 and len(request["attempts"]) == 2
     assert plugin.before_calls == 1  # once per client request, not per round
+    # before_round: once per later round, with what the gateway added (the tool's result).
+    assert plugin.rounds == [result]
 
 
 def test_iterations_are_bounded(serve: Serve, upstream: FakeUpstream) -> None:

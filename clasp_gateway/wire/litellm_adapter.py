@@ -21,6 +21,7 @@ from ..canonical import completion_to_chunk
 from ..content_log import describe_error
 from ..errors import UpstreamError
 from ..redact import redact
+from ..tracing import upstream_headers
 from ..types import CanonicalRequest, Chunk, Deployment
 from .credentials import KEY_FAILURES, Credentials, KeySlot, credential_settings
 from .params import MODEL_PARAMS
@@ -129,6 +130,11 @@ class LiteLLMAdapter:
     then the gateway's own settings, which nothing before them can replace. LiteLLM
     retries nothing itself (``num_retries=0``, ``max_retries=0``): the fallback
     policy (``on_error``) is the only one, so one attempt is one upstream call.
+
+    The headers a plugin set for this request's upstream calls
+    (:func:`~clasp_gateway.set_upstream_headers`: clasp-otel's ``traceparent``) go in
+    ``extra_headers``, under the deployment's own; a client can set neither (its body
+    reaches LiteLLM only through the parameter allowlist, its headers not at all).
     """
 
     def __init__(self, credentials: Credentials | None = None) -> None:
@@ -221,6 +227,9 @@ class LiteLLMAdapter:
     ) -> AsyncIterator[Chunk]:
         litellm = self.ensure_loaded()
         params = self.narrowed(deployment, self.call_params(deployment, body, stream=stream), stream=stream)
+        extra = upstream_headers()  # a plugin's per-request headers (traceparent), as on the direct wire
+        if extra:
+            params["extra_headers"] = {**extra, **params["extra_headers"]}  # the deployment's own win
         pool = self.credentials.pool(deployment)
 
         async def call(slot: KeySlot | None) -> Any:

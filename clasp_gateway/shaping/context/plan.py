@@ -32,7 +32,7 @@ from .measure import (
 )
 from .overflow import overflow_numbers
 from .settings import ContextSettings, load_settings
-from .summary import SUMMARY_HEADER, Opener, Recorder, Summarizer
+from .summary import SUMMARY_HEADER, MaySend, Opener, Recorder, Summarizer
 
 log = logging.getLogger("clasp.context")
 
@@ -65,10 +65,11 @@ class ContextManager:
         *,
         open_upstream: Opener,
         record: Recorder,
+        may_send: MaySend | None = None,
     ) -> None:
         self._settings = load_settings(config, resolve)
         self._default = ContextSettings()
-        self.summarizer = Summarizer(open_upstream, record)
+        self.summarizer = Summarizer(open_upstream, record, may_send)
         self.tokens = TokenCache()
         self._boundaries: OrderedDict[bytes, Boundary] = OrderedDict()
 

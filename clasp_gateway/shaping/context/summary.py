@@ -39,18 +39,24 @@ SUMMARY_HEADER = "[Summary of {n} earlier messages, left out by the gateway to f
 
 Recorder = Callable[[RequestContext, dict[str, Any]], Awaitable[None]]
 Opener = Callable[..., Any]
+MaySend = Callable[[RequestContext, Deployment], Awaitable[bool]]
+"""Whether the conversation of a request may go to a summariser deployment (the
+``before_side_call`` hook: a plugin keeps a conversation with a credential off a
+third-party summariser)."""
 
 
 class Summarizer:
     """Asks a route's summariser deployments, in order, for one short summary.
 
     ``open_upstream`` opens one upstream call (``Providers.open``); ``record`` hands
-    an event to the ``record`` hook (``Gateway.record``): injected, so this module
-    knows nothing of the gateway."""
+    an event to the ``record`` hook (``Gateway.record``); ``may_send`` asks the
+    ``before_side_call`` hook whether a summariser may receive the conversation:
+    injected, so this module knows nothing of the gateway."""
 
-    def __init__(self, open_upstream: Opener, record: Recorder) -> None:
+    def __init__(self, open_upstream: Opener, record: Recorder, may_send: MaySend | None = None) -> None:
         self._open = open_upstream
         self._record = record
+        self._may_send = may_send
 
     async def summarize(
         self,
@@ -63,6 +69,8 @@ class Summarizer:
         summariser answered (the caller then trims without one)."""
         for deployment in settings.summarizers:
             if not region_allowed(ctx, deployment):  # residency: the transcript stays in the key's regions
+                continue
+            if self._may_send is not None and not await self._may_send(ctx, deployment):  # a plugin's veto
                 continue
             window = deployment.info.max_input_tokens or SUMMARIZER_WINDOW
             limit_chars = max(2_000, int((window - settings.summary_max_tokens - 600) * CHARS_PER_TOKEN * 0.9))

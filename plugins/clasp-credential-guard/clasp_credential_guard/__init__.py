@@ -1,16 +1,30 @@
 """clasp-credential-guard: refuse to send credentials to a third-party provider.
 
 A developer pastes a ``.env`` file, a service-account JSON or a deploy key into a
-conversation; this plugin keeps it from leaving for a provider the organisation does
-not run. With a ``credential_guard:`` section, every request is scanned once (one
-compiled pattern, first finding wins: :mod:`.scan`) before any attempt, and a
-request that carries a credential is never sent to an untrusted deployment:
+conversation, or a tool reads one (``cat ~/.aws/credentials``, a web page with a
+token in it); this plugin keeps it from leaving for a provider the organisation does
+not run. With a ``credential_guard:`` section, every request is scanned once before
+any attempt (:mod:`.scan`: one compiled pattern, first finding wins), everywhere a
+provider would read it (:mod:`.texts`): the system prompt, every message's text, tool
+calls' inputs and tool results (nested blocks too), and the tool definitions
+(descriptions, schemas' defaults, enums and examples). Each later round the gateway
+runs itself (server tools: a web search's or a fetch's result fed back to the model)
+is scanned too, for what it added. A request that carries a credential is never sent
+to an untrusted deployment, as an attempt or as a side call (a summariser condensing
+what a context trim drops, clasp-router's shadow copy for an experiment):
 
 - deployments marked ``trusted: true`` in clasp.yaml, and self-hosted ones (the
   Ollama, vLLM, LM Studio... providers) still get it, unless marked ``trusted: false``;
 - any other candidate is skipped; when none is left, the client gets a 403
-  (Anthropic- or OpenAI-shaped) naming the kind of credential and the message it is
-  in, never any of its text.
+  (Anthropic- or OpenAI-shaped) naming the kind of credential and where it is in the
+  client's own request (``tools[2].description``, ``messages[4].content[1] (user)``),
+  never any of its text.
+
+An Anthropic client's request is scanned as it arrived (the body clasp-claude keeps
+for its pass-through, which is what an Anthropic deployment receives, server-tool and
+thinking blocks included), so places are numbered as the client numbers them; other
+requests as the gateway received them. Parts found clean are remembered by digest
+(:mod:`.finder`), so a conversation's next turn only pays for what is new.
 
 A cached answer may still be replayed (it calls no provider). The guard is on for
 every route and team, unless ``routes:`` (public model globs) or ``teams:`` turn it
@@ -20,7 +34,6 @@ off (or on) for some. Uses only the public API.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
 from typing import Any
 
 from clasp_gateway import (
@@ -39,9 +52,11 @@ from clasp_gateway import (
     hookimpl,
 )
 
-from .scan import KINDS, find_credential, texts_of
+from .finder import Finding, Scanner, locate
+from .scan import KINDS, find_credential
+from .texts import segments
 
-__all__ = ["KINDS", "CredentialGuard", "find_credential", "is_trusted"]
+__all__ = ["KINDS", "STATE", "CredentialGuard", "Finding", "find_credential", "is_trusted", "locate"]
 
 SETTINGS = Section({
     "enabled": Field(Boolean(), True),
@@ -59,14 +74,11 @@ SELF_HOSTED = frozenset({"ollama", "ollama_chat", "vllm", "hosted_vllm", "lm_stu
 RUNTIME = "credential_guard.runtime"
 STATE = "credential_guard"
 """``ctx.state`` key: ``Finding`` of this request (``None``: nothing found or not scanned)."""
-
-
-@dataclass(slots=True, frozen=True)
-class Finding:
-    """A credential found in a request: its kind and where, never its text."""
-
-    kind: str
-    where: str
+SEEN = STATE + ".seen"
+"""``ctx.state`` key: how many canonical messages were scanned (absent: not guarded)."""
+CLIENT_BODY = "clasp_claude.raw_request"
+"""``ctx.state`` key where clasp-claude keeps an Anthropic client's body as it arrived
+(an object with a ``body`` dict), for its pass-through to Anthropic deployments."""
 
 
 def is_trusted(deployment: Deployment) -> bool:
@@ -80,24 +92,31 @@ def is_trusted(deployment: Deployment) -> bool:
     return deployment.provider in SELF_HOSTED
 
 
-def locate(request: CanonicalRequest, api: str, kinds: frozenset[str]) -> Finding | None:
-    """The first credential in ``request``'s messages, with where it is as the client
-    numbers them (the Anthropic API carries ``system`` apart from ``messages``)."""
-    messages = request.get("messages") or []
-    offset = 0
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            continue
-        role = str(message.get("role") or "")
-        if api == "anthropic" and role in ("system", "developer"):
-            offset += 1
-        for text in texts_of(message):
-            kind = find_credential(text, kinds)
-            if kind is not None:
-                where = "system" if api == "anthropic" and role in ("system", "developer") else (
-                    f"messages[{index - offset}] ({role})")
-                return Finding(kind, where)
-    return None
+def client_body(ctx: RequestContext, request: CanonicalRequest) -> dict[str, Any]:
+    """What to scan for ``ctx``: an Anthropic client's body as it arrived when
+    clasp-claude kept it (a superset of the canonical request: what a pass-through
+    sends, numbered as the client numbers it), else the canonical request (an OpenAI
+    client's body as it arrived)."""
+    if ctx.api == "anthropic":
+        body = getattr(ctx.state.get(CLIENT_BODY), "body", None)
+        if isinstance(body, dict):
+            return body
+    return request
+
+
+def added_by_gateway(messages: list[Any], index: int) -> str:
+    """How a person reads a message a later round added (a server tool's result, the
+    model's own call)."""
+    message = messages[index]
+    role = message.get("role") if isinstance(message, dict) else None
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        for earlier in reversed(messages[:index]):
+            for call in (earlier.get("tool_calls") or ()) if isinstance(earlier, dict) else ():
+                if isinstance(call, dict) and call.get("id") == call_id:
+                    return f"the result of the gateway's server tool {(call.get('function') or {}).get('name')!r}"
+        return "a server tool's result"
+    return f"a message the gateway added in a later round ({role})"
 
 
 class CredentialGuard:
@@ -108,6 +127,7 @@ class CredentialGuard:
         self.kinds = frozenset(settings["kinds"])
         self.routes: dict[str, bool] = settings["routes"]
         self.teams: dict[str, bool] = settings["teams"]
+        self.scanner = Scanner(self.kinds)
 
     def applies(self, ctx: RequestContext) -> bool:
         """Whether this request is guarded: its team's setting, else the first route
@@ -125,7 +145,21 @@ class CredentialGuard:
         """Scan once, before any attempt (and before a cache or budget plugin answers
         or reserves); answer nothing."""
         if self.kinds and self.applies(ctx):
-            ctx.state[STATE] = locate(request, ctx.api, self.kinds)
+            ctx.state[STATE] = self.scanner.first(segments(client_body(ctx, request)))
+            ctx.state[SEEN] = len(request.get("messages") or ())
+
+    @hookimpl
+    def before_round(self, ctx: RequestContext, request: CanonicalRequest) -> None:
+        """A later round (server tools): scan the messages the gateway added since."""
+        seen: int | None = ctx.state.get(SEEN)
+        messages = request.get("messages") or []
+        if seen is None or ctx.state.get(STATE) is not None or len(messages) <= seen:
+            return
+        finding = self.scanner.first((f"messages[{i}]", messages[i], "") for i in range(seen, len(messages)))
+        ctx.state[SEEN] = len(messages)
+        if finding is not None:
+            index = int(finding.where[len("messages[") : finding.where.index("]")])
+            ctx.state[STATE] = Finding(finding.kind, added_by_gateway(messages, index))
 
     @hookimpl
     def before_attempt(self, ctx: RequestContext, deployment: Deployment) -> bool | None:
@@ -135,6 +169,18 @@ class CredentialGuard:
             return None
         ctx.state.setdefault(STATE + ".skipped", []).append(deployment.id)
         return False
+
+    @hookimpl
+    def before_side_call(self, ctx: RequestContext, deployment: Deployment) -> bool | None:
+        """Keep a conversation that carries a credential off an untrusted deployment
+        the gateway or a plugin sends it to on its own account (a context summariser,
+        an experiment's shadow copy). A guarded request not scanned yet (a side call
+        started before ``before_call``) is kept off too."""
+        if is_trusted(deployment) or not (self.kinds and self.applies(ctx)):
+            return None
+        if SEEN not in ctx.state or ctx.state.get(STATE) is not None:
+            return False
+        return None
 
     @hookimpl(tryfirst=True)
     def on_exhausted(self, ctx: RequestContext) -> PermissionDeniedError | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
 
 KINDS: dict[str, str] = {
     "private_key": "a private key (PEM)",
@@ -143,6 +142,13 @@ def _at(kind: str, text: str, position: int) -> str | None:
 def find_credential(text: str, kinds: frozenset[str] | None = None) -> str | None:
     """The kind of the first credential in ``text`` (a key of :data:`KINDS`), or ``None``.
     ``kinds`` limits what counts (``None``: every kind)."""
+    found = find_credential_at(text, kinds)
+    return found[0] if found is not None else None
+
+
+def find_credential_at(text: str, kinds: frozenset[str] | None = None) -> tuple[str, int] | None:
+    """The kind of the first credential in ``text`` and where it starts (an index into
+    ``text``), or ``None``. ``kinds`` limits what counts (``None``: every kind)."""
     lowered = text.lower()
     if len(lowered) != len(text):  # U+0130 (İ) is the one letter whose lower case is two characters
         lowered = text.replace("\u0130", "i").lower()
@@ -153,30 +159,10 @@ def find_credential(text: str, kinds: frozenset[str] | None = None) -> str | Non
                 inner = _CHECKS[kind].match(text, match.start())
                 found = _confirmed(kind, inner, text) if inner is not None else None
                 if found is not None and (kinds is None or found in kinds):
-                    return found
+                    return found, match.start()
         return None
     for anchor in _ANCHORS.finditer(lowered):
         found = _at(_anchor_kind(anchor.group(0)), text, anchor.start())
         if found is not None and (kinds is None or found in kinds):
-            return found
+            return found, anchor.start()
     return None
-
-
-def texts_of(message: dict[str, object]) -> Iterable[str]:
-    """Every text a canonical (OpenAI chat) message carries: its content (a string
-    or parts), tool calls' arguments, and a tool result's content."""
-    content = message.get("content")
-    if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    yield text
-    calls = message.get("tool_calls")
-    if isinstance(calls, list):
-        for call in calls:
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                yield function["arguments"]

@@ -2,7 +2,10 @@
 (authorization code flow with PKCE, S256), ``GET /admin/oidc/callback`` takes the code
 back, exchanges it at the token endpoint, verifies the ID token (signature, ``iss``,
 ``aud``, ``exp``, and the ``nonce`` of this sign-in), maps its claims to a role and
-sets the session cookie; ``POST /admin/logout`` clears it.
+sets the session cookie; ``POST /admin/logout`` clears it and revokes it on every
+replica, and ``POST /admin/sessions/revoke`` (role ``admin``) revokes one session or
+every session of a person (:mod:`.revocation`). Sign-in, sign-out and revocation each
+write a ``clasp.audit`` line (who, which session; never the cookie).
 
 The ``state`` (against login CSRF), the ``nonce`` (against ID token replay) and the PKCE
 verifier travel in a signed, HttpOnly cookie that lives ten minutes and is valid for
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -29,6 +33,9 @@ from clasp_gateway import (
     NotFoundError,
     error_response,
     is_https,
+    json_response,
+    read_json,
+    require_role,
 )
 
 from .jwks import IssuerUnavailable
@@ -38,6 +45,10 @@ from .session import COOKIE_PATH, FLOW_COOKIE, SESSION_COOKIE
 
 FLOW_SECONDS = 600
 FLOW_PATH = "/admin/oidc"
+MAX_ID_CHARS = 256
+"""Longest session id or subject a revocation request may name."""
+
+audit = logging.getLogger("clasp.audit")
 
 
 def runtime_of(request: Request) -> OidcRuntime:
@@ -136,9 +147,14 @@ async def callback(request: Request) -> Response:
         return _clear_flow(error_response(exc))
     assert runtime.signer is not None
     settings = runtime.settings
+    now, sid = runtime.clock(), secrets.token_urlsafe(18)
+    subject = principal.metadata["subject"]
     session = runtime.signer.sign(SESSION_PURPOSE, {
-        "sub": principal.metadata["subject"], "name": principal.name, "role": principal.role, "team": principal.team,
-    }, runtime.clock() + settings.session_max_age)
+        "sub": subject, "name": principal.name, "role": principal.role, "team": principal.team,
+        "sid": sid, "iat": now,
+    }, now + settings.session_max_age)
+    audit.info("oidc sign-in: %s (role %s) session %s", subject, principal.role, sid,
+               extra={"clasp_access": {"audit": "oidc.sign_in", "subject": subject, "session": sid}})
     flow = runtime.signer.load(FLOW_PURPOSE, request.cookies.get(FLOW_COOKIE), runtime.clock()) or {}
     response = _clear_flow(RedirectResponse(_landing(runtime, flow.get("next")), status_code=303,
                                              headers={"cache-control": "no-store"}))
@@ -195,21 +211,90 @@ def _clear_flow(response: Response) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """Sign out: the session cookie is cleared.
+    """Sign out: the session cookie is cleared, and the session revoked on every replica
+    (a copy of the cookie is refused from now on).
     ---
     summary: Sign out of single sign-on
     tags: [sso]
     security: []
     responses:
       204: {description: "signed out"}
+      503: {description: "the shared state is unavailable: the session could not be revoked (the cookie is kept)"}
     """
+    runtime = request.app.state.gateway.pm.get_plugin(RUNTIME)
+    if isinstance(runtime, OidcRuntime) and runtime.signer is not None:
+        data = runtime.signer.load(SESSION_PURPOSE, request.cookies.get(SESSION_COOKIE), runtime.clock())
+        sid = data.get("sid") if data is not None else None
+        if isinstance(sid, str):
+            try:
+                await runtime.revocations.revoke_session(sid, float(data["exp"]))  # type: ignore[index]
+            except GatewayError as exc:
+                return error_response(exc)
+            subject = str(data.get("sub"))  # type: ignore[union-attr]
+            audit.info("oidc sign-out: %s session %s", subject, sid,
+                       extra={"clasp_access": {"audit": "oidc.sign_out", "subject": subject, "session": sid}})
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax")
     return response
+
+
+async def revoke(request: Request) -> Response:
+    """Revoke sign-ins before they expire, on every replica: one session (its id is in
+    the ``clasp.audit`` line of its sign-in), or every session of a person signed in
+    until now (``subject``: the identity provider's subject claim). Bearer tokens are
+    the identity provider's to revoke.
+    ---
+    summary: Revoke single sign-on sessions
+    tags: [sso]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            properties:
+              session: {type: string, description: "one session's id"}
+              subject: {type: string, description: "every session of this person"}
+    responses:
+      200: {description: "revoked: what, and until when it matters"}
+      400: {description: "neither or both of session and subject"}
+      403: {description: "not an admin"}
+      404: {description: "single sign-on is not set up"}
+      503: {description: "the shared state is unavailable: nothing was revoked"}
+    """
+    try:
+        principal = await require_role(request, "admin")
+        runtime = runtime_of(request)
+        body = await read_json(request, 4096)
+        if not isinstance(body, dict):
+            raise InvalidRequestError("send a JSON object: {\"session\": \"...\"} or {\"subject\": \"...\"}")
+        session, subject = body.get("session"), body.get("subject")
+        if (session is None) == (subject is None):
+            raise InvalidRequestError("name exactly one of `session` (one sign-in) or `subject` (every sign-in of a "
+                                      "person)")
+        target = session if session is not None else subject
+        if not isinstance(target, str) or not target or len(target) > MAX_ID_CHARS or not target.isprintable():
+            raise InvalidRequestError(f"`{'session' if session is not None else 'subject'}` must be a non-empty "
+                                      f"string of at most {MAX_ID_CHARS} characters")
+        actor = principal.name or principal.key_id
+        if session is not None:
+            await runtime.revocations.revoke_session(target)
+            answer: dict[str, object] = {"revoked": {"session": target}}
+            audit.warning("oidc session %s revoked by %s", target, actor,
+                          extra={"clasp_access": {"audit": "oidc.revoke", "session": target, "actor": actor}})
+        else:
+            at = await runtime.revocations.revoke_subject(target)
+            answer = {"revoked": {"subject": target, "signed_in_before": at}}
+            audit.warning("oidc sessions of %s revoked by %s", target, actor,
+                          extra={"clasp_access": {"audit": "oidc.revoke", "subject": target, "actor": actor}})
+    except GatewayError as exc:
+        return error_response(exc)
+    return json_response(answer)
 
 
 ROUTES = (
     ("/admin/login", login, ["GET"]),
     ("/admin/oidc/callback", callback, ["GET"]),
     ("/admin/logout", logout, ["POST"]),
+    ("/admin/sessions/revoke", revoke, ["POST"]),
 )

@@ -41,7 +41,7 @@ async def startup(app: Any, config: Config) -> None:
     pm = app.state.gateway.pm
     if settings is None or pm.has_plugin(RUNTIME):
         return
-    pm.register(OidcRuntime(settings), name=RUNTIME)
+    pm.register(OidcRuntime(settings, state=app.state.gateway.state), name=RUNTIME)
     log.info("oidc: single sign-on with %s (%s)", settings.issuer,
              "browser sign-in and bearer tokens" if settings.login_enabled else "bearer tokens only")
 

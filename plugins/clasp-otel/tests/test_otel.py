@@ -120,3 +120,26 @@ def test_settings_mistakes() -> None:
     with pytest.raises(ConfigError) as caught:
         GatewayServer(config_from({"models": {}, "otel": {"exporter": "jaeger", "sample_ratio": 2}}))
     assert "otel.exporter" in str(caught.value) and "otel.sample_ratio" in str(caught.value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_litellm_deployment_gets_the_attempt_traceparent_too(fake_upstream: FakeUpstream, stream: bool) -> None:
+    """``mode: litellm`` (LiteLLM's own client): the same traceparent as a direct call,
+    in ``extra_headers``; the client's own traceparent and headers never ride along."""
+    server, exporter = traced({"models": {"*": [{**dep(fake_upstream, "catch-all"), "mode": "litellm"}]},
+                               "otel": {"exporter": "none"}})
+    try:
+        fake_upstream.queue(Text("hello there"))
+        answer = httpx.post(server.base_url + "/v1/chat/completions",
+                            headers={**server.headers, "traceparent": INCOMING, "x-evil": "1"},
+                            json={"model": "gpt-4o", "stream": stream, "extra_headers": {"x-evil": "1"},
+                                  "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200, answer.text
+        found = spans(server, exporter)
+    finally:
+        server.stop()
+    [attempt] = [s for s in found if s.kind == SpanKind.CLIENT]
+    sent = fake_upstream.last.headers
+    assert sent["traceparent"] == f"00-{INCOMING_TRACE}-{attempt.context.span_id:016x}-01"
+    assert sent["traceparent"] != INCOMING  # the attempt's own span, not the client's header
+    assert "x-evil" not in sent

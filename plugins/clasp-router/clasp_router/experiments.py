@@ -235,7 +235,12 @@ class Experiments:
 
     async def _shadow(self, exp: Experiment, budget: ShadowBudget, ctx: RequestContext, request: CanonicalRequest,
                       deployment: Deployment) -> None:
-        """Send the copy, read the whole answer, record its outcome; never raises."""
+        """Send the copy, read the whole answer, record its outcome; never raises. Not
+        sent when a plugin keeps this conversation off the candidate (``before_side_call``:
+        clasp-credential-guard, for a request carrying a credential)."""
+        if not await self.gateway.may_side_call(ctx, deployment, "shadow"):
+            budget.running -= 1
+            return
         shadow_ctx = RequestContext(f"{ctx.request_id}-shadow", ctx.api, ctx.public_model, False,
                                     principal=None, headers={}, hints=ctx.hints)
         shadow_ctx.request_class = ctx.request_class
