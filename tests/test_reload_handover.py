@@ -106,3 +106,65 @@ def test_prometheus_counters_do_not_go_back_to_zero_at_a_reload(tmp_path: Path, 
             await lifespan.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_with_two_workers_a_reload_keeps_counters_and_the_in_flight_gauge(tmp_path: Path) -> None:
+    """``clasp serve`` with ``server.workers: 2`` (samples shared through
+    PROMETHEUS_MULTIPROC_DIR): after a reload of both workers the counters carry on, and
+    a request in flight is still counted (the replaced configuration does not mark its
+    still-serving worker dead, which dropped that worker's live gauges)."""
+    import threading
+    import time
+
+    from clasp_gateway.testing import GatewayProcesses, Hang
+
+    path = tmp_path / "clasp.yaml"
+    with FakeUpstream("openai") as up:
+        up.script = lambda body, rec: Hang(4, reply=Text("late")) if "slow" in str(body) else Text("ok")
+
+        def config(keys: int) -> None:
+            write(path, up, keys=keys)
+            data = yaml.safe_load(path.read_text())
+            data["server"] = {"workers": 2, "log_level": "info"}
+            data["keys"].append({"key": "sk-handover-admin-0123456789abcdef", "name": "ops", "role": "admin"})
+            data["storage"] = {"url": f"sqlite:///{tmp_path / 'clasp.db'}"}
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+        config(0)
+        with GatewayProcesses(path, env={"CLASP_LOAD_PLUGINS": "analytics"}, ready_timeout=120) as gateways:
+            base = gateways[0].base_url
+
+            def ask(text: str) -> None:
+                answer = httpx.post(base + "/v1/chat/completions", headers={**HEADERS, "connection": "close"},
+                                    json={"model": "m", "messages": [{"role": "user", "content": text}]}, timeout=30)
+                assert answer.status_code == 200, answer.text
+
+            def scrape() -> str:
+                return httpx.get(base + "/metrics", headers={"connection": "close"}, timeout=30).text
+
+            for i in range(12):  # new connections: both workers answer some
+                ask(f"q{i}")
+            assert requests_total(scrape()) == 12
+            config(1)
+            reloaded = httpx.post(base + "/admin/reload", headers={"x-api-key": "sk-handover-admin-0123456789abcdef"},
+                                  timeout=60)
+            assert reloaded.status_code == 200, reloaded.text
+            deadline = time.monotonic() + 30
+            while gateways[0].log_text().count("applied as configuration 2") < 2:
+                assert time.monotonic() < deadline, "both workers reloaded"
+                time.sleep(0.05)
+            time.sleep(0.3)  # the replaced configurations shut down (nothing in flight)
+            assert requests_total(scrape()) == 12
+            slow = threading.Thread(target=ask, args=("slow",))
+            slow.start()
+            try:
+                deadline = time.monotonic() + 3
+                seen = []
+                while time.monotonic() < deadline and not any(v >= 1 for v in seen):
+                    found = re.search(r"^clasp_requests_in_flight (\S+)$", scrape(), re.M)
+                    seen.append(float(found.group(1)) if found else 0.0)
+                    time.sleep(0.05)
+                assert any(v >= 1 for v in seen), seen  # whichever worker answers the scrape
+            finally:
+                slow.join()
+            assert requests_total(scrape()) == 13
