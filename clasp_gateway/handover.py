@@ -16,6 +16,12 @@ when it differs, a new one is built and replaces it (the replaced one is handed 
 :meth:`Handover.release`, which says whether the caller was the object's last user,
 so the object is closed once, by the last configuration that used it.
 
+A reload that fails to start is undone whole: :class:`~clasp_gateway.shell.reload.ServingApp`
+calls :meth:`Handover.begin` before the new configuration starts, then
+:meth:`Handover.commit` once it serves (only then are replaced objects handed to
+``replaced``) or :meth:`Handover.rollback` (the running configuration's objects are
+kept again, untouched).
+
 A gateway not served by ``clasp serve`` (tests, two apps in one process) has its own
 handover: nothing is shared between apps that were not reloaded from one another.
 Everything runs on the event loop (start-up and shutdown hooks): no lock is needed.
@@ -44,6 +50,8 @@ class Handover:
 
     def __init__(self) -> None:
         self._kept: dict[str, _Kept] = {}
+        self._saved: dict[str, _Kept] | None = None
+        self._replaced: list[tuple[Callable[[Any], None], Any]] = []
 
     def adopt(self, name: str, fingerprint: Any, build: Callable[[], T], *,
               replaced: Callable[[T], None] | None = None) -> T:
@@ -60,7 +68,10 @@ class Handover:
         value = build()
         self._kept[name] = _Kept(fingerprint, value, 1)
         if kept is not None and replaced is not None:
-            replaced(kept.value)
+            if self._saved is not None:
+                self._replaced.append((replaced, kept.value))  # once the new configuration serves
+            else:
+                replaced(kept.value)
         return value
 
     def release(self, name: str, value: object) -> bool:
@@ -74,6 +85,23 @@ class Handover:
             return False
         del self._kept[name]
         return True
+
+    def begin(self) -> None:
+        """A configuration starts beside the running one: remember what is kept now."""
+        self._saved = {name: _Kept(k.fingerprint, k.value, k.users) for name, k in self._kept.items()}
+        self._replaced = []
+
+    def commit(self) -> None:
+        """The new configuration serves: hand the objects it replaced to ``replaced``."""
+        replaced, self._replaced, self._saved = self._replaced, [], None
+        for callback, value in replaced:
+            callback(value)
+
+    def rollback(self) -> None:
+        """The new configuration failed to start: keep what the running one uses, as it was."""
+        if self._saved is not None:
+            self._kept = self._saved
+        self._saved, self._replaced = None, []
 
     def __contains__(self, name: str) -> bool:
         return name in self._kept

@@ -44,6 +44,22 @@ def test_an_object_is_kept_while_its_fingerprint_is_equal_and_closed_by_its_last
     assert handover.release("p.unknown", object()) is True
 
 
+def test_a_configuration_that_fails_to_start_is_undone_whole() -> None:
+    handover = Handover()
+    running = handover.adopt("p.thing", 1, dict)
+    dropped: list[Any] = []
+    handover.begin()
+    newer = handover.adopt("p.thing", 2, dict, replaced=dropped.append)
+    assert newer is not running and dropped == []  # not before the new configuration serves
+    handover.rollback()
+    assert handover.adopt("p.thing", 1, dict) is running and dropped == []
+    assert handover.release("p.thing", running) is False
+    handover.begin()
+    newer = handover.adopt("p.thing", 2, dict, replaced=dropped.append)
+    handover.commit()
+    assert dropped == [running] and handover.release("p.thing", running) is True
+
+
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     with FakeUpstream("openai") as up:

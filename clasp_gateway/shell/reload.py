@@ -397,11 +397,14 @@ class ServingApp:
         # What plugins keep across reloads (an in-memory cache, Prometheus counters):
         # their start-up adopts it from the running configuration (handover.py).
         new_gateway.handover = old_gateway.handover
+        new_gateway.handover.begin()
         try:
             await new.lifespan.startup()
         except Exception as exc:
             await new.lifespan.shutdown()
+            new_gateway.handover.rollback()
             return self._rejected(trigger, old, [f"the new configuration failed to start: {exc}"])
+        new_gateway.handover.commit()
         new_gateway.owns_state, old_gateway.owns_state = True, False
         self.current = new
         self.retiring.add(old)

@@ -15,6 +15,8 @@ import httpx
 import pytest
 import yaml
 
+from clasp_gateway import Config, hookimpl
+from clasp_gateway.plugins import PluginManager
 from clasp_gateway.shell.app import create_app
 from clasp_gateway.shell.reload import ServingApp, _Lifespan, load_checked
 from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, Text
@@ -144,6 +146,60 @@ def test_a_reload_that_fails_to_start_leaves_the_cache_with_the_running_configur
                 assert runtime(serving).backend is backend and len(backend._entries) == 1
                 hit = await client.post("/v1/chat/completions", headers=HEADERS, json=ask("capital of France?"))
                 assert hit.headers["x-clasp-cache"] == "exact"
+        finally:
+            await lifespan.shutdown()
+
+    asyncio.run(scenario())
+
+
+class FailsToStart:
+    """A plugin whose start-up fails when told to, after the cache's (``trylast``)."""
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    @hookimpl(trylast=True)
+    def startup(self, app: Any, config: Config) -> None:
+        if self.fail:
+            raise RuntimeError("this configuration cannot start")
+
+
+def test_a_reload_that_fails_while_starting_leaves_the_running_cache_untouched(
+        tmp_path: Path, upstream: FakeUpstream) -> None:
+    """The new configuration changed what shapes the keys (its cache would start empty),
+    and then failed to start: the running configuration keeps its answers."""
+    path = tmp_path / "clasp.yaml"
+    write(path, config(upstream))
+    failing = FailsToStart()
+
+    def build(config: Config) -> Any:
+        pm = PluginManager()
+        pm.load(config.plugin_paths)
+        pm.register(failing)
+        return create_app(config, pm)
+
+    serving = ServingApp(build(load_checked(str(path))), build=build)
+
+    async def scenario() -> None:
+        lifespan = _Lifespan(serving)
+        await lifespan.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=serving), base_url="http://gw") as client:
+                upstream.queue(Text("Paris."))
+                await client.post("/v1/chat/completions", headers=HEADERS, json=ask("capital of France?"))
+                await stored(serving, 1)
+                backend = runtime(serving).backend
+                write(path, config(upstream, ttl="20m"))
+                failing.fail = True
+                result = await serving.reload()
+                assert not result.ok and "cannot start" in " ".join(result.problems)
+                assert runtime(serving).backend is backend and len(backend._entries) == 1
+                hit = await client.post("/v1/chat/completions", headers=HEADERS, json=ask("capital of France?"))
+                assert hit.headers["x-clasp-cache"] == "exact"
+                failing.fail = False
+                write(path, config(upstream, extra_keys=1))  # the running cache settings: kept
+                assert (await serving.reload()).ok
+                assert runtime(serving).backend is backend and len(backend._entries) == 1
         finally:
             await lifespan.shutdown()
 
