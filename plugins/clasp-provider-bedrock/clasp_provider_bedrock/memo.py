@@ -3,10 +3,11 @@
 ``AmazonConverseConfig.transform_request`` costs ~2.3 ms of CPU for a Claude Code request
 (20 KB, 15 tools; ``bench/bedrock_request_cpu.py``), and most of it does not depend on
 the conversation: each request looks the model's capabilities up in the cost map a few
-dozen times (``get_supported_openai_params``, ``supports_*``), and translates the same
+dozen times (``get_supported_openai_params``, ``supports_*``), translates the same
 tool definitions to Converse ``toolSpec`` blocks (``_process_tools_and_beta``, called
-twice per request: ~1 ms alone). A client such as Claude Code sends the same tools and
-parameters on every turn.
+twice per request: ~1 ms alone), and deep-copies and walks the parameters, tools
+included (``_prepare_request_params``). A client such as Claude Code sends the same
+tools and parameters on every turn.
 
 :func:`remember_answers` wraps those methods on one config instance (the adapter's own;
 LiteLLM's module and class are untouched) with a bounded memo: the arguments, serialised
@@ -30,8 +31,13 @@ import orjson
 
 __all__ = ["MEMO_SIZE", "REMEMBERED", "remember_answers"]
 
-REMEMBERED = ("_process_tools_and_beta", "get_supported_openai_params", "map_openai_params")
+REMEMBERED = ("_process_tools_and_beta", "get_supported_openai_params", "map_openai_params",
+              "_prepare_request_params")
 """The config methods whose answers are remembered (pure in their arguments)."""
+
+CONSUMED = {"_prepare_request_params": ("_output_config_normalized",)}
+"""Keys a method removes from the dict it is given first (its one edit of its
+arguments): removed on every call, answered from the memo or not."""
 
 MEMO_SIZE = 256
 """Distinct argument sets remembered per method (least recently used dropped first):
@@ -40,7 +46,7 @@ a gateway serves a handful of tool sets and models, each of a few KB."""
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-def _remembered(method: Callable[..., Any], size: int) -> Callable[..., Any]:
+def _remembered(method: Callable[..., Any], size: int, consumed: tuple[str, ...] = ()) -> Callable[..., Any]:
     answers: OrderedDict[bytes, tuple[bool, bytes]] = OrderedDict()
 
     def remembered(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +54,9 @@ def _remembered(method: Callable[..., Any], size: int) -> Callable[..., Any]:
             key = orjson.dumps([args, kwargs], option=_OPTS)
         except TypeError:  # not plain JSON: not remembered
             return method(*args, **kwargs)
+        if consumed and args and isinstance(args[0], dict):
+            for name in consumed:
+                args[0].pop(name, None)  # what the method does to its argument (in the key already)
         found = answers.get(key)
         if found is None:
             answer = method(*args, **kwargs)
@@ -76,5 +85,5 @@ def remember_answers(config: Any, size: int = MEMO_SIZE) -> Any:
         if not callable(method):
             raise AttributeError(f"LiteLLM's AmazonConverseConfig has no {name}(): clasp-provider-bedrock's "
                                  "request memo (memo.py) needs updating for this LiteLLM")
-        setattr(config, name, _remembered(method, size))
+        setattr(config, name, _remembered(method, size, CONSUMED.get(name, ())))
     return config

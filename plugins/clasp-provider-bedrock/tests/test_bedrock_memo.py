@@ -47,12 +47,14 @@ def variants() -> list[tuple[str, dict[str, Any], str | None]]:
         ("no tools", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
                       "max_tokens": 10, "top_k": 40}, None),
         ("reasoning", {**base, "max_tokens": 8000}, "high"),
+        ("less reasoning", {**base, "max_tokens": 8000}, "low"),
         ("json", {"messages": [{"role": "user", "content": "a name"}], "max_tokens": 50,
                   "response_format": {"type": "json_object"}}, None),
     ]
 
 
 @pytest.mark.parametrize("model", [fake.MODEL, "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                                   "global.anthropic.claude-opus-4-6-v1",  # effort: output_config
                                    "meta.llama3-1-70b-instruct-v1:0", "amazon.nova-pro-v1:0"])
 def test_the_body_is_litellms_own_on_every_kind_of_request(model: str) -> None:
     plain, memo = litellm.AmazonConverseConfig(), remember_answers(litellm.AmazonConverseConfig())
