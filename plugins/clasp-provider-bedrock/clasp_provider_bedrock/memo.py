@@ -10,11 +10,12 @@ included (``_prepare_request_params``). A client such as Claude Code sends the s
 tools and parameters on every turn.
 
 :func:`remember_answers` wraps those methods on one config instance (the adapter's own;
-LiteLLM's module and class are untouched) with a bounded memo: the arguments, serialised
-canonically (``orjson``, sorted keys), are the key; the answer is kept serialised and
-decoded afresh for each caller, so no caller can change what the next one gets (LiteLLM
-edits the lists it is handed). Arguments or answers that are not plain JSON (a pydantic
-object, bytes...) are not remembered: the method runs as before. The methods are pure
+LiteLLM's module and class are untouched) with a bounded memo: the key is a 128-bit
+BLAKE2b digest of the arguments serialised canonically (``orjson``, sorted keys); the
+answer is kept serialised and decoded afresh for each caller, so no caller can change
+what the next one gets (LiteLLM edits the lists it is handed). Arguments or answers
+that are not plain JSON (a pydantic object, bytes...) are not remembered: the method
+runs as before. The methods are pure
 in their arguments and the cost map, which the gateway reads once at start-up.
 :data:`REMEMBERED` names them; a LiteLLM release that renames one makes
 :func:`remember_answers` raise, and the plugin's contract test fail, rather than the
@@ -23,6 +24,7 @@ request build silently slow down again.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +41,10 @@ CONSUMED = {"_prepare_request_params": ("_output_config_normalized",)}
 """Keys a method removes from the dict it is given first (its one edit of its
 arguments): removed on every call, answered from the memo or not."""
 
-MEMO_SIZE = 256
+MEMO_SIZE = 64
 """Distinct argument sets remembered per method (least recently used dropped first):
-a gateway serves a handful of tool sets and models, each of a few KB."""
+a gateway serves a handful of tool sets and models. An answer holds the tool set (Claude
+Code's: ~15 KB), so the memo stays under ~3 MB per method however many tool sets come."""
 
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
@@ -51,7 +54,7 @@ def _remembered(method: Callable[..., Any], size: int, consumed: tuple[str, ...]
 
     def remembered(*args: Any, **kwargs: Any) -> Any:
         try:
-            key = orjson.dumps([args, kwargs], option=_OPTS)
+            key = hashlib.blake2b(orjson.dumps([args, kwargs], option=_OPTS), digest_size=16).digest()
         except TypeError:  # not plain JSON: not remembered
             return method(*args, **kwargs)
         if consumed and args and isinstance(args[0], dict):
