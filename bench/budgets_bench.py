@@ -46,6 +46,7 @@ from clasp_gateway import (  # noqa: E402
     RequestContext,
     StateBackend,
     Usage,
+    await_me_maybe,
     create_state,
 )
 from clasp_gateway.state import StateSettings  # noqa: E402
@@ -108,10 +109,10 @@ async def run(state: StateBackend, requests: int, chunks: int, inflight: int) ->
             count_stream_chunk(ctx, chunk)
         attempt.usage = Usage(input_tokens=5000, output_tokens=300)
         ctx.attempts.append(attempt)
-        await runtime.record(ctx, event)
+        await await_me_maybe(runtime.record(ctx, event))
         total += time.process_time() - start
     for ctx in held:
-        await runtime.record(ctx, event)
+        await await_me_maybe(runtime.record(ctx, event))
     await state.close()
     return total / requests * 1e6
 

@@ -23,7 +23,8 @@ script measures the same difference with less noise:
 
 Targets: ``off`` (``CLASP_LOAD_PLUGINS=claude,fallback``: the issue's "off"), ``team``
 (claude, fallback, every clasp-budgets entry point and analytics, with ``team.yaml``'s
-``budgets:`` and ``limits:`` and a virtual key), and with ``--all`` also ``all`` (every installed
+``budgets:`` and ``limits:`` and a virtual key; with ``--team-plugins`` but no
+``budgets_keys``, the static key), and with ``--all`` also ``all`` (every installed
 plugin, the static key, no budgets or limits: what ``run_bench.py`` runs by default).
 
     .venv/bin/python bench/team_cpu.py [--rounds 15] [--batch 100] [--cases short,long] [--profile DIR]
@@ -197,7 +198,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="clasp-team-cpu-"))
     upstream, port = await start_upstream(tmp)
     targets = [Target("off", "claude,fallback", "", False, tmp, port),
-               Target("team", args.team_plugins, team_config, True, tmp, port)]
+               Target("team", args.team_plugins, team_config, "budgets_keys" in args.team_plugins.split(","), tmp, port)]
     if args.all:
         targets.append(Target("all", None, "", False, tmp, port))
     profiles: dict[str, cProfile.Profile] = {}

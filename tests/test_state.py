@@ -306,6 +306,42 @@ async def test_a_script_is_one_atomic_read_modify_write(h: Harness) -> None:
     assert sorted(stored, key=int) == [str(i) for i in range(200)]
 
 
+def _append_doc(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> int:
+    doc = tx.get_json(keys[0]) or {"items": []}
+    doc["items"].append(args[0])
+    tx.set_json(keys[0], doc, ttl=float(args[1]))
+    return len(doc["items"])
+
+
+APPEND_DOC: Script[int] = Script(
+    name="test.append_doc",
+    lua="""
+local raw = redis.call('GET', KEYS[1])
+local doc = raw and cjson.decode(raw) or {items = {}}
+table.insert(doc.items, ARGV[1])
+redis.call('SET', KEYS[1], cjson.encode(doc), 'PX', math.floor(tonumber(ARGV[2]) * 1000))
+return #doc.items
+""",
+    python=_append_doc,
+    decode=int,
+)
+
+
+async def test_a_script_keeps_a_json_document(h: Harness) -> None:
+    """get_json/set_json: the memory state keeps the document itself, SQLite its JSON;
+    either way ``get`` reads JSON, a value stored as bytes is parsed, and the TTL holds."""
+    await h.state.set("doc", b'{"items": ["seed"]}')
+    lengths = await asyncio.gather(*(h.state.run(APPEND_DOC, ["doc"], [str(i), 2 * h.unit]) for i in range(50)))
+    assert sorted(lengths) == list(range(2, 52))
+    stored = json.loads(await h.state.get("doc") or b"{}")
+    assert stored["items"][0] == "seed" and sorted(stored["items"][1:], key=int) == [str(i) for i in range(50)]
+    assert await h.state.delete("doc") == 1
+    assert await h.state.run(APPEND_DOC, ["doc"], ["again", h.unit]) == 1
+    await h.advance(1.5 * h.unit)
+    assert await h.state.get("doc") is None
+    assert await h.state.run(APPEND_DOC, ["doc"], ["fresh", h.unit]) == 1
+
+
 def _failing(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> None:
     tx.set(keys[0], "half-written")
     raise ValueError("a bug in the script")

@@ -40,7 +40,9 @@ way (for status pages). The memory backend never has outages.
 
 Keys are strings; the backend adds ``state.prefix`` (default ``clasp:``) to each, and
 each consumer should add its own namespace (``fallback:``, ``budgets:``...). Values are
-bytes (``str`` is stored as UTF-8).
+bytes (``str`` is stored as UTF-8); a script may also keep a JSON document per key
+(:meth:`ScriptTx.get_json` / :meth:`ScriptTx.set_json`), which the memory backend keeps
+as the object itself (no parse or dump per operation) and SQLite as its JSON.
 """
 
 from __future__ import annotations
@@ -95,6 +97,26 @@ class ScriptTx(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def get_json(self, key: str) -> Any:
+        """The JSON document at ``key`` (None when absent or expired).
+
+        For scripts that keep a structured document per key (a budget's spend and
+        leases): the memory backend keeps the document itself, so a script reads and
+        writes it with no parsing or serialising per operation, while SQLite stores its
+        JSON (what :meth:`get` reads there). A value stored with :meth:`set` is parsed.
+
+        On the memory backend the answer is the stored object, not a copy: change it
+        only to store it back with :meth:`set_json` in the same script, and return
+        plain values (numbers, tuples) to the caller, never the document.
+        """
+        ...
+
+    def set_json(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
+        """Store a JSON document (a dict or a list of what JSON holds) at ``key``, as
+        :meth:`set` does; :meth:`get` (and ``StateBackend.get``) then read its JSON, on
+        every backend."""
+        ...
 
 
 def _same(reply: Any) -> Any:

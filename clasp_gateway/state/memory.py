@@ -3,6 +3,10 @@
 One event loop owns it, and no operation awaits in the middle, so every operation
 (scripts included) is atomic without locks. Expired keys read as absent and are
 swept now and then, so keys nobody reads again do not pile up.
+
+A value is bytes, or a JSON document a script stored with ``set_json``: kept as the
+object itself, so a script that updates a document on every request (a budget's spend
+and leases) neither parses nor serialises it; reading it as bytes gives its JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+import orjson
 
 from . import Handler, Script, ScriptArg, StateBackend, Subscription
 from .outage import StateUnavailable
@@ -34,7 +40,8 @@ class MemoryState(StateBackend):
     def __init__(self, *, prefix: str = "clasp:", clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(prefix=prefix)
         self.clock = clock
-        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._data: dict[str, tuple[Any, float | None]] = {}
+        """Key -> (value, expiry): the value is bytes, or a document stored by ``set_json``."""
         self._scopes: dict[str, tuple[set[str], float | None]] = {}
         self._subscribers: dict[str, list[Subscription]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -55,6 +62,13 @@ class MemoryState(StateBackend):
         return self.clock()
 
     def get_raw(self, key: str) -> bytes | None:
+        value = self.get_object(key)
+        if value is None or value.__class__ is bytes:
+            return value
+        return orjson.dumps(value)  # a document a script stored with set_json
+
+    def get_object(self, key: str) -> Any:
+        """What ``key`` holds (bytes, or the document itself), None when absent or expired."""
         entry = self._data.get(key)
         if entry is None:
             return None
@@ -64,13 +78,16 @@ class MemoryState(StateBackend):
         return entry[0]
 
     def set_raw(self, key: str, value: bytes | str, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
-        data = value.encode() if isinstance(value, str) else bytes(value)
+        self.set_object(key, value.encode() if isinstance(value, str) else bytes(value), ttl=ttl, keep_ttl=keep_ttl)
+
+    def set_object(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
+        """Store ``value`` as it is (bytes, or a JSON document: see ``ScriptTx.set_json``)."""
         if keep_ttl:
             old = self._data.get(key)
             expires = old[1] if old is not None else None
         else:
             expires = self.clock() + ttl if ttl is not None else None
-        self._data[key] = (data, expires)
+        self._data[key] = (value, expires)
 
     def delete_raw(self, key: str) -> None:
         self._data.pop(key, None)
@@ -97,7 +114,7 @@ class MemoryState(StateBackend):
     ) -> bool:
         self._check()
         full = self.prefix + key
-        if if_absent and self.get_raw(full) is not None:
+        if if_absent and self.get_object(full) is not None:
             return False
         self._sweep()
         self.set_raw(full, value, ttl=ttl)
@@ -114,7 +131,7 @@ class MemoryState(StateBackend):
         self._check()
         found = 0
         for key in keys:
-            if self.get_raw(self.prefix + key) is not None:
+            if self.get_object(self.prefix + key) is not None:
                 found += 1
             self._data.pop(self.prefix + key, None)
         return found
@@ -123,7 +140,7 @@ class MemoryState(StateBackend):
         self._check()
         start = self.prefix + prefix
         doomed = [k for k in self._data if k.startswith(start)]
-        found = sum(1 for k in doomed if self.get_raw(k) is not None)
+        found = sum(1 for k in doomed if self.get_object(k) is not None)
         for key in doomed:
             self._data.pop(key, None)
         return found
@@ -133,7 +150,7 @@ class MemoryState(StateBackend):
         members, _ = self._scopes.pop(self.prefix + scope, (set(), None))
         found = 0
         for key in members:
-            if self.get_raw(key) is not None:
+            if self.get_object(key) is not None:
                 found += 1
                 del self._data[key]
         return found
@@ -187,6 +204,13 @@ class _MemoryTx:
 
     def delete(self, key: str) -> None:
         self.state.delete_raw(key)
+
+    def get_json(self, key: str) -> Any:
+        value = self.state.get_object(key)
+        return orjson.loads(value) if value.__class__ is bytes else value
+
+    def set_json(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
+        self.state.set_object(key, value, ttl=ttl, keep_ttl=keep_ttl)
 
 
 async def deliver(subscribers: Sequence[Subscription], payload: bytes) -> None:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
+
 from . import Handler, Script, ScriptArg, StateBackend, Subscription
 from .memory import deliver
 from .outage import Outage, StateUnavailable
@@ -433,6 +435,13 @@ class _SqliteTx:
 
     def delete(self, key: str) -> None:
         self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def get_json(self, key: str) -> Any:
+        raw = self.get(key)
+        return None if raw is None else orjson.loads(raw)
+
+    def set_json(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
+        self.set(key, orjson.dumps(value), ttl=ttl, keep_ttl=keep_ttl)
 
 
 __all__ = ["SqliteState"]

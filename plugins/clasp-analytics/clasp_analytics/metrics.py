@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -50,22 +49,38 @@ TOKEN_DIRECTIONS = (("input_tokens", "input"), ("output_tokens", "output"),
 
 
 LABEL_SETS = 10_000
-"""Distinct request label sets whose series are remembered (memory stays bounded)."""
+"""Distinct request (and attempt) label sets whose series are remembered (memory stays
+bounded)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Labels:
-    """One request label set, resolved once (see :meth:`GatewayMetrics._request_labels`)."""
+class _Series:
+    """One request label set: its label values, resolved once (see
+    :meth:`GatewayMetrics._series`), and its child in each metric, each created on the
+    label set's first sample of that metric (a series nobody observed stays out of the
+    exposition, as with a ``labels()`` call per sample). A request then updates the
+    children it holds: no label tuple built, no child looked up."""
 
-    model: str
-    provider: str
-    timing: tuple[str, ...]
-    """(model, provider, class): the latency histograms' labels."""
-    spend: tuple[str, ...]
-    tokens: tuple[tuple[str, tuple[str, ...]], ...]
-    """(usage field, the token counter's labels) per direction."""
-    requests: Any
-    """The ``clasp_requests`` child."""
+    __slots__ = ("model", "provider", "timing", "spend", "requests", "duration", "ttft", "speed", "cost",
+                 "unpriced", "cut", "tokens")
+
+    def __init__(self, model: str, provider: str, timing: tuple[str, ...], spend: tuple[str, ...],
+                 requests: Any) -> None:
+        self.model = model
+        self.provider = provider
+        self.timing = timing
+        """(model, provider, class): the latency histograms' labels."""
+        self.spend = spend
+        """(model, provider[, team]): the token and cost counters' labels (tokens add a direction)."""
+        self.requests = requests
+        """The ``clasp_requests`` child (every request event counts)."""
+        self.duration: Any = None
+        self.ttft: Any = None
+        self.speed: Any = None
+        self.cost: Any = None
+        self.unpriced: Any = None
+        self.cut: Any = None
+        self.tokens: dict[str, Any] = {}
+        """The ``clasp_tokens`` child per usage field (``input_tokens``...)."""
 
 
 class LabelGuard:
@@ -102,6 +117,11 @@ def _child(metric: Any, labels: tuple[str, ...]) -> Any:
     if child is None:
         child = cache[labels] = metric.labels(*labels)
     return child
+
+
+def _number(value: Any) -> float | None:
+    """``value`` when it is a number (a duration of the event), else ``None``."""
+    return value if isinstance(value, int | float) else None
 
 
 def multiprocess_dir() -> str | None:
@@ -160,15 +180,17 @@ class GatewayMetrics:
         self.in_flight = Gauge("clasp_requests_in_flight", "Requests being served now.", registry=r,
                                multiprocess_mode="livesum")
         self._hook_failures_seen: dict[str, int] = {}
-        self._labels: dict[tuple[Any, ...], _Labels] = {}
+        self._series_of: dict[tuple[Any, ...], _Series] = {}
+        self._attempt_children: dict[tuple[Any, ...], Any] = {}
+        self._signal_children: dict[tuple[Any, ...], Any] = {}
 
     # --- events ---------------------------------------------------------------------------
 
-    def _request_labels(self, event: dict[str, Any]) -> _Labels:
-        """The labels of a request event's series, and its ``clasp_requests`` child,
-        remembered per distinct (model, deployment, provider, status, class, team, key):
-        a request then costs one dict lookup here instead of a label guard call per label
-        and a tuple per series. Bounded by :data:`LABEL_SETS` (past it, computed each time)."""
+    def _series(self, event: dict[str, Any]) -> _Series:
+        """A request event's series, remembered per distinct (model, deployment,
+        provider, status, class, team, key): a request then costs one dict lookup here
+        instead of a label guard call per label, a tuple per series and a child lookup
+        per metric. Bounded by :data:`LABEL_SETS` (past it, resolved each time)."""
         team_raw = event.get("team") if self.settings.team_label else None
         key_raw = event.get("key_name") if self.settings.key_label else None
         deployment = event.get("deployment")
@@ -177,7 +199,7 @@ class GatewayMetrics:
                team_raw, key_raw)
         remember = True
         try:
-            found = self._labels.get(raw)
+            found = self._series_of.get(raw)
         except TypeError:  # an unhashable value: not remembered
             found, remember = None, False
         if found is not None:
@@ -193,51 +215,65 @@ class GatewayMetrics:
         if self.settings.key_label:
             labels.append(g("key", key_raw))
         spend = (model, provider, team) if team is not None else (model, provider)
-        found = _Labels(model, provider, (model, provider, cls), spend,
-                        tuple((field, (*spend, direction)) for field, direction in TOKEN_DIRECTIONS),
-                        _child(self.requests, tuple(labels)))
-        if remember and len(self._labels) < LABEL_SETS:
-            self._labels[raw] = found
+        found = _Series(model, provider, (model, provider, cls), spend, _child(self.requests, tuple(labels)))
+        if remember and len(self._series_of) < LABEL_SETS:
+            self._series_of[raw] = found
         return found
 
     def observe_request(self, event: dict[str, Any], ctx: Any) -> None:
         """A ``kind: "request"`` event: counts, latency, tokens, cost, cache, fallbacks."""
-        found = self._request_labels(event)
-        model, provider, timing, spend = found.model, found.provider, found.timing, found.spend
-        deployment = event.get("deployment")
-        found.requests.inc()
-        latency = event.get("latency_ms")
-        if isinstance(latency, int | float):
-            _child(self.duration, timing).observe(latency / 1000)
-        ttfb = event.get("ttfb_ms")
-        if isinstance(ttfb, int | float):
-            _child(self.ttft, timing).observe(ttfb / 1000)
-        usage = event.get("usage") or {}
-        for field, labels in found.tokens:
-            count = usage.get(field)
-            if count:
-                _child(self.tokens, labels).inc(count)
-        output = usage.get("output_tokens") or 0
-        if output and isinstance(latency, int | float) and isinstance(ttfb, int | float) and latency > ttfb:
-            _child(self.speed, (model, provider)).observe(output / ((latency - ttfb) / 1000))
+        s = self._series(event)
+        s.requests.inc()
+        latency = _number(event.get("latency_ms"))
+        if latency is not None:
+            if s.duration is None:
+                s.duration = _child(self.duration, s.timing)
+            s.duration.observe(latency / 1000)
+        ttfb = _number(event.get("ttfb_ms"))
+        if ttfb is not None:
+            if s.ttft is None:
+                s.ttft = _child(self.ttft, s.timing)
+            s.ttft.observe(ttfb / 1000)
+        usage = event.get("usage")
+        if usage:
+            for field, direction in TOKEN_DIRECTIONS:
+                count = usage.get(field)
+                if count:
+                    child = s.tokens.get(field)
+                    if child is None:
+                        child = s.tokens[field] = _child(self.tokens, (*s.spend, direction))
+                    child.inc(count)
+            output = usage.get("output_tokens")
+            if output and latency is not None and ttfb is not None and latency > ttfb:
+                if s.speed is None:
+                    s.speed = _child(self.speed, (s.model, s.provider))
+                s.speed.observe(output / ((latency - ttfb) / 1000))
         cost = event.get("cost_usd")
         if cost is None:
-            if deployment is not None:
-                _child(self.unpriced, (model, provider)).inc()
+            if event.get("deployment") is not None:
+                if s.unpriced is None:
+                    s.unpriced = _child(self.unpriced, (s.model, s.provider))
+                s.unpriced.inc()
         elif cost:
-            _child(self.cost, spend).inc(cost)
+            if s.cost is None:
+                s.cost = _child(self.cost, s.spend)
+            s.cost.inc(cost)
         hit = event.get("cache_hit", getattr(ctx, "cache_hit", None))
         if hit:
-            _child(self.cache_hits, (model, self.guard("cache_kind", hit))).inc()
+            _child(self.cache_hits, (s.model, self.guard("cache_kind", hit))).inc()
             saved = event.get("saved_usd", getattr(ctx, "saved_usd", 0.0))
             if saved:
-                _child(self.cache_saved, (model,)).inc(saved)
-        self._observe_moves(model, event.get("attempts") or [])
+                _child(self.cache_saved, (s.model,)).inc(saved)
+        attempts = event.get("attempts")
+        if attempts and len(attempts) > 1:  # one attempt: neither a retry nor a fallback
+            self._observe_moves(s.model, attempts)
         status = event.get("status") or 0
         if status in BUDGET_STATUSES and str(event.get("error") or "").startswith(BUDGET_ERROR):
-            _child(self.budget_exhausted, spend[:1] + spend[2:]).inc()  # (model[, team])
+            _child(self.budget_exhausted, s.spend[:1] + s.spend[2:]).inc()  # (model[, team])
         if event.get("cut"):
-            _child(self.cut, (model, provider)).inc()
+            if s.cut is None:
+                s.cut = _child(self.cut, (s.model, s.provider))
+            s.cut.inc()
 
     def _observe_moves(self, model: str, attempts: list[dict[str, Any]]) -> None:
         previous: str | None = None
@@ -252,16 +288,36 @@ class GatewayMetrics:
             previous = current
 
     def observe_attempt(self, event: dict[str, Any]) -> None:
-        """A ``kind: "attempt"`` event: one upstream call."""
+        """A ``kind: "attempt"`` event: one upstream call. Its ``clasp_upstream_attempts``
+        child is remembered per distinct (deployment, provider, outcome, status), as the
+        request label sets are."""
         status = event.get("upstream_status")
-        _child(self.attempts, (self.guard("deployment", event.get("deployment")),
-                               self.guard("provider", event.get("provider")),
-                               "ok" if event.get("ok") else "error", NONE if status is None else str(status))).inc()
+        deployment, provider, ok = event.get("deployment"), event.get("provider"), bool(event.get("ok"))
+        raw = (deployment, provider, ok, status)
+        remember = True
+        try:
+            child = self._attempt_children.get(raw)
+        except TypeError:  # an unhashable value: not remembered
+            child, remember = None, False
+        if child is None:
+            g = self.guard
+            child = _child(self.attempts, (g("deployment", deployment), g("provider", provider),
+                                           "ok" if ok else "error", NONE if status is None else str(status)))
+            if remember and len(self._attempt_children) < LABEL_SETS:
+                self._attempt_children[raw] = child
+        child.inc()
 
     def observe_signals(self, model: str | None, request_class: str | None, signals: Iterable[str]) -> None:
-        """Quality signals of one answer (see :mod:`.quality`)."""
+        """Quality signals of one answer (see :mod:`.quality`); each (model, class,
+        signal) child remembered, as the request label sets are."""
         for signal in signals:
-            _child(self.quality, (self.guard("model", model), self.guard("class", request_class), signal)).inc()
+            raw = (model, request_class, signal)
+            child = self._signal_children.get(raw)
+            if child is None:
+                child = _child(self.quality, (self.guard("model", model), self.guard("class", request_class), signal))
+                if len(self._signal_children) < LABEL_SETS:
+                    self._signal_children[raw] = child
+            child.inc()
 
     def sync_hook_failures(self, failures: dict[str, int], seen: dict[str, int] | None = None) -> None:
         """Export the gateway's ``hook_failures`` counter (new failures since the last call).

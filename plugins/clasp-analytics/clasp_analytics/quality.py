@@ -11,15 +11,21 @@ Per request, without asking anyone:
 
 The last is found by a conversation fingerprint (a hash of the key, the user and the
 canonical messages and system prompt) kept in the gateway's shared state for the window,
-so a retry that another worker or replica serves is still seen. The later request
-records ``retry_of`` (the earlier request's id); reports count the earlier one as retried.
-Answers are read chunk by chunk (:class:`StreamInspector`, a few dict lookups per
-chunk): streams as they go out, whole answers through the chunks they are made of (the
-core hands both to ``on_stream_chunk``).
+so a retry that another worker or replica serves is still seen: one state operation per
+request (:data:`SWAP_TURN`: note this request, answer the earlier one). With the memory
+state, which only this process sees anyway, the fingerprints are kept by
+:class:`RecentTurns` instead, the same thing without an awaited call per request. The
+later request records ``retry_of`` (the earlier request's id); reports count the earlier
+one as retried. Answers are read chunk by chunk (:class:`StreamInspector`, a few dict
+lookups per chunk that is not plain text): streams as they go out, whole answers
+through the chunks they are made of (the core hands both to ``on_stream_chunk``).
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +33,8 @@ from clasp_gateway import (
     CanonicalRequest,
     Chunk,
     RequestContext,
+    Script,
+    ScriptTx,
     collect_tool_arguments,
     hookimpl,
     invalid_tool_arguments,
@@ -70,6 +78,65 @@ def seen(ctx: RequestContext) -> AnswerSeen:
     return record  # type: ignore[no-any-return]
 
 
+def _swap_turn(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> bytes | None:
+    previous = tx.get(keys[0])
+    tx.set(keys[0], str(args[0]), ttl=int(args[1]) / 1000)
+    return previous
+
+
+def _reply_bytes(reply: Any) -> bytes | None:
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    return str(reply).encode()
+
+
+SWAP_TURN: Script[bytes | None] = Script(
+    "analytics.swap_turn",
+    "local previous = redis.call('GET', KEYS[1])\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "return previous",
+    _swap_turn,
+    _reply_bytes,
+)
+"""A conversation turn was sent: keep this request's id under the fingerprint's key
+for the window (args: request id, window in ms) and answer the id kept there before
+(``None``: a new turn). One atomic operation, whatever the backend."""
+
+
+class RecentTurns:
+    """The conversation fingerprints of the last ``window`` seconds, in this process:
+    what :data:`SWAP_TURN` keeps in a shared state, for a gateway whose state is memory
+    (seen by this process only, like this). Entries expire in the order they were made
+    (one window for all), so expiring is a pop from the front of a queue."""
+
+    __slots__ = ("window", "clock", "_last", "_expiries")
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._last: dict[str, tuple[str, float]] = {}
+        """fingerprint -> (the last request id, when it expires)."""
+        self._expiries: deque[tuple[float, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def swap(self, fingerprint: str, request_id: str) -> str | None:
+        """Note ``request_id`` for ``fingerprint``; the id noted before within the window."""
+        now = self.clock()
+        last, expiries = self._last, self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, old = expiries.popleft()
+            entry = last.get(old)
+            if entry is not None and entry[1] <= now:  # (not renewed since)
+                del last[old]
+        previous = last.get(fingerprint)
+        expires = now + self.window
+        last[fingerprint] = (request_id, expires)
+        expiries.append((expires, fingerprint))
+        return previous[0] if previous is not None else None
+
+
 class StreamInspector:
     """``on_stream_chunk``: the finish reason and tool-call arguments of an answer.
 
@@ -84,12 +151,11 @@ class StreamInspector:
             return
         choice = choices[0]
         delta = choice.get("delta")
-        if choice.get("finish_reason") is None and not (delta and delta.get("tool_calls")):
-            return
-        record = seen(ctx)
-        reason = collect_tool_arguments(chunk, record.tool_args)
+        reason = choice.get("finish_reason")
+        if delta and delta.get("tool_calls"):
+            reason = collect_tool_arguments(chunk, seen(ctx).tool_args)
         if reason:
-            record.finish_reason = reason
+            seen(ctx).finish_reason = reason
 
 
 def invalid_tool_json(record: AnswerSeen) -> bool:

@@ -2,8 +2,10 @@
 
 Built in ``startup`` and registered in that app's plugin manager (two gateways in one
 process, as tests run them, never share series or queues). Per request it costs a few
-counter increments, one hash of the conversation and, with a retry window, two
-shared-state operations after the answer: nothing waits on the database.
+counter increments, one hash of the conversation and, with a retry window, one
+shared-state operation after the answer (none on the memory state:
+:class:`~.quality.RecentTurns`); its quality row is a tuple queued for the batched
+writer: nothing waits on the database.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from clasp_gateway import CanonicalRequest, Gateway, RequestContext, hookimpl
 
 from .metrics import GatewayMetrics
-from .quality import FINGERPRINT_PREFIX, STATE_KEY, AnswerSeen, fingerprint, seen, signals_of
+from .quality import FINGERPRINT_PREFIX, STATE_KEY, SWAP_TURN, AnswerSeen, RecentTurns, fingerprint, seen, signals_of
 from .settings import AnalyticsSettings, metrics_token
 from .writer import BatchWriter
 
@@ -45,6 +47,12 @@ class AnalyticsRuntime:
         self.metrics_token: str | None = token.value if token is not None else None
         self.quality = settings.quality.enabled
         self.retry_window = settings.quality.retry_window if self.quality else 0.0
+        self.recent: RecentTurns | None = None
+        """The retry window's fingerprints when the state is memory (this process's
+        only): kept here, without the awaited state call (see :mod:`.quality`)."""
+        state = getattr(gateway, "state", None)
+        if self.retry_window > 0 and state is not None and not state.shared:
+            self.recent = RecentTurns(self.retry_window)
         self.database: Any = getattr(gateway, "database", None)
         self.has_ledger = any(m.name == "ledger" for m in getattr(gateway, "migrations", ()))
         """Whether the ledger's tables are registered (clasp-budgets' ledger plugin loaded)."""
@@ -107,51 +115,60 @@ class AnalyticsRuntime:
         if not self.quality or event.get("deployment") is None and event.get("status") in (401, 403, 404):
             return None  # refused before any model was chosen: nothing to judge
         if record is not None and record.fingerprint and self.retry_window > 0:
-            return self._finish_with_retry_check(ctx, event, record, signals)
+            if self.recent is None:
+                return self._finish_with_retry_check(ctx, event, record, signals)
+            previous = self.recent.swap(record.fingerprint, ctx.request_id)
+            if previous is not None:
+                self._retried(event, record, previous)
         self._queue_row(ctx, event, record, signals)
         return None
 
     async def _finish_with_retry_check(self, ctx: RequestContext, event: dict[str, Any], record: AnswerSeen,
                                        signals: list[str]) -> None:
-        key = FINGERPRINT_PREFIX + (record.fingerprint or "")
-        state = self.gateway.state
         previous: bytes | None = None
         try:
-            # One operation in the common case (a new conversation turn); a retry, rare,
-            # reads the earlier request's id and takes its place for the next retry.
-            if not await state.set(key, ctx.request_id, ttl=self.retry_window, if_absent=True):
-                previous = await state.get(key)
-                await state.set(key, ctx.request_id, ttl=self.retry_window)
+            previous = await self.gateway.state.run(SWAP_TURN, [FINGERPRINT_PREFIX + (record.fingerprint or "")],
+                                                    [ctx.request_id, max(1, round(self.retry_window * 1000))])
         except Exception as exc:  # StateUnavailable: the retry signal is lost, nothing else
             log.debug("analytics: retry check skipped: %s", exc)
         if previous is not None:
-            record.retry_of = previous.decode()
-            if self.metrics is not None:
-                self.metrics.observe_signals(event.get("public_model"), event.get("request_class"), ["retried"])
+            self._retried(event, record, previous.decode())
         self._queue_row(ctx, event, record, signals)
+
+    def _retried(self, event: dict[str, Any], record: AnswerSeen, previous: str) -> None:
+        """This request repeats ``previous`` (same conversation, within the window)."""
+        record.retry_of = previous
+        if self.metrics is not None:
+            self.metrics.observe_signals(event.get("public_model"), event.get("request_class"), ["retried"])
 
     def _queue_row(self, ctx: RequestContext, event: dict[str, Any], record: AnswerSeen | None,
                    signals: list[str]) -> None:
+        """The request's ``analytics_quality`` row, as a tuple in the table's column
+        order (:data:`~.tables.QUALITY`; the writer hands it to the driver as is)."""
         if self.quality_rows is None:
             return
-        principal = ctx.principal
-        self.quality_rows.add({
-            "request_id": ctx.request_id,
-            "ts": time.time() - (event.get("latency_ms") or 0.0) / 1000,
-            "api": event.get("api"),
-            "public_model": event.get("public_model"),
-            "request_class": event.get("request_class"),
-            "provider": event.get("provider"),
-            "model": event.get("model"),
-            "deployment": event.get("deployment"),
-            "key_id": event.get("key_id"),
-            "key_name": event.get("key_name"),
-            "team": event.get("team"),
-            "project": event.get("project", principal.project if principal else None),
-            "status": int(event.get("status") or 0),
-            "error": "error" in signals,
-            "truncated": "truncated" in signals,
-            "invalid_tool_json": "invalid_tool_json" in signals,
-            "fingerprint": record.fingerprint if record else None,
-            "retry_of": record.retry_of if record else None,
-        })
+        get = event.get
+        project = get("project")
+        if project is None and ctx.principal is not None:
+            project = ctx.principal.project
+        latency = get("latency_ms")
+        self.quality_rows.add((
+            ctx.request_id,
+            time.time() - (latency / 1000 if latency else 0.0),  # ts: when the request came in
+            get("api"),
+            get("public_model"),
+            get("request_class"),
+            get("provider"),
+            get("model"),
+            get("deployment"),
+            get("key_id"),
+            get("key_name"),
+            get("team"),
+            project,
+            int(get("status") or 0),
+            "error" in signals,
+            "truncated" in signals,
+            "invalid_tool_json" in signals,
+            record.fingerprint if record else None,
+            record.retry_of if record else None,
+        ))

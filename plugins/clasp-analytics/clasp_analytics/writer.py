@@ -5,9 +5,15 @@ background task inserts what is queued every ``interval`` seconds or as soon as
 ``batch`` rows wait, in one transaction. While the database is down the rows stay
 queued (up to ``max_pending``; past that the oldest are dropped and counted), the
 failure is logged once per outage, and the next flush retries. ``close`` (the app's
-shutdown, SIGTERM included) flushes what is left. A batch is one driver
-``executemany`` (:class:`clasp_gateway.BulkInsert`, its statement built once), not
-SQLAlchemy's per-row parameter processing.
+shutdown, SIGTERM included) flushes what is left.
+
+A row is a tuple of the table's values in its column order, built by the request that
+makes it (cheaper than a dict keyed by column, and what the driver takes): a batch is
+one driver ``executemany`` of those tuples as they are, with
+:class:`clasp_gateway.BulkInsert`'s statement (built once per dialect), not
+SQLAlchemy's per-row parameter processing. So the values must be what the columns take
+without conversion (``int``, ``float``, ``str``, ``bool``, ``None``), and the table
+has no JSON column.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import JSON, Table
 from sqlalchemy.exc import IntegrityError
 
 from clasp_gateway import BulkInsert
@@ -27,16 +33,21 @@ log = logging.getLogger("clasp.analytics")
 
 
 class BatchWriter:
-    """Inserts rows into ``table`` through ``database`` (a ``clasp_gateway.Database``)."""
+    """Inserts rows (tuples in ``table``'s column order) into ``table`` through
+    ``database`` (a ``clasp_gateway.Database``)."""
 
     def __init__(self, database: Any, table: Table, *, interval: float = 1.0, batch: int = 500,
                  max_pending: int = 50_000) -> None:
+        if any(isinstance(column.type, JSON) for column in table.columns):
+            raise ValueError(f"{table.name}: a JSON column needs its values serialised (BulkInsert.execute)")
         self.database = database
         self.table = table
         self.insert = BulkInsert(table)
+        self.width = len(table.columns)
+        """Values per row."""
         self.interval = interval
         self.batch = batch
-        self.pending: deque[dict[str, Any]] = deque()
+        self.pending: deque[tuple[Any, ...]] = deque()
         self.max_pending = max_pending
         self.dropped = 0
         self.failing = False
@@ -44,8 +55,14 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Queue a row (never blocks, never raises)."""
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Queue a row (never blocks, never raises). A row that is not a tuple of the
+        table's width (a bug) is dropped and logged here: in a batch it would fail every
+        retry of it."""
+        if type(row) is not tuple or len(row) != self.width:
+            log.error("analytics: a %s row that is not %d values dropped: %.200r", self.table.name, self.width, row)
+            self.dropped += 1
+            return
         if len(self.pending) >= self.max_pending:
             self.pending.popleft()
             self.dropped += 1
@@ -73,7 +90,7 @@ class BatchWriter:
                 rows = [self.pending[i] for i in range(min(self.batch, len(self.pending)))]
                 try:
                     async with self.database.begin() as conn:
-                        await self.insert.execute(conn, rows)
+                        await self._insert(conn, rows)
                 except IntegrityError:
                     # A row already there (a flush whose commit answer was lost): write the
                     # batch row by row and drop the duplicates, or it would block the queue.
@@ -92,11 +109,14 @@ class BatchWriter:
                 written += len(rows)
             return written
 
-    async def _one_by_one(self, rows: list[dict[str, Any]]) -> None:
+    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        await conn.exec_driver_sql(self.insert.sql(conn.dialect.name), rows)
+
+    async def _one_by_one(self, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
             try:
                 async with self.database.begin() as conn:
-                    await self.insert.execute(conn, [row])
+                    await self._insert(conn, [row])
             except IntegrityError:
                 log.debug("analytics: %s row already written, dropped", self.table.name)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from clasp_gateway.testing import FakeUpstream, StartGateway, Text, ToolCalls, load_module, openai_models
 
@@ -175,9 +176,10 @@ def test_whole_answers_are_inspected_too(gateway: Any, fake_upstream: FakeUpstre
 
 
 def test_request_label_sets_are_resolved_once_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request's series labels are remembered per distinct label set (the same
-    children every time), never more than LABEL_SETS of them; past it they are still
-    counted, just not remembered."""
+    """A request's series are remembered per distinct label set (the same children
+    every time), never more than LABEL_SETS of them; past it they are still counted,
+    just not remembered. A series gets its child on its first sample only (none for a
+    token direction never used), and attempts' children are remembered the same way."""
     from clasp_analytics import metrics as m
     from clasp_analytics.settings import MetricsSettings
 
@@ -186,11 +188,11 @@ def test_request_label_sets_are_resolved_once_and_bounded(monkeypatch: pytest.Mo
     event = {"kind": "request", "public_model": "claude", "deployment": "d1", "provider": "anthropic",
              "status": 200, "request_class": "chat", "latency_ms": 100.0, "ttfb_ms": 20.0,
              "usage": {"input_tokens": 10, "output_tokens": 5}, "cost_usd": 0.01}
-    first = gm._request_labels(event)
-    assert gm._request_labels(dict(event)) is first
+    first = gm._series(event)
+    assert gm._series(dict(event)) is first
     for model in ("a", "b", "c"):
         gm.observe_request({**event, "public_model": model}, None)
-    assert len(gm._labels) == 2
+    assert len(gm._series_of) == 2
     gm.observe_request(event, None)
     team = {"team": ""} if gm.settings.team_label else {}
     assert gm.registry.get_sample_value(
@@ -199,3 +201,16 @@ def test_request_label_sets_are_resolved_once_and_bounded(monkeypatch: pytest.Mo
     assert gm.registry.get_sample_value(
         "clasp_tokens_total", {"model": "claude", "provider": "anthropic", **team, "direction": "input"}) == 10.0
     gm.observe_request({**event, "public_model": ["unhashable"]}, None)  # not remembered, still counted
+    gm.observe_request(event, None)
+    assert set(first.tokens) == {"input_tokens", "output_tokens"} and first.cut is None and first.unpriced is None
+    assert 'direction="cache_read"' not in generate_latest(gm.registry).decode()
+    attempt = {"kind": "attempt", "deployment": "d1", "provider": "anthropic", "ok": True, "upstream_status": 200}
+    for deployment in ("d1", "d2", "d3", "d1"):
+        gm.observe_attempt({**attempt, "deployment": deployment})
+    assert len(gm._attempt_children) == 2
+    assert gm.registry.get_sample_value(
+        "clasp_upstream_attempts_total", {"deployment": "d1", "provider": "anthropic", "outcome": "ok",
+                                          "upstream_status": "200"}) == 2.0
+    assert gm.registry.get_sample_value(
+        "clasp_upstream_attempts_total", {"deployment": "d3", "provider": "anthropic", "outcome": "ok",
+                                          "upstream_status": "200"}) == 1.0

@@ -38,9 +38,10 @@ def test_mistakes_are_named(section: dict[str, Any], message: str) -> None:
     assert any(message in p for p in raised.value.problems), raised.value.problems
 
 
-def row(i: int) -> dict[str, Any]:
-    return {"request_id": f"w{i}", "ts": 1.0 * i, "status": 200, "error": False, "truncated": False,
-            "invalid_tool_json": False}
+def row(i: int) -> tuple[Any, ...]:
+    values = {"request_id": f"w{i}", "ts": 1.0 * i, "status": 200, "error": False, "truncated": False,
+              "invalid_tool_json": False}
+    return tuple(values.get(column.name) for column in QUALITY.columns)
 
 
 class FlakyDatabase:
@@ -95,3 +96,12 @@ def test_a_row_already_written_does_not_block_the_queue(tmp_path: Path) -> None:
                 return int((await conn.execute(select(func.count()).select_from(QUALITY))).scalar() or 0)
 
     assert asyncio.run(go()) == 3
+
+
+def test_a_row_of_the_wrong_shape_is_dropped_not_queued(caplog: pytest.LogCaptureFixture) -> None:
+    writer = BatchWriter(None, QUALITY)
+    writer.add(row(1)[:-1])
+    writer.add(dict(zip([c.name for c in QUALITY.columns], row(2), strict=True)))  # type: ignore[arg-type]
+    writer.add(row(3))
+    assert list(writer.pending) == [row(3)] and writer.dropped == 2
+    assert any("dropped" in r.getMessage() for r in caplog.records)

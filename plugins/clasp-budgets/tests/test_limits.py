@@ -271,26 +271,55 @@ def test_concurrency_slot_released_on_every_exit_path(gateway: Callable[..., Gw]
 
 async def test_lease_ttl_frees_slots_a_dead_replica_held() -> None:
     """A replica killed mid-request never releases its slot: the lease TTL frees it."""
-    from clasp_budgets.limits.limiter import Limiter, Scope
-    from clasp_budgets.limits.settings import LimitSet, LimitsSettings
-    from clasp_budgets.limits.shape import LimitExceeded
+    from clasp_budgets.limits.limiter import Limiter
+    from clasp_budgets.limits.settings import LimitsSettings
     from clasp_budgets.limits.store import Store
 
-    from clasp_gateway import RequestContext, StateSettings, create_state
+    from clasp_gateway import KeyPolicy, Principal, RequestContext, StateSettings, create_state
 
     clock = FakeClock()
     state = create_state(StateSettings(backend="memory"), clock=clock)
     limiter = Limiter(Store(state, replicas=1), LimitsSettings(lease_ttl=60))
-    scopes = [Scope("key", "k1", "key 'k1'", LimitSet(max_concurrency=1))]
-    ctx = RequestContext(request_id="r1", api="anthropic", public_model="m", client_stream=False)
-    await limiter.admit(ctx, {"messages": []}, scopes)  # held by a process that then dies
-    with pytest.raises(LimitExceeded):
-        await limiter.admit(ctx, {"messages": []}, scopes)
+    ctx = RequestContext(request_id="r1", api="anthropic", public_model="m", client_stream=False,
+                         principal=Principal("k1", name="k1", policy=KeyPolicy(max_concurrency=1)))
+    plan = limiter.plan(ctx)
+    held = await limiter.admit(ctx, {"messages": []}, plan)  # held by a process that then dies
+    assert held.refused is None and held.slots == ["limits:key:k1:concurrency"]
+    refused = await limiter.admit(ctx, {"messages": []}, plan)
+    assert refused.refused is not None and refused.refused.kind == "concurrency" and refused.slots == []
     clock.advance(61)
-    admission = await limiter.admit(ctx, {"messages": []}, scopes)
+    admission = await limiter.admit(ctx, {"messages": []}, plan)
+    assert admission.refused is None
     await limiter.settle(admission, None)
     await limiter.settle(admission, None)  # idempotent: a second release frees nothing more
     assert await state.get("limits:key:k1:concurrency") is None
+
+
+def test_plan_follows_the_keys_edits() -> None:
+    """A (key, user) pair's plan is reused until the key's limits, name or team change."""
+    from clasp_budgets.limits.limiter import Limiter
+    from clasp_budgets.limits.settings import LimitSet, LimitsSettings
+    from clasp_budgets.limits.store import Store
+
+    from clasp_gateway import KeyPolicy, Principal, RequestContext, StateSettings, create_state
+
+    limiter = Limiter(Store(create_state(StateSettings(backend="memory")), replicas=1),
+                      LimitsSettings(teams={"qa": LimitSet(rpm=5)}))
+
+    def ctx(policy: KeyPolicy, team: str | None = None, user: str | None = None) -> RequestContext:
+        context = RequestContext(request_id="r", api="openai", public_model="m", client_stream=False,
+                                 principal=Principal("k1", name="k1", team=team, policy=policy))
+        context.user = user
+        return context
+
+    first = limiter.plan(ctx(KeyPolicy(rpm=2)))
+    assert limiter.plan(ctx(KeyPolicy(rpm=2))) is first  # an equal policy: the same plan
+    assert [w.key for w in first.windows] == ["limits:key:k1:rpm"]
+    edited = limiter.plan(ctx(KeyPolicy(rpm=3)))
+    assert edited is not first and edited.windows[0].scope.limits.rpm == 3
+    moved = limiter.plan(ctx(KeyPolicy(rpm=3), team="qa"))
+    assert [w.key for w in moved.windows] == ["limits:key:k1:rpm", "limits:team:qa:rpm"]
+    assert limiter.plan(ctx(KeyPolicy(rpm=3), team="qa", user="alice")) is not moved  # per user
 
 
 def test_bad_limits_config_is_a_clear_error() -> None:

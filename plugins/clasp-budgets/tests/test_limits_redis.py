@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -103,24 +104,32 @@ def test_redis_down_then_back(up: FakeUpstream, own_redis: RedisServer, caplog: 
             assert len([r for r in caplog.records if r.name == "clasp.limits" and "unavailable" in r.getMessage()]) == 1
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-async def test_admit_script_twins_agree(backend: str) -> None:
-    """The atomic admission (Lua on Redis, Python elsewhere): all or nothing, and its data
-    stays readable by the core's hit/add_within (corrections and releases)."""
-    from clasp_budgets.limits.admit import ADMIT
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+async def test_admit_and_settle_script_twins_agree(backend: str, tmp_path: Any) -> None:
+    """The two scripts of a request (Lua on Redis, Python elsewhere): admission all or
+    nothing, runaway pauses and counters, settlement; their data stays readable by the
+    core's hit/add_within/incr (corrections, releases, counters)."""
+    from clasp_budgets.limits.admit import ADMIT, SETTLE, Tally
 
     from clasp_gateway import Secret, StateSettings, create_state
 
+    def layout(pauses: int, counters: int, windows: int, now: float = 0.0) -> list[Any]:
+        return [pauses, counters, windows, now, 1, 60_000]
+
     with redis_server() as redis, redis.namespace() as ns:
-        settings = (StateSettings(backend="redis", url=Secret(ns.url, ns.url), prefix=ns.prefix) if backend == "redis"
-                    else StateSettings(backend="memory"))
+        if backend == "redis":
+            settings = StateSettings(backend="redis", url=Secret(ns.url, ns.url), prefix=ns.prefix)
+        elif backend == "sqlite":
+            settings = StateSettings(backend="sqlite", path=str(tmp_path / "state.db"))
+        else:
+            settings = StateSettings(backend="memory")
         state = create_state(settings)
         await state.open()
         try:
             keys = ["limits:t:rpm", "limits:t:tpm", "limits:t:concurrency"]
-            args = [2, 2, 60, 1, 100, 60, 40, 3, 60_000]  # rpm 2, tpm 100 (cost 40), 3 slots
+            args = [*layout(0, 0, 2), 2, 60, 1, 100, 60, 40, 3, 60_000]  # rpm 2, tpm 100 (cost 40), 3 slots
             first = await state.run(ADMIT, keys, args)
-            assert first.ok and first.failed == -1 and first.counts == (1.0, 40.0)
+            assert first.ok and first.failed == -1 and first.counts == (1.0, 40.0) and first.paused is None
             second = await state.run(ADMIT, keys, args)
             assert second.ok and second.counts[1] == 80.0
             third = await state.run(ADMIT, keys, args)  # rpm full (and tpm too): nothing counted
@@ -130,8 +139,34 @@ async def test_admit_script_twins_agree(backend: str) -> None:
             assert (await state.hit("limits:t:tpm", 1e18, 60, cost=-70)).count == pytest.approx(10.0, abs=1)
             assert (await state.add_within("limits:t:concurrency", -1, None)).total == 1.0
             slots = ["limits:u:concurrency"]
-            assert (await state.run(ADMIT, slots, [0, 1, 60_000])).ok
-            refused = await state.run(ADMIT, slots, [0, 1, 60_000])
+            assert (await state.run(ADMIT, slots, [*layout(0, 0, 0), 1, 60_000])).ok
+            refused = await state.run(ADMIT, slots, [*layout(0, 0, 0), 1, 60_000])
             assert not refused.ok and refused.failed == 0 and refused.counts == ()
+
+            # Settlement: a slot released, a token window corrected (+25), nothing else touched.
+            tally = await state.run(SETTLE, ["limits:t:concurrency", "limits:t:tpm"], [1, 1, 0, 60_000, 0, 0, 60, 25])
+            assert tally == Tally((), ())
+            assert (await state.add_within("limits:t:concurrency", 0, None)).total == 0.0
+            assert (await state.hit("limits:t:tpm", 1e18, 60, cost=0)).count == pytest.approx(35.0, abs=1)
+
+            # Runaway counters (the core's incr) and episode flags, at admission and settlement.
+            await state.incr("rw:k:requests", 5)
+            await state.set("rw:flag:u", "flagged")
+            counted = ["rw:k:requests", "rw:u:requests", "rw:flag:k", "rw:flag:u"]
+            admitted = await state.run(ADMIT, [*counted, "limits:v:rpm"], [*layout(0, 2, 1), 1, 60, 2])
+            assert not admitted.ok and admitted.totals == (6, 1) and admitted.episodes == (False, True)
+            assert await state.incr("rw:u:requests", 1) == 2  # counted although the rpm refused
+            spent = await state.run(SETTLE, ["rw:k:spend", "rw:u:spend", "rw:flag:k", "rw:flag:u"],
+                                    [0, 0, 2, 60_000, 1500, 60_000])
+            assert spent == Tally((1500, 1500), (False, True))
+
+            # Pauses: one that lasts refuses before anything is counted; an ended one does not.
+            await state.set("pause:k", "1000.5 a loop")
+            before = await state.incr("rw:k:requests", 0)
+            paused = await state.run(ADMIT, ["pause:x", "pause:k", *counted], layout(2, 2, 0, now=1000.0))
+            assert not paused.ok and paused.failed == 1 and paused.paused == b"1000.5 a loop"
+            assert paused.totals == () and await state.incr("rw:k:requests", 0) == before
+            ended = await state.run(ADMIT, ["pause:x", "pause:k", *counted], layout(2, 2, 0, now=1001.0))
+            assert ended.ok and ended.totals == (before + 1, 3)
         finally:
             await state.close()

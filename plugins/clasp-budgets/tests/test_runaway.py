@@ -110,6 +110,36 @@ async def test_per_user_behind_a_shared_key_and_two_replicas_alert_once() -> Non
     assert subjects.count("user 'bob'") == 1 and "user 'alice'" not in subjects
 
 
+async def test_flagged_within_an_episode_costs_no_extra_operation_and_unpause_ends_it() -> None:
+    """While a subject's episode lasts, each request is still one state operation (the
+    admission script says the flag exists: no lease attempt per request); an admin's
+    unpause on another replica ends the episode, so the loop alerts again."""
+    clock = FakeClock(START)
+    shared = create_state(StateSettings(backend="memory"), clock=clock)
+    one, two = runtime(clock, shared, multiplier=5, floor_rpm=20), runtime(clock, shared, multiplier=5, floor_rpm=20)
+    operations: list[str] = []
+    for name in ("run", "get", "set", "delete"):
+        original = getattr(shared, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            operations.append(_name)
+            return _original(*args, **kw)
+
+        setattr(shared, name, counted)
+    for _ in range(30):  # a loop from the first minute: above the floor of 20/min
+        await one.before_call(ctx("k1"), {"messages": []})
+        clock.advance(0.5)
+    assert [a["subject"] for a in one.alerts] == ["key 'k1'"]
+    operations.clear()
+    for _ in range(10):
+        await one.before_call(ctx("k1"), {"messages": []})
+        clock.advance(0.5)
+    assert operations == ["run"] * 10 and len(one.alerts) == 1
+    assert await two.unpause("key:k1")  # no pause (pause: false), but the flag: the episode ends
+    await one.before_call(ctx("k1"), {"messages": []})
+    assert len(one.alerts) == 2
+
+
 def test_detector_forgets_quiet_minutes() -> None:
     clock = FakeClock(START)
     detector = Detector(RunawaySettings(multiplier=3, floor_rpm=5, alpha=0.5), clock)
@@ -159,41 +189,10 @@ def _key_id(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
-async def test_one_state_operation_counts_every_subject(backend: str, tmp_path: Any) -> None:
-    """``COUNT_ALL`` (a request's key and user counted at once) is the core's ``incr``
-    per key on every backend: totals in key order, the TTL set when a counter starts."""
-    from clasp_budgets.limits.runaway import COUNT_ALL
-
-    from clasp_gateway.state.settings import state_problems
-    from clasp_gateway.testing import redis_server
-
-    async def check(state: Any) -> None:
-        await state.open()
-        try:
-            await state.incr("c:key", 5)
-            assert await state.run(COUNT_ALL, ["c:key", "c:user"], [2, 60_000]) == [7, 2]
-            assert await state.run(COUNT_ALL, ["c:key", "c:user"], [3, 60_000]) == [10, 5]
-            assert await state.incr("c:user", 1) == 6  # the same counters incr reads
-        finally:
-            await state.close()
-
-    if backend == "redis":
-        with redis_server() as redis, redis.namespace() as ns:
-            settings, problems = state_problems({"backend": "redis", "url": ns.url, "prefix": ns.prefix})
-            assert problems == []
-            await check(create_state(settings))
-        return
-    raw = {"backend": "sqlite", "url": str(tmp_path / "state.db")} if backend == "sqlite" else {"backend": "memory"}
-    settings, problems = state_problems(raw)
-    assert problems == []
-    await check(create_state(settings))
-
-
 async def test_counters_expire_with_their_minute() -> None:
     clock = FakeClock(START)
     rt = runtime(clock)
-    await rt._count(ctx("k1", "u1"), [("key:k1", "key"), ("user:u1", "user")], "requests", 1)
+    await rt.before_call(ctx("k1", "u1"), {"messages": []})
     minute = int(START // 60)
     state = rt.store.shared
     assert await state.get(f"limits:rw:key:k1:requests:{minute}") == b"1"

@@ -34,20 +34,22 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from clasp_gateway import Deployment, StateBackend, StateUnavailable, Subscription
+from clasp_gateway import Deployment, Script, StateBackend, StateUnavailable, Subscription
 
 from .costs import WorstCase, count_tokens
-from .periods import Period
+from .periods import GRACE, Period
 from .scripts import BUSY, EXHAUSTED, REFRESH, RESERVE, SETTLE, STATUS, Admission, Standing
 from .settings import BudgetSettings, BudgetSpec
 
 log = logging.getLogger("clasp.budgets")
+
+T = TypeVar("T")
 
 CHANNEL = "budgets:settled"
 """Published (the budget keys, one a line) when a settlement frees room someone waits for."""
@@ -68,14 +70,23 @@ class Slot:
     period: Period
     key: str
     """The state key of this budget in this period."""
+    alert_at: float = field(init=False, repr=False, compare=False)
+    """A spend (USD) a little below its lowest alert threshold (inf: it has none):
+    a settlement below it has no threshold to look at."""
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        at = spec.usd * (min(spec.thresholds) - 1e-3) / 100 if spec.usd > 0 and spec.thresholds else math.inf
+        object.__setattr__(self, "alert_at", at)
 
     @property
     def limit(self) -> float | None:
         return self.spec.usd if self.spec.hard else None
 
     def key_ttl_ms(self, now: float) -> int:
-        ttl = self.period.key_ttl(now)
-        return 0 if ttl is None else math.ceil(ttl * 1000)
+        """``period.key_ttl(now)`` in whole milliseconds, for the scripts (0: forever)."""
+        end = self.period.end
+        return 0 if end is None else math.ceil(max(1.0, end - now + GRACE) * 1000)
 
 
 @dataclass(slots=True)
@@ -85,7 +96,7 @@ class Hold:
     slots: tuple[Slot, ...]
     worst: WorstCase
     deployment: Deployment | None
-    lease: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    lease: str = field(default_factory=lambda: os.urandom(8).hex())
     amount: float = 0.0
     charge: float = 0.0
     """The charge last written: what the budgets count if this lease expires."""
@@ -137,7 +148,8 @@ class Reservations:
         self._local_spent: dict[str, float] = {}
         self._outage_logged = False
         self._alerted: set[tuple[str, float]] = set()
-        self._calls = asyncio.Semaphore(STATE_CALLS)
+        # Only a shared state waits on I/O; the memory state answers inline.
+        self._calls = asyncio.Semaphore(STATE_CALLS) if state.shared else None
         self._gaps: list[float] = []
         self._last_done = 0.0
         self.stats = {"admitted": 0, "waited": 0, "refused": 0, "lowered": 0, "expired_leases": 0}
@@ -169,7 +181,6 @@ class Reservations:
         # Charged if this process dies before its first checkpoint: the input (nothing
         # streamed yet); checkpoints raise it as the answer streams.
         hold.amount, hold.charge = hold.worst.amount, hold.worst.input_cost
-        keys = [s.key for s in hold.slots]
         hold.started = self.monotonic()
         deadline = hold.started + max_wait
         waiter: _Waiter | None = None
@@ -203,7 +214,7 @@ class Reservations:
                     self.stats["refused"] += 1
                     raise BudgetRefused("busy", *blocking[0], waited=max_wait)
                 if waiter is None:
-                    waiter = _Waiter(frozenset(keys))
+                    waiter = _Waiter(frozenset(s.key for s in hold.slots))
                     self._queue.append(waiter)
                     self.stats["waited"] += 1
                 head = next((w for w in self._queue if w.keys & waiter.keys), None) is waiter
@@ -225,13 +236,20 @@ class Reservations:
         floor = max(slot.spec.min_tokens for slot, _ in blocking)
         return tokens if tokens >= floor else None
 
+    async def _run(self, script: Script[T], keys: list[str], args: list[Any]) -> T:
+        """Run a budget script, at most :data:`STATE_CALLS` at once on a shared state."""
+        if self._calls is None:
+            return await self.state.run(script, keys, args)
+        async with self._calls:
+            return await self.state.run(script, keys, args)
+
     async def _reserve(self, hold: Hold) -> Admission:
         now = time.time()
         args: list[Any] = [hold.lease, hold.amount, math.ceil(self.settings.lease_ttl * 1000), hold.charge]
         for slot in hold.slots:
-            args += [-1.0 if slot.limit is None else slot.limit, slot.key_ttl_ms(now)]
-        async with self._calls:
-            return await self.state.run(RESERVE, [s.key for s in hold.slots], args)
+            limit = slot.limit
+            args += (-1.0 if limit is None else limit, slot.key_ttl_ms(now))
+        return await self._run(RESERVE, [s.key for s in hold.slots], args)
 
     def _admit_locally(self, hold: Hold, exc: StateUnavailable) -> Hold:
         """The state is down: each hard budget's ``on_outage`` decides."""
@@ -369,19 +387,22 @@ class Reservations:
             self._keep_pending((hold.slots, hold.lease, actual, hold.charge))
         else:
             self._state_ok()
-        self._notify(frozenset(s.key for s in hold.slots))
+        if self._queue:
+            self._notify(frozenset(s.key for s in hold.slots))
 
     async def _settle(self, slots: tuple[Slot, ...], lease: str, actual: float, charge: float) -> None:
         now = time.time()
-        async with self._calls:
-            result = await self.state.run(SETTLE, [s.key for s in slots],
-                                          [lease, actual, charge, *(s.key_ttl_ms(now) for s in slots)])
+        args: list[Any] = [lease, actual, charge]
+        for slot in slots:
+            args.append(slot.key_ttl_ms(now))
+        result = await self._run(SETTLE, [s.key for s in slots], args)
         waited = [s.key for s, (_, waiting) in zip(slots, result, strict=True) if waiting]
         if waited:
             with contextlib.suppress(StateUnavailable):
                 await self.state.publish(CHANNEL, "\n".join(waited))
         for slot, (spent, _) in zip(slots, result, strict=True):
-            await self._thresholds(slot, spent)
+            if spent >= slot.alert_at:
+                await self._thresholds(slot, spent)
 
     def _keep_pending(self, item: tuple[tuple[Slot, ...], str, float, float]) -> None:
         if len(self._pending) >= PENDING_LIMIT:

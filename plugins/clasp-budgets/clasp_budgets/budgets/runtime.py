@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from clasp_gateway import (
@@ -50,6 +52,8 @@ HOLD = "clasp_budgets.hold"
 HEADER = "x-clasp-budget-max-tokens"
 SEEN_LIMIT = 10_000
 """Subjects remembered per budget for the admin listing (bounded: user ids come from clients)."""
+PLANS_LIMIT = 10_000
+"""Callers (key and user) whose budgets are remembered (bounded: user ids come from clients)."""
 _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -102,6 +106,32 @@ def state_key(spec: BudgetSpec, subject: str, period: Period) -> str:
     return f"budgets:{name}:{spec.scope}:{safe_subject(subject)}:{period.label}"
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetPlan:
+    """The budgets one caller (key and user) counts against in the current periods:
+    worked out once and reused by that caller's requests until a period ends or the
+    budgets change (:meth:`BudgetRuntime.plan`)."""
+
+    slots: tuple[Slot, ...]
+    max_wait: float
+    """How long a request waits while only requests in flight block it (the shortest
+    ``max_wait`` of its hard budgets; 0 without one)."""
+    since: float
+    until: float
+    """Valid while ``since <= now < until`` (the latest period start, the earliest end)."""
+
+
+def caller_of(ctx: RequestContext) -> tuple[Any, ...]:
+    """What decides which budgets a request counts against: the key's identity and
+    own budget (``max_budget_usd``), its team and project, and the user."""
+    principal = ctx.principal
+    if principal is None:
+        return (ctx.user,)
+    policy = principal.policy
+    return (ctx.user, principal.key_id, principal.name, principal.team, principal.project,
+            policy.max_budget_usd, policy.budget_period)
+
+
 class BudgetRuntime:
     """One app's budgets (registered as a plugin object at start-up)."""
 
@@ -118,6 +148,9 @@ class BudgetRuntime:
         self._periods: dict[str, Period] = {}
         self._seen: dict[str, dict[str, BudgetSpec]] = {}
         """Per budget name, the subjects this process served (for the admin listing)."""
+        self._plans: dict[tuple[Any, ...], BudgetPlan] = {}
+        self._plans_specs: tuple[BudgetSpec, ...] = stored.specs
+        """The stored budgets the plans were made with (a reload replaces the tuple)."""
 
     async def wait_ready(self) -> None:
         """The first requests after start-up wait (bounded) for stored budgets and the
@@ -148,7 +181,28 @@ class BudgetRuntime:
         return Slot(spec, subject, period, state_key(spec, subject, period))
 
     def slots_for(self, ctx: RequestContext) -> tuple[Slot, ...]:
+        """The budget instances the request counts against."""
+        return self.plan(ctx).slots
+
+    def plan(self, ctx: RequestContext) -> BudgetPlan:
+        """The request's budgets, from the plan of its caller (key and user) while the
+        periods it was made for last and the stored budgets are the same tuple (the
+        configured ones never change under a runtime: a reload builds a new one)."""
         now = self.clock()
+        if self.stored.specs is not self._plans_specs:
+            self._plans.clear()
+            self._plans_specs = self.stored.specs
+        caller = caller_of(ctx)
+        plan = self._plans.get(caller)
+        if plan is not None and plan.since <= now < plan.until:
+            return plan
+        plan = self._make_plan(ctx, now)
+        if len(self._plans) >= PLANS_LIMIT:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[caller] = plan
+        return plan
+
+    def _make_plan(self, ctx: RequestContext, now: float) -> BudgetPlan:
         out = []
         for spec in self.specs(ctx):
             subject = subject_of(spec.scope, ctx)
@@ -158,7 +212,11 @@ class BudgetRuntime:
             seen = self._seen.setdefault(spec.name, {})
             if subject not in seen and len(seen) < SEEN_LIMIT:
                 seen[subject] = spec
-        return tuple(out)
+        hard = [s.spec.max_wait if s.spec.max_wait is not None else self.settings.max_wait
+                for s in out if s.spec.hard]
+        return BudgetPlan(tuple(out), min(hard, default=0.0),
+                          since=max((s.period.start for s in out), default=-math.inf),
+                          until=min((s.period.end for s in out if s.period.end is not None), default=math.inf))
 
     def known_slots(self, asked: dict[str, str | None]) -> list[Slot]:
         """The budgets to list: each configured one for its subjects (its ``match``,
@@ -192,17 +250,16 @@ class BudgetRuntime:
     async def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
         """Reserve the worst case on every budget the request counts against (waiting
         while only requests in flight stand in the way), or refuse with no upstream call."""
-        await self.wait_ready()
-        slots = self.slots_for(ctx)
-        if not slots:
+        if not self.ready.is_set():
+            await self.wait_ready()
+        plan = self.plan(ctx)
+        if not plan.slots:
             return None
         candidates = self.gateway.resolve_model(ctx.public_model).deployments
         worst = worst_case(request, candidates, self.settings.default_max_tokens, input_estimate(ctx, request))
-        hold = Hold(slots, worst, None)
-        hard = [s.spec.max_wait if s.spec.max_wait is not None else self.settings.max_wait
-                for s in slots if s.spec.hard]
+        hold = Hold(plan.slots, worst, None)
         try:
-            await self.reservations.admit(hold, max_wait=min(hard, default=0.0),
+            await self.reservations.admit(hold, max_wait=plan.max_wait,
                                           lower=lambda h, tokens: set_max_tokens(request, tokens))
         except BudgetRefused as refused:
             raise refusal_error(refused, ctx.api, self.clock()) from None
@@ -212,11 +269,14 @@ class BudgetRuntime:
         return None
 
     @hookimpl
-    async def before_attempt(self, ctx: RequestContext, deployment: Deployment, attempt_number: int) -> bool | None:
+    def before_attempt(self, ctx: RequestContext, deployment: Deployment,
+                       attempt_number: int) -> Awaitable[bool | None] | None:
         """A candidate dearer than those the reservation was sized for (a routing plugin
         chose it: ``fallback.tasks``) is tried only if the reservation can grow to its
         worst case; otherwise it is skipped (no upstream call). A hedge (another
-        attempt still in flight) grows it by the input the attempts in flight were sent."""
+        attempt still in flight) grows it by the input the attempts in flight were sent.
+        Synchronous unless the reservation must grow (the common attempt costs no
+        coroutine)."""
         hold: Hold | None = ctx.state.get(HOLD)
         if hold is None:
             return None
@@ -225,17 +285,21 @@ class BudgetRuntime:
         needed = hedged_worst_case(hold.worst, in_flight, deployment) if in_flight else worst_case_on(hold.worst, deployment)
         if needed <= hold.amount * (1 + 1e-9):
             return None
+        return self._top_up(hold, needed)
+
+    async def _top_up(self, hold: Hold, needed: float) -> bool | None:
         return None if await self.reservations.top_up(hold, needed) else False
 
     @hookimpl
-    async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
-        """The request is over: settle its reservation to what it really cost."""
+    def record(self, ctx: RequestContext, event: dict[str, Any]) -> Awaitable[None] | None:
+        """The request is over: settle its reservation to what it really cost (the
+        settlement's awaitable; an attempt's event returns at once, with no coroutine)."""
         if event.get("kind") != "request":
-            return
+            return None
         hold: Hold | None = ctx.state.pop(HOLD, None)
         if hold is None:
-            return
-        await self.reservations.settle(hold, self.actual_cost(ctx, hold, event))
+            return None
+        return self.reservations.settle(hold, self.actual_cost(ctx, hold, event))
 
     def actual_cost(self, ctx: RequestContext, hold: Hold, event: dict[str, Any]) -> float:
         """Every attempt's priced usage; a cut stream at least what it showed; a served

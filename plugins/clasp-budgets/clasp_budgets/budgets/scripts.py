@@ -25,10 +25,7 @@ reservation is ever left behind and two requests never deadlock each other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import orjson
+from typing import Any, NamedTuple
 
 from clasp_gateway import Script, ScriptTx
 
@@ -42,9 +39,9 @@ def _fits(value: float, limit: float) -> bool:
     return value - limit <= 1e-9 * max(1.0, abs(limit))
 
 
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """One budget's answer to a reservation."""
+class Standing(NamedTuple):
+    """One budget's answer to a reservation (a named tuple: one is made per budget
+    per request, and a tuple is the cheapest immutable record)."""
 
     status: int
     """:data:`FITS`, :data:`BUSY` or :data:`EXHAUSTED`."""
@@ -53,8 +50,7 @@ class Standing:
     """Open reservations of other requests (this one's excluded)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """The answer of :data:`RESERVE` over a request's budgets (in the order given)."""
 
     ok: bool
@@ -64,19 +60,18 @@ class Admission:
 # --- Python twin: one JSON document per budget -------------------------------------------
 # {"s": spent, "w": waited on until, "l": {lease: [amount, expires, charge]},
 #  "r": the leases' total, "e": the earliest expiry}: "r" and "e" spare a walk over the
-# leases unless one may have expired (orjson: a budget with 32 requests in flight costs
-# microseconds, not a JSON parse of every lease per operation).
+# leases unless one may have expired. Kept with ScriptTx.get_json/set_json: on the memory
+# state the document itself stays in the state (no parse or dump per request); SQLite
+# stores its JSON. A script changes a document only to store it back (every one below
+# does), and hands its caller numbers, never the document.
 
 def _load(tx: ScriptTx, key: str) -> dict[str, Any]:
-    raw = tx.get(key)
-    if raw is None:
-        return {"s": 0.0, "l": {}, "w": 0.0, "r": 0.0, "e": None}
-    doc: dict[str, Any] = orjson.loads(raw)
+    doc: dict[str, Any] = tx.get_json(key) or {"s": 0.0, "l": {}, "w": 0.0, "r": 0.0, "e": None}
     return doc
 
 
 def _store(tx: ScriptTx, key: str, doc: dict[str, Any], ttl_ms: int) -> None:
-    tx.set(key, orjson.dumps(doc), ttl=ttl_ms / 1000 if ttl_ms else None)
+    tx.set_json(key, doc, ttl=ttl_ms / 1000 if ttl_ms else None)
 
 
 def _sweep(doc: dict[str, Any], now: float) -> float:
@@ -118,21 +113,23 @@ def _drop_lease(doc: dict[str, Any], lease: str) -> bool:
 def _reserve(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admission:
     lease, amount, ttl_ms, charge = str(args[0]), float(args[1]), int(args[2]), float(args[3])
     now = tx.now()
-    docs, standings = [], []
+    docs, standings, ok = [], [], True
     for i, key in enumerate(keys):
         limit, key_ttl = float(args[4 + 2 * i]), int(args[5 + 2 * i])
         doc = _load(tx, key)
-        reserved = _sweep(doc, now) - (doc["l"][lease][0] if lease in doc["l"] else 0.0)
-        status = FITS
+        reserved = _sweep(doc, now)
+        own = doc["l"].get(lease)
+        if own is not None:
+            reserved -= own[0]
+        spent, status = doc["s"], FITS
         if limit >= 0:
-            if not _fits(doc["s"] + amount, limit):
-                status = EXHAUSTED
-            elif not _fits(doc["s"] + reserved + amount, limit):
-                status = BUSY
+            if not _fits(spent + amount, limit):
+                status, ok = EXHAUSTED, False
+            elif not _fits(spent + reserved + amount, limit):
+                status, ok = BUSY, False
                 doc["w"] = now + WAIT_MARK
         docs.append((key, doc, key_ttl))
-        standings.append(Standing(status, doc["s"], reserved))
-    ok = all(s.status == FITS for s in standings)
+        standings.append(Standing(status, spent, reserved))
     for key, doc, key_ttl in docs:
         if ok:
             _add_lease(doc, lease, amount, now + ttl_ms / 1000, charge)
@@ -189,16 +186,27 @@ def _seed(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> float:
 
 
 def _status(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[tuple[float, float]]:
+    """Read-only (the document is not changed; the next write sweeps for real): spent
+    with the expired leases' charges, and the open reservations."""
     now = tx.now()
     out = []
     for key in keys:
-        raw = tx.get(key)
-        if raw is None:
+        doc = tx.get_json(key)
+        if doc is None:
             out.append((0.0, 0.0))
             continue
-        doc = orjson.loads(raw)
-        reserved = _sweep(doc, now)  # read-only: the next write sweeps for real
-        out.append((doc["s"], reserved))
+        spent = float(doc["s"])
+        earliest = doc.get("e")
+        if earliest is not None and earliest > now:
+            out.append((spent, max(0.0, float(doc["r"]))))
+            continue
+        reserved = 0.0
+        for amount, expires, charge in doc["l"].values():
+            if expires <= now:
+                spent += charge
+            else:
+                reserved += amount
+        out.append((spent, reserved))
     return out
 
 

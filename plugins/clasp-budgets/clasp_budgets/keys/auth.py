@@ -1,9 +1,9 @@
 """The ``authenticate`` hook for virtual keys, its cache, and what keeps the cache true.
 
-Per request the cost is a shape check, one SHA-256 and a dict lookup: a key seen in the
-last ``cache.ttl`` seconds is answered from :class:`.cache.LookupCache`, and its
-``last_used_at`` is noted in memory and written with the others every
-``last_used_interval`` (one statement per batch, off the hot path).
+Per request the cost is two dict lookups (the first time a process sees a key: a shape
+check and a SHA-256): a key seen in the last ``cache.ttl`` seconds is answered from
+:class:`.cache.LookupCache`, and its ``last_used_at`` is noted in memory and written
+with the others every ``last_used_interval`` (one statement per batch, off the hot path).
 
 What keeps it true: every change (the admin API here, another replica, the CLI when the
 state is shared) publishes an invalidation on ``gateway.state`` (``keys:changed``); each
@@ -101,6 +101,12 @@ class KeyAuthenticator:
         self._lookups = asyncio.Semaphore(max_lookups)
         self._inflight: dict[str, asyncio.Future[Found | None]] = {}
         self._used: dict[str, float] = {}
+        self._digests: dict[str, str] = {}
+        """Key -> its hash, for keys found in the store: a client's next requests cost a
+        dict read instead of a shape check and a SHA-256 (a digest never goes stale:
+        whether the key is still valid is the lookup cache's answer). Only found keys
+        are remembered, so made-up keys cannot fill it; bounded like the cache. The keys
+        are already held in this process (registered for redaction when first found)."""
         self._outage = False
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -208,17 +214,20 @@ class KeyAuthenticator:
     @hookimpl
     async def authenticate(self, api_key: str | None, headers: dict[str, str], config: Config) -> Principal | None:
         """A virtual key's principal; ``None`` defers to the next plugin (static keys)."""
-        if not is_virtual_key(api_key):
-            if self.static_keys:
-                return None  # a static key (or a wrong one): the core's; nothing to look up
-            if self._started is None or not self._started.done():
-                await self.ensure_started()
-            self._not_ours(api_key)
-            return None
+        digest = self._digests.get(api_key) if api_key is not None else None
+        if digest is None:
+            if not is_virtual_key(api_key):
+                if self.static_keys:
+                    return None  # a static key (or a wrong one): the core's; nothing to look up
+                if self._started is None or not self._started.done():
+                    await self.ensure_started()
+                self._not_ours(api_key)
+                return None
+            assert api_key is not None
+            digest = key_hash(api_key)
         if self._started is None or not self._started.done():
             await self.ensure_started()
         assert api_key is not None
-        digest = key_hash(api_key)
         entry = self.cache.get(digest)
         if entry is None:
             if self.cache.is_unknown(digest):
@@ -228,6 +237,10 @@ class KeyAuthenticator:
             if entry is None:
                 self._not_ours(api_key)
                 return None
+        if api_key not in self._digests:
+            if len(self._digests) >= self.cache.max_entries:
+                self._digests.clear()
+            self._digests[api_key] = digest
         if entry.status == "revoked":
             raise AuthenticationError("this API key has been revoked")
         now = self.clock()

@@ -8,32 +8,41 @@ admission; tokens count an estimate at admission (the input estimate plus
 when the request ends. Concurrency is a total per scope (``add_within`` +1, -1 on every
 exit path) with a lease TTL, so slots a killed replica held free themselves.
 
-Admission is one atomic script (:mod:`.admit`): every window and slot fits and is
-counted, or nothing is, so a refused request costs the client nothing against its other
-limits, and it is one round trip to Redis whatever the number of limits.
+A request is two state operations (:mod:`.admit`): one atomic script at admission (the
+runaway pause check and ``requests`` count, then every window and slot: each fits and is
+counted, or none is, so a refused request costs the client nothing against its other
+limits) and one at settlement (slots released, tokens corrected, the runaway ``spend``
+count). What a (key, user) pair needs for those (its scopes, state keys, script
+arguments, header texts) is a :class:`Plan`, built once and reused by its requests.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
-from clasp_gateway import RequestContext, StateBackend, input_estimate
+from clasp_gateway import Principal, RequestContext, StateBackend, StateUnavailable, input_estimate
 
-from .admit import ADMIT
+from .admit import ADMIT, SETTLE, Admitted, Tally
 from .settings import LimitSet, LimitsSettings, limits_of
-from .shape import Headroom, LimitExceeded, headroom_headers, refusal, tightest
+from .shape import Headroom, LimitExceeded, headroom_headers, refusal
 from .store import Store
 
 WINDOWS = (("rpm", 60.0, False), ("rpd", 86400.0, False), ("tpm", 60.0, True), ("tpd", 86400.0, True))
 """(kind, window seconds, counts tokens)."""
 
-UNLIMITED = 1e18
-"""The limit of a correction: it always applies (the tokens were spent)."""
-
 NS = "limits:"
+PAUSE = NS + "pause:"
+FLAG = NS + "rw:flag:"
+COUNT = NS + "rw:"
+COUNT_TTL_MS = 180_000
+"""Per-minute runaway counters live three minutes (this one and the previous are read)."""
+
+MAX_PLANS = 4096
+"""Plans kept per process (the oldest go first): memory stays bounded with many users."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,19 +57,43 @@ class Scope:
     limits: LimitSet
 
 
-@dataclass(slots=True)
-class Admission:
-    """What one request holds: token counts to correct and concurrency slots to release."""
+@dataclass(slots=True, frozen=True)
+class Window:
+    """One sliding window of a plan."""
 
-    backend: StateBackend
-    estimate: int
-    tokens: list[tuple[str, float, float]] = field(default_factory=list)
-    """(state key, window, tokens counted) of each token window: a request larger than
-    a whole limit counts the limit, so it can pass an empty window rather than never."""
-    slots: list[str] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    """The headroom headers for the answer."""
-    settled: bool = False
+    scope: Scope
+    kind: str
+    """``rpm``, ``rpd``, ``tpm`` or ``tpd``."""
+    length: float
+    """Seconds."""
+    tokens: bool
+    key: str
+
+
+class Admission:
+    """What one request holds: token counts to correct, concurrency slots to release, and
+    what its admission answered (runaway counts included)."""
+
+    __slots__ = ("backend", "estimate", "headers", "plan", "refused", "result", "settled", "tokens")
+
+    def __init__(self, backend: StateBackend, plan: Plan, estimate: int, result: Admitted) -> None:
+        self.backend = backend
+        self.plan = plan
+        self.estimate = estimate
+        self.result = result
+        self.tokens: list[tuple[str, float, float]] = []
+        """(state key, window, tokens counted) of each token window: a request larger than
+        a whole limit counts the limit, so it can pass an empty window rather than never."""
+        self.headers: dict[str, str] | None = None
+        """The headroom headers for the answer (``None``: no window applies)."""
+        self.refused: LimitExceeded | None = None
+        """The 429 of a window or slot that did not fit (nothing of the request counted)."""
+        self.settled = False
+
+    @property
+    def slots(self) -> list[str]:
+        """The concurrency slots this request holds (none when refused)."""
+        return self.plan.slot_keys if self.result.ok else []
 
 
 def scopes_for(ctx: RequestContext, settings: LimitsSettings) -> list[Scope]:
@@ -82,6 +115,16 @@ def scopes_for(ctx: RequestContext, settings: LimitsSettings) -> list[Scope]:
     return out
 
 
+def subjects_for(ctx: RequestContext) -> list[tuple[str, str]]:
+    """(runaway subject id, label) of the key and the user behind it."""
+    out = []
+    if ctx.principal is not None:
+        out.append((f"key:{ctx.principal.key_id}", f"key '{ctx.principal.name or 'unnamed'}'"))
+    if ctx.user is not None:
+        out.append((f"user:{ctx.user}", f"user '{ctx.user}'"))
+    return out
+
+
 def token_estimate(ctx: RequestContext, request: Any, cap: int) -> int:
     """Input estimate (the core's, computed once per request: budgets use it too) +
     ``max_tokens`` (or ``max_completion_tokens``) clamped to ``cap``."""
@@ -90,79 +133,222 @@ def token_estimate(ctx: RequestContext, request: Any, cap: int) -> int:
     return input_estimate(ctx, request) + output
 
 
+class Plan:
+    """What limits and runaway detection do for one (key, user) pair, computed once.
+
+    Valid while the key's name, team and policy are the ones it was built from (a key
+    edited by an admin gets a new plan at its next request); the runaway counters'
+    keys are per minute and rebuilt when the minute turns.
+    """
+
+    __slots__ = ("_args", "_minute", "_spend_keys", "_admit_keys", "name", "policy", "team", "windows",
+                 "slot_scopes", "slot_keys", "subjects", "pause_keys", "flag_keys", "limit_keys",
+                 "token_windows", "request_windows")
+
+    def __init__(self, ctx: RequestContext, settings: LimitsSettings) -> None:
+        principal = ctx.principal
+        self.name = principal.name if principal is not None else None
+        self.team = principal.team if principal is not None else None
+        self.policy = principal.policy if principal is not None else None
+        self.windows: list[Window] = []
+        self.slot_scopes: list[Scope] = []
+        self.slot_keys: list[str] = []
+        for scope in scopes_for(ctx, settings):
+            base = f"{NS}{scope.kind}:{scope.ident}:"
+            for kind, length, tokens in WINDOWS:
+                if getattr(scope.limits, kind) is not None:
+                    self.windows.append(Window(scope, kind, length, tokens, base + kind))
+            if scope.limits.max_concurrency is not None:
+                self.slot_scopes.append(scope)
+                self.slot_keys.append(base + "concurrency")
+        self.limit_keys = [w.key for w in self.windows] + self.slot_keys
+        self.token_windows = [i for i, w in enumerate(self.windows) if w.tokens]
+        self.request_windows = [i for i, w in enumerate(self.windows) if not w.tokens]
+        runaway = settings.runaway
+        self.subjects = subjects_for(ctx) if runaway.enabled else []
+        self.pause_keys = [PAUSE + s for s, _ in self.subjects] if runaway.pause else []
+        self.flag_keys = [FLAG + s for s, _ in self.subjects]
+        self._minute = -1
+        self._admit_keys: list[str] = []
+        self._spend_keys: list[str] = []
+        self._args: dict[bool, tuple[list[float], list[float | int]]] = {}
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to count: no limit applies and runaway detection is off."""
+        return not self.limit_keys and not self.subjects
+
+    def matches(self, principal: Principal | None) -> bool:
+        """Whether ``principal`` is still the key this plan was built for (same name, team,
+        limits)."""
+        if principal is None:
+            return self.policy is None
+        return (principal.name == self.name and principal.team == self.team
+                and (principal.policy is self.policy or principal.policy == self.policy))
+
+    def keys(self, minute: int) -> tuple[list[str], list[str]]:
+        """The state keys of :data:`~.admit.ADMIT` this minute, and the runaway ``spend``
+        counters and flags of :data:`~.admit.SETTLE`."""
+        if minute != self._minute:
+            counters = [f"{COUNT}{s}:requests:{minute}" for s, _ in self.subjects]
+            self._admit_keys = self.pause_keys + counters + (self.flag_keys if counters else []) + self.limit_keys
+            spend = [f"{COUNT}{s}:spend:{minute}" for s, _ in self.subjects]
+            self._spend_keys = spend + (self.flag_keys if spend else [])
+            self._minute = minute
+        return self._admit_keys, self._spend_keys
+
+    def allowed(self, store: Store, backend: StateBackend, lease_ms: int) -> tuple[list[float], list[float | int]]:
+        """Each window's limit on ``backend`` (a share of it on the local fallback), and
+        the slots' script arguments (limit, lease ms)."""
+        shared = backend is store.shared
+        cached = self._args.get(shared)
+        if cached is None:
+            limits = [store.scaled(getattr(w.scope.limits, w.kind), backend) for w in self.windows]
+            slots: list[float | int] = []
+            for scope in self.slot_scopes:
+                slots += [store.scaled(scope.limits.max_concurrency or 0, backend), lease_ms]
+            cached = self._args[shared] = (limits, slots)
+        return cached
+
+
 class Limiter:
     """Counts admissions in a :class:`Store`; one per app."""
 
     def __init__(self, store: Store, settings: LimitsSettings) -> None:
         self.store = store
         self.settings = settings
+        self.lease_ms = math.ceil(settings.lease_ttl * 1000)
+        self._plans: dict[tuple[str | None, str | None], Plan] = {}
 
-    async def admit(self, ctx: RequestContext, request: Any, scopes: list[Scope]) -> Admission:
-        """Count the request against every scope's limits, or raise a 429 (nothing counted)."""
-        needs_tokens = any(s.limits.tpm is not None or s.limits.tpd is not None for s in scopes)
-        estimate = token_estimate(ctx, request, self.settings.output_estimate_cap) if needs_tokens else 0
-        admission, backend = await self.store.run(lambda b: self._admit(b, ctx.api, scopes, estimate))
-        admission.backend = backend
-        return admission
+    def plan(self, ctx: RequestContext) -> Plan:
+        """The request's :class:`Plan` (built at the first request of its key and user)."""
+        principal = ctx.principal
+        ident = (principal.key_id if principal is not None else None, ctx.user)
+        plan = self._plans.get(ident)
+        if plan is None or not plan.matches(principal):
+            plan = Plan(ctx, self.settings)
+            if len(self._plans) >= MAX_PLANS:
+                del self._plans[next(iter(self._plans))]
+            self._plans[ident] = plan
+        return plan
 
-    async def _admit(self, backend: StateBackend, api: str, scopes: list[Scope], estimate: int) -> Admission:
-        """One atomic script (:data:`~.admit.ADMIT`): every window and slot, or nothing."""
-        keys: list[str] = []
-        args: list[float | int] = [0]
-        windows: list[tuple[Scope, str, float, float, float]] = []  # scope, kind, allowed, window, cost
-        slots: list[tuple[Scope, str, float]] = []
-        for scope in scopes:
-            base = f"{NS}{scope.kind}:{scope.ident}:"
-            for kind, window, tokens in WINDOWS:
-                limit = getattr(scope.limits, kind)
-                if limit is not None:
-                    allowed = self.store.scaled(limit, backend)
-                    cost = min(float(estimate), allowed) if tokens else 1.0
-                    keys.append(base + kind)
-                    args += [allowed, window, cost]
-                    windows.append((scope, kind, allowed, window, cost))
-            if scope.limits.max_concurrency is not None:
-                slots.append((scope, base + "concurrency", self.store.scaled(scope.limits.max_concurrency, backend)))
-        args[0] = len(windows)
-        lease_ms = math.ceil(self.settings.lease_ttl * 1000)
-        for _, key, allowed in slots:
-            keys.append(key)
-            args += [allowed, lease_ms]
-        result = await backend.run(ADMIT, keys, args)
+    async def admit(self, ctx: RequestContext, request: Any, plan: Plan, *, minute: int = 0,
+                    now: float = 0.0) -> Admission:
+        """Check runaway pauses (against ``now``), count the runaway ``requests`` of
+        ``minute``, and count the request against every limit of ``plan``, in one state
+        operation. A pause or a full limit comes back in the admission (``result.paused``,
+        ``refused``): the caller raises it once it has looked at the runaway counts."""
+        estimate = token_estimate(ctx, request, self.settings.output_estimate_cap) if plan.token_windows else 0
+        keys, _ = plan.keys(minute)
+        result, backend = await self.store.run(lambda b: b.run(ADMIT, keys, self._admit_args(b, plan, estimate, now)))
+        admission = Admission(backend, plan, estimate, result)
+        if not plan.windows and result.ok:
+            return admission
         wall = time.time()
-        rooms = [Headroom(kind, allowed, allowed - count, window - wall % window)
-                 for (_, kind, allowed, window, _), count in zip(windows, result.counts, strict=False)]
+        limits, _ = plan.allowed(self.store, backend, self.lease_ms)
         if not result.ok:
-            if result.failed >= len(windows):
-                scope, _, _ = slots[result.failed - len(windows)]
-                raise LimitExceeded(
-                    f"concurrency limit of {scope.label}: {scope.limits.max_concurrency} requests in flight at once",
-                    kind="concurrency", headers={"retry-after": "1"})
-            scope, kind, allowed, _, _ = windows[result.failed]
-            room = Headroom(kind, allowed, max(0.0, rooms[-1].remaining), result.retry_after)
-            raise refusal(api, f"rate limit of {scope.label}: {getattr(scope.limits, kind)} {_noun(kind)} "
-                          f"(retry in {max(1, round(result.retry_after))}s)", room, rooms[:-1] + [room])
-        admission = Admission(backend, estimate)
-        admission.tokens = [(keys[i], w[3], w[4]) for i, w in enumerate(windows) if w[1] in ("tpm", "tpd")]
-        admission.slots = [key for _, key, _ in slots]
-        admission.headers = headroom_headers(api, tightest(rooms, frozenset({"rpm", "rpd"})),
-                                             tightest(rooms, frozenset({"tpm", "tpd"})), wall)
+            if result.paused is None:
+                admission.refused = self._refusal(ctx.api, plan, limits, result, wall)
+            return admission
+        if plan.token_windows:
+            admission.tokens = [(plan.windows[i].key, plan.windows[i].length, min(float(estimate), limits[i]))
+                                for i in plan.token_windows]
+        admission.headers = headroom_headers(
+            ctx.api, _tightest(plan, plan.request_windows, limits, result.counts, wall),
+            _tightest(plan, plan.token_windows, limits, result.counts, wall), wall)
         return admission
 
-    async def settle(self, admission: Admission, used_tokens: int | None) -> None:
+    def _admit_args(self, backend: StateBackend, plan: Plan, estimate: int, now: float) -> list[float | int]:
+        """:data:`~.admit.ADMIT`'s arguments for ``plan`` on ``backend``."""
+        limits, slots = plan.allowed(self.store, backend, self.lease_ms)
+        args: list[float | int] = [len(plan.pause_keys), len(plan.subjects), len(plan.windows), now, 1, COUNT_TTL_MS]
+        for window, allowed in zip(plan.windows, limits, strict=True):
+            args += (allowed, window.length, min(float(estimate), allowed) if window.tokens else 1.0)
+        args += slots
+        return args
+
+    def _refusal(self, api: str, plan: Plan, limits: list[float], result: Admitted, wall: float) -> LimitExceeded:
+        """The 429 of the window or slot that did not fit."""
+        windows = plan.windows
+        if result.failed >= len(windows):
+            scope = plan.slot_scopes[result.failed - len(windows)]
+            return LimitExceeded(
+                f"concurrency limit of {scope.label}: {scope.limits.max_concurrency} requests in flight at once",
+                kind="concurrency", headers={"retry-after": "1"})
+        rooms = [Headroom(w.kind, allowed, allowed - count, w.length - wall % w.length)
+                 for w, allowed, count in zip(windows, limits, result.counts, strict=False)]
+        window = windows[result.failed]
+        room = Headroom(window.kind, limits[result.failed], max(0.0, rooms[-1].remaining), result.retry_after)
+        return refusal(api, f"rate limit of {window.scope.label}: {getattr(window.scope.limits, window.kind)} "
+                       f"{_noun(window.kind)} (retry in {max(1, round(result.retry_after))}s)",
+                       room, rooms[:-1] + [room])
+
+    async def settle(self, admission: Admission, used_tokens: int | None, *, minute: int = 0,
+                     spend: int = 0) -> Tally | None:
         """The request ended (however): release its slots, correct its token counts to
-        ``used_tokens`` (``None``: keep the estimate). Idempotent."""
+        ``used_tokens`` (``None``: keep the estimate), and count ``spend`` (micro-dollars)
+        on its runaway subjects' counters of ``minute``, in one state operation. Idempotent.
+        The runaway counts, or ``None`` when none were made."""
         if admission.settled:
-            return
+            return None
         admission.settled = True
-        backend = admission.backend
-        for key in admission.slots:
-            await self.store.quietly(backend.add_within(key, -1, None, ttl=self.settings.lease_ttl))
+        plan = admission.plan
+        keys = list(admission.slots)
+        corrections: list[float] = []
         if used_tokens is not None:
             for key, window, counted in admission.tokens:
                 delta = float(used_tokens) - counted
                 if delta:
-                    await self.store.quietly(backend.hit(key, UNLIMITED, window, cost=delta))
+                    keys.append(key)
+                    corrections += [window, delta]
+        counting = spend > 0 and bool(plan.subjects)
+        if not keys and not counting:
+            return None
+        backend = admission.backend
+        if counting and backend is not self.store.shared and self.store.local is not self.store.shared:
+            # Admitted on the local fallback during an outage: its slots and windows are
+            # there, but the runaway counts go where the store counts now.
+            if keys:
+                await self._settle_on(backend, keys, corrections, [], 0)
+            return await self.count_spend(plan, minute, spend)
+        spend_keys = plan.keys(minute)[1] if counting else []
+        try:
+            return await self._settle_on(backend, keys, corrections, spend_keys, spend)
+        except StateUnavailable:
+            # A lost release frees at its lease TTL, a lost correction leaves the estimate.
+            return await self.count_spend(plan, minute, spend) if counting else None
+
+    def _settle_on(self, backend: StateBackend, keys: list[str], corrections: list[float],
+                   spend_keys: list[str], spend: int) -> Awaitable[Tally]:
+        """:data:`~.admit.SETTLE` on ``backend``: ``keys`` are slots then corrected windows."""
+        slots = len(keys) - len(corrections) // 2
+        args: list[float | int] = [slots, len(corrections) // 2, len(spend_keys) // 2, self.lease_ms, spend,
+                                   COUNT_TTL_MS]
+        return backend.run(SETTLE, keys + spend_keys, args + corrections)
+
+    async def count_spend(self, plan: Plan, minute: int, spend: int) -> Tally | None:
+        """Count ``spend`` on ``plan``'s runaway counters (a request without an admission
+        to settle); ``None`` when it has no runaway subjects."""
+        if not plan.subjects:
+            return None
+        keys = plan.keys(minute)[1]
+        tally, _ = await self.store.run(lambda b: b.run(SETTLE, keys, [0, 0, len(keys) // 2, 0, spend, COUNT_TTL_MS]))
+        return tally
+
+
+def _tightest(plan: Plan, indices: list[int], limits: list[float], counts: tuple[float, ...],
+              wall: float) -> Headroom | None:
+    """The window among ``indices`` with the least remaining (ties: the first)."""
+    best = -1
+    least = 0.0
+    for i in indices:
+        remaining = limits[i] - counts[i]
+        if best < 0 or remaining < least:
+            best, least = i, remaining
+    if best < 0:
+        return None
+    length = plan.windows[best].length
+    return Headroom(plan.windows[best].kind, limits[best], least, length - wall % length)
 
 
 def _noun(kind: str) -> str:

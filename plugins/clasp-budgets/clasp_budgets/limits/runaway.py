@@ -1,26 +1,25 @@
 """Runaway agents: a key or user whose rate or spend per minute leaves its own pattern.
 
 Per subject (``key:<id>``, ``user:<name>``) and per minute, requests and spend are
-counted in the shared state (``incr`` on ``limits:rw:<subject>:<series>:<minute>``), so
-every replica sees the deployment's totals. Each process keeps an EWMA of the subject's
-complete minutes (from the totals it last saw) and compares the last 60 seconds
-(the previous minute's share plus this one, as the sliding window does) with
-``max(floor, multiplier x EWMA)``. A new subject starts with an EWMA of 0: its floor
-alone applies until it has a history.
+counted in the shared state (``incr`` on ``limits:rw:<subject>:<series>:<minute>``,
+inside the admission and settlement scripts of :mod:`.admit`), so every replica sees
+the deployment's totals. Each process keeps an EWMA of the subject's complete minutes
+(from the totals it last saw) and compares the last 60 seconds (the previous minute's
+share plus this one, as the sliding window does) with ``max(floor, multiplier x EWMA)``.
+A new subject starts with an EWMA of 0: its floor alone applies until it has a history.
 
 A flag raises one alert per episode across replicas (``set(..., if_absent=True)`` on
-``limits:rw:flag:<subject>``, lasting ``episode`` seconds) and, with ``pause: true``,
-stores a pause every replica honours until it expires or an admin lifts it.
+``limits:rw:flag:<subject>``, lasting ``episode`` seconds; the counting scripts say
+whether that flag exists, so a subject flagged again within its episode costs no extra
+operation) and, with ``pause: true``, stores a pause every replica honours until it
+expires or an admin lifts it (the admission script checks it before counting anything).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from clasp_gateway import Script, ScriptTx
 
 from .settings import RunawaySettings
 
@@ -43,6 +42,8 @@ class Series:
     ewma: float = 0.0
     history: int = 0
     """Complete minutes folded into ``ewma``."""
+    threshold: float = 0.0
+    """The rate that flags this minute: ``max(floor, multiplier x ewma)``."""
 
     def observe(self, minute: int, total: float, alpha: float) -> None:
         """Fold complete minutes into the EWMA, then take ``total`` as this minute's."""
@@ -99,59 +100,38 @@ class Detector:
         minute = math.floor(now / 60)
         return minute, (now - minute * 60) / 60
 
-    def observe(self, subject: str, series: str, minute: int, fraction: float, total: float) -> Flag | None:
+    def observe(self, subject: str, series: str, minute: int, fraction: float, total: float,
+                alerted: bool = False) -> Flag | None:
         """Take ``total`` (the shared count of ``series`` this minute); a :class:`Flag` when
-        the last 60 s are far above the subject's usual."""
+        the last 60 s are far above the subject's usual, unless it has ``alerted`` already
+        (its episode lasts).
+
+        The EWMA and the threshold change only when the minute turns; within a minute an
+        observation is a ``max`` and a comparison."""
+        pattern = self.patterns.get((subject, series))
+        if pattern is None or pattern.minute != minute:
+            pattern = self._turn(subject, series, pattern, minute, total)
+        elif total > pattern.current:
+            pattern.current = total
+        rate = pattern.previous * (1 - fraction) + pattern.current
+        if rate > pattern.threshold and not alerted:
+            scale = 1 if series == "requests" else USD_UNIT
+            return Flag(subject, series, rate / scale, pattern.ewma / scale, pattern.threshold / scale)
+        return None
+
+    def _turn(self, subject: str, series: str, pattern: Series | None, minute: int, total: float) -> Series:
+        """A subject's first observation in a minute: fold the minutes that ended, set the
+        threshold, and make it the most recently seen (the least recently seen go first
+        when the patterns are full)."""
         key = (subject, series)
-        pattern = self.patterns.pop(key, None)
         if pattern is None:
             pattern = Series()
             if len(self.patterns) >= MAX_SUBJECTS:
                 del self.patterns[next(iter(self.patterns))]
-        self.patterns[key] = pattern  # most recently seen last
-        pattern.observe(minute, total, self.settings.alpha)
-        rate = pattern.last_minute(fraction)
-        floor = self.settings.floor_rpm if series == "requests" else self.settings.floor_usd_per_minute
-        scale = 1 if series == "requests" else USD_UNIT
-        threshold = max(floor * scale, self.settings.multiplier * pattern.ewma)
-        if rate > threshold:
-            return Flag(subject, series, rate / scale, pattern.ewma / scale, threshold / scale)
-        return None
-
-
-def _count_all(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> list[int]:
-    amount, ttl_ms = int(args[0]), int(args[1])
-    totals = []
-    for key in keys:
-        raw = tx.get(key)
-        if raw is None:
-            tx.set(key, str(amount), ttl=ttl_ms / 1000 if ttl_ms else None)
-            totals.append(amount)
         else:
-            value = int(raw) + amount
-            tx.set(key, str(value), keep_ttl=True)
-            totals.append(value)
-    return totals
-
-
-def _decode_counts(reply: Any) -> list[int]:
-    return [int(v) for v in reply]
-
-
-COUNT_ALL: Script[list[int]] = Script(
-    name="clasp.limits.runaway_count",
-    lua="""
-local out = {}
-for i, key in ipairs(KEYS) do
-  local existed = redis.call('EXISTS', key)
-  out[i] = redis.call('INCRBY', key, ARGV[1])
-  if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', key, ARGV[2]) end
-end
-return out
-""",
-    python=_count_all,
-    decode=_decode_counts,
-)
-"""The runaway counters of every subject of a request (its key and its user) in one
-state operation: ``incr`` on each key (the core's ``INCR``, whose TTL starts with the
-counter), the new totals in key order."""
+            del self.patterns[key]
+        self.patterns[key] = pattern
+        pattern.observe(minute, total, self.settings.alpha)
+        floor = self.settings.floor_rpm if series == "requests" else self.settings.floor_usd_per_minute * USD_UNIT
+        pattern.threshold = max(floor, self.settings.multiplier * pattern.ewma)
+        return pattern

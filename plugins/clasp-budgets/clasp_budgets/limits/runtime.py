@@ -1,11 +1,11 @@
 """One app's limits: the ``before_call`` and ``record`` hooks, registered per app.
 
 ``before_call`` (``tryfirst``: before a cache answers or a budget reserves) refuses a
-paused subject, then admits the request against every limit (:mod:`.limiter`) and
-counts it for runaway detection; the headroom headers go on the answer. ``record``'s
-request event (which the routes send on every exit path: success, error, client gone,
-cut stream) settles the admission: slots released, tokens corrected to the real usage,
-spend counted for runaway detection.
+paused subject, counts the request for runaway detection and admits it against every
+limit (:mod:`.limiter`), in one state operation; the headroom headers go on the answer.
+``record``'s request event (which the routes send on every exit path: success, error,
+client gone, cut stream) settles the admission in one more: slots released, tokens
+corrected to the real usage, spend counted for runaway detection.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import orjson
 
 from clasp_gateway import CanonicalRequest, RequestContext, StateBackend, hookimpl
 
-from .limiter import NS, Admission, Limiter, scopes_for
-from .runaway import COUNT_ALL, USD_UNIT, Detector, Flag
+from .limiter import FLAG, PAUSE, Admission, Limiter
+from .runaway import USD_UNIT, Detector, Flag
 from .settings import LimitsSettings
 from .shape import LimitExceeded
 from .store import Store
@@ -35,11 +35,6 @@ log = logging.getLogger("clasp.limits")
 ADMISSION = "clasp.limits.admission"
 """``ctx.state`` key of the request's :class:`Admission`."""
 
-PAUSE = NS + "pause:"
-FLAG = NS + "rw:flag:"
-COUNT = NS + "rw:"
-COUNT_TTL = 180.0
-"""Per-minute runaway counters live three minutes (this one and the previous are read)."""
 WEBHOOK_TIMEOUT = 5.0
 MAX_WEBHOOKS_IN_FLIGHT = 32
 
@@ -75,71 +70,66 @@ class LimitsRuntime:
 
     @hookimpl(tryfirst=True)
     async def before_call(self, ctx: RequestContext, request: CanonicalRequest) -> None:
-        """Refuse a paused subject, count the request against its limits (429 when one is
-        full, before any upstream call), set the headroom headers."""
-        subjects = self._subjects(ctx)
-        if self.runaway is not None and subjects:
-            if self.runaway.pause:
-                await self._refuse_if_paused(ctx, subjects)
-            await self._count(ctx, subjects, "requests", 1)
-        scopes = scopes_for(ctx, self.settings)
-        if not scopes:
+        """Refuse a paused subject, count the request for runaway detection and against its
+        limits (429 when one is full, before any upstream call), set the headroom headers:
+        one state operation."""
+        plan = self.limiter.plan(ctx)
+        if plan.empty:
             return None
-        admission = await self.limiter.admit(ctx, request, scopes)
+        minute, fraction = self.detector.minute()
+        admission = await self.limiter.admit(ctx, request, plan, minute=minute, now=self.clock())
+        result = admission.result
+        if result.paused is not None:
+            raise self._paused(plan.subjects[result.failed][1], result.paused)
+        if result.totals:
+            await self._observe(ctx, plan.subjects, "requests", minute, fraction, result.totals, result.episodes)
+        if admission.refused is not None:
+            raise admission.refused
         ctx.state[ADMISSION] = admission
-        ctx.response_headers.update(admission.headers)
+        if admission.headers:
+            ctx.response_headers.update(admission.headers)
         return None
 
     @hookimpl
     async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
-        """On the request event: settle the admission, count the spend."""
+        """On the request event: settle the admission and count the spend (one state
+        operation)."""
         if event.get("kind") != "request":
             return
         admission: Admission | None = ctx.state.pop(ADMISSION, None)
-        if admission is not None:
-            await self.limiter.settle(admission, _used_tokens(event))
         cost = event.get("cost_usd")
-        if self.runaway is not None and isinstance(cost, (int, float)) and cost > 0:
-            subjects = self._subjects(ctx)
-            if subjects:
-                await self._count(ctx, subjects, "spend", max(1, round(cost * USD_UNIT)))
+        spend = max(1, round(cost * USD_UNIT)) if self.runaway is not None and isinstance(cost, (int, float)) \
+            and cost > 0 else 0
+        if admission is None and not spend:
+            return
+        minute, fraction = self.detector.minute()
+        if admission is not None:
+            plan = admission.plan
+            tally = await self.limiter.settle(admission, _used_tokens(event), minute=minute, spend=spend)
+        else:  # counted without an admission (one refused before this plugin's before_call)
+            plan = self.limiter.plan(ctx)
+            tally = await self.limiter.count_spend(plan, minute, spend)
+        if tally is not None and tally.totals:
+            await self._observe(ctx, plan.subjects, "spend", minute, fraction, tally.totals, tally.episodes)
 
     # --- runaway -------------------------------------------------------------------------
 
-    @staticmethod
-    def _subjects(ctx: RequestContext) -> list[tuple[str, str]]:
-        """(subject id, label) of the key and the user behind it."""
-        out = []
-        if ctx.principal is not None:
-            out.append((f"key:{ctx.principal.key_id}", f"key '{ctx.principal.name or 'unnamed'}'"))
-        if ctx.user is not None:
-            out.append((f"user:{ctx.user}", f"user '{ctx.user}'"))
-        return out
+    def _paused(self, label: str, raw: bytes) -> LimitExceeded:
+        """The 429 of a subject paused as a runaway agent (``raw``: ``"<until> <why>"``)."""
+        until_text, _, why = raw.decode("utf-8", "replace").partition(" ")
+        until = float(until_text)
+        left = until - self.clock()
+        when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return LimitExceeded(
+            f"{label} is paused until {when} as a runaway agent ({why}); an admin can lift it with "
+            f"POST /admin/limits/unpause", kind="paused", headers={"retry-after": str(max(1, math.ceil(left)))})
 
-    async def _refuse_if_paused(self, ctx: RequestContext, subjects: list[tuple[str, str]]) -> None:
-        for subject, label in subjects:
-            raw, _ = await self.store.run(methodcaller("get", PAUSE + subject))
-            if raw is None:
-                continue
-            until_text, _, why = raw.decode("utf-8", "replace").partition(" ")
-            until = float(until_text)
-            left = until - self.clock()
-            if left <= 0:
-                continue
-            when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            raise LimitExceeded(
-                f"{label} is paused until {when} as a runaway agent ({why}); an admin can lift it with "
-                f"POST /admin/limits/unpause", kind="paused", headers={"retry-after": str(max(1, math.ceil(left)))})
-
-    async def _count(self, ctx: RequestContext, subjects: list[tuple[str, str]], series: str, amount: int) -> None:
-        """Count ``amount`` on every subject's counter of ``series`` this minute, in one
-        state operation (:data:`~.runaway.COUNT_ALL`), and flag what runs away."""
-        minute, fraction = self.detector.minute()
-        keys = [f"{COUNT}{subject}:{series}:{minute}" for subject, _ in subjects]
-        ttl_ms = int(COUNT_TTL * 1000)
-        totals, _ = await self.store.run(lambda backend: backend.run(COUNT_ALL, keys, [amount, ttl_ms]))
-        for (subject, label), total in zip(subjects, totals, strict=True):
-            flag = self.detector.observe(subject, series, minute, fraction, float(total))
+    async def _observe(self, ctx: RequestContext, subjects: list[tuple[str, str]], series: str, minute: int,
+                       fraction: float, totals: tuple[int, ...], episodes: tuple[bool, ...]) -> None:
+        """Take each subject's counter of ``series`` this minute; flag what runs away (a
+        subject whose episode flag exists has alerted already)."""
+        for (subject, label), total, episode in zip(subjects, totals, episodes, strict=True):
+            flag = self.detector.observe(subject, series, minute, fraction, total, episode)
             if flag is not None:
                 await self._flagged(ctx, flag, label)
 

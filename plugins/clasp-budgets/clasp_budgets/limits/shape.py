@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from clasp_gateway import RateLimitError
@@ -56,25 +57,40 @@ def _openai_duration(seconds: float) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{rest}s"
 
 
+_NAMES = {
+    api: {noun: ((f"x-ratelimit-limit-{noun}", f"x-ratelimit-remaining-{noun}", f"x-ratelimit-reset-{noun}")
+                 if api == "openai" else
+                 (f"anthropic-ratelimit-{noun}-limit", f"anthropic-ratelimit-{noun}-remaining",
+                  f"anthropic-ratelimit-{noun}-reset"))
+          for noun in ("requests", "tokens")}
+    for api in ("openai", "anthropic")
+}
+"""The header names of each API, per noun: limit, remaining, reset."""
+
+
+@lru_cache(maxsize=256)
+def _rfc3339(at: float) -> str:
+    """``at`` (Unix time) as Anthropic's reset texts (an admission's is its window's end,
+    the same for every request of that window: cached)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def headroom_headers(api: str, requests: Headroom | None, tokens: Headroom | None,
                      now: float | None = None) -> dict[str, str]:
     """The ratelimit headers of ``api`` (``anthropic`` or ``openai``) for the tightest
     request and token limits (``None``: that kind has no limit)."""
     out: dict[str, str] = {}
     wall = time.time() if now is None else now
+    openai = api == "openai"
+    names = _NAMES["openai" if openai else "anthropic"]
     for noun, room in (("requests", requests), ("tokens", tokens)):
         if room is None:
             continue
-        limit, remaining = str(int(room.limit)), str(max(0, int(room.remaining)))
-        if api == "openai":
-            out[f"x-ratelimit-limit-{noun}"] = limit
-            out[f"x-ratelimit-remaining-{noun}"] = remaining
-            out[f"x-ratelimit-reset-{noun}"] = _openai_duration(room.reset)
-        else:
-            out[f"anthropic-ratelimit-{noun}-limit"] = limit
-            out[f"anthropic-ratelimit-{noun}-remaining"] = remaining
-            out[f"anthropic-ratelimit-{noun}-reset"] = datetime.fromtimestamp(
-                wall + max(0.0, room.reset), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        limit_name, remaining_name, reset_name = names[noun]
+        out[limit_name] = str(int(room.limit))
+        out[remaining_name] = str(max(0, int(room.remaining)))
+        out[reset_name] = (_openai_duration(room.reset) if openai
+                           else _rfc3339(wall + max(0.0, room.reset)))
     return out
 
 

@@ -58,15 +58,6 @@ class Store:
                 return result, self.shared
         return await op(self.local), self.local
 
-    @staticmethod
-    async def quietly(call: Awaitable[T]) -> T | None:
-        """A release or a correction on the backend an admission used: never raises for an
-        outage (a slot a lost release would hold frees at its lease TTL)."""
-        try:
-            return await call
-        except StateUnavailable:
-            return None
-
     async def close(self) -> None:
         if self.local is not self.shared:
             await self.local.close()
