@@ -62,7 +62,9 @@ The names, by what a plugin does with them:
 - **Shared state** (breakers, limits, counters, caches; shared by workers and
   replicas when configured): :class:`StateBackend` (``gateway.state``) and its parts;
   :data:`UNAVAILABLE_KEY`, where the core notes the candidates a permission check
-  skipped.
+  skipped. :class:`Handover` (``gateway.handover``): objects a plugin keeps across
+  reloads while the settings that shape them are unchanged (an in-memory cache,
+  Prometheus counters).
 - **Tokens and context**: :func:`estimate_tokens`, :func:`count_canonical`,
   :func:`encoding_for_model`, :func:`get_encoding`, :func:`is_context_overflow`.
 - **Per-request facts** computed once and shared by plugins: :func:`input_estimate`
@@ -92,6 +94,7 @@ from .errors import (
     RequestTooLargeError,
     UpstreamError,
 )
+from .handover import Handover
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
 from .plugins import await_me_maybe, call_each, call_first, skips_text_deltas
@@ -217,7 +220,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # hooks and the gateway
-    "Gateway", "await_me_maybe", "call_each", "call_first", "hookimpl", "skips_text_deltas",
+    "Gateway", "Handover", "await_me_maybe", "call_each", "call_first", "hookimpl", "skips_text_deltas",
     # typed registration callbacks (register_* hooks) and what they record
     "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",

@@ -39,6 +39,7 @@ from . import registrations
 from .classes import features
 from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
+from .handover import Handover
 from .hedging import HEDGED, Launch, close_stream, launch_of, race
 from .plugins import PluginManager
 from .policy import admit, check_expiry, inside_regions
@@ -234,6 +235,9 @@ class Gateway:
         self.owns_state = True
         """Whether :meth:`close` closes ``state``: a reloaded configuration adopts the
         running backend (``shell/reload.py``) and the replaced one leaves it open."""
+        self.handover = Handover()
+        """Objects plugins keep across reloads (``handover.py``): a reloaded configuration
+        is given the running one's (``shell/reload.py``)."""
         # Credentials without access to their model, found by probes off the hot path
         # (permissions.py): such keys leave rotation, such deployments are skipped.
         self.permissions = PermissionChecker(config, self.providers)

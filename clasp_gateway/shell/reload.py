@@ -22,7 +22,11 @@ again). What needs a restart: ``server:`` (listen address, workers, TLS, connect
 and request limits, timeouts, drain), ``plugins:`` (code that is loaded cannot be
 unloaded), ``state:`` and ``storage:`` (where breakers, limits and the ledger live;
 a reload adopts the running state backend, so breakers, limits and cached answers
-survive it). Environment variables are the process's: they change with a restart.
+survive it). Plugins keep what must not start from nothing through the running
+configuration's :class:`~clasp_gateway.handover.Handover`, handed to the new one: the
+memory cache's answers (while the settings that shape its keys are unchanged) and the
+Prometheus counters (never going backwards). Environment variables are the process's:
+they change with a restart.
 
 With ``server.workers`` > 1, ``clasp serve``'s supervisor passes SIGHUP on to every
 worker (:mod:`.drain`), and ``POST /admin/reload`` on one worker, once applied there,
@@ -397,11 +401,17 @@ class ServingApp:
         # state backend (state: is unchanged), handed over once the new one has started.
         new_gateway.state = old_gateway.state
         new_gateway.owns_state = False
+        # What plugins keep across reloads (an in-memory cache, Prometheus counters):
+        # their start-up adopts it from the running configuration (handover.py).
+        new_gateway.handover = old_gateway.handover
+        new_gateway.handover.begin()
         try:
             await new.lifespan.startup()
         except Exception as exc:
             await new.lifespan.shutdown()
+            new_gateway.handover.rollback()
             return self._rejected(trigger, old, [f"the new configuration failed to start: {exc}"])
+        new_gateway.handover.commit()
         new_gateway.owns_state, old_gateway.owns_state = True, False
         self.current = new
         self.retiring.add(old)

@@ -319,13 +319,16 @@ class GatewayMetrics:
                     self._signal_children[raw] = child
             child.inc()
 
-    def sync_hook_failures(self, failures: dict[str, int]) -> None:
-        """Export the gateway's ``hook_failures`` counter (new failures since the last call)."""
+    def sync_hook_failures(self, failures: dict[str, int], seen: dict[str, int] | None = None) -> None:
+        """Export the gateway's ``hook_failures`` counter (new failures since the last call).
+        ``seen``: the counts already exported from ``failures``, kept by the caller when
+        these metrics outlive its gateway (a reload hands them to the next one)."""
+        exported = self._hook_failures_seen if seen is None else seen
         for hook, count in failures.items():
-            seen = self._hook_failures_seen.get(hook, 0)
-            if count > seen:
-                _child(self.hook_failures, (self.guard("hook", hook),)).inc(count - seen)
-                self._hook_failures_seen[hook] = count
+            before = exported.get(hook, 0)
+            if count > before:
+                _child(self.hook_failures, (self.guard("hook", hook),)).inc(count - before)
+                exported[hook] = count
 
     # --- the scrape -------------------------------------------------------------------------
 

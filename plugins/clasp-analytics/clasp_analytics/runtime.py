@@ -25,6 +25,8 @@ from .writer import BatchWriter
 log = logging.getLogger("clasp.analytics")
 
 IN_FLIGHT = "analytics.in_flight"
+KEPT_METRICS = "clasp_analytics.metrics"
+"""Name of the Prometheus series in the gateway's handover (kept across reloads)."""
 
 
 class AnalyticsRuntime:
@@ -33,7 +35,14 @@ class AnalyticsRuntime:
     def __init__(self, gateway: Gateway, settings: AnalyticsSettings) -> None:
         self.gateway = gateway
         self.settings = settings
-        self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
+        self.metrics: GatewayMetrics | None = None
+        if settings.metrics.enabled:
+            # A reload keeps the series while their labels are the same: counters never go
+            # backwards (``rate()`` would read a reset), the in-flight gauge stays true.
+            shape = (settings.metrics.team_label, settings.metrics.key_label, settings.metrics.max_label_values)
+            self.metrics = gateway.handover.adopt(KEPT_METRICS, shape, lambda: GatewayMetrics(settings.metrics))
+        self._hook_failures_seen: dict[str, int] = {}
+        """This gateway's ``hook_failures`` already exported (the metrics may outlive it)."""
         token = metrics_token(settings.metrics) if settings.metrics.auth == "token" else None
         self.metrics_token: str | None = token.value if token is not None else None
         self.quality = settings.quality.enabled
@@ -64,10 +73,11 @@ class AnalyticsRuntime:
     async def close(self) -> None:
         if self.quality_rows is not None:
             await self.quality_rows.close()
-        if self.metrics is not None and self.metrics.multiprocess:
+        if self.metrics is not None and self.gateway.handover.release(KEPT_METRICS, self.metrics) \
+                and self.metrics.multiprocess:
             from .multiproc import forget_process
 
-            forget_process(os.getpid())
+            forget_process(os.getpid())  # the process stops serving (not a reload)
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -101,7 +111,7 @@ class AnalyticsRuntime:
             metrics.observe_request(event, ctx)
             if signals:
                 metrics.observe_signals(event.get("public_model"), event.get("request_class"), signals)
-            metrics.sync_hook_failures(self.gateway.hook_failures)
+            metrics.sync_hook_failures(self.gateway.hook_failures, self._hook_failures_seen)
         if not self.quality or event.get("deployment") is None and event.get("status") in (401, 403, 404):
             return None  # refused before any model was chosen: nothing to judge
         if record is not None and record.fingerprint and self.retry_window > 0:

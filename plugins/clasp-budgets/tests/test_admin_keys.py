@@ -287,3 +287,56 @@ def test_no_key_in_any_answer_log_line_or_row(env: Env, teams: dict[str, Any]) -
         assert key not in lines and key[9:30] not in lines
         assert key not in rows and key[9:30] not in rows
     assert ADMIN_KEY not in answers and ADMIN_KEY not in lines
+
+
+def test_a_key_changes_team_and_role_in_place(env: Env, teams: dict[str, Any]) -> None:
+    made = env.new_key(name="mover", team="blue", rpm=50)
+    key, path = made["key"], f"/admin/keys/{made['id']}"
+    assert env.call("GET", "/admin/me", key).json()["effective_policy"]["tpm"] == 5000  # blue's
+    changed = env.call("PATCH", path, json={"team": "red", "role": "team_admin", "models": ["gpt-4o"],
+                                            "max_budget_usd": 5, "budget_period": "daily", "expires_at": "30d",
+                                            "metadata": {"ticket": "OPS-1"}})
+    assert changed.status_code == 200, changed.text
+    record = changed.json()
+    assert record["team"] == "red" and record["role"] == "team_admin" and record["id"] == made["id"]
+    assert record["policy"]["models"] == ["gpt-4o"] and record["policy"]["rpm"] == 50
+    assert record["policy"]["max_budget_usd"] == 5 and record["metadata"] == {"ticket": "OPS-1"}
+    me = env.call("GET", "/admin/me", key).json()  # the same key, at once: the lookup cache dropped it
+    assert me["team"] == "red" and me["role"] == "team_admin"
+    assert me["effective_policy"]["tpm"] is None and me["effective_policy"]["rpm"] == 50  # red's, and its own
+    assert env.call("GET", "/admin/keys", key).json()["data"]  # a team_admin of red now
+    audit = env.call("GET", "/admin/audit", params={"action": "key.update", "target": made["id"]}).json()["data"]
+    assert audit[0]["details"]["before"] == {"team": "blue", "role": "member"}
+    assert audit[0]["details"]["team"] == "red" and audit[0]["details"]["role"] == "team_admin"
+    assert key not in str(audit)
+    # No team at all, then mistakes: each a 4xx naming what is wrong, nothing changed.
+    assert env.call("PATCH", path, json={"team": None}).json()["team"] is None
+    missing = env.call("PATCH", path, json={"team": "nowhere"})
+    assert missing.status_code == 404 and "nowhere" in missing.json()["error"]["message"]
+    for body, words in (({"role": "root"}, "role"), ({"team": "Bad Name!"}, "team"), ({"rpm": 0}, "rpm"),
+                        ({"expires_at": "2001-01-01"}, "expires_at"), ({"colour": "red"}, "colour")):
+        wrong = env.call("PATCH", path, json=body)
+        assert wrong.status_code == 400 and words in wrong.json()["error"]["message"], (body, wrong.text)
+    assert env.call("GET", path).json()["team"] is None
+
+
+def test_a_team_admin_changes_roles_within_its_team_only(env: Env, teams: dict[str, Any]) -> None:
+    boss = teams["red_admin"]["key"]
+    member = env.new_key(name="promoted", team="red")
+    path = f"/admin/keys/{member['id']}"
+    promoted = env.call("PATCH", path, boss, json={"role": "team_admin"})
+    assert promoted.status_code == 200 and promoted.json()["role"] == "team_admin"
+    for body in ({"role": "admin"}, {"team": "blue"}, {"team": None}):
+        assert env.call("PATCH", path, boss, json=body).status_code == 403, body
+    assert env.call("PATCH", path, boss, json={"team": "red", "role": "member"}).status_code == 200
+    assert env.call("GET", path).json()["team"] == "red"
+    revoked = env.new_key(name="gone", team="red")
+    env.call("POST", f"/admin/keys/{revoked['id']}/revoke")
+    refused = env.call("PATCH", f"/admin/keys/{revoked['id']}", json={"team": "blue"})
+    assert refused.status_code == 400 and "revoked" in refused.json()["error"]["message"]
+
+
+def test_the_openapi_document_describes_the_key_update(env: Env) -> None:
+    patch = env.call("GET", "/admin/openapi.json").json()["paths"]["/admin/keys/{key_id}"]["patch"]
+    fields = patch["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"team", "role", "models", "rpm", "max_budget_usd", "expires_at", "metadata"} <= set(fields)

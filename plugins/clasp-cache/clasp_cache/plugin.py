@@ -40,6 +40,9 @@ log = logging.getLogger("clasp.cache")
 
 RUNTIME_PLUGIN = "cache.runtime"
 """Name of the per-app runtime in the app's plugin manager."""
+KEPT_BACKEND = "clasp_cache.backend"
+"""Name of the backend in the gateway's handover: a reload whose cache keys are shaped
+the same (same backend, same namespace) keeps it, with the answers it holds."""
 _APP_ATTR = RUNTIME_KEY.replace(".", "_")
 
 
@@ -150,13 +153,37 @@ def _build(app: Starlette, config: Config) -> CacheRuntime | None:
         return None  # (validate_config reported the problems before start-up)
     registration = gateway.cache_backends[settings.backend]
     clock = getattr(app.state, "cache_clock", None) or time.time
-    backend = registration.factory(limits=settings.limits, clock=clock, options=settings.backend_options,
-                                   gateway=gateway)
+    namespace = config_namespace(config.raw)
+    built: list[CacheBackend] = []
+
+    def build() -> CacheBackend:
+        built.append(registration.factory(limits=settings.limits, clock=clock, options=settings.backend_options,
+                                          gateway=gateway))
+        return built[0]
+
+    # A reload keeps the running backend while the keys it holds are the new
+    # configuration's too: the namespace hashes every section that shapes an answer or
+    # a key (``cache:`` included, so limits and scope), the clock is the same. Else the
+    # memory backend's answers can never be served again: dropped at once.
+    backend = gateway.handover.adopt(KEPT_BACKEND, (settings.backend, namespace, clock), build,
+                                     replaced=_drop_local)
     semantic: SemanticLayer | None = None
     if isinstance(settings.semantic, dict) and settings.semantic.get("enabled"):
-        module = _semantic_module()  # imported only when on: torch stays out of start-up otherwise
-        semantic = module.build(module.SETTINGS.parse(settings.semantic, "cache.semantic", []), backend)
-    return CacheRuntime(gateway, settings, backend, config_namespace(config.raw), clock=clock, semantic=semantic)
+        try:
+            module = _semantic_module()  # imported only when on: torch stays out of start-up otherwise
+            semantic = module.build(module.SETTINGS.parse(settings.semantic, "cache.semantic", []), backend)
+        except BaseException:
+            gateway.handover.release(KEPT_BACKEND, backend)
+            raise
+    return CacheRuntime(gateway, settings, backend, namespace, clock=clock, semantic=semantic,
+                        opened=not built, release=lambda: gateway.handover.release(KEPT_BACKEND, backend))
+
+
+def _drop_local(backend: CacheBackend) -> None:
+    """A replaced memory backend's entries are another configuration's: free them now
+    (a shared backend's stay: replicas not yet reloaded still serve them)."""
+    if isinstance(backend, MemoryBackend):
+        backend.clear()
 
 
 @hookimpl
@@ -167,8 +194,10 @@ async def startup(app: Starlette, config: Config) -> None:
     runtime = _build(app, config)
     if runtime is None:
         return
-    await runtime.backend.open()
-    setattr(app.state, _APP_ATTR, runtime)
+    setattr(app.state, _APP_ATTR, runtime)  # first: a backend that fails to open is still released
+    if not runtime.opened:
+        await runtime.backend.open()
+        runtime.opened = True
     app.state.gateway.pm.register(runtime, name=RUNTIME_PLUGIN)
     # on_stream_chunk became implemented after the gateway was built: tell it.
     app.state.gateway.chunk_hook = True

@@ -80,6 +80,8 @@ class CacheRuntime:
         *,
         clock: Callable[[], float] = time.time,
         semantic: SemanticLayer | None = None,
+        opened: bool = False,
+        release: Callable[[], bool] | None = None,
     ) -> None:
         self.gateway = gateway
         self.settings = settings
@@ -87,6 +89,10 @@ class CacheRuntime:
         self.namespace = namespace
         self.clock = clock
         self.semantic = semantic
+        self.opened = opened
+        """Whether ``backend`` is open (kept from the configuration before a reload)."""
+        self._release = release
+        """Says whether this runtime was the backend's last user (the gateway's handover)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.max_chunks = max(1024, settings.limits.max_entry_bytes // 16)
         """Chunks collected per request at most (an answer's pieces are rarely under 16 bytes
@@ -96,12 +102,14 @@ class CacheRuntime:
         self.misses = 0
 
     async def close(self) -> None:
-        """Let stores in flight finish (bounded), then close the backend."""
+        """Let stores in flight finish (bounded), then close the backend unless the
+        configuration a reload put in place still uses it."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         if self.semantic is not None:
             await self.semantic.close()
-        await self.backend.close()
+        if self._release is None or self._release():
+            await self.backend.close()
 
     # --- lookup ---------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from clasp_gateway import (
 
 from .converse import EXPIRED, ConverseStream, converse_body, error_for, stream_error, whole_answer
 from .credentials import AwsCredentials, Resolver, botocore_resolver, default_region
+from .memo import remember_answers
 
 __all__ = ["BedrockProvider", "Target"]
 
@@ -163,11 +164,12 @@ class BedrockProvider:
         return Target(region, endpoint, AwsCredentials(resolver, deployment.id, describe))
 
     def converse_config(self) -> Any:
-        """LiteLLM's ``AmazonConverseConfig`` (LiteLLM is imported before the gateway
-        serves: the gateway loads it for every deployment not on its direct path)."""
+        """LiteLLM's ``AmazonConverseConfig``, built once, its per-model and per-tool-set
+        answers remembered (:mod:`.memo`). LiteLLM is imported before the gateway
+        serves: the gateway loads it for every deployment not on its direct path."""
         if self._config is None:
             litellm = sys.modules.get("litellm") or importlib.import_module("litellm")
-            self._config = litellm.AmazonConverseConfig()
+            self._config = remember_answers(litellm.AmazonConverseConfig())
             logging.getLogger("LiteLLM").addFilter(_quiet_merge_warning)
         return self._config
 

@@ -2,9 +2,10 @@
 
 Who may do what: ``admin`` everything; ``team_admin`` its own team's keys (never an
 ``admin`` key, never another team's: another team's key reads as not found) and reading
-its own team, and moving a key between member and team_admin within it (``POST
-/admin/keys/{id}/assign``; an admin moves keys between teams and grants any role);
-``member`` only ``GET /admin/me``. Every change writes an audit row in the
+its own team, and moving a key between member and team_admin within it; an admin moves
+keys between teams and grants any role. ``PATCH /admin/keys/{id}`` changes any field of
+a key in place, team and role included (``POST /admin/keys/{id}/assign`` does team and
+role only); ``member`` only ``GET /admin/me``. Every change writes an audit row in the
 same transaction and announces itself so every replica's lookup cache drops it.
 
 A created key is in exactly one answer (``201``, ``cache-control: no-store``); lists and

@@ -129,9 +129,13 @@ async def get_key(request: Request) -> Response:
 
 @shaped
 async def update_key(request: Request) -> Response:
-    """Change a key's policy, metadata, name, owner, project or tags (not its team or role).
+    """Change any of a key's fields in place, its team and role included: the key keeps
+    working, and every replica sees the change on its next request (its lookup cache
+    drops the key). One audit row (``key.update``: the changes, and the team and role
+    before when they change). A team_admin changes its own team's keys only, keeps them
+    in its team and cannot grant ``admin``.
     ---
-    summary: Update a virtual key
+    summary: Update a virtual key (team and role included)
     tags: [keys]
     parameters:
       - {name: key_id, in: path, required: true, schema: {type: string}}
@@ -141,20 +145,41 @@ async def update_key(request: Request) -> Response:
         application/json:
           schema:
             type: object
-            description: "Any of the fields of a new key except team and role; null clears a limit"
+            description: "Only the fields to change; null clears a limit, the expiry or the team"
+            properties:
+              name: {type: string, maxLength: 128}
+              team: {type: string, nullable: true, description: "an existing team, or null for none"}
+              role: {type: string, enum: [member, team_admin, admin]}
+              user_id: {type: string, nullable: true}
+              project: {type: string, nullable: true}
+              tags: {type: object, additionalProperties: {type: string}}
+              metadata: {type: object}
+              models: {type: array, items: {type: string}, nullable: true}
+              rpm: {type: integer, minimum: 1, nullable: true}
+              tpm: {type: integer, minimum: 1, nullable: true}
+              rpd: {type: integer, minimum: 1, nullable: true}
+              tpd: {type: integer, minimum: 1, nullable: true}
+              max_concurrency: {type: integer, minimum: 1, nullable: true}
+              max_budget_usd: {type: number, minimum: 0, nullable: true}
+              budget_period: {type: string, enum: [daily, weekly, monthly, total], nullable: true}
+              expires_at: {description: "unix seconds, ISO 8601, or a duration such as 30d", nullable: true}
+              regions: {type: array, items: {type: string}, nullable: true}
     responses:
       200: {description: "The updated record"}
-      400: {description: "Invalid field"}
+      400: {description: "Invalid field (the message names its path), or the key is revoked"}
       401: {description: "No or invalid admin key"}
-      403: {description: "Not an admin or team_admin key"}
-      404: {description: "No such key (or another team's)"}
+      403: {description: "Not an admin or team_admin key; a team_admin moving a key out of its team or granting admin"}
+      404: {description: "No such key (or another team's), or no such team"}
     """
     principal = await require_role(request, "admin", "team_admin")
     runtime = runtime_of(request)
     values = inputs.parse_body(inputs.key_update(runtime.clock()), await read_json(request, MAX_BODY), partial=True)
     row = await key_for(request, principal)
-    if principal.role != "admin" and row["role"] == "admin":
-        raise PermissionDeniedError("a team_admin key cannot change admin keys")
+    if principal.role != "admin":
+        if row["role"] == "admin" or values.get("role") == "admin":
+            raise PermissionDeniedError("a team_admin key cannot grant or change the admin role")
+        if "team" in values and values["team"] != principal.team:
+            raise PermissionDeniedError(f"a team_admin key keeps keys in its own team ({principal.team!r})")
     updated = await runtime.store.update_key(row["id"], values, Actor.of(principal))
     await runtime.announce(key_id=row["id"])
     return json_response(describe_key(updated, runtime.clock()))

@@ -132,8 +132,40 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 # --- clasp keys ----------------------------------------------------------------------------------
 
 
+def _tags(items: list[str]) -> dict[str, str] | None:
+    """``--tag NAME=VALUE`` options as a mapping (None after a one-line message when one is malformed)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"clasp: --tag {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return None
+        tags[name] = value
+    return tags
+
+
+async def _key_id(store: KeyStore, target: str, team: str | None) -> str | None:
+    """A key's id from its id or its name (an active key's, unique; ``team`` narrows the
+    search); None after a one-line message when it is not found or not unique."""
+    if target.startswith("key_"):
+        return target
+    rows, _ = await store.list_keys(name=target, team=team, status="active", limit=10)
+    if not rows:
+        print(f"clasp: no active key named {target!r}", file=sys.stderr)
+        return None
+    if len(rows) > 1:
+        print(f"clasp: {len(rows)} active keys are named {target!r} ({', '.join(r['id'] for r in rows)}); "
+              "give its id", file=sys.stderr)
+        return None
+    return str(rows[0]["id"])
+
+
+KEY_CLEARABLE = (*POLICY_OPTIONS[:-2], "expires_at", "regions", "user_id", "project", "team")
+"""What ``clasp keys update --clear`` may remove (a limit, the expiry, the owner, the team)."""
+
+
 def keys_command(argv: list[str], config_path: str | None = None) -> int:
-    """``clasp keys create|list|revoke``."""
+    """``clasp keys create|list|update|revoke``."""
     parser = argparse.ArgumentParser(prog="clasp keys", description="virtual keys on the gateway's database")
     _common(parser)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -152,6 +184,19 @@ def keys_command(argv: list[str], config_path: str | None = None) -> int:
     listing.add_argument("--status", choices=("active", "revoked", "expired", "all"), default="active")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true", help="JSON lines")
+    update = sub.add_parser("update", help="change a key in place: team, role, limits, expiry, metadata... "
+                                           "(--clear FIELD removes one)")
+    _common(update)
+    update.add_argument("key", metavar="ID|NAME")
+    update.add_argument("--name", help="a new name")
+    update.add_argument("--team", help="move the key to this (existing) team")
+    update.add_argument("--role", choices=inputs.ROLES)
+    update.add_argument("--user", dest="user_id", metavar="USER_ID")
+    update.add_argument("--project")
+    update.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                        help="the key's tags (all of them: they replace the current ones)")
+    _policy_args(update)
+    update.add_argument("--clear", nargs="+", default=[], choices=KEY_CLEARABLE, metavar="FIELD")
     revoke = sub.add_parser("revoke", help="revoke a key by id or by name")
     _common(revoke)
     revoke.add_argument("key", metavar="ID|NAME")
@@ -160,13 +205,9 @@ def keys_command(argv: list[str], config_path: str | None = None) -> int:
     path = args.config or config_path
 
     if args.action == "create":
-        tags = {}
-        for item in args.tag:
-            name, sep, value = item.partition("=")
-            if not sep:
-                print(f"clasp: --tag {item!r}: expected NAME=VALUE", file=sys.stderr)
-                return 2
-            tags[name] = value
+        tags = _tags(args.tag)
+        if tags is None:
+            return 2
         body: dict[str, Any] = {"name": args.name, "role": args.role, **_policy_values(args)}
         for field in ("team", "user_id", "project"):
             if getattr(args, field) is not None:
@@ -204,18 +245,37 @@ def keys_command(argv: list[str], config_path: str | None = None) -> int:
 
         return _run(path, list_keys)
 
+    if args.action == "update":
+        tags = _tags(args.tag)
+        if tags is None:
+            return 2
+        changes: dict[str, Any] = _policy_values(args)
+        for field in ("name", "team", "role", "user_id", "project"):
+            if getattr(args, field) is not None:
+                changes[field] = getattr(args, field)
+        if args.tag:
+            changes["tags"] = tags
+        changes.update({"expires_at" if field == "expires" else field: None for field in args.clear})
+        if not changes:
+            print("clasp: nothing to change (give --team, --role, a limit, --clear FIELD...)", file=sys.stderr)
+            return 2
+
+        async def update_key(store: KeyStore) -> tuple[int, dict[str, Any] | None]:
+            values = inputs.parse_body(inputs.key_update(store.clock()), changes, partial=True)
+            key_id = await _key_id(store, args.key, None)
+            if key_id is None:
+                return 1, None
+            row = await store.update_key(key_id, values, _actor())
+            print(f"updated {row['id']} ({row['name']}, team {row['team'] or '-'}, role {row['role']})",
+                  file=sys.stderr)
+            return 0, {"key_id": row["id"]}
+
+        return _run(path, update_key)
+
     async def revoke_key(store: KeyStore) -> tuple[int, dict[str, Any] | None]:
-        target = args.key
-        if not target.startswith("key_"):
-            rows, _ = await store.list_keys(name=target, team=args.team, status="active", limit=10)
-            if not rows:
-                print(f"clasp: no active key named {target!r}", file=sys.stderr)
-                return 1, None
-            if len(rows) > 1:
-                print(f"clasp: {len(rows)} active keys are named {target!r} "
-                      f"({', '.join(r['id'] for r in rows)}); revoke one by id", file=sys.stderr)
-                return 1, None
-            target = rows[0]["id"]
+        target = await _key_id(store, args.key, args.team)
+        if target is None:
+            return 1, None
         row = await store.revoke_key(target, _actor())
         print(f"revoked {row['id']} ({row['name']})", file=sys.stderr)
         return 0, {"key_id": row["id"]}

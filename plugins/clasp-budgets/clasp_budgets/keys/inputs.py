@@ -164,8 +164,12 @@ def key_create(now: float) -> Section:
 
 
 def key_update(now: float) -> Section:
+    """What ``PATCH /admin/keys/{id}`` and ``clasp keys update`` change: every field of a
+    new key (``team``: an existing team or null for none; ``role``)."""
     return Section({
         "name": Field(_NAME),
+        "team": Field(_TEAM, nullable=True),
+        "role": Field(Choice(*ROLES)),
         "user_id": Field(_SHORT, nullable=True),
         "project": Field(_SHORT, nullable=True),
         "tags": Field(Custom(_tags, "a mapping of tag name to text")),

@@ -189,6 +189,9 @@ class KeyStore:
         return list(rows), int(total)
 
     async def update_key(self, key_id: str, values: Mapping[str, Any], actor: Actor) -> RowMapping:
+        """Change any of a key's fields (its team and role too: the team must exist),
+        audited as ``key.update`` with the changes, and the team and role it had before
+        when they change (``before``)."""
         async with self.db.begin() as conn:
             row = (await conn.execute(select(KEYS).where(KEYS.c.id == key_id))).mappings().first()
             if row is None:
@@ -196,9 +199,15 @@ class KeyStore:
             if row["revoked_at"] is not None:
                 raise InvalidRequestError(f"key {key_id!r} is revoked; revoked keys cannot be changed")
             changes = dict(values)
+            if changes.get("team") is not None and changes["team"] != row["team"]:
+                await self._team_row(conn, changes["team"])
             if changes:
                 await conn.execute(update(KEYS).where(KEYS.c.id == key_id).values(**changes))
-            await self.audit(conn, actor, "key.update", key_id, {"name": row["name"], "team": row["team"], **changes})
+            details: dict[str, Any] = {"name": row["name"], "team": row["team"], **changes}
+            before = {k: row[k] for k in ("team", "role") if k in changes and changes[k] != row[k]}
+            if before:
+                details["before"] = before
+            await self.audit(conn, actor, "key.update", key_id, details)
             return (await conn.execute(select(KEYS).where(KEYS.c.id == key_id))).mappings().one()
 
     async def assign_key(self, key_id: str, changes: Mapping[str, Any], actor: Actor) -> RowMapping:

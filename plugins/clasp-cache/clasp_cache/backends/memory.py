@@ -130,6 +130,14 @@ class MemoryBackend(CacheBackend):
         self._sweep(self.clock())
         return BackendStats(self.name, len(self._entries), self._bytes, self._evictions, shared=False)
 
+    def clear(self) -> None:
+        """Drop every entry and vector at once (another configuration's: a reload
+        changed what shapes the keys)."""
+        self._entries.clear()
+        self._scopes.clear()
+        self._expiry.clear()
+        self._bytes = 0
+
     # --- internals ----------------------------------------------------------------------------
 
     def _candidates(self, selector: Selector) -> list[CacheEntry]:
