@@ -217,13 +217,13 @@ class ServingApp:
 
     ``app`` is the first generation's app (built, not started: uvicorn's lifespan
     starts it). ``build`` makes the app of a new configuration (``create_app``).
-    ``settle_heap``: tune the process's garbage collector once the app has started
+    ``tune_heap``: tune the process's garbage collector once the app has started
     (``heap.py``), and again when a reload retires a configuration; ``clasp serve``
     sets it (the process is the gateway's alone), tests and embedders leave it off."""
 
-    def __init__(self, app: Any, *, build: Callable[[Config], Any] | None = None, settle_heap: bool = False) -> None:
+    def __init__(self, app: Any, *, build: Callable[[Config], Any] | None = None, tune_heap: bool = False) -> None:
         self.build = build
-        self.settle_heap = settle_heap
+        self.tune_heap = tune_heap
         self.current = Generation(app, 1, file_digest(app.starlette_app.state.config.source))
         self.retiring: set[Generation] = set()
         self.draining = False
@@ -285,7 +285,7 @@ class ServingApp:
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self._install_signals()
-        if self.settle_heap:
+        if self.tune_heap:
             settle_heap()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: uvicorn has drained the requests (or hit its deadline)
@@ -446,7 +446,7 @@ class ServingApp:
         if generation in self.retiring:
             self.retiring.discard(generation)
             await generation.lifespan.shutdown()
-            if self.settle_heap:  # its objects were frozen at start-up: let them go
+            if self.tune_heap:  # its objects were frozen at start-up: let them go
                 thaw_and_settle()
 
 
