@@ -87,7 +87,7 @@ def app_from_env() -> Any:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the app started: it reads the file anyway
     config = _load(os.environ.get("CLASP_CONFIG"))
     setup_logging(config.server.log_level, config.server.log_format, worker=True)
-    return ServingApp(create_app(config))
+    return ServingApp(create_app(config), tune_heap=True)
 
 
 @contextlib.contextmanager
@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .shell.reload import ServingApp
 
     log.info("listening on %s://%s:%d", scheme(config.server), host, port)
-    return serve(ServingApp(app), options, workers=1, drain_seconds=drain)
+    return serve(ServingApp(app, tune_heap=True), options, workers=1, drain_seconds=drain)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

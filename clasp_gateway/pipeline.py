@@ -13,8 +13,10 @@ that carries something (text, reasoning, a tool call, a finish or usage, see
 :meth:`Gateway._until_commit`). Chunks before it (a role-only preamble) are held and
 replayed; after it the choice is final and a failure becomes an in-stream error.
 
-"First answer wins" hooks are called with :func:`~clasp_gateway.plugins.call_first`
-(each implementation awaited in turn). Bookkeeping after an answer (pricing,
+"First answer wins" hooks are called as :func:`~clasp_gateway.plugins.call_first` does
+(each implementation awaited in turn), through the hook's
+:class:`~clasp_gateway.plugins.HookPlan` (``PluginManager.plan``: implementations
+resolved once, not per request). Bookkeeping after an answer (pricing,
 ``after_attempt``, ``record``, ``on_stream_chunk``) can never fail that answer: a
 failure is logged once per request with its id and counted in
 :attr:`Gateway.hook_failures`.
@@ -39,7 +41,7 @@ from .config import Config, ModelRoute
 from .errors import AuthenticationError, GatewayError, NotFoundError, OverloadedError, UpstreamError
 from .handover import Handover
 from .hedging import HEDGED, Launch, close_stream, launch_of, race
-from .plugins import PluginManager, call_each, call_each_sync, call_first, notifier
+from .plugins import PluginManager
 from .policy import admit, check_expiry, inside_regions
 from .shaping.context import ContextManager, ContextPlan, is_context_overflow, overflow_error
 from .shaping.long_answers import CONTINUED_KEY, PRICED_BY_ATTEMPTS, LongAnswers, with_room
@@ -74,6 +76,18 @@ _FAILED_HOOKS = "clasp.failed_hooks"
 """``ctx.state`` key: the (hook, plugin) failures already logged for this request."""
 
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
+
+# The order in which the core passes each hook's arguments (its HookPlan's argnames).
+_AUTHENTICATE = ("api_key", "headers", "config", "path")
+_RESOLVE_ROUTE = ("ctx", "request", "candidates")
+_BEFORE_CALL = ("ctx", "request")
+_PER_ATTEMPT = ("ctx", "deployment", "attempt_number")
+_ON_ERROR = ("ctx", "deployment", "error", "attempt_number")
+_ON_EXHAUSTED = ("ctx", "request", "error")
+_ON_STREAM_CHUNK = ("ctx", "chunk")
+_SIDE_CALL = ("ctx", "deployment", "purpose")
+_AFTER_ATTEMPT = ("ctx", "attempt")
+_RECORD = ("ctx", "event")
 
 
 async def _iterate(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
@@ -302,8 +316,7 @@ class Gateway:
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer ":
                 key = auth[7:].strip()
-        principal = await call_first(self.pm.hook.authenticate, api_key=key or None, headers=headers, config=self.config,
-                                     path=path)
+        principal = await self.pm.plan("authenticate", _AUTHENTICATE).first(key or None, headers, self.config, path)
         if isinstance(principal, Principal):
             return principal
         if principal is not None:
@@ -372,18 +385,18 @@ class Gateway:
         ``before_round`` is."""
         route = self.resolve_model(ctx.public_model)
         candidates = list(route.deployments)
-        ordered = await call_first(self.pm.hook.resolve_route, ctx=ctx, request=request, candidates=candidates)
+        ordered = await self.pm.plan("resolve_route", _RESOLVE_ROUTE).first(ctx, request, candidates)
         if ordered is not None:
             candidates = list(ordered)
         # Residency, whatever ordered the candidates: never outside the key's regions.
         # (A cut tool call retried for a long answer: only deployments with room.)
         candidates = with_room(ctx, inside_regions(ctx, candidates))
         if not continuation:
-            chunks = await call_first(self.pm.hook.before_call, ctx=ctx, request=request)
+            chunks = await self.pm.plan("before_call", _BEFORE_CALL).first(ctx, request)
             if chunks:
                 return self._canned(candidates[0] if candidates else None, chunks)
         else:  # what the gateway added to the conversation (server tools' results) is seen too
-            await call_each(self.pm.hook.before_round, ctx=ctx, request=request)
+            await self.pm.plan("before_round", _BEFORE_CALL).each(ctx, request)
 
         # Fit the context window: maybe reorder for a larger window; bodies per candidate.
         plan = await self.context.plan(ctx, request, route, candidates, as_received=not continuation)
@@ -404,8 +417,7 @@ class Gateway:
             while True:
                 number += 1
                 fitted = await plan.fit(deployment)
-                verdicts = await call_each(
-                    self.pm.hook.before_attempt, ctx=ctx, deployment=deployment, attempt_number=number)
+                verdicts = await self.pm.plan("before_attempt", _PER_ATTEMPT).each(ctx, deployment, number)
                 if False in verdicts:
                     break
                 attempt = Attempt(deployment)
@@ -413,8 +425,8 @@ class Gateway:
                 try:
                     launch = self._launch(ctx, deployment, attempt, fitted, stream)
                     chunks = launch.chunks
-                    delay = await call_first(self.pm.hook.hedge_delay, ctx=ctx, deployment=deployment, attempt_number=number
-                                             ) if number == 1 and position + 1 < len(candidates) else None
+                    delay = await self.pm.plan("hedge_delay", _PER_ATTEMPT).first(ctx, deployment, number
+                                                                              ) if number == 1 and position + 1 < len(candidates) else None
                     if delay is None:
                         held = await self._commit(deployment, chunks)
                     else:  # hedged first byte (hedging.py): the first of two attempts to commit
@@ -445,9 +457,7 @@ class Gateway:
                         if await plan.after_overflow(deployment, error, candidates[position + 1 :]) == "retry":
                             continue
                         break
-                decision = await call_first(
-                    self.pm.hook.on_error, ctx=ctx, deployment=deployment, error=error, attempt_number=number
-                )
+                decision = await self.pm.plan("on_error", _ON_ERROR).first(ctx, deployment, error, number)
                 if isinstance(decision, list):
                     ctx.response_headers.setdefault("x-clasp-degraded", "fallback-response")
                     return self._canned(deployment, decision)
@@ -460,7 +470,7 @@ class Gateway:
         error = last_error or OverloadedError(f"no deployment of {ctx.public_model!r} is available right now")
         # Every candidate failed or was skipped: a plugin may still answer (stale
         # cache, canned reply) or replace the error with a clearer one.
-        answer = await call_first(self.pm.hook.on_exhausted, ctx=ctx, request=request, error=error)
+        answer = await self.pm.plan("on_exhausted", _ON_EXHAUSTED).first(ctx, request, error)
         if isinstance(answer, GatewayError):
             raise answer
         if answer:
@@ -568,28 +578,28 @@ class Gateway:
         """Hand ``chunk`` to every ``on_stream_chunk`` implementation; one that raises is
         counted and logged, and the stream goes on. Call it only when
         :attr:`chunk_hook` is true (no cost per chunk otherwise)."""
-        call_each_sync(self.pm.hook.on_stream_chunk, on_failure=self._reporter("on_stream_chunk", ctx),
-                       ctx=ctx, chunk=chunk)
+        self.pm.plan("on_stream_chunk", _ON_STREAM_CHUNK).notify(self._reporter("on_stream_chunk", ctx), ctx, chunk)
 
     def chunk_notifier(self, ctx: RequestContext) -> Callable[[RequestContext, Chunk], None]:
         """:meth:`on_stream_chunk` for one stream, with the implementations resolved
         once (:func:`~clasp_gateway.plugins.notifier`): a route calls it per chunk for
         a fraction of the dispatch cost. Same isolation: a failure is counted, logged,
         and the stream goes on."""
-        return notifier(self.pm.hook.on_stream_chunk, self._reporter("on_stream_chunk", ctx), ("ctx", "chunk"))
+        return self.pm.plan("on_stream_chunk", _ON_STREAM_CHUNK).notifier(self._reporter("on_stream_chunk", ctx))
 
     async def may_side_call(self, ctx: RequestContext, deployment: Deployment, purpose: str) -> bool:
         """Whether this request's conversation may go to ``deployment`` on the gateway's
         (or a plugin's) own account, not as an attempt: ``purpose`` ``"context_summary"``,
         ``"shadow"`` (an experiment's copy)... No ``before_side_call`` said ``False``."""
-        verdicts = await call_each(self.pm.hook.before_side_call, ctx=ctx, deployment=deployment, purpose=purpose)
+        verdicts = await self.pm.plan("before_side_call", _SIDE_CALL).each(ctx, deployment, purpose)
         return False not in verdicts
 
     async def after_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
         """An attempt ended: the ``after_attempt`` hook, then its ``kind: "attempt"``
         event. Never raises (failures are counted in :attr:`hook_failures`)."""
-        await call_each(self.pm.hook.after_attempt, on_failure=self._reporter("after_attempt", ctx),
-                        ctx=ctx, attempt=attempt)
+        plan = self.pm.plan("after_attempt", _AFTER_ATTEMPT)
+        if plan:
+            await plan.each(ctx, attempt, on_failure=self._reporter("after_attempt", ctx))
         try:
             dep = attempt.deployment
             usage = attempt.usage or Usage()
@@ -633,7 +643,9 @@ class Gateway:
     async def record(self, ctx: RequestContext, event: dict[str, Any]) -> None:
         """Send ``event`` to every ``record`` implementation; one that raises is counted
         and logged, the others still get it. Never raises."""
-        await call_each(self.pm.hook.record, on_failure=self._reporter("record", ctx), ctx=ctx, event=event)
+        plan = self.pm.plan("record", _RECORD)
+        if plan:
+            await plan.each(ctx, event, on_failure=self._reporter("record", ctx))
 
     async def finish(
         self,

@@ -245,15 +245,16 @@ def skips_text_deltas(function: F) -> F:
 
 def is_text_delta(chunk: Any) -> bool:
     """Whether a canonical chunk is only text: one choice, no finish reason, a delta of
-    ``content``/``reasoning_content`` (and ``role``) alone, no usage."""
-    choices = chunk.get("choices")
-    if not choices or len(choices) != 1 or chunk.get("usage"):
+    ``content``/``reasoning_content`` (and ``role``) alone, no usage. Called for every
+    chunk of a stream whose ``on_stream_chunk`` implementations all skip text deltas:
+    the common shape is checked first, anything else is not a text delta."""
+    try:
+        (choice,) = chunk["choices"]
+        delta = choice["delta"]
+    except (KeyError, TypeError, ValueError):  # no choices, not one, not a dict, no delta
         return False
-    choice = choices[0]
-    if type(choice) is not dict or choice.get("finish_reason") is not None:
-        return False
-    delta = choice.get("delta")
-    return type(delta) is dict and delta.keys() <= _TEXT_DELTA_KEYS
+    return (type(delta) is dict and type(choice) is dict and choice.get("finish_reason") is None
+            and _TEXT_DELTA_KEYS.issuperset(delta) and not chunk.get("usage"))
 
 
 def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[str, ...]) -> Callable[..., None]:
@@ -263,21 +264,100 @@ def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[s
     (argument lists rebuilt, wrappers looked for) is most of what a cheap
     implementation costs. Implementations registered after this call are not seen;
     with a hook wrapper, each call goes through :func:`call_each_sync`."""
-    impls = hook.get_hookimpls()
-    if any(impl.wrapper or impl.hookwrapper for impl in impls):
-        def wrapped(*args: Any) -> None:
-            call_each_sync(hook, on_failure=on_failure, **dict(zip(argnames, args, strict=True)))
+    return HookPlan(hook, argnames).notifier(on_failure)
 
-        wrapped.skips_text_deltas = False  # type: ignore[attr-defined]
-        return wrapped
-    calls: list[tuple[str, Callable[..., Any], tuple[int, ...] | None]] = []
-    for impl in reversed(impls):  # pluggy's call order
-        wanted = tuple(impl.argnames)
-        calls.append((impl.plugin_name, impl.function,
-                      None if wanted == argnames else tuple(argnames.index(name) for name in wanted)))
 
-    def notify(*args: Any) -> None:
-        for name, function, picks in calls:
+_PLAIN = frozenset({list, dict, tuple, str, int, float, bool, bytes, frozenset, set})
+"""Result types that are never callable nor awaitable: answered as they are, without
+:func:`await_me_maybe`."""
+
+
+class HookPlan:
+    """How to call one hook with positional arguments in ``argnames`` order, resolved
+    once: its plain implementations in pluggy's call order, each as ``(plugin name,
+    function, picks, is_async)``, where ``picks`` are the positions of the arguments it
+    declares (``None``: all of them, in order) and ``is_async`` says it is an
+    ``async def`` (its coroutine is awaited directly). A call then costs a loop over
+    plain functions: no argument lists rebuilt by name, no wrapper search, no
+    :func:`await_me_maybe` for a coroutine or a plain answer; a hook nobody implements
+    costs one truth test.
+
+    Same semantics as :func:`call_first`, :func:`call_each` and :func:`call_each_sync`
+    (which :meth:`first`, :meth:`each` and :meth:`notifier` fall back to when the hook
+    has a wrapper). :meth:`PluginManager.plan` keeps one per hook and builds it again
+    after a plugin is registered or unregistered; a plan built from a bare
+    ``HookCaller`` does not see later registrations."""
+
+    __slots__ = ("hook", "argnames", "impls", "wrapped", "skips_text_deltas")
+
+    def __init__(self, hook: pluggy.HookCaller, argnames: tuple[str, ...]) -> None:
+        self.hook = hook
+        self.argnames = argnames
+        found = hook.get_hookimpls()
+        self.wrapped = any(impl.wrapper or impl.hookwrapper for impl in found)
+        impls: list[tuple[str, Callable[..., Any], tuple[int, ...] | None, bool]] = []
+        for impl in reversed(found):  # pluggy's call order
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            wanted = tuple(impl.argnames)
+            picks = None if wanted == argnames else tuple(argnames.index(name) for name in wanted)
+            function = impl.function
+            keywords = tuple((name, argnames.index(name)) for name in getattr(impl, "kwargnames", ()) or ()
+                             if name in argnames)
+            if keywords:  # (rare) parameters with defaults are passed by name, as _call does
+                function, picks = _by_name(impl.function, picks or tuple(range(len(wanted))), keywords), None
+            impls.append((impl.plugin_name, function, picks, inspect.iscoroutinefunction(impl.function)))
+        self.impls = tuple(impls)
+        self.skips_text_deltas = not self.wrapped and all(
+            getattr(impl.function, _SKIPS_TEXT, False) for impl in found)
+        """Every implementation is marked :func:`skips_text_deltas`."""
+
+    def __bool__(self) -> bool:
+        """Whether anything implements the hook (a wrapper counts)."""
+        return bool(self.impls) or self.wrapped
+
+    async def first(self, *args: Any) -> Any:
+        """:func:`call_first` with ``args`` in ``argnames`` order."""
+        if self.wrapped:
+            return await call_first(self.hook, **dict(zip(self.argnames, args, strict=True)))
+        for _name, function, picks, is_async in self.impls:
+            answer = function(*args) if picks is None else function(*[args[i] for i in picks])
+            if is_async:
+                answer = await answer
+            elif answer is not None and type(answer) not in _PLAIN:
+                answer = await await_me_maybe(answer)
+            if answer is not None:
+                return answer
+        return None
+
+    async def each(self, *args: Any, on_failure: HookFailure | None = None) -> list[Any]:
+        """:func:`call_each` with ``args`` in ``argnames`` order."""
+        if self.wrapped:
+            return await call_each(self.hook, on_failure=on_failure, **dict(zip(self.argnames, args, strict=True)))
+        results: list[Any] = []
+        for name, function, picks, is_async in self.impls:
+            try:
+                result = function(*args) if picks is None else function(*[args[i] for i in picks])
+                if is_async:
+                    result = await result
+                elif result is not None and type(result) not in _PLAIN:
+                    result = await await_me_maybe(result)
+            except Exception as exc:
+                if on_failure is None:
+                    raise
+                on_failure(name, exc)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def notify(self, on_failure: HookFailure, *args: Any) -> None:
+        """One :func:`call_each_sync` with ``args`` in ``argnames`` order (for a hook
+        called once; :meth:`notifier` for many calls)."""
+        if self.wrapped:
+            call_each_sync(self.hook, on_failure=on_failure, **dict(zip(self.argnames, args, strict=True)))
+            return
+        for name, function, picks, _is_async in self.impls:
             try:
                 if picks is None:
                     function(*args)
@@ -286,10 +366,42 @@ def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[s
             except Exception as exc:
                 on_failure(name, exc)
 
-    # Every implementation marked (skips_text_deltas): text deltas need not be handed out.
-    notify.skips_text_deltas = all(  # type: ignore[attr-defined]
-        getattr(impl.function, _SKIPS_TEXT, False) for impl in impls)
-    return notify
+    def notifier(self, on_failure: HookFailure) -> Callable[..., None]:
+        """:func:`call_each_sync` as a function of ``args`` (in ``argnames`` order),
+        each failure reported to ``on_failure``; it has this plan's
+        ``skips_text_deltas``. Results are ignored, nothing is awaited."""
+        if self.wrapped:
+            hook, argnames = self.hook, self.argnames
+
+            def wrapped(*args: Any) -> None:
+                call_each_sync(hook, on_failure=on_failure, **dict(zip(argnames, args, strict=True)))
+
+            wrapped.skips_text_deltas = False  # type: ignore[attr-defined]
+            return wrapped
+        impls = self.impls
+
+        def notify(*args: Any) -> None:
+            for name, function, picks, _is_async in impls:
+                try:
+                    if picks is None:
+                        function(*args)
+                    else:
+                        function(*[args[i] for i in picks])
+                except Exception as exc:
+                    on_failure(name, exc)
+
+        notify.skips_text_deltas = self.skips_text_deltas  # type: ignore[attr-defined]
+        return notify
+
+
+def _by_name(function: Callable[..., Any], picks: tuple[int, ...], keywords: tuple[tuple[str, int], ...]
+             ) -> Callable[..., Any]:
+    """``function`` called from positional ``args``: ``picks`` positionally, ``keywords``
+    (parameters with defaults) by name."""
+    def call(*args: Any) -> Any:
+        return function(*[args[i] for i in picks], **{name: args[i] for name, i in keywords})
+
+    return call
 
 
 def call_each_sync(hook: pluggy.HookCaller, *, on_failure: HookFailure, **kwargs: Any) -> None:
@@ -338,8 +450,40 @@ class PluginManager(pluggy.PluginManager):
 
     def __init__(self) -> None:
         super().__init__(PROJECT)
+        self._plans: dict[str, HookPlan] = {}
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+
+    def plan(self, hook_name: str, argnames: tuple[str, ...]) -> HookPlan:
+        """The :class:`HookPlan` of ``hook_name`` for arguments in ``argnames`` order,
+        kept until a plugin is registered or unregistered (then built again on next
+        use). What the core calls per request: pass the same ``argnames`` tuple (a
+        constant) every time."""
+        plan = self._plans.get(hook_name)
+        if plan is None or (plan.argnames is not argnames and plan.argnames != argnames):
+            plan = self._plans[hook_name] = HookPlan(getattr(self.hook, hook_name), argnames)
+        return plan
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """pluggy's ``register``; the hooks' plans are built again on next use."""
+        try:
+            return super().register(plugin, name)
+        finally:
+            self._plans.clear()
+
+    def unregister(self, plugin: Any | None = None, name: str | None = None) -> Any | None:
+        """pluggy's ``unregister``; the hooks' plans are built again on next use."""
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._plans.clear()
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        """pluggy's ``add_hookspecs``; the hooks' plans are built again on next use."""
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            self._plans.clear()
 
     def load(self, paths: Iterable[str] = (), *, entry_points: bool = True) -> None:
         """Register the built-in defaults, installed plugins and configured paths."""

@@ -70,6 +70,39 @@ def test_the_fingerprint_is_computed_once_and_none_for_what_cannot_be_serialised
     assert fingerprint_of({"messages": [{"content": 2**70}]}) is None  # an int orjson refuses
 
 
+def _reference_fingerprint(body: dict[str, Any]) -> tuple[str, bytes]:
+    """The fingerprint as first defined (every part serialised with all its options):
+    the shared tools' serialisation must hash exactly the same bytes."""
+    import hashlib
+
+    import orjson
+
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+    messages = orjson.dumps(body.get("messages") or [], option=option, default=str)
+    rest = orjson.dumps({k: v for k, v in body.items() if k not in ("stream", "stream_options", "metadata", "user")
+                         and k != "messages"}, option=option, default=str)
+    digest = hashlib.blake2b(messages, digest_size=16).digest()
+    return hashlib.sha256(rest + b"\x00" + digest).hexdigest(), digest
+
+
+def test_the_shared_tools_serialisation_changes_neither_fingerprint_nor_estimate() -> None:
+    body = request()
+    body.update({"temperature": 0.5, "tool_choice": {"type": "auto"}, "top_p": 1, "thinking": {"budget": 9}})
+    body["tools"].append({"type": "function", "function": {"name": "Édit", "parameters": {"z": 1, "a": [2, {"y": 3}]}}})
+    odd = request()
+    odd["messages"].append({"role": "user", "content": [{1: "non-string key"}]})
+    no_tools = request()
+    del no_tools["tools"]
+    for case in (body, odd, no_tools, {**request(), "tools": [{"k": object()}]}, {**request(), "tools": []}):
+        c = ctx()
+        found = request_fingerprint(c, case)
+        assert found is not None
+        assert (found.prompt, found.messages) == _reference_fingerprint(case)
+        assert fingerprint_of(case) == found
+        assert input_estimate(ctx(), case) == estimate_tokens(case)  # with or without the fingerprint first
+        assert input_estimate(c, case) == estimate_tokens(case)
+
+
 class _Recorder:
     def __init__(self, name: str, calls: list[tuple[str, Any]]) -> None:
         self.name, self.calls = name, calls

@@ -61,6 +61,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..config import Config, ConfigError
 from ..errors import GatewayError
 from .admin import require_role
+from .heap import settle_heap, thaw_and_settle
 from .http import error_response, json_response
 
 log = logging.getLogger("clasp.reload")
@@ -215,10 +216,14 @@ class ServingApp:
     and the drain (module docstring).
 
     ``app`` is the first generation's app (built, not started: uvicorn's lifespan
-    starts it). ``build`` makes the app of a new configuration (``create_app``)."""
+    starts it). ``build`` makes the app of a new configuration (``create_app``).
+    ``tune_heap``: tune the process's garbage collector once the app has started
+    (``heap.py``), and again when a reload retires a configuration; ``clasp serve``
+    sets it (the process is the gateway's alone), tests and embedders leave it off."""
 
-    def __init__(self, app: Any, *, build: Callable[[Config], Any] | None = None) -> None:
+    def __init__(self, app: Any, *, build: Callable[[Config], Any] | None = None, tune_heap: bool = False) -> None:
         self.build = build
+        self.tune_heap = tune_heap
         self.current = Generation(app, 1, file_digest(app.starlette_app.state.config.source))
         self.retiring: set[Generation] = set()
         self.draining = False
@@ -280,6 +285,8 @@ class ServingApp:
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self._install_signals()
+        if self.tune_heap:
+            settle_heap()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: uvicorn has drained the requests (or hit its deadline)
         self.draining = True  # no reload starts from now on
@@ -439,6 +446,8 @@ class ServingApp:
         if generation in self.retiring:
             self.retiring.discard(generation)
             await generation.lifespan.shutdown()
+            if self.tune_heap:  # its objects were frozen at start-up: let them go
+                thaw_and_settle()
 
 
 async def _refuse_draining(scope: Scope, receive: Receive, send: Send) -> None:

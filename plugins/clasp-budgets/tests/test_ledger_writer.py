@@ -70,6 +70,15 @@ def add(writer: LedgerWriter, n: int) -> None:
     writer.add("r", request_row(request_event(n), prompt_hash="h" * 64))
 
 
+def test_rows_have_every_column_in_the_tables_order() -> None:
+    """A batch insert takes each row's values in the table's column order: every
+    builder's keys are exactly the columns, in order (checked here, not per row)."""
+    assert tuple(request_row(request_event(1))) == tuple(c.name for c in REQUESTS.columns)
+    assert tuple(request_row({"request_id": "r", "tags": "not a dict"})) == tuple(c.name for c in REQUESTS.columns)
+    assert tuple(attempt_row(attempt_event(1), 1)) == tuple(c.name for c in ATTEMPTS.columns)
+    assert tuple(attempt_row({"request_id": "r"}, 2)) == tuple(c.name for c in ATTEMPTS.columns)
+
+
 async def test_batches_and_idempotent_inserts(engine: AsyncEngine, tmp_path: Path) -> None:
     writer = LedgerWriter(engine.begin, engine.dialect.name, settings(), tmp_path / "spool" / "ledger-spool.jsonl")
     for n in range(120):
