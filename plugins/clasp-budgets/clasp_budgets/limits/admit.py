@@ -70,16 +70,17 @@ def _count(tx: ScriptTx, keys: list[str], first: int, subjects: int, amount: int
     """``incr`` each counter ``keys[first:first + subjects]``; read the flags after them."""
     totals = []
     ttl = ttl_ms / 1000 if ttl_ms else None
+    get_json, set_json, get = tx.get_json, tx.set_json, tx.get
     for key in keys[first:first + subjects]:
-        value = tx.get_json(key)
+        value = get_json(key)
         if value is None:
             value = amount
-            tx.set_json(key, value, ttl=ttl)
+            set_json(key, value, ttl=ttl)
         else:
             value += amount
-            tx.set_json(key, value, keep_ttl=True)
+            set_json(key, value, keep_ttl=True)
         totals.append(value)
-    return Tally(tuple(totals), tuple([tx.get(key) is not None for key in keys[first + subjects:first + 2 * subjects]]))
+    return Tally(tuple(totals), tuple([get(key) is not None for key in keys[first + subjects:first + 2 * subjects]]))
 
 
 def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
@@ -107,7 +108,7 @@ def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
         cur, prev = window_counts(tx, key, w)
         f = (now - w * window) / window
         estimate = prev * (1 - f) + cur
-        if not _fits(estimate + cost, limit):
+        if estimate + cost - limit > 1e-9 * max(1.0, abs(limit)):  # not _fits(estimate + cost, limit)
             if not _fits(cost, limit):
                 retry = window
             elif _fits(cur + cost, limit):
@@ -123,7 +124,7 @@ def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
         limit, ttl_ms = float(args[i]), int(args[i + 1])
         i += 2
         total = (tx.get_json(key) or 0.0) + 1
-        if not _fits(total, limit):
+        if total - limit > 1e-9 * max(1.0, abs(limit)):  # not _fits(total, limit)
             return Admitted(False, k, 1.0, tuple(counts), totals, episodes)
         slots_set.append((key, total, ttl_ms / 1000))
     for key, w, cur, prev, window in windows_set:
