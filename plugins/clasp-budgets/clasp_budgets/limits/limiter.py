@@ -12,8 +12,9 @@ A request is two state operations (:mod:`.admit`): one atomic script at admissio
 runaway pause check and ``requests`` count, then every window and slot: each fits and is
 counted, or none is, so a refused request costs the client nothing against its other
 limits) and one at settlement (slots released, tokens corrected, the runaway ``spend``
-count). What a (key, user) pair needs for those (its scopes, state keys, script
-arguments, header texts) is a :class:`Plan`, built once and reused by its requests.
+count). What a (key, user) pair needs for those (its scopes, state keys, and per
+backend its :class:`Terms`: limits, script arguments, header texts) is a :class:`Plan`,
+built once and reused by its requests.
 """
 
 from __future__ import annotations
