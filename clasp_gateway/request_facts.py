@@ -6,7 +6,9 @@ serialisation and a hash of ~20 KB for a Claude Code turn). Computed by each, th
 work is paid two or three times per request. Here each fact is computed on first use
 and kept on the :class:`~clasp_gateway.types.RequestContext`, tied to the request
 object it was computed from: a later round with another body (a server-tool round, a
-summarised context) gets its own, never a stale one.
+summarised context) gets its own, never a stale one. What a client sends unchanged
+turn after turn, its tool list, is serialised with sorted keys and hashed once per
+process, not once per request (:class:`_Tools`).
 
 Both functions are cheap to call again: a second call is an identity check.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -30,7 +33,38 @@ _SORTED_STR_KEYS = orjson.OPT_SORT_KEYS
 """Without ``OPT_NON_STR_KEYS``: the same bytes when every key is a string (a request
 parsed from JSON), and ~1.6x faster; a non-string key raises and :func:`_sorted_json`
 serialises again with it."""
-_NO_TOOLS = b""
+
+TOOL_SETS = 64
+"""Tool lists remembered across requests (:class:`_Tools`): a client sends the same
+tools every turn (~14 KB of JSON schemas for Claude Code); a few dozen clients' sets
+fit, at ~30 KB each."""
+PROMPT_STATES = 8
+"""Per tool list, the hash states kept for the request fields sorted before the tools
+(model, ``max_tokens``...: a client varies them little)."""
+
+
+class _Tools:
+    """One tool list's serialisations, shared by every request that sends it.
+
+    Found by ``plain``, the tools serialised as they are (orjson, no options): equal
+    bytes are the same JSON document, so its sorted serialisation (``sorted``) is the
+    same too. Equality of the parsed lists would not do: ``1 == 1.0 == True`` in Python,
+    not in their JSON. ``states``: SHA-256 states of the fingerprint's ``prompt`` digest
+    after the fields sorted before ``"tools"`` and the tools' sorted bytes, keyed by
+    those fields' bytes: a request with the same ones hashes only the fields after."""
+
+    __slots__ = ("plain", "sorted", "states")
+
+    def __init__(self, plain: bytes, sorted_json: bytes) -> None:
+        self.plain = plain
+        self.sorted = sorted_json
+        self.states: dict[bytes, Any] = {}
+
+
+_NO_TOOLS = _Tools(b"", b"")
+_tool_sets: dict[int, _Tools] = {}
+""":data:`TOOL_SETS` tool lists by the length of their ``plain`` bytes (a length seen
+with other bytes replaces the entry: a miss, never a wrong answer)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,34 +95,49 @@ class RequestFingerprint:
 def input_estimate(ctx: RequestContext, request: CanonicalRequest) -> int:
     """:func:`~clasp_gateway.estimate_tokens` of ``request``, computed once per request
     (budgets' worst case and the token rate limits share it). The tools' size is the
-    length of their serialisation, which the fingerprint shares (:func:`_tools_json`)."""
+    length of their serialisation, which the fingerprint shares (:func:`_request_tools`)."""
     cached = ctx._input_estimate
     if cached is not None and cached[0] is request:
         return cached[1]
-    tools = _tools_json(ctx, request)
-    value = estimate_tokens(request, tools_size=len(tools) if tools is not None else None)
+    tools = _request_tools(ctx, request)
+    value = estimate_tokens(request, tools_size=len(tools.plain) if tools is not None else None)
     ctx._input_estimate = (request, value)
     return value
 
 
-def _tools_json(ctx: RequestContext, request: CanonicalRequest) -> bytes | None:
-    """``request["tools"]`` serialised with sorted keys, computed once per request: the
-    fingerprint hashes it, the input estimate counts its length (a tool list is often
-    most of a request's bytes: ~14 KB of JSON schemas for Claude Code). ``b""``: no
-    tools; ``None``: they cannot be serialised as they are (no ``default``: each
-    caller then does what it did alone)."""
+def _request_tools(ctx: RequestContext, request: CanonicalRequest) -> _Tools | None:
+    """``request["tools"]`` serialised (:func:`_tools_of`), once per request."""
     cached = ctx._tools_json
     if cached is not None and cached[0] is request:
-        return cached[1]
-    tools = request.get("tools")
-    value: bytes | None = _NO_TOOLS
-    if tools:
-        try:
-            value = orjson.dumps(tools, option=_SORTED_STR_KEYS)
-        except (TypeError, orjson.JSONEncodeError):
-            value = None
+        return cached[1]  # type: ignore[no-any-return]
+    value = _tools_of(request)
     ctx._tools_json = (request, value)
     return value
+
+
+def _tools_of(request: CanonicalRequest) -> _Tools | None:
+    """The :class:`_Tools` of ``request["tools"]``: the fingerprint hashes their sorted
+    bytes, the input estimate counts their length (the same for both serialisations: a
+    tool list is often most of a request's bytes). Serialised as they are on every
+    request (the exact test of "the same tools"), sorted once per tool list (from the
+    remembered ones, :data:`TOOL_SETS`). :data:`_NO_TOOLS`: no tools; ``None``: they
+    cannot be serialised as they are (no ``default``: each caller then does what it
+    did alone)."""
+    tools = request.get("tools")
+    if not tools:
+        return _NO_TOOLS
+    try:
+        plain = orjson.dumps(tools)
+        found = _tool_sets.get(len(plain))
+        if found is not None and found.plain == plain:
+            return found
+        found = _Tools(plain, orjson.dumps(tools, option=_SORTED_STR_KEYS))
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(_tool_sets) >= TOOL_SETS and len(plain) not in _tool_sets:
+        del _tool_sets[next(iter(_tool_sets))]  # the oldest
+    _tool_sets[len(plain)] = found
+    return found
 
 
 def request_fingerprint(ctx: RequestContext, request: CanonicalRequest) -> RequestFingerprint | None:
@@ -96,8 +145,8 @@ def request_fingerprint(ctx: RequestContext, request: CanonicalRequest) -> Reque
     ledger and analytics share it); ``None`` when the request cannot be serialised."""
     cached = ctx._fingerprint
     if cached is not None and cached[0] is request:
-        return cached[1]
-    value = fingerprint_of(request, _tools_json(ctx, request))
+        return cached[1]  # type: ignore[no-any-return]
+    value = _fingerprint(request, _request_tools(ctx, request))
     ctx._fingerprint = (request, value)
     return value
 
@@ -111,23 +160,43 @@ def _sorted_json(value: object) -> bytes:
         return orjson.dumps(value, option=_SORTED, default=str)
 
 
-def fingerprint_of(request: CanonicalRequest, tools_json: bytes | None = None) -> RequestFingerprint | None:
-    """The fingerprint of ``request`` (uncached: :func:`request_fingerprint` is the one
-    to call on the request path). The messages are serialised and hashed once; the
-    prompt digest hashes the rest of the request (serialised with sorted keys) and that
-    digest. ``tools_json``: the tools already serialised (:func:`_tools_json`), put in
-    their place in the rest's serialisation; the bytes hashed are the same."""
+def fingerprint_of(request: CanonicalRequest) -> RequestFingerprint | None:
+    """The fingerprint of ``request``, not kept on a context (:func:`request_fingerprint`
+    is the one to call on the request path)."""
+    return _fingerprint(request, _tools_of(request))
+
+
+def _fingerprint(request: CanonicalRequest, tools: _Tools | None) -> RequestFingerprint | None:
+    """The messages are serialised and hashed once; the prompt digest hashes the rest
+    of the request (serialised with sorted keys) and that digest. ``tools``: the tools
+    already serialised (:func:`_tools_of`), their bytes put in their place in the
+    rest's serialisation, and the hash state after them reused when the fields sorted
+    before them are the same bytes (:attr:`_Tools.states`): the bytes hashed are the
+    same as hashing the rest serialised whole."""
     try:
         messages = _sorted_json(request.get("messages") or [])
         rest = {k: v for k, v in request.items() if k not in VOLATILE_FIELDS and k != "messages"}
-        if tools_json and "tools" in rest and all(type(k) is str for k in rest):
+        digest_of_rest = None
+        if tools is not None and tools.plain and "tools" in rest and all(type(k) is str for k in rest):
             # {"k":v,...} in sorted key order, as orjson writes it, the tools' bytes reused.
-            rest_json = b"{" + b",".join(
-                orjson.dumps(k) + b":" + (tools_json if k == "tools" else _sorted_json(rest[k])) for k in sorted(rest)
-            ) + b"}"
+            keys = sorted(rest)
+            at = keys.index("tools")
+            before = b"".join(orjson.dumps(k) + b":" + _sorted_json(rest[k]) + b"," for k in keys[:at])
+            after = b"".join(b"," + orjson.dumps(k) + b":" + _sorted_json(rest[k]) for k in keys[at + 1:])
+            state = tools.states.get(before)
+            if state is None:
+                state = hashlib.sha256(b"{" + before + b'"tools":' + tools.sorted)
+                if len(tools.states) >= PROMPT_STATES:
+                    del tools.states[next(iter(tools.states))]
+                tools.states[before] = state
+            digest_of_rest = state.copy()
+            rest_json = after + b"}"
         else:
             rest_json = _sorted_json(rest)
     except (TypeError, orjson.JSONEncodeError):
         return None
     digest = hashlib.blake2b(messages, digest_size=16).digest()
-    return RequestFingerprint(hashlib.sha256(rest_json + b"\x00" + digest).hexdigest(), digest)
+    if digest_of_rest is None:
+        digest_of_rest = hashlib.sha256()
+    digest_of_rest.update(rest_json + b"\x00" + digest)
+    return RequestFingerprint(digest_of_rest.hexdigest(), digest)
