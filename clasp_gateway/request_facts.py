@@ -7,8 +7,9 @@ work is paid two or three times per request. Here each fact is computed on first
 and kept on the :class:`~clasp_gateway.types.RequestContext`, tied to the request
 object it was computed from: a later round with another body (a server-tool round, a
 summarised context) gets its own, never a stale one. What a client sends unchanged
-turn after turn, its tool list, is serialised with sorted keys and hashed once per
-process, not once per request (:class:`_Tools`).
+turn after turn is not done again: its tool list is serialised with sorted keys and
+hashed once per process (:class:`_Tools`), and a conversation's hash resumes from the
+state its previous turn left (:class:`_Turn`), both found by exact bytes.
 
 Both functions are cheap to call again: a second call is an identity check.
 """
@@ -65,6 +66,38 @@ _NO_TOOLS = _Tools(b"", b"")
 _tool_sets: dict[int, _Tools] = {}
 """:data:`TOOL_SETS` tool lists by the length of their ``plain`` bytes (a length seen
 with other bytes replaces the entry: a miss, never a wrong answer)."""
+
+CONVERSATION_TURNS = 256
+"""Requests whose messages' hash states are remembered (:class:`_Turn`)."""
+CONVERSATION_BYTES = 32 * 1024 * 1024
+"""At most this many bytes of remembered messages (the oldest go first)."""
+_RESUME_FROM = 4
+"""A request looks for a remembered state at the ends of its first messages but the
+last 0..3: the turn before ended one or two messages earlier, and a client may have
+changed its last messages since (Claude Code moves its ``cache_control`` breakpoint)."""
+_KEEP_AT = 3
+"""A request leaves states at the ends of its first messages but the last 0..2."""
+
+
+class _Turn:
+    """One request's serialised messages (``data``) and the BLAKE2b states of their
+    digest after ``data[:end]`` for a few ``end`` (:data:`_KEEP_AT`), found again by
+    a later request whose messages serialise to bytes starting with the same
+    ``data[:end]`` (checked in full, byte for byte): a conversation grows by appending
+    messages, so each turn hashes only what is new since the turn before."""
+
+    __slots__ = ("data", "states")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.states: dict[int, Any] = {}
+
+
+_turns: dict[tuple[int, bytes], _Turn] = {}
+"""Remembered :class:`_Turn` by (``end``, the 32 bytes before it)."""
+_turn_order: list[tuple[_Turn, list[tuple[int, bytes]]]] = []
+"""The remembered turns, oldest first, with their keys in :data:`_turns`."""
+_turn_bytes = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -195,8 +228,64 @@ def _fingerprint(request: CanonicalRequest, tools: _Tools | None) -> RequestFing
             rest_json = _sorted_json(rest)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    digest = hashlib.blake2b(messages, digest_size=16).digest()
+    digest = _messages_digest(request.get("messages") or [], messages)
     if digest_of_rest is None:
         digest_of_rest = hashlib.sha256()
     digest_of_rest.update(rest_json + b"\x00" + digest)
     return RequestFingerprint(digest_of_rest.hexdigest(), digest)
+
+
+def _key(data: bytes, end: int) -> tuple[int, bytes]:
+    return end, data[max(0, end - 32):end]
+
+
+def _messages_digest(messages: Any, data: bytes) -> bytes:
+    """``blake2b(data, digest_size=16)``, ``data`` the sorted serialisation of the list
+    ``messages`` (``[m0,m1,...]``), resumed from the state a remembered earlier turn
+    left at the end of one of this request's messages (:class:`_Turn`). The ends are
+    found from the last messages' own serialisations; an end found wrong (a message
+    that serialises otherwise alone) only misses: a state is used only for bytes that
+    equal this request's, compared in full."""
+    global _turn_bytes
+    if type(messages) is not list or len(messages) < 2:
+        return hashlib.blake2b(data, digest_size=16).digest()
+    ends = [len(data) - 1]  # data[:ends[j]]: up to the end of the message j before the last
+    view = memoryview(data)
+    state = None
+    start = 0
+    for j in range(min(_RESUME_FROM, len(messages) - 1)):
+        end = ends[j]
+        turn = _turns.get(_key(data, end))
+        if turn is not None and end <= len(turn.data) and data.startswith(memoryview(turn.data)[:end]):  # memcmp
+            state, start = turn.states[end].copy(), end
+            break
+        if j + 1 < min(_RESUME_FROM, len(messages) - 1) or j + 1 < _KEEP_AT:
+            ends.append(end - len(_sorted_json(messages[-1 - j])) - 1)  # before ",m"
+    if state is None:
+        state = hashlib.blake2b(digest_size=16)
+    keep = [end for end in ends[:_KEEP_AT] if end > start]
+    if not keep or ends[0] <= start:  # the same messages as a remembered turn: nothing new to keep
+        state.update(view[start:])
+        return state.digest()  # type: ignore[no-any-return]
+    turn = _Turn(data)
+    keys = []
+    for end in sorted(keep):
+        if end <= start or data[end:end + 1] not in (b",", b"]"):
+            continue  # not the end of a message
+        state.update(view[start:end])
+        start = end
+        turn.states[end] = state.copy()
+        key = _key(data, end)
+        _turns[key] = turn
+        keys.append(key)
+    state.update(view[start:])
+    if keys:
+        _turn_order.append((turn, keys))
+        _turn_bytes += len(data)
+        while len(_turn_order) > CONVERSATION_TURNS or _turn_bytes > CONVERSATION_BYTES:
+            old, old_keys = _turn_order.pop(0)
+            _turn_bytes -= len(old.data)
+            for key in old_keys:
+                if _turns.get(key) is old:
+                    del _turns[key]
+    return state.digest()  # type: ignore[no-any-return]

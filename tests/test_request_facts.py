@@ -128,6 +128,24 @@ def test_tool_lists_remembered_across_requests_are_reused_only_for_the_same_byte
     assert len(seen) == 4 * 4  # four values (1, 1.0, True, 2) by four different sets of fields
 
 
+def test_a_growing_conversation_hashes_as_a_whole_whatever_earlier_turns_left() -> None:
+    """Each turn resumes the messages' hash from a state an earlier turn left (the
+    conversation grows by appending); the digests are those of hashing every turn
+    whole, also when a client rewrites its last messages (a moved cache breakpoint),
+    several conversations interleave, or one turn differs by ``1`` against ``1.0``."""
+    conversations: list[list[dict[str, Any]]] = [[{"role": "system", "content": f"be brief {n}"}] for n in range(3)]
+    for turn in range(12):
+        for n, messages in enumerate(conversations):
+            messages.append({"role": "user", "content": [{"type": "text", "text": f"q{turn}", "cache_control": {"t": 1}}]})
+            if len(messages) > 3:
+                messages[-3]["content"][0].pop("cache_control", None)  # the breakpoint moves on
+            for variant in (messages, [*messages[:-1], {**messages[-1], "n": 1}], [*messages[:-1], {**messages[-1], "n": 1.0}]):
+                body = {**request(), "messages": variant}
+                found = request_fingerprint(ctx(), body)
+                assert found is not None and (found.prompt, found.messages) == _reference_fingerprint(body), (turn, n)
+            messages.append({"role": "assistant", "content": f"a{turn}" * (n + 1)})
+
+
 class _Recorder:
     def __init__(self, name: str, calls: list[tuple[str, Any]]) -> None:
         self.name, self.calls = name, calls
