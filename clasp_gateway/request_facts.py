@@ -39,6 +39,9 @@ TOOL_SETS = 64
 """Tool lists remembered across requests (:class:`_Tools`): a client sends the same
 tools every turn (~14 KB of JSON schemas for Claude Code); a few dozen clients' sets
 fit, at ~30 KB each."""
+TOOL_SET_BYTES = 512 * 1024
+"""Tool lists longer than this (serialised) are not remembered (at most
+:data:`TOOL_SETS` times twice this kept)."""
 PROMPT_STATES = 8
 """Per tool list, the hash states kept for the request fields sorted before the tools
 (model, ``max_tokens``...: a client varies them little)."""
@@ -167,6 +170,8 @@ def _tools_of(request: CanonicalRequest) -> _Tools | None:
         found = _Tools(plain, orjson.dumps(tools, option=_SORTED_STR_KEYS))
     except (TypeError, orjson.JSONEncodeError):
         return None
+    if len(plain) > TOOL_SET_BYTES:
+        return found
     if len(_tool_sets) >= TOOL_SETS and len(plain) not in _tool_sets:
         del _tool_sets[next(iter(_tool_sets))]  # the oldest
     _tool_sets[len(plain)] = found
