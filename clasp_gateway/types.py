@@ -317,9 +317,8 @@ class RequestContext:
     """Cache of :func:`clasp_gateway.request_facts.input_estimate` (call that, not this)."""
     _fingerprint: tuple[CanonicalRequest, Any] | None = field(default=None, init=False, repr=False, compare=False)
     """Cache of :func:`clasp_gateway.request_facts.request_fingerprint` (call that, not this)."""
-    _tools_json: tuple[CanonicalRequest, bytes | None] | None = field(default=None, init=False, repr=False,
-                                                                      compare=False)
-    """The tools' serialisation shared by the two above (``request_facts._tools_json``)."""
+    _tools_json: tuple[CanonicalRequest, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """The tools' serialisations shared by the two above (``request_facts._request_tools``)."""
 
 
 class UpstreamStream:
