@@ -17,6 +17,7 @@ Both functions are cheap to call again: a second call is an identity check.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,11 @@ CONVERSATION_TURNS = 256
 """Requests whose messages' hash states are remembered (:class:`_Turn`)."""
 CONVERSATION_BYTES = 32 * 1024 * 1024
 """At most this many bytes of remembered messages (the oldest go first)."""
+CONVERSATION_SECONDS = 300.0
+"""A remembered turn is forgotten this long after its request: a conversation's next
+turn comes within seconds or minutes, and conversation text (remembered only to hash
+the next turn faster: never logged, never stored) does not linger in memory beyond."""
+_clock = time.monotonic
 _RESUME_FROM = 4
 """A request looks for a remembered state at the ends of its first messages but the
 last 0..3: the turn before ended one or two messages earlier, and a client may have
@@ -89,11 +95,13 @@ class _Turn:
     ``data[:end]`` (checked in full, byte for byte): a conversation grows by appending
     messages, so each turn hashes only what is new since the turn before."""
 
-    __slots__ = ("data", "states")
+    __slots__ = ("data", "states", "until")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, until: float) -> None:
         self.data = data
         self.states: dict[int, Any] = {}
+        self.until = until
+        """When it is forgotten (``_clock``, :data:`CONVERSATION_SECONDS`)."""
 
 
 _turns: dict[tuple[int, bytes], _Turn] = {}
@@ -252,6 +260,9 @@ def _messages_digest(messages: Any, data: bytes) -> bytes:
     that serialises otherwise alone) only misses: a state is used only for bytes that
     equal this request's, compared in full."""
     global _turn_bytes
+    now = _clock()
+    if _turn_order and _turn_order[0][0].until <= now:
+        _forget(now)
     if type(messages) is not list or len(messages) < 2:
         return hashlib.blake2b(data, digest_size=16).digest()
     ends = [len(data) - 1]  # data[:ends[j]]: up to the end of the message j before the last
@@ -272,7 +283,7 @@ def _messages_digest(messages: Any, data: bytes) -> bytes:
     if not keep or ends[0] <= start:  # the same messages as a remembered turn: nothing new to keep
         state.update(view[start:])
         return state.digest()  # type: ignore[no-any-return]
-    turn = _Turn(data)
+    turn = _Turn(data, now + CONVERSATION_SECONDS)
     keys = []
     for end in sorted(keep):
         if end <= start or data[end:end + 1] not in (b",", b"]"):
@@ -287,10 +298,19 @@ def _messages_digest(messages: Any, data: bytes) -> bytes:
     if keys:
         _turn_order.append((turn, keys))
         _turn_bytes += len(data)
-        while len(_turn_order) > CONVERSATION_TURNS or _turn_bytes > CONVERSATION_BYTES:
-            old, old_keys = _turn_order.pop(0)
-            _turn_bytes -= len(old.data)
-            for key in old_keys:
-                if _turns.get(key) is old:
-                    del _turns[key]
+        if len(_turn_order) > CONVERSATION_TURNS or _turn_bytes > CONVERSATION_BYTES:
+            _forget(now)
     return state.digest()  # type: ignore[no-any-return]
+
+
+def _forget(now: float) -> None:
+    """Drop the oldest remembered turns while there are too many, they hold too many
+    bytes, or they are older than :data:`CONVERSATION_SECONDS`."""
+    global _turn_bytes
+    while _turn_order and (len(_turn_order) > CONVERSATION_TURNS or _turn_bytes > CONVERSATION_BYTES
+                           or _turn_order[0][0].until <= now):
+        old, old_keys = _turn_order.pop(0)
+        _turn_bytes -= len(old.data)
+        for key in old_keys:
+            if _turns.get(key) is old:
+                del _turns[key]

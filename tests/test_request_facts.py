@@ -146,6 +146,24 @@ def test_a_growing_conversation_hashes_as_a_whole_whatever_earlier_turns_left() 
             messages.append({"role": "assistant", "content": f"a{turn}" * (n + 1)})
 
 
+def test_remembered_turns_are_forgotten_after_a_few_minutes(monkeypatch: Any) -> None:
+    """Conversation bytes kept to hash the next turn faster never outlive
+    ``CONVERSATION_SECONDS``: the next request after that finds none of them."""
+    from clasp_gateway import request_facts
+
+    now = [request_facts._clock()]
+    monkeypatch.setattr(request_facts, "_clock", lambda: now[0])
+    messages = [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+                {"role": "user", "content": "a secret only this turn has"}]
+    request_fingerprint(ctx(), {**request(), "messages": messages})
+    assert any(turn.data.find(b"a secret") >= 0 for turn, _ in request_facts._turn_order)
+    now[0] += request_facts.CONVERSATION_SECONDS + 1
+    body = {**request(), "messages": [{"role": "user", "content": "another"}]}
+    found = request_fingerprint(ctx(), body)
+    assert found is not None and (found.prompt, found.messages) == _reference_fingerprint(body)
+    assert not any(turn.data.find(b"a secret") >= 0 for turn, _ in request_facts._turn_order)
+
+
 class _Recorder:
     def __init__(self, name: str, calls: list[tuple[str, Any]]) -> None:
         self.name, self.calls = name, calls
