@@ -306,13 +306,19 @@ class RequestContext:
     """Set by a cache plugin that answered: ``"exact"``, ``"semantic"`` or ``"stale"``."""
     saved_usd: float = 0.0
     """What a cache hit saved: the cost of the answer it replayed."""
+    client_body: dict[str, Any] | None = None
+    """The client's request body as it arrived, in its API's own shape (a reference,
+    never a copy: read it, do not change it), when the route that parsed it keeps it:
+    clasp-claude does for ``/v1/messages``, since its pass-through sends that body and
+    it is a superset of the canonical request (numbered as the client numbers its
+    content). ``None`` otherwise: the canonical request is then the client's body
+    (``/v1/chat/completions``)."""
     _input_estimate: tuple[CanonicalRequest, int] | None = field(default=None, init=False, repr=False, compare=False)
     """Cache of :func:`clasp_gateway.request_facts.input_estimate` (call that, not this)."""
     _fingerprint: tuple[CanonicalRequest, Any] | None = field(default=None, init=False, repr=False, compare=False)
     """Cache of :func:`clasp_gateway.request_facts.request_fingerprint` (call that, not this)."""
-    _tools_json: tuple[CanonicalRequest, bytes | None] | None = field(default=None, init=False, repr=False,
-                                                                      compare=False)
-    """The tools' serialisation shared by the two above (``request_facts._tools_json``)."""
+    _tools_json: tuple[CanonicalRequest, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """The tools' serialisations shared by the two above (``request_facts._request_tools``)."""
 
 
 class UpstreamStream:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pluggy
 
 from clasp_gateway import (
@@ -101,6 +102,66 @@ def test_the_shared_tools_serialisation_changes_neither_fingerprint_nor_estimate
         assert fingerprint_of(case) == found
         assert input_estimate(ctx(), case) == estimate_tokens(case)  # with or without the fingerprint first
         assert input_estimate(c, case) == estimate_tokens(case)
+
+
+def test_tool_lists_remembered_across_requests_are_reused_only_for_the_same_bytes() -> None:
+    """A client sends the same tools every turn: their sorted bytes and the hash state
+    after them are reused from an earlier request, but only for a list serialising to
+    the same bytes (``1 == 1.0 == True`` in Python, not in JSON), and the digests are
+    those of the whole request serialised at once."""
+    def turn(value: Any, **fields: Any) -> dict[str, Any]:
+        body = request()
+        body["tools"][0]["function"]["parameters"] = {"type": "object", "minimum": value, "b": [1, {"z": 0, "a": 2}]}
+        body.update(fields)
+        return body
+
+    seen: dict[str, tuple[str, bytes]] = {}
+    for fields in ({}, {"max_tokens": 7}, {"model": "other"}, {"temperature": 0.2, "top_p": 0.5}, {"max_tokens": 7}):
+        for value in (1, 1.0, True, 1, 2, True):  # each seen again after the others
+            body = turn(value, **fields)
+            c = ctx()
+            found = request_fingerprint(c, body)
+            assert found is not None and (found.prompt, found.messages) == _reference_fingerprint(body)
+            assert input_estimate(c, body) == estimate_tokens(body)
+            seen.setdefault(found.prompt, (repr(value), orjson.dumps(fields)))
+            assert seen[found.prompt] == (repr(value), orjson.dumps(fields))  # no two prompts share a digest
+    assert len(seen) == 4 * 4  # four values (1, 1.0, True, 2) by four different sets of fields
+
+
+def test_a_growing_conversation_hashes_as_a_whole_whatever_earlier_turns_left() -> None:
+    """Each turn resumes the messages' hash from a state an earlier turn left (the
+    conversation grows by appending); the digests are those of hashing every turn
+    whole, also when a client rewrites its last messages (a moved cache breakpoint),
+    several conversations interleave, or one turn differs by ``1`` against ``1.0``."""
+    conversations: list[list[dict[str, Any]]] = [[{"role": "system", "content": f"be brief {n}"}] for n in range(3)]
+    for turn in range(12):
+        for n, messages in enumerate(conversations):
+            messages.append({"role": "user", "content": [{"type": "text", "text": f"q{turn}", "cache_control": {"t": 1}}]})
+            if len(messages) > 3:
+                messages[-3]["content"][0].pop("cache_control", None)  # the breakpoint moves on
+            for variant in (messages, [*messages[:-1], {**messages[-1], "n": 1}], [*messages[:-1], {**messages[-1], "n": 1.0}]):
+                body = {**request(), "messages": variant}
+                found = request_fingerprint(ctx(), body)
+                assert found is not None and (found.prompt, found.messages) == _reference_fingerprint(body), (turn, n)
+            messages.append({"role": "assistant", "content": f"a{turn}" * (n + 1)})
+
+
+def test_remembered_turns_are_forgotten_after_a_few_minutes(monkeypatch: Any) -> None:
+    """Conversation bytes kept to hash the next turn faster never outlive
+    ``CONVERSATION_SECONDS``: the next request after that finds none of them."""
+    from clasp_gateway import request_facts
+
+    now = [request_facts._clock()]
+    monkeypatch.setattr(request_facts, "_clock", lambda: now[0])
+    messages = [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+                {"role": "user", "content": "a secret only this turn has"}]
+    request_fingerprint(ctx(), {**request(), "messages": messages})
+    assert any(turn.data.find(b"a secret") >= 0 for turn, _ in request_facts._turn_order)
+    now[0] += request_facts.CONVERSATION_SECONDS + 1
+    body = {**request(), "messages": [{"role": "user", "content": "another"}]}
+    found = request_fingerprint(ctx(), body)
+    assert found is not None and (found.prompt, found.messages) == _reference_fingerprint(body)
+    assert not any(turn.data.find(b"a secret") >= 0 for turn, _ in request_facts._turn_order)
 
 
 class _Recorder:

@@ -33,6 +33,22 @@ log = logging.getLogger("clasp.app")
 _OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
+async def _stop(gateway: Gateway, pm: PluginManager, app: Starlette) -> None:
+    """Close the gateway, then every plugin's ``shutdown``: each step runs whatever the
+    others do, so one failing (logged) never keeps the rest (the ledger's flush, a
+    plugin's connections) from closing. Also what a failed start-up undoes: closing
+    what never started is a no-op for the gateway and for plugins' ``shutdown``."""
+    try:
+        await gateway.close()
+    except Exception:
+        log.exception("closing the gateway failed")
+
+    def failed(plugin: str, exc: Exception) -> None:
+        log.error("shutdown of plugin %s failed: %s: %s", plugin, type(exc).__name__, exc, exc_info=exc)
+
+    await call_each(pm.hook.shutdown, app=app, on_failure=failed)
+
+
 def error_shape(path: str) -> str:
     """Which API's error shape a path answers with."""
     return "openai" if path.startswith(_OPENAI_PATHS) else "anthropic"
@@ -215,8 +231,15 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warning in config.warnings:
             log.warning("%s", warning)
-        await call_each(pm.hook.startup, app=app, config=config)
-        await gateway.start()
+        try:
+            await call_each(pm.hook.startup, app=app, config=config)
+            await gateway.start()
+        except BaseException:
+            # A start-up that fails part-way (a plugin, the database) would otherwise leave
+            # what had started running: the plugins before it (tasks, connections) and,
+            # on a reload that is refused, beside the configuration that goes on serving.
+            await _stop(gateway, pm, app)
+            raise
         log.info(
             "clasp gateway ready: %d model route(s), %d deployment(s), plugins: %s",
             len(config.models), len(config.deployments()),
@@ -225,8 +248,7 @@ def create_app(config: Config, pm: PluginManager | None = None, *, load_plugins:
         try:
             yield
         finally:
-            await gateway.close()
-            await call_each(pm.hook.shutdown, app=app)
+            await _stop(gateway, pm, app)
 
     app = Starlette(
         routes=routes,

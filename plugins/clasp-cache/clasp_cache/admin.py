@@ -145,6 +145,6 @@ async def _answer(method: str, runtime: Any, selector: Selector, limit: int) -> 
     return json_response({
         "stats": {"backend": stats.backend, "entries": stats.entries, "bytes": stats.bytes,
                   "evictions": stats.evictions, "shared": stats.shared, "outage": stats.outage,
-                  "hits": runtime.hits, "misses": runtime.misses, "stored": runtime.stored},
+                  "hits": runtime.counts.hits, "misses": runtime.counts.misses, "stored": runtime.counts.stored},
         "entries": [_entry(m, now) for m in entries],
     })

@@ -33,7 +33,7 @@ from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend
 from .cli import main as cli_main
 from .keys import config_namespace
-from .runtime import CacheRuntime
+from .runtime import CacheCounts, CacheRuntime
 from .settings import CacheSettings, parse_settings
 
 log = logging.getLogger("clasp.cache")
@@ -43,6 +43,8 @@ RUNTIME_PLUGIN = "cache.runtime"
 KEPT_BACKEND = "clasp_cache.backend"
 """Name of the backend in the gateway's handover: a reload whose cache keys are shaped
 the same (same backend, same namespace) keeps it, with the answers it holds."""
+KEPT_COUNTS = "clasp_cache.counts"
+"""Name of the hit, miss and store counts in the gateway's handover: every reload keeps them."""
 _APP_ATTR = RUNTIME_KEY.replace(".", "_")
 
 
@@ -175,8 +177,14 @@ def _build(app: Starlette, config: Config) -> CacheRuntime | None:
         except BaseException:
             gateway.handover.release(KEPT_BACKEND, backend)
             raise
+    counts = gateway.handover.adopt(KEPT_COUNTS, None, CacheCounts)
+
+    def release() -> bool:
+        gateway.handover.release(KEPT_COUNTS, counts)
+        return gateway.handover.release(KEPT_BACKEND, backend)
+
     return CacheRuntime(gateway, settings, backend, namespace, clock=clock, semantic=semantic,
-                        opened=not built, release=lambda: gateway.handover.release(KEPT_BACKEND, backend))
+                        opened=not built, release=release, counts=counts)
 
 
 def _drop_local(backend: CacheBackend) -> None:

@@ -68,6 +68,17 @@ def _allowed(ctx: RequestContext, meta: EntryMeta) -> bool:
     return not regions or (meta.region is not None and meta.region in regions)
 
 
+@dataclass(slots=True)
+class CacheCounts:
+    """What this process's cache did since it started (``/admin/cache``). Kept across
+    reloads (the gateway's handover), so the figures do not fall back to zero when the
+    configuration changes."""
+
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+
+
 class CacheRuntime:
     """One app's response cache (see the module docstring)."""
 
@@ -82,6 +93,7 @@ class CacheRuntime:
         semantic: SemanticLayer | None = None,
         opened: bool = False,
         release: Callable[[], bool] | None = None,
+        counts: CacheCounts | None = None,
     ) -> None:
         self.gateway = gateway
         self.settings = settings
@@ -97,9 +109,7 @@ class CacheRuntime:
         self.max_chunks = max(1024, settings.limits.max_entry_bytes // 16)
         """Chunks collected per request at most (an answer's pieces are rarely under 16 bytes
         of stored payload): a longer answer is dropped rather than held in memory."""
-        self.stored = 0
-        self.hits = 0
-        self.misses = 0
+        self.counts = counts if counts is not None else CacheCounts()
 
     async def close(self) -> None:
         """Let stores in flight finish (bounded), then close the backend unless the
@@ -151,7 +161,7 @@ class CacheRuntime:
                 entry = None
             kind = "semantic"
         if entry is None or not self._servable(ctx, key, entry):
-            self.misses += 1
+            self.counts.misses += 1
             ctx.response_headers[CACHE_HEADER] = "miss"
             return None
         now = self.clock()
@@ -163,7 +173,7 @@ class CacheRuntime:
         chunks = replay_chunks(answer, ident="chatcmpl-" + ctx.request_id.removeprefix("req_"),
                                model=ctx.public_model, created=int(now))
         if entry.meta.fresh(now):
-            self.hits += 1
+            self.counts.hits += 1
             del ctx.state[PENDING_KEY]
             ctx.cache_hit = kind
             ctx.saved_usd = entry.meta.cost_usd
@@ -172,7 +182,7 @@ class CacheRuntime:
         if now - entry.meta.fresh_until <= policy.stale_if_error_max_age:
             ctx.state[STALE_KEY] = chunks  # served by on_exhausted if every provider fails
             ctx.state[STALE_META_KEY] = entry.meta
-        self.misses += 1
+        self.counts.misses += 1
         ctx.response_headers[CACHE_HEADER] = "miss"
         return None
 
@@ -235,7 +245,7 @@ class CacheRuntime:
     async def _store(self, entry: CacheEntry, pending: Pending) -> None:
         try:
             if await self.backend.put(entry):
-                self.stored += 1
+                self.counts.stored += 1
                 if self.semantic is not None:
                     await self.semantic.remember(entry.meta, pending.request)
         except Exception:  # storing is bookkeeping: never an error anywhere else

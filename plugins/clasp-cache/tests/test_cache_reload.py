@@ -98,6 +98,9 @@ def test_cached_answers_survive_a_reload_unless_what_shapes_the_keys_changed(tmp
                 await stored(serving, 2)
                 stats = await client.get("/admin/cache", headers={"x-api-key": ADMIN})
                 assert stats.status_code == 200, stats.text
+                # The counts span the reload: one miss before it, one hit and one miss after.
+                counts = {k: stats.json()["stats"][k] for k in ("hits", "misses", "stored")}
+                assert counts == {"hits": 1, "misses": 2, "stored": 2}
 
                 # Reloading twice more (the previous configurations retire) keeps it open and full.
                 write(path, config(upstream, extra_keys=2))
@@ -117,6 +120,9 @@ def test_cached_answers_survive_a_reload_unless_what_shapes_the_keys_changed(tmp
                 assert third.json()["choices"][0]["message"]["content"] == "Paris, still."
                 await stored(serving, 1)
                 assert len(fresh._entries) == 1 and len(upstream.requests) == 3
+                # A new backend, the same counts: they never fall back to zero at a reload.
+                stats = (await client.get("/admin/cache", headers={"x-api-key": ADMIN})).json()["stats"]
+                assert (stats["hits"], stats["misses"], stats["stored"]) == (1, 3, 3)
         finally:
             await lifespan.shutdown()
 

@@ -97,6 +97,7 @@ class RawRequest:
 def remember(ctx: RequestContext, body: dict[str, Any], headers: dict[str, str]) -> None:
     """Keep the client's request for a pass-through deployment (a reference, no copy)."""
     ctx.state[STATE_KEY] = RawRequest(body, headers)
+    ctx.client_body = body
 
 
 def active(ctx: RequestContext, upstream: Any) -> bool:

@@ -76,9 +76,6 @@ STATE = "credential_guard"
 """``ctx.state`` key: ``Finding`` of this request (``None``: nothing found or not scanned)."""
 SEEN = STATE + ".seen"
 """``ctx.state`` key: how many canonical messages were scanned (absent: not guarded)."""
-CLIENT_BODY = "clasp_claude.raw_request"
-"""``ctx.state`` key where clasp-claude keeps an Anthropic client's body as it arrived
-(an object with a ``body`` dict), for its pass-through to Anthropic deployments."""
 
 
 def is_trusted(deployment: Deployment) -> bool:
@@ -93,15 +90,12 @@ def is_trusted(deployment: Deployment) -> bool:
 
 
 def client_body(ctx: RequestContext, request: CanonicalRequest) -> dict[str, Any]:
-    """What to scan for ``ctx``: an Anthropic client's body as it arrived when
-    clasp-claude kept it (a superset of the canonical request: what a pass-through
-    sends, numbered as the client numbers it), else the canonical request (an OpenAI
-    client's body as it arrived)."""
-    if ctx.api == "anthropic":
-        body = getattr(ctx.state.get(CLIENT_BODY), "body", None)
-        if isinstance(body, dict):
-            return body
-    return request
+    """What to scan for ``ctx``: the client's body as it arrived when its route kept it
+    (``RequestContext.client_body``: clasp-claude's ``/v1/messages``, a superset of the
+    canonical request, what a pass-through sends, numbered as the client numbers it),
+    else the canonical request (an OpenAI client's body as it arrived)."""
+    body = ctx.client_body
+    return body if isinstance(body, dict) else request
 
 
 def added_by_gateway(messages: list[Any], index: int) -> str:
