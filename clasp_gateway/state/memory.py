@@ -195,8 +195,7 @@ class _MemoryTx:
     def now(self) -> float:
         return self.at
 
-    def _live(self, key: str) -> Any:
-        """What ``key`` holds (bytes or a document), None when absent or expired."""
+    def get(self, key: str) -> bytes | None:
         entry = self.data.get(key)
         if entry is None:
             return None
@@ -204,13 +203,8 @@ class _MemoryTx:
         if expires is not None and expires <= self.at:
             del self.data[key]
             return None
-        return entry[0]
-
-    def get(self, key: str) -> bytes | None:
-        value = self._live(key)
-        if value is None or value.__class__ is bytes:
-            return value
-        return orjson.dumps(value)  # a document stored with set_json
+        value = entry[0]
+        return value if value.__class__ is bytes else orjson.dumps(value)  # a document: its JSON
 
     def set(self, key: str, value: bytes | str, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
         self.set_json(key, value.encode() if isinstance(value, str) else bytes(value), ttl=ttl, keep_ttl=keep_ttl)
@@ -219,7 +213,14 @@ class _MemoryTx:
         self.data.pop(key, None)
 
     def get_json(self, key: str) -> Any:
-        value = self._live(key)
+        entry = self.data.get(key)
+        if entry is None:
+            return None
+        expires = entry[1]
+        if expires is not None and expires <= self.at:
+            del self.data[key]
+            return None
+        value = entry[0]
         return orjson.loads(value) if value.__class__ is bytes else value
 
     def set_json(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
