@@ -34,19 +34,20 @@ _OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 async def _stop(gateway: Gateway, pm: PluginManager, app: Starlette) -> None:
-    """Close the gateway, then every plugin's ``shutdown``: each step runs whatever the
-    others do, so one failing (logged) never keeps the rest (the ledger's flush, a
-    plugin's connections) from closing. Also what a failed start-up undoes: closing
-    what never started is a no-op for the gateway and for plugins' ``shutdown``."""
-    try:
-        await gateway.close()
-    except Exception:
-        log.exception("closing the gateway failed")
+    """Every plugin's ``shutdown``, then close the gateway: plugins flush (the ledger,
+    analytics' rows, budget settlements) while the database and the shared state are
+    still open. Each step runs whatever the others do, so one failing (logged) never
+    keeps the rest from closing. Also what a failed start-up undoes: closing what
+    never started is a no-op for the gateway and for plugins' ``shutdown``."""
 
     def failed(plugin: str, exc: Exception) -> None:
         log.error("shutdown of plugin %s failed: %s: %s", plugin, type(exc).__name__, exc, exc_info=exc)
 
     await call_each(pm.hook.shutdown, app=app, on_failure=failed)
+    try:
+        await gateway.close()
+    except Exception:
+        log.exception("closing the gateway failed")
 
 
 def error_shape(path: str) -> str:

@@ -123,9 +123,13 @@ class BatchWriter:
     async def close(self) -> None:
         """Stop the loop and write what is left (once; the database may be gone)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Never in the middle of a flush: a transaction cancelled half-way leaves its
+            # connection holding SQLite's write lock, and every later write (this
+            # flush, the ledger's) waits for it until it fails.
+            async with self._lock:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         await self.flush()
         if self.pending:

@@ -105,3 +105,38 @@ def test_a_row_of_the_wrong_shape_is_dropped_not_queued(caplog: pytest.LogCaptur
     writer.add(row(3))
     assert list(writer.pending) == [row(3)] and writer.dropped == 2
     assert any("dropped" in r.getMessage() for r in caplog.records)
+
+
+class SlowWriter(BatchWriter):
+    """A batch that takes a while inside its transaction (a busy database)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inside = asyncio.Event()
+
+    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        await super()._insert(conn, rows)  # the write lock is taken
+        self.inside.set()
+        await conn.exec_driver_sql(  # ~0.3 s inside the driver, the lock held
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT count(*) FROM c")
+
+
+def test_closing_during_a_flush_lets_it_finish_and_loses_nothing(tmp_path: Path) -> None:
+    """Shutdown (SIGTERM) while the background flush is inside its transaction: the
+    flush ends (a transaction cancelled half-way would hold SQLite's write lock and
+    every later write, the ledger's too, would fail after the busy timeout)."""
+    async def go() -> tuple[int, int]:
+        url, _ = await support.create_database("sqlite", tmp_path)
+        async with support.engine_at(url) as engine:
+            writer = SlowWriter(FlakyDatabase(engine), QUALITY, interval=0.01)
+            for i in range(20):
+                writer.add(row(i))
+            writer.start()
+            await asyncio.wait_for(writer.inside.wait(), 5)
+            writer.add(row(20))  # arrived while the batch was being written
+            await asyncio.wait_for(writer.close(), 10)
+            async with engine.begin() as conn:  # the write lock is free
+                count = int((await conn.execute(select(func.count()).select_from(QUALITY))).scalar() or 0)
+            return count, len(writer.pending)
+
+    assert asyncio.run(go()) == (21, 0)

@@ -101,6 +101,8 @@ class KeyAuthenticator:
         self._lookups = asyncio.Semaphore(max_lookups)
         self._inflight: dict[str, asyncio.Future[Found | None]] = {}
         self._used: dict[str, float] = {}
+        self._writing = asyncio.Lock()
+        """Held by the background task while it uses the database (``close`` waits for it)."""
         self._digests: dict[str, str] = {}
         """Key -> its hash, for keys found in the store: a client's next requests cost a
         dict read instead of a shape check and a SHA-256 (a digest never goes stale:
@@ -135,11 +137,15 @@ class KeyAuthenticator:
         if self._started is not None and not self._started.done():
             self._started.cancel()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Never in the middle of a write: a transaction cancelled half-way leaves its
+            # connection holding SQLite's write lock, and later writes (the ledger's
+            # flush at shutdown) wait for it until they fail.
+            async with self._writing:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
         if self._subscription is not None:
             try:
                 await self._subscription.close()
@@ -150,8 +156,9 @@ class KeyAuthenticator:
     async def _background(self) -> None:
         while True:
             await asyncio.sleep(self.last_used_interval)
-            await self.flush_last_used()
-            await self.refresh_live_keys()
+            async with self._writing:
+                await self.flush_last_used()
+                await self.refresh_live_keys()
 
     async def flush_last_used(self) -> None:
         """Write the batched ``last_used_at`` values (kept for the next try on failure)."""
