@@ -38,6 +38,8 @@ CASES = {
         LimitsSettings(runaway=RunawaySettings(enabled=False)), KeyPolicy(), None),
     "key rpm + tpm + max_concurrency": (
         LimitsSettings(runaway=RunawaySettings(enabled=False)), KeyPolicy(rpm=BIG, tpm=BIG, max_concurrency=BIG), None),
+    "user rpm + tpm + max_concurrency, runaway on (bench/team.yaml's limits:)": (
+        LimitsSettings(users={"default": LimitSet(rpm=BIG, tpm=BIG, max_concurrency=BIG)}), KeyPolicy(), "alice"),
     "key + team + user, all five kinds each, runaway on": (
         LimitsSettings(teams={"t": ALL}, users={"default": ALL}, runaway=RunawaySettings(floor_rpm=BIG, floor_usd_per_minute=BIG)),
         KeyPolicy(rpm=BIG, tpm=BIG, rpd=BIG, tpd=BIG, max_concurrency=BIG), "alice"),

@@ -47,6 +47,8 @@ class MemoryState(StateBackend):
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_sweep = clock() + SWEEP_EVERY
         self._closed = False
+        self._tx = _MemoryTx(self)
+        """The transaction every script runs in (one at a time: scripts never await)."""
 
     async def close(self) -> None:
         self._closed = True
@@ -56,10 +58,7 @@ class MemoryState(StateBackend):
         if self._closed:
             raise StateUnavailable("the memory state is closed")
 
-    # --- the primitives scripts use (synchronous: atomic on the event loop) --------------
-
-    def now(self) -> float:
-        return self.clock()
+    # --- stored values (scripts use them through _MemoryTx) ------------------------------
 
     def get_raw(self, key: str) -> bytes | None:
         value = self.get_object(key)
@@ -77,23 +76,9 @@ class MemoryState(StateBackend):
             return None
         return entry[0]
 
-    def set_raw(self, key: str, value: bytes | str, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
-        self.set_object(key, value.encode() if isinstance(value, str) else bytes(value), ttl=ttl, keep_ttl=keep_ttl)
-
-    def set_object(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
-        """Store ``value`` as it is (bytes, or a JSON document: see ``ScriptTx.set_json``)."""
-        if keep_ttl:
-            old = self._data.get(key)
-            expires = old[1] if old is not None else None
-        else:
-            expires = self.clock() + ttl if ttl is not None else None
-        self._data[key] = (value, expires)
-
-    def delete_raw(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def _sweep(self) -> None:
-        now = self.clock()
+    def _sweep(self, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock()
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_EVERY
@@ -117,8 +102,8 @@ class MemoryState(StateBackend):
         if if_absent and self.get_object(full) is not None:
             return False
         self._sweep()
-        self.set_raw(full, value, ttl=ttl)
         expires = self.clock() + ttl if ttl is not None else None
+        self._data[full] = (value.encode() if isinstance(value, str) else bytes(value), expires)
         for scope in scopes:
             members, scope_expires = self._scopes.get(self.prefix + scope) or (set(), expires)
             members.add(full)
@@ -156,9 +141,15 @@ class MemoryState(StateBackend):
         return found
 
     async def run(self, script: Script[T], keys: Sequence[str], args: Sequence[ScriptArg] = ()) -> T:
-        self._check()
-        self._sweep()
-        return script.python(_MemoryTx(self), [self.prefix + k for k in keys], args)
+        if self._closed:
+            self._check()
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        tx = self._tx
+        tx.at = now
+        prefix = self.prefix
+        return script.python(tx, [prefix + k for k in keys], args)
 
     # --- pub/sub -------------------------------------------------------------------------
 
@@ -186,31 +177,58 @@ class MemoryState(StateBackend):
 
 
 class _MemoryTx:
-    """:class:`~clasp_gateway.state.ScriptTx` over a :class:`MemoryState`."""
+    """:class:`~clasp_gateway.state.ScriptTx` over a :class:`MemoryState`.
 
-    __slots__ = ("state",)
+    One per state, reused by every script (they run one at a time, without awaiting).
+    The clock is read once per script (``at``, set by ``run``), as SQLite reads it once
+    per transaction: a script is one instant, and its reads and writes cost a dict
+    operation each, which matters to scripts run on every request (limits, budgets).
+    """
+
+    __slots__ = ("at", "data", "state")
 
     def __init__(self, state: MemoryState) -> None:
         self.state = state
+        self.data = state._data
+        self.at = 0.0
 
     def now(self) -> float:
-        return self.state.clock()
+        return self.at
 
     def get(self, key: str) -> bytes | None:
-        return self.state.get_raw(key)
+        entry = self.data.get(key)
+        if entry is None:
+            return None
+        expires = entry[1]
+        if expires is not None and expires <= self.at:
+            del self.data[key]
+            return None
+        value = entry[0]
+        return value if value.__class__ is bytes else orjson.dumps(value)  # a document: its JSON
 
     def set(self, key: str, value: bytes | str, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
-        self.state.set_raw(key, value, ttl=ttl, keep_ttl=keep_ttl)
+        self.set_json(key, value.encode() if isinstance(value, str) else bytes(value), ttl=ttl, keep_ttl=keep_ttl)
 
     def delete(self, key: str) -> None:
-        self.state.delete_raw(key)
+        self.data.pop(key, None)
 
     def get_json(self, key: str) -> Any:
-        value = self.state.get_object(key)
+        entry = self.data.get(key)
+        if entry is None:
+            return None
+        expires = entry[1]
+        if expires is not None and expires <= self.at:
+            del self.data[key]
+            return None
+        value = entry[0]
         return orjson.loads(value) if value.__class__ is bytes else value
 
     def set_json(self, key: str, value: Any, *, ttl: float | None = None, keep_ttl: bool = False) -> None:
-        self.state.set_object(key, value, ttl=ttl, keep_ttl=keep_ttl)
+        if keep_ttl:
+            old = self.data.get(key)
+            self.data[key] = (value, old[1] if old is not None else None)
+        else:
+            self.data[key] = (value, self.at + ttl if ttl is not None else None)
 
 
 async def deliver(subscribers: Sequence[Subscription], payload: bytes) -> None:

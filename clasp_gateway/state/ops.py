@@ -4,7 +4,12 @@ and sliding-window rate limits (:data:`HIT`).
 
 Both twins use the same arithmetic, including the small tolerance that keeps
 ``0.1 + 0.2`` within a limit of ``0.3``; ``tests/test_state.py`` runs them on every
-backend. The twins never read each other's data, so each stores what suits it.
+backend. The twins never read each other's data, so each stores what suits it: Lua
+keeps a sliding window as the text ``"<window> <current> <previous>"``, Python as the
+JSON document ``[window, current, previous]`` (:func:`window_counts`,
+:func:`store_window`: on the memory state a list, with no text to parse or format).
+Scripts of plugins that keep sliding windows (limits) use the same two functions, so
+``hit`` reads and corrects their windows.
 """
 
 from __future__ import annotations
@@ -99,23 +104,49 @@ return {1, string.format('%.17g', new)}
 
 # --- HIT (sliding window) ------------------------------------------------------------------
 
+def window_counts(tx: ScriptTx, key: str, w: int) -> tuple[float, float]:
+    """The (current, previous) counts of the sliding window stored at ``key``, as seen
+    from fixed window number ``w`` (``floor(now / length)``): a window stored in
+    ``w - 1`` is now the previous one, an older one counts nothing.
+
+    For Python script twins (memory, SQLite) that keep sliding windows; the stored
+    shape is the document ``[w, current, previous]`` (:func:`store_window`). The text
+    an older version stored in a SQLite file (``"<w> <current> <previous>"``, what Lua
+    stores) is read too.
+    """
+    try:
+        doc = tx.get_json(key)
+    except ValueError:  # not JSON: an older version's text
+        raw = tx.get(key)
+        assert raw is not None
+        text_w, text_cur, text_prev = raw.split()
+        doc = (int(text_w), float(text_cur), float(text_prev))
+    if doc is None:
+        return 0.0, 0.0
+    stored = doc[0]
+    if stored == w:
+        return doc[1], doc[2]
+    if stored == w - 1:
+        return 0.0, doc[1]
+    return 0.0, 0.0
+
+
+def store_window(tx: ScriptTx, key: str, w: int, current: float, previous: float, length: float) -> None:
+    """Store a sliding window's counts in fixed window ``w`` (read back by
+    :func:`window_counts`); it expires two window lengths later (then nothing of it
+    counts any more)."""
+    tx.set_json(key, [w, current, previous], ttl=2 * length)
+
+
 def _hit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> RateWindow:
     key, limit, window, cost = keys[0], float(args[0]), float(args[1]), float(args[2])
     now = tx.now()
     w = math.floor(now / window)
-    cur = prev = 0.0
-    raw = tx.get(key)
-    if raw is not None:
-        stored, scur, sprev = raw.split()
-        if int(stored) == w:
-            cur, prev = float(scur), float(sprev)
-        elif int(stored) == w - 1:
-            prev = float(scur)
+    cur, prev = window_counts(tx, key, w)
     f = (now - w * window) / window
     estimate = prev * (1 - f) + cur
     if _fits(estimate + cost, limit):
-        cur += cost
-        tx.set(key, f"{w} {cur!r} {prev!r}", ttl=2 * window)
+        store_window(tx, key, w, cur + cost, prev, window)
         return RateWindow(True, estimate + cost, 0.0)
     if not _fits(cost, limit):
         retry = window  # never fits: say "a window", not "never"

@@ -19,23 +19,25 @@ token windows corrected to the real usage (the core's ``hit`` with an unlimited 
 the tokens were spent), and each subject's ``spend`` counter of this minute (as in
 step 2).
 
-The data stays in the shapes of the core's ``hit`` (``"<window> <current> <previous>"``),
-``add_within`` (a number) and ``incr`` (an integer) in each backend, so any of those
-operations reads and writes the same keys.
+The data stays in the shapes of the core's ``hit`` (a sliding window: the core's
+:func:`~clasp_gateway.window_counts` and :func:`~clasp_gateway.store_window` in Python,
+``"<window> <current> <previous>"`` in Lua), ``add_within`` (a number) and ``incr`` (an
+integer) in each backend, so any of those operations reads and writes the same keys.
+The Python twins keep numbers and windows as JSON documents (``ScriptTx.get_json``):
+on the memory state those are the Python objects themselves, so a request's scripts
+parse and format no text.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from clasp_gateway import Script, ScriptTx
+from clasp_gateway import Script, ScriptTx, store_window, window_counts
 
 
-@dataclass(slots=True, frozen=True)
-class Admitted:
+class Admitted(NamedTuple):
     """What :data:`ADMIT` answered."""
 
     ok: bool
@@ -53,8 +55,7 @@ class Admitted:
     """The stored pause (``"<until> <why>"``) that refused the request; nothing counted."""
 
 
-@dataclass(slots=True, frozen=True)
-class Tally:
+class Tally(NamedTuple):
     """Runaway counters after a count: totals and episode flags, in subject order."""
 
     totals: tuple[int, ...]
@@ -68,17 +69,18 @@ def _fits(value: float, limit: float) -> bool:
 def _count(tx: ScriptTx, keys: list[str], first: int, subjects: int, amount: int, ttl_ms: int) -> Tally:
     """``incr`` each counter ``keys[first:first + subjects]``; read the flags after them."""
     totals = []
+    ttl = ttl_ms / 1000 if ttl_ms else None
+    get_json, set_json, get = tx.get_json, tx.set_json, tx.get
     for key in keys[first:first + subjects]:
-        raw = tx.get(key)
-        if raw is None:
-            tx.set(key, str(amount), ttl=ttl_ms / 1000 if ttl_ms else None)
-            totals.append(amount)
+        value = get_json(key)
+        if value is None:
+            value = amount
+            set_json(key, value, ttl=ttl)
         else:
-            value = int(raw) + amount
-            tx.set(key, str(value), keep_ttl=True)
-            totals.append(value)
-    flags = keys[first + subjects:first + 2 * subjects]
-    return Tally(tuple(totals), tuple(tx.get(key) is not None for key in flags))
+            value += amount
+            set_json(key, value, keep_ttl=True)
+        totals.append(value)
+    return Tally(tuple(totals), tuple([get(key) is not None for key in keys[first + subjects:first + 2 * subjects]]))
 
 
 def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
@@ -89,29 +91,24 @@ def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
             raw = tx.get(keys[k])
             if raw is not None and float(raw.split(b" ", 1)[0]) > caller_now:
                 return Admitted(False, k, 0.0, (), paused=raw)
-    tally = _count(tx, keys, pauses, subjects, int(args[4]), int(args[5]))
-    totals, episodes = tally.totals, tally.episodes
+    totals: tuple[int, ...] = ()
+    episodes: tuple[bool, ...] = ()
+    if subjects:
+        totals, episodes = _count(tx, keys, pauses, subjects, int(args[4]), int(args[5]))
     first = pauses + 2 * subjects
     now = tx.now()
     counts: list[float] = []
-    updates: list[tuple[str, str, float]] = []
+    windows_set: list[tuple[str, int, float, float, float]] = []
     i = 6
     for k in range(windows):
         key = keys[first + k]
         limit, window, cost = float(args[i]), float(args[i + 1]), float(args[i + 2])
         i += 3
         w = math.floor(now / window)
-        cur = prev = 0.0
-        raw = tx.get(key)
-        if raw is not None:
-            stored, scur, sprev = raw.split()
-            if int(stored) == w:
-                cur, prev = float(scur), float(sprev)
-            elif int(stored) == w - 1:
-                prev = float(scur)
+        cur, prev = window_counts(tx, key, w)
         f = (now - w * window) / window
         estimate = prev * (1 - f) + cur
-        if not _fits(estimate + cost, limit):
+        if estimate + cost - limit > 1e-9 * max(1.0, abs(limit)):  # not _fits(estimate + cost, limit)
             if not _fits(cost, limit):
                 retry = window
             elif _fits(cur + cost, limit):
@@ -120,18 +117,20 @@ def _admit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Admitted:
                 retry = (1 - f) * window + max(0.0, 1 - (limit - cost) / cur) * window
             return Admitted(False, k, retry, (*counts, estimate), totals, episodes)
         counts.append(estimate + cost)
-        updates.append((key, f"{w} {cur + cost!r} {prev!r}", 2 * window))
+        windows_set.append((key, w, cur + cost, prev, window))
+    slots_set: list[tuple[str, float, float]] = []
     for k in range(windows, len(keys) - first):
         key = keys[first + k]
         limit, ttl_ms = float(args[i]), int(args[i + 1])
         i += 2
-        raw = tx.get(key)
-        total = (float(raw) if raw is not None else 0.0) + 1
-        if not _fits(total, limit):
+        total = (tx.get_json(key) or 0.0) + 1
+        if total - limit > 1e-9 * max(1.0, abs(limit)):  # not _fits(total, limit)
             return Admitted(False, k, 1.0, tuple(counts), totals, episodes)
-        updates.append((key, repr(total), ttl_ms / 1000))
-    for key, value, ttl in updates:
-        tx.set(key, value, ttl=ttl)
+        slots_set.append((key, total, ttl_ms / 1000))
+    for key, w, cur, prev, window in windows_set:
+        store_window(tx, key, w, cur, prev, window)
+    for key, total, ttl in slots_set:
+        tx.set_json(key, total, ttl=ttl)
     return Admitted(True, -1, 0.0, tuple(counts), totals, episodes)
 
 
@@ -243,14 +242,14 @@ window its limit, length (s) and cost; then per slot its limit and lease (ms).""
 
 def _settle(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Tally:
     slots, tokens, subjects = int(args[0]), int(args[1]), int(args[2])
-    lease_ms = int(args[3])
-    for key in keys[:slots]:
-        raw = tx.get(key)
-        total = (float(raw) if raw is not None else 0.0) - 1
-        if total <= 1e-12:
-            tx.delete(key)
-        else:
-            tx.set(key, repr(total), ttl=lease_ms / 1000)
+    if slots:
+        lease = int(args[3]) / 1000
+        for key in keys[:slots]:
+            total = (tx.get_json(key) or 0.0) - 1
+            if total <= 1e-12:
+                tx.delete(key)
+            else:
+                tx.set_json(key, total, ttl=lease)
     if tokens:
         now = tx.now()
         i = 6
@@ -258,15 +257,10 @@ def _settle(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Tally:
             window, delta = float(args[i]), float(args[i + 1])
             i += 2
             w = math.floor(now / window)
-            cur = prev = 0.0
-            raw = tx.get(key)
-            if raw is not None:
-                stored, scur, sprev = raw.split()
-                if int(stored) == w:
-                    cur, prev = float(scur), float(sprev)
-                elif int(stored) == w - 1:
-                    prev = float(scur)
-            tx.set(key, f"{w} {cur + delta!r} {prev!r}", ttl=2 * window)
+            cur, prev = window_counts(tx, key, w)
+            store_window(tx, key, w, cur + delta, prev, window)
+    if not subjects:
+        return Tally((), ())
     return _count(tx, keys, slots + tokens, subjects, int(args[4]), int(args[5]))
 
 

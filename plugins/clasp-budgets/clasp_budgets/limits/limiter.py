@@ -12,8 +12,9 @@ A request is two state operations (:mod:`.admit`): one atomic script at admissio
 runaway pause check and ``requests`` count, then every window and slot: each fits and is
 counted, or none is, so a refused request costs the client nothing against its other
 limits) and one at settlement (slots released, tokens corrected, the runaway ``spend``
-count). What a (key, user) pair needs for those (its scopes, state keys, script
-arguments, header texts) is a :class:`Plan`, built once and reused by its requests.
+count). What a (key, user) pair needs for those (its scopes, state keys, and per
+backend its :class:`Terms`: limits, script arguments, header texts) is a :class:`Plan`,
+built once and reused by its requests.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from clasp_gateway import Principal, RequestContext, StateBackend, StateUnavaila
 
 from .admit import ADMIT, SETTLE, Admitted, Tally
 from .settings import LimitSet, LimitsSettings, limits_of
-from .shape import Headroom, LimitExceeded, headroom_headers, refusal
+from .shape import Headroom, LimitExceeded, refusal, window_headers
 from .store import Store
 
 WINDOWS = (("rpm", 60.0, False), ("rpd", 86400.0, False), ("tpm", 60.0, True), ("tpd", 86400.0, True))
@@ -74,16 +75,14 @@ class Admission:
     """What one request holds: token counts to correct, concurrency slots to release, and
     what its admission answered (runaway counts included)."""
 
-    __slots__ = ("backend", "estimate", "headers", "plan", "refused", "result", "settled", "tokens")
+    __slots__ = ("backend", "estimate", "headers", "plan", "refused", "result", "settled", "terms")
 
-    def __init__(self, backend: StateBackend, plan: Plan, estimate: int, result: Admitted) -> None:
+    def __init__(self, backend: StateBackend, plan: Plan, terms: Terms, estimate: int, result: Admitted) -> None:
         self.backend = backend
         self.plan = plan
+        self.terms = terms
         self.estimate = estimate
         self.result = result
-        self.tokens: list[tuple[str, float, float]] = []
-        """(state key, window, tokens counted) of each token window: a request larger than
-        a whole limit counts the limit, so it can pass an empty window rather than never."""
         self.headers: dict[str, str] | None = None
         """The headroom headers for the answer (``None``: no window applies)."""
         self.refused: LimitExceeded | None = None
@@ -141,7 +140,7 @@ class Plan:
     keys are per minute and rebuilt when the minute turns.
     """
 
-    __slots__ = ("_args", "_minute", "_spend_keys", "_admit_keys", "name", "policy", "team", "windows",
+    __slots__ = ("_minute", "_spend_keys", "_admit_keys", "_terms", "name", "policy", "team", "windows",
                  "slot_scopes", "slot_keys", "subjects", "pause_keys", "flag_keys", "limit_keys",
                  "token_windows", "request_windows")
 
@@ -171,7 +170,7 @@ class Plan:
         self._minute = -1
         self._admit_keys: list[str] = []
         self._spend_keys: list[str] = []
-        self._args: dict[bool, tuple[list[float], list[float | int]]] = {}
+        self._terms: dict[bool, Terms] = {}
 
     @property
     def empty(self) -> bool:
@@ -197,18 +196,49 @@ class Plan:
             self._minute = minute
         return self._admit_keys, self._spend_keys
 
-    def allowed(self, store: Store, backend: StateBackend, lease_ms: int) -> tuple[list[float], list[float | int]]:
-        """Each window's limit on ``backend`` (a share of it on the local fallback), and
-        the slots' script arguments (limit, lease ms)."""
+    def terms(self, store: Store, backend: StateBackend, lease_ms: int) -> Terms:
+        """This plan's numbers on ``backend`` (built once per backend)."""
         shared = backend is store.shared
-        cached = self._args.get(shared)
-        if cached is None:
-            limits = [store.scaled(getattr(w.scope.limits, w.kind), backend) for w in self.windows]
-            slots: list[float | int] = []
-            for scope in self.slot_scopes:
-                slots += [store.scaled(scope.limits.max_concurrency or 0, backend), lease_ms]
-            cached = self._args[shared] = (limits, slots)
-        return cached
+        terms = self._terms.get(shared)
+        if terms is None:
+            terms = self._terms[shared] = Terms(self, store, backend, lease_ms)
+        return terms
+
+
+class Terms:
+    """A :class:`Plan`'s numbers on one backend: each window's limit there (a share of it
+    on the local fallback), :data:`~.admit.ADMIT`'s arguments but the request's own
+    (``now``, the token costs), and the limit header texts."""
+
+    __slots__ = ("args", "costs", "limits", "texts", "tokens")
+
+    def __init__(self, plan: Plan, store: Store, backend: StateBackend, lease_ms: int) -> None:
+        self.limits = [store.scaled(getattr(w.scope.limits, w.kind), backend) for w in plan.windows]
+        """Each window's limit."""
+        self.texts = [str(int(limit)) for limit in self.limits]
+        """Each window's limit as its header says it."""
+        args: list[float | int] = [len(plan.pause_keys), len(plan.subjects), len(plan.windows), 0.0, 1, COUNT_TTL_MS]
+        self.costs: list[tuple[int, float]] = []
+        """(index in ``args``, limit) of each token window's cost: the request's estimate,
+        at most the limit."""
+        for window, limit in zip(plan.windows, self.limits, strict=True):
+            if window.tokens:
+                self.costs.append((len(args) + 2, limit))
+            args += (limit, window.length, 1.0)
+        for scope in plan.slot_scopes:
+            args += (store.scaled(scope.limits.max_concurrency or 0, backend), lease_ms)
+        self.args = args
+        """The arguments (``now`` at index 3, the token costs at ``costs``)."""
+        self.tokens = [(w.key, w.length, self.limits[i]) for i, w in enumerate(plan.windows) if w.tokens]
+        """(state key, window, limit) of each token window."""
+
+    def admit_args(self, estimate: int, now: float) -> list[float | int]:
+        """:data:`~.admit.ADMIT`'s arguments for a request of ``estimate`` tokens."""
+        args = self.args.copy()
+        args[3] = now
+        for index, limit in self.costs:
+            args[index] = min(float(estimate), limit)
+        return args
 
 
 class Limiter:
@@ -240,32 +270,20 @@ class Limiter:
         ``refused``): the caller raises it once it has looked at the runaway counts."""
         estimate = token_estimate(ctx, request, self.settings.output_estimate_cap) if plan.token_windows else 0
         keys, _ = plan.keys(minute)
-        result, backend = await self.store.run(lambda b: b.run(ADMIT, keys, self._admit_args(b, plan, estimate, now)))
-        admission = Admission(backend, plan, estimate, result)
+        lease_ms = self.lease_ms
+        result, backend = await self.store.script(
+            ADMIT, keys, lambda b: plan.terms(self.store, b, lease_ms).admit_args(estimate, now))
+        terms = plan.terms(self.store, backend, lease_ms)
+        admission = Admission(backend, plan, terms, estimate, result)
         if not plan.windows and result.ok:
             return admission
         wall = time.time()
-        limits, _ = plan.allowed(self.store, backend, self.lease_ms)
         if not result.ok:
             if result.paused is None:
-                admission.refused = self._refusal(ctx.api, plan, limits, result, wall)
+                admission.refused = self._refusal(ctx.api, plan, terms.limits, result, wall)
             return admission
-        if plan.token_windows:
-            admission.tokens = [(plan.windows[i].key, plan.windows[i].length, min(float(estimate), limits[i]))
-                                for i in plan.token_windows]
-        admission.headers = headroom_headers(
-            ctx.api, _tightest(plan, plan.request_windows, limits, result.counts, wall),
-            _tightest(plan, plan.token_windows, limits, result.counts, wall), wall)
+        admission.headers = _headers(ctx.api, plan, terms, result.counts, wall)
         return admission
-
-    def _admit_args(self, backend: StateBackend, plan: Plan, estimate: int, now: float) -> list[float | int]:
-        """:data:`~.admit.ADMIT`'s arguments for ``plan`` on ``backend``."""
-        limits, slots = plan.allowed(self.store, backend, self.lease_ms)
-        args: list[float | int] = [len(plan.pause_keys), len(plan.subjects), len(plan.windows), now, 1, COUNT_TTL_MS]
-        for window, allowed in zip(plan.windows, limits, strict=True):
-            args += (allowed, window.length, min(float(estimate), allowed) if window.tokens else 1.0)
-        args += slots
-        return args
 
     def _refusal(self, api: str, plan: Plan, limits: list[float], result: Admitted, wall: float) -> LimitExceeded:
         """The 429 of the window or slot that did not fit."""
@@ -295,12 +313,15 @@ class Limiter:
         plan = admission.plan
         keys = list(admission.slots)
         corrections: list[float] = []
-        if used_tokens is not None:
-            for key, window, counted in admission.tokens:
-                delta = float(used_tokens) - counted
+        if used_tokens is not None and admission.result.ok:
+            # What admission counted: the estimate, at most a whole limit (so a request
+            # larger than a limit can pass an empty window rather than never).
+            estimate = float(admission.estimate)
+            for key, window, limit in admission.terms.tokens:
+                delta = used_tokens - min(estimate, limit)
                 if delta:
                     keys.append(key)
-                    corrections += [window, delta]
+                    corrections += (window, delta)
         counting = spend > 0 and bool(plan.subjects)
         if not keys and not counting:
             return None
@@ -336,19 +357,21 @@ class Limiter:
         return tally
 
 
-def _tightest(plan: Plan, indices: list[int], limits: list[float], counts: tuple[float, ...],
-              wall: float) -> Headroom | None:
-    """The window among ``indices`` with the least remaining (ties: the first)."""
-    best = -1
-    least = 0.0
-    for i in indices:
-        remaining = limits[i] - counts[i]
-        if best < 0 or remaining < least:
-            best, least = i, remaining
-    if best < 0:
-        return None
-    length = plan.windows[best].length
-    return Headroom(plan.windows[best].kind, limits[best], least, length - wall % length)
+def _headers(api: str, plan: Plan, terms: Terms, counts: tuple[float, ...], wall: float) -> dict[str, str]:
+    """The headroom headers of an admission: the request window and the token window
+    with the least remaining (ties: the first)."""
+    headers: dict[str, str] = {}
+    limits = terms.limits
+    for noun, indices in (("requests", plan.request_windows), ("tokens", plan.token_windows)):
+        best = -1
+        least = 0.0
+        for i in indices:
+            remaining = limits[i] - counts[i]
+            if best < 0 or remaining < least:
+                best, least = i, remaining
+        if best >= 0:
+            window_headers(headers, api, noun, terms.texts[best], least, plan.windows[best].length, wall)
+    return headers
 
 
 def _noun(kind: str) -> str:

@@ -94,9 +94,11 @@ class Detector:
         self.clock = clock
         self.patterns: dict[tuple[str, str], Series] = {}
 
-    def minute(self) -> tuple[int, float]:
-        """This minute's number and how far into it we are (0..1)."""
-        now = self.clock()
+    def minute(self, now: float | None = None) -> tuple[int, float]:
+        """This minute's number and how far into it we are (0..1), at ``now`` (default:
+        the clock's)."""
+        if now is None:
+            now = self.clock()
         minute = math.floor(now / 60)
         return minute, (now - minute * 60) / 60
 

@@ -76,13 +76,16 @@ class LimitsRuntime:
         plan = self.limiter.plan(ctx)
         if plan.empty:
             return None
-        minute, fraction = self.detector.minute()
-        admission = await self.limiter.admit(ctx, request, plan, minute=minute, now=self.clock())
+        now = self.clock()
+        minute, fraction = self.detector.minute(now)
+        admission = await self.limiter.admit(ctx, request, plan, minute=minute, now=now)
         result = admission.result
         if result.paused is not None:
             raise self._paused(plan.subjects[result.failed][1], result.paused)
         if result.totals:
-            await self._observe(ctx, plan.subjects, "requests", minute, fraction, result.totals, result.episodes)
+            flags = self._observe(plan.subjects, "requests", minute, fraction, result.totals, result.episodes)
+            for flag, label in flags:
+                await self._flagged(ctx, flag, label)
         if admission.refused is not None:
             raise admission.refused
         ctx.state[ADMISSION] = admission
@@ -110,7 +113,8 @@ class LimitsRuntime:
             plan = self.limiter.plan(ctx)
             tally = await self.limiter.count_spend(plan, minute, spend)
         if tally is not None and tally.totals:
-            await self._observe(ctx, plan.subjects, "spend", minute, fraction, tally.totals, tally.episodes)
+            for flag, label in self._observe(plan.subjects, "spend", minute, fraction, tally.totals, tally.episodes):
+                await self._flagged(ctx, flag, label)
 
     # --- runaway -------------------------------------------------------------------------
 
@@ -124,14 +128,16 @@ class LimitsRuntime:
             f"{label} is paused until {when} as a runaway agent ({why}); an admin can lift it with "
             f"POST /admin/limits/unpause", kind="paused", headers={"retry-after": str(max(1, math.ceil(left)))})
 
-    async def _observe(self, ctx: RequestContext, subjects: list[tuple[str, str]], series: str, minute: int,
-                       fraction: float, totals: tuple[int, ...], episodes: tuple[bool, ...]) -> None:
-        """Take each subject's counter of ``series`` this minute; flag what runs away (a
-        subject whose episode flag exists has alerted already)."""
+    def _observe(self, subjects: list[tuple[str, str]], series: str, minute: int, fraction: float,
+                 totals: tuple[int, ...], episodes: tuple[bool, ...]) -> list[tuple[Flag, str]]:
+        """Take each subject's counter of ``series`` this minute; what runs away, with its
+        label, to alert (a subject whose episode flag exists has alerted already)."""
+        flags = []
         for (subject, label), total, episode in zip(subjects, totals, episodes, strict=True):
             flag = self.detector.observe(subject, series, minute, fraction, total, episode)
             if flag is not None:
-                await self._flagged(ctx, flag, label)
+                flags.append((flag, label))
+        return flags
 
     async def _flagged(self, ctx: RequestContext, flag: Flag, label: str) -> None:
         """Alert once per episode across replicas; pause when configured."""

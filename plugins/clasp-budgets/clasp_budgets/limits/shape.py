@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from clasp_gateway import RateLimitError
 
 TOKEN_KINDS = frozenset({"tpm", "tpd"})
 
 
-@dataclass(slots=True, frozen=True)
-class Headroom:
-    """One limit's state after an admission (or a refusal)."""
+class Headroom(NamedTuple):
+    """One limit's state after a refusal."""
 
     kind: str
     """``rpm``, ``rpd``, ``tpm`` or ``tpd``."""
@@ -73,6 +71,18 @@ def _rfc3339(at: float) -> str:
     """``at`` (Unix time) as Anthropic's reset texts (an admission's is its window's end,
     the same for every request of that window: cached)."""
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window_headers(out: dict[str, str], api: str, noun: str, limit: str, remaining: float, length: float,
+                   wall: float) -> None:
+    """Add to ``out`` the ``noun`` (``requests`` or ``tokens``) headers of ``api`` for a
+    window of ``length`` seconds that admitted a request at ``wall`` (Unix time):
+    ``limit`` (its text), what remains, and when the window rolls over."""
+    limit_name, remaining_name, reset_name = _NAMES["openai" if api == "openai" else "anthropic"][noun]
+    out[limit_name] = limit
+    out[remaining_name] = str(int(remaining)) if remaining > 0 else "0"
+    reset = length - wall % length
+    out[reset_name] = _openai_duration(reset) if api == "openai" else _rfc3339(wall + reset)
 
 
 def headroom_headers(api: str, requests: Headroom | None, tokens: Headroom | None,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from clasp_gateway import StateBackend, StateSettings, StateUnavailable, create_state
+from clasp_gateway import Script, StateBackend, StateSettings, StateUnavailable, create_state
 
 log = logging.getLogger("clasp.limits")
 
@@ -57,6 +57,14 @@ class Store:
                                 self.shared.describe)
                 return result, self.shared
         return await op(self.local), self.local
+
+    async def script(self, script: Script[T], keys: Sequence[str],
+                     args: Callable[[StateBackend], Sequence[float | int]]) -> tuple[T, StateBackend]:
+        """``script`` on ``keys`` as :meth:`run` runs an operation, with ``args(backend)``
+        (the arguments differ per backend: a share of each limit on the local fallback)."""
+        if self.local is self.shared:
+            return await self.local.run(script, keys, args(self.local)), self.local
+        return await self.run(lambda backend: backend.run(script, keys, args(backend)))
 
     async def close(self) -> None:
         if self.local is not self.shared:
