@@ -32,6 +32,11 @@ from clasp_gateway import BulkInsert
 log = logging.getLogger("clasp.analytics")
 
 
+CLOSE_WAIT = 10.0
+"""Seconds ``close`` waits for a flush in progress to end before it gives up on it (as
+the ledger's ``shutdown_timeout``)."""
+
+
 class BatchWriter:
     """Inserts rows (tuples in ``table``'s column order) into ``table`` through
     ``database`` (a ``clasp_gateway.Database``)."""
@@ -54,6 +59,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._closing = False
 
     def add(self, row: tuple[Any, ...]) -> None:
         """Queue a row (never blocks, never raises). A row that is not a tuple of the
@@ -72,14 +78,17 @@ class BatchWriter:
 
     def start(self) -> None:
         if self._task is None:
+            self._closing = False
             self._task = asyncio.create_task(self._loop(), name=f"clasp-analytics-{self.table.name}")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            if not self._closing:  # (close flushes what is left)
+                await self.flush()
 
     async def flush(self) -> int:
         """Insert everything queued now; returns how many rows were written (0 when the
@@ -122,11 +131,16 @@ class BatchWriter:
 
     async def close(self) -> None:
         """Stop the loop and write what is left (once; the database may be gone)."""
+        # The loop is told to stop and waited for, not cancelled: cancelled in the middle
+        # of a flush, a transaction leaves its connection holding SQLite's write lock (every
+        # later write, this flush's and the ledger's, waits for it until it fails); and
+        # asyncio.wait_for on Python 3.11 can swallow a cancellation, so a cancelled
+        # loop may never end.
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            # Never in the middle of a flush: a transaction cancelled half-way leaves its
-            # connection holding SQLite's write lock, and every later write (this
-            # flush, the ledger's) waits for it until it fails.
-            async with self._lock:
+            done, _ = await asyncio.wait({self._task}, timeout=CLOSE_WAIT)
+            if not done:  # a flush stuck on the database: its rows stay queued
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
