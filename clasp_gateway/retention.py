@@ -29,6 +29,7 @@ team). The core then offers, for every store at once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import re
@@ -54,6 +55,9 @@ __all__ = ["RETENTION", "DataSelection", "DataStoreRegistration", "RegisterDataS
 
 log = logging.getLogger("clasp.retention")
 audit = logging.getLogger("clasp.audit")
+
+SHUTDOWN_WAIT = 10.0
+"""Seconds shutdown waits for a retention round in progress before it cancels it."""
 
 RETENTION = Section({
     "interval": Field(Duration(minimum=60), 3600.0),
@@ -169,6 +173,7 @@ class Retention:
         self.settings: dict[str, Any] = RETENTION.parse(raw, "retention", [])
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self.rounds = 0
         """Rounds this process ran (for tests and status)."""
 
@@ -189,12 +194,19 @@ class Retention:
     def startup(self, app: Any) -> None:
         if self.settings["max_age"]:
             gateway = app.state.gateway
+            self._stop = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(gateway), name="clasp-retention")
 
     @hookimpl
     async def shutdown(self) -> None:
+        """Let a round in progress end (bounded), then stop: a delete cancelled half-way
+        would leave its SQLite connection holding the write lock that the ledger's last
+        flush needs."""
         if self._task is not None:
-            self._task.cancel()
+            self._stop.set()
+            done, _ = await asyncio.wait({self._task}, timeout=SHUTDOWN_WAIT)
+            if not done:
+                self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):
@@ -202,14 +214,16 @@ class Retention:
             self._task = None
 
     async def _loop(self, gateway: Gateway) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.run_once(gateway)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the next round tries again
                 log.error("retention: the round failed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self.settings["interval"])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings["interval"]):
+                    await self._stop.wait()
 
     async def run_once(self, gateway: Gateway, *, force: bool = False) -> dict[str, int]:
         """One round: for each store with a ``max_age``, delete what is older, unless
