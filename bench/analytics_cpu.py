@@ -65,7 +65,7 @@ def run(iterations: int, rounds: int) -> dict[str, float]:
     from clasp_analytics.runtime import AnalyticsRuntime
     from clasp_analytics.settings import parse_settings
 
-    from clasp_gateway import Principal, RequestContext, hookimpl  # noqa: F401
+    from clasp_gateway import Handover, Principal, RequestContext, hookimpl  # noqa: F401
     from clasp_gateway.plugins import PluginManager, call_each_sync
     from clasp_gateway.testing import config_from
 
@@ -76,6 +76,7 @@ def run(iterations: int, rounds: int) -> dict[str, float]:
         hook_failures: dict[str, int] = {}
         database = None
         migrations: list[Any] = []
+        handover = Handover()
         state = None
 
         class config:  # noqa: N801
@@ -147,7 +148,7 @@ async def _whole_request(case: str, repeated: bool, iterations: int, rounds: int
     from clasp_analytics.runtime import AnalyticsRuntime
     from clasp_analytics.settings import parse_settings
 
-    from clasp_gateway import Principal, RequestContext, request_fingerprint
+    from clasp_gateway import Handover, Principal, RequestContext, request_fingerprint
     from clasp_gateway.plugins import PluginManager, is_text_delta, notifier
     from clasp_gateway.state.memory import MemoryState
     from clasp_gateway.testing import config_from
@@ -156,6 +157,7 @@ async def _whole_request(case: str, repeated: bool, iterations: int, rounds: int
         hook_failures: dict[str, int] = {}
         database = object()  # a writer that queues (never flushed here: quality_row_write is that)
         migrations: list[Any] = []
+        handover = Handover()
         state = MemoryState()
 
         class config:  # noqa: N801
