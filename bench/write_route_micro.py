@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Any
 
-from clasp_budgets.ledger.rows import attempt_row, request_row
+from clasp_budgets.ledger.rows import as_mapping, attempt_row, request_row
 from clasp_budgets.ledger.tables import ATTEMPTS, METADATA, REQUESTS
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -50,14 +50,15 @@ async def ledger(batches: int = 40, size: int = 50) -> dict[str, float]:
                 n += 1
                 e = event(n)
                 rows.append((request_row(e, "h"), attempt_row({**e, "kind": "attempt", "ok": True, "ms": 40.0}, 1)))
+            mappings = [(as_mapping("r", r), as_mapping("a", a)) for r, a in rows]  # SQLAlchemy takes dicts
             start = time.process_time()
             async with engine.begin() as conn:
                 if how == "sqlalchemy":
-                    await conn.execute(sqlite.insert(REQUESTS).on_conflict_do_nothing(), [r for r, _ in rows])
-                    await conn.execute(sqlite.insert(ATTEMPTS).on_conflict_do_nothing(), [a for _, a in rows])
-                else:
-                    await bulk_r.execute(conn, [r for r, _ in rows])
-                    await bulk_a.execute(conn, [a for _, a in rows])
+                    await conn.execute(sqlite.insert(REQUESTS).on_conflict_do_nothing(), [r for r, _ in mappings])
+                    await conn.execute(sqlite.insert(ATTEMPTS).on_conflict_do_nothing(), [a for _, a in mappings])
+                else:  # the ledger's rows are already tuples in column order
+                    await bulk_r.execute_values(conn, [r for r, _ in rows])
+                    await bulk_a.execute_values(conn, [a for _, a in rows])
             if rnd >= 4:  # warm-up
                 cpu[how].append((time.process_time() - start) / size * 1000)
     await engine.dispose()

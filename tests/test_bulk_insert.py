@@ -44,13 +44,18 @@ async def test_rows_go_in_as_sqlalchemy_reads_them(database_url: str) -> None:
             # A column a row lacks is NULL (the row dict needs only the ones it has).
             await insert.execute(conn, [{"id": "partial", "ts": 0.0, "count": 0, "ok": False}])
             await insert.execute(conn, [])  # nothing to do: no statement
+            # Rows already in the form values() gives (column order, JSON as text).
+            await insert.execute_values(conn, [("v5", 7.5, 5, True, '{"team":"t5"}', "tuple"), insert.values(row(6))])
+            await insert.execute_values(conn, [])
         async with engine.begin() as conn:  # a replayed row is skipped, the new one goes in
             await insert.execute(conn, [row(1, note="again"), row(4)])
         async with engine.connect() as conn:
             got = {r.id: r for r in (await conn.execute(sa.select(t))).all()}
     finally:
         await engine.dispose()
-    assert sorted(got) == ["partial", "r1", "r2", "r3", "r4"]
+    assert sorted(got) == ["partial", "r1", "r2", "r3", "r4", "r6", "v5"]
+    assert (got["v5"].ts, got["v5"].ok, got["v5"].tags, got["v5"].note) == (7.5, True, {"team": "t5"}, "tuple")
+    assert got["r6"].tags == {"team": "t6", "é": "ü"}
     one = got["r1"]
     assert (one.ts, one.count, one.ok, one.tags, one.note) == (1.5, 1, False, {"team": "t1", "é": "ü"}, None)
     assert got["r2"].ok is True and got["r2"].note == "second"

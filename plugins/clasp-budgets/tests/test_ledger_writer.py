@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 import pytest
 from clasp_budgets.ledger import ATTEMPTS, REQUESTS
-from clasp_budgets.ledger.rows import attempt_row, request_row
+from clasp_budgets.ledger.rows import as_mapping, attempt_row, request_row
 from clasp_budgets.ledger.settings import LedgerSettings
+from clasp_budgets.ledger.tables import ATTEMPT_COLUMNS, REQUEST_COLUMNS
 from clasp_budgets.ledger.writer import LedgerWriter
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -72,11 +73,40 @@ def add(writer: LedgerWriter, n: int) -> None:
 
 def test_rows_have_every_column_in_the_tables_order() -> None:
     """A batch insert takes each row's values in the table's column order: every
-    builder's keys are exactly the columns, in order (checked here, not per row)."""
-    assert tuple(request_row(request_event(1))) == tuple(c.name for c in REQUESTS.columns)
-    assert tuple(request_row({"request_id": "r", "tags": "not a dict"})) == tuple(c.name for c in REQUESTS.columns)
-    assert tuple(attempt_row(attempt_event(1), 1)) == tuple(c.name for c in ATTEMPTS.columns)
-    assert tuple(attempt_row({"request_id": "r"}, 2)) == tuple(c.name for c in ATTEMPTS.columns)
+    builder gives one value per column, each where its column is (checked here, not
+    per row), and the spool's form keys them by the columns' names."""
+    assert REQUEST_COLUMNS == tuple(c.name for c in REQUESTS.columns)
+    assert ATTEMPT_COLUMNS == tuple(c.name for c in ATTEMPTS.columns)
+    row = as_mapping("r", request_row(request_event(7, user="u1", project="p", error="boom", cut=True, stream=True,
+                                                    usage={"input_tokens": 17, "output_tokens": 5,
+                                                           "cache_read_input_tokens": 3,
+                                                           "cache_creation_input_tokens": 2,
+                                                           "reasoning_tokens": 1},
+                                                    ttfb_ms=3.5, saved_usd=0.25, cache_hit="exact",
+                                                    key_name="alice", request_class="coding", region="eu",
+                                                    retries=1, fallbacks=2),
+                                      prompt_hash="h" * 64))
+    assert tuple(row) == REQUEST_COLUMNS
+    assert row == {
+        "request_id": "req_000007", "ts": 1_700_000_007.0, "api": "anthropic", "public_model": "claude-sonnet",
+        "request_class": "coding", "provider": "openai", "model": "gpt-4o", "deployment": "openai/gpt-4o",
+        "region": "eu", "key_id": "k1", "key_name": "alice", "team": "core", "user_id": "u1", "project": "p",
+        "tags": {"feature": "review"}, "input_tokens": 17, "output_tokens": 5, "cache_read_tokens": 3,
+        "cache_write_tokens": 2, "reasoning_tokens": 1, "cost_usd": 0.007, "cache_hit": "exact",
+        "saved_usd": 0.25, "ttfb_ms": 3.5, "duration_ms": 12.5, "status": 200, "error": "boom", "cut": True,
+        "stream": True, "attempts": 1, "retries": 1, "fallbacks": 2, "prompt_hash": "h" * 64,
+    }
+    bare = as_mapping("r", request_row({"request_id": "r", "tags": "not a dict"}))
+    assert tuple(bare) == REQUEST_COLUMNS and bare["tags"] == {} and bare["status"] == 0
+    attempt = as_mapping("a", attempt_row(attempt_event(1) | {"upstream_status": 529, "error": "overloaded",
+                                                              "ttfb_ms": 2.0, "model": "gpt-4o",
+                                                              "provider": "openai", "region": "eu"}, 3))
+    assert attempt == {
+        "request_id": "req_000001", "attempt": 3, "ts": 1.7e9, "deployment": "openai/gpt-4o", "provider": "openai",
+        "model": "gpt-4o", "region": "eu", "ok": True, "upstream_status": 529, "error": "overloaded", "ms": 10.0,
+        "ttfb_ms": 2.0, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.001,
+    }
+    assert tuple(as_mapping("a", attempt_row({"request_id": "r"}, 2))) == ATTEMPT_COLUMNS
 
 
 async def test_batches_and_idempotent_inserts(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -144,6 +174,9 @@ async def test_database_down_then_up(dialect: str, tmp_path: Path, caplog: pytes
         assert writer.stats.spooled == 120 and writer.stats.written == 0
         lines = writer.spool.path.read_bytes().splitlines()
         assert len(lines) == 120 and orjson.loads(lines[1])["row"]["request_id"] == "req_000000"
+        # the spool's form: a JSON object per row, keyed by column, tags an object
+        assert orjson.loads(lines[1]) == {"t": "r", "row": as_mapping("r", request_row(request_event(0), "h" * 64))}
+        assert orjson.loads(lines[1])["row"]["tags"] == {"feature": "review"}
         # later rows queue behind the spooled ones, even once the database is back
         await up()
         for n in range(60, 70):
@@ -155,6 +188,9 @@ async def test_database_down_then_up(dialect: str, tmp_path: Path, caplog: pytes
         assert writer.stats.replayed == 140 and not writer.spool.path.exists()
         assert await ids(engine) == [f"req_{n:06d}" for n in range(70)]
         assert await count(engine, ATTEMPTS) == 70
+        async with engine.connect() as conn:
+            tags = (await conn.execute(select(REQUESTS.c.tags).where(REQUESTS.c.request_id == "req_000003"))).scalar_one()
+        assert tags == {"feature": "review"}
         # replaying the same lines again (a crash between the writes and the delete) adds nothing
         writer.spool.path.write_bytes(b"\n".join(lines) + b"\n")
         writer._spool_pending = None
@@ -236,8 +272,8 @@ async def test_bounds_are_loud(engine: AsyncEngine, tmp_path: Path, caplog: pyte
 
 async def test_torn_line_and_refused_rows(engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     writer = LedgerWriter(engine.begin, engine.dialect.name, settings(), tmp_path / "s.jsonl", clock=FakeClock())
-    good = request_row(request_event(1))
-    bad = request_row(request_event(2))
+    good = as_mapping("r", request_row(request_event(1)))
+    bad = as_mapping("r", request_row(request_event(2)))
     bad["status"] = None  # NOT NULL: the database refuses this row, not the batch
     await writer.flush()  # takes the spool's lock
     writer.spool.path.write_bytes(

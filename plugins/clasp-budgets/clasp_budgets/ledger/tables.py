@@ -83,5 +83,5 @@ ATTEMPTS = Table(
 )
 """``ledger_attempts``: one row per upstream attempt (retries and fallbacks included)."""
 
-REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in REQUESTS.columns)
-ATTEMPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in ATTEMPTS.columns)
+REQUEST_COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in REQUESTS.columns)  # plain str: JSON keys (orjson)
+ATTEMPT_COLUMNS: tuple[str, ...] = tuple(str(c.name) for c in ATTEMPTS.columns)

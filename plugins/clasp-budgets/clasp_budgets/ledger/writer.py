@@ -5,7 +5,8 @@ when a batch is full, wakes the writer task: no I/O on the request's path. The t
 writes a batch when ``batch_size`` rows wait or ``flush_interval`` passed, both
 tables in one transaction, with inserts that ignore an existing primary key (so a
 replayed row is never duplicated), each table's rows in one driver ``executemany``
-(:class:`clasp_gateway.BulkInsert`).
+(:meth:`clasp_gateway.BulkInsert.execute_values`: the rows are already tuples in column
+order, :mod:`.rows`).
 
 Nothing is lost while the process lives or is stopped cleanly:
 - the database down (an error or a write slower than ``write_timeout``): the batch
@@ -38,7 +39,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 from sqlalchemy import exc as sa_exc
@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clasp_gateway import BulkInsert
 
+from .rows import Values, as_mapping
 from .settings import LedgerSettings
 from .spool import Row, Spool, spool_file
 from .tables import ATTEMPTS, REQUESTS
@@ -54,6 +55,9 @@ log = logging.getLogger("clasp.ledger")
 
 Begin = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
 """``engine.begin`` or ``Database.begin``: a connection in a transaction."""
+Queued = tuple[str, Values]
+"""``("r", request_row)`` or ``("a", attempt_row)``: a row as :mod:`.rows` builds it
+(the spool keeps the same rows as JSON objects: :data:`.spool.Row`)."""
 
 
 @dataclass(slots=True)
@@ -110,7 +114,7 @@ class LedgerWriter:
         self._orphans: list[Spool] | None = None  # found on the first flush
         self.clock = clock
         self.stats = WriterStats()
-        self._queue: deque[Row] = deque()
+        self._queue: deque[Queued] = deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -120,7 +124,7 @@ class LedgerWriter:
 
     # --- the hot path ------------------------------------------------------------------
 
-    def add(self, kind: str, row: dict[str, Any]) -> None:
+    def add(self, kind: str, row: Values) -> None:
         """Queue one row (``"r"``: ``ledger_requests``, ``"a"``: ``ledger_attempts``).
         Never blocks and never raises for a full queue: a row beyond ``max_queue`` is
         dropped, counted and logged (the writer task spools a queue that fills)."""
@@ -220,14 +224,14 @@ class LedgerWriter:
             self._spool_pending = await asyncio.to_thread(self.spool.pending)
         return self._spool_pending
 
-    def _spool_rows(self, rows: list[Row]) -> None:
-        kept = self.spool.append(rows)
+    def _spool_rows(self, rows: list[Queued]) -> None:
+        kept = self.spool.append([(kind, as_mapping(kind, row)) for kind, row in rows])
         self.stats.spooled += kept
         self.stats.dropped += len(rows) - kept
         if kept:
             self._spool_pending = True
 
-    async def _write(self, batch: list[Row], *, replay: bool = False) -> bool:
+    async def _write(self, batch: list[Queued], *, replay: bool = False) -> bool:
         """Insert ``batch``; ``False`` when the database is down (the caller spools
         it). Rows refused for what they are go to the rejected file."""
         requests = [row for kind, row in batch if kind == "r"]
@@ -235,8 +239,8 @@ class LedgerWriter:
         try:
             async with asyncio.timeout(self.settings.write_timeout):
                 async with self._begin() as conn:
-                    await self._requests.execute(conn, requests)
-                    await self._attempts.execute(conn, attempts)
+                    await self._requests.execute_values(conn, requests)
+                    await self._attempts.execute_values(conn, attempts)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -261,14 +265,14 @@ class LedgerWriter:
         self.stats.batches += 1
         return True
 
-    def _reject(self, batch: list[Row], error: BaseException) -> None:
+    def _reject(self, batch: list[Queued], error: BaseException) -> None:
         self.stats.rejected += len(batch)
         path = self.spool.path.with_name(self.spool.path.name + ".rejected")
         log.error("ledger: the database refused %d row(s) (%s: %s); kept in %s",
                   len(batch), type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "", path)
         with path.open("ab") as handle:
             for kind, row in batch:
-                handle.write(orjson.dumps({"t": kind, "row": row}) + b"\n")
+                handle.write(orjson.dumps({"t": kind, "row": as_mapping(kind, row)}) + b"\n")
 
     async def _replay(self) -> None:
         """Write the spools into the database in order (dead processes' first), each
@@ -290,17 +294,21 @@ class LedgerWriter:
         count = 0
         try:
             while True:
-                batch = await asyncio.to_thread(next, batches, None)
-                if batch is None:
+                spooled = await asyncio.to_thread(next, batches, None)
+                if spooled is None:
                     break
-                if not await self._write(batch, replay=True):
+                if not await self._write(self._values(spooled), replay=True):
                     return False
-                count += len(batch)
+                count += len(spooled)
         finally:
             await asyncio.to_thread(batches.close)
         if count:
             log.warning("ledger: the database took %d spooled row(s) from %s", count, spool.path)
         return True
+
+    def _values(self, spooled: list[Row]) -> list[Queued]:
+        """Spooled rows (JSON objects; a column one lacks: NULL) as the queue holds them."""
+        return [(kind, (self._requests if kind == "r" else self._attempts).values(row)) for kind, row in spooled]
 
     def release(self) -> None:
         """Let this writer's spool lock go (at close): a spool still holding rows is
