@@ -158,7 +158,7 @@ from .state import (
     create_state,
     parse_state_settings,
 )
-from .state.ops import store_window, window_counts
+from .state.ops import WINDOW_LUA, store_window, window_counts
 from .storage import Database, DatabaseError, MigrationError, StorageSettings, data_dir, parse_storage_settings
 from .storage.bulk import BulkInsert
 from .storage.standalone import database_for
@@ -262,7 +262,7 @@ __all__ = [
     "DataSelection", "DataStoreRegistration", "RegisterDataStore", "delete_data",
     # shared state (clasp_gateway/state/): gateway.state is a StateBackend
     "RateWindow", "Reservation", "Script", "ScriptTx", "StateBackend", "StateSettings", "StateUnavailable",
-    "Subscription", "create_state", "parse_state_settings", "store_window", "window_counts",
+    "Subscription", "WINDOW_LUA", "create_state", "parse_state_settings", "store_window", "window_counts",
     # records (clasp_gateway/storage/): gateway.database, plugins' migrations
     "BulkInsert", "Database", "DatabaseError", "MigrationError", "MigrationRegistration", "RegisterMigrations",
     "StorageSettings",

@@ -138,6 +138,36 @@ def store_window(tx: ScriptTx, key: str, w: int, current: float, previous: float
     tx.set_json(key, [w, current, previous], ttl=2 * length)
 
 
+WINDOW_LUA = """
+local function window_counts(key, length, now)
+  local w = math.floor(now / length)
+  local cur, prev = 0, 0
+  local raw = redis.call('GET', key)
+  if raw then
+    local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
+    if tonumber(sw) == w then
+      cur = tonumber(scur); prev = tonumber(sprev)
+    elseif tonumber(sw) == w - 1 then
+      prev = tonumber(scur)
+    end
+  end
+  return w, cur, prev
+end
+local function window_text(w, cur, prev)
+  return string.format('%.0f %.17g %.17g', w, cur, prev)
+end
+local function store_window(key, w, cur, prev, length)
+  redis.call('SET', key, window_text(w, cur, prev), 'PX', math.ceil(2000 * length))
+end
+"""
+"""The Lua twins of :func:`window_counts` and :func:`store_window`, for a script that
+keeps sliding windows on Redis: put it at the start of the script's Lua. There a window
+is the text ``"<w> <current> <previous>"``; ``window_counts(key, length, now)`` answers
+``w, current, previous`` (``w = floor(now / length)``), ``store_window(key, w, current,
+previous, length)`` writes it to expire two window lengths later (``window_text(w,
+current, previous)``: the text alone, for a script that writes later)."""
+
+
 def _hit(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> RateWindow:
     key, limit, window, cost = keys[0], float(args[0]), float(args[1]), float(args[2])
     now = tx.now()
@@ -164,23 +194,13 @@ def _decode_window(reply: Any) -> RateWindow:
 
 HIT: Script[RateWindow] = Script(
     name="clasp.hit",
-    lua="""
+    lua=WINDOW_LUA + """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local w = math.floor(now / window)
-local cur, prev = 0, 0
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
-  if tonumber(sw) == w then
-    cur = tonumber(scur); prev = tonumber(sprev)
-  elseif tonumber(sw) == w - 1 then
-    prev = tonumber(scur)
-  end
-end
+local w, cur, prev = window_counts(KEYS[1], window, now)
 local function fits(value)
   return value - limit <= 1e-9 * math.max(1, math.abs(limit))
 end
@@ -188,7 +208,7 @@ local f = (now - w * window) / window
 local estimate = prev * (1 - f) + cur
 if fits(estimate + cost) then
   cur = cur + cost
-  redis.call('SET', KEYS[1], string.format('%.0f %.17g %.17g', w, cur, prev), 'PX', math.ceil(2000 * window))
+  store_window(KEYS[1], w, cur, prev, window)
   return {1, string.format('%.17g', estimate + cost), '0'}
 end
 local retry

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clasp_gateway import Deployment, Script, ScriptTx, StateBackend, StateUnavailable
+from clasp_gateway import (
+    WINDOW_LUA,
+    Deployment,
+    Script,
+    ScriptTx,
+    StateBackend,
+    StateUnavailable,
+    store_window,
+    window_counts,
+)
 
 WINDOWS = (("rpm", 60.0), ("tpm", 60.0), ("rpd", 86400.0))
 """The windowed limits and their lengths in seconds."""
@@ -71,16 +80,11 @@ def _fits(value: float, limit: float) -> bool:
     return value - limit <= 1e-9 * max(1.0, abs(limit))
 
 
-def _window(raw: bytes | None, now: float, length: float) -> tuple[int, float, float, float]:
-    """(window number, current count, previous count, fraction elapsed)."""
+def _window(tx: ScriptTx, key: str, now: float, length: float) -> tuple[int, float, float, float]:
+    """(window number, current count, previous count, fraction elapsed): the core's
+    sliding window (``window_counts``, the shape ``hit`` keeps too)."""
     w = math.floor(now / length)
-    cur = prev = 0.0
-    if raw is not None:
-        stored, scur, sprev = raw.split()
-        if int(stored) == w:
-            cur, prev = float(scur), float(sprev)
-        elif int(stored) == w - 1:
-            prev = float(scur)
+    cur, prev = window_counts(tx, key, w)
     return w, cur, prev, (now - w * length) / length
 
 
@@ -97,7 +101,7 @@ def _limits_script(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Verdic
     headroom = 1.0
     refused: tuple[float, str] | None = None
     for i, (name, length) in enumerate(WINDOWS):
-        w, cur, prev, f = _window(tx.get(keys[i]), now, length)
+        w, cur, prev, f = _window(tx, keys[i], now, length)
         state.append((w, cur, prev))
         if limits[i] <= 0:
             continue
@@ -130,7 +134,7 @@ def _limits_script(tx: ScriptTx, keys: list[str], args: Sequence[Any]) -> Verdic
         w, cur, prev = state[i]
         delta = costs[i] if op == "acquire" else (tokens if i == 1 else 0.0)
         if delta:
-            tx.set(keys[i], f"{w} {max(0.0, cur + delta)!r} {prev!r}", ttl=2 * length)
+            store_window(tx, keys[i], w, max(0.0, cur + delta), prev, length)
     if conc_limit > 0:
         inflight = inflight + 1 if op == "acquire" else max(0.0, inflight - 1)
         if inflight > 0:
@@ -145,7 +149,7 @@ def _decode(reply: Any) -> Verdict:
     return Verdict(bool(int(reply[0])), float(reply[1]), reason, float(reply[3]))
 
 
-_LUA = """
+_LUA = WINDOW_LUA + """
 local op = ARGV[1]
 local limits = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
 local conc_limit = tonumber(ARGV[5])
@@ -164,17 +168,7 @@ local headroom = 1.0
 local wait_r, reason_r = nil, nil
 for i = 1, 3 do
   local length = lengths[i]
-  local w = math.floor(now / length)
-  local cur, prev = 0, 0
-  local raw = redis.call('GET', KEYS[i])
-  if raw then
-    local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
-    if tonumber(sw) == w then
-      cur = tonumber(scur); prev = tonumber(sprev)
-    elseif tonumber(sw) == w - 1 then
-      prev = tonumber(scur)
-    end
-  end
+  local w, cur, prev = window_counts(KEYS[i], length, now)
   local f = (now - w * length) / length
   state[i] = {w, cur, prev}
   if limits[i] > 0 then
@@ -220,8 +214,7 @@ for i = 1, 3 do
     if op == 'acquire' then delta = costs[i] elseif i == 2 then delta = tokens end
     if delta ~= 0 then
       local s = state[i]
-      redis.call('SET', KEYS[i], string.format('%.0f %.17g %.17g', s[1], math.max(0, s[2] + delta), s[3]),
-                 'PX', math.ceil(2000 * lengths[i]))
+      store_window(KEYS[i], s[1], math.max(0, s[2] + delta), s[3], lengths[i])
     end
   end
 end

@@ -34,7 +34,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from clasp_gateway import Script, ScriptTx, store_window, window_counts
+from clasp_gateway import WINDOW_LUA, Script, ScriptTx, store_window, window_counts
 
 
 class Admitted(NamedTuple):
@@ -159,7 +159,7 @@ end
 
 ADMIT: Script[Admitted] = Script(
     name="clasp.limits.admit",
-    lua=_LUA_COUNT + """
+    lua=WINDOW_LUA + _LUA_COUNT + """
 local pauses, subjects, windows = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for k = 1, pauses do
   local raw = redis.call('GET', KEYS[k])
@@ -188,17 +188,7 @@ for k = 1, windows do
   local key = KEYS[first + k]
   local limit, window, cost = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   i = i + 3
-  local w = math.floor(now / window)
-  local cur, prev = 0, 0
-  local raw = redis.call('GET', key)
-  if raw then
-    local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
-    if tonumber(sw) == w then
-      cur = tonumber(scur); prev = tonumber(sprev)
-    elseif tonumber(sw) == w - 1 then
-      prev = tonumber(scur)
-    end
-  end
+  local w, cur, prev = window_counts(key, window, now)
   local f = (now - w * window) / window
   local estimate = prev * (1 - f) + cur
   if not fits(estimate + cost, limit) then
@@ -214,7 +204,7 @@ for k = 1, windows do
     return reply(0, k - 1, retry)
   end
   table.insert(counts, estimate + cost)
-  table.insert(sets, {key, string.format('%.0f %.17g %.17g', w, cur + cost, prev), math.ceil(2000 * window)})
+  table.insert(sets, {key, window_text(w, cur + cost, prev), math.ceil(2000 * window)})
 end
 for k = windows + 1, #KEYS - first do
   local key = KEYS[first + k]
@@ -271,7 +261,7 @@ def _decode_tally(reply: Any) -> Tally:
 
 SETTLE: Script[Tally] = Script(
     name="clasp.limits.settle",
-    lua=_LUA_COUNT + """
+    lua=WINDOW_LUA + _LUA_COUNT + """
 local slots, tokens, subjects = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for k = 1, slots do
   local total = tonumber(redis.call('GET', KEYS[k]) or '0') - 1
@@ -288,18 +278,8 @@ if tokens > 0 then
   for k = slots + 1, slots + tokens do
     local window, delta = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
     i = i + 2
-    local w = math.floor(now / window)
-    local cur, prev = 0, 0
-    local raw = redis.call('GET', KEYS[k])
-    if raw then
-      local sw, scur, sprev = string.match(raw, '^(%S+) (%S+) (%S+)$')
-      if tonumber(sw) == w then
-        cur = tonumber(scur); prev = tonumber(sprev)
-      elseif tonumber(sw) == w - 1 then
-        prev = tonumber(scur)
-      end
-    end
-    redis.call('SET', KEYS[k], string.format('%.0f %.17g %.17g', w, cur + delta, prev), 'PX', math.ceil(2000 * window))
+    local w, cur, prev = window_counts(KEYS[k], window, now)
+    store_window(KEYS[k], w, cur + delta, prev, window)
   end
 end
 local totals, flags = count(slots + tokens, subjects, ARGV[5], tonumber(ARGV[6]))
