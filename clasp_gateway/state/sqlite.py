@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..sqlite_wal import enable_wal
 from . import Handler, Script, ScriptArg, StateBackend, Subscription
 from .memory import deliver
 from .outage import Outage, StateUnavailable
@@ -149,10 +150,10 @@ class SqliteState(StateBackend):
     def _connect(self) -> sqlite3.Connection:
         """Open the file (in the backend's thread): WAL, no fsync, the schema."""
         # A generous timeout while workers start together and create the schema.
-        conn = sqlite3.connect(self.path, timeout=max(5.0, self.timeout), isolation_level=None,
-                               check_same_thread=False)
+        wait = max(5.0, self.timeout)
+        conn = sqlite3.connect(self.path, timeout=wait, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn.execute, wait=wait)  # another worker opening the file at once: wait for it
             conn.execute("PRAGMA synchronous=OFF")
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA busy_timeout={max(1, int(self.timeout * 1000))}")

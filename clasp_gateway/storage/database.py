@@ -22,12 +22,14 @@ a gateway that has no plugin needing one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..sqlite_wal import enable_wal
 from .settings import StorageSettings
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ class Database:
         from sqlalchemy import event
         from sqlalchemy.ext.asyncio import create_async_engine
         from sqlalchemy.pool import AsyncAdaptedQueuePool
+        from sqlalchemy.util import await_only
 
         s = self.settings
         connect_args: dict[str, Any]
@@ -120,6 +123,9 @@ class Database:
         if s.dialect == "sqlite":
             busy_ms = int(s.busy_timeout * 1000)
 
+            def _pause(seconds: float) -> None:
+                await_only(asyncio.sleep(seconds))
+
             @event.listens_for(engine.sync_engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
                 # We emit BEGIN ourselves (below): pysqlite's implicit transactions would
@@ -127,7 +133,9 @@ class Database:
                 dbapi_connection.isolation_level = None
                 cursor = dbapi_connection.cursor()
                 try:
-                    cursor.execute("PRAGMA journal_mode=WAL")
+                    # Another worker opening the file at once fails this without a busy
+                    # wait: retry, pausing through the event loop (this runs in its greenlet).
+                    enable_wal(cursor.execute, wait=max(5.0, s.busy_timeout), sleep=_pause)
                     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                     cursor.execute("PRAGMA foreign_keys=ON")
                     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast commits

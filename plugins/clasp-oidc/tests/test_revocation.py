@@ -162,7 +162,8 @@ def test_revocations_hold_across_replicas(issuer: FakeIssuer, sqlite_url: str, r
         signing, other = gateways[0], gateways[1]
         with httpx.Client(timeout=10) as client:
             cookie = sign_in_through(signing.base_url, other.base_url, public, client)
-        assert me(signing.base_url, cookie).status_code == 200 and me(other.base_url, cookie).status_code == 200
+        answers = me(signing.base_url, cookie), me(other.base_url, cookie)
+        assert [a.status_code for a in answers] == [200, 200], (answers[1].text, signing.log_text(), other.log_text())
         out = httpx.post(signing.base_url + "/admin/logout", cookies={"clasp_session": cookie}, timeout=10)
         assert out.status_code == 204
         assert wait_for(lambda: me(other.base_url, cookie).status_code == 401)  # the announcement, not the recheck
