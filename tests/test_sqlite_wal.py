@@ -157,3 +157,25 @@ async def test_the_database_waits_through_the_event_loop(tmp_path: Path, monkeyp
         beside.cancel()
         await db.dispose()
     assert problems == [] and [p[0] for p in pauses] == [0.005] and pauses[0][1] > 0
+
+
+async def test_the_database_opens_once_another_connection_lets_go(tmp_path: Path) -> None:
+    """The real error, through aiosqlite and SQLAlchemy's adapter: a file another
+    connection holds past ``busy_timeout`` when the first connection switches it to
+    WAL is waited for (up to 5 s), not a failed start-up."""
+    path = tmp_path / "clasp.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    settings, problems = storage_problems({"url": f"sqlite:///{path}", "busy_timeout": "50ms"})
+    db = Database(settings)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.4, holder.execute, "COMMIT")
+    started = loop.time()
+    try:
+        async with db.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        await db.dispose()
+        holder.close()
+    assert problems == [] and loop.time() - started >= 0.35
