@@ -113,7 +113,7 @@ class GatewayServer:
     def start(self, timeout: float = 30.0) -> GatewayServer:
         """Serve from a daemon thread; returns once uvicorn has started (the app's
         start-up hooks ran), raises if it failed or took longer than ``timeout``."""
-        self._thread = threading.Thread(target=self._server.run, name=f"GatewayServer-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"GatewayServer-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -123,6 +123,12 @@ class GatewayServer:
                 raise TimeoutError(f"gateway did not start within {timeout:g}s")
             time.sleep(0.01)
         return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit:  # uvicorn's exit when start-up fails: start() reports it (the thread ended)
+            pass
 
     def stop(self) -> None:
         """Ask uvicorn to exit (the app's shutdown hooks run) and wait for the thread."""
