@@ -4,9 +4,10 @@
 and when one is not, SQLite fails it at once with "database is locked": it does not
 call the busy handler there (that could deadlock), so neither ``sqlite3.connect``'s
 ``timeout`` nor ``PRAGMA busy_timeout`` helps. Two workers opening a new file together
-hit it one time in seven to twelve (``clasp serve`` with ``workers: 2``; racing two
-processes on 200 fresh files failed 17 and 30 times in two runs). WAL is a property of the file once
-one connection sets it, so the loser only has to try again until the winner is done.
+(``clasp serve`` with ``workers: 2``) hit it one time in seven to twelve: racing two
+processes on 200 fresh files failed 17 and 30 times in two runs. WAL is a property of
+the file once one connection sets it, so the loser only has to try again until the
+winner is done.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ LONGEST_PAUSE = 0.1
 
 
 def is_locked(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's "database is locked" (or "busy"), not a real error."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+    """Whether ``exc`` is SQLite's "database is locked" (another connection is in the
+    way: SQLITE_BUSY or SQLITE_LOCKED), not a real error."""
+    return isinstance(exc, sqlite3.OperationalError) and "is locked" in str(exc)
 
 
 def enable_wal(execute: Callable[[str], Any], *, wait: float,

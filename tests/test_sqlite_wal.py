@@ -24,7 +24,8 @@ RACES = {"state": 100, "database": 20}
 hundred clean races are a real test (0.9 ** 100 is about 3e-5). The database's
 connections open through aiosqlite's thread and lost the race far more rarely (none
 in 100 here), and each race costs 0.2 s: a few races check it still works, and
-:func:`test_the_database_waits_through_the_event_loop` checks the retry itself."""
+:func:`test_the_database_opens_once_another_connection_lets_go` and
+:func:`test_the_database_waits_through_the_event_loop` check the retry itself."""
 
 RACER = textwrap.dedent("""
     import asyncio, multiprocessing, sys
