@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clasp_budgets.budgets.costs import WorstCase, load_tokenizers
+from clasp_budgets.budgets.costs import WorstCase, count_tokens, load_tokenizers
 from clasp_budgets.budgets.periods import current_period
-from clasp_budgets.budgets.reservations import BudgetRefused, Hold, Reservations, Slot
+from clasp_budgets.budgets.reservations import TAIL_LIMIT, BudgetRefused, Hold, Reservations, Slot
 from clasp_budgets.budgets.scripts import BUSY, EXHAUSTED, FITS, REFRESH, RESERVE, SETTLE
 from clasp_budgets.budgets.settings import BudgetSettings, BudgetSpec
 
@@ -170,12 +170,33 @@ async def test_checkpoints_renew_leases_with_what_was_served(tmp_path: Path) -> 
     load_tokenizers(["gpt-4o"])
     running.texts = ["tok " * 100]  # 100 tokens at 0.0008 in 2 s: 0.08 served, 0.02 more per half second
     await store.checkpoint()
-    assert running.tokens in (100, 101) and running.charge == pytest.approx(running.tokens * 0.0008 * 1.125)
+    counted = store.count(running)
+    assert counted in (100, 101) and running.charge == pytest.approx(counted * 0.0008 * 1.125)
     clock.advance(2.9)  # renewed at 1002: still alive at 1004.9
     assert (await store.status([s]))[0] == (0.0, pytest.approx(0.8))
     clock.advance(0.2)  # the process "died": its lease expired, charged what it served
     assert (await store.status([s]))[0] == (pytest.approx(running.charge), 0.0)
     await state.close()
+
+
+@pytest.mark.parametrize("chunks", [
+    ["tok " * 5] * 40,  # chunks that end in a space: each piece counted alone would count it apart
+    ["tok", *[" tok"] * 199],  # chunks that start with one, as most providers stream
+    ["Hel", "lo wor", "ld, how are", " you to", "day?\n", "Fine"] * 30,  # words split across chunks
+    ["x" * 500] * 3,  # no space at all: counted as it comes
+])
+def test_a_stream_counted_piece_by_piece_counts_what_its_whole_text_counts(chunks: list[str]) -> None:
+    """Checkpoints count a stream's text in pieces; the sum equals the whole text's
+    count (each piece's last word is counted with the next), so a dead replica's
+    leases are charged what the provider served, not ~8% more."""
+    load_tokenizers(["gpt-4o"])
+    running = hold(1.0)
+    for at in range(0, len(chunks), 3):  # a checkpoint every three chunks
+        running.texts += chunks[at:at + 3]
+        Reservations.count(running)
+    whole = count_tokens("gpt-4o", ["".join(chunks)])
+    assert Reservations.count(running) == whole
+    assert len(running.tail) <= TAIL_LIMIT
 
 
 async def test_outage_fail_closed_refuses_and_fail_open_caps_per_process() -> None:
