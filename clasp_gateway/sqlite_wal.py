@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+OPEN_WAIT = 5.0
+"""Seconds a connection opening the file waits for another process's at most (its
+``busy_timeout`` when that is longer)."""
 FIRST_PAUSE = 0.005
 """Seconds before the first retry (doubled after each, up to :data:`LONGEST_PAUSE`)."""
 LONGEST_PAUSE = 0.1
@@ -47,4 +50,4 @@ def enable_wal(execute: Callable[[str], Any], *, wait: float,
         pause = min(pause * 2, LONGEST_PAUSE)
 
 
-__all__ = ["enable_wal", "is_locked"]
+__all__ = ["OPEN_WAIT", "enable_wal", "is_locked"]

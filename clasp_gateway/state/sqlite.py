@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..sqlite_wal import enable_wal
+from ..sqlite_wal import OPEN_WAIT, enable_wal
 from . import Handler, Script, ScriptArg, StateBackend, Subscription
 from .memory import deliver
 from .outage import Outage, StateUnavailable
@@ -150,7 +150,7 @@ class SqliteState(StateBackend):
     def _connect(self) -> sqlite3.Connection:
         """Open the file (in the backend's thread): WAL, no fsync, the schema."""
         # A generous timeout while workers start together and create the schema.
-        wait = max(5.0, self.timeout)
+        wait = max(OPEN_WAIT, self.timeout)
         conn = sqlite3.connect(self.path, timeout=wait, isolation_level=None, check_same_thread=False)
         try:
             enable_wal(conn.execute, wait=wait)  # another worker opening the file at once: wait for it

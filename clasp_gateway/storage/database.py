@@ -29,7 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..sqlite_wal import enable_wal
+from ..sqlite_wal import OPEN_WAIT, enable_wal
 from .settings import StorageSettings
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Database:
                 try:
                     # Another worker opening the file at once fails this without a busy
                     # wait: retry, pausing through the event loop (this runs in its greenlet).
-                    enable_wal(cursor.execute, wait=max(5.0, s.busy_timeout), sleep=_pause)
+                    enable_wal(cursor.execute, wait=max(OPEN_WAIT, s.busy_timeout), sleep=_pause)
                     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                     cursor.execute("PRAGMA foreign_keys=ON")
                     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast commits
