@@ -8,9 +8,14 @@ of its batch writer on SQLite and PostgreSQL.
   time (``time.process_time``) per request over many requests.
 - **writer**: rows queued, then written by ``LedgerWriter.flush`` in batches of
   ``--batch`` (default 500) to a fresh SQLite file and a fresh PostgreSQL database:
-  rows per second (wall) and CPU per row of this process.
+  rows per second (wall) and CPU per row of this process. ``--existing N``: the
+  database first holds N requests' rows (a gateway that has served a while; written
+  before the measurement), where the shape of the request ids shows: ids from
+  ``new_request_id`` (ordered by time) are appended to the tables' key indexes,
+  ``--random-ids`` (the ids before: 96 random bits) land all over them.
 
-Run: ``.venv/bin/python bench/ledger_bench.py [--rows 20000] [--pg postgresql://postgres@127.0.0.1/postgres]``.
+Run: ``.venv/bin/python bench/ledger_bench.py [--rows 20000] [--existing 300000] [--random-ids]
+[--pg postgresql://postgres@127.0.0.1/postgres]``.
 """
 
 from __future__ import annotations
@@ -34,11 +39,15 @@ from clasp_budgets.ledger.writer import LedgerWriter  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from clasp_gateway.pipeline import new_request_id  # noqa: E402
 from clasp_gateway.request_facts import fingerprint_of  # noqa: E402
+
+RANDOM_IDS = False
+"""``--random-ids``: request ids as they were before ``new_request_id`` ordered them."""
 
 
 def events(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    rid = f"req_{uuid.uuid4().hex[:24]}"
+    rid = f"req_{uuid.uuid4().hex[:24]}" if RANDOM_IDS else new_request_id()
     attempt = {"kind": "attempt", "request_id": rid, "attempt": 1, "public_model": "claude-sonnet-4-5",
                "request_class": "coding", "deployment": "openai/gpt-4o", "provider": "openai", "model": "gpt-4o",
                "region": None, "ok": True, "error": None, "upstream_status": 200, "ms": 812.5, "ttfb_ms": 240.1,
@@ -75,13 +84,23 @@ def hot_path(requests: int) -> dict[str, float]:
             "request_bytes": float(len(workload.encode(body)))}
 
 
-async def writer_rate(url: str, rows: int, batch: int) -> dict[str, float]:
+async def writer_rate(url: str, rows: int, batch: int, existing: int = 0) -> dict[str, float]:
     sys.path.insert(0, str(HERE.parent / "plugins" / "clasp-budgets" / "tests"))
     from ledger_support import apply_ledger_migration  # type: ignore[import-not-found]
 
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(apply_ledger_migration)
+    if existing:
+        fill = LedgerWriter(engine.begin, engine.dialect.name,
+                            LedgerSettings(max_queue=20_010, batch_size=20_000), Path(tempfile.mkdtemp()) / "s.jsonl")
+        for done in range(0, existing, 10_000):
+            for i in range(done, min(existing, done + 10_000)):
+                attempt, request = events(i)
+                fill.add("a", attempt_row(attempt, 1))
+                fill.add("r", request_row(request, "h" * 64))
+            await fill.flush()
+        fill.release()
     settings = LedgerSettings(max_queue=rows * 2 + 10, batch_size=batch)
     writer = LedgerWriter(engine.begin, engine.dialect.name, settings, Path(tempfile.mkdtemp()) / "s.jsonl")
     for i in range(rows // 2):
@@ -102,19 +121,24 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--existing", type=int, default=0, help="requests already in the ledger (default 0)")
+    parser.add_argument("--random-ids", action="store_true", help="random request ids (as before they were ordered)")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    global RANDOM_IDS
+    RANDOM_IDS = args.random_ids
     print("hot path per request:", {k: round(v, 1) for k, v in hot_path(args.requests).items()})
     folder = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
     print("sqlite writer:", {k: round(v, 1) for k, v in
-                             (await writer_rate(f"sqlite+aiosqlite:///{folder / 'l.db'}", args.rows, args.batch)).items()})
+                             (await writer_rate(f"sqlite+aiosqlite:///{folder / 'l.db'}", args.rows, args.batch,
+                                                args.existing)).items()})
     name = "ledger_bench_" + uuid.uuid4().hex[:8]
     admin = create_async_engine(args.pg, isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         url = args.pg.rsplit("/", 1)[0] + "/" + name
-        print("postgresql writer:", {k: round(v, 1) for k, v in (await writer_rate(url, args.rows, args.batch)).items()})
+        print("postgresql writer:", {k: round(v, 1) for k, v in (await writer_rate(url, args.rows, args.batch, args.existing)).items()})
     finally:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

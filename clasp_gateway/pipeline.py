@@ -29,8 +29,8 @@ import dataclasses
 import fnmatch
 import logging
 import math
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -189,7 +189,18 @@ def retries_and_fallbacks(attempts: list[Attempt]) -> tuple[int, int]:
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex[:24]
+    """A request's id: ``req_``, the milliseconds since the epoch (12 hex digits), then
+    64 random bits (16 hex digits). Ids made later sort after earlier ones (to the
+    millisecond), like UUIDv7's: the ledger's and analytics' tables are keyed by the
+    request id, and an ordered key is appended to the end of its B-tree instead of
+    landing on a random page of it. With random ids, each row of a batch dirtied its own
+    page of each key index (on SQLite a page written to the WAL and again at the
+    checkpoint): on a ledger of 300,000 requests, inserting a request's three rows cost
+    ~80 µs of CPU, against ~25 µs with ordered ids (``bench/ledger_bench.py
+    --existing``). The random part keeps ids from any number of processes distinct
+    (two ids in the same millisecond collide with probability 2^-64); an id is not a
+    secret (what it names is checked against the caller's key wherever it is used)."""
+    return f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
 
 
 class Gateway:
