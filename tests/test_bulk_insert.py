@@ -88,3 +88,56 @@ def test_statement_text_per_dialect() -> None:
     assert insert.values(row(7))[4] == '{"team":"t7","é":"ü"}'  # JSON columns as text
     with pytest.raises(ValueError, match="mysql"):
         insert.sql("mysql")
+
+
+async def test_a_large_batch_goes_in_whole_in_few_statements(database_url: str) -> None:
+    """On SQLite, multi-row statements of power-of-two sizes (the module docstring:
+    ``executemany`` costs a GIL round trip per row beside a busy event loop); on
+    PostgreSQL one ``executemany``. Every row arrives as it was sent."""
+    engine = create_async_engine(async_url(database_url) or "")
+    t = table()
+    insert = BulkInsert(t, ignore_conflicts=True)
+    statements: list[tuple[int, bool]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith("INSERT"):
+            statements.append((statement.count("?") or statement.count("$"), executemany))
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(t.metadata.create_all)
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        async with engine.begin() as conn:
+            await insert.execute(conn, [row(i) for i in range(300)])
+        async with engine.begin() as conn:  # a replay of some rows with new ones
+            await insert.execute(conn, [row(i, note="again") for i in range(290, 310)])
+        async with engine.connect() as conn:
+            got = {r.id: r for r in (await conn.execute(sa.select(t))).all()}
+    finally:
+        await engine.dispose()
+    assert len(got) == 310
+    assert all(got[f"r{i}"].count == i and got[f"r{i}"].ok == (i % 2 == 0) and got[f"r{i}"].ts == 1.5 * i
+               for i in range(310))
+    assert got["r299"].note is None and got["r300"].note == "again"  # the replayed rows were skipped
+    assert got["r7"].tags == {"team": "t7", "é": "ü"}
+    if database_url.startswith("sqlite"):
+        # 300 = 256 + 32 + 8 + 4 rows; 20 = 16 + 4; six columns each.
+        assert statements == [(6 * n, False) for n in (256, 32, 8, 4, 16, 4)]
+    else:
+        assert [many for _, many in statements] == [True, True]
+
+
+async def test_rows_wider_than_sqlite_allows_in_one_statement_are_split(tmp_path: Any) -> None:
+    """A table so wide that 256 rows would pass SQLite's limit on parameters."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'wide.db'}")
+    t = sa.Table("wide", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                 *(sa.Column(f"c{i}", sa.Integer) for i in range(299)))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(t.metadata.create_all)
+            await BulkInsert(t).execute_values(conn, [(n, *range(299)) for n in range(500)])
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar()
+            last = (await conn.execute(sa.select(t.c.c298).where(t.c.id == 499))).scalar()
+    finally:
+        await engine.dispose()
+    assert (count, last) == (500, 298)

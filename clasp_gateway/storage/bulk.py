@@ -1,4 +1,4 @@
-"""Batch inserts through the database driver: one pre-built statement, one executemany.
+"""Batch inserts through the database driver: pre-built statements, a few driver calls.
 
 Background writers (the ledger, analytics' quality rows) insert hundreds of rows per
 batch. SQLAlchemy's ``conn.execute(table.insert(), rows)`` processes every parameter of
@@ -6,8 +6,19 @@ every row in Python (bind processors, key lookups, the compiled cache) before ha
 the batch to the driver; for a 30-column row that is most of the writer's CPU. A
 :class:`BulkInsert` builds the ``INSERT`` text once for the dialect (``?`` for SQLite,
 ``$n`` for asyncpg), turns each row into a tuple with one C-level ``itemgetter`` call,
-serialises its JSON columns with orjson, and runs ``exec_driver_sql`` (the driver's own
-``executemany``), inside the caller's transaction.
+serialises its JSON columns with orjson, and runs ``exec_driver_sql`` inside the
+caller's transaction: on PostgreSQL the driver's own ``executemany`` (asyncpg runs it on
+the event loop), on SQLite multi-row ``INSERT ... VALUES (...), (...)`` statements.
+
+Why not ``executemany`` on SQLite: Python's ``sqlite3`` releases the GIL around every
+row's step and takes it back for the next row's parameters. aiosqlite runs the driver in
+its own thread, so under traffic each row waits for the event loop's thread to let go of
+the GIL (up to the 5 ms switch interval) and forces a switch back: a 300-row batch then
+cost ~190 µs of CPU a row beside a busy thread, against ~8 µs alone
+(``bench/bulk_gil.py``), and in the gateway it took the loop's thread a switch per row
+too. A multi-row statement is one step: one release however many rows. Statements hold
+:data:`SQLITE_ROWS` rows at most, split in power-of-two sizes (the same few statement
+texts every batch, so SQLite's statement cache keeps them prepared).
 
 What the rows must hold is what the columns take without conversion: ``int``,
 ``float``, ``str``, ``bool`` or ``None``; a JSON column any orjson-serialisable value
@@ -18,7 +29,9 @@ JSON as text). Errors are SQLAlchemy's usual wrappers (``IntegrityError``,
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +42,20 @@ if TYPE_CHECKING:  # SQLAlchemy is imported only by a gateway that uses a databa
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 
+SQLITE_ROWS = 256
+"""Rows in one multi-row statement on SQLite at most (fewer when a row has so many
+columns that SQLite's limit on parameters, :data:`SQLITE_PARAMETERS`, comes first)."""
+SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+"""SQLite's default ``SQLITE_MAX_VARIABLE_NUMBER`` for the library Python links."""
+
+
 class BulkInsert:
     """``INSERT INTO table (columns) VALUES (...)``; ``ignore_conflicts`` adds ``ON
     CONFLICT DO NOTHING`` (a replayed row whose primary key is already there is
     skipped). The statement text is built once per dialect (the connection's: SQLite
-    or PostgreSQL), on first use."""
+    or PostgreSQL), and on SQLite once per number of rows, on first use."""
 
-    __slots__ = ("columns", "table", "ignore_conflicts", "_sql", "_get", "_json")
+    __slots__ = ("columns", "table", "ignore_conflicts", "_sql", "_get", "_json", "_multi", "_sqlite_rows")
 
     def __init__(self, table: Table, *, ignore_conflicts: bool = False) -> None:
         from sqlalchemy import JSON
@@ -47,6 +67,10 @@ class BulkInsert:
         self._get: Any = itemgetter(*self.columns) if len(self.columns) > 1 else (lambda row: (row[first],))
         self._json = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, JSON))
         self._sql: dict[str, str] = {}
+        self._multi: dict[int, str] = {}
+        """SQLite statements by their number of rows (powers of two)."""
+        rows = min(SQLITE_ROWS, max(1, SQLITE_PARAMETERS // len(self.columns)))
+        self._sqlite_rows = 1 << (rows.bit_length() - 1)  # a power of two
 
     def sql(self, dialect: str) -> str:
         """The statement's text for ``dialect`` (``sqlite``: ``?`` marks; ``postgresql``:
@@ -59,11 +83,7 @@ class BulkInsert:
                 marks = ", ".join(f"${i}" for i in range(1, len(self.columns) + 1))
             else:
                 raise ValueError(f"no bulk insert for the {dialect!r} dialect")
-            names = ", ".join(f'"{name}"' for name in self.columns)
-            text = f'INSERT INTO "{self.table.name}" ({names}) VALUES ({marks})'
-            if self.ignore_conflicts:
-                text += " ON CONFLICT DO NOTHING"
-            self._sql[dialect] = text
+            text = self._sql[dialect] = self._statement(f"({marks})")
         return text
 
     def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -82,13 +102,41 @@ class BulkInsert:
                 out[i] = orjson.dumps(value).decode()
         return tuple(out)
 
+    def sqlite_sql(self, rows: int) -> str:
+        """The SQLite statement inserting ``rows`` rows (its parameters: the rows'
+        values one after another)."""
+        text = self._multi.get(rows)
+        if text is None:
+            row = "(" + ", ".join("?" for _ in self.columns) + ")"
+            text = self._multi[rows] = self._statement(", ".join([row] * rows))
+        return text
+
+    def _statement(self, values: str) -> str:
+        names = ", ".join(f'"{name}"' for name in self.columns)
+        text = f'INSERT INTO "{self.table.name}" ({names}) VALUES {values}'
+        return text + " ON CONFLICT DO NOTHING" if self.ignore_conflicts else text
+
     async def execute(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` on ``conn`` (in its transaction): one driver ``executemany``."""
+        """Insert ``rows`` on ``conn`` (in its transaction)."""
         await self.execute_values(conn, [self.values(row) for row in rows])
 
     async def execute_values(self, conn: AsyncConnection, values: list[tuple[Any, ...]]) -> None:
         """Insert rows already in the form :meth:`values` gives (every column, in order,
         JSON columns as text) on ``conn``: for a writer that builds its rows as tuples
-        on the request path, so a batch costs no per-row conversion at all."""
-        if values:
-            await conn.exec_driver_sql(self.sql(conn.dialect.name), values)
+        on the request path, so a batch costs no per-row conversion at all. On SQLite,
+        a few multi-row statements (see the module docstring); elsewhere one
+        ``executemany``."""
+        if not values:
+            return
+        dialect = conn.dialect.name
+        if dialect != "sqlite":
+            await conn.exec_driver_sql(self.sql(dialect), values)
+            return
+        start, left, size = 0, len(values), self._sqlite_rows
+        while left:
+            while size > left:
+                size >>= 1
+            part = values[start:start + size]
+            await conn.exec_driver_sql(self.sqlite_sql(size), tuple(chain.from_iterable(part)))
+            start += size
+            left -= size

@@ -140,3 +140,44 @@ def test_closing_during_a_flush_lets_it_finish_and_loses_nothing(tmp_path: Path)
             return count, len(writer.pending)
 
     assert asyncio.run(go()) == (21, 0)
+
+
+class HeldWriter(BatchWriter):
+    """A batch held inside its transaction until the test lets it go."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inside = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self.batches: list[int] = []
+
+    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        self.batches.append(len(rows))
+        await super()._insert(conn, rows)
+        self.inside.set()
+        await self.go_on.wait()
+
+
+def test_a_flush_writes_what_was_queued_when_it_began_not_what_comes_during_it(tmp_path: Path) -> None:
+    """Rows queued while a flush writes wait for the next one. A flush that took them
+    too never ended under steady traffic: one small transaction after another (each a
+    dozen round trips to the driver's thread), instead of one batch per interval."""
+    async def go() -> tuple[list[int], int, int, int]:
+        url, _ = await support.create_database("sqlite", tmp_path)
+        async with support.engine_at(url) as engine:
+            writer = HeldWriter(FlakyDatabase(engine), QUALITY, batch=4)
+            for i in range(6):
+                writer.add(row(i))
+            flushing = asyncio.create_task(writer.flush())
+            await asyncio.wait_for(writer.inside.wait(), 5)  # the first batch of 4 is in
+            for i in range(6, 9):
+                writer.add(row(i))  # arrive while it writes
+            writer.go_on.set()
+            written = await asyncio.wait_for(flushing, 5)
+            left = len(writer.pending)
+            second = await writer.flush()
+            return writer.batches, written, left, second
+
+    batches, written, left, second = asyncio.run(go())
+    assert written == 6 and batches[:2] == [4, 2]  # the 6 queued at the start, in batches of 4
+    assert left == 3 and second == 3 and batches[2:] == [3]
