@@ -56,7 +56,8 @@ The names, by what a plugin does with them:
   ``purge`` deletes), :class:`RegisterDataStore`, :func:`delete_data`.
 - **Records** (ledger, keys, analytics): :class:`Database` (``gateway.database``,
   SQLAlchemy async Core over ``storage:``), :class:`BulkInsert` (a background writer's
-  batch through the driver's ``executemany``), migrations registered as
+  batch straight to the driver: multi-row statements on SQLite, ``executemany`` on
+  PostgreSQL), migrations registered as
   :class:`MigrationRegistration` (``register_migrations``), :class:`StorageSettings`,
   :class:`DatabaseError`, :class:`MigrationError`.
 - **Shared state** (breakers, limits, counters, caches; shared by workers and

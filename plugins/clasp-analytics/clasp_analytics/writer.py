@@ -8,10 +8,10 @@ failure is logged once per outage, and the next flush retries. ``close`` (the ap
 shutdown, SIGTERM included) flushes what is left.
 
 A row is a tuple of the table's values in its column order, built by the request that
-makes it (cheaper than a dict keyed by column, and what the driver takes): a batch is
-one driver ``executemany`` of those tuples as they are, with
-:class:`clasp_gateway.BulkInsert`'s statement (built once per dialect), not
-SQLAlchemy's per-row parameter processing. So the values must be what the columns take
+makes it (cheaper than a dict keyed by column, and what the driver takes): a batch
+goes to the driver as those tuples are, with :class:`clasp_gateway.BulkInsert`'s
+statements (built once; on SQLite multi-row ones), not SQLAlchemy's per-row
+parameter processing. So the values must be what the columns take
 without conversion (``int``, ``float``, ``str``, ``bool``, ``None``), and the table
 has no JSON column.
 """

@@ -1,6 +1,6 @@
 """``record`` events as ledger rows: one tuple per table row, every column in the
 tables' column order (``REQUEST_COLUMNS``, ``ATTEMPT_COLUMNS``), the JSON column
-(``tags``) already as JSON text. That is the form the driver's ``executemany`` takes
+(``tags``) already as JSON text. That is the form the driver takes
 (:meth:`clasp_gateway.BulkInsert.execute_values`), so a batch costs no per-row
 conversion, and a tuple of 33 values costs about a third of a 33-key dict to build.
 ``tests/test_ledger_writer.py`` checks the builders against ``tables.py``.

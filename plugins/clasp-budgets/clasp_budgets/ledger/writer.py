@@ -4,9 +4,10 @@
 when a batch is full, wakes the writer task: no I/O on the request's path. The task
 writes a batch when ``batch_size`` rows wait or ``flush_interval`` passed, both
 tables in one transaction, with inserts that ignore an existing primary key (so a
-replayed row is never duplicated), each table's rows in one driver ``executemany``
+replayed row is never duplicated), each table's rows handed to the driver as they are
 (:meth:`clasp_gateway.BulkInsert.execute_values`: the rows are already tuples in column
-order, :mod:`.rows`).
+order, :mod:`.rows`; on SQLite a few multi-row statements, on PostgreSQL one
+``executemany``).
 
 Nothing is lost while the process lives or is stopped cleanly:
 - the database down (an error or a write slower than ``write_timeout``): the batch
@@ -103,7 +104,7 @@ class LedgerWriter:
     ) -> None:
         self._begin = begin
         self.dialect = dialect  # informative: the statements follow each connection's own dialect
-        # Built once: each batch is one driver executemany per table (no per-row
+        # Built once: each batch goes to the driver as it is, per table (no per-row
         # SQLAlchemy parameter processing: most of the writer's CPU otherwise).
         self._requests = BulkInsert(REQUESTS, ignore_conflicts=True)
         self._attempts = BulkInsert(ATTEMPTS, ignore_conflicts=True)
