@@ -197,9 +197,10 @@ def new_request_id() -> str:
     page of each key index (on SQLite a page written to the WAL and again at the
     checkpoint): on a ledger of 300,000 requests the SQLite writer spent 34 µs of CPU
     per row, against 11 µs with ordered ids (``bench/ledger_bench.py --existing
-    300000``, ``--random-ids``). The random part keeps ids from any number of processes distinct
-    (two ids in the same millisecond collide with probability 2^-64); an id is not a
-    secret (what it names is checked against the caller's key wherever it is used)."""
+    300000``, ``--random-ids``). The random part keeps ids from any number of
+    processes distinct (two ids of the same millisecond collide with probability
+    2^-64); an id is not a secret (what it names is checked against the caller's key
+    wherever it is used)."""
     return f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
 
 
