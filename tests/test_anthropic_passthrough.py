@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,10 @@ from clasp_gateway.testing import (
 from clasp_gateway.testing.fakes.anthropic import issued_signatures
 
 UPSTREAM_KEY = "sk-ant-upstream-0123456789"
+ANTHROPIC_ID = re.compile(r"msg_01[0-9A-Za-z]{22}")
+"""A message id as Anthropic makes it (and the fake upstream)."""
+GATEWAY_ID = re.compile(r"msg_[0-9a-f]{28}")
+"""A message id the gateway's translation makes (``msg_`` + the request id's hex)."""
 BETAS = "interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14"
 TOOLS: list[Any] = [{
     "name": "get_weather", "description": "Weather for a city",
@@ -123,7 +128,7 @@ def test_stream_goes_both_ways_untouched(fresh: Any) -> None:
     payloads = [json.loads(d) for _, d in frames]
     assert all(p["type"] == n for n, p in zip(names, payloads, strict=True))
     start = payloads[0]["message"]
-    assert start["id"].startswith("msg_01") and start["model"] == "claude-sonnet-4-5-20250929"
+    assert ANTHROPIC_ID.fullmatch(start["id"]) and start["model"] == "claude-sonnet-4-5-20250929"
     signature = next(p["delta"]["signature"] for p in payloads if p.get("delta", {}).get("type") == "signature_delta")
     assert signature in issued_signatures()  # Anthropic's signature, not the gateway's marker
     thinking = "".join(p["delta"]["thinking"] for p in payloads if p.get("delta", {}).get("type") == "thinking_delta")
@@ -143,7 +148,7 @@ def test_signed_thinking_history_is_accepted_next_turn(fresh: Any) -> None:
                                    thinking={"type": "enabled", "budget_tokens": 5000},
                                    messages=[{"role": "user", "content": "go"}])
     assert first.content[0].type == "thinking" and first.content[0].signature in issued_signatures()  # type: ignore[union-attr]
-    assert first.id.startswith("msg_01")  # Anthropic's message, verbatim
+    assert ANTHROPIC_ID.fullmatch(first.id)  # Anthropic's message, verbatim
     second = client.messages.create(
         model="claude-sonnet-4-5", max_tokens=20000, tools=TOOLS, thinking={"type": "enabled", "budget_tokens": 5000},
         messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": [b.model_dump() for b in first.content]},
@@ -237,7 +242,7 @@ def test_a_failing_anthropic_deployment_falls_back_to_another_provider() -> None
                                         messages=[{"role": "user", "content": "x"}]) as stream:
                 message = stream.get_final_message()
         assert message.content[0].text == "From the fallback."  # type: ignore[union-attr]
-        assert message.id.startswith("msg_") and not message.id.startswith("msg_01")  # translated by the gateway
+        assert GATEWAY_ID.fullmatch(message.id)  # translated by the gateway
         assert [a["ok"] for a in recorder.last_request()["attempts"]] == [False, True]
 
 
