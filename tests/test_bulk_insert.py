@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clasp_gateway import BulkInsert
+from clasp_gateway.storage import bulk
 from clasp_gateway.storage.settings import async_url
 
 
@@ -127,17 +128,33 @@ async def test_a_large_batch_goes_in_whole_in_few_statements(database_url: str) 
         assert [many for _, many in statements] == [True, True]
 
 
-async def test_rows_wider_than_sqlite_allows_in_one_statement_are_split(tmp_path: Any) -> None:
-    """A table so wide that 256 rows would pass SQLite's limit on parameters."""
+async def test_rows_wider_than_sqlite_allows_in_one_statement_are_split(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement stays within SQLite's limit on parameters (999 before SQLite 3.32,
+    as a build may set it): 300 columns, so 2 rows a statement."""
+    monkeypatch.setattr(bulk, "sqlite_parameters", lambda: 999)
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'wide.db'}")
     t = sa.Table("wide", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                  *(sa.Column(f"c{i}", sa.Integer) for i in range(299)))
+    sizes: list[int] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith("INSERT"):
+            sizes.append(len(parameters))
+
     try:
         async with engine.begin() as conn:
             await conn.run_sync(t.metadata.create_all)
-            await BulkInsert(t).execute_values(conn, [(n, *range(299)) for n in range(500)])
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        async with engine.begin() as conn:
+            await BulkInsert(t).execute_values(conn, [(n, *range(299)) for n in range(5)])
             count = (await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar()
-            last = (await conn.execute(sa.select(t.c.c298).where(t.c.id == 499))).scalar()
+            last = (await conn.execute(sa.select(t.c.c298).where(t.c.id == 4))).scalar()
     finally:
         await engine.dispose()
-    assert (count, last) == (500, 298)
+    assert (count, last) == (5, 298)
+    assert sizes == [600, 600, 300]
+
+
+def test_the_parameter_limit_is_the_linked_librarys() -> None:
+    assert bulk.sqlite_parameters() >= 999

@@ -30,6 +30,8 @@ JSON as text). Errors are SQLAlchemy's usual wrappers (``IntegrityError``,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sqlite3
 from collections.abc import Iterable, Mapping
 from itertools import chain
@@ -45,9 +47,19 @@ if TYPE_CHECKING:  # SQLAlchemy is imported only by a gateway that uses a databa
 
 SQLITE_ROWS = 256
 """Rows in one multi-row statement on SQLite at most (fewer when a row has so many
-columns that SQLite's limit on parameters, :data:`SQLITE_PARAMETERS`, comes first)."""
-SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-"""SQLite's default ``SQLITE_MAX_VARIABLE_NUMBER`` for the library Python links."""
+columns that SQLite's limit on parameters, :func:`sqlite_parameters`, comes first)."""
+
+
+@functools.cache
+def sqlite_parameters() -> int:
+    """How many parameters one statement may have in the SQLite library Python links
+    (``SQLITE_LIMIT_VARIABLE_NUMBER``: 32766 by default since 3.32, 999 before; a build
+    may set another)."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            return probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except (AttributeError, sqlite3.Error):  # (no getlimit before Python 3.11)
+        return 999
 
 
 class BulkInsert:
@@ -70,7 +82,7 @@ class BulkInsert:
         self._sql: dict[str, str] = {}
         self._multi: dict[int, str] = {}
         """SQLite statements by their number of rows (powers of two)."""
-        rows = min(SQLITE_ROWS, max(1, SQLITE_PARAMETERS // len(self.columns)))
+        rows = min(SQLITE_ROWS, max(1, sqlite_parameters() // len(self.columns)))
         self._sqlite_rows = 1 << (rows.bit_length() - 1)  # a power of two
 
     def sql(self, dialect: str) -> str:
