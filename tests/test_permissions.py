@@ -373,8 +373,14 @@ def test_a_rotated_key_file_is_used_at_once_even_on_a_skipped_deployment(up: Fak
         assert gw.chat().status_code == 500  # skipped (the provider's 401 is the gateway's fault: a 500)
         secret.write_text("sk-rotated-66666666666666\n")
         assert gw.hooks.loop is not None
-        assert asyncio.run_coroutine_threadsafe(
-            gw.server.gateway.providers.credentials.check_files(), gw.hooks.loop).result(timeout=10)
+        credentials = gw.server.gateway.providers.credentials
+        # Re-read now. The file watcher (every 0.05 s here) may have seen the change first,
+        # or be reading it still: either way, wait for the new key to be in place.
+        deadline = time.monotonic() + 10
+        while not any(s.value == "sk-rotated-66666666666666" for s in credentials._files[str(secret)]):
+            assert time.monotonic() < deadline, "the rotated key file was never re-read"
+            asyncio.run_coroutine_threadsafe(credentials.check_files(), gw.hooks.loop).result(timeout=10)
+            time.sleep(0.01)
         assert gw.chat().status_code == 200
     assert client_keys(up) == ["sk-rotated-66666666666666"]
 
