@@ -84,6 +84,14 @@ def hot_path(requests: int) -> dict[str, float]:
             "request_bytes": float(len(workload.encode(body)))}
 
 
+def queue_requests(writer: LedgerWriter, numbers: range) -> None:
+    """Queue each numbered request's two rows (attempt, request) on ``writer``."""
+    for i in numbers:
+        attempt, request = events(i)
+        writer.add("a", attempt_row(attempt, 1))
+        writer.add("r", request_row(request, "h" * 64))
+
+
 async def writer_rate(url: str, rows: int, batch: int, existing: int = 0) -> dict[str, float]:
     sys.path.insert(0, str(HERE.parent / "plugins" / "clasp-budgets" / "tests"))
     from ledger_support import apply_ledger_migration  # type: ignore[import-not-found]
@@ -95,18 +103,12 @@ async def writer_rate(url: str, rows: int, batch: int, existing: int = 0) -> dic
         fill = LedgerWriter(engine.begin, engine.dialect.name,
                             LedgerSettings(max_queue=20_010, batch_size=20_000), Path(tempfile.mkdtemp()) / "s.jsonl")
         for done in range(0, existing, 10_000):
-            for i in range(done, min(existing, done + 10_000)):
-                attempt, request = events(i)
-                fill.add("a", attempt_row(attempt, 1))
-                fill.add("r", request_row(request, "h" * 64))
+            queue_requests(fill, range(done, min(existing, done + 10_000)))
             await fill.flush()
         fill.release()
     settings = LedgerSettings(max_queue=rows * 2 + 10, batch_size=batch)
     writer = LedgerWriter(engine.begin, engine.dialect.name, settings, Path(tempfile.mkdtemp()) / "s.jsonl")
-    for i in range(rows // 2):
-        attempt, request = events(i)
-        writer.add("a", attempt_row(attempt, 1))
-        writer.add("r", request_row(request, "h" * 64))
+    queue_requests(writer, range(rows // 2))
     wall, cpu = time.perf_counter(), time.process_time()
     await writer.flush()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
