@@ -93,6 +93,20 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
+def run_ns(pid: int) -> int:
+    """Nanoseconds the process tree's live threads have run on a CPU
+    (``/proc/PID/task/TID/schedstat``: the scheduler's clock, not the 10 ms tick of
+    ``/proc/PID/stat``), so a short batch's CPU is exact. Threads that exited are not
+    counted (the gateway keeps its threads); 0 where schedstat is unavailable."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int(Path(f"/proc/{p}/task/{task}/schedstat").read_text().split()[0])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of the process tree."""
     return sum(cpu_times(pid))
@@ -409,6 +423,10 @@ class Sample:
     upstream_cpu: float = 0.0
     wall: float = 0.0
     other_cpu: float = 0.0
+    rounds: list[float] = field(default_factory=list)
+    """Per batch (one per round), the gateway's CPU ms per answered request, from the
+    scheduler's clock (:func:`run_ns`): paired by round with another target's, see
+    :func:`paired_added_cpu`."""
 
 
 async def run_batch(
@@ -444,6 +462,8 @@ async def run_batch(
                 errors[problem] = errors.get(problem, 0) + 1
 
     cpu0 = cpu_times(target.pid) if not target.is_direct else (0.0, 0.0)
+    ns0 = run_ns(target.pid) if not target.is_direct else 0
+    answered0 = len(sample.total) if sample is not None else 0
     up0 = cpu_seconds(upstream_pid)
     me0 = sum(os.times()[:2])
     busy0 = machine_busy()
@@ -454,9 +474,13 @@ async def run_batch(
     me1 = sum(os.times()[:2])
     up1 = cpu_seconds(upstream_pid)
     cpu1 = cpu_times(target.pid) if not target.is_direct else (0.0, 0.0)
+    ns1 = run_ns(target.pid) if not target.is_direct else 0
     for conn in conns:
         conn.close()
     if sample is not None:
+        answered = len(sample.total) - answered0
+        if answered and ns1 > ns0:
+            sample.rounds.append((ns1 - ns0) / 1e6 / answered)
         sample.cpu += sum(cpu1) - sum(cpu0)
         sample.sys_cpu += cpu1[1] - cpu0[1]
         sample.upstream_cpu += up1 - up0
@@ -493,7 +517,21 @@ def summarize(sample: Sample) -> dict[str, Any]:
         "upstream_cpu_ms_per_req": round(sample.upstream_cpu * 1000 / n, 2) if n else None,
         "req_per_s": round(n / sample.wall, 1) if sample.wall else None,
         "other_load_cores": round(sample.other_cpu / sample.wall, 2) if sample.wall else None,
+        "cpu_rounds_ms": [round(v, 4) for v in sample.rounds],
     }
+
+
+def paired_added_cpu(base: list[float], other: list[float]) -> dict[str, Any] | None:
+    """``other``'s CPU per request minus ``base``'s, round by round (the two ran
+    back to back in each round, so a slow spell of the machine mostly hits both), as
+    the median and quartiles of those differences: the A/B figure that a burst of
+    host contention during a few batches does not move, where the totals'
+    difference does. ``None`` with fewer than three paired rounds."""
+    diffs = sorted(o - b for b, o in zip(base, other))
+    if len(diffs) < 3:
+        return None
+    q1, median, q3 = statistics.quantiles(diffs, n=4, method="inclusive")
+    return {"median": round(median, 3), "q1": round(q1, 3), "q3": round(q3, 3), "rounds": len(diffs)}
 
 
 # --- profiling (optional) ---------------------------------------------------------------------
@@ -576,6 +614,12 @@ def print_table(results: dict[str, Any]) -> None:
                       f"{fmt(r['p50_ms'], 8, 2)} {fmt(r['p99_ms'], 8, 2)} {fmt(r.get('added_p50_ms'), 8, 2)} "
                       f"{fmt(r.get('added_p99_ms'), 8, 2)} {fmt(r['ttfb_p50_ms'], 7, 2)} "
                       f"{fmt(r['cpu_ms_per_req'] if name != 'direct' else None, 10, 2)} {fmt(r['sys_cpu_ms_per_req'] if name != 'direct' else None, 6, 2)} {fmt(r['req_per_s'], 7)}")
+    paired = [(case, conc, name, r["added_cpu_vs_clasp"]) for case, by_conc in results["cases"].items()
+              for conc, by_target in by_conc.items() for name, r in by_target.items() if r.get("added_cpu_vs_clasp")]
+    if paired:
+        print("\nCPU per request against clasp, round by round (scheduler clock): median (quartiles) of the paired differences")
+        for case, conc, name, p in paired:
+            print(f"  {case:<6} c={conc:<3} {name:<8} {p['median']:+.3f} ms ({p['q1']:+.3f}..{p['q3']:+.3f}), {p['rounds']} rounds")
     print()
     print(f"{'target':<8} {'first answer s':>14} {'CPU to first s':>14} {'RSS then MB':>11} {'peak RSS MB':>11}")
     for name, t in results["targets"].items():
@@ -742,6 +786,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         got["added_p50_ms"] = round(got["p50_ms"] - base["p50_ms"], 2)
                         got["added_p99_ms"] = round(got["p99_ms"] - base["p99_ms"], 2)
                         got["added_ttfb_p50_ms"] = round(got["ttfb_p50_ms"] - base["ttfb_p50_ms"], 2)
+                if "clasp" in samples:
+                    for name, other in samples.items():
+                        if name not in ("clasp", "direct") and row[name]["n"]:
+                            paired = paired_added_cpu(samples["clasp"].rounds, other.rounds)
+                            if paired is not None:
+                                row[name]["added_cpu_vs_clasp"] = paired
                 results["cases"][case][str(conc)] = row
                 other_cpu += sum(s.other_cpu for s in samples.values())
                 other_wall += sum(s.wall for s in samples.values())
