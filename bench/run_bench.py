@@ -45,6 +45,8 @@ sys.path.insert(0, str(HERE))
 import workload  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIN_GATEWAYS = ""
+"""``--pin-gateways``: the CPU list (``taskset -c``) every gateway runs on, or "" (none)."""
 GATEWAY_KEY = "sk-bench-gateway-0123456789abcdef0123456789abcdef"
 UPSTREAM_KEY = "sk-bench-upstream-0123456789abcdef"
 DEFAULT_LITELLM_VENV = os.environ.get("CLASP_BENCH_LITELLM_VENV", "/root/.cache/clasp/litellm-proxy-venv")
@@ -392,6 +394,8 @@ async def start_target(
     procs: Processes, target: Target, cmd: list[str], env: dict[str, str], log: Path, start_s: float
 ) -> bool:
     t0 = time.monotonic()
+    if PIN_GATEWAYS:  # every gateway on the same CPU(s): a slower core never favours one of them
+        cmd = ["taskset", "-c", PIN_GATEWAYS, *cmd]
     proc = procs.start(cmd, env, log)
     target.proc, target.pid = proc, proc.pid
     problem = await first_answer(target, target.requests["short"], t0 + start_s, proc)
@@ -423,7 +427,7 @@ class Sample:
     upstream_cpu: float = 0.0
     wall: float = 0.0
     other_cpu: float = 0.0
-    rounds: list[float] = field(default_factory=list)
+    rounds: list[float | None] = field(default_factory=list)
     """Per batch (one per round), the gateway's CPU ms per answered request, from the
     scheduler's clock (:func:`run_ns`): paired by round with another target's, see
     :func:`paired_added_cpu`."""
@@ -479,8 +483,8 @@ async def run_batch(
         conn.close()
     if sample is not None:
         answered = len(sample.total) - answered0
-        if answered and ns1 > ns0:
-            sample.rounds.append((ns1 - ns0) / 1e6 / answered)
+        # One entry per batch (None: nothing answered), so rounds pair by position.
+        sample.rounds.append((ns1 - ns0) / 1e6 / answered if answered and ns1 > ns0 else None)
         sample.cpu += sum(cpu1) - sum(cpu0)
         sample.sys_cpu += cpu1[1] - cpu0[1]
         sample.upstream_cpu += up1 - up0
@@ -517,17 +521,26 @@ def summarize(sample: Sample) -> dict[str, Any]:
         "upstream_cpu_ms_per_req": round(sample.upstream_cpu * 1000 / n, 2) if n else None,
         "req_per_s": round(n / sample.wall, 1) if sample.wall else None,
         "other_load_cores": round(sample.other_cpu / sample.wall, 2) if sample.wall else None,
-        "cpu_rounds_ms": [round(v, 4) for v in sample.rounds],
+        "cpu_rounds_ms": [None if v is None else round(v, 4) for v in sample.rounds],
     }
 
 
-def paired_added_cpu(base: list[float], other: list[float]) -> dict[str, Any] | None:
+def parse_cpus(spec: str) -> set[int]:
+    """A ``taskset -c`` CPU list ("1", "2,3", "0-3") as a set."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def paired_added_cpu(base: list[float | None], other: list[float | None]) -> dict[str, Any] | None:
     """``other``'s CPU per request minus ``base``'s, round by round (the two ran
     back to back in each round, so a slow spell of the machine mostly hits both), as
     the median and quartiles of those differences: the A/B figure that a burst of
     host contention during a few batches does not move, where the totals'
     difference does. ``None`` with fewer than three paired rounds."""
-    diffs = sorted(o - b for b, o in zip(base, other))
+    diffs = sorted(o - b for b, o in zip(base, other, strict=False) if b is not None and o is not None)
     if len(diffs) < 3:
         return None
     q1, median, q3 = statistics.quantiles(diffs, n=4, method="inclusive")
@@ -642,6 +655,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         loop.add_signal_handler(sig, main_task.cancel)
     procs = Processes()
     env = base_env()
+    if PIN_GATEWAYS:
+        # This client and the fake upstream (started below, it inherits this) on the other CPUs.
+        gateways = parse_cpus(PIN_GATEWAYS)
+        others = set(os.sched_getaffinity(0)) - gateways
+        if not others:
+            raise SystemExit(f"--pin-gateways {PIN_GATEWAYS} leaves no CPU for the client and the fake upstream")
+        os.sched_setaffinity(0, others)
     tmp = Path(tempfile.mkdtemp(prefix="clasp-bench-"))
     started = time.monotonic()
     hard_deadline = started + args.max_seconds
@@ -851,6 +871,10 @@ def main() -> int:
     p.add_argument("--log-level", default="info", help="clasp server.log_level (default info, as shipped)")
     p.add_argument("--clasp", default=str(ROOT / ".venv" / "bin" / "clasp"), help="the clasp executable")
     p.add_argument("--clasp-src", help="run the gateway from this source tree (e.g. a git worktree) instead of the installed one")
+    p.add_argument("--pin-gateways", metavar="CPUS", default="",
+                   help="run every gateway on these CPUs (taskset -c list, e.g. 1) and this client and the fake "
+                        "upstream on the others: the gateways of an A/B share one core's speed and never compete "
+                        "with the load generator")
     p.add_argument("--ab", metavar="SRC", help="also run a second gateway from source tree SRC as target clasp-b, "
                    "interleaved with the first: an A/B comparison of a change")
     p.add_argument("--b-config", default="", metavar="YAML",
@@ -891,6 +915,15 @@ def main() -> int:
     if unknown:
         p.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    if args.pin_gateways:
+        try:
+            cpus = parse_cpus(args.pin_gateways)
+        except ValueError:
+            p.error(f"--pin-gateways: not a CPU list: {args.pin_gateways!r}")
+        if not cpus <= set(os.sched_getaffinity(0)):
+            p.error(f"--pin-gateways: CPUs {sorted(cpus)} are not all available here")
+        global PIN_GATEWAYS
+        PIN_GATEWAYS = args.pin_gateways
     if args.requests < 1 or any(c < 1 or c > 256 for c in args.concurrency):
         p.error("--requests must be >= 1 and concurrency within 1..256")
 
@@ -914,7 +947,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "args": {k: getattr(args, k) for k in ("requests", "quick", "cases", "concurrency", "rounds", "gap_ms", "log_level",
                                                   "ab", "a_config", "b_config", "a_virtual_key", "b_virtual_key",
-                                                  "a_plugins", "b_plugins")},
+                                                  "a_plugins", "b_plugins", "pin_gateways")},
         "request_bytes": len(workload.encode(workload.anthropic_request(workload.SHORT_MODEL))),
         "bench_client_cpu_s": round(time.process_time() - t0, 2),
         "cases": {k: v[2] for k, v in CASES.items()},
