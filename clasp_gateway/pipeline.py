@@ -204,6 +204,35 @@ def new_request_id() -> str:
     return f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
 
 
+_CHAIN_LIMIT = 8
+"""Exceptions followed down a failure's ``__cause__``/``__context__`` chain."""
+
+
+def _drop_tracebacks(ctx: RequestContext, error: Exception | None) -> None:
+    """Once a request is over, the tracebacks of its gateway errors (the failed
+    attempts' and the request's own, with the exceptions they came from). A
+    traceback holds the frames the error passed through, which hold the request's
+    context, which holds the attempt, which holds the error: a reference cycle that
+    kept the whole request (its parsed body, its state) alive until the cyclic
+    collector found it. They are no longer needed: gateway errors are logged by
+    their message when they happen. An unexpected exception (a bug) keeps its
+    traceback for the error boundary's log."""
+    for attempt in ctx.attempts:
+        _drop_traceback(attempt.error)
+    _drop_traceback(error)
+
+
+def _drop_traceback(error: BaseException | None) -> None:
+    if not isinstance(error, GatewayError):
+        return
+    link: BaseException | None = error
+    for _ in range(_CHAIN_LIMIT):
+        if link is None:
+            break
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+
+
 class Gateway:
     """One configured gateway: config, plugins, providers and the call pipeline."""
 
@@ -712,6 +741,8 @@ class Gateway:
             await self.record(ctx, event)
         except Exception as exc:  # a bug here must not fail a served answer either
             self.hook_failed("finish", ctx, "clasp_gateway", exc)
+        finally:
+            _drop_tracebacks(ctx, error)
 
     @staticmethod
     def build_event(

@@ -3,8 +3,10 @@ context, the parsed request, the answer's state) is freed by reference counting 
 moment it ends, not by the cyclic collector later.
 
 One cycle anywhere in that graph keeps all of it alive until a collection walks it.
-Before this test, the streamed response's disconnect watcher (two closures calling
-each other) made one per streamed request. In a `clasp serve` under the benchmark,
+Before these tests, the streamed response's disconnect watcher (two closures calling
+each other) made one per streamed request, and every failed attempt another (its
+error's traceback holds the frames it passed through, which hold the context, which
+holds the attempt, which holds the error). In a `clasp serve` under the benchmark,
 each young collection then freed ~5,000 objects and took ~5 ms: a pause in some
 requests' latency, and ~0.1 ms of CPU per request on average
 (`bench/README.md`)."""
@@ -20,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from clasp_gateway.testing import GATEWAY_KEY, FakeUpstream, Hang, Text
-from tests.hardening import APIS, call, chain, ended_cleanly, serving
+from clasp_gateway.testing import GATEWAY_KEY, Cut, Error, FakeUpstream, Hang, Text
+from tests.hardening import APIS, answer_text, call, chain, ended_cleanly, serving
 
 
 def _ours(thing: Any) -> bool:
@@ -81,4 +83,35 @@ def test_a_request_whose_client_left_mid_stream_is_freed_too(api: str) -> None:
                             client.stream("POST", path, json=body, headers=auth) as response:
                         assert response.status_code == 200
                         next(response.iter_raw())  # the answer started; then the client leaves
+    assert found == []
+
+
+@pytest.mark.parametrize("fault", ["error", "cut"])
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("api", APIS)
+def test_a_request_that_failed_over_is_freed_too(api: str, stream: bool, fault: str) -> None:
+    with FakeUpstream("openai") as bad, FakeUpstream("openai") as good:
+        bad.script = lambda body, rec: Error(500) if fault == "error" else Cut(Text("never sent"), after_chunks=0)
+        good.script = lambda body, rec: Text("from the second deployment")
+        with serving(chain(bad.base_url, good.base_url)) as server:
+            assert call(server, api, stream=stream).status_code == 200  # warm
+            with cyclic_garbage() as found:
+                for _ in range(3):
+                    response = call(server, api, stream=stream)
+                    assert response.status_code == 200
+                    assert answer_text(api, stream, response) == "from the second deployment"
+    assert found == []
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("api", APIS)
+def test_a_request_that_failed_on_every_deployment_is_freed_too(api: str, stream: bool) -> None:
+    with FakeUpstream("openai") as first, FakeUpstream("openai") as second:
+        first.script = lambda body, rec: Error(500)
+        second.script = lambda body, rec: Error(503)
+        with serving(chain(first.base_url, second.base_url)) as server:
+            assert call(server, api, stream=stream).status_code >= 500  # warm
+            with cyclic_garbage() as found:
+                for _ in range(3):
+                    assert call(server, api, stream=stream).status_code >= 500
     assert found == []
