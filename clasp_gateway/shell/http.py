@@ -174,8 +174,9 @@ class _DisconnectWatch:
     back at itself. A cycle here (two closures calling each other, as this was
     written before) kept each finished request's whole object graph (its context,
     the parsed request, the answer's state; ~165 objects with claude and fallback)
-    alive until the cyclic collector found it, which then cost more than the
-    request's own work on some of them."""
+    alive until the cyclic collector found it: under load each young collection
+    then freed thousands of objects, a pause of milliseconds in some request
+    (``tests/test_request_garbage.py``)."""
 
     __slots__ = ("receive", "task", "future", "gone", "ended")
 
