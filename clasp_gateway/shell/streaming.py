@@ -56,6 +56,19 @@ class StreamEncoder:
     keepalive: bytes = b": keep-alive\n\n"
     """Written while the upstream is silent (every ~10 s)."""
 
+    reports_text_deltas: bool = False
+    """Set it to ``True`` (on the class) when :meth:`encode` sets :attr:`text_delta` for
+    every chunk it encodes: a translator that reads every field of a chunk anyway knows
+    for free what :func:`~clasp_gateway.is_text_delta` would work out again. Streams
+    whose ``on_stream_chunk`` implementations all skip text deltas then use that verdict
+    (and call the hook right after :meth:`encode`, not before) instead of testing each
+    chunk a second time: most of a long answer's chunks are text deltas."""
+
+    text_delta: bool = False
+    """With :attr:`reports_text_deltas`: whether the chunk :meth:`encode` was last given
+    is a plain text delta, exactly as :func:`~clasp_gateway.is_text_delta` tests it (or
+    stricter: a chunk called a text delta wrongly would be hidden from plugins)."""
+
     done: bool = False
     """Set it (in :meth:`encode`) when the answer is complete before the upstream ended
     (a stop sequence matched): the upstream is not read any further."""
@@ -114,6 +127,8 @@ async def stream_body(
     # only where the chunk sent is the canonical one (not a pass-through's own events).
     skip_text = chunk_hook is not None and getattr(chunk_hook, "skips_text_deltas", False) \
         and type(encoder).canonical is StreamEncoder.canonical
+    # The encoder's own verdict (reports_text_deltas): the hook is called after encode.
+    late = chunk_hook if skip_text and encoder.reports_text_deltas else None
     prepare = None if type(encoder).prepare is StreamEncoder.prepare else encoder.prepare
     encode = encoder.encode
     keepalive = encoder.keepalive
@@ -129,11 +144,13 @@ async def stream_body(
             else:
                 sent = chunk if prepare is None else prepare(chunk)
                 if sent is not None:
-                    if chunk_hook is not None and not (skip_text and is_text_delta(sent)):
+                    if chunk_hook is not None and late is None and not (skip_text and is_text_delta(sent)):
                         seen = encoder.canonical(sent)
                         if seen is not None:
                             chunk_hook(ctx, seen)  # isolated: a failing plugin never cuts the stream
                     data = encode(sent)
+                    if late is not None and not encoder.text_delta:
+                        late(ctx, sent)  # (canonical is the default there: the chunk itself)
                     if data:
                         out.append(data)
                 if encoder.done:

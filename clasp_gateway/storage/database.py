@@ -100,6 +100,7 @@ class Database:
         connect_args: dict[str, Any]
         if s.dialect == "sqlite":
             self._prepare_sqlite_dir()
+            _adapt_bools()
             # sqlite3's own timeout is its busy handler; check_same_thread: aiosqlite's thread.
             connect_args = {"timeout": s.busy_timeout, "check_same_thread": False}
         else:
@@ -224,6 +225,18 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+
+def _adapt_bools() -> None:
+    """Bind ``bool`` parameters through a registered adapter (``int``: what SQLite stores
+    for them anyway). Without one, Python's ``sqlite3`` looks for an adapter protocol on
+    every ``bool`` it binds, and that lookup raises and clears an ``AttributeError``
+    each time: the ledger's and analytics' rows carry six booleans per request, and
+    those failed lookups were a measurable share of what a request's rows cost (see
+    ``bench/README.md``). Process-wide and idempotent; the values stored are the same."""
+    import sqlite3
+
+    sqlite3.register_adapter(bool, int)
 
 
 def describe_error(exc: BaseException) -> str:

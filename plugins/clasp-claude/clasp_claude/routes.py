@@ -120,6 +120,7 @@ class AnthropicEncoder(StreamEncoder):
     when the answer is cut."""
 
     keepalive = PING
+    reports_text_deltas = True  # the translator works it out (StreamTranslator.text_delta)
 
     def __init__(self, translator: StreamTranslator) -> None:
         self.translator = translator
@@ -138,7 +139,9 @@ class AnthropicEncoder(StreamEncoder):
         """The events one canonical chunk makes (often one, sometimes none); ``done``
         once a stop sequence matched, or the finish and the usage both arrived."""
         events = self._feed(chunk)
-        self.done = self.translator.done
+        translator = self.translator
+        self.done = translator.done
+        self.text_delta = translator.text_delta
         if len(events) == 1:  # the common case: no join, no generator
             name, payload = events[0]
             return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

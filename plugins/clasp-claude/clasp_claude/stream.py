@@ -77,6 +77,10 @@ _ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
 _WAITING, _OPEN, _CLOSED = 0, 1, 2
+_TEXT_DELTA_KEYS = frozenset({"role", "content", "reasoning_content"})
+"""A plain text delta's keys at most (``clasp_gateway.is_text_delta``'s test, which
+``tests/test_stream.py`` checks :attr:`StreamTranslator.text_delta` against)."""
+
 # How a tool's arguments are emitted: undecided until the first non-space character.
 _UNDECIDED, _STREAM, _BUFFER = 0, 1, 2
 
@@ -262,6 +266,7 @@ class StreamTranslator:
         "_finish_reason",
         "_usage",
         "_out_chars",
+        "text_delta",
     )
 
     def __init__(
@@ -298,6 +303,10 @@ class StreamTranslator:
         self._stopped = False
         self._matched: str | None = None
         self._finish_reason: str | None = None
+        self.text_delta = False
+        """Whether the chunk :meth:`feed` was last given is a plain text delta, as
+        ``clasp_gateway.is_text_delta`` tests it (the encoder reports it to the core:
+        ``StreamEncoder.reports_text_deltas``), worked out from what ``feed`` reads anyway."""
         self._usage: Usage | None = None
         self._out_chars = 0
 
@@ -399,6 +408,7 @@ class StreamTranslator:
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one upstream chunk. Returns ``[]`` after a stop-sequence match."""
+        self.text_delta = False
         if self._finished or self._stopped:
             return []
         if not isinstance(chunk, dict):
@@ -416,6 +426,7 @@ class StreamTranslator:
         if not isinstance(choice, dict):
             return out
         delta = choice.get("delta")
+        streamed = delta is not None
         if delta is None:
             delta = choice.get("message")  # a few servers stream "message" objects
         if delta and isinstance(delta, dict):
@@ -423,6 +434,9 @@ class StreamTranslator:
         reason = choice.get("finish_reason")
         if reason and isinstance(reason, str):
             self._finish_reason = reason
+        elif reason is None and streamed and not usage and len(choices) == 1 and type(delta) is dict \
+                and type(choice) is dict:
+            self.text_delta = delta.keys() <= _TEXT_DELTA_KEYS
         return out
 
     def finish(self) -> list[Event]:

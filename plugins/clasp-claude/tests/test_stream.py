@@ -806,3 +806,39 @@ def test_per_chunk_cost_is_small() -> None:
             t.finish()
             best = min(best, (time.perf_counter() - start) / len(stream))
         assert best < 20e-6, f"{best * 1e6:.1f} µs per chunk"  # typically 1-3 µs
+
+
+def test_the_translator_reports_text_deltas_exactly_as_the_core_tests_them() -> None:
+    """``StreamTranslator.text_delta`` (the encoder's ``reports_text_deltas``) stands in
+    for ``clasp_gateway.is_text_delta``: calling a chunk a text delta wrongly would hide
+    a finish reason or a tool call from plugins that skip text deltas."""
+    from clasp_gateway import is_text_delta
+
+    def chunk(delta: Any, **extra: Any) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if "finish" in extra:
+            choice["finish_reason"] = extra.pop("finish")
+        return {"id": "c", "object": "chat.completion.chunk", "choices": [choice], **extra}
+
+    two = chunk({"content": "a"})
+    two["choices"].append({"index": 1, "delta": {"content": "b"}, "finish_reason": None})
+    cases = [
+        chunk({"content": "hi"}), chunk({"content": "hi"}, finish=None), chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "hmm"}), chunk({"role": "assistant"}), chunk({}),
+        chunk({"content": "hi"}, finish="length"), chunk({"content": "hi"}, finish="stop"), chunk({"content": "x"}, finish=""),
+        chunk({"content": "x"}, usage={"completion_tokens": 3}), chunk({"content": "x"}, usage=None),
+        chunk({"content": None, "tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}),
+        chunk({"content": "x", "refusal": None}), chunk({"reasoning": "vllm's name"}), chunk({"content": "x", "audio": {}}),
+        chunk({"function_call": {"name": "f"}}), chunk(None), chunk("text"), chunk([{"type": "text", "text": "x"}]),
+        {"choices": [{"index": 0, "message": {"content": "whole"}, "finish_reason": None}]},
+        {"choices": []}, {"usage": {"prompt_tokens": 1}}, {"choices": "x"}, {"choices": ["x"]}, two,
+    ]
+    for case in cases:
+        translator = StreamTranslator("claude-sonnet-4-5")
+        translator.feed(case)
+        assert translator.text_delta is is_text_delta(case), case
+    # Once the answer is over (a stop sequence matched, or finished), no chunk is one.
+    translator = StreamTranslator("claude-sonnet-4-5", stop_sequences=["STOP"])
+    translator.feed(chunk({"content": "before STOP after"}))
+    translator.feed(chunk({"content": "more"}))
+    assert translator.text_delta is False
