@@ -20,7 +20,8 @@ The names, by what a plugin does with them:
   :class:`RequestClass`, :class:`RequestFeatures`, :class:`Classifier`.
 - **The canonical format**: :data:`CanonicalRequest`, :data:`Chunk`, :data:`KEEPALIVE`,
   :func:`completion_to_chunk`, :func:`chunks_to_completion`, and for plugins that judge
-  answers :func:`collect_tool_arguments` and :func:`invalid_tool_arguments`; what travels with a
+  answers :func:`collect_tool_arguments` (:func:`note_tool_arguments` for a delta's calls) and
+  :func:`invalid_tool_arguments`; what travels with a
   request: :class:`RequestContext`, :class:`RequestHints`, :class:`Principal`,
   :class:`Usage`, :class:`Attempt`, :class:`UpstreamStream`; a deployment:
   :class:`Deployment`, :class:`ModelInfo`, :class:`Timeouts`, :class:`Secret`.
@@ -79,7 +80,13 @@ The names, by what a plugin does with them:
   (:func:`price_map_path` in the gateway's :func:`data_dir`, :func:`reload_price_map`).
 """
 
-from .canonical import chunks_to_completion, collect_tool_arguments, completion_to_chunk, invalid_tool_arguments
+from .canonical import (
+    chunks_to_completion,
+    collect_tool_arguments,
+    completion_to_chunk,
+    invalid_tool_arguments,
+    note_tool_arguments,
+)
 from .classes import Classifier, RequestClass, RequestFeatures, build_classifier
 from .classes import features as request_features
 from .config import Config, ConfigError, load_config, parse_config, resolve_secret
@@ -234,7 +241,7 @@ __all__ = [
     "Classifier", "RequestClass", "RequestFeatures", "build_classifier", "request_features",
     # the canonical format and what travels with a request
     "KEEPALIVE", "Attempt", "CanonicalRequest", "Chunk", "Deployment", "KeyPolicy", "ModelInfo", "Principal", "RequestContext",
-    "RequestHints", "Secret", "Timeouts", "UpstreamStream", "Usage", "chunks_to_completion", "collect_tool_arguments", "completion_to_chunk",
+    "RequestHints", "Secret", "Timeouts", "UpstreamStream", "Usage", "chunks_to_completion", "collect_tool_arguments", "completion_to_chunk", "note_tool_arguments",
     "invalid_tool_arguments",
     # errors
     "ApiError", "AuthenticationError", "ConfigurationError", "GatewayError", "InvalidRequestError", "NotFoundError",

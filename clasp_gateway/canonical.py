@@ -110,12 +110,21 @@ def collect_tool_arguments(chunk: Chunk, into: dict[int, list[str]]) -> str | No
     choice = choices[0]
     delta = choice.get("delta")
     if delta:
-        for call in delta.get("tool_calls") or ():
-            arguments = (call.get("function") or {}).get("arguments")
-            if arguments:
-                into.setdefault(call.get("index", 0), []).append(arguments)
+        calls = delta.get("tool_calls")
+        if calls:
+            note_tool_arguments(calls, into)
     reason: str | None = choice.get("finish_reason")
     return reason
+
+
+def note_tool_arguments(calls: Sequence[Mapping[str, Any]], into: dict[int, list[str]]) -> None:
+    """Note the argument fragments of a delta's ``tool_calls`` in ``into`` (by tool-call
+    index): :func:`collect_tool_arguments` for a caller that has taken the chunk apart
+    already (an ``on_stream_chunk`` that reads its finish reason itself)."""
+    for call in calls:
+        arguments = (call.get("function") or {}).get("arguments")
+        if arguments:
+            into.setdefault(call.get("index", 0), []).append(arguments)
 
 
 def invalid_tool_arguments(tool_args: Mapping[int, Sequence[str]]) -> bool:

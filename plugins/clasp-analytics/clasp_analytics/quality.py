@@ -35,9 +35,9 @@ from clasp_gateway import (
     RequestContext,
     Script,
     ScriptTx,
-    collect_tool_arguments,
     hookimpl,
     invalid_tool_arguments,
+    note_tool_arguments,
     request_fingerprint,
     skips_text_deltas,
 )
@@ -151,11 +151,15 @@ class StreamInspector:
             return
         choice = choices[0]
         delta = choice.get("delta")
+        calls = delta.get("tool_calls") if delta else None
         reason = choice.get("finish_reason")
-        if delta and delta.get("tool_calls"):
-            reason = collect_tool_arguments(chunk, seen(ctx).tool_args)
+        if not calls and not reason:
+            return
+        record = seen(ctx)
+        if calls:
+            note_tool_arguments(calls, record.tool_args)
         if reason:
-            seen(ctx).finish_reason = reason
+            record.finish_reason = reason
 
 
 def invalid_tool_json(record: AnswerSeen) -> bool:

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""The team gateway's added work per streaming request, in CPU instructions: a figure
+that does not move with the machine's speed or its other load.
+
+``run_bench.py --ab`` and ``team_cpu.py`` measure CPU time, whose run-to-run spread on a
+shared VM is the size of issue 10's target (0.4 ms). This script counts instructions
+instead, with valgrind's callgrind (``apt-get install valgrind``): the same gateway and
+requests give the same count within ~0.1%, whatever else the machine does, so a change
+of a few percent shows, and so does what each plugin costs (``--without``).
+
+For each target it runs a child process (under callgrind) that builds the gateway in
+process as ``team_cpu.py`` does (``create_app``, the plugins ``clasp serve`` would load,
+driven through ASGI; the upstream is ``fake_upstream.py`` in its own process, not
+counted), sends ``--warmup`` requests and then ``N`` more, and exits. It does so twice,
+with ``N = 0`` and ``N = --requests``: the difference, divided by ``--requests``, is the
+instructions of one request, start-up and warm-up cancelled out. Time under callgrind
+runs ~50 times slower, so the background writers' 1 s timer flushes ~50 times more
+often per request than in a real run: their per-batch overhead is overstated here.
+
+Instructions are not time (a cache miss costs none here), so quote ``run_bench.py``'s
+CPU figures for the target and use these to see what a change or a plugin is worth.
+
+    .venv/bin/python bench/team_instructions.py [--cases short,long] [--requests 200]
+    .venv/bin/python bench/team_instructions.py --cases short --without analytics,budgets_ledger
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TEAM_PLUGINS = "claude,fallback,budgets_keys,budgets_limits,budgets_budgets,budgets_alerts,budgets_ledger,analytics"
+OFF_PLUGINS = "claude,fallback"
+
+
+def child(args: argparse.Namespace) -> None:
+    """Inside callgrind: one gateway, warm-up, then ``--count`` requests of ``--case``."""
+    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("CLASP_PERMISSION_PROBES", "off")
+    from team_cpu import Target, start_upstream
+
+    extra = Path(args.config).read_text() if args.config else ""
+
+    async def run() -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="clasp-instructions-"))
+        upstream, port = await start_upstream(tmp)
+        plugins = args.plugins
+        target = Target("t", plugins, extra, "budgets_keys" in plugins.split(","), tmp, port)
+        try:
+            await asyncio.to_thread(target.make_key)
+            await target.start()
+            for _ in range(args.warmup):
+                await target.request(args.case)
+            await target.flush()
+            for _ in range(args.count):
+                await target.request(args.case)
+            await target.flush()
+        finally:
+            if target.app is not None:
+                await target.stop()
+            upstream.terminate()
+            upstream.wait(10)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    asyncio.run(run())
+
+
+def count(plugins: str, config: str, case: str, n: int, warmup: int) -> int:
+    """Instructions of one child run (callgrind's total)."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+           sys.executable, str(Path(__file__).resolve()), "--child", "--plugins", plugins, "--case", case,
+           "--count", str(n), "--warmup", str(warmup)]
+    if config:
+        cmd += ["--config", config]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"callgrind run failed ({plugins}, {case}, {n}):\n{done.stderr[-3000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="short,long")
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per target and case")
+    parser.add_argument("--warmup", type=int, default=100, help="requests before the measured ones (the "
+                        "limits' runaway detector flags the bench's key after 60: past that, every request is alike)")
+    parser.add_argument("--without", default="", metavar="LIST",
+                        help="also the team gateway without each of these (a plugin of --team-plugins, or "
+                             "budgets/limits: team.yaml without that section): what each adds")
+    parser.add_argument("--team-plugins", default=TEAM_PLUGINS)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output", default="", help="JSON results file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plugins", default=OFF_PLUGINS, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--case", default="short", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    tmp = Path(tempfile.mkdtemp(prefix="clasp-callgrind-"))
+    team_yaml = (HERE / "team.yaml").read_text()
+    sections = {"budgets": "", "limits": ""}
+    for name in sections:  # team.yaml's top-level sections, one by one
+        found = re.search(rf"^{name}:\n(?:[ #].*\n?)*", team_yaml, re.M)
+        sections[name] = found.group(0) if found else ""
+    configs: dict[str, tuple[str, str]] = {"off": (OFF_PLUGINS, ""), "team": (args.team_plugins, team_yaml)}
+    for piece in [p for p in args.without.split(",") if p]:
+        if piece in sections:
+            configs[f"team-{piece}"] = (args.team_plugins, team_yaml.replace(sections[piece], ""))
+        else:
+            configs[f"team-{piece}"] = (",".join(p for p in args.team_plugins.split(",") if p != piece), team_yaml)
+    files: dict[str, str] = {}
+    for name, (_, text) in configs.items():
+        if text:
+            path = tmp / f"{name}.yaml"
+            path.write_text(text)
+            files[name] = str(path)
+    cases = [c for c in args.cases.split(",") if c]
+    jobs = [(name, case, n) for case in cases for name in configs for n in (0, args.requests)]
+    started = time.monotonic()
+    totals: dict[tuple[str, str, int], int] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(count, configs[name][0], files.get(name, ""), case, n, args.warmup): (name, case, n)
+                   for name, case, n in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            totals[futures[future]] = future.result()
+    results: dict[str, Any] = {}
+    for case in cases:
+        per = {name: (totals[(name, case, args.requests)] - totals[(name, case, 0)]) / args.requests
+               for name in configs}
+        row: dict[str, Any] = {name: {"instructions_per_request": round(v)} for name, v in per.items()}
+        row["team"]["added_vs_off"] = round(per["team"] - per["off"])
+        for name in configs:
+            if name.startswith("team-"):
+                row[name]["saves_vs_team"] = round(per["team"] - per[name])
+        results[case] = row
+        print(f"{case}: off {per['off'] / 1e6:.3f} M instructions/request, team {per['team'] / 1e6:.3f} M "
+              f"(added {(per['team'] - per['off']) / 1e6:+.3f} M, x{per['team'] / per['off']:.3f})")
+        for name in configs:
+            if name.startswith("team-"):
+                print(f"  without {name[5:]:16s} {per[name] / 1e6:.3f} M: it adds {(per['team'] - per[name]) / 1e6:.3f} M")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "warmup": args.warmup,
+            "team_plugins": args.team_plugins, "elapsed_s": round(time.monotonic() - started, 1)}
+    if args.output:
+        Path(args.output).write_text(json.dumps({"meta": meta, "cases": results}, indent=1) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
