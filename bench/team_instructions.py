@@ -4,9 +4,12 @@ that does not move with the machine's speed or its other load.
 
 ``run_bench.py --ab`` and ``team_cpu.py`` measure CPU time, whose run-to-run spread on a
 shared VM is the size of issue 10's target (0.4 ms). This script counts instructions
-instead, with valgrind's callgrind (``apt-get install valgrind``): the same gateway and
-requests give the same count within ~0.1%, whatever else the machine does, so a change
-of a few percent shows, and so does what each plugin costs (``--without``).
+instead, with valgrind's callgrind (``apt-get install valgrind``), which the machine's
+speed and other load do not change: a run of the ``short`` case repeats within ~0.04 M
+instructions per request (~0.5%), so a change of a few percent shows, and so does what
+each plugin costs (``--without``). The ``long`` case repeats within ~0.2-0.4 M (~2%):
+how many network reads its 200 back-to-back chunks arrive in still depends on timing,
+and each read is a round of the stream loop.
 
 For each target it runs a child process (under callgrind) that builds the gateway in
 process as ``team_cpu.py`` does (``create_app``, the plugins ``clasp serve`` would load,
