@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ApiError, GatewayError
 from ..plugins import is_text_delta
@@ -56,19 +56,6 @@ class StreamEncoder:
     keepalive: bytes = b": keep-alive\n\n"
     """Written while the upstream is silent (every ~10 s)."""
 
-    reports_text_deltas: bool = False
-    """Set it to ``True`` (on the class) when :meth:`encode` sets :attr:`text_delta` for
-    every chunk it encodes: a translator that reads every field of a chunk anyway knows
-    for free what :func:`~clasp_gateway.is_text_delta` would work out again. Streams
-    whose ``on_stream_chunk`` implementations all skip text deltas then use that verdict
-    (and call the hook right after :meth:`encode`, not before) instead of testing each
-    chunk a second time: most of a long answer's chunks are text deltas."""
-
-    text_delta: bool = False
-    """With :attr:`reports_text_deltas`: whether the chunk :meth:`encode` was last given
-    is a plain text delta, exactly as :func:`~clasp_gateway.is_text_delta` tests it (or
-    stricter: a chunk called a text delta wrongly would be hidden from plugins)."""
-
     done: bool = False
     """Set it (in :meth:`encode`) when the answer is complete before the upstream ended
     (a stop sequence matched): the upstream is not read any further."""
@@ -86,6 +73,19 @@ class StreamEncoder:
         """The chunk as this API sends it (``None``: nothing to send). The default
         sends every chunk as it came."""
         return chunk
+
+    def report_text_deltas(self) -> Any:
+        """Asked once per stream, before the first chunk, when every ``on_stream_chunk``
+        implementation skips plain text deltas (``@skips_text_deltas``). An encoder that
+        reads every field of a chunk anyway (a translator) knows for free what
+        :func:`~clasp_gateway.is_text_delta` would work out again: it may answer an
+        object whose boolean ``text_delta`` attribute :meth:`encode` keeps, for every
+        chunk, equal to ``is_text_delta`` of that chunk (or stricter: a chunk called a
+        text delta wrongly would be hidden from the plugins). The hook is then called
+        right after :meth:`encode`, on that verdict, with no second test per chunk. The
+        default answers ``None``: the core tests each chunk itself. Asked only then, so
+        the verdict costs nothing to a stream no plugin watches this way."""
+        return None
 
     def canonical(self, chunk: Chunk) -> Chunk | None:
         """The canonical chunk ``on_stream_chunk`` receives for a prepared ``chunk``
@@ -127,8 +127,9 @@ async def stream_body(
     # only where the chunk sent is the canonical one (not a pass-through's own events).
     skip_text = chunk_hook is not None and getattr(chunk_hook, "skips_text_deltas", False) \
         and type(encoder).canonical is StreamEncoder.canonical
-    # The encoder's own verdict (reports_text_deltas): the hook is called after encode.
-    late = chunk_hook if skip_text and encoder.reports_text_deltas else None
+    # The encoder's own verdict (report_text_deltas): the hook is called after encode.
+    verdict: Any = encoder.report_text_deltas() if skip_text else None
+    late = chunk_hook if verdict is not None else None
     prepare = None if type(encoder).prepare is StreamEncoder.prepare else encoder.prepare
     encode = encoder.encode
     keepalive = encoder.keepalive
@@ -149,7 +150,7 @@ async def stream_body(
                         if seen is not None:
                             chunk_hook(ctx, seen)  # isolated: a failing plugin never cuts the stream
                     data = encode(sent)
-                    if late is not None and not encoder.text_delta:
+                    if late is not None and not verdict.text_delta:
                         late(ctx, sent)  # (canonical is the default there: the chunk itself)
                     if data:
                         out.append(data)

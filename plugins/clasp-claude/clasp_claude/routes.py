@@ -120,7 +120,6 @@ class AnthropicEncoder(StreamEncoder):
     when the answer is cut."""
 
     keepalive = PING
-    reports_text_deltas = True  # the translator works it out (StreamTranslator.text_delta)
 
     def __init__(self, translator: StreamTranslator) -> None:
         self.translator = translator
@@ -139,13 +138,17 @@ class AnthropicEncoder(StreamEncoder):
         """The events one canonical chunk makes (often one, sometimes none); ``done``
         once a stop sequence matched, or the finish and the usage both arrived."""
         events = self._feed(chunk)
-        translator = self.translator
-        self.done = translator.done
-        self.text_delta = translator.text_delta
+        self.done = self.translator.done
         if len(events) == 1:  # the common case: no join, no generator
             name, payload = events[0]
             return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
         return encode_events(events)
+
+    def report_text_deltas(self) -> StreamTranslator:
+        """The translator: it works out whether each chunk is a text delta while it
+        translates it (:attr:`StreamTranslator.text_delta`), once asked to."""
+        self.translator.reports_text_deltas = True
+        return self.translator
 
     def finish(self) -> bytes:
         """The closing blocks, ``message_delta`` and ``message_stop``."""

@@ -266,6 +266,7 @@ class StreamTranslator:
         "_finish_reason",
         "_usage",
         "_out_chars",
+        "reports_text_deltas",
         "text_delta",
     )
 
@@ -303,10 +304,13 @@ class StreamTranslator:
         self._stopped = False
         self._matched: str | None = None
         self._finish_reason: str | None = None
+        self.reports_text_deltas = False
+        """Set it to have :attr:`text_delta` kept (``StreamEncoder.report_text_deltas``:
+        only a stream whose plugins skip text deltas needs it)."""
         self.text_delta = False
-        """Whether the chunk :meth:`feed` was last given is a plain text delta, as
-        ``clasp_gateway.is_text_delta`` tests it (the encoder reports it to the core:
-        ``StreamEncoder.reports_text_deltas``), worked out from what ``feed`` reads anyway."""
+        """With :attr:`reports_text_deltas`: whether the chunk :meth:`feed` was last given
+        is a plain text delta, as ``clasp_gateway.is_text_delta`` tests it, worked out
+        from what ``feed`` reads anyway."""
         self._usage: Usage | None = None
         self._out_chars = 0
 
@@ -408,10 +412,10 @@ class StreamTranslator:
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         """Translate one upstream chunk. Returns ``[]`` after a stop-sequence match."""
-        self.text_delta = False
-        if self._finished or self._stopped:
-            return []
-        if not isinstance(chunk, dict):
+        if self._finished or self._stopped or not isinstance(chunk, dict):
+            self.text_delta = False
+            if self._finished or self._stopped:
+                return []
             return self.start() if not self._started else []
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
@@ -421,12 +425,13 @@ class StreamTranslator:
         out = self.start() if not self._started else []
         choices = chunk.get("choices")
         if not choices or not isinstance(choices, list):
+            self.text_delta = False
             return out  # Azure's first chunk, usage-only chunks
         choice = choices[0]
         if not isinstance(choice, dict):
+            self.text_delta = False
             return out
         delta = choice.get("delta")
-        streamed = delta is not None
         if delta is None:
             delta = choice.get("message")  # a few servers stream "message" objects
         if delta and isinstance(delta, dict):
@@ -434,9 +439,10 @@ class StreamTranslator:
         reason = choice.get("finish_reason")
         if reason and isinstance(reason, str):
             self._finish_reason = reason
-        elif reason is None and streamed and not usage and len(choices) == 1 and type(delta) is dict \
-                and type(choice) is dict:
-            self.text_delta = delta.keys() <= _TEXT_DELTA_KEYS
+        if self.reports_text_deltas:  # (is_text_delta's test, on what was read above)
+            self.text_delta = (reason is None and not usage and len(choices) == 1 and type(choice) is dict
+                               and type(delta) is dict and choice.get("delta") is delta
+                               and delta.keys() <= _TEXT_DELTA_KEYS)  # type: ignore[union-attr]  # (a dict: above)
         return out
 
     def finish(self) -> list[Event]:

@@ -835,10 +835,18 @@ def test_the_translator_reports_text_deltas_exactly_as_the_core_tests_them() -> 
     ]
     for case in cases:
         translator = StreamTranslator("claude-sonnet-4-5")
+        translator.reports_text_deltas = True
         translator.feed(case)
         assert translator.text_delta is is_text_delta(case), case
     # Once the answer is over (a stop sequence matched, or finished), no chunk is one.
     translator = StreamTranslator("claude-sonnet-4-5", stop_sequences=["STOP"])
+    translator.reports_text_deltas = True
+    translator.feed(chunk({"content": "plain"}))
+    assert translator.text_delta is True
     translator.feed(chunk({"content": "before STOP after"}))
     translator.feed(chunk({"content": "more"}))
+    assert translator.text_delta is False
+    # Unless asked (no plugin needs it), the translator does not work it out.
+    translator = StreamTranslator("claude-sonnet-4-5")
+    translator.feed(chunk({"content": "hi"}))
     assert translator.text_delta is False
