@@ -5,11 +5,14 @@ that does not move with the machine's speed or its other load.
 ``run_bench.py --ab`` and ``team_cpu.py`` measure CPU time, whose run-to-run spread on a
 shared VM is the size of issue 10's target (0.4 ms). This script counts instructions
 instead, with valgrind's callgrind (``apt-get install valgrind``), which the machine's
-speed and other load do not change: a run of the ``short`` case repeats within ~0.04 M
-instructions per request (~0.5%), so a change of a few percent shows, and so does what
-each plugin costs (``--without``). The ``long`` case repeats within ~0.2-0.4 M (~2%):
-how many network reads its 200 back-to-back chunks arrive in still depends on timing,
-and each read is a round of the stream loop.
+speed does not change. Its own spread is not nil: the background writers flush on a 1 s
+timer and limits and alerts close a minute when the clock turns, and under callgrind
+(~50x slower) how often those happen per request varies from run to run; the ``long``
+case's 200 back-to-back chunks also arrive in a number of network reads that depends on
+timing. Two runs of the same tree agreed within ~0.15 M instructions per request on the
+``short`` case (~2%) and ~0.5 M on the ``long`` one: enough to rank what each plugin
+costs (``--without``) and to find costs of thousands of instructions per chunk or per
+request.
 
 For each target it runs a child process (under callgrind) that builds the gateway in
 process as ``team_cpu.py`` does (``create_app``, the plugins ``clasp serve`` would load,
