@@ -1,6 +1,6 @@
 """Streams whose ``on_stream_chunk`` implementations all skip plain text deltas
 (``@skips_text_deltas``): on the Anthropic route the translator's own verdict
-(``StreamEncoder.reports_text_deltas``) decides which chunks the hook is called for,
+(``StreamEncoder.report_text_deltas()``) decides which chunks the hook is called for,
 and that must be exactly the chunks :func:`clasp_gateway.is_text_delta` would let
 through: every tool call, finish reason and usage chunk, no text delta."""
 
