@@ -11,7 +11,7 @@ The names, by what a plugin does with them:
 
 - **Hooks**: :data:`hookimpl`, :func:`await_me_maybe`, :func:`skips_text_deltas` (an
   ``on_stream_chunk`` that needs no plain text delta; :func:`is_text_delta` is the
-  test), and for a plugin's own hooks
+  test, :data:`TEXT_DELTA_KEYS` its keys), and for a plugin's own hooks
   :func:`call_first` and :func:`call_each`; the :class:`Gateway` a hook or route is
   handed (``request.app.state.gateway``); the typed ``register`` callbacks of the
   ``register_*`` hooks (:class:`RegisterProvider`, :class:`RegisterRoute`...) and
@@ -106,7 +106,7 @@ from .errors import (
 from .handover import Handover
 from .hookspecs import hookimpl
 from .pipeline import Gateway, request_cost
-from .plugins import await_me_maybe, call_each, call_first, is_text_delta, skips_text_deltas
+from .plugins import TEXT_DELTA_KEYS, await_me_maybe, call_each, call_first, is_text_delta, skips_text_deltas
 from .policy import check_model_access, inside_regions, may_use_model, region_allowed
 from .redact import redact, redact_bytes, register_secret
 from .registrations import (
@@ -230,7 +230,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # hooks and the gateway
-    "Gateway", "Handover", "await_me_maybe", "call_each", "call_first", "hookimpl", "is_text_delta", "skips_text_deltas",
+    "Gateway", "Handover", "await_me_maybe", "call_each", "call_first", "hookimpl", "is_text_delta", "skips_text_deltas", "TEXT_DELTA_KEYS",
     # typed registration callbacks (register_* hooks) and what they record
     "CacheBackendRegistration", "RegisterCacheBackend",
     "CommandRegistration", "ConfigSectionRegistration", "ProviderRegistration", "RegisterCommand",

@@ -230,7 +230,9 @@ async def call_each(hook: pluggy.HookCaller, *, on_failure: HookFailure | None =
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SKIPS_TEXT = "_clasp_skips_text_deltas"
-_TEXT_DELTA_KEYS = frozenset({"role", "content", "reasoning_content"})
+TEXT_DELTA_KEYS = frozenset({"role", "content", "reasoning_content"})
+"""The keys a plain text delta's ``delta`` may have (:func:`is_text_delta`); an encoder
+that reports text deltas itself (``StreamEncoder.report_text_deltas``) tests the same."""
 
 
 def skips_text_deltas(function: F) -> F:
@@ -254,7 +256,7 @@ def is_text_delta(chunk: Any) -> bool:
     except (KeyError, TypeError, ValueError):  # no choices, not one, not a dict, no delta
         return False
     return (type(delta) is dict and type(choice) is dict and choice.get("finish_reason") is None
-            and _TEXT_DELTA_KEYS.issuperset(delta) and not chunk.get("usage"))
+            and TEXT_DELTA_KEYS.issuperset(delta) and not chunk.get("usage"))
 
 
 def notifier(hook: pluggy.HookCaller, on_failure: HookFailure, argnames: tuple[str, ...]) -> Callable[..., None]:

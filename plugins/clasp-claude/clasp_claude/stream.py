@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from clasp_gateway import Usage, completion_to_chunk
+from clasp_gateway import TEXT_DELTA_KEYS, Usage, completion_to_chunk
 
 __all__ = [
     "THINKING_SIGNATURE",
@@ -77,10 +77,6 @@ _ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
 _WAITING, _OPEN, _CLOSED = 0, 1, 2
-_TEXT_DELTA_KEYS = frozenset({"role", "content", "reasoning_content"})
-"""A plain text delta's keys at most (``clasp_gateway.is_text_delta``'s test, which
-``tests/test_stream.py`` checks :attr:`StreamTranslator.text_delta` against)."""
-
 # How a tool's arguments are emitted: undecided until the first non-space character.
 _UNDECIDED, _STREAM, _BUFFER = 0, 1, 2
 
@@ -442,7 +438,7 @@ class StreamTranslator:
         if self.reports_text_deltas:  # (is_text_delta's test, on what was read above)
             self.text_delta = (reason is None and not usage and len(choices) == 1 and type(choice) is dict
                                and type(delta) is dict and choice.get("delta") is delta
-                               and delta.keys() <= _TEXT_DELTA_KEYS)  # type: ignore[union-attr]  # (a dict: above)
+                               and delta.keys() <= TEXT_DELTA_KEYS)  # type: ignore[union-attr]  # (a dict: above)
         return out
 
     def finish(self) -> list[Event]:
