@@ -21,6 +21,8 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket
 import threading
 import time
@@ -154,7 +156,11 @@ class FakeTokenEndpoint:
                 "invalid_scope", 1002012, f"The provided value for scope {form.get('scope')} is not valid. "
                 "Client credential flows must have a scope value with /.default suffixed to the resource "
                 "identifier (application ID URI)."), status=400)
-        token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.aad-" + uuid.uuid4().hex + "." + uuid.uuid4().hex
+        # A JWT's shape: an RS256 signature is 256 bytes, base64url without padding, so its
+        # last character is always one of A, Q, g, w (never a hex digit: no 4-character end of
+        # a token can be mistaken for a piece of a request id in a leak test).
+        signature = base64.urlsafe_b64encode(os.urandom(256)).rstrip(b"=").decode()
+        token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.aad-" + uuid.uuid4().hex + "." + signature
         with self._lock:
             self.issued[token] = self.clock() + self.expires_in
         return web.json_response({
