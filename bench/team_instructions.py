@@ -49,6 +49,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TEAM_PLUGINS = "claude,fallback,budgets_keys,budgets_limits,budgets_budgets,budgets_alerts,budgets_ledger,analytics"
 OFF_PLUGINS = "claude,fallback"
+FEATURES_OFF = {
+    "quality": "analytics: {quality: {enabled: false}}\n",  # analytics' quality signals and rows
+    "prompt_hash": "ledger: {prompt_hash: false}\n",  # the ledger's fingerprint of each request
+    "inspect": "analytics: {quality: {inspect_streams: false}}\n",  # quality's reading of answers
+    "retry": "analytics: {quality: {retry_window: 0}}\n",  # quality's retried-conversation signal
+}
+"""``--without`` names that turn a feature off in clasp.yaml (appended to team.yaml)."""
 
 
 def child(args: argparse.Namespace) -> None:
@@ -106,8 +113,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100, help="requests before the measured ones (the "
                         "limits' runaway detector flags the bench's key after 60: past that, every request is alike)")
     parser.add_argument("--without", default="", metavar="LIST",
-                        help="also the team gateway without each of these (a plugin of --team-plugins, or "
-                             "budgets/limits: team.yaml without that section): what each adds")
+                        help="also the team gateway without each of these (a plugin of --team-plugins, "
+                             "budgets/limits: team.yaml without that section, or quality/prompt_hash: that "
+                             "feature turned off in clasp.yaml): what each adds")
     parser.add_argument("--team-plugins", default=TEAM_PLUGINS)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default="", help="JSON results file")
@@ -130,7 +138,9 @@ def main() -> int:
         sections[name] = found.group(0) if found else ""
     configs: dict[str, tuple[str, str]] = {"off": (OFF_PLUGINS, ""), "team": (args.team_plugins, team_yaml)}
     for piece in [p for p in args.without.split(",") if p]:
-        if piece in sections:
+        if piece in FEATURES_OFF:
+            configs[f"team-{piece}"] = (args.team_plugins, team_yaml + FEATURES_OFF[piece])
+        elif piece in sections:
             configs[f"team-{piece}"] = (args.team_plugins, team_yaml.replace(sections[piece], ""))
         else:
             configs[f"team-{piece}"] = (",".join(p for p in args.team_plugins.split(",") if p != piece), team_yaml)
