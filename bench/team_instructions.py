@@ -27,7 +27,9 @@ Instructions are not time (a cache miss costs none here), so quote ``run_bench.p
 CPU figures for the target and use these to see what a change or a plugin is worth.
 
     .venv/bin/python bench/team_instructions.py [--cases short,long] [--requests 200]
-    .venv/bin/python bench/team_instructions.py --cases short --without analytics,budgets_ledger
+    .venv/bin/python bench/team_instructions.py --cases short --without analytics,budgets_ledger,quality
+    .venv/bin/python bench/team_instructions.py --team-config bench/team_issue.yaml \
+        --team-plugins claude,fallback,budgets_keys,budgets_budgets,budgets_alerts,budgets_ledger,analytics
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ def main() -> int:
                              "budgets/limits: team.yaml without that section, or quality/prompt_hash: that "
                              "feature turned off in clasp.yaml): what each adds")
     parser.add_argument("--team-plugins", default=TEAM_PLUGINS)
+    parser.add_argument("--team-config", default=str(HERE / "team.yaml"),
+                        help="the team gateway's clasp.yaml additions (e.g. bench/team_issue.yaml: the issue's "
+                             "measure as it names it, with --team-plugins without budgets_limits)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default="", help="JSON results file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -131,7 +136,7 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     tmp = Path(tempfile.mkdtemp(prefix="clasp-callgrind-"))
-    team_yaml = (HERE / "team.yaml").read_text()
+    team_yaml = Path(args.team_config).read_text()
     sections = {"budgets": "", "limits": ""}
     for name in sections:  # team.yaml's top-level sections, one by one
         found = re.search(rf"^{name}:\n(?:[ #].*\n?)*", team_yaml, re.M)
@@ -176,7 +181,8 @@ def main() -> int:
                 print(f"  without {name[5:]:16s} {per[name] / 1e6:.3f} M: it adds {(per['team'] - per[name]) / 1e6:.3f} M")
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "warmup": args.warmup,
-            "team_plugins": args.team_plugins, "elapsed_s": round(time.monotonic() - started, 1)}
+            "team_plugins": args.team_plugins, "team_config": Path(args.team_config).name,
+            "elapsed_s": round(time.monotonic() - started, 1)}
     if args.output:
         Path(args.output).write_text(json.dumps({"meta": meta, "cases": results}, indent=1) + "\n")
         print(f"wrote {args.output}")
