@@ -5,23 +5,24 @@ that does not move with the machine's speed or its other load.
 ``run_bench.py --ab`` and ``team_cpu.py`` measure CPU time, whose run-to-run spread on a
 shared VM is the size of issue 10's target (0.4 ms). This script counts instructions
 instead, with valgrind's callgrind (``apt-get install valgrind``), which the machine's
-speed does not change. Its own spread is not nil: the background writers flush on a 1 s
-timer and limits and alerts close a minute when the clock turns, and under callgrind
-(~50x slower) how often those happen per request varies from run to run; the ``long``
-case's 200 back-to-back chunks also arrive in a number of network reads that depends on
-timing. Two runs of the same tree agreed within ~0.15 M instructions per request on the
-``short`` case (~2%) and ~0.5 M on the ``long`` one: enough to rank what each plugin
-costs (``--without``) and to find costs of thousands of instructions per chunk or per
-request.
+speed does not change. Its own spread is not nil. The background writers used to flush
+on their 1 s timer, which under callgrind (~50x slower) fires ~50 times as often per
+request as in a real run and a varying number of times per run: two runs of the same tree
+then agreed within ~0.15 M instructions per request on the ``short`` case and ~0.5 M on
+the ``long`` one. By default the writers now write only when the run flushes them (the
+ledger's ``flush_interval`` set to 1h, analytics' writer's interval likewise), once after
+the warm-up and once after the measured requests, as a busy gateway writes a second's rows
+at once; ``--timer-flushes`` keeps the timer. Two runs of the whole ``short`` table then
+gave the team's added work as 1.266 M and 1.269 M; what remains moves each ``--without``
+figure by up to ~0.07 M (limits and alerts close a minute when the clock turns, and the
+``long`` case's chunks arrive in a number of network reads that depends on timing).
 
 For each target it runs a child process (under callgrind) that builds the gateway in
 process as ``team_cpu.py`` does (``create_app``, the plugins ``clasp serve`` would load,
 driven through ASGI; the upstream is ``fake_upstream.py`` in its own process, not
 counted), sends ``--warmup`` requests and then ``N`` more, and exits. It does so twice,
 with ``N = 0`` and ``N = --requests``: the difference, divided by ``--requests``, is the
-instructions of one request, start-up and warm-up cancelled out. Time under callgrind
-runs ~50 times slower, so the background writers' 1 s timer flushes ~50 times more
-often per request than in a real run: their per-batch overhead is overstated here.
+instructions of one request, start-up and warm-up cancelled out.
 
 Instructions are not time (a cache miss costs none here), so quote ``run_bench.py``'s
 CPU figures for the target and use these to see what a change or a plugin is worth.
@@ -68,6 +69,12 @@ def child(args: argparse.Namespace) -> None:
     from team_cpu import Target, start_upstream
 
     extra = Path(args.config).read_text() if args.config else ""
+    if not args.timer_flushes and "budgets_ledger" in args.plugins.split(","):
+        import yaml
+
+        data = yaml.safe_load(extra) or {}
+        data.setdefault("ledger", {}).setdefault("flush_interval", "1h")  # written by flush() only
+        extra = yaml.safe_dump(data)
 
     async def run() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="clasp-instructions-"))
@@ -77,6 +84,9 @@ def child(args: argparse.Namespace) -> None:
         try:
             await asyncio.to_thread(target.make_key)
             await target.start()
+            analytics = getattr(target.app.starlette_app.state, "analytics", None)
+            if not args.timer_flushes and analytics is not None and analytics.quality_rows is not None:
+                analytics.quality_rows.interval = 3600.0  # its first 1 s wait ends in the warm-up
             for _ in range(args.warmup):
                 await target.request(args.case)
             await target.flush()
@@ -93,11 +103,11 @@ def child(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
-def count(plugins: str, config: str, case: str, n: int, warmup: int) -> int:
+def count(plugins: str, config: str, case: str, n: int, warmup: int, timer_flushes: bool = False) -> int:
     """Instructions of one child run (callgrind's total)."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
            sys.executable, str(Path(__file__).resolve()), "--child", "--plugins", plugins, "--case", case,
-           "--count", str(n), "--warmup", str(warmup)]
+           "--count", str(n), "--warmup", str(warmup), *(["--timer-flushes"] if timer_flushes else [])]
     if config:
         cmd += ["--config", config]
     env = {**os.environ, "PYTHONHASHSEED": "0", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -124,6 +134,11 @@ def main() -> int:
                              "measure as it names it, with --team-plugins without budgets_limits)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default="", help="JSON results file")
+    parser.add_argument("--timer-flushes", action="store_true",
+                        help="keep the writers' 1 s flush timer (by default they write only when the run "
+                             "flushes them, once after the warm-up and once after the measured requests: "
+                             "under callgrind the timer fires ~50 times as often per request as in a real "
+                             "run, which overstated the writers' per-batch cost and made counts vary)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plugins", default=OFF_PLUGINS, help=argparse.SUPPRESS)
     parser.add_argument("--config", default="", help=argparse.SUPPRESS)
@@ -160,7 +175,8 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[tuple[str, str, int], int] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(count, configs[name][0], files.get(name, ""), case, n, args.warmup): (name, case, n)
+        futures = {pool.submit(count, configs[name][0], files.get(name, ""), case, n, args.warmup,
+                               args.timer_flushes): (name, case, n)
                    for name, case, n in jobs}
         for future in concurrent.futures.as_completed(futures):
             totals[futures[future]] = future.result()
@@ -182,6 +198,7 @@ def main() -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "warmup": args.warmup,
             "team_plugins": args.team_plugins, "team_config": Path(args.team_config).name,
+            "timer_flushes": args.timer_flushes,
             "elapsed_s": round(time.monotonic() - started, 1)}
     if args.output:
         Path(args.output).write_text(json.dumps({"meta": meta, "cases": results}, indent=1) + "\n")
