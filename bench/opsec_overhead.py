@@ -51,7 +51,7 @@ async def measure(apps: dict[str, Any], body: dict[str, Any], requests: int, rou
             clients[name] = await stack.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench"))
         headers = {"x-api-key": GATEWAY_KEY}
-        for name, client in clients.items():  # warm up
+        for client in clients.values():  # warm up
             for _ in range(20):
                 assert (await client.post("/v1/chat/completions", json=body, headers=headers)).status_code == 200
         names = list(apps)
