@@ -58,7 +58,23 @@ FEATURES_OFF = {
     "inspect": "analytics: {quality: {inspect_streams: false}}\n",  # quality's reading of answers
     "retry": "analytics: {quality: {retry_window: 0}}\n",  # quality's retried-conversation signal
 }
-"""``--without`` names that turn a feature off in clasp.yaml (appended to team.yaml)."""
+"""``--without`` names that turn a feature off in clasp.yaml (merged into the team's)."""
+
+
+def merged(text: str, addition: str) -> str:
+    """The YAML ``text`` with ``addition``'s mappings merged in (nested keys kept: appending
+    a second ``analytics:`` would replace the first whole, or be refused as a duplicate)."""
+    import yaml
+
+    def merge(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+        for key, value in more.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    return yaml.safe_dump(merge(yaml.safe_load(text) or {}, yaml.safe_load(addition) or {}))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -70,11 +86,7 @@ def child(args: argparse.Namespace) -> None:
 
     extra = Path(args.config).read_text() if args.config else ""
     if not args.timer_flushes and "budgets_ledger" in args.plugins.split(","):
-        import yaml
-
-        data = yaml.safe_load(extra) or {}
-        data.setdefault("ledger", {}).setdefault("flush_interval", "1h")  # written by flush() only
-        extra = yaml.safe_dump(data)
+        extra = merged(extra, "ledger: {flush_interval: 1h}\n")  # written by the run's flush() only
 
     async def run() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="clasp-instructions-"))
@@ -126,8 +138,8 @@ def main() -> int:
                         "limits' runaway detector flags the bench's key after 60: past that, every request is alike)")
     parser.add_argument("--without", default="", metavar="LIST",
                         help="also the team gateway without each of these (a plugin of --team-plugins, "
-                             "budgets/limits: team.yaml without that section, or quality/prompt_hash: that "
-                             "feature turned off in clasp.yaml): what each adds")
+                             "budgets/limits: team.yaml without that section, or quality, inspect, retry or "
+                             "prompt_hash: that feature turned off in clasp.yaml): what each adds")
     parser.add_argument("--team-plugins", default=TEAM_PLUGINS)
     parser.add_argument("--team-config", default=str(HERE / "team.yaml"),
                         help="the team gateway's clasp.yaml additions (e.g. bench/team_issue.yaml: the issue's "
@@ -159,7 +171,7 @@ def main() -> int:
     configs: dict[str, tuple[str, str]] = {"off": (OFF_PLUGINS, ""), "team": (args.team_plugins, team_yaml)}
     for piece in [p for p in args.without.split(",") if p]:
         if piece in FEATURES_OFF:
-            configs[f"team-{piece}"] = (args.team_plugins, team_yaml + FEATURES_OFF[piece])
+            configs[f"team-{piece}"] = (args.team_plugins, merged(team_yaml, FEATURES_OFF[piece]))
         elif piece in sections:
             configs[f"team-{piece}"] = (args.team_plugins, team_yaml.replace(sections[piece], ""))
         else:
