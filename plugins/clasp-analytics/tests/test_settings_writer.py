@@ -107,6 +107,33 @@ def test_a_row_of_the_wrong_shape_is_dropped_not_queued(caplog: pytest.LogCaptur
     assert any("dropped" in r.getMessage() for r in caplog.records)
 
 
+def test_a_batch_goes_to_sqlite_as_multi_row_statements(tmp_path: Path) -> None:
+    """Not the driver's executemany, which on SQLite releases and retakes the GIL per row
+    from aiosqlite's thread (beside a busy event loop, each row waits for it)."""
+    from sqlalchemy import event
+
+    async def go() -> tuple[list[tuple[bool, int]], int]:
+        url, _ = await support.create_database("sqlite", tmp_path)
+        async with support.engine_at(url) as engine:
+            calls: list[tuple[bool, int]] = []
+
+            def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+                if statement.startswith('INSERT INTO "analytics_quality"'):
+                    calls.append((many, statement.count("(?")))
+
+            event.listen(engine.sync_engine, "before_cursor_execute", seen)
+            writer = BatchWriter(FlakyDatabase(engine), QUALITY, batch=500)
+            for i in range(300):
+                writer.add(row(i))
+            assert await writer.flush() == 300
+            async with engine.connect() as conn:
+                return calls, int((await conn.execute(select(func.count()).select_from(QUALITY))).scalar() or 0)
+
+    calls, written = asyncio.run(go())
+    assert written == 300
+    assert calls == [(False, 256), (False, 32), (False, 8), (False, 4)]  # 300 rows, four statements
+
+
 class SlowWriter(BatchWriter):
     """A batch that takes a while inside its transaction (a busy database)."""
 
