@@ -50,3 +50,18 @@ def gateway(upstream: FakeUpstream) -> Iterator[GatewayServer]:
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "e2e: drives the real Claude Code CLI")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow background check (mypy, ~80 s of one core) as soon as the run is
+    known to include it, so it runs beside the other tests (``tests/test_lint.py``)."""
+    from tests import test_lint
+
+    if any(item.nodeid == test_lint.MYPY_NODE for item in session.items):
+        test_lint.start_mypy()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import test_lint
+
+    test_lint.stop_mypy()
