@@ -53,15 +53,22 @@ def pytest_configure(config: Any) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the slow background check (mypy, ~80 s of one core) as soon as the run is
-    known to include it, so it runs beside the other tests (``tests/test_lint.py``)."""
-    from tests import test_lint
+    """Start the two slow background jobs as soon as the run is known to need them, so
+    they run on the machine's other core beside the other tests: mypy (~80 s of one core,
+    ``tests/test_lint.py``) and the container image's build (~45 s,
+    ``tests/test_deploy_image.py``)."""
+    from tests import test_deploy_image, test_lint
 
     if any(item.nodeid == test_lint.MYPY_NODE for item in session.items):
         test_lint.start_mypy()
+    image_tests = [item for item in session.items if "image" in getattr(item, "fixturenames", ())
+                   and item.nodeid.startswith("tests/test_deploy_image.py::")]
+    if image_tests:
+        test_deploy_image.start_build()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from tests import test_lint
+    from tests import test_deploy_image, test_lint
 
     test_lint.stop_mypy()
+    test_deploy_image.discard_build()

@@ -102,34 +102,94 @@ class Image:
         self.site = next(prefix.glob("lib/python3*/site-packages"))
 
 
+class Build:
+    """``deploy/image/build.sh`` running in a fresh directory as the image's build user,
+    its output in a temporary file. Started by ``tests/conftest.py`` as soon as a run is
+    known to need the image (the build takes ~45 s of CPU: it then runs on the machine's
+    other core beside the other tests), or by the :func:`image` fixture itself."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="clasp-image-"))
+        self.root.chmod(0o755)
+        self.context = self.root / "src"
+        self.prefix = self.root / "opt-clasp"
+        self.process: subprocess.Popen[str] | None = None
+        self.output = tempfile.TemporaryFile(mode="w+")
+        try:
+            deploy_context.copy_context(self.context)
+            home = self.root / "home"
+            home.mkdir()
+            self.builder = _builder()
+            if self.builder:
+                _chown(self.root, self.builder["user"], self.builder["group"])
+            env = {key: value for key, value in os.environ.items() if key.startswith("PIP_")}
+            env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+                        "PYTHON": _interpreter(),
+                        "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+            self.started = time.monotonic()
+            self.process = subprocess.Popen(["sh", "deploy/image/build.sh", str(self.prefix)], cwd=self.context,
+                                            env=env, stdout=self.output, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, text=True, **self.builder)
+        except BaseException:
+            self.discard()
+            raise
+
+    def finish(self) -> Image:
+        """Wait for the build (at most :data:`BUILD_TIMEOUT` from its start); the image's
+        runtime stage from what it built."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(max(1.0, BUILD_TIMEOUT - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.discard()
+            raise
+        seconds = time.monotonic() - self.started
+        self.output.seek(0)
+        log = self.output.read()
+        assert code == 0, f"build.sh failed:\n{log[-8000:]}"
+        shutil.rmtree(self.context)  # the runtime stage has no source tree
+        if self.builder:
+            _chown(self.prefix, 0, 0)  # COPY --from: root owns /opt/clasp; the gateway's user cannot write there
+        return Image(self.root, self.prefix, log, seconds)
+
+    def discard(self) -> None:
+        """Stop the build if it still runs and remove everything it made."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.output.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_started: Build | None = None
+
+
+def start_build() -> None:
+    """Start the build now (``tests/conftest.py``, once the run's tests are known)."""
+    global _started
+    if _started is None:
+        try:
+            _started = Build()
+        except Exception:  # reported where it belongs: the image fixture starts it again
+            _started = None
+
+
+def discard_build() -> None:
+    """The session ends: a build that no test used is stopped and removed."""
+    global _started
+    if _started is not None:
+        _started.discard()
+        _started = None
+
+
 @pytest.fixture(scope="module")
 def image() -> Iterator[Image]:
-    root = Path(tempfile.mkdtemp(prefix="clasp-image-"))
-    root.chmod(0o755)
+    global _started
+    build, _started = _started or Build(), None
     try:
-        context = root / "src"
-        deploy_context.copy_context(context)
-        prefix = root / "opt-clasp"
-        home = root / "home"
-        home.mkdir()
-        builder = _builder()
-        if builder:
-            _chown(root, builder["user"], builder["group"])
-        env = {key: value for key, value in os.environ.items() if key.startswith("PIP_")}
-        env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-                    "PYTHON": _interpreter(),
-                    "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-        started = time.monotonic()
-        result = subprocess.run(["sh", "deploy/image/build.sh", str(prefix)], cwd=context, env=env,
-                                capture_output=True, text=True, timeout=BUILD_TIMEOUT, **builder)
-        seconds = time.monotonic() - started
-        assert result.returncode == 0, f"build.sh failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        shutil.rmtree(context)  # the runtime stage has no source tree
-        if builder:
-            _chown(prefix, 0, 0)  # COPY --from: root owns /opt/clasp; the gateway's user cannot write there
-        yield Image(root, prefix, result.stdout + result.stderr, seconds)
+        yield build.finish()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        build.discard()
 
 
 def test_the_build_ran_as_a_user_and_installed_the_packages_not_links(image: Image) -> None:
