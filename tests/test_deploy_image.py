@@ -37,6 +37,7 @@ from dockerfile_parse import DockerfileParser
 
 from clasp_gateway.testing import FakeUpstream, Text, free_port, openai_models
 from tests import deploy_context
+from tests.background import Background
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -113,8 +114,7 @@ class Build:
         self.root.chmod(0o755)
         self.context = self.root / "src"
         self.prefix = self.root / "opt-clasp"
-        self.process: subprocess.Popen[str] | None = None
-        self.output = tempfile.TemporaryFile(mode="w+")
+        self.process: Background | None = None
         try:
             deploy_context.copy_context(self.context)
             home = self.root / "home"
@@ -127,9 +127,8 @@ class Build:
                         "PYTHON": _interpreter(),
                         "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
             self.started = time.monotonic()
-            self.process = subprocess.Popen(["sh", "deploy/image/build.sh", str(self.prefix)], cwd=self.context,
-                                            env=env, stdout=self.output, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, text=True, **self.builder)
+            self.process = Background(["sh", "deploy/image/build.sh", str(self.prefix)], cwd=self.context, env=env,
+                                      **self.builder)
         except BaseException:
             self.discard()
             raise
@@ -138,14 +137,8 @@ class Build:
         """Wait for the build (at most :data:`BUILD_TIMEOUT` from its start); the image's
         runtime stage from what it built."""
         assert self.process is not None
-        try:
-            code = self.process.wait(max(1.0, BUILD_TIMEOUT - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
-            self.discard()
-            raise
+        code, log = self.process.result(BUILD_TIMEOUT - (time.monotonic() - self.started))
         seconds = time.monotonic() - self.started
-        self.output.seek(0)
-        log = self.output.read()
         assert code == 0, f"build.sh failed:\n{log[-8000:]}"
         shutil.rmtree(self.context)  # the runtime stage has no source tree
         if self.builder:
@@ -154,10 +147,8 @@ class Build:
 
     def discard(self) -> None:
         """Stop the build if it still runs and remove everything it made."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-        self.output.close()
+        if self.process is not None:
+            self.process.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from tests.background import Background
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = ["clasp_gateway", *(str(p.parent) for p in sorted(ROOT.glob("plugins/*/clasp_*/__init__.py")))]
@@ -20,39 +21,7 @@ MYPY_TIMEOUT = 900.0
 MYPY_NODE = "tests/test_lint.py::test_mypy"
 
 
-class Background:
-    """A check running beside the tests, its output in a temporary file (not a pipe,
-    which a long report could fill and block on)."""
-
-    def __init__(self, *args: str) -> None:
-        self.output = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=self.output,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-
-    def result(self, timeout: float) -> tuple[int, str]:
-        """Its exit code and output, once it ends (killed after ``timeout`` seconds)."""
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
-        self.output.seek(0)
-        text = self.output.read()
-        self.output.close()
-        return code, text
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-        self.output.close()
-
-
 _mypy: Background | None = None
-
-
-def mypy_command() -> list[str]:
-    return ["mypy", "--no-incremental", *PACKAGES]
 
 
 def start_mypy() -> None:
@@ -60,11 +29,11 @@ def start_mypy() -> None:
     :func:`test_mypy`)."""
     global _mypy
     if _mypy is None:
-        _mypy = Background(*mypy_command())
+        _mypy = Background([sys.executable, "-m", "mypy", "--no-incremental", *PACKAGES], cwd=ROOT)
 
 
 def stop_mypy() -> None:
-    """The session ends: a mypy that no test waited for (deselected by ``-x``) is stopped."""
+    """The session ends: a mypy that no test waited for (the run stopped early, ``-x``) is stopped."""
     global _mypy
     if _mypy is not None:
         _mypy.stop()
