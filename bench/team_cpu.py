@@ -96,6 +96,7 @@ class Target:
     async def start(self) -> None:
         from clasp_gateway.config import load_config
         from clasp_gateway.shell.app import create_app
+        from clasp_gateway.shell.heap import settle_heap
         from clasp_gateway.testing.gateway import plugin_manager
 
         saved = {k: os.environ.get(k) for k in ("CLASP_LOAD_PLUGINS", "CLASP_DATA_DIR")}
@@ -126,6 +127,9 @@ class Target:
         gateway = self.gateway
         while not gateway.ready:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        # As `clasp serve` does once the app has started (clasp_gateway/shell/heap.py): the start-up
+        # heap frozen, young collections at 7000 allocations instead of 700.
+        settle_heap()
 
     @property
     def gateway(self) -> Any:
@@ -194,8 +198,6 @@ async def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from clasp_gateway.shell.heap import settle_heap
-
     team_config = Path(args.team_yaml).read_text() if args.team_yaml else TEAM_CONFIG if args.team_config else ""  # noqa: ASYNC240
     tmp = Path(tempfile.mkdtemp(prefix="clasp-team-cpu-"))
     upstream, port = await start_upstream(tmp)
@@ -208,9 +210,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for t in targets:
             await asyncio.to_thread(t.make_key)
             await t.start()
-        # As `clasp serve` does once the app has started (clasp_gateway/shell/heap.py): the start-up
-        # heap frozen, young collections at 7000 allocations instead of 700.
-        settle_heap()
         for case in args.cases:
             for t in targets:  # warm-up: connections, caches, the virtual key's lookup
                 for _ in range(args.warmup):

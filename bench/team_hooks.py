@@ -23,7 +23,7 @@ the same way) is taken off every call. Timings nest: a function named with
     .venv/bin/python bench/team_hooks.py --functions clasp_gateway.request_facts:_fingerprint,\\
         clasp_budgets.limits.limiter:Limiter.admit
 
-Absolute figures run about twice what the same code costs in a micro-benchmark of its
+Absolute figures run 2-4 times what the same code costs in a micro-benchmark of its
 own (a request touches far more memory than a loop over one function does); compare
 them with each other and across changes on the same machine.
 """
@@ -144,8 +144,6 @@ def time_functions(specs: list[str], timings: dict[tuple[str, str], Timing]) -> 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from team_cpu import TEAM_CONFIG, TEAM_PLUGINS, Target, start_upstream
 
-    from clasp_gateway.shell.heap import settle_heap
-
     timings: dict[tuple[str, str], Timing] = {}
     time_hooks(timings)
     time_functions([f for f in args.functions.split(",") if f], timings)
@@ -157,7 +155,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await asyncio.to_thread(target.make_key)
         await target.start()
-        settle_heap()  # as `clasp serve` does once the app has started (clasp_gateway/shell/heap.py)
         for _ in range(args.warmup):
             await target.request(args.case)
         await target.flush()

@@ -84,8 +84,6 @@ def child(args: argparse.Namespace) -> None:
     os.environ.setdefault("CLASP_PERMISSION_PROBES", "off")
     from team_cpu import Target, start_upstream
 
-    from clasp_gateway.shell.heap import settle_heap
-
     extra = Path(args.config).read_text() if args.config else ""
     if not args.timer_flushes and "budgets_ledger" in args.plugins.split(","):
         extra = merged(extra, "ledger: {flush_interval: 1h}\n")  # written by the run's flush() only
@@ -98,7 +96,6 @@ def child(args: argparse.Namespace) -> None:
         try:
             await asyncio.to_thread(target.make_key)
             await target.start()
-            settle_heap()  # as `clasp serve` does once the app has started (clasp_gateway/shell/heap.py)
             analytics = getattr(target.app.starlette_app.state, "analytics", None)
             if not args.timer_flushes and analytics is not None and analytics.quality_rows is not None:
                 analytics.quality_rows.interval = 3600.0  # its first 1 s wait ends in the warm-up

@@ -61,9 +61,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
     if any(item.nodeid == test_lint.MYPY_NODE for item in session.items):
         test_lint.start_mypy()
-    image_tests = [item for item in session.items if "image" in getattr(item, "fixturenames", ())
-                   and item.nodeid.startswith("tests/test_deploy_image.py::")]
-    if image_tests:
+    if any(item.nodeid.startswith("tests/test_deploy_image.py::") and "image" in getattr(item, "fixturenames", ())
+           for item in session.items):
         test_deploy_image.start_build()
 
 
